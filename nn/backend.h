@@ -1,0 +1,99 @@
+// Backends: the model is written once (nn/lm.h) against this small interface, and runs on the CPU reference
+// (any scalar T; double in the gradient checks) or on CUDA (bf16 activations and weights, fp32 master weights,
+// gradients and optimizer state).
+#pragma once
+#include <cstring>
+#include <string>
+
+#include "nn/ops_cpu.h"
+#ifdef MUE_HAVE_CUDA
+#include "nn/ops_cuda.h"
+#endif
+
+namespace mue {
+
+template <class T>
+struct CpuBackend {
+  using act_t = T;     // activations
+  using w_t = T;       // weights as the forward reads them (the master copy itself on the CPU)
+  using master_t = T;  // master weights, gradients and optimizer state
+  using stat_t = T;    // per-row statistics (rstd), losses
+  static constexpr bool on_device = false;
+  std::string device_name() const { return "cpu"; }
+
+  void upload(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
+  void download(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
+  void zero(void* p, size_t bytes) { std::memset(p, 0, bytes); }
+  void sync_weights(const T*, T*, size_t) {}  // the forward reads the master copy directly
+  void synchronize() {}
+
+  void embedding_forward(const int32_t* tok, const T* wte, T* out, int N, int D) { cpu::embedding_forward(tok, wte, out, N, D); }
+  void embedding_backward(const int32_t* tok, const T* dout, T* dwte, int N, int D) { cpu::embedding_backward(tok, dout, dwte, N, D); }
+  void rmsnorm_forward(const T* x, const T* w, T* y, T* rstd, int N, int D, double eps) { cpu::rmsnorm_forward(x, w, y, rstd, N, D, eps); }
+  void rmsnorm_backward(const T* dy, const T* x, const T* w, const T* rstd, T* dx, T* dw, int N, int D) { cpu::rmsnorm_backward(dy, x, w, rstd, dx, dw, N, D); }
+  void matmul_forward(const T* x, const T* w, T* y, int N, int In, int Out, double a) { cpu::matmul_forward(x, w, y, N, In, Out, a); }
+  void matmul_backward(const T* dy, const T* x, const T* w, T* dx, T* dw, int N, int In, int Out, double a) { cpu::matmul_backward(dy, x, w, dx, dw, N, In, Out, a); }
+  void residual_forward(T* out, const T* a, const T* b, size_t n) { cpu::residual_forward(out, a, b, n); }
+  void rope_forward(T* qkv, int B, int T_, int H, int hd, double th) { cpu::rope_forward(qkv, B, T_, H, hd, th); }
+  void rope_backward(T* dqkv, int B, int T_, int H, int hd, double th) { cpu::rope_backward(dqkv, B, T_, H, hd, th); }
+  void attention_forward(const T* qkv, T* out, T* probs, int B, int T_, int H, int hd, double s, bool c) { cpu::attention_forward(qkv, out, probs, B, T_, H, hd, s, c); }
+  void attention_backward(const T* dout, const T* qkv, const T* probs, T* dqkv, int B, int T_, int H, int hd, double s, bool c) { cpu::attention_backward(dout, qkv, probs, dqkv, B, T_, H, hd, s, c); }
+  void swiglu_forward(const T* in, T* out, int N, int H) { cpu::swiglu_forward(in, out, N, H); }
+  void swiglu_backward(const T* dout, const T* in, T* din, int N, int H) { cpu::swiglu_backward(dout, in, din, N, H); }
+  void crossentropy_forward(const T* logits, const int32_t* tgt, T* losses, int N, int V, int Vp) { cpu::crossentropy_forward(logits, tgt, losses, N, V, Vp); }
+  void crossentropy_backward(const T* logits, const int32_t* tgt, T* dlogits, int N, int V, int Vp, double dl) { cpu::crossentropy_backward(logits, tgt, dlogits, N, V, Vp, dl); }
+  double sum_squares(const T* g, size_t n) { return cpu::sum_squares(g, n); }
+  void adamw_step(T* p, const T* g, T* m, T* v, T*, size_t n, double lr, double b1, double b2, double eps, double wd, int t, double gs) {
+    cpu::adamw_step(p, g, m, v, n, lr, b1, b2, eps, wd, t, gs);
+  }
+};
+
+#ifdef MUE_HAVE_CUDA
+struct CudaBackend {
+  using act_t = bf16;
+  using w_t = bf16;
+  using master_t = float;
+  using stat_t = float;
+  static constexpr bool on_device = true;
+  cuda::Context ctx;
+  float* norm_acc = nullptr;  // device scalar for sum_squares
+
+  CudaBackend() { norm_acc = static_cast<float*>(cuda::device_alloc(sizeof(float))); }
+  ~CudaBackend() { cuda::device_free(norm_acc); }
+  std::string device_name() const { return ctx.device_name(); }
+
+  void upload(void* dst, const void* src, size_t bytes) { cuda::copy_to_device(dst, src, bytes); }
+  void download(void* dst, const void* src, size_t bytes) { ctx.synchronize(); cuda::copy_to_host(dst, src, bytes); }
+  void zero(void* p, size_t bytes) { cuda::memset_zero(ctx, p, bytes); }
+  void sync_weights(const float* master, bf16* shadow, size_t n) { cuda::cast_f32_to_bf16(ctx, master, shadow, n); }
+  void synchronize() { ctx.synchronize(); }
+
+  void embedding_forward(const int32_t* tok, const bf16* wte, bf16* out, int N, int D) { cuda::embedding_forward(ctx, tok, wte, out, N, D); }
+  void embedding_backward(const int32_t* tok, const bf16* dout, float* dwte, int N, int D) { cuda::embedding_backward(ctx, tok, dout, dwte, N, D); }
+  void rmsnorm_forward(const bf16* x, const bf16* w, bf16* y, float* rstd, int N, int D, double eps) { cuda::rmsnorm_forward(ctx, x, w, y, rstd, N, D, float(eps)); }
+  void rmsnorm_backward(const bf16* dy, const bf16* x, const bf16* w, const float* rstd, bf16* dx, float* dw, int N, int D) { cuda::rmsnorm_backward(ctx, dy, x, w, rstd, dx, dw, N, D); }
+  void matmul_forward(const bf16* x, const bf16* w, bf16* y, int N, int In, int Out, double a) { cuda::matmul_forward(ctx, x, w, y, N, In, Out, float(a)); }
+  void matmul_backward(const bf16* dy, const bf16* x, const bf16* w, bf16* dx, float* dw, int N, int In, int Out, double a) { cuda::matmul_backward(ctx, dy, x, w, dx, dw, N, In, Out, float(a)); }
+  void residual_forward(bf16* out, const bf16* a, const bf16* b, size_t n) { cuda::residual_forward(ctx, out, a, b, n); }
+  void rope_forward(bf16* qkv, int B, int T_, int H, int hd, double th) { cuda::rope_forward(ctx, qkv, B, T_, H, hd, float(th)); }
+  void rope_backward(bf16* dqkv, int B, int T_, int H, int hd, double th) { cuda::rope_backward(ctx, dqkv, B, T_, H, hd, float(th)); }
+  void attention_forward(const bf16* qkv, bf16* out, bf16* probs, int B, int T_, int H, int hd, double s, bool c) { cuda::attention_forward(ctx, qkv, out, probs, B, T_, H, hd, float(s), c); }
+  void attention_backward(const bf16* dout, const bf16* qkv, const bf16* probs, bf16* dqkv, int B, int T_, int H, int hd, double s, bool c) { cuda::attention_backward(ctx, dout, qkv, probs, dqkv, B, T_, H, hd, float(s), c); }
+  void swiglu_forward(const bf16* in, bf16* out, int N, int H) { cuda::swiglu_forward(ctx, in, out, N, H); }
+  void swiglu_backward(const bf16* dout, const bf16* in, bf16* din, int N, int H) { cuda::swiglu_backward(ctx, dout, in, din, N, H); }
+  void crossentropy_forward(const bf16* logits, const int32_t* tgt, float* losses, int N, int V, int Vp) { cuda::crossentropy_forward(ctx, logits, tgt, losses, N, V, Vp); }
+  void crossentropy_backward(const bf16* logits, const int32_t* tgt, bf16* dlogits, int N, int V, int Vp, double dl) { cuda::crossentropy_backward(ctx, logits, tgt, dlogits, N, V, Vp, float(dl)); }
+  double sum_squares(const float* g, size_t n) {
+    cuda::memset_zero(ctx, norm_acc, sizeof(float));
+    cuda::sum_squares(ctx, g, n, norm_acc);
+    float s = 0;
+    download(&s, norm_acc, sizeof(float));
+    return s;
+  }
+  void adamw_step(float* p, const float* g, float* m, float* v, bf16* shadow, size_t n, double lr, double b1, double b2, double eps, double wd, int t, double gs) {
+    cuda::adamw_step(ctx, p, g, m, v, shadow, n, float(lr), float(b1), float(b2), float(eps), float(wd), t, float(gs));
+  }
+};
+#endif
+
+}  // namespace mue

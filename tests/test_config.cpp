@@ -1,0 +1,73 @@
+// Config loading, overrides and the one-line errors for bad input.
+#include <cstdio>
+#include <fstream>
+
+#include "experiments/run_config.h"
+#include "tests/catch.h"
+
+using namespace mue;
+
+namespace {
+std::string write_temp(const std::string& name, const std::string& text) {
+  std::string p = "/tmp/mue_test_" + std::to_string(::getpid()) + "_" + name;
+  std::ofstream(p) << text;
+  return p;
+}
+}  // namespace
+
+TEST_CASE("defaults resolve; file and overrides layer on top", "[config]") {
+  RunConfig d = resolve_config("", {});
+  CHECK(d.model.d_model == 64);
+  CHECK(d.reference.d_model == d.model.d_model);  // null reference = the model itself
+  std::string f = write_temp("a.json", R"({"model": {"d_model": 96, "n_heads": 3}, "hp": {"lr": 0.02}})");
+  RunConfig c = resolve_config(f, {"hp.lr=0.05", "reference.d_model=48", "optim.schedule=wsd", "train.device=cpu"});
+  CHECK(c.model.d_model == 96);
+  CHECK(c.model.n_heads == 3);
+  CHECK(c.hp.lr == 0.05);
+  CHECK(c.reference.d_model == 48);
+  CHECK(c.reference.n_heads == 3);
+  CHECK(c.schedule.kind == "wsd");
+  CHECK(c.schedule.total == c.train.steps);
+  CHECK(c.raw["hp"]["lr"] == 0.05);
+  std::remove(f.c_str());
+}
+
+TEST_CASE("bad configs give one clear line naming the problem", "[config]") {
+  struct Case {
+    std::string file_text;
+    std::vector<std::string> overrides;
+    std::string expect;
+  };
+  std::vector<Case> cases = {
+      {R"({"model": {"dmodel": 64}})", {}, "unknown config key 'model.dmodel'"},
+      {"", {"train.stepz=5"}, "unknown config key 'train.stepz'"},
+      {R"({"model": {"d_model": 64,}})", {}, "malformed JSON"},
+      {"", {"model.d_model=100", "model.n_heads=3"}, "not divisible by model.n_heads"},
+      {"", {"model.d_model=\"big\""}, "'model.d_model' must be a number"},
+      {"", {"model.d_model=64.5"}, "'model.d_model' must be an integer"},
+      {"", {"rule=mu-p"}, "unknown rule 'mu-p'"},
+      {"", {"optim.schedule=linear"}, "unknown schedule 'linear'"},
+      {"", {"train.device=tpu"}, "train.device must be auto, cpu or cuda"},
+      {"", {"hp.lr=-1"}, "hp.lr must be positive"},
+      {"", {"model.vocab_pad=100"}, "model.vocab_pad (100) must be >= model.vocab"},
+      {"", {"train.batch=0"}, "train.batch must be positive"},
+      {"", {"optim.beta2=1.5"}, "optim.beta1 and optim.beta2 must be in [0, 1)"},
+      {"", {"model"}, "not of the form key=value"},
+      {"", {"model=3"}, "'model' must be an object"},
+      {"[1, 2]", {}, "must be a JSON object"},
+      {"", {"model.d_model=6", "model.n_heads=2"}, "must be even for RoPE"},
+  };
+  for (const auto& c : cases) {
+    INFO("expect: " << c.expect);
+    std::string f = c.file_text.empty() ? "" : write_temp("bad.json", c.file_text);
+    CHECK_THROWS_WITH(resolve_config(f, c.overrides), HasText(c.expect));
+    if (!f.empty()) std::remove(f.c_str());
+  }
+  CHECK_THROWS_WITH(resolve_config("/nonexistent/cfg.json", {}), HasText("cannot open config file '/nonexistent/cfg.json'"));
+}
+
+TEST_CASE("config help lists every default key", "[config]") {
+  std::string h = config_keys_help();
+  for (const char* k : {"model.d_model", "hp.lr", "train.steps", "optim.schedule", "data.tokens", "out.overwrite"})
+    CHECK(h.find(k) != std::string::npos);
+}
