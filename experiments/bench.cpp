@@ -8,6 +8,7 @@
 
 #include "experiments/run_config.h"
 #include "experiments/trainer.h"
+#include "moe/moe_layer.h"
 
 #ifndef MUE_SOURCE_DIR
 #define MUE_SOURCE_DIR "."
@@ -23,7 +24,7 @@ BenchResult bench_with(const RunConfig& c, Backend& be, int steps, bool verbose)
   BenchResult r;
   r.device = be.device_name();
   const ParamTable table = make_param_table(c.rule, c.model, c.reference, c.hp);
-  LM<Backend> model(c.model, table, be, c.train.batch);
+  LM<Backend> model(c.model, table, be, c.train.batch, make_ffn<Backend>);
   model.init_weights(c.train.seed);
   const int B = c.train.batch, T = c.model.seq_len, N = B * T;
   std::vector<int32_t> x(N), y(N);

@@ -1,5 +1,6 @@
 #include "experiments/run_config.h"
 
+#include <cstdio>
 #include <sstream>
 
 namespace mue {
@@ -19,10 +20,22 @@ const KeyDoc kDocs[] = {
     {"model.d_model", "residual width d"},
     {"model.n_layers", "depth L"},
     {"model.n_heads", "attention heads (d_model must be divisible)"},
-    {"model.ffn_hidden", "dense SwiGLU hidden width H"},
     {"model.seq_len", "context length T"},
     {"model.rope_theta", "RoPE base"},
     {"model.norm_eps", "RMSNorm epsilon"},
+    {"ffn.type", "dense | moe"},
+    {"ffn.hidden", "dense SwiGLU hidden width H"},
+    {"ffn.shape", "MoE shape name NeAa, e.g. \"64e8a\" (sets ffn.experts and ffn.active)"},
+    {"ffn.experts", "MoE: total experts N (before granularity)"},
+    {"ffn.active", "MoE: activated experts a per token (before granularity)"},
+    {"ffn.expert_hidden", "MoE: expert SwiGLU width h (before granularity)"},
+    {"ffn.granularity", "MoE: g splits each expert into g of width h/g (N*g experts, a*g active)"},
+    {"ffn.shared", "MoE: shared experts (every token, gate 1)"},
+    {"ffn.shared_hidden", "MoE: width of each shared expert"},
+    {"ffn.groups", "MoE: group-balanced routing, active/groups experts from each of G groups"},
+    {"ffn.score", "MoE: router scores softmax | sigmoid"},
+    {"ffn.balance_coef", "MoE: switch load-balancing loss coefficient"},
+    {"ffn.z_coef", "MoE: router z-loss coefficient"},
     {"reference.d_model", "reference (tuned proxy) width; null = same as model"},
     {"reference.n_layers", "reference depth; null = same as model"},
     {"reference.n_heads", "reference heads; null = same as model"},
@@ -60,7 +73,10 @@ json default_config() {
     "name": "default",
     "task": "lm",
     "model": {"vocab": 50257, "vocab_pad": 50304, "d_model": 64, "n_layers": 2, "n_heads": 2,
-              "ffn_hidden": 256, "seq_len": 64, "rope_theta": 10000.0, "norm_eps": 1e-5},
+              "seq_len": 64, "rope_theta": 10000.0, "norm_eps": 1e-5},
+    "ffn": {"type": "dense", "hidden": 256, "shape": null, "experts": 8, "active": 2, "expert_hidden": 64,
+            "granularity": 1, "shared": 0, "shared_hidden": 0, "groups": 1, "score": "softmax",
+            "balance_coef": 0.01, "z_coef": 0.0},
     "reference": {"d_model": null, "n_layers": null, "n_heads": null, "ffn_hidden": null},
     "rule": "mup",
     "hp": {"lr": 0.01, "wd": 0.0, "init_std": 0.02, "emb_init_std": 0.02, "eps": 1e-8},
@@ -96,6 +112,34 @@ int get_int(const json& j, const char* section, const char* key) {
             "config key '", section, ".", key, "' must be an integer");
   return int(v.get<double>());
 }
+
+// "64e8a" -> (64, 8)
+void parse_shape(const std::string& name, int& experts, int& active) {
+  int n = 0, a = 0;
+  char e = 0, x = 0, extra = 0;
+  MUE_CHECK(std::sscanf(name.c_str(), "%d%c%d%c%c", &n, &e, &a, &x, &extra) == 4 && e == 'e' && x == 'a',
+            "ffn.shape '", name, "' is not of the form NeAa (e.g. 64e8a)");
+  experts = n, active = a;
+}
+
+void parse_ffn(const json& j, FfnConfig& f) {
+  f.type = get<std::string>(j, "ffn", "type");
+  int experts = get_int(j, "ffn", "experts"), active = get_int(j, "ffn", "active");
+  if (!j.at("ffn").at("shape").is_null()) parse_shape(get<std::string>(j, "ffn", "shape"), experts, active);
+  const int g = get_int(j, "ffn", "granularity"), h = get_int(j, "ffn", "expert_hidden");
+  MUE_CHECK(g > 0, "ffn.granularity must be positive");
+  MUE_CHECK(h % g == 0, "ffn.expert_hidden (", h, ") is not divisible by ffn.granularity (", g, ")");
+  f.experts = experts * g, f.active = active * g, f.expert_hidden = h / g;
+  f.shared = get_int(j, "ffn", "shared");
+  f.shared_hidden = get_int(j, "ffn", "shared_hidden");
+  f.groups = get_int(j, "ffn", "groups");
+  const std::string score = get<std::string>(j, "ffn", "score");
+  MUE_CHECK(score == "softmax" || score == "sigmoid", "ffn.score must be softmax or sigmoid, got '", score, "'");
+  f.sigmoid = score == "sigmoid";
+  f.balance_coef = get<double>(j, "ffn", "balance_coef");
+  f.z_coef = get<double>(j, "ffn", "z_coef");
+  f.validate();
+}
 }  // namespace
 
 RunConfig parse_config(const json& j) {
@@ -111,12 +155,14 @@ RunConfig parse_config(const json& j) {
   m.d_model = get_int(j, "model", "d_model");
   m.n_layers = get_int(j, "model", "n_layers");
   m.n_heads = get_int(j, "model", "n_heads");
-  m.ffn_hidden = get_int(j, "model", "ffn_hidden");
+  m.ffn_hidden = get_int(j, "ffn", "hidden");
+  parse_ffn(j, m.ffn);
   m.seq_len = get_int(j, "model", "seq_len");
   m.rope_theta = get<double>(j, "model", "rope_theta");
   m.norm_eps = get<double>(j, "model", "norm_eps");
   m.validate();
   c.reference = m;
+  c.reference.ffn = FfnConfig{};  // the reference is the dense proxy
   const json& r = j.at("reference");
   if (!r.at("d_model").is_null()) c.reference.d_model = get_int(j, "reference", "d_model");
   if (!r.at("n_layers").is_null()) c.reference.n_layers = get_int(j, "reference", "n_layers");

@@ -10,6 +10,7 @@
 
 #include "core/h5log.h"
 #include "data/tokens.h"
+#include "moe/moe_layer.h"
 
 namespace mue {
 
@@ -53,7 +54,7 @@ RunResult train_with(const RunConfig& c, Backend& be, const TokenFile& data, con
   res.path = path;
   res.device = be.device_name();
   const ParamTable table = make_param_table(c.rule, c.model, c.reference, c.hp);
-  LM<Backend> model(c.model, table, be, c.train.batch);
+  LM<Backend> model(c.model, table, be, c.train.batch, make_ffn<Backend>);
   model.init_weights(c.train.seed);
   if (verbose) {
     std::printf("%s", format_table(table).c_str());
@@ -107,7 +108,14 @@ RunResult train_with(const RunConfig& c, Backend& be, const TokenFile& data, con
       window_start = wall, window_steps = 0;
       res.tok_per_s = tps;
       log.append("train", {{"step", step + 1}, {"tokens", (step + 1) * tokens_per_step}, {"loss", loss},
-                           {"lr", c.hp.lr * lr_factor}, {"grad_norm", gnorm}, {"tok_per_s", tps}, {"wall_s", wall}});
+                           {"aux_loss", model.aux_loss()}, {"lr", c.hp.lr * lr_factor}, {"grad_norm", gnorm},
+                           {"tok_per_s", tps}, {"wall_s", wall}});
+      for (int l = 0; l < c.model.n_layers; ++l)
+        if (const BranchStats* rs = model.ffn_stats(l)) {
+          log.append("router", {{"step", step + 1}, {"layer", l}, {"entropy", rs->entropy},
+                                {"balance_loss", rs->balance_loss}, {"z_loss", rs->z_loss}});
+          log.append_row("router/load", rs->load);
+        }
       if (verbose) {
         const double eta = wall / (step + 1) * (c.train.steps - step - 1);
         std::printf("step %5d/%d | loss %.4f | lr x%.3f | grad norm %.3f | %.0f tok/s | ETA %s\n", step + 1,

@@ -2,8 +2,10 @@
 // (any scalar T; double in the gradient checks) or on CUDA (bf16 activations and weights, fp32 master weights,
 // gradients and optimizer state).
 #pragma once
+#include <algorithm>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "nn/ops_cpu.h"
 #ifdef MUE_HAVE_CUDA
@@ -26,6 +28,8 @@ struct CpuBackend {
   void zero(void* p, size_t bytes) { std::memset(p, 0, bytes); }
   void sync_weights(const T*, T*, size_t) {}  // the forward reads the master copy directly
   void synchronize() {}
+  void to_host(std::vector<double>& out, const T* p, size_t n) { out.assign(p, p + n); }
+  void from_host(T* p, const std::vector<double>& in) { std::copy(in.begin(), in.end(), p); }
 
   void embedding_forward(const int32_t* tok, const T* wte, T* out, int N, int D) { cpu::embedding_forward(tok, wte, out, N, D); }
   void embedding_backward(const int32_t* tok, const T* dout, T* dwte, int N, int D) { cpu::embedding_backward(tok, dout, dwte, N, D); }
@@ -67,6 +71,17 @@ struct CudaBackend {
   void zero(void* p, size_t bytes) { cuda::memset_zero(ctx, p, bytes); }
   void sync_weights(const float* master, bf16* shadow, size_t n) { cuda::cast_f32_to_bf16(ctx, master, shadow, n); }
   void synchronize() { ctx.synchronize(); }
+  void to_host(std::vector<double>& out, const bf16* p, size_t n) {
+    std::vector<bf16> h(n);
+    download(h.data(), p, n * sizeof(bf16));
+    out.resize(n);
+    for (size_t i = 0; i < n; ++i) out[i] = bf16_to_float(h[i]);
+  }
+  void from_host(bf16* p, const std::vector<double>& in) {
+    std::vector<bf16> h(in.size());
+    for (size_t i = 0; i < in.size(); ++i) h[i] = float_to_bf16(float(in[i]));
+    upload(p, h.data(), h.size() * sizeof(bf16));
+  }
 
   void embedding_forward(const int32_t* tok, const bf16* wte, bf16* out, int N, int D) { cuda::embedding_forward(ctx, tok, wte, out, N, D); }
   void embedding_backward(const int32_t* tok, const bf16* dout, float* dwte, int N, int D) { cuda::embedding_backward(ctx, tok, dout, dwte, N, D); }

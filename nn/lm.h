@@ -4,6 +4,8 @@
 // attention scale) and every init comes from the ParamTable; nothing here scales on its own.
 #pragma once
 #include <cmath>
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -14,15 +16,40 @@
 
 namespace mue {
 
+// The FFN of every block: a dense SwiGLU of width `hidden`, or an MoE layer. For MoE the fields hold the final
+// shape (granularity already applied: experts = N*g, active = a*g, expert_hidden = h/g).
+struct FfnConfig {
+  std::string type = "dense";  // dense | moe
+  int experts = 8, active = 2, expert_hidden = 128;
+  int shared = 0, shared_hidden = 0;  // shared experts (gate 1), each a SwiGLU of width shared_hidden
+  int groups = 1;                     // group-balanced routing: active/groups experts from each group
+  bool sigmoid = false;               // scores: softmax over experts (false) or sigmoid
+  double balance_coef = 0.01, z_coef = 0.0;
+  bool moe() const { return type == "moe"; }
+  int active_width() const { return active * expert_hidden + shared * shared_hidden; }  // H_a
+  void validate() const {
+    MUE_CHECK(type == "dense" || type == "moe", "ffn.type must be dense or moe, got '", type, "'");
+    if (!moe()) return;
+    MUE_CHECK(experts > 0 && active > 0 && expert_hidden > 0, "ffn.experts, ffn.active and ffn.expert_hidden must be positive");
+    MUE_CHECK(active <= experts, "ffn.active (", active, ") exceeds ffn.experts (", experts, ")");
+    MUE_CHECK(groups > 0 && experts % groups == 0, "ffn.experts (", experts, ") is not divisible by ffn.groups (", groups, ")");
+    MUE_CHECK(active % groups == 0, "ffn.active (", active, ") is not divisible by ffn.groups (", groups, ")");
+    MUE_CHECK(shared >= 0 && (shared == 0 || shared_hidden > 0), "ffn.shared experts need ffn.shared_hidden > 0");
+    MUE_CHECK(balance_coef >= 0 && z_coef >= 0, "ffn.balance_coef and ffn.z_coef must be >= 0");
+  }
+};
+
 struct ModelConfig {
   int vocab = 50257, vocab_pad = 50304;
   int d_model = 128, n_layers = 4, n_heads = 4, ffn_hidden = 512, seq_len = 256;
   double rope_theta = 10000, norm_eps = 1e-5;
+  FfnConfig ffn;
   int head_dim() const { return d_model / n_heads; }
   void validate() const {
     MUE_CHECK(vocab > 0 && vocab_pad >= vocab, "model.vocab_pad (", vocab_pad, ") must be >= model.vocab (", vocab, ")");
     MUE_CHECK(d_model > 0 && n_layers > 0 && n_heads > 0 && ffn_hidden > 0 && seq_len > 0,
               "model sizes must be positive");
+    ffn.validate();
     MUE_CHECK(d_model % n_heads == 0, "model.d_model (", d_model, ") is not divisible by model.n_heads (", n_heads, ")");
     MUE_CHECK(head_dim() % 2 == 0, "head dimension d_model/n_heads = ", head_dim(), " must be even for RoPE");
   }
@@ -39,12 +66,92 @@ inline std::vector<TensorSpec> lm_tensors(const ModelConfig& c) {
     t.push_back({p + "attn.qkv", "attn.qkv", 3 * D, D, TensorRole::hidden});
     t.push_back({p + "attn.proj", "attn.proj", D, D, TensorRole::hidden, true});
     t.push_back({p + "ffn_norm.w", "ffn_norm.w", 1, D, TensorRole::norm});
-    t.push_back({p + "ffn.fc", "ffn.fc", 2 * H, D, TensorRole::hidden});  // gate rows, then up rows
-    t.push_back({p + "ffn.proj", "ffn.proj", D, H, TensorRole::hidden, true});
+    if (!c.ffn.moe()) {
+      t.push_back({p + "ffn.fc", "ffn.fc", 2 * H, D, TensorRole::hidden});  // gate rows, then up rows
+      t.push_back({p + "ffn.proj", "ffn.proj", D, H, TensorRole::hidden, true});
+      continue;
+    }
+    const FfnConfig& f = c.ffn;
+    const int h = f.expert_hidden, E = f.experts;
+    // Experts stacked: expert e's fc rows [e*2h, (e+1)*2h), proj rows [e*D, (e+1)*D).
+    t.push_back({p + "moe.router", "moe.router", E, D, TensorRole::router});
+    t.push_back({p + "moe.experts.fc", "moe.experts.fc", E * 2 * h, D, TensorRole::hidden});
+    t.push_back({p + "moe.experts.proj", "moe.experts.proj", E * D, h, TensorRole::hidden, true});
+    if (f.shared > 0) {
+      const int Hs = f.shared * f.shared_hidden;
+      t.push_back({p + "moe.shared.fc", "moe.shared.fc", 2 * Hs, D, TensorRole::hidden});
+      t.push_back({p + "moe.shared.proj", "moe.shared.proj", D, Hs, TensorRole::hidden, true});
+    }
   }
   t.push_back({"final_norm.w", "final_norm.w", 1, D, TensorRole::norm});
   t.push_back({"head.w", "head.w", c.vocab_pad, D, TensorRole::head});
   return t;
+}
+
+// Per-tensor view of the parameter arenas.
+template <class Backend>
+struct LMParam {
+  ParamRow row;
+  typename Backend::master_t *value, *grad, *adam_m, *adam_v;
+  typename Backend::w_t* weight;  // what the forward reads (bf16 shadow on CUDA, == value on CPU)
+  double alpha;                   // forward multiplier (table multiplier x branch multiplier on residual outputs)
+};
+
+// Statistics a branch may report after its forward (MoE routers do).
+struct BranchStats {
+  std::vector<double> load;  // fraction of assignments per expert
+  double entropy = 0, balance_loss = 0, z_loss = 0;
+};
+
+// The FFN branch of a block: y = FFN(xn). Dense here; the MoE layer (moe/) implements the same interface.
+template <class Backend>
+struct FfnBranch {
+  using A = typename Backend::act_t;
+  virtual ~FfnBranch() = default;
+  virtual double forward(const A* xn, A* out) = 0;                  // returns its auxiliary loss (0 for dense)
+  virtual void backward(const A* xn, const A* dout, A* dxn) = 0;  // dxn overwritten; parameter grads accumulate
+  virtual const BranchStats* stats() const { return nullptr; }
+};
+
+template <class Backend>
+class DenseFfn : public FfnBranch<Backend> {
+ public:
+  using A = typename Backend::act_t;
+  // p[0] = ffn.fc [2H, D], p[1] = ffn.proj [D, H]
+  DenseFfn(Backend& be, LMParam<Backend>* p, int N, int D, int H, Arena& acts) : be_(be), p_(p), N_(N), D_(D), H_(H) {
+    fc_ = acts.take<A>(size_t(N) * 2 * H), sw_ = acts.take<A>(size_t(N) * H);
+    dfc_ = acts.take<A>(size_t(N) * 2 * H), dsw_ = acts.take<A>(size_t(N) * H);
+  }
+  double forward(const A* xn, A* out) override {
+    be_.matmul_forward(xn, p_[0].weight, fc_, N_, D_, 2 * H_, p_[0].alpha);
+    be_.swiglu_forward(fc_, sw_, N_, H_);
+    be_.matmul_forward(sw_, p_[1].weight, out, N_, H_, D_, p_[1].alpha);
+    return 0;
+  }
+  void backward(const A* xn, const A* dout, A* dxn) override {
+    be_.matmul_backward(dout, sw_, p_[1].weight, dsw_, p_[1].grad, N_, H_, D_, p_[1].alpha);
+    be_.swiglu_backward(dsw_, fc_, dfc_, N_, H_);
+    be_.matmul_backward(dfc_, xn, p_[0].weight, dxn, p_[0].grad, N_, D_, 2 * H_, p_[0].alpha);
+  }
+
+ private:
+  Backend& be_;
+  LMParam<Backend>* p_;
+  int N_, D_, H_;
+  A *fc_, *sw_, *dfc_, *dsw_;
+};
+
+// Builds layer l's FFN branch from its parameters (the tensors after ffn_norm.w) and the activation arena.
+template <class Backend>
+using FfnFactory = std::function<std::unique_ptr<FfnBranch<Backend>>(const ModelConfig&, Backend&, int layer,
+                                                                     LMParam<Backend>* params, int rows, Arena& acts,
+                                                                     const ParamTable& table)>;
+
+template <class Backend>
+std::unique_ptr<FfnBranch<Backend>> make_dense_ffn(const ModelConfig& c, Backend& be, int, LMParam<Backend>* p,
+                                                   int rows, Arena& acts, const ParamTable&) {
+  MUE_CHECK(!c.ffn.moe(), "this model was built without the MoE layer (link moe/ and pass its factory)");
+  return std::make_unique<DenseFfn<Backend>>(be, p, rows, c.d_model, c.ffn_hidden, acts);
 }
 
 template <class Backend>
@@ -54,16 +161,11 @@ class LM {
   using W = typename Backend::w_t;
   using M = typename Backend::master_t;
   using S = typename Backend::stat_t;
+  using Param = LMParam<Backend>;
 
-  struct Param {
-    ParamRow row;
-    M *value, *grad, *adam_m, *adam_v;
-    W* weight;  // what the forward reads (bf16 shadow on CUDA, == value on CPU)
-    double alpha;
-  };
-
-  LM(const ModelConfig& cfg, const ParamTable& table, Backend& be, int batch)
-      : cfg_(cfg), table_(table), be_(be), B_(batch), T_(cfg.seq_len) {
+  LM(const ModelConfig& cfg, const ParamTable& table, Backend& be, int batch,
+     FfnFactory<Backend> make_ffn = make_dense_ffn<Backend>)
+      : cfg_(cfg), table_(table), be_(be), B_(batch), T_(cfg.seq_len), make_ffn_(std::move(make_ffn)) {
     cfg_.validate();
     MUE_CHECK(batch > 0, "batch must be positive");
     layout_params();
@@ -88,15 +190,17 @@ class LM {
     if constexpr (!std::is_same_v<W, M>) be_.sync_weights(params_.front().value, params_.front().weight, n_params_);
   }
 
-  // Mean cross-entropy over B*T positions; tokens and targets are host arrays of B*T.
+  // Mean cross-entropy over B*T positions; tokens and targets are host arrays of B*T. The auxiliary (MoE) losses
+  // of this forward are in aux_loss(); backward() differentiates their sum.
   double forward(const int32_t* tokens, const int32_t* targets) {
-    const int N = B_ * T_, D = cfg_.d_model, H = cfg_.ffn_hidden, nh = cfg_.n_heads, hd = cfg_.head_dim();
+    const int N = B_ * T_, D = cfg_.d_model, nh = cfg_.n_heads, hd = cfg_.head_dim();
     be_.upload(tok_, tokens, sizeof(int32_t) * N);
     be_.upload(tgt_, targets, sizeof(int32_t) * N);
-    be_.embedding_forward(tok_, P(0).weight, res_[0], N, D);
+    be_.embedding_forward(tok_, params_[0].weight, res_[0], N, D);
+    aux_loss_ = 0;
     for (int l = 0; l < cfg_.n_layers; ++l) {
       Layer& a = layers_[l];
-      const Param *n1 = &P(1 + 6 * l), *qkv = n1 + 1, *o = n1 + 2, *n2 = n1 + 3, *fc = n1 + 4, *pr = n1 + 5;
+      const Param *n1 = &params_[a.first], *qkv = n1 + 1, *o = n1 + 2, *n2 = n1 + 3;
       be_.rmsnorm_forward(res_[l], n1->weight, a.ln1, a.rstd1, N, D, cfg_.norm_eps);
       be_.matmul_forward(a.ln1, qkv->weight, a.qkv, N, D, 3 * D, qkv->alpha);
       be_.rope_forward(a.qkv, B_, T_, nh, hd, cfg_.rope_theta);
@@ -104,12 +208,10 @@ class LM {
       be_.matmul_forward(a.att, o->weight, branch_, N, D, D, o->alpha);
       be_.residual_forward(a.mid, res_[l], branch_, size_t(N) * D);
       be_.rmsnorm_forward(a.mid, n2->weight, a.ln2, a.rstd2, N, D, cfg_.norm_eps);
-      be_.matmul_forward(a.ln2, fc->weight, a.fc, N, D, 2 * H, fc->alpha);
-      be_.swiglu_forward(a.fc, a.sw, N, H);
-      be_.matmul_forward(a.sw, pr->weight, branch_, N, H, D, pr->alpha);
+      aux_loss_ += a.ffn->forward(a.ln2, branch_);
       be_.residual_forward(res_[l + 1], a.mid, branch_, size_t(N) * D);
     }
-    const Param &nf = P(params_.size() - 2), &head = P(params_.size() - 1);
+    const Param &nf = params_[params_.size() - 2], &head = params_.back();
     be_.rmsnorm_forward(res_[cfg_.n_layers], nf.weight, lnf_, rstdf_, N, D, cfg_.norm_eps);
     be_.matmul_forward(lnf_, head.weight, logits_, N, D, cfg_.vocab_pad, head.alpha);
     be_.crossentropy_forward(logits_, tgt_, losses_, N, cfg_.vocab, cfg_.vocab_pad);
@@ -119,22 +221,21 @@ class LM {
     for (S x : losses) sum += double(x);
     return sum / N;
   }
+  double aux_loss() const { return aux_loss_; }
 
-  // Gradients of the mean loss of the last forward, accumulated into the gradient arena.
+  // Gradients of (mean cross-entropy + auxiliary losses) of the last forward, accumulated into the grad arena.
   void backward() {
-    const int N = B_ * T_, D = cfg_.d_model, H = cfg_.ffn_hidden, nh = cfg_.n_heads, hd = cfg_.head_dim();
-    Param &nf = P(params_.size() - 2), &head = P(params_.size() - 1);
+    const int N = B_ * T_, D = cfg_.d_model, nh = cfg_.n_heads, hd = cfg_.head_dim();
+    Param &nf = params_[params_.size() - 2], &head = params_.back();
     be_.crossentropy_backward(logits_, tgt_, logits_, N, cfg_.vocab, cfg_.vocab_pad, 1.0 / N);
     be_.matmul_backward(logits_, lnf_, head.weight, dx_, head.grad, N, D, cfg_.vocab_pad, head.alpha);
     be_.zero(dres_, sizeof(A) * size_t(N) * D);
     be_.rmsnorm_backward(dx_, res_[cfg_.n_layers], nf.weight, rstdf_, dres_, nf.grad, N, D);
     for (int l = cfg_.n_layers - 1; l >= 0; --l) {
       Layer& a = layers_[l];
-      Param *n1 = &P(1 + 6 * l), *qkv = n1 + 1, *o = n1 + 2, *n2 = n1 + 3, *fc = n1 + 4, *pr = n1 + 5;
-      // FFN branch: res[l+1] = mid + proj(swiglu(fc(norm(mid))))
-      be_.matmul_backward(dres_, a.sw, pr->weight, dsw_, pr->grad, N, H, D, pr->alpha);
-      be_.swiglu_backward(dsw_, a.fc, dfc_, N, H);
-      be_.matmul_backward(dfc_, a.ln2, fc->weight, dx_, fc->grad, N, D, 2 * H, fc->alpha);
+      Param *n1 = &params_[a.first], *qkv = n1 + 1, *o = n1 + 2, *n2 = n1 + 3;
+      // FFN branch: res[l+1] = mid + FFN(norm(mid))
+      a.ffn->backward(a.ln2, dres_, dx_);
       be_.rmsnorm_backward(dx_, a.mid, n2->weight, a.rstd2, dres_, n2->grad, N, D);  // dres is now d(mid)
       // attention branch: mid = res[l] + proj(attn(rope(qkv(norm(res[l])))))
       be_.matmul_backward(dres_, a.att, o->weight, datt_, o->grad, N, D, D, o->alpha);
@@ -143,7 +244,7 @@ class LM {
       be_.matmul_backward(dqkv_, a.ln1, qkv->weight, dx_, qkv->grad, N, D, 3 * D, qkv->alpha);
       be_.rmsnorm_backward(dx_, res_[l], n1->weight, a.rstd1, dres_, n1->grad, N, D);  // dres is now d(res[l])
     }
-    be_.embedding_backward(tok_, dres_, P(0).grad, N, D);
+    be_.embedding_backward(tok_, dres_, params_[0].grad, N, D);
   }
 
   void zero_grad() { be_.zero(grads_.data(), grads_.bytes()); }
@@ -158,6 +259,8 @@ class LM {
   Backend& backend() { return be_; }
   int batch() const { return B_; }
   size_t activation_bytes() const { return acts_.bytes(); }
+  // Per-layer FFN statistics of the last forward (nullptr for dense layers).
+  const BranchStats* ffn_stats(int layer) const { return layers_[layer].ffn->stats(); }
 
   // Host copies of master values / gradients (in double, for tests, checkpoints and logging).
   std::vector<double> host_values(const Param& p) const { return to_host(p.value, p.row.tensor.size()); }
@@ -170,8 +273,10 @@ class LM {
 
  private:
   struct Layer {
-    A *ln1, *qkv, *probs, *att, *mid, *ln2, *fc, *sw;
+    size_t first = 0;  // index of its attn_norm.w in params_
+    A *ln1, *qkv, *probs, *att, *mid, *ln2;
     S *rstd1, *rstd2;
+    std::unique_ptr<FfnBranch<Backend>> ffn;
   };
 
   std::vector<double> to_host(const M* p, size_t n) const {
@@ -192,9 +297,9 @@ class LM {
         MUE_CHECK(r.tensor.name == specs[i].name && r.tensor.size() == specs[i].size(),
                   "parameter table row ", i, " is '", r.tensor.name, "', model expects '", specs[i].name, "'");
         const size_t n = specs[i].size();
+        // Packed views: each arena is one contiguous vector, so one kernel can sweep it (grad norm, refresh).
         params_.push_back({r, values_.take<M>(n, true), grads_.take<M>(n, true), adam_m_.take<M>(n, true),
-                           adam_v_.take<M>(n, true),
-                           nullptr, table_.forward_alpha(r.tensor.name)});
+                           adam_v_.take<M>(n, true), nullptr, table_.forward_alpha(r.tensor.name)});
         if constexpr (std::is_same_v<W, M>) params_.back().weight = params_.back().value;
         else params_.back().weight = shadow_.take<W>(n, true);
         n_params_ += n;
@@ -205,23 +310,30 @@ class LM {
   }
 
   void layout_activations() {
-    const size_t N = size_t(B_) * T_, D = cfg_.d_model, H = cfg_.ffn_hidden;
+    const size_t N = size_t(B_) * T_, D = cfg_.d_model;
     for (int pass = 0; pass < 2; ++pass) {
       Arena& a = acts_;
       tok_ = a.take<int32_t>(N), tgt_ = a.take<int32_t>(N);
       res_.assign(cfg_.n_layers + 1, nullptr);
       for (auto& r : res_) r = a.take<A>(N * D);
-      layers_.assign(cfg_.n_layers, {});
-      for (auto& L : layers_) {
+      layers_.clear();
+      layers_.resize(cfg_.n_layers);
+      std::vector<size_t> firsts;  // each layer's tensors start at its attn_norm.w
+      for (size_t i = 0; i < params_.size(); ++i)
+        if (params_[i].row.tensor.kind == "attn_norm.w") firsts.push_back(i);
+      for (int l = 0; l < cfg_.n_layers; ++l) {
+        Layer& L = layers_[l];
+        L.first = firsts[l];
         L.ln1 = a.take<A>(N * D), L.qkv = a.take<A>(N * 3 * D), L.att = a.take<A>(N * D);
         L.probs = a.take<A>(size_t(B_) * cfg_.n_heads * T_ * T_);
-        L.mid = a.take<A>(N * D), L.ln2 = a.take<A>(N * D), L.fc = a.take<A>(N * 2 * H), L.sw = a.take<A>(N * H);
+        L.mid = a.take<A>(N * D), L.ln2 = a.take<A>(N * D);
         L.rstd1 = a.take<S>(N), L.rstd2 = a.take<S>(N);
+        // after attn_norm.w, attn.qkv, attn.proj, ffn_norm.w come the FFN's own tensors
+        L.ffn = make_ffn_(cfg_, be_, l, &params_[L.first + 4], int(N), a, table_);
       }
       branch_ = a.take<A>(N * D), lnf_ = a.take<A>(N * D), rstdf_ = a.take<S>(N);
       logits_ = a.take<A>(N * cfg_.vocab_pad), losses_ = a.take<S>(N);
-      dres_ = a.take<A>(N * D), dx_ = a.take<A>(N * D), datt_ = a.take<A>(N * D);
-      dqkv_ = a.take<A>(N * 3 * D), dfc_ = a.take<A>(N * 2 * H), dsw_ = a.take<A>(N * H);
+      dres_ = a.take<A>(N * D), dx_ = a.take<A>(N * D), datt_ = a.take<A>(N * D), dqkv_ = a.take<A>(N * 3 * D);
       if (pass == 0) a.allocate(Backend::on_device);
     }
   }
@@ -230,6 +342,7 @@ class LM {
   ParamTable table_;
   Backend& be_;
   int B_, T_;
+  FfnFactory<Backend> make_ffn_;
   size_t n_params_ = 0;
   Arena values_, grads_, adam_m_, adam_v_, shadow_, acts_;
   std::vector<Param> params_;
@@ -238,7 +351,8 @@ class LM {
   std::vector<Layer> layers_;
   A *branch_ = nullptr, *lnf_ = nullptr, *logits_ = nullptr;
   S *rstdf_ = nullptr, *losses_ = nullptr;
-  A *dres_ = nullptr, *dx_ = nullptr, *datt_ = nullptr, *dqkv_ = nullptr, *dfc_ = nullptr, *dsw_ = nullptr;
+  A *dres_ = nullptr, *dx_ = nullptr, *datt_ = nullptr, *dqkv_ = nullptr;
+  double aux_loss_ = 0;
 };
 
 }  // namespace mue

@@ -10,13 +10,14 @@
 namespace mue {
 
 // What a tensor is, for the rules: they scale by role and fan-in, never by name.
-enum class TensorRole { embedding, hidden, norm, head };
+enum class TensorRole { embedding, hidden, norm, head, router };
 inline const char* role_name(TensorRole r) {
   switch (r) {
     case TensorRole::embedding: return "embedding";
     case TensorRole::hidden: return "hidden";
     case TensorRole::norm: return "norm";
     case TensorRole::head: return "head";
+    case TensorRole::router: return "router";
   }
   return "?";
 }
@@ -45,6 +46,7 @@ struct ParamTable {
   std::vector<ParamRow> rows;
   double attn_scale = 0;         // multiplies q.k in attention (1/sqrt(hd) in SP, ~1/hd in muP)
   double branch_multiplier = 1;  // residual-branch multiplier m (CompleteP's L*/L); folded into *_proj alpha
+  double route_scale = 1;        // MoE: gates g (summing to 1 over the chosen experts) are multiplied by r
 
   const ParamRow& row(const std::string& name) const {
     for (const auto& r : rows)

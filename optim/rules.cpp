@@ -19,11 +19,11 @@ double sp_attention_scale(int head_dim) { return 1.0 / std::sqrt(double(head_dim
 
 namespace {
 
-// The reference model's tensor of the same kind (same role in the network), for its fan-in.
-const TensorSpec& reference_of(const TensorSpec& t, const std::vector<TensorSpec>& ref) {
-  for (const auto& r : ref)
-    if (r.kind == t.kind) return r;
-  fail("reference model has no tensor of kind '", t.kind, "'");
+// The fan-in the reference (dense proxy) model has for the tensor playing this tensor's part: down-projections
+// (dense or expert) read the reference's FFN width, everything else reads its residual width.
+int reference_fan_in(const TensorSpec& t, const ModelConfig& ref) {
+  if (t.kind == "ffn.proj" || t.kind == "moe.experts.proj" || t.kind == "moe.shared.proj") return ref.ffn_hidden;
+  return ref.d_model;
 }
 
 std::string fmt(const char* f, double x) {
@@ -33,7 +33,7 @@ std::string fmt(const char* f, double x) {
 }
 
 // Rows every rule starts from: SP values at the reference hyperparameters.
-ParamRow base_row(const TensorSpec& t, const TensorSpec& r, const Hyper& hp) {
+ParamRow base_row(const TensorSpec& t, int ref_fan_in, const Hyper& hp) {
   ParamRow row;
   row.tensor = t;
   row.lr = hp.lr;
@@ -49,9 +49,10 @@ ParamRow base_row(const TensorSpec& t, const TensorSpec& r, const Hyper& hp) {
       row.why = "emb std";
       break;
     case TensorRole::hidden:
+    case TensorRole::router:
     case TensorRole::head:
-      row.init_std = fan_in_init_std(hp.init_std, t.fan_in(), r.fan_in());
-      row.why = "std*sqrt(fan_in_ref/fan_in)=" + fmt("%.4g", std::sqrt(double(r.fan_in()) / t.fan_in()));
+      row.init_std = fan_in_init_std(hp.init_std, t.fan_in(), ref_fan_in);
+      row.why = "std*sqrt(fan_in_ref/fan_in)=" + fmt("%.4g", std::sqrt(double(ref_fan_in) / t.fan_in()));
       break;
   }
   return row;
@@ -60,21 +61,19 @@ ParamRow base_row(const TensorSpec& t, const TensorSpec& r, const Hyper& hp) {
 ParamTable rule_sp(const ModelConfig& tgt, const ModelConfig& ref, const Hyper& hp) {
   ParamTable t;
   t.attn_scale = sp_attention_scale(tgt.head_dim());
-  auto rs = lm_tensors(ref);
-  for (const auto& s : lm_tensors(tgt)) t.rows.push_back(base_row(s, reference_of(s, rs), hp));
+  for (const auto& s : lm_tensors(tgt)) t.rows.push_back(base_row(s, reference_fan_in(s, ref), hp));
   return t;
 }
 
 ParamTable rule_mup(const ModelConfig& tgt, const ModelConfig& ref, const Hyper& hp) {
   ParamTable t;
   t.attn_scale = mup_attention_scale(tgt.head_dim(), ref.head_dim());
-  auto rs = lm_tensors(ref);
   for (const auto& s : lm_tensors(tgt)) {
-    const TensorSpec& r = reference_of(s, rs);
-    ParamRow row = base_row(s, r, hp);
-    if (s.role == TensorRole::hidden) {
-      row.lr = mup_hidden_lr(hp.lr, s.fan_in(), r.fan_in());
-      row.why += " lr*fan_in_ref/fan_in=" + fmt("%.4g", double(r.fan_in()) / s.fan_in());
+    const int rf = reference_fan_in(s, ref);
+    ParamRow row = base_row(s, rf, hp);
+    if (s.role == TensorRole::hidden || s.role == TensorRole::router) {  // router: a hidden matrix of fan-in d
+      row.lr = mup_hidden_lr(hp.lr, s.fan_in(), rf);
+      row.why += " lr*fan_in_ref/fan_in=" + fmt("%.4g", double(rf) / s.fan_in());
     } else if (s.role == TensorRole::head) {
       row.init_std = hp.init_std;  // width-independent init; the multiplier does the 1/d
       row.multiplier = mup_output_multiplier(tgt.d_model, ref.d_model);

@@ -1,0 +1,28 @@
+// The MoE data-movement ops for each backend, as overloads on the backend type (nn/backend.h knows nothing of
+// MoE; this layer adds to it).
+#pragma once
+#include "moe/moe_cpu.h"
+#include "nn/backend.h"
+#ifdef MUE_HAVE_CUDA
+#include "moe/moe_cuda.h"
+#endif
+
+namespace mue {
+
+template <class T>
+void permute_rows(CpuBackend<T>&, const T* x, const int32_t* src, T* xp, int rows, int D) { cpu::permute_rows(x, src, xp, rows, D); }
+template <class T>
+void unpermute_add(CpuBackend<T>&, const T* dxp, const int32_t* src, T* dx, int rows, int D) { cpu::unpermute_add(dxp, src, dx, rows, D); }
+template <class T>
+void combine_forward(CpuBackend<T>&, const T* yp, const int32_t* slot, const T* g, T* out, int N, int a, int D) { cpu::combine_forward(yp, slot, g, out, N, a, D); }
+template <class T>
+void combine_backward(CpuBackend<T>&, const T* dout, const T* yp, const int32_t* slot, const T* g, T* dyp, T* dg, int N, int a, int D) { cpu::combine_backward(dout, yp, slot, g, dyp, dg, N, a, D); }
+
+#ifdef MUE_HAVE_CUDA
+inline void permute_rows(CudaBackend& be, const bf16* x, const int32_t* src, bf16* xp, int rows, int D) { cuda::permute_rows(be.ctx, x, src, xp, rows, D); }
+inline void unpermute_add(CudaBackend& be, const bf16* dxp, const int32_t* src, bf16* dx, int rows, int D) { cuda::unpermute_add(be.ctx, dxp, src, dx, rows, D); }
+inline void combine_forward(CudaBackend& be, const bf16* yp, const int32_t* slot, const bf16* g, bf16* out, int N, int a, int D) { cuda::combine_forward(be.ctx, yp, slot, g, out, N, a, D); }
+inline void combine_backward(CudaBackend& be, const bf16* dout, const bf16* yp, const int32_t* slot, const bf16* g, bf16* dyp, bf16* dg, int N, int a, int D) { cuda::combine_backward(be.ctx, dout, yp, slot, g, dyp, dg, N, a, D); }
+#endif
+
+}  // namespace mue
