@@ -8,6 +8,7 @@
 
 #include "data/tokens.h"
 #include "experiments/bench.h"
+#include "experiments/coord_check.h"
 #include "experiments/run_config.h"
 #include "experiments/trainer.h"
 
@@ -25,6 +26,8 @@ usage:
                                                text tree -> token file (default: linux-doc-6.1 Documentation)
   mue transfer [CONFIG.json] [key=value ...] [--json]
                                                print the parameter table the config's rule gives
+  mue coord-check [CONFIG.json] [key=value ...] (--widths 64,128,256 | --shapes 64e2a,64e8a) [--steps N]
+                  [--out FILE.h5]              coordinate check under the config's rule (CPU); prints log-log slopes
   mue bench PRESET [--steps N] [--device auto|cpu|cuda]
                                                tok/s, MFU and ms/step (presets: experiments/configs/bench/)
   mue help | --help | COMMAND --help
@@ -163,6 +166,42 @@ int cmd_transfer(int argc, char** argv) {
   return 0;
 }
 
+int cmd_coord_check(int argc, char** argv) {
+  Args a = parse_args(argc, argv, 2, {"--widths", "--shapes", "--steps", "--out"}, {});
+  MUE_CHECK(a.has("--widths") != a.has("--shapes"), "coord-check needs exactly one of --widths or --shapes");
+  RunConfig c = resolve_config(a.config, a.overrides);
+  std::vector<CoordPoint> pts;
+  if (a.has("--widths")) {
+    std::vector<int> w;
+    for (double x : parse_list(a.get("--widths", ""), "--widths")) w.push_back(int(x));
+    pts = width_points(c.model, w);
+  } else {
+    std::vector<std::string> shapes;
+    std::string s = a.get("--shapes", "");
+    for (size_t p = 0, q; p <= s.size(); p = q + 1) {
+      q = s.find(',', p);
+      if (q == std::string::npos) q = s.size();
+      shapes.push_back(s.substr(p, q - p));
+    }
+    pts = shape_points(c.model, shapes);
+  }
+  const int steps = int(parse_list(a.get("--steps", "5"), "--steps")[0]);
+  const std::string out = a.get("--out", c.out_dir + "/coord-" + c.rule + ".h5");
+  auto rows = coord_check(pts, c.rule, c.reference, c.hp, c.adamw, steps, c.train.batch, c.train.seed);
+  write_coord_file(out, pts, rows, c.rule, c.raw);
+  std::printf("coordinate check, rule %s, %zu points, %d steps -> %s\n", c.rule.c_str(), pts.size(), steps, out.c_str());
+  std::printf("log-log slope vs %s at the last step (0 = flat):\n", a.has("--widths") ? "width" : "active experts");
+  std::printf("%-14s %12s %12s\n", "quantity", "activation", "update");
+  for (const char* q : {"attn_out", "ffn_out", "block_out", "logits", "router_logits"}) {
+    bool any = false;
+    for (const auto& r : rows) any |= r.quantity == q;
+    if (!any) continue;
+    std::printf("%-14s %12.3f %12.3f\n", q, coord_slope(pts, rows, q, steps, false),
+                std::string(q) == "router_logits" ? 0.0 : coord_slope(pts, rows, q, steps, true));
+  }
+  return 0;
+}
+
 int cmd_bench(int argc, char** argv) {
   Args a = parse_args(argc, argv, 2, {"--steps", "--device"}, {});
   MUE_CHECK(!a.config.empty(), "bench needs a PRESET (e.g. gpt2s-dense)");
@@ -199,6 +238,7 @@ int main(int argc, char** argv) {
     if (cmd == "tokenize") return cmd_tokenize(argc, argv);
     if (cmd == "transfer") return cmd_transfer(argc, argv);
     if (cmd == "bench") return cmd_bench(argc, argv);
+    if (cmd == "coord-check") return cmd_coord_check(argc, argv);
     std::fprintf(stderr, "mue: unknown command '%s' (try mue --help)\n", cmd.c_str());
     return 2;
   } catch (const mue::Error& e) {

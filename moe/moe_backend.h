@@ -12,7 +12,7 @@ namespace mue {
 template <class T>
 void permute_rows(CpuBackend<T>&, const T* x, const int32_t* src, T* xp, int rows, int D) { cpu::permute_rows(x, src, xp, rows, D); }
 template <class T>
-void unpermute_add(CpuBackend<T>&, const T* dxp, const int32_t* src, T* dx, int rows, int D) { cpu::unpermute_add(dxp, src, dx, rows, D); }
+void unpermute_add(CpuBackend<T>&, const T* dxp, const int32_t* slot, T* dx, int N, int a, int D) { cpu::unpermute_add(dxp, slot, dx, N, a, D); }
 template <class T>
 void combine_forward(CpuBackend<T>&, const T* yp, const int32_t* slot, const T* g, T* out, int N, int a, int D) { cpu::combine_forward(yp, slot, g, out, N, a, D); }
 template <class T>
@@ -20,7 +20,7 @@ void combine_backward(CpuBackend<T>&, const T* dout, const T* yp, const int32_t*
 
 #ifdef MUE_HAVE_CUDA
 inline void permute_rows(CudaBackend& be, const bf16* x, const int32_t* src, bf16* xp, int rows, int D) { cuda::permute_rows(be.ctx, x, src, xp, rows, D); }
-inline void unpermute_add(CudaBackend& be, const bf16* dxp, const int32_t* src, bf16* dx, int rows, int D) { cuda::unpermute_add(be.ctx, dxp, src, dx, rows, D); }
+inline void unpermute_add(CudaBackend& be, const bf16* dxp, const int32_t* slot, bf16* dx, int N, int a, int D) { cuda::unpermute_add(be.ctx, dxp, slot, dx, N, a, D); }
 inline void combine_forward(CudaBackend& be, const bf16* yp, const int32_t* slot, const bf16* g, bf16* out, int N, int a, int D) { cuda::combine_forward(be.ctx, yp, slot, g, out, N, a, D); }
 inline void combine_backward(CudaBackend& be, const bf16* dout, const bf16* yp, const int32_t* slot, const bf16* g, bf16* dyp, bf16* dg, int N, int a, int D) { cuda::combine_backward(be.ctx, dout, yp, slot, g, dyp, dg, N, a, D); }
 #endif

@@ -106,11 +106,14 @@ template <class T>
 void permute_rows(const T* x, const int32_t* src_token, T* xp, int rows, int D) {
   for (int r = 0; r < rows; ++r) std::copy(x + size_t(src_token[r]) * D, x + size_t(src_token[r] + 1) * D, xp + size_t(r) * D);
 }
-// The transpose: dx[src_token[r]] += dxp[r]
+// The transpose, gathered per token so it needs no atomics: dx[n] += sum_k dxp[slot_row[n*a+k]]
 template <class T>
-void unpermute_add(const T* dxp, const int32_t* src_token, T* dx, int rows, int D) {
-  for (int r = 0; r < rows; ++r)
-    for (int i = 0; i < D; ++i) dx[size_t(src_token[r]) * D + i] += dxp[size_t(r) * D + i];
+void unpermute_add(const T* dxp, const int32_t* slot_row, T* dx, int N, int a, int D) {
+  for (int n = 0; n < N; ++n)
+    for (int k = 0; k < a; ++k) {
+      const T* src = dxp + size_t(slot_row[size_t(n) * a + k]) * D;
+      for (int i = 0; i < D; ++i) dx[size_t(n) * D + i] += src[i];
+    }
 }
 
 // out[n] = sum_k gates[n,k] * yp[slot_row[n*a+k]]   (overwrites out)

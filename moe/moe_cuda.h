@@ -9,8 +9,8 @@ namespace mue::cuda {
 
 // xp[r] = x[src_token[r]]
 void permute_rows(Context& ctx, const bf16* x, const int32_t* src_token, bf16* xp, int rows, int D);
-// dx[src_token[r]] += dxp[r]   (fp32 atomics on bf16 pairs are avoided: one thread block per token row, see .cu)
-void unpermute_add(Context& ctx, const bf16* dxp, const int32_t* src_token, bf16* dx, int rows, int D);
+// dx[n] += sum_k dxp[slot_row[n*a+k]]   (gathered per token: no atomics, deterministic)
+void unpermute_add(Context& ctx, const bf16* dxp, const int32_t* slot_row, bf16* dx, int N, int a, int D);
 // out[n] = sum_k gates[n,k] yp[slot_row[n*a+k]]
 void combine_forward(Context& ctx, const bf16* yp, const int32_t* slot_row, const bf16* gates, bf16* out, int N, int a,
                      int D);

@@ -53,9 +53,11 @@ class MoeFfn : public FfnBranch<Backend> {
     stats_.balance_loss = cpu::balance_loss<double>(h_scores_.data(), h_idx_.data(), N, E, a, s_.balance_coef,
                                                     nullptr, stats_.load.data());
     stats_.z_loss = s_.z_coef > 0 ? cpu::z_loss<double>(h_logits_.data(), N, E, s_.z_coef, nullptr) : 0.0;
-    double ent = 0;
+    double ent = 0, ss = 0;
     for (double p : h_scores_) ent -= p > 0 ? p * std::log(p) : 0.0;
+    for (double l : h_logits_) ss += l * l;
     stats_.entropy = ent / N;
+    stats_.logits_rms = std::sqrt(ss / double(h_logits_.size()));
     be_.upload(src_token_, src.data(), sizeof(int32_t) * R);
     be_.upload(slot_row_, slot.data(), sizeof(int32_t) * R);
     be_.from_host(gates_dev_, h_gates_);
@@ -114,7 +116,7 @@ class MoeFfn : public FfnBranch<Backend> {
                                  h_idx_.data(), dl.data(), N, E, a, s_.sigmoid, r_);
     be_.from_host(dlogits_, dl);
     be_.matmul_backward(dlogits_, xn, router.weight, dxn, router.grad, N, D, E, router.alpha);
-    unpermute_add(be_, dxp_, src_token_, dxn, R, D);
+    unpermute_add(be_, dxp_, slot_row_, dxn, N, a, D);
     if (s_.shared > 0) {
       Param &sfc = router_[3], &sproj = router_[4];
       const int Hs = s_.shared * s_.shared_hidden;

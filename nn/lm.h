@@ -101,6 +101,7 @@ struct LMParam {
 struct BranchStats {
   std::vector<double> load;  // fraction of assignments per expert
   double entropy = 0, balance_loss = 0, z_loss = 0;
+  double logits_rms = 0;  // RMS of the router logits
 };
 
 // The FFN branch of a block: y = FFN(xn). Dense here; the MoE layer (moe/) implements the same interface.
@@ -261,6 +262,28 @@ class LM {
   size_t activation_bytes() const { return acts_.bytes(); }
   // Per-layer FFN statistics of the last forward (nullptr for dense layers).
   const BranchStats* ffn_stats(int layer) const { return layers_[layer].ffn->stats(); }
+
+  // Activations of the last forward, on the host, for coordinate checks (call before backward(), which reuses
+  // the logits buffer): per layer the attention branch output, the FFN branch output and the block output, and
+  // the logits. Names: "layers.L.attn_out", "layers.L.ffn_out", "layers.L.block_out", "logits".
+  std::vector<std::pair<std::string, std::vector<double>>> probe() {
+    const size_t N = size_t(B_) * T_, D = cfg_.d_model;
+    std::vector<std::pair<std::string, std::vector<double>>> out;
+    std::vector<double> a, b;
+    for (int l = 0; l < cfg_.n_layers; ++l) {
+      const std::string p = "layers." + std::to_string(l) + ".";
+      be_.to_host(a, res_[l], N * D), be_.to_host(b, layers_[l].mid, N * D);
+      for (size_t i = 0; i < a.size(); ++i) a[i] = b[i] - a[i];
+      out.push_back({p + "attn_out", a});
+      be_.to_host(a, res_[l + 1], N * D);
+      out.push_back({p + "block_out", a});
+      for (size_t i = 0; i < a.size(); ++i) a[i] -= b[i];
+      out.push_back({p + "ffn_out", a});
+    }
+    be_.to_host(a, logits_, N * cfg_.vocab_pad);
+    out.push_back({"logits", a});
+    return out;
+  }
 
   // Host copies of master values / gradients (in double, for tests, checkpoints and logging).
   std::vector<double> host_values(const Param& p) const { return to_host(p.value, p.row.tensor.size()); }

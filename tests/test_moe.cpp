@@ -61,7 +61,7 @@ TEST_CASE("dispatch: permutation and un-permutation are inverse; combine backwar
   }
   V x = randn(N * D, 31), xp(N * a * D), back(N * D, 0.0);
   cpu::permute_rows(x.data(), src.data(), xp.data(), N * a, D);
-  cpu::unpermute_add(xp.data(), src.data(), back.data(), N * a, D);
+  cpu::unpermute_add(xp.data(), slot.data(), back.data(), N, a, D);
   for (int i = 0; i < N * D; ++i) CHECK(back[i] == Approx(a * x[i]));  // each token was sent a times
   // combine: out = sum_k g * yp[row]; gradients w.r.t. yp and gates
   V yp = randn(N * a * D, 32), g = randn(N * a, 33), R = randn(N * D, 34), out(N * D);

@@ -1,0 +1,200 @@
+// End to end through the library and the `mue` program: a tiny run writes a complete HDF5 log; bad input gets a
+// one-line error and a non-zero exit and never touches an existing result.
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "core/h5log.h"
+#include "data/tokens.h"
+#include "experiments/trainer.h"
+#include "tests/catch.h"
+
+using namespace mue;
+namespace fs = std::filesystem;
+
+namespace {
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    path = fs::temp_directory_path() / ("mue_cli_" + std::to_string(::getpid()) + "_" + std::to_string(counter()++));
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+  std::string operator/(const std::string& f) const { return (path / f).string(); }
+  static int& counter() {
+    static int c = 0;
+    return c;
+  }
+};
+
+// A token file with a learnable pattern: each token is (previous * 5 + 1) mod 97 most of the time.
+std::string make_tokens(const TempDir& d) {
+  std::vector<uint16_t> train(20000), val(3000);
+  uint16_t cur = 0;
+  for (size_t i = 0; i < train.size() + val.size(); ++i) {
+    cur = rng_uniform(3, 0, i) < 0.9 ? uint16_t((cur * 5 + 1) % 97) : uint16_t(rng_index(4, 0, i, 97));
+    (i < train.size() ? train[i] : val[i - train.size()]) = cur;
+  }
+  std::string p = d / "toy.tok";
+  write_token_file(p, train, val, R"({"corpus": "synthetic test"})");
+  return p;
+}
+
+struct Result {
+  int rc;
+  std::string err;
+};
+Result run_mue(const std::string& args) {
+  std::string errfile = "/tmp/mue_cli_err_" + std::to_string(::getpid());
+  std::string cmd = std::string(MUE_BINARY) + " " + args + " > /dev/null 2> " + errfile;
+  int st = std::system(cmd.c_str());
+  std::ifstream in(errfile);
+  std::string err((std::istreambuf_iterator<char>(in)), {});
+  std::remove(errfile.c_str());
+  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, err};
+}
+
+std::string tiny_args(const TempDir& d, const std::string& tok) {
+  return "model.vocab=97 model.vocab_pad=128 model.d_model=32 model.n_heads=2 model.seq_len=16 ffn.hidden=64 "
+         "train.batch=4 train.steps=30 train.log_every=10 train.eval_every=15 train.eval_batches=2 "
+         "train.device=cpu data.tokens=" + tok + " out.dir=" + d.path.string();
+}
+}  // namespace
+
+TEST_CASE("train: a tiny run writes a complete, readable HDF5 log and learns", "[cli]") {
+  TempDir d;
+  std::string tok = make_tokens(d);
+  RunConfig c = resolve_config("", {"name=tiny", "model.vocab=97", "model.vocab_pad=128", "model.d_model=32",
+                                    "model.n_heads=2", "model.seq_len=16", "ffn.hidden=64", "train.batch=8",
+                                    "train.steps=60", "train.log_every=10", "train.eval_every=30",
+                                    "train.eval_batches=2", "train.device=cpu", "hp.lr=0.01",
+                                    "data.tokens=" + tok, "out.dir=" + d.path.string()});
+  RunResult r = train_run(c, false);
+  CHECK(r.status == "completed");
+  CHECK(r.final_val_loss < 0.7 * std::log(97.0));
+  const std::string f = d / "tiny.h5";
+  CHECK(read_string_attr(f, "status").value() == "completed");
+  CHECK(read_string_attr(f, "rule").value() == "mup");
+  CHECK(!read_string_attr(f, "git_commit").value().empty());
+  CHECK(read_string_attr(f, "device").value() == "cpu");
+  CHECK(!read_string_attr(f, "finished").value().empty());
+  CHECK(json::parse(read_string_attr(f, "config").value())["train"]["steps"] == 60);
+  for (const char* ds : {"step", "tokens", "loss", "lr", "grad_norm", "tok_per_s", "wall_s"})
+    CHECK(read_doubles(f, std::string("train/") + ds).size() == 6);
+  CHECK(read_doubles(f, "val/loss").size() == 2);
+  CHECK(read_doubles(f, "val/step") == std::vector<double>{30, 60});
+  auto names = read_strings(f, "param_table/name");
+  CHECK(names.size() == lm_tensors(c.model).size());
+  CHECK(names.front() == "embed.wte");
+  CHECK(read_doubles(f, "param_table/lr").size() == names.size());
+
+  SECTION("a completed run is not overwritten unless asked") {
+    auto before = fs::last_write_time(f);
+    CHECK_THROWS_WITH(train_run(c, false), HasText("holds a completed run"));
+    CHECK(fs::last_write_time(f) == before);
+  }
+}
+
+TEST_CASE("train with an MoE FFN logs router statistics", "[cli][moe]") {
+  TempDir d;
+  std::string tok = make_tokens(d);
+  RunConfig c = resolve_config("", {"name=moe", "model.vocab=97", "model.vocab_pad=128", "model.d_model=32",
+                                    "model.n_heads=2", "model.seq_len=16", "ffn.type=moe", "ffn.shape=8e2a",
+                                    "ffn.expert_hidden=16", "train.batch=4", "train.steps=20", "train.log_every=10",
+                                    "train.eval_every=20", "train.eval_batches=1", "train.device=cpu",
+                                    "data.tokens=" + tok, "out.dir=" + d.path.string()});
+  RunResult r = train_run(c, false);
+  CHECK(r.status == "completed");
+  const std::string f = d / "moe.h5";
+  CHECK(read_doubles(f, "router/layer").size() == 2 * 2);  // 2 log rows x 2 layers
+  CHECK(read_doubles(f, "router/entropy").size() == 4);
+  auto load = read_doubles(f, "router/load");  // [4, 8] flattened
+  REQUIRE(load.size() == 4 * 8);
+  double s = 0;
+  for (int e = 0; e < 8; ++e) s += load[e];
+  CHECK(s == Approx(1.0));
+}
+
+TEST_CASE("diverging run stops and is marked diverged", "[cli]") {
+  TempDir d;
+  std::string tok = make_tokens(d);
+  RunConfig c = resolve_config("", {"name=boom", "model.vocab=97", "model.vocab_pad=128", "model.d_model=32",
+                                    "model.n_heads=2", "model.seq_len=16", "ffn.hidden=64", "train.batch=4",
+                                    "train.steps=40", "train.device=cpu", "hp.lr=1e6", "optim.warmup=0",
+                                    "optim.grad_clip=0", "train.diverge_factor=1.5",
+                                    "data.tokens=" + tok, "out.dir=" + d.path.string()});
+  RunResult r = train_run(c, false);
+  CHECK(r.status == "diverged");
+  CHECK(r.steps_done < 40);
+  CHECK(read_string_attr(d / "boom.h5", "status").value() == "diverged");
+}
+
+TEST_CASE("the mue program: bad input gives one line and a non-zero exit", "[cli]") {
+  TempDir d;
+  std::string tok = make_tokens(d);
+  std::string base = tiny_args(d, tok);
+  // A good run first, so the overwrite case has something to protect.
+  REQUIRE(run_mue("train name=keep " + base).rc == 0);
+  const std::string kept = d / "keep.h5";
+  auto before = fs::last_write_time(kept);
+  // A truncated token file.
+  std::string trunc = d / "trunc.tok";
+  fs::copy_file(tok, trunc);
+  fs::resize_file(trunc, fs::file_size(tok) / 2);
+  std::string cfg_unknown = d / "unknown.json";
+  std::ofstream(cfg_unknown) << R"({"model": {"d_modle": 64}})";
+  std::string cfg_bad = d / "bad.json";
+  std::ofstream(cfg_bad) << R"({"model": {"d_model": 64)";
+
+  struct Case {
+    std::string args, expect;
+  };
+  std::vector<Case> cases = {
+      {"train " + cfg_unknown, "unknown config key 'model.d_modle'"},
+      {"train " + cfg_bad, "malformed JSON"},
+      {"train /nonexistent/x.json", "cannot open config file"},
+      {"train " + base + " model.n_heads=3", "not divisible by model.n_heads"},
+      {"train " + base + " ffn.type=moe ffn.shape=8e9a", "ffn.active (9) exceeds ffn.experts (8)"},
+      {"train " + base + " ffn.type=moe ffn.shape=8e3a ffn.groups=2", "not divisible by ffn.groups"},
+      {"train " + base + " ffn.type=moe ffn.expert_hidden=30 ffn.granularity=4", "not divisible by ffn.granularity"},
+      {"train " + base + " ffn.type=moe ffn.shape=eight", "not of the form NeAa"},
+      {"train " + base + " data.tokens=/nonexistent.tok", "/nonexistent.tok"},
+      {"train " + base + " data.tokens=" + trunc, "truncated"},
+      {"train " + base + " out.dir=/proc/mue_cannot_write", "/proc/mue_cannot_write"},
+      {"train name=keep " + base, "holds a completed run"},
+      {"train " + base + " rule=xp", "unknown rule 'xp'"},
+      {"train " + base + " train.stepz=3", "unknown config key 'train.stepz'"},
+      {"frobnicate", "unknown command 'frobnicate'"},
+      {"bench no-such-preset --device cpu", "unknown bench preset 'no-such-preset'"},
+      {"sweep " + base, "sweep needs --lr"},
+      {"train " + base + " --fast", "unknown option '--fast'"},
+  };
+  for (const auto& c : cases) {
+    INFO("mue " << c.args);
+    Result r = run_mue(c.args);
+    CHECK(r.rc != 0);
+    CHECK(r.err.find(c.expect) != std::string::npos);
+    CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);  // one line
+  }
+  CHECK(fs::last_write_time(kept) == before);
+  CHECK(read_string_attr(kept, "status").value() == "completed");
+}
+
+TEST_CASE("transfer prints the table; --json parses", "[cli]") {
+  std::string out = "/tmp/mue_transfer_" + std::to_string(::getpid());
+  int st = std::system((std::string(MUE_BINARY) + " transfer model.d_model=256 model.n_heads=4 reference.d_model=64 --json > " + out).c_str());
+  REQUIRE(WEXITSTATUS(st) == 0);
+  std::ifstream in(out);
+  json j = json::parse(in);
+  std::remove(out.c_str());
+  CHECK(j["rule"] == "mup");
+  bool found = false;
+  for (auto& r : j["rows"])
+    if (r["name"] == "layers.0.attn.qkv") found = true, CHECK(r["lr"].get<double>() == Approx(0.01 / 4));
+  CHECK(found);
+}
