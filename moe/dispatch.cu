@@ -1,23 +1,15 @@
 // MoE data movement on the GPU: permute tokens into expert-contiguous rows, gather them back, and combine the
 // expert outputs with the gates. All are pure bandwidth: each reads and writes R*D (or N*a*D) bf16 once.
 // One thread block per output row; threads stride over D with fp32 arithmetic.
-#include <cuda_bf16.h>
-#include <cuda_runtime.h>
-
-#include "core/error.h"
+#include "core/cuda_util.cuh"
 #include "moe/moe_cuda.h"
 
 namespace mue::cuda {
 
 namespace {
-using bf = __nv_bfloat16;
-inline const bf* B(const bf16* p) { return reinterpret_cast<const bf*>(p); }
-inline bf* B(bf16* p) { return reinterpret_cast<bf*>(p); }
-
-void check_launch(const char* what) {
-  cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess) fail("CUDA error in ", what, ": ", cudaGetErrorString(e));
-}
+using detail::B;
+using detail::bf;
+using detail::check_launch;
 int threads_for(int D) { return D >= 256 ? 256 : D >= 128 ? 128 : 64; }
 
 // xp[r, :] = x[src[r], :]   traffic: read R*D, write R*D
