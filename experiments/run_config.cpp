@@ -14,7 +14,7 @@ struct KeyDoc {
 };
 const KeyDoc kDocs[] = {
     {"name", "run name; the log goes to out.dir/NAME.h5"},
-    {"task", "lm (flow comes with the diffusion model)"},
+    {"task", "lm (language model) | flow (class-conditional DiT, rectified flow)"},
     {"model.vocab", "vocabulary size used by the loss (GPT-2: 50257)"},
     {"model.vocab_pad", "embedding/head rows, >= vocab (padded for speed: 50304)"},
     {"model.d_model", "residual width d"},
@@ -36,11 +36,22 @@ const KeyDoc kDocs[] = {
     {"ffn.score", "MoE: router scores softmax | sigmoid"},
     {"ffn.balance_coef", "MoE: switch load-balancing loss coefficient"},
     {"ffn.z_coef", "MoE: router z-loss coefficient"},
+    {"image.channels", "flow: image channels"},
+    {"image.size", "flow: image side S"},
+    {"image.patch", "flow: patch side p (tokens = (S/p)^2)"},
+    {"image.classes", "flow: classes (one more, the null class, is added for guidance)"},
+    {"image.time_freq", "flow: sinusoidal timestep features"},
+    {"image.label_dropout", "flow: probability a label is replaced by the null class"},
+    {"image.eval_t", "flow: held-out loss at these t values with fixed noise"},
+    {"image.sample_steps", "flow: Euler steps of the sampler"},
+    {"image.guidance", "flow: classifier-free guidance scale of the sampler (1 = off)"},
     {"reference.d_model", "reference (tuned proxy) width; null = same as model"},
     {"reference.n_layers", "reference depth; null = same as model"},
     {"reference.n_heads", "reference heads; null = same as model"},
     {"reference.ffn_hidden", "reference FFN width; null = same as model"},
-    {"rule", "parameterization rule: sp | mup"},
+    {"reference.batch", "reference sequences (images) per step; null = train.batch"},
+    {"reference.steps", "reference steps; null = train.steps"},
+    {"rule", "parameterization rule: sp | mup | completep | complete-mue | jiang-dmft | mup-moe | mup-total-width | mup-no-route-scale"},
     {"hp.lr", "Adam LR tuned at the reference"},
     {"hp.wd", "AdamW weight decay (PyTorch convention) tuned at the reference"},
     {"hp.init_std", "hidden-matrix init std at the reference fan-in"},
@@ -62,7 +73,8 @@ const KeyDoc kDocs[] = {
     {"train.eval_batches", "validation batches per evaluation (fixed windows)"},
     {"train.device", "auto | cpu | cuda"},
     {"train.diverge_factor", "mark diverged when loss > factor x initial loss after warmup (0: off; NaN/inf always)"},
-    {"data.tokens", "token file made by `mue tokenize`"},
+    {"data.tokens", "token file made by `mue tokenize` (task lm)"},
+    {"data.images", "image file made by `mue prepare-images` (task flow)"},
     {"out.dir", "folder for run files"},
     {"out.overwrite", "replace an existing completed run of the same name"},
 };
@@ -77,14 +89,17 @@ json default_config() {
     "ffn": {"type": "dense", "hidden": 256, "shape": null, "experts": 8, "active": 2, "expert_hidden": 64,
             "granularity": 1, "shared": 0, "shared_hidden": 0, "groups": 1, "score": "softmax",
             "balance_coef": 0.01, "z_coef": 0.0},
-    "reference": {"d_model": null, "n_layers": null, "n_heads": null, "ffn_hidden": null},
+    "reference": {"d_model": null, "n_layers": null, "n_heads": null, "ffn_hidden": null, "batch": null,
+                  "steps": null},
+    "image": {"channels": 1, "size": 28, "patch": 2, "classes": 10, "time_freq": 256, "label_dropout": 0.1,
+              "eval_t": [0.1, 0.3, 0.5, 0.7, 0.9], "sample_steps": 50, "guidance": 1.5},
     "rule": "mup",
     "hp": {"lr": 0.01, "wd": 0.0, "init_std": 0.02, "emb_init_std": 0.02, "eps": 1e-8},
     "optim": {"beta1": 0.9, "beta2": 0.95, "grad_clip": 1.0, "schedule": "cosine", "warmup": 20,
               "min_lr_factor": 0.1, "decay_fraction": 0.2},
     "train": {"batch": 8, "steps": 150, "seed": 1, "data_seed": 1, "log_every": 10, "eval_every": 50,
               "eval_batches": 8, "device": "auto", "diverge_factor": 0.0},
-    "data": {"tokens": "data-cache/linux-doc.tok"},
+    "data": {"tokens": "data-cache/linux-doc.tok", "images": "data-cache/fashion-mnist.h5"},
     "out": {"dir": "runs", "overwrite": false}
   })");
 }
@@ -148,8 +163,9 @@ RunConfig parse_config(const json& j) {
   c.name = j.at("name").get<std::string>();
   MUE_CHECK(!c.name.empty() && c.name.find('/') == std::string::npos, "name must be non-empty without '/'");
   c.task = j.at("task").get<std::string>();
-  MUE_CHECK(c.task == "lm", "unknown task '", c.task, "' (known: lm)");
+  MUE_CHECK(c.task == "lm" || c.task == "flow", "unknown task '", c.task, "' (known: lm, flow)");
   ModelConfig& m = c.model;
+  m.task = c.task;
   m.vocab = get_int(j, "model", "vocab");
   m.vocab_pad = get_int(j, "model", "vocab_pad");
   m.d_model = get_int(j, "model", "d_model");
@@ -160,6 +176,24 @@ RunConfig parse_config(const json& j) {
   m.seq_len = get_int(j, "model", "seq_len");
   m.rope_theta = get<double>(j, "model", "rope_theta");
   m.norm_eps = get<double>(j, "model", "norm_eps");
+  ImageConfig& im = m.image;
+  im.channels = get_int(j, "image", "channels");
+  im.size = get_int(j, "image", "size");
+  im.patch = get_int(j, "image", "patch");
+  im.classes = get_int(j, "image", "classes");
+  im.time_freq = get_int(j, "image", "time_freq");
+  im.label_dropout = get<double>(j, "image", "label_dropout");
+  c.eval_t = get<std::vector<double>>(j, "image", "eval_t");
+  for (double t : c.eval_t) MUE_CHECK(t > 0 && t < 1, "image.eval_t values must be in (0, 1)");
+  c.sample_steps = get_int(j, "image", "sample_steps");
+  c.guidance = get<double>(j, "image", "guidance");
+  MUE_CHECK(c.sample_steps > 0, "image.sample_steps must be positive");
+  if (m.task == "flow") {
+    MUE_CHECK(im.patch > 0 && im.size % im.patch == 0, "image.size (", im.size, ") is not divisible by image.patch (",
+              im.patch, ")");
+    m.seq_len = im.grid() * im.grid();
+    m.vocab = m.vocab_pad = 1;  // unused by the DiT
+  }
   m.validate();
   c.reference = m;
   c.reference.ffn = FfnConfig{};  // the reference is the dense proxy
@@ -203,6 +237,15 @@ RunConfig parse_config(const json& j) {
   c.schedule.total = t.steps;
   c.schedule.validate();
   c.data_tokens = get<std::string>(j, "data", "tokens");
+  c.data_images = get<std::string>(j, "data", "images");
+  const json& rb = j.at("reference").at("batch");
+  const json& rsteps = j.at("reference").at("steps");
+  if (!rb.is_null()) MUE_CHECK(rb.is_number() && rb.get<double>() > 0, "reference.batch must be positive");
+  if (!rsteps.is_null()) MUE_CHECK(rsteps.is_number() && rsteps.get<double>() > 0, "reference.steps must be positive");
+  c.hp.batch_tokens = double(t.batch) * m.seq_len;
+  c.hp.ref_batch_tokens = (rb.is_null() ? double(t.batch) : rb.get<double>()) * m.seq_len;
+  c.hp.steps = t.steps;
+  c.hp.ref_steps = rsteps.is_null() ? double(t.steps) : rsteps.get<double>();
   c.out_dir = get<std::string>(j, "out", "dir");
   c.overwrite = get<bool>(j, "out", "overwrite");
   make_param_table(c.rule, c.model, c.reference, c.hp);  // validates the rule name and hyperparameters now

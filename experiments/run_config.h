@@ -26,7 +26,10 @@ struct RunConfig {
   AdamWConfig adamw;
   Schedule schedule;
   TrainConfig train;
-  std::string data_tokens;
+  std::string data_tokens, data_images;
+  std::vector<double> eval_t;  // flow: fixed t values of the held-out loss
+  int sample_steps = 50;
+  double guidance = 1.5;
   std::string out_dir;
   bool overwrite = false;
   json raw;  // the fully resolved JSON (stored in the run's HDF5 file)

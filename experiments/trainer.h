@@ -1,5 +1,6 @@
 // The training loop: config -> table -> model -> steps, logging to one HDF5 file per run.
 #pragma once
+#include <cmath>
 #include <string>
 
 #include "experiments/run_config.h"
@@ -9,7 +10,7 @@ namespace mue {
 struct RunResult {
   std::string path, status, device;
   int steps_done = 0;
-  double first_loss = 0, final_train_loss = 0, final_val_loss = 0, best_val_loss = 0, tok_per_s = 0;
+  double first_loss = 0, final_train_loss = 0, final_val_loss = NAN, best_val_loss = NAN, tok_per_s = 0;
 };
 
 // Runs (or refuses to run) one training job. Throws mue::Error for bad input before touching any file.

@@ -7,8 +7,10 @@
 #include <string>
 #include <vector>
 
+#include "nn/dit_ops_cpu.h"
 #include "nn/ops_cpu.h"
 #ifdef MUE_HAVE_CUDA
+#include "nn/dit_ops_cuda.h"
 #include "nn/ops_cuda.h"
 #endif
 
@@ -46,6 +48,16 @@ struct CpuBackend {
   void swiglu_backward(const T* dout, const T* in, T* din, int N, int H) { cpu::swiglu_backward(dout, in, din, N, H); }
   void crossentropy_forward(const T* logits, const int32_t* tgt, T* losses, int N, int V, int Vp) { cpu::crossentropy_forward(logits, tgt, losses, N, V, Vp); }
   void crossentropy_backward(const T* logits, const int32_t* tgt, T* dlogits, int N, int V, int Vp, double dl) { cpu::crossentropy_backward(logits, tgt, dlogits, N, V, Vp, dl); }
+  // diffusion transformer ops
+  void silu_forward(const T* x, T* y, size_t n) { cpu::silu_forward(x, y, n); }
+  void silu_backward(const T* dy, const T* x, T* dx, size_t n) { cpu::silu_backward(dy, x, dx, n); }
+  void modulate_forward(const T* x, const T* mod, T* y, T* rstd, int B, int Tn, int D, int M, int ish, int isc, double eps) { cpu::modulate_forward(x, mod, y, rstd, B, Tn, D, M, ish, isc, eps); }
+  void modulate_backward(const T* dy, const T* x, const T* mod, const T* rstd, T* dx, T* dmod, int B, int Tn, int D, int M, int ish, int isc) { cpu::modulate_backward(dy, x, mod, rstd, dx, dmod, B, Tn, D, M, ish, isc); }
+  void gated_residual_forward(T* out, const T* x, const T* y, const T* mod, int B, int Tn, int D, int M, int ig) { cpu::gated_residual_forward(out, x, y, mod, B, Tn, D, M, ig); }
+  void gated_residual_backward(const T* dout, const T* y, const T* mod, T* dy, T* dmod, int B, int Tn, int D, int M, int ig) { cpu::gated_residual_backward(dout, y, mod, dy, dmod, B, Tn, D, M, ig); }
+  void add_rows(T* x, const T* v, int B, int Tn, int D) { cpu::add_rows(x, v, B, Tn, D); }
+  double mse_forward(const T* pred, const T* target, size_t n) { return cpu::mse_forward(pred, target, n); }
+  void mse_backward(const T* pred, const T* target, T* dpred, size_t n) { cpu::mse_backward(pred, target, dpred, n); }
   double sum_squares(const T* g, size_t n) { return cpu::sum_squares(g, n); }
   void adamw_step(T* p, const T* g, T* m, T* v, T*, size_t n, double lr, double b1, double b2, double eps, double wd, int t, double gs) {
     cpu::adamw_step(p, g, m, v, n, lr, b1, b2, eps, wd, t, gs);
@@ -98,6 +110,22 @@ struct CudaBackend {
   void swiglu_backward(const bf16* dout, const bf16* in, bf16* din, int N, int H) { cuda::swiglu_backward(ctx, dout, in, din, N, H); }
   void crossentropy_forward(const bf16* logits, const int32_t* tgt, float* losses, int N, int V, int Vp) { cuda::crossentropy_forward(ctx, logits, tgt, losses, N, V, Vp); }
   void crossentropy_backward(const bf16* logits, const int32_t* tgt, bf16* dlogits, int N, int V, int Vp, double dl) { cuda::crossentropy_backward(ctx, logits, tgt, dlogits, N, V, Vp, float(dl)); }
+  // diffusion transformer ops
+  void silu_forward(const bf16* x, bf16* y, size_t n) { cuda::silu_forward(ctx, x, y, n); }
+  void silu_backward(const bf16* dy, const bf16* x, bf16* dx, size_t n) { cuda::silu_backward(ctx, dy, x, dx, n); }
+  void modulate_forward(const bf16* x, const bf16* mod, bf16* y, float* rstd, int B, int Tn, int D, int M, int ish, int isc, double eps) { cuda::modulate_forward(ctx, x, mod, y, rstd, B, Tn, D, M, ish, isc, float(eps)); }
+  void modulate_backward(const bf16* dy, const bf16* x, const bf16* mod, const float* rstd, bf16* dx, bf16* dmod, int B, int Tn, int D, int M, int ish, int isc) { cuda::modulate_backward(ctx, dy, x, mod, rstd, dx, dmod, B, Tn, D, M, ish, isc); }
+  void gated_residual_forward(bf16* out, const bf16* x, const bf16* y, const bf16* mod, int B, int Tn, int D, int M, int ig) { cuda::gated_residual_forward(ctx, out, x, y, mod, B, Tn, D, M, ig); }
+  void gated_residual_backward(const bf16* dout, const bf16* y, const bf16* mod, bf16* dy, bf16* dmod, int B, int Tn, int D, int M, int ig) { cuda::gated_residual_backward(ctx, dout, y, mod, dy, dmod, B, Tn, D, M, ig); }
+  void add_rows(bf16* x, const bf16* v, int B, int Tn, int D) { cuda::add_rows(ctx, x, v, B, Tn, D); }
+  double mse_forward(const bf16* pred, const bf16* target, size_t n) {
+    cuda::memset_zero(ctx, norm_acc, sizeof(float));
+    cuda::mse_sum(ctx, pred, target, n, norm_acc);
+    float s = 0;
+    download(&s, norm_acc, sizeof(float));
+    return double(s) / double(n);
+  }
+  void mse_backward(const bf16* pred, const bf16* target, bf16* dpred, size_t n) { cuda::mse_backward(ctx, pred, target, dpred, n); }
   double sum_squares(const float* g, size_t n) {
     cuda::memset_zero(ctx, norm_acc, sizeof(float));
     cuda::sum_squares(ctx, g, n, norm_acc);

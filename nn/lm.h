@@ -39,13 +39,34 @@ struct FfnConfig {
   }
 };
 
+// The image side of the diffusion transformer (task "flow"); unused by the LM.
+struct ImageConfig {
+  int channels = 1, size = 28, patch = 2, classes = 10;
+  int time_freq = 256;         // sinusoidal timestep features fed to the timestep MLP
+  double label_dropout = 0.1;  // probability a training label is replaced by the null class (for CFG)
+  int grid() const { return size / patch; }
+  int patch_dim() const { return channels * patch * patch; }
+};
+
 struct ModelConfig {
+  std::string task = "lm";  // lm | flow
   int vocab = 50257, vocab_pad = 50304;
   int d_model = 128, n_layers = 4, n_heads = 4, ffn_hidden = 512, seq_len = 256;
   double rope_theta = 10000, norm_eps = 1e-5;
   FfnConfig ffn;
+  ImageConfig image;
   int head_dim() const { return d_model / n_heads; }
   void validate() const {
+    MUE_CHECK(task == "lm" || task == "flow", "unknown task '", task, "' (known: lm, flow)");
+    if (task == "flow") {
+      MUE_CHECK(image.channels > 0 && image.size > 0 && image.patch > 0 && image.size % image.patch == 0,
+                "image.size (", image.size, ") must be a positive multiple of image.patch (", image.patch, ")");
+      MUE_CHECK(image.classes > 0 && image.time_freq > 0 && image.time_freq % 2 == 0,
+                "image.classes must be positive and image.time_freq even");
+      MUE_CHECK(d_model % 4 == 0, "model.d_model must be divisible by 4 for the 2-D position embedding");
+      MUE_CHECK(image.label_dropout >= 0 && image.label_dropout <= 1, "image.label_dropout must be in [0, 1]");
+      MUE_CHECK(seq_len == image.grid() * image.grid(), "internal: seq_len must be (size/patch)^2 for flow");
+    }
     MUE_CHECK(vocab > 0 && vocab_pad >= vocab, "model.vocab_pad (", vocab_pad, ") must be >= model.vocab (", vocab, ")");
     MUE_CHECK(d_model > 0 && n_layers > 0 && n_heads > 0 && ffn_hidden > 0 && seq_len > 0,
               "model sizes must be positive");

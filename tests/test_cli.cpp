@@ -41,7 +41,7 @@ std::string make_tokens(const TempDir& d) {
     (i < train.size() ? train[i] : val[i - train.size()]) = cur;
   }
   std::string p = d / "toy.tok";
-  write_token_file(p, train, val, R"({"corpus": "synthetic test"})");
+  write_token_file(p, train, val, R"({"corpus": "synthetic test"})", 97);
   return p;
 }
 
@@ -125,7 +125,7 @@ TEST_CASE("diverging run stops and is marked diverged", "[cli]") {
   std::string tok = make_tokens(d);
   RunConfig c = resolve_config("", {"name=boom", "model.vocab=97", "model.vocab_pad=128", "model.d_model=32",
                                     "model.n_heads=2", "model.seq_len=16", "ffn.hidden=64", "train.batch=4",
-                                    "train.steps=40", "train.device=cpu", "hp.lr=1e6", "optim.warmup=0",
+                                    "train.steps=40", "train.device=cpu", "rule=sp", "hp.lr=3", "optim.warmup=0",
                                     "optim.grad_clip=0", "train.diverge_factor=1.5",
                                     "data.tokens=" + tok, "out.dir=" + d.path.string()});
   RunResult r = train_run(c, false);
@@ -195,6 +195,9 @@ TEST_CASE("transfer prints the table; --json parses", "[cli]") {
   CHECK(j["rule"] == "mup");
   bool found = false;
   for (auto& r : j["rows"])
-    if (r["name"] == "layers.0.attn.qkv") found = true, CHECK(r["lr"].get<double>() == Approx(0.01 / 4));
+    if (r["name"] == "layers.0.attn.qkv") {
+      found = true;
+      CHECK(r["lr"].get<double>() == Approx(0.01 / 4));
+    }
   CHECK(found);
 }

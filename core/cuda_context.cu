@@ -1,0 +1,134 @@
+// The CUDA context (device, stream, cuBLAS handle, scratch buffers), checked memory helpers and the
+// fp32 <-> bf16 cast kernels.
+#include <cstdio>
+#include <string>
+
+#include "core/cuda_util.cuh"
+#include "nn/ops_cuda.h"
+
+namespace mue::cuda {
+
+using namespace detail;
+
+namespace {
+// "1.2 GB", "384 KB", "12 bytes": sizes in error messages.
+std::string human_bytes(size_t b) {
+  char s[32];
+  if (b >= (size_t(1) << 30)) std::snprintf(s, sizeof s, "%.1f GB", double(b) / double(size_t(1) << 30));
+  else if (b >= (size_t(1) << 20)) std::snprintf(s, sizeof s, "%.1f MB", double(b) / double(size_t(1) << 20));
+  else if (b >= (size_t(1) << 10)) std::snprintf(s, sizeof s, "%.1f KB", double(b) / 1024.0);
+  else std::snprintf(s, sizeof s, "%zu bytes", b);
+  return s;
+}
+
+// out[i] = bf16(in[i]) (round to nearest even)   traffic: read 4n, write 2n bytes
+__global__ void cast_f32_to_bf16_kernel(const float* in, bf* out, size_t n) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+    out[i] = __float2bfloat16_rn(in[i]);
+}
+// out[i] = float(in[i]) (exact)   traffic: read 2n, write 4n bytes
+__global__ void cast_bf16_to_f32_kernel(const bf* in, float* out, size_t n) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+    out[i] = __bfloat162float(in[i]);
+}
+}  // namespace
+
+bool gpu_available() {
+  static const bool ok = [] {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+      (void)cudaGetLastError();
+      return false;
+    }
+    return n > 0;
+  }();
+  return ok;
+}
+
+Context::Context(int device) : device_(device) {
+  check(cudaSetDevice(device), "cudaSetDevice(", device, ")");
+  // A blocking stream: the synchronous cudaMemcpy of copy_to_device / copy_to_host (legacy default stream)
+  // stays ordered with the kernels queued here.
+  check(cudaStreamCreate(&stream), "cudaStreamCreate");
+  check_cublas(cublasCreate(&cublas), "cublasCreate");
+  check_cublas(cublasSetStream(cublas, stream), "cublasSetStream");
+}
+
+Context::~Context() {
+  // No throwing from a destructor: errors here are ignored (the process is usually going down with them).
+  for (int i = 0; i < 8; ++i)
+    if (scratch_[i]) (void)cudaFree(scratch_[i]);
+  if (cublas) (void)cublasDestroy(cublas);
+  if (stream) (void)cudaStreamDestroy(stream);
+  (void)cudaGetLastError();
+}
+
+std::string Context::device_name() const {
+  cudaDeviceProp prop{};
+  check(cudaGetDeviceProperties(&prop, device_), "cudaGetDeviceProperties(", device_, ")");
+  return prop.name;
+}
+
+void* Context::scratch(int slot, size_t bytes) {
+  MUE_CHECK(slot >= 0 && slot < 8, "scratch slot ", slot, " out of range [0, 8)");
+  if (bytes > scratch_bytes_[slot]) {
+    // cudaFree waits for the device, so kernels still reading the old buffer finish first.
+    if (scratch_[slot]) check(cudaFree(scratch_[slot]), "cudaFree(scratch ", slot, ")");
+    scratch_[slot] = nullptr;
+    scratch_bytes_[slot] = 0;
+    const size_t grown = bytes + bytes / 8;  // a little headroom so slowly growing requests do not thrash
+    check(cudaMalloc(&scratch_[slot], grown), "cudaMalloc(scratch ", slot, ", ", human_bytes(grown), ")");
+    scratch_bytes_[slot] = grown;
+  }
+  return scratch_[slot];
+}
+
+void Context::synchronize() { check(cudaStreamSynchronize(stream), "cudaStreamSynchronize"); }
+
+// Zero-filled, like the host arenas: optimizer moments and gradients start from 0.
+void* device_alloc(size_t bytes) {
+  void* p = nullptr;
+  if (bytes == 0) return nullptr;
+  check(cudaMalloc(&p, bytes), "cudaMalloc(", human_bytes(bytes), ")");
+  cudaError_t e = cudaMemset(p, 0, bytes);
+  if (e != cudaSuccess) {
+    (void)cudaFree(p);
+    check(e, "cudaMemset(", human_bytes(bytes), ")");
+  }
+  return p;
+}
+
+// Never throws (it runs from destructors).
+void device_free(void* p) {
+  if (p && cudaFree(p) != cudaSuccess) (void)cudaGetLastError();
+}
+
+void copy_to_device(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "cudaMemcpy(host to device, ", human_bytes(bytes), ")");
+}
+
+void copy_to_host(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy(device to host, ", human_bytes(bytes), ")");
+}
+
+void memset_zero(Context& ctx, void* p, size_t bytes) {
+  if (bytes == 0) return;
+  check(cudaMemsetAsync(p, 0, bytes, ctx.stream), "cudaMemsetAsync(", human_bytes(bytes), ")");
+}
+
+void cast_f32_to_bf16(Context& ctx, const float* in, bf16* out, size_t n) {
+  if (n == 0) return;
+  cast_f32_to_bf16_kernel<<<grid_for(n, 256), 256, 0, ctx.stream>>>(in, B(out), n);
+  check_launch("cast_f32_to_bf16_kernel");
+}
+
+void cast_bf16_to_f32(Context& ctx, const bf16* in, float* out, size_t n) {
+  if (n == 0) return;
+  cast_bf16_to_f32_kernel<<<grid_for(n, 256), 256, 0, ctx.stream>>>(B(in), out, n);
+  check_launch("cast_bf16_to_f32_kernel");
+}
+
+}  // namespace mue::cuda

@@ -1,0 +1,69 @@
+// Small shared pieces of the CUDA path (only included by .cu files): bf16 pointer casts, error checks that turn
+// a failed CUDA / cuBLAS call into a one-line mue::Error, launch-size helpers and warp / block reductions.
+#pragma once
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+
+#include "core/dtype.h"
+#include "core/error.h"
+
+namespace mue::cuda::detail {
+
+using bf = __nv_bfloat16;
+inline const bf* B(const bf16* p) { return reinterpret_cast<const bf*>(p); }
+inline bf* B(bf16* p) { return reinterpret_cast<bf*>(p); }
+
+template <class... Args>
+inline void check(cudaError_t e, const Args&... what) {
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();  // clear a non-sticky error so later calls report their own
+    fail("CUDA error in ", what..., ": ", cudaGetErrorString(e));
+  }
+}
+template <class... Args>
+inline void check_cublas(cublasStatus_t s, const Args&... what) {
+  if (s != CUBLAS_STATUS_SUCCESS) fail("cuBLAS error in ", what..., ": ", cublasGetStatusString(s));
+}
+// After a kernel launch: a bad launch configuration shows up here; faults inside kernels show at the next sync.
+inline void check_launch(const char* kernel) { check(cudaGetLastError(), kernel, " launch"); }
+
+// Blocks for a grid-stride loop over n elements (capped: the loop covers the rest).
+inline unsigned grid_for(size_t n, int threads, size_t cap = 8192) {
+  size_t g = (n + size_t(threads) - 1) / size_t(threads);
+  return unsigned(g < cap ? g : cap);
+}
+// Threads for a one-block-per-row kernel over rows of length D (a multiple of 32).
+inline int threads_for_row(int D) { return D >= 1024 ? 1024 : D >= 512 ? 512 : D >= 256 ? 256 : D >= 128 ? 128 : 64; }
+
+struct SumOp {
+  template <class T>
+  __device__ T operator()(T a, T b) const { return a + b; }
+};
+struct MaxOp {
+  template <class T>
+  __device__ T operator()(T a, T b) const { return a > b ? a : b; }
+};
+
+template <class T, class Op>
+__device__ __forceinline__ T warp_reduce(T v, Op op) {
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Reduction over the whole block (blockDim.x a multiple of 32, every thread calls it); every thread gets the
+// result. Safe to call several times in a row: it syncs before reusing its shared buffer.
+template <class T, class Op>
+__device__ __forceinline__ T block_reduce(T v, Op op, T identity) {
+  __shared__ T buf[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  v = warp_reduce(v, op);
+  __syncthreads();
+  if (lane == 0) buf[warp] = v;
+  __syncthreads();
+  return warp_reduce(lane < nwarps ? buf[lane] : identity, op);
+}
+
+}  // namespace mue::cuda::detail

@@ -1,0 +1,411 @@
+#include "data/tokens.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <atomic>
+#include <bit>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <filesystem>
+#include <iostream>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <thread>
+#include <utility>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "data/tokenizer.h"
+
+namespace mue {
+
+static_assert(std::endian::native == std::endian::little, "token files are little-endian; big-endian hosts unsupported");
+
+namespace fs = std::filesystem;
+
+namespace {
+
+template <class T>
+T load_le(const uint8_t* p) {
+  T v;
+  std::memcpy(&v, p, sizeof(T));
+  return v;
+}
+
+template <class T>
+void put(std::string& s, T v) {
+  s.append(reinterpret_cast<const char*>(&v), sizeof(T));
+}
+
+}  // namespace
+
+// ---- writing -----------------------------------------------------------------------------------------------
+
+void write_token_file(const std::string& path, std::span<const uint16_t> train, std::span<const uint16_t> val,
+                      const std::string& sources_json, uint32_t vocab_size) {
+  MUE_CHECK(vocab_size > 0 && vocab_size <= 65536, "token file ", path, ": vocab_size ", vocab_size,
+            " does not fit uint16 token storage (must be 1..65536)");
+  for (auto split : {train, val})
+    for (uint16_t t : split)
+      MUE_CHECK(t < vocab_size, "token file ", path, ": token id ", t, " >= vocab_size ", vocab_size);
+  std::string sources = sources_json;
+  while ((kTokenFileHeaderBytes + sources.size()) % 8 != 0) sources.push_back(' ');  // align the tokens
+  MUE_CHECK(sources.size() <= UINT32_MAX, "token file ", path, ": sources JSON too large");
+
+  std::string header(kTokenFileMagic, 8);
+  put<uint32_t>(header, kTokenFileVersion);
+  put<uint32_t>(header, vocab_size);
+  put<uint64_t>(header, train.size());
+  put<uint64_t>(header, val.size());
+  put<uint32_t>(header, uint32_t(sources.size()));
+
+  const std::string tmp = path + ".tmp";
+  FILE* f = std::fopen(tmp.c_str(), "wb");
+  MUE_CHECK(f, "token file: cannot create ", tmp, ": ", std::strerror(errno));
+  bool ok = std::fwrite(header.data(), 1, header.size(), f) == header.size() &&
+            std::fwrite(sources.data(), 1, sources.size(), f) == sources.size() &&
+            std::fwrite(train.data(), sizeof(uint16_t), train.size(), f) == train.size() &&
+            std::fwrite(val.data(), sizeof(uint16_t), val.size(), f) == val.size() && std::fflush(f) == 0 &&
+            ::fsync(fileno(f)) == 0;
+  const int err = errno;
+  ok = (std::fclose(f) == 0) && ok;
+  if (!ok) {
+    std::remove(tmp.c_str());
+    fail("token file: error writing ", tmp, ": ", std::strerror(err));
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int e = errno;
+    std::remove(tmp.c_str());
+    fail("token file: cannot rename ", tmp, " to ", path, ": ", std::strerror(e));
+  }
+}
+
+// ---- reading -----------------------------------------------------------------------------------------------
+
+TokenFile TokenFile::open(const std::string& path) {
+  TokenFile tf;
+  tf.path_ = path;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  MUE_CHECK(fd >= 0, "token file ", path, ": cannot open: ", std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const int e = errno;
+    ::close(fd);
+    fail("token file ", path, ": cannot stat: ", std::strerror(e));
+  }
+  const auto size = uint64_t(st.st_size);
+  if (size < kTokenFileHeaderBytes) {
+    ::close(fd);
+    fail("token file ", path, ": ", size, " bytes, shorter than the ", kTokenFileHeaderBytes,
+         "-byte header (truncated or not a token file)");
+  }
+  void* m = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  const int e = errno;
+  ::close(fd);
+  MUE_CHECK(m != MAP_FAILED, "token file ", path, ": mmap failed: ", std::strerror(e));
+  tf.map_ = static_cast<const uint8_t*>(m);
+  tf.map_size_ = size;  // from here on tf's destructor unmaps on error
+
+  const uint8_t* p = tf.map_;
+  MUE_CHECK(std::memcmp(p, kTokenFileMagic, 8) == 0, "token file ", path,
+            ": bad magic (expected \"MUETOKS1\"; not a mue token file)");
+  const auto version = load_le<uint32_t>(p + 8);
+  MUE_CHECK(version == kTokenFileVersion, "token file ", path, ": version ", version, ", this build reads ",
+            kTokenFileVersion);
+  tf.vocab_size_ = load_le<uint32_t>(p + 12);
+  tf.n_train_ = load_le<uint64_t>(p + 16);
+  tf.n_val_ = load_le<uint64_t>(p + 24);
+  const auto sources_len = load_le<uint32_t>(p + 32);
+  MUE_CHECK(tf.vocab_size_ > 0 && tf.vocab_size_ <= 65536, "token file ", path, ": bad vocab_size ",
+            tf.vocab_size_);
+  const unsigned __int128 expected = (unsigned __int128)kTokenFileHeaderBytes + sources_len +
+                                     2 * ((unsigned __int128)tf.n_train_ + tf.n_val_);
+  if (expected != size) {
+    const auto exp64 = expected > UINT64_MAX ? UINT64_MAX : uint64_t(expected);
+    fail("token file ", path, ": header says ", exp64, " bytes (", tf.n_train_, " train + ", tf.n_val_,
+         " val tokens), file has ", size, expected > size ? " (truncated)" : " (trailing bytes)");
+  }
+  tf.sources_.assign(reinterpret_cast<const char*>(p + kTokenFileHeaderBytes), sources_len);
+  while (!tf.sources_.empty() && tf.sources_.back() == ' ') tf.sources_.pop_back();
+  tf.train_ = p + kTokenFileHeaderBytes + sources_len;
+  tf.val_ = tf.train_ + 2 * tf.n_train_;
+
+  // Every id must index the embedding table; one pass over the tokens is cheap next to training.
+  uint16_t max_id = 0;
+  const uint8_t* t = tf.train_;
+  for (uint64_t i = 0, n = tf.n_train_ + tf.n_val_; i < n; ++i) max_id = std::max(max_id, load_le<uint16_t>(t + 2 * i));
+  MUE_CHECK(tf.n_train_ + tf.n_val_ == 0 || max_id < tf.vocab_size_, "token file ", path, ": token id ", max_id,
+            " >= vocab_size ", tf.vocab_size_, " (corrupt)");
+  return tf;
+}
+
+void TokenFile::release() {
+  if (map_) ::munmap(const_cast<uint8_t*>(map_), map_size_);
+  map_ = nullptr;
+  map_size_ = 0;
+}
+
+TokenFile::~TokenFile() { release(); }
+
+TokenFile::TokenFile(TokenFile&& o) noexcept { *this = std::move(o); }
+
+TokenFile& TokenFile::operator=(TokenFile&& o) noexcept {
+  if (this != &o) {
+    release();
+    path_ = std::move(o.path_);
+    sources_ = std::move(o.sources_);
+    map_ = std::exchange(o.map_, nullptr);
+    map_size_ = std::exchange(o.map_size_, 0);
+    train_ = std::exchange(o.train_, nullptr);
+    val_ = std::exchange(o.val_, nullptr);
+    vocab_size_ = std::exchange(o.vocab_size_, 0);
+    n_train_ = std::exchange(o.n_train_, 0);
+    n_val_ = std::exchange(o.n_val_, 0);
+  }
+  return *this;
+}
+
+uint16_t TokenFile::train_token(uint64_t i) const {
+  MUE_CHECK(i < n_train_, "token file ", path_, ": train index ", i, " out of range (", n_train_, ")");
+  return load_le<uint16_t>(train_ + 2 * i);
+}
+
+uint16_t TokenFile::val_token(uint64_t i) const {
+  MUE_CHECK(i < n_val_, "token file ", path_, ": val index ", i, " out of range (", n_val_, ")");
+  return load_le<uint16_t>(val_ + 2 * i);
+}
+
+void TokenFile::copy_window(const uint8_t* split, uint64_t start, int T, int32_t* inputs, int32_t* targets) const {
+  const uint8_t* w = split + 2 * start;
+  int32_t prev = load_le<uint16_t>(w);
+  for (int t = 0; t < T; ++t) {
+    const int32_t next = load_le<uint16_t>(w + 2 * (t + 1));
+    inputs[t] = prev;
+    targets[t] = next;
+    prev = next;
+  }
+}
+
+void TokenFile::sample_batch(uint64_t seed, uint64_t step, int B, int T, int32_t* inputs, int32_t* targets) const {
+  MUE_CHECK(map_, "token file: sample_batch on an unopened TokenFile");
+  MUE_CHECK(B > 0 && T > 0, "token file ", path_, ": sample_batch needs B > 0 and T > 0 (got B=", B, " T=", T, ")");
+  MUE_CHECK(uint64_t(T) + 1 <= n_train_, "token file ", path_, ": T+1 = ", T + 1, " exceeds the train split (",
+            n_train_, " tokens)");
+  for (int b = 0; b < B; ++b) {
+    const uint64_t start = rng_index(seed, step, uint64_t(b), n_train_ - uint64_t(T));
+    copy_window(train_, start, T, inputs + size_t(b) * T, targets + size_t(b) * T);
+  }
+}
+
+int64_t TokenFile::val_batches(int B, int T) const {
+  MUE_CHECK(map_, "token file: val_batches on an unopened TokenFile");
+  MUE_CHECK(B > 0 && T > 0, "token file ", path_, ": val_batches needs B > 0 and T > 0 (got B=", B, " T=", T, ")");
+  MUE_CHECK(uint64_t(T) + 1 <= n_val_, "token file ", path_, ": T+1 = ", T + 1, " exceeds the val split (", n_val_,
+            " tokens)");
+  return int64_t((n_val_ - 1) / uint64_t(T) / uint64_t(B));
+}
+
+void TokenFile::val_batch(int64_t i, int B, int T, int32_t* inputs, int32_t* targets) const {
+  const int64_t n = val_batches(B, T);
+  MUE_CHECK(i >= 0 && i < n, "token file ", path_, ": val batch ", i, " out of range (", n, " batches of B=", B,
+            " T=", T, ")");
+  for (int b = 0; b < B; ++b) {
+    const uint64_t w = uint64_t(i) * uint64_t(B) + uint64_t(b);
+    copy_window(val_, w * uint64_t(T), T, inputs + size_t(b) * T, targets + size_t(b) * T);
+  }
+}
+
+// ---- tokenizing a tree -------------------------------------------------------------------------------------
+
+bool tokenize_goes_to_val(const std::string& relative_path, double val_fraction) {
+  return double(hash_name(relative_path.c_str()) % 10000) < val_fraction * 10000.0;
+}
+
+namespace {
+
+constexpr const char* kPatterns[] = {".rst.gz", ".txt.gz", ".rst", ".txt"};
+
+bool wanted(const std::string& name) {
+  for (const char* suf : kPatterns) {
+    const size_t n = std::strlen(suf);
+    if (name.size() > n && name.compare(name.size() - n, n, suf) == 0) return true;
+  }
+  return false;
+}
+
+bool is_skipped_dir(const std::string& rel) {  // html/_sources at any depth
+  const std::string s = "html/_sources";
+  return rel == s || (rel.size() > s.size() && rel.compare(rel.size() - s.size(), s.size(), s) == 0 &&
+                      rel[rel.size() - s.size() - 1] == '/');
+}
+
+// Reads a gzip file, or a plain one (zlib passes non-gzip data through unchanged).
+std::string read_gz(const std::string& path) {
+  gzFile f = gzopen(path.c_str(), "rb");
+  MUE_CHECK(f, "tokenize: cannot open ", path, ": ", std::strerror(errno));
+  gzbuffer(f, 1 << 17);
+  std::string out;
+  char buf[1 << 16];
+  for (;;) {
+    const int n = gzread(f, buf, sizeof buf);
+    if (n < 0) {
+      int code = 0;
+      const std::string msg = gzerror(f, &code);
+      gzclose(f);
+      fail("tokenize: cannot decompress ", path, ": ", msg);
+    }
+    if (n == 0) break;
+    out.append(buf, size_t(n));
+  }
+  gzclose(f);
+  return out;
+}
+
+std::string file_fnv_hex(const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  MUE_CHECK(f, "tokenize: cannot open ", path);
+  uint64_t h = 1469598103934665603ull;
+  char buf[1 << 16];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0)
+    for (size_t i = 0; i < n; ++i) h = (h ^ uint8_t(buf[i])) * 1099511628211ull;
+  std::fclose(f);
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", (unsigned long long)h);
+  return hex;
+}
+
+}  // namespace
+
+TokenizeStats tokenize_tree(const TokenizeOptions& opts) {
+  const auto t0 = std::chrono::steady_clock::now();
+  MUE_CHECK(!opts.vocab_dir.empty(), "tokenize: vocab_dir (encoder.json + vocab.bpe) is not set");
+  MUE_CHECK(!opts.out.empty(), "tokenize: output path is not set");
+  MUE_CHECK(opts.val_fraction >= 0 && opts.val_fraction <= 1, "tokenize: val_fraction ", opts.val_fraction,
+            " outside [0, 1]");
+  std::error_code ec;
+  MUE_CHECK(fs::is_directory(opts.root, ec), "tokenize: corpus root ", opts.root, " is not a directory");
+
+  const GPT2Tokenizer tok = GPT2Tokenizer::load(opts.vocab_dir);
+  MUE_CHECK(tok.vocab_size() <= 65536, "tokenize: vocabulary of ", tok.vocab_size(),
+            " tokens does not fit the uint16 token file (ids must be <= 65535)");
+
+  // Collect documents, sorted by relative path.
+  const fs::path root(opts.root);
+  std::vector<std::string> rel;
+  for (auto it = fs::recursive_directory_iterator(root, fs::directory_options::skip_permission_denied, ec);
+       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    const std::string r = it->path().lexically_relative(root).generic_string();
+    if (it->is_directory(ec)) {
+      if (is_skipped_dir(r)) it.disable_recursion_pending();
+      continue;
+    }
+    if (it->is_regular_file(ec) && wanted(it->path().filename().string())) rel.push_back(r);
+  }
+  MUE_CHECK(!ec, "tokenize: cannot walk ", opts.root, ": ", ec.message());
+  MUE_CHECK(!rel.empty(), "tokenize: no *.rst.gz, *.txt.gz, *.rst or *.txt documents under ", opts.root);
+  std::sort(rel.begin(), rel.end());
+
+  // Tokenize, documents spread over threads; results land in their sorted slot.
+  const size_t n_docs = rel.size();
+  int threads = opts.threads > 0 ? opts.threads : int(std::thread::hardware_concurrency());
+  threads = std::max(1, std::min<int>(threads, int(n_docs)));
+  std::vector<std::vector<uint16_t>> doc_tokens(n_docs);
+  std::atomic<size_t> next{0}, done{0};
+  std::atomic<uint64_t> bytes{0};
+  std::atomic<bool> failed{false};
+  std::exception_ptr error;
+  std::mutex mu;
+  double last_report = 0;  // seconds; progress goes to stderr at most every 5 s
+  auto worker = [&] {
+    GPT2Tokenizer::Cache cache;
+    std::vector<uint32_t> ids;
+    try {
+      for (size_t i; !failed && (i = next.fetch_add(1)) < n_docs;) {
+        const std::string text = read_gz((root / rel[i]).string());
+        bytes += text.size();
+        ids.clear();
+        tok.encode_append(text, ids, cache);
+        doc_tokens[i].assign(ids.begin(), ids.end());  // ids < vocab_size <= 65536, checked above
+        const size_t d = ++done;
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        std::lock_guard<std::mutex> lock(mu);
+        if (s - last_report >= 5.0) {
+          last_report = s;
+          std::fprintf(stderr, "tokenize: %zu/%zu documents, %.1f MB, %.1f s\n", d, n_docs, bytes.load() / 1e6, s);
+        }
+      }
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mu);
+      if (!error) error = std::current_exception();
+      failed = true;
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) pool.emplace_back(worker);
+  for (auto& th : pool) th.join();
+  if (error) std::rethrow_exception(error);
+
+  // Assemble the splits in path order; eot after every document.
+  TokenizeStats st;
+  st.documents = n_docs;
+  st.bytes = bytes.load();
+  std::vector<uint16_t> train, val;
+  const auto eot = uint16_t(tok.eot());
+  for (size_t i = 0; i < n_docs; ++i) {
+    const bool to_val = tokenize_goes_to_val(rel[i], opts.val_fraction);
+    auto& dst = to_val ? val : train;
+    dst.insert(dst.end(), doc_tokens[i].begin(), doc_tokens[i].end());
+    dst.push_back(eot);
+    (to_val ? st.val_documents : st.train_documents)++;
+    std::vector<uint16_t>().swap(doc_tokens[i]);
+  }
+  st.train_tokens = train.size();
+  st.val_tokens = val.size();
+  if (val.empty() && opts.val_fraction > 0)
+    std::fprintf(stderr, "tokenize: warning: no document fell into the validation split\n");
+
+  const std::string enc = opts.vocab_dir + "/encoder.json", bpe = opts.vocab_dir + "/vocab.bpe";
+  nlohmann::json sources = {
+      {"corpus", opts.corpus_name},
+      {"root", fs::absolute(root).lexically_normal().string()},
+      {"patterns", {"*.rst.gz", "*.txt.gz", "*.rst", "*.txt"}},
+      {"skipped", "html/_sources"},
+      {"order", "documents sorted by relative path"},
+      {"documents", st.documents},
+      {"train_documents", st.train_documents},
+      {"val_documents", st.val_documents},
+      {"text_bytes", st.bytes},
+      {"train_tokens", st.train_tokens},
+      {"val_tokens", st.val_tokens},
+      {"tokenizer",
+       {{"kind", "gpt2-byte-level-bpe"},
+        {"encoder_json", enc},
+        {"vocab_bpe", bpe},
+        {"encoder_json_fnv1a64", file_fnv_hex(enc)},
+        {"vocab_bpe_fnv1a64", file_fnv_hex(bpe)},
+        {"vocab_size", tok.vocab_size()},
+        {"merges", tok.n_merges()},
+        {"eot", tok.eot()}}},
+      {"document_separator", "eot appended after every document"},
+      {"validation",
+       {{"rule", "fnv1a64(relative_path) % 10000 < val_fraction * 10000, whole documents"},
+        {"val_fraction", opts.val_fraction}}},
+  };
+  write_token_file(opts.out, train, val, sources.dump(), uint32_t(tok.vocab_size()));
+  st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::fprintf(stderr, "tokenize: wrote %s: %llu documents (%llu val), %llu train + %llu val tokens, %.1f s\n",
+               opts.out.c_str(), (unsigned long long)st.documents, (unsigned long long)st.val_documents,
+               (unsigned long long)st.train_tokens, (unsigned long long)st.val_tokens, st.seconds);
+  return st;
+}
+
+}  // namespace mue

@@ -1,0 +1,303 @@
+// The diffusion transformer for rectified-flow training (DiT-style), written once for both backends:
+//   x_t [B,C,S,S] -> patchify -> linear patch embedding + fixed 2-D sin-cos positions -> L blocks -> final
+//   adaLN + linear -> v_hat (per patch). Conditioning c = MLP(sinusoidal(t)) + class embedding (index `classes`
+//   is the null class used for classifier-free guidance). Each block, adaLN-Zero:
+//     (shift1, scale1, gate1, shift2, scale2, gate2) = SiLU(c) W_ada^T        (W_ada zero-initialised)
+//     x += gate1 * Attn(rmsnorm(x) * (1 + scale1) + shift1)                   (bidirectional, no RoPE)
+//     x += gate2 * FFN(rmsnorm(x) * (1 + scale2) + shift2)                    (dense SwiGLU or MoE)
+// Loss: mean ||v_hat - v||^2 with v = eps - x_0, compared in patch space (patchify is a permutation).
+// No biases anywhere (the LM has none either). Multipliers and inits come from the ParamTable.
+#pragma once
+#include "nn/dit_ops_cpu.h"
+#include "nn/lm.h"
+
+namespace mue {
+
+// The DiT's tensors in arena order. Roles: the patch embedding and the class embedding are input layers
+// (embedding), the timestep MLP, attention, adaLN and FFN matrices are hidden, the final linear is the head.
+inline std::vector<TensorSpec> dit_tensors(const ModelConfig& c) {
+  const int D = c.d_model, H = c.ffn_hidden, P = c.image.patch_dim();
+  std::vector<TensorSpec> t;
+  t.push_back({"patch.w", "patch.w", D, P, TensorRole::embedding});
+  t.push_back({"time.fc1", "time.fc1", D, c.image.time_freq, TensorRole::hidden});
+  t.push_back({"time.fc2", "time.fc2", D, D, TensorRole::hidden});
+  t.push_back({"class.emb", "class.emb", c.image.classes + 1, D, TensorRole::embedding});
+  for (int l = 0; l < c.n_layers; ++l) {
+    std::string p = "layers." + std::to_string(l) + ".";
+    t.push_back({p + "ada.w", "ada.w", 6 * D, D, TensorRole::hidden});
+    t.push_back({p + "attn.qkv", "attn.qkv", 3 * D, D, TensorRole::hidden});
+    t.push_back({p + "attn.proj", "attn.proj", D, D, TensorRole::hidden, true});
+    if (!c.ffn.moe()) {
+      t.push_back({p + "ffn.fc", "ffn.fc", 2 * H, D, TensorRole::hidden});
+      t.push_back({p + "ffn.proj", "ffn.proj", D, H, TensorRole::hidden, true});
+      continue;
+    }
+    const int h = c.ffn.expert_hidden, E = c.ffn.experts;
+    t.push_back({p + "moe.router", "moe.router", E, D, TensorRole::router});
+    t.push_back({p + "moe.experts.fc", "moe.experts.fc", E * 2 * h, D, TensorRole::hidden});
+    t.push_back({p + "moe.experts.proj", "moe.experts.proj", E * D, h, TensorRole::hidden, true});
+    if (c.ffn.shared > 0) {
+      const int Hs = c.ffn.shared * c.ffn.shared_hidden;
+      t.push_back({p + "moe.shared.fc", "moe.shared.fc", 2 * Hs, D, TensorRole::hidden});
+      t.push_back({p + "moe.shared.proj", "moe.shared.proj", D, Hs, TensorRole::hidden, true});
+    }
+  }
+  t.push_back({"final.ada", "final.ada", 2 * D, D, TensorRole::hidden});
+  t.push_back({"final.w", "final.w", P, D, TensorRole::head});
+  return t;
+}
+
+// Every model's tensors (the rules see models only through this).
+inline std::vector<TensorSpec> model_tensors(const ModelConfig& c) {
+  return c.task == "flow" ? dit_tensors(c) : lm_tensors(c);
+}
+// adaLN-Zero: modulation weights and the final linear start at zero, so every block starts as the identity.
+inline bool zero_init_tensor(const std::string& kind) {
+  return kind == "ada.w" || kind == "final.ada" || kind == "final.w";
+}
+
+template <class Backend>
+class DiT {
+ public:
+  using A = typename Backend::act_t;
+  using W = typename Backend::w_t;
+  using M = typename Backend::master_t;
+  using S = typename Backend::stat_t;
+  using Param = LMParam<Backend>;
+
+  DiT(const ModelConfig& cfg, const ParamTable& table, Backend& be, int batch,
+      FfnFactory<Backend> make_ffn = make_dense_ffn<Backend>)
+      : cfg_(cfg), table_(table), be_(be), B_(batch), make_ffn_(std::move(make_ffn)) {
+    cfg_.validate();
+    MUE_CHECK(cfg_.task == "flow", "DiT needs model task 'flow'");
+    MUE_CHECK(batch > 0, "batch must be positive");
+    T_ = cfg_.image.grid() * cfg_.image.grid();
+    layout_params();
+    layout_activations();
+    auto pos = cpu::sincos_2d(cfg_.image.grid(), cfg_.d_model);
+    be_.from_host(pos_, pos);
+  }
+
+  void init_weights(uint64_t seed) {
+    for (auto& p : params_) {
+      std::vector<M> host(p.row.tensor.size());
+      const uint64_t stream = hash_name(p.row.tensor.name.c_str());
+      for (size_t i = 0; i < host.size(); ++i)
+        host[i] = p.row.init == "ones" ? M(1) : p.row.init == "zeros" ? M(0)
+                                               : M(p.row.init_std * rng_normal(seed, stream, i));
+      be_.upload(p.value, host.data(), host.size() * sizeof(M));
+    }
+    refresh_weights();
+  }
+  void refresh_weights() {
+    if constexpr (!std::is_same_v<W, M>) be_.sync_weights(params_.front().value, params_.front().weight, n_params_);
+  }
+
+  // x_t and the target v as images [B, C, S, S] (host, double), t [B], labels [B] (classes = null class).
+  // Returns the mean squared error; the predicted velocity stays on the device for prediction().
+  double forward(const double* xt, const double* v, const double* t, const int32_t* labels) {
+    const int B = B_, Tn = T_, D = cfg_.d_model, N = B * Tn, P = cfg_.image.patch_dim(), F = cfg_.image.time_freq;
+    const int C = cfg_.image.channels, Sz = cfg_.image.size, p = cfg_.image.patch;
+    std::vector<double> tok(size_t(N) * P), feat(size_t(B) * F);
+    cpu::patchify(xt, tok.data(), B, C, Sz, p);
+    be_.from_host(xin_, tok);
+    if (v) {
+      cpu::patchify(v, tok.data(), B, C, Sz, p);
+      be_.from_host(target_, tok);
+    }
+    cpu::timestep_features(t, feat.data(), B, F);
+    be_.from_host(tfeat_, feat);
+    be_.upload(labels_, labels, sizeof(int32_t) * B);
+    // conditioning
+    be_.matmul_forward(tfeat_, P_("time.fc1").weight, t1_, B, F, D, P_("time.fc1").alpha);
+    be_.silu_forward(t1_, t1s_, size_t(B) * D);
+    be_.matmul_forward(t1s_, P_("time.fc2").weight, cond_, B, D, D, P_("time.fc2").alpha);
+    be_.embedding_forward(labels_, P_("class.emb").weight, branch_, B, D);
+    be_.residual_forward(cond_, cond_, branch_, size_t(B) * D);
+    be_.silu_forward(cond_, conds_, size_t(B) * D);
+    // tokens
+    be_.matmul_forward(xin_, P_("patch.w").weight, res_[0], N, P, D, P_("patch.w").alpha);
+    be_.add_rows(res_[0], pos_, B, Tn, D);
+    aux_loss_ = 0;
+    for (int l = 0; l < cfg_.n_layers; ++l) {
+      Layer& a = layers_[l];
+      const Param *ada = &params_[a.first], *qkv = ada + 1, *o = ada + 2;
+      be_.matmul_forward(conds_, ada->weight, a.mod, B, D, 6 * D, ada->alpha);
+      be_.modulate_forward(res_[l], a.mod, a.xn1, a.rstd1, B, Tn, D, 6, 0, 1, cfg_.norm_eps);
+      be_.matmul_forward(a.xn1, qkv->weight, a.qkv, N, D, 3 * D, qkv->alpha);
+      be_.attention_forward(a.qkv, a.att, a.probs, B, Tn, cfg_.n_heads, cfg_.head_dim(), table_.attn_scale, false);
+      be_.matmul_forward(a.att, o->weight, a.attn_out, N, D, D, o->alpha);
+      be_.gated_residual_forward(a.mid, res_[l], a.attn_out, a.mod, B, Tn, D, 6, 2);
+      be_.modulate_forward(a.mid, a.mod, a.xn2, a.rstd2, B, Tn, D, 6, 3, 4, cfg_.norm_eps);
+      aux_loss_ += a.ffn->forward(a.xn2, a.ffn_out);
+      be_.gated_residual_forward(res_[l + 1], a.mid, a.ffn_out, a.mod, B, Tn, D, 6, 5);
+    }
+    const Param &fada = P_("final.ada"), &fw = P_("final.w");
+    be_.matmul_forward(conds_, fada.weight, fmod_, B, D, 2 * D, fada.alpha);
+    be_.modulate_forward(res_[cfg_.n_layers], fmod_, xo_, rstdo_, B, Tn, D, 2, 0, 1, cfg_.norm_eps);
+    be_.matmul_forward(xo_, fw.weight, out_, N, D, P, fw.alpha);
+    return v ? be_.mse_forward(out_, target_, size_t(N) * P) : 0.0;
+  }
+  double aux_loss() const { return aux_loss_; }
+
+  // The last forward's predicted velocity as images [B, C, S, S] (host).
+  std::vector<double> prediction() {
+    const int C = cfg_.image.channels, Sz = cfg_.image.size;
+    std::vector<double> tok, img(size_t(B_) * C * Sz * Sz);
+    be_.to_host(tok, out_, size_t(B_) * T_ * cfg_.image.patch_dim());
+    cpu::unpatchify(tok.data(), img.data(), B_, C, Sz, cfg_.image.patch);
+    return img;
+  }
+
+  void backward() {
+    const int B = B_, Tn = T_, D = cfg_.d_model, N = B * Tn, P = cfg_.image.patch_dim(), F = cfg_.image.time_freq;
+    Param &fada = P_("final.ada"), &fw = P_("final.w");
+    be_.zero(dconds_, sizeof(A) * size_t(B) * D);
+    be_.zero(dmod_, sizeof(A) * size_t(B) * 6 * D);
+    be_.mse_backward(out_, target_, dout_, size_t(N) * P);
+    be_.matmul_backward(dout_, xo_, fw.weight, dx_, fw.grad, N, D, P, fw.alpha);
+    be_.zero(dres_, sizeof(A) * size_t(N) * D);
+    be_.zero(dfmod_, sizeof(A) * size_t(B) * 2 * D);
+    be_.modulate_backward(dx_, res_[cfg_.n_layers], fmod_, rstdo_, dres_, dfmod_, B, Tn, D, 2, 0, 1);
+    be_.matmul_backward(dfmod_, conds_, fada.weight, dtmp_, fada.grad, B, D, 2 * D, fada.alpha);
+    be_.residual_forward(dconds_, dconds_, dtmp_, size_t(B) * D);
+    for (int l = cfg_.n_layers - 1; l >= 0; --l) {
+      Layer& a = layers_[l];
+      Param *ada = &params_[a.first], *qkv = ada + 1, *o = ada + 2;
+      be_.zero(dmod_, sizeof(A) * size_t(B) * 6 * D);
+      // FFN: res[l+1] = mid + gate2 * FFN(modulate(mid))
+      be_.gated_residual_backward(dres_, a.ffn_out, a.mod, dbranch_, dmod_, B, Tn, D, 6, 5);
+      a.ffn->backward(a.xn2, dbranch_, dx_);
+      be_.modulate_backward(dx_, a.mid, a.mod, a.rstd2, dres_, dmod_, B, Tn, D, 6, 3, 4);  // dres = d(mid)
+      // attention: mid = res[l] + gate1 * proj(attn(qkv(modulate(res[l]))))
+      be_.gated_residual_backward(dres_, a.attn_out, a.mod, dbranch_, dmod_, B, Tn, D, 6, 2);
+      be_.matmul_backward(dbranch_, a.att, o->weight, datt_, o->grad, N, D, D, o->alpha);
+      be_.attention_backward(datt_, a.qkv, a.probs, dqkv_, B, Tn, cfg_.n_heads, cfg_.head_dim(), table_.attn_scale, false);
+      be_.matmul_backward(dqkv_, a.xn1, qkv->weight, dx_, qkv->grad, N, D, 3 * D, qkv->alpha);
+      be_.modulate_backward(dx_, res_[l], a.mod, a.rstd1, dres_, dmod_, B, Tn, D, 6, 0, 1);  // dres = d(res[l])
+      be_.matmul_backward(dmod_, conds_, ada->weight, dtmp_, ada->grad, B, D, 6 * D, ada->alpha);
+      be_.residual_forward(dconds_, dconds_, dtmp_, size_t(B) * D);
+    }
+    // token input: res[0] = xin W_patch^T + pos
+    Param& pw = P_("patch.w");
+    be_.matmul_backward(dres_, xin_, pw.weight, nullptr, pw.grad, N, P, D, pw.alpha);
+    // conditioning: conds = silu(cond), cond = fc2(silu(fc1(tfeat))) + class_emb[label]
+    be_.silu_backward(dconds_, cond_, dcond_, size_t(B) * D);
+    be_.embedding_backward(labels_, dcond_, P_("class.emb").grad, B, D);
+    Param &f1 = P_("time.fc1"), &f2 = P_("time.fc2");
+    be_.matmul_backward(dcond_, t1s_, f2.weight, dtmp_, f2.grad, B, D, D, f2.alpha);
+    be_.silu_backward(dtmp_, t1_, dt1_, size_t(B) * D);
+    be_.matmul_backward(dt1_, tfeat_, f1.weight, nullptr, f1.grad, B, F, D, f1.alpha);
+  }
+
+  void zero_grad() { be_.zero(grads_.data(), grads_.bytes()); }
+  std::vector<Param>& params() { return params_; }
+  Param& P(size_t i) { return params_[i]; }
+  size_t n_params() const { return n_params_; }
+  M* grad_arena() { return params_.front().grad; }
+  const ModelConfig& config() const { return cfg_; }
+  Backend& backend() { return be_; }
+  int batch() const { return B_; }
+  size_t activation_bytes() const { return acts_.bytes(); }
+  const BranchStats* ffn_stats(int layer) const { return layers_[layer].ffn->stats(); }
+  std::vector<double> host_values(const Param& p) const { return to_host(p.value, p.row.tensor.size()); }
+  std::vector<double> host_grads(const Param& p) const { return to_host(p.grad, p.row.tensor.size()); }
+  void set_values(Param& p, const std::vector<double>& v) {
+    std::vector<M> h(v.begin(), v.end());
+    be_.upload(p.value, h.data(), h.size() * sizeof(M));
+    refresh_weights();
+  }
+
+ private:
+  struct Layer {
+    size_t first = 0;  // index of its ada.w
+    A *mod, *xn1, *qkv, *probs, *att, *attn_out, *mid, *xn2, *ffn_out;
+    S *rstd1, *rstd2;
+    std::unique_ptr<FfnBranch<Backend>> ffn;
+  };
+
+  Param& P_(const char* name) {
+    for (auto& p : params_)
+      if (p.row.tensor.name == name) return p;
+    fail("DiT has no tensor '", name, "'");
+  }
+  std::vector<double> to_host(const M* p, size_t n) const {
+    std::vector<M> h(n);
+    be_.download(h.data(), p, n * sizeof(M));
+    return std::vector<double>(h.begin(), h.end());
+  }
+
+  void layout_params() {
+    auto specs = dit_tensors(cfg_);
+    MUE_CHECK(specs.size() == table_.rows.size(), "parameter table has ", table_.rows.size(), " rows, DiT has ",
+              specs.size(), " tensors");
+    for (int pass = 0; pass < 2; ++pass) {
+      n_params_ = 0;
+      params_.clear();
+      for (size_t i = 0; i < specs.size(); ++i) {
+        const ParamRow& r = table_.rows[i];
+        MUE_CHECK(r.tensor.name == specs[i].name && r.tensor.size() == specs[i].size(), "parameter table row ", i,
+                  " is '", r.tensor.name, "', DiT expects '", specs[i].name, "'");
+        const size_t n = specs[i].size();
+        params_.push_back({r, values_.take<M>(n, true), grads_.take<M>(n, true), adam_m_.take<M>(n, true),
+                           adam_v_.take<M>(n, true), nullptr, table_.forward_alpha(r.tensor.name)});
+        if constexpr (std::is_same_v<W, M>) params_.back().weight = params_.back().value;
+        else params_.back().weight = shadow_.take<W>(n, true);
+        n_params_ += n;
+      }
+      if (pass == 0)
+        for (Arena* a : {&values_, &grads_, &adam_m_, &adam_v_, &shadow_}) a->allocate(Backend::on_device);
+    }
+  }
+
+  void layout_activations() {
+    const size_t B = B_, N = size_t(B_) * T_, D = cfg_.d_model, P = cfg_.image.patch_dim(), F = cfg_.image.time_freq;
+    for (int pass = 0; pass < 2; ++pass) {
+      Arena& a = acts_;
+      xin_ = a.take<A>(N * P), target_ = a.take<A>(N * P), out_ = a.take<A>(N * P), dout_ = a.take<A>(N * P);
+      tfeat_ = a.take<A>(B * F), labels_ = a.take<int32_t>(B), pos_ = a.take<A>(size_t(T_) * D);
+      t1_ = a.take<A>(B * D), t1s_ = a.take<A>(B * D), cond_ = a.take<A>(B * D), conds_ = a.take<A>(B * D);
+      dconds_ = a.take<A>(B * D), dcond_ = a.take<A>(B * D), dt1_ = a.take<A>(B * D), dtmp_ = a.take<A>(B * 6 * D);
+      dmod_ = a.take<A>(B * 6 * D), fmod_ = a.take<A>(B * 2 * D), dfmod_ = a.take<A>(B * 2 * D);
+      res_.assign(cfg_.n_layers + 1, nullptr);
+      for (auto& r : res_) r = a.take<A>(N * D);
+      layers_.clear();
+      layers_.resize(cfg_.n_layers);
+      std::vector<size_t> firsts;
+      for (size_t i = 0; i < params_.size(); ++i)
+        if (params_[i].row.tensor.kind == "ada.w") firsts.push_back(i);
+      for (int l = 0; l < cfg_.n_layers; ++l) {
+        Layer& L = layers_[l];
+        L.first = firsts[l];
+        L.mod = a.take<A>(B * 6 * D), L.xn1 = a.take<A>(N * D), L.qkv = a.take<A>(N * 3 * D);
+        L.probs = a.take<A>(B * cfg_.n_heads * T_ * T_), L.att = a.take<A>(N * D), L.attn_out = a.take<A>(N * D);
+        L.mid = a.take<A>(N * D), L.xn2 = a.take<A>(N * D), L.ffn_out = a.take<A>(N * D);
+        L.rstd1 = a.take<S>(N), L.rstd2 = a.take<S>(N);
+        // after ada.w, attn.qkv, attn.proj come the FFN's own tensors
+        L.ffn = make_ffn_(cfg_, be_, l, &params_[L.first + 3], int(N), a, table_);
+      }
+      xo_ = a.take<A>(N * D), rstdo_ = a.take<S>(N), branch_ = a.take<A>(B * D);
+      dres_ = a.take<A>(N * D), dx_ = a.take<A>(N * D), dbranch_ = a.take<A>(N * D), datt_ = a.take<A>(N * D);
+      dqkv_ = a.take<A>(N * 3 * D);
+      if (pass == 0) a.allocate(Backend::on_device);
+    }
+  }
+
+  ModelConfig cfg_;
+  ParamTable table_;
+  Backend& be_;
+  int B_, T_ = 0;
+  FfnFactory<Backend> make_ffn_;
+  size_t n_params_ = 0;
+  Arena values_, grads_, adam_m_, adam_v_, shadow_, acts_;
+  std::vector<Param> params_;
+  std::vector<Layer> layers_;
+  std::vector<A*> res_;
+  int32_t* labels_ = nullptr;
+  A *xin_, *target_, *out_, *dout_, *tfeat_, *pos_, *t1_, *t1s_, *cond_, *conds_, *dconds_, *dcond_, *dt1_, *dtmp_;
+  A *dmod_, *fmod_, *dfmod_, *xo_, *branch_, *dres_, *dx_, *dbranch_, *datt_, *dqkv_;
+  S* rstdo_;
+  double aux_loss_ = 0;
+};
+
+}  // namespace mue

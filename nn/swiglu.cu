@@ -1,0 +1,46 @@
+// SwiGLU: in [N, 2H] = (gate | up), out [N, H] = silu(gate) * up. Elementwise, fp32 math.
+#include "core/cuda_util.cuh"
+#include "nn/ops_cuda.h"
+
+namespace mue::cuda {
+
+using namespace detail;
+
+namespace {
+// out[n, j] = g / (1 + exp(-g)) * u   traffic: read 2*N*H, write N*H bf16
+__global__ void swiglu_forward_kernel(const bf* in, bf* out, int H, size_t total) {
+  for (size_t k = blockIdx.x * size_t(blockDim.x) + threadIdx.x; k < total; k += size_t(gridDim.x) * blockDim.x) {
+    const size_t n = k / H, j = k % H;
+    const float g = __bfloat162float(in[n * 2 * H + j]), u = __bfloat162float(in[n * 2 * H + H + j]);
+    out[k] = __float2bfloat16(g / (1.f + expf(-g)) * u);
+  }
+}
+
+// dgate = d * u * sig * (1 + g (1 - sig)), dup = d * silu(g)   traffic: read 3*N*H, write 2*N*H bf16
+__global__ void swiglu_backward_kernel(const bf* dout, const bf* in, bf* din, int H, size_t total) {
+  for (size_t k = blockIdx.x * size_t(blockDim.x) + threadIdx.x; k < total; k += size_t(gridDim.x) * blockDim.x) {
+    const size_t n = k / H, j = k % H;
+    const float g = __bfloat162float(in[n * 2 * H + j]), u = __bfloat162float(in[n * 2 * H + H + j]);
+    const float d = __bfloat162float(dout[k]);
+    const float sig = 1.f / (1.f + expf(-g));
+    din[n * 2 * H + j] = __float2bfloat16(d * u * sig * (1.f + g * (1.f - sig)));
+    din[n * 2 * H + H + j] = __float2bfloat16(d * g * sig);
+  }
+}
+}  // namespace
+
+void swiglu_forward(Context& ctx, const bf16* in, bf16* out, int N, int H) {
+  const size_t total = size_t(N) * size_t(H);
+  if (N <= 0 || H <= 0) return;
+  swiglu_forward_kernel<<<grid_for(total, 256), 256, 0, ctx.stream>>>(B(in), B(out), H, total);
+  check_launch("swiglu_forward_kernel");
+}
+
+void swiglu_backward(Context& ctx, const bf16* dout, const bf16* in, bf16* din, int N, int H) {
+  const size_t total = size_t(N) * size_t(H);
+  if (N <= 0 || H <= 0) return;
+  swiglu_backward_kernel<<<grid_for(total, 256), 256, 0, ctx.stream>>>(B(dout), B(in), B(din), H, total);
+  check_launch("swiglu_backward_kernel");
+}
+
+}  // namespace mue::cuda

@@ -1,0 +1,60 @@
+// Optimizer kernels: the AdamW step over a packed fp32 parameter vector (refreshing its bf16 shadow) and the
+// sum of squares used for the global gradient norm.
+#include "core/cuda_util.cuh"
+#include "nn/ops_cuda.h"
+
+#include <cmath>
+
+namespace mue::cuda {
+
+using namespace detail;
+
+namespace {
+// PyTorch AdamW, fp32: m, v updated in place, p -= lr * (mhat / (sqrt(vhat) + eps) + wd * p), shadow = bf16(p).
+// c1 = 1 - b1^t, c2 = 1 - b2^t come from the host (computed in double).
+// traffic: read 4n fp32 (p, g, m, v), write 3n fp32 + n bf16
+__global__ void adamw_kernel(float* p, const float* g, float* m, float* v, bf* p_bf16, size_t n, float lr, float b1,
+                             float b2, float eps, float wd, float c1, float c2, float grad_scale) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    const float gi = g[i] * grad_scale;
+    const float mi = b1 * m[i] + (1.f - b1) * gi;
+    const float vi = b2 * v[i] + (1.f - b2) * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    const float upd = (mi / c1) / (sqrtf(vi / c2) + eps);
+    const float pi = p[i] - lr * (upd + wd * p[i]);
+    p[i] = pi;
+    if (p_bf16) p_bf16[i] = __float2bfloat16(pi);
+  }
+}
+
+// *out += sum g[i]^2: each thread sums in double over a grid-stride slice, the block reduces in double, and one
+// fp32 atomicAdd per block lands the block's part.   traffic: read n fp32, gridDim.x atomics
+__global__ void sum_squares_kernel(const float* g, size_t n, float* out) {
+  double s = 0.0;
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    const double x = g[i];
+    s += x * x;
+  }
+  s = block_reduce(s, SumOp{}, 0.0);
+  if (threadIdx.x == 0) atomicAdd(out, float(s));
+}
+}  // namespace
+
+void adamw_step(Context& ctx, float* p, const float* g, float* m, float* v, bf16* p_bf16, size_t n, float lr,
+                float beta1, float beta2, float eps, float wd, int t, float grad_scale) {
+  if (n == 0) return;
+  MUE_CHECK(t >= 1, "adamw_step: step t = ", t, " (must start at 1)");
+  const float c1 = float(1.0 - std::pow(double(beta1), t)), c2 = float(1.0 - std::pow(double(beta2), t));
+  adamw_kernel<<<grid_for(n, 256), 256, 0, ctx.stream>>>(p, g, m, v, B(p_bf16), n, lr, beta1, beta2, eps, wd, c1,
+                                                          c2, grad_scale);
+  check_launch("adamw_kernel");
+}
+
+void sum_squares(Context& ctx, const float* g, size_t n, float* out) {
+  if (n == 0) return;
+  sum_squares_kernel<<<grid_for(n, 256, 1024), 256, 0, ctx.stream>>>(g, n, out);
+  check_launch("sum_squares_kernel");
+}
+
+}  // namespace mue::cuda

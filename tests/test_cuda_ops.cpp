@@ -1,0 +1,501 @@
+// Every CUDA op of nn/ops_cuda.h, forward and backward, against the CPU reference of nn/ops_cpu.h run in double
+// on the same bf16-rounded inputs. Output buffers are poisoned (0xFF bytes: NaN in bf16 and in fp32) before the
+// op runs, so an element the op fails to write can never pass; accumulate outputs start from random values and
+// the accumulated increment is compared. Tolerance on ||out - ref|| / ||ref||: 1e-2 for bf16 outputs, tighter
+// for outputs computed entirely in fp32. Skips without a GPU.
+#ifdef MUE_HAVE_CUDA
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/rng.h"
+#include "nn/ops_cpu.h"
+#include "nn/ops_cuda.h"
+#include "tests/catch.h"
+
+using namespace mue;
+using V = std::vector<double>;
+using I = std::vector<int32_t>;
+
+namespace {
+
+constexpr uint64_t kSeed = 0x5eed0c0da;
+constexpr double kTolBf16 = 1e-2;
+
+// ---- host data: every draw uses a fresh RNG stream ----
+uint64_t next_stream() {
+  static uint64_t s = 1;
+  return s++;
+}
+double round_bf16(double x) { return bf16_to_float(float_to_bf16(float(x))); }
+// n normal numbers * scale + shift, rounded to bf16: the exact values both the CPU and the GPU see.
+V randn_bf16(size_t n, double scale = 1.0, double shift = 0.0) {
+  const uint64_t st = next_stream();
+  V v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = round_bf16(shift + scale * rng_normal(kSeed, st, i));
+  return v;
+}
+// Same, rounded to fp32.
+V randn_f32(size_t n, double scale = 1.0) {
+  const uint64_t st = next_stream();
+  V v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = float(scale * rng_normal(kSeed, st, i));
+  return v;
+}
+I rand_index(size_t n, int hi) {
+  const uint64_t st = next_stream();
+  I v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = int32_t(rng_index(kSeed, st, i, uint64_t(hi)));
+  return v;
+}
+V minus(const V& a, const V& b) {
+  V d(a.size());
+  for (size_t i = 0; i < a.size(); ++i) d[i] = a[i] - b[i];
+  return d;
+}
+// Elements [off, off + len) of every `stride`-sized group: picks the q, k or v part out of [.., 3, H*hd] rows.
+V part(const V& v, size_t stride, size_t off, size_t len) {
+  V out;
+  for (size_t g = 0; g + stride <= v.size(); g += stride) out.insert(out.end(), v.begin() + g + off, v.begin() + g + off + len);
+  return out;
+}
+
+// ---- device buffers ----
+struct Dev {
+  void* p = nullptr;
+  size_t bytes = 0;
+  explicit Dev(size_t b) : p(cuda::device_alloc(b)), bytes(b) {}
+  Dev(Dev&& o) noexcept : p(std::exchange(o.p, nullptr)), bytes(o.bytes) {}
+  Dev(const Dev&) = delete;
+  Dev& operator=(const Dev&) = delete;
+  ~Dev() { cuda::device_free(p); }
+  bf16* h() const { return static_cast<bf16*>(p); }
+  float* f() const { return static_cast<float*>(p); }
+  int32_t* i() const { return static_cast<int32_t*>(p); }
+  void poison() const {
+    std::vector<unsigned char> x(bytes, 0xFF);
+    cuda::copy_to_device(p, x.data(), bytes);
+  }
+};
+Dev put_bf16(const V& v) {
+  std::vector<bf16> h(v.size());
+  for (size_t k = 0; k < v.size(); ++k) h[k] = float_to_bf16(float(v[k]));
+  Dev d(h.size() * sizeof(bf16));
+  cuda::copy_to_device(d.p, h.data(), d.bytes);
+  return d;
+}
+Dev put_f32(const V& v) {
+  std::vector<float> h(v.begin(), v.end());
+  Dev d(h.size() * sizeof(float));
+  cuda::copy_to_device(d.p, h.data(), d.bytes);
+  return d;
+}
+Dev put_i32(const I& v) {
+  Dev d(v.size() * sizeof(int32_t));
+  cuda::copy_to_device(d.p, v.data(), d.bytes);
+  return d;
+}
+Dev poisoned(size_t bytes) {
+  Dev d(bytes);
+  d.poison();
+  return d;
+}
+// Downloads wait for the stream first, so a fault inside a kernel is reported here.
+V get_bf16(cuda::Context& ctx, const Dev& d, size_t n) {
+  ctx.synchronize();
+  std::vector<bf16> h(n);
+  cuda::copy_to_host(h.data(), d.p, n * sizeof(bf16));
+  V v(n);
+  for (size_t k = 0; k < n; ++k) v[k] = bf16_to_float(h[k]);
+  return v;
+}
+V get_f32(cuda::Context& ctx, const Dev& d, size_t n) {
+  ctx.synchronize();
+  std::vector<float> h(n);
+  cuda::copy_to_host(h.data(), d.p, n * sizeof(float));
+  return V(h.begin(), h.end());
+}
+
+// Fills scratch slots [0, slots) of ctx with NaN bytes (growing them to `bytes`), so an op that reads a scratch
+// element it never wrote (a GEMM that skipped part of its output, say) produces NaN and fails.
+void poison_scratch(cuda::Context& ctx, int slots, size_t bytes) {
+  std::vector<unsigned char> x(bytes, 0xFF);
+  for (int s = 0; s < slots; ++s) cuda::copy_to_device(ctx.scratch(s, bytes), x.data(), bytes);
+}
+
+// ---- comparison ----
+// ||out - ref|| / ||ref|| (the absolute ||out - ref|| when ref is all zero); +inf when out holds a NaN/inf
+// (an unwritten, still poisoned element), so it can never pass.
+double rel_err(const V& out, const V& ref) {
+  if (out.size() != ref.size()) return INFINITY;
+  double num = 0, den = 0;
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (!std::isfinite(out[i])) return INFINITY;
+    num += (out[i] - ref[i]) * (out[i] - ref[i]);
+    den += ref[i] * ref[i];
+  }
+  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+size_t count_nonfinite(const V& v) {
+  size_t c = 0;
+  for (double x : v) c += !std::isfinite(x);
+  return c;
+}
+void expect_close(const V& out, const V& ref, double tol, const char* what) {
+  const double err = rel_err(out, ref);
+  INFO(what << ": rel err " << err << " (tol " << tol << "), " << count_nonfinite(out) << " of " << out.size()
+            << " elements not finite (unwritten?)");
+  CHECK(err <= tol);
+}
+
+}  // namespace
+
+TEST_CASE("CUDA context, memory helpers and casts", "[cuda]") {
+  if (!cuda::gpu_available()) {
+    WARN("no GPU: skipped");
+    return;
+  }
+  cuda::Context ctx;
+  CHECK(!ctx.device_name().empty());
+  void* s1 = ctx.scratch(0, 1000);
+  CHECK(s1 != nullptr);
+  CHECK(ctx.scratch(0, 10) == s1);  // grow-only: a smaller request keeps the buffer
+
+  const size_t n = 1001;
+  V x = randn_f32(n, 3.0);
+  x[0] = 1.0 + 1.0 / 256;  // a tie: round to even
+  x[1] = 1e-40;            // subnormal
+  Dev dx = put_f32(x);
+  Dev dh = poisoned(n * sizeof(bf16));
+  cuda::cast_f32_to_bf16(ctx, dx.f(), dh.h(), n);
+  ctx.synchronize();
+  std::vector<bf16> h(n);
+  cuda::copy_to_host(h.data(), dh.p, n * sizeof(bf16));
+  size_t mismatches = 0;
+  for (size_t k = 0; k < n; ++k) mismatches += h[k].bits != float_to_bf16(float(x[k])).bits;
+  CHECK(mismatches == 0);
+
+  Dev df = poisoned(n * sizeof(float));
+  cuda::cast_bf16_to_f32(ctx, dh.h(), df.f(), n);
+  V back = get_f32(ctx, df, n);
+  V want(n);
+  for (size_t k = 0; k < n; ++k) want[k] = bf16_to_float(h[k]);
+  CHECK(rel_err(back, want) == 0.0);
+
+  cuda::memset_zero(ctx, df.p, df.bytes);
+  CHECK(rel_err(get_f32(ctx, df, n), V(n, 0.0)) == 0.0);
+}
+
+TEST_CASE("CUDA embedding forward and backward (repeated tokens)", "[cuda]") {
+  if (!cuda::gpu_available()) {
+    WARN("no GPU: skipped");
+    return;
+  }
+  cuda::Context ctx;
+  for (int D : {72, 1000}) {
+    INFO("D = " << D);
+    const int N = 37, vocab = 50;
+    I tok = rand_index(N, vocab);
+    V wte = randn_bf16(size_t(vocab) * D);
+    Dev dtok = put_i32(tok), dwte = put_bf16(wte), dout = poisoned(size_t(N) * D * sizeof(bf16));
+    cuda::embedding_forward(ctx, dtok.i(), dwte.h(), dout.h(), N, D);
+    V ref(size_t(N) * D);
+    cpu::embedding_forward(tok.data(), wte.data(), ref.data(), N, D);
+    expect_close(get_bf16(ctx, dout, ref.size()), ref, 0.0, "embedding out (an exact copy)");
+
+    // Backward: tokens from a vocabulary of 5, so rows repeat many times; dwte starts from random values.
+    const int small = 5;
+    I tok2 = rand_index(N, small);
+    V g = randn_bf16(size_t(N) * D), dw0 = randn_f32(size_t(small) * D);
+    Dev dtok2 = put_i32(tok2), dg = put_bf16(g), ddw = put_f32(dw0);
+    cuda::embedding_backward(ctx, dtok2.i(), dg.h(), ddw.f(), N, D);
+    V dw = dw0;
+    cpu::embedding_backward(tok2.data(), g.data(), dw.data(), N, D);
+    expect_close(minus(get_f32(ctx, ddw, dw.size()), dw0), minus(dw, dw0), 1e-5, "dwte increment");
+  }
+}
+
+TEST_CASE("CUDA rmsnorm forward and backward", "[cuda]") {
+  if (!cuda::gpu_available()) {
+    WARN("no GPU: skipped");
+    return;
+  }
+  cuda::Context ctx;
+  // 13000 needs more than 48 KB of shared memory in the backward (the opt-in path).
+  for (auto [N, D] : {std::pair{37, 97}, std::pair{37, 768}, std::pair{5, 13000}}) {
+    INFO("N = " << N << ", D = " << D);
+    const size_t ND = size_t(N) * D;
+    const double eps = 1e-5;
+    V x = randn_bf16(ND, 2.0), w = randn_bf16(D, 0.1, 1.0);
+    Dev dx = put_bf16(x), dw = put_bf16(w), dy = poisoned(ND * sizeof(bf16)), drs = poisoned(N * sizeof(float));
+    cuda::rmsnorm_forward(ctx, dx.h(), dw.h(), dy.h(), drs.f(), N, D, float(eps));
+    V y(ND), rstd(N);
+    cpu::rmsnorm_forward(x.data(), w.data(), y.data(), rstd.data(), N, D, eps);
+    expect_close(get_bf16(ctx, dy, ND), y, kTolBf16, "rmsnorm y");
+    expect_close(get_f32(ctx, drs, N), rstd, 1e-5, "rmsnorm rstd");
+
+    // Backward: both dx (bf16, residual stream) and dw (fp32) accumulate.
+    V g = randn_bf16(ND), dx0 = randn_bf16(ND, 0.5), dw0 = randn_f32(D);
+    V rs(N);
+    for (int n = 0; n < N; ++n) rs[n] = float(rstd[n]);
+    Dev dg = put_bf16(g), drs2 = put_f32(rs), ddx = put_bf16(dx0), ddw = put_f32(dw0);
+    cuda::rmsnorm_backward(ctx, dg.h(), dx.h(), dw.h(), drs2.f(), ddx.h(), ddw.f(), N, D);
+    V rdx = dx0, rdw = dw0;
+    cpu::rmsnorm_backward(g.data(), x.data(), w.data(), rs.data(), rdx.data(), rdw.data(), N, D);
+    expect_close(minus(get_bf16(ctx, ddx, ND), dx0), minus(rdx, dx0), kTolBf16, "rmsnorm dx increment");
+    expect_close(minus(get_f32(ctx, ddw, D), dw0), minus(rdw, dw0), 1e-4, "rmsnorm dw increment");
+  }
+}
+
+TEST_CASE("CUDA matmul forward and backward (odd sizes, alpha)", "[cuda]") {
+  if (!cuda::gpu_available()) {
+    WARN("no GPU: skipped");
+    return;
+  }
+  cuda::Context ctx;
+  struct Case {
+    int N, In, Out;
+    double alpha;
+  };
+  for (Case c : {Case{37, 24, 40, 0.7}, Case{64, 128, 96, 1.0}, Case{1, 7, 3, -2.0}, Case{130, 33, 257, 0.125}}) {
+    INFO("N = " << c.N << ", In = " << c.In << ", Out = " << c.Out << ", alpha = " << c.alpha);
+    const size_t nx = size_t(c.N) * c.In, nw = size_t(c.Out) * c.In, ny = size_t(c.N) * c.Out;
+    V x = randn_bf16(nx), w = randn_bf16(nw, 0.2);
+    Dev dx = put_bf16(x), dw = put_bf16(w), dy = poisoned(ny * sizeof(bf16));
+    cuda::matmul_forward(ctx, dx.h(), dw.h(), dy.h(), c.N, c.In, c.Out, float(c.alpha));
+    V y(ny);
+    cpu::matmul_forward(x.data(), w.data(), y.data(), c.N, c.In, c.Out, c.alpha);
+    expect_close(get_bf16(ctx, dy, ny), y, kTolBf16, "matmul y");
+
+    V g = randn_bf16(ny), gw0 = randn_f32(nw);
+    Dev dg = put_bf16(g), dgx = poisoned(nx * sizeof(bf16)), dgw = put_f32(gw0);
+    cuda::matmul_backward(ctx, dg.h(), dx.h(), dw.h(), dgx.h(), dgw.f(), c.N, c.In, c.Out, float(c.alpha));
+    V gx(nx), gw = gw0;
+    cpu::matmul_backward(g.data(), x.data(), w.data(), gx.data(), gw.data(), c.N, c.In, c.Out, c.alpha);
+    expect_close(get_bf16(ctx, dgx, nx), gx, kTolBf16, "matmul dx");
+    expect_close(minus(get_f32(ctx, dgw, nw), gw0), minus(gw, gw0), 1e-4, "matmul dw increment");
+
+    // dx == nullptr: only dw, which accumulates a second increment.
+    cuda::matmul_backward(ctx, dg.h(), dx.h(), dw.h(), nullptr, dgw.f(), c.N, c.In, c.Out, float(c.alpha));
+    V gw2 = gw;
+    cpu::matmul_backward<double>(g.data(), x.data(), w.data(), nullptr, gw2.data(), c.N, c.In, c.Out, c.alpha);
+    expect_close(minus(get_f32(ctx, dgw, nw), gw0), minus(gw2, gw0), 1e-4, "matmul dw after two backwards");
+  }
+}
+
+TEST_CASE("CUDA residual add", "[cuda]") {
+  if (!cuda::gpu_available()) {
+    WARN("no GPU: skipped");
+    return;
+  }
+  cuda::Context ctx;
+  const size_t n = 100003;
+  V a = randn_bf16(n), b = randn_bf16(n);
+  Dev da = put_bf16(a), db = put_bf16(b), dout = poisoned(n * sizeof(bf16));
+  cuda::residual_forward(ctx, dout.h(), da.h(), db.h(), n);
+  V ref(n);
+  cpu::residual_forward(ref.data(), a.data(), b.data(), n);
+  expect_close(get_bf16(ctx, dout, n), ref, kTolBf16, "residual out");
+  cuda::residual_forward(ctx, da.h(), da.h(), db.h(), n);  // in place
+  expect_close(get_bf16(ctx, da, n), ref, kTolBf16, "residual in place");
+}
+
+TEST_CASE("CUDA rope forward and backward", "[cuda]") {
+  if (!cuda::gpu_available()) {
+    WARN("no GPU: skipped");
+    return;
+  }
+  cuda::Context ctx;
+  const int B = 2, T = 37, H = 3;
+  const double theta = 10000.0;
+  for (int hd : {16, 64}) {
+    INFO("hd = " << hd);
+    const size_t D = size_t(H) * hd, n = size_t(B) * T * 3 * D;
+    for (int dir = 0; dir < 2; ++dir) {
+      INFO((dir == 0 ? "forward" : "backward"));
+      V qkv = randn_bf16(n);
+      Dev d = put_bf16(qkv);
+      V ref = qkv;
+      if (dir == 0) {
+        cuda::rope_forward(ctx, d.h(), B, T, H, hd, float(theta));
+        cpu::rope_forward(ref.data(), B, T, H, hd, theta);
+      } else {
+        cuda::rope_backward(ctx, d.h(), B, T, H, hd, float(theta));
+        cpu::rope_backward(ref.data(), B, T, H, hd, theta);
+      }
+      V out = get_bf16(ctx, d, n);
+      expect_close(part(out, 3 * D, 0, D), part(ref, 3 * D, 0, D), kTolBf16, "rope q");
+      expect_close(part(out, 3 * D, D, D), part(ref, 3 * D, D, D), kTolBf16, "rope k");
+      expect_close(part(out, 3 * D, 2 * D, D), part(qkv, 3 * D, 2 * D, D), 0.0, "rope v (untouched)");
+    }
+  }
+}
+
+TEST_CASE("CUDA attention forward and backward (causal and bidirectional)", "[cuda]") {
+  if (!cuda::gpu_available()) {
+    WARN("no GPU: skipped");
+    return;
+  }
+  cuda::Context ctx;
+  const int B = 2, H = 3;
+  for (bool causal : {true, false})
+    for (int T : {1, 7, 64, 130})
+      for (int hd : {16, 64}) {
+        INFO("causal = " << causal << ", T = " << T << ", hd = " << hd);
+        const size_t D = size_t(H) * hd, nqkv = size_t(B) * T * 3 * D, nout = size_t(B) * T * D;
+        const size_t np = size_t(B) * H * T * T;
+        const double scale = 1.0 / std::sqrt(double(hd));
+        // Covers every scratch buffer the attention ops take (slots 0..3, at most 4 T^2 + 8 hd T bytes per (b, h)).
+        const size_t scratch_bytes = np * 4 + size_t(B) * H * T * hd * 8;
+        poison_scratch(ctx, 4, scratch_bytes);
+        V qkv = randn_bf16(nqkv);
+        Dev dqkv_in = put_bf16(qkv), dout = poisoned(nout * sizeof(bf16)), dprobs = poisoned(np * sizeof(bf16));
+        cuda::attention_forward(ctx, dqkv_in.h(), dout.h(), dprobs.h(), B, T, H, hd, float(scale), causal);
+        V out(nout), probs(np);
+        cpu::attention_forward(qkv.data(), out.data(), probs.data(), B, T, H, hd, scale, causal);
+        V gprobs = get_bf16(ctx, dprobs, np);
+        expect_close(get_bf16(ctx, dout, nout), out, kTolBf16, "attention out");
+        expect_close(gprobs, probs, kTolBf16, "attention probs");
+        if (causal) {
+          size_t nonzero_masked = 0;
+          for (size_t r = 0; r < size_t(B) * H * T; ++r)
+            for (int s = int(r % T) + 1; s < T; ++s) nonzero_masked += gprobs[r * T + s] != 0.0;
+          CHECK(nonzero_masked == 0);
+        }
+
+        // Backward from the bf16-rounded probs that both sides get.
+        V pin(np);
+        for (size_t k = 0; k < np; ++k) pin[k] = round_bf16(probs[k]);
+        V g = randn_bf16(nout);
+        Dev dg = put_bf16(g), dpin = put_bf16(pin), ddqkv = poisoned(nqkv * sizeof(bf16));
+        poison_scratch(ctx, 4, scratch_bytes);
+        cuda::attention_backward(ctx, dg.h(), dqkv_in.h(), dpin.h(), ddqkv.h(), B, T, H, hd, float(scale), causal);
+        V dqkv(nqkv);
+        cpu::attention_backward(g.data(), qkv.data(), pin.data(), dqkv.data(), B, T, H, hd, scale, causal);
+        V got = get_bf16(ctx, ddqkv, nqkv);
+        expect_close(part(got, 3 * D, 0, D), part(dqkv, 3 * D, 0, D), kTolBf16, "attention dq");
+        expect_close(part(got, 3 * D, D, D), part(dqkv, 3 * D, D, D), kTolBf16, "attention dk");
+        expect_close(part(got, 3 * D, 2 * D, D), part(dqkv, 3 * D, 2 * D, D), kTolBf16, "attention dv");
+      }
+}
+
+TEST_CASE("CUDA swiglu forward and backward", "[cuda]") {
+  if (!cuda::gpu_available()) {
+    WARN("no GPU: skipped");
+    return;
+  }
+  cuda::Context ctx;
+  const int N = 37, H = 100;
+  const size_t nin = size_t(N) * 2 * H, nout = size_t(N) * H;
+  V in = randn_bf16(nin, 2.0), g = randn_bf16(nout);
+  Dev din = put_bf16(in), dout = poisoned(nout * sizeof(bf16));
+  cuda::swiglu_forward(ctx, din.h(), dout.h(), N, H);
+  V out(nout);
+  cpu::swiglu_forward(in.data(), out.data(), N, H);
+  expect_close(get_bf16(ctx, dout, nout), out, kTolBf16, "swiglu out");
+
+  Dev dg = put_bf16(g), dgin = poisoned(nin * sizeof(bf16));
+  cuda::swiglu_backward(ctx, dg.h(), din.h(), dgin.h(), N, H);
+  V gin(nin);
+  cpu::swiglu_backward(g.data(), in.data(), gin.data(), N, H);
+  V got = get_bf16(ctx, dgin, nin);
+  expect_close(part(got, 2 * H, 0, H), part(gin, 2 * H, 0, H), kTolBf16, "swiglu dgate");
+  expect_close(part(got, 2 * H, H, H), part(gin, 2 * H, H, H), kTolBf16, "swiglu dup");
+}
+
+TEST_CASE("CUDA crossentropy forward and backward (padded vocabulary)", "[cuda]") {
+  if (!cuda::gpu_available()) {
+    WARN("no GPU: skipped");
+    return;
+  }
+  cuda::Context ctx;
+  for (auto [N, Vv, Vp] : {std::tuple{9, 1000, 1024}, std::tuple{4, 777, 777}, std::tuple{3, 5, 64}}) {
+    INFO("N = " << N << ", V = " << Vv << ", Vp = " << Vp);
+    const size_t n = size_t(N) * Vp;
+    V logits = randn_bf16(n, 3.0);
+    // Large values in the padding: any use of them would wreck the result.
+    for (int r = 0; r < N; ++r)
+      for (int j = Vv; j < Vp; ++j) logits[size_t(r) * Vp + j] = 50.0;
+    I tgt = rand_index(N, Vv);
+    tgt[0] = Vv - 1;
+    Dev dl = put_bf16(logits), dt = put_i32(tgt), dloss = poisoned(N * sizeof(float));
+    cuda::crossentropy_forward(ctx, dl.h(), dt.i(), dloss.f(), N, Vv, Vp);
+    V loss(N);
+    cpu::crossentropy_forward(logits.data(), tgt.data(), loss.data(), N, Vv, Vp);
+    expect_close(get_f32(ctx, dloss, N), loss, 1e-5, "crossentropy losses");
+
+    const double dl_scale = 0.37;
+    Dev dd = poisoned(n * sizeof(bf16));
+    cuda::crossentropy_backward(ctx, dl.h(), dt.i(), dd.h(), N, Vv, Vp, float(dl_scale));
+    V d(n);
+    cpu::crossentropy_backward(logits.data(), tgt.data(), d.data(), N, Vv, Vp, dl_scale);
+    V got = get_bf16(ctx, dd, n);
+    expect_close(got, d, kTolBf16, "crossentropy dlogits");
+    size_t pad_nonzero = 0;
+    for (int r = 0; r < N; ++r)
+      for (int j = Vv; j < Vp; ++j) pad_nonzero += got[size_t(r) * Vp + j] != 0.0;
+    CHECK(pad_nonzero == 0);
+
+    // In place (dlogits aliasing logits) gives the same bits.
+    cuda::crossentropy_backward(ctx, dl.h(), dt.i(), dl.h(), N, Vv, Vp, float(dl_scale));
+    CHECK(rel_err(get_bf16(ctx, dl, n), got) == 0.0);
+  }
+}
+
+TEST_CASE("CUDA sum_squares accumulates into the device scalar", "[cuda]") {
+  if (!cuda::gpu_available()) {
+    WARN("no GPU: skipped");
+    return;
+  }
+  cuda::Context ctx;
+  for (size_t n : {size_t(1), size_t(1000), size_t(3000017)}) {
+    INFO("n = " << n);
+    V g = randn_f32(n);
+    const double start = 2.5;
+    Dev dg = put_f32(g), dout = put_f32(V{start});
+    cuda::sum_squares(ctx, dg.f(), n, dout.f());
+    std::vector<float> h(g.begin(), g.end());
+    const double want = start + cpu::sum_squares(h.data(), n);
+    expect_close(get_f32(ctx, dout, 1), V{want}, 1e-5, "sum of squares");
+  }
+}
+
+TEST_CASE("CUDA adamw step", "[cuda]") {
+  if (!cuda::gpu_available()) {
+    WARN("no GPU: skipped");
+    return;
+  }
+  cuda::Context ctx;
+  const size_t n = 10007;
+  const double lr = 1e-3, b1 = 0.9, b2 = 0.95, eps = 1e-8, wd = 0.1, gs = 0.5;
+  for (int t : {1, 5}) {
+    for (bool shadow : {true, false}) {
+      INFO("t = " << t << ", shadow = " << shadow);
+      V p = randn_f32(n), g = randn_f32(n), m = randn_f32(n, 0.1), v = randn_f32(n, 0.1);
+      for (auto& x : v) x = float(x * x);
+      const V p0 = p;
+      Dev dp = put_f32(p), dg = put_f32(g), dm = put_f32(m), dv = put_f32(v);
+      Dev dh = poisoned(n * sizeof(bf16));
+      cuda::adamw_step(ctx, dp.f(), dg.f(), dm.f(), dv.f(), shadow ? dh.h() : nullptr, n, float(lr), float(b1),
+                       float(b2), float(eps), float(wd), t, float(gs));
+      cpu::adamw_step(p.data(), g.data(), m.data(), v.data(), n, lr, b1, b2, eps, wd, t, gs);
+      V gp = get_f32(ctx, dp, n);
+      expect_close(gp, p, 1e-5, "adamw p");
+      // The step itself (~lr) against fp32 rounding of p (~6e-8 |p|).
+      expect_close(minus(gp, p0), minus(p, p0), 1e-3, "adamw p increment");
+      expect_close(get_f32(ctx, dm, n), m, 1e-5, "adamw m");
+      expect_close(get_f32(ctx, dv, n), v, 1e-5, "adamw v");
+      if (shadow) {
+        V want(n);
+        for (size_t k = 0; k < n; ++k) want[k] = round_bf16(float(gp[k]));
+        expect_close(get_bf16(ctx, dh, n), want, 0.0, "adamw bf16 shadow (= bf16(p))");
+      }
+    }
+  }
+}
+
+#endif  // MUE_HAVE_CUDA
