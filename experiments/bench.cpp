@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "experiments/run_config.h"
+#include "experiments/flow.h"
 #include "experiments/trainer.h"
 #include "moe/moe_layer.h"
 
@@ -31,6 +32,10 @@ BenchResult bench_with(const RunConfig& c, Backend& be, int steps, bool verbose)
   int64_t non_emb = 0;
   for (const auto& p : model.params())
     if (p.row.tensor.role != TensorRole::embedding) non_emb += int64_t(p.row.tensor.size());
+  if (c.model.ffn.moe())  // only the activated experts count
+    for (const auto& p : model.params())
+      if (p.row.tensor.kind.rfind("moe.experts.", 0) == 0)
+        non_emb -= int64_t(p.row.tensor.size()) * (c.model.ffn.experts - c.model.ffn.active) / c.model.ffn.experts;
   r.flops_per_token = flops_per_token(non_emb, c.model.n_layers, c.model.d_model, T);
   r.param_mib = model.n_params() * double(sizeof(typename Backend::master_t)) / 1048576.0;
   r.activation_mib = model.activation_bytes() / 1048576.0;
@@ -57,6 +62,50 @@ BenchResult bench_with(const RunConfig& c, Backend& be, int steps, bool verbose)
   (void)verbose;
   return r;
 }
+// DiT: images/s on random images; MFU counts per image 6 * N_active_non_emb * tokens + 12 L d T^2 (attention).
+template <class Backend>
+BenchResult bench_flow_with(const RunConfig& c, Backend& be, int steps) {
+  BenchResult r;
+  r.device = be.device_name();
+  const ParamTable table = make_param_table(c.rule, c.model, c.reference, c.hp);
+  DiT<Backend> model(c.model, table, be, c.train.batch, make_ffn<Backend>);
+  model.init_weights(c.train.seed);
+  const int B = c.train.batch, T = c.model.seq_len, npix = c.model.image.channels * c.model.image.size * c.model.image.size;
+  int64_t non_emb = 0;
+  for (const auto& p : model.params())
+    if (p.row.tensor.role != TensorRole::embedding) non_emb += int64_t(p.row.tensor.size());
+  if (c.model.ffn.moe())  // only the activated experts count
+    for (const auto& p : model.params())
+      if (p.row.tensor.kind.rfind("moe.experts.", 0) == 0)
+        non_emb -= int64_t(p.row.tensor.size()) * (c.model.ffn.experts - c.model.ffn.active) / c.model.ffn.experts;
+  r.flops_per_token = T * flops_per_token(non_emb, c.model.n_layers, c.model.d_model, T);  // per image
+  r.param_mib = model.n_params() * double(sizeof(typename Backend::master_t)) / 1048576.0;
+  r.activation_mib = model.activation_bytes() / 1048576.0;
+  std::vector<float> x(size_t(B) * npix);
+  std::vector<int32_t> y(B);
+  const int warmup = std::min(3, steps);
+  std::vector<double> ms;
+  for (int s = 0; s < warmup + steps; ++s) {
+    for (size_t i = 0; i < x.size(); ++i) x[i] = float(rng_uniform(9, s, i) * 2 - 1);
+    for (int b = 0; b < B; ++b) y[b] = int32_t(rng_index(10, s, b, c.model.image.classes));
+    FlowBatch fb = make_flow_batch(x, y, B, npix, 11, s, 0.1, c.model.image.classes);
+    be.synchronize();
+    auto t0 = std::chrono::steady_clock::now();
+    model.zero_grad();
+    model.forward(fb.xt.data(), fb.v.data(), fb.t.data(), fb.labels.data());
+    model.backward();
+    adamw_update(model, c.adamw, s + 1, 1.0);
+    be.synchronize();
+    double dt = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    if (s >= warmup) ms.push_back(dt);
+  }
+  std::sort(ms.begin(), ms.end());
+  r.steps = steps;
+  r.ms_per_step = ms[ms.size() / 2];
+  r.tok_per_s = B / (r.ms_per_step / 1e3);  // images per second
+  r.mfu = r.tok_per_s * r.flops_per_token / kH100PeakBf16;
+  return r;
+}
 }  // namespace
 
 double flops_per_token(int64_t non_embedding_params, int n_layers, int d_model, int seq_len) {
@@ -80,13 +129,14 @@ BenchResult run_bench(const std::string& preset, int steps, const std::string& d
 #ifdef MUE_HAVE_CUDA
   if (dev == "cuda") {
     CudaBackend be;
-    r = bench_with(c, be, steps, verbose);
+    r = c.task == "flow" ? bench_flow_with(c, be, steps) : bench_with(c, be, steps, verbose);
   }
 #endif
   if (dev == "cpu") {
     CpuBackend<float> be;
-    r = bench_with(c, be, steps, verbose);
+    r = c.task == "flow" ? bench_flow_with(c, be, steps) : bench_with(c, be, steps, verbose);
   }
+  r.unit = c.task == "flow" ? "img/s" : "tok/s";
   r.preset = preset;
   return r;
 }

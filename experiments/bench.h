@@ -5,7 +5,7 @@
 namespace mue {
 
 struct BenchResult {
-  std::string preset, device;
+  std::string preset, device, unit = "tok/s";
   double ms_per_step = 0, tok_per_s = 0, mfu = 0, flops_per_token = 0;
   double param_mib = 0, activation_mib = 0;
   int steps = 0;

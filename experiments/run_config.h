@@ -32,6 +32,7 @@ struct RunConfig {
   double guidance = 1.5;
   std::string out_dir;
   bool overwrite = false;
+  bool checkpoint = false;
   json raw;  // the fully resolved JSON (stored in the run's HDF5 file)
 };
 

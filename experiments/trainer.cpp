@@ -7,9 +7,13 @@
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
+#include <optional>
 
 #include "core/h5log.h"
+#include "data/images.h"
 #include "data/tokens.h"
+#include "experiments/checkpoint.h"
+#include "experiments/flow.h"
 #include "moe/moe_layer.h"
 
 namespace mue {
@@ -33,28 +37,79 @@ std::vector<ParamTableRow> table_rows(const ParamTable& t) {
   return rows;
 }
 
+// What the loop needs from a task: the model, one training forward, the evaluation, a data description.
 template <class Backend>
-double evaluate(LM<Backend>& model, const TokenFile& data, int batches) {
-  const int B = model.batch(), T = model.config().seq_len;
-  const int64_t avail = data.val_batches(B, T);
-  MUE_CHECK(avail > 0, "validation split too small for one batch of ", B, "x", T + 1, " tokens");
-  const int64_t n = std::min<int64_t>(batches, avail);
-  std::vector<int32_t> x(size_t(B) * T), y(size_t(B) * T);
-  double sum = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    data.val_batch(i, B, T, x.data(), y.data());
-    sum += model.forward(x.data(), y.data());
+struct LmTask {
+  using Model = LM<Backend>;
+  const RunConfig& c;
+  const TokenFile& data;
+  Model model;
+  std::vector<int32_t> x, y;
+  LmTask(const RunConfig& c_, Backend& be, const ParamTable& t, const TokenFile& d)
+      : c(c_), data(d), model(c_.model, t, be, c_.train.batch, make_ffn<Backend>),
+        x(size_t(c_.train.batch) * c_.model.seq_len), y(x.size()) {}
+  double items_per_step() const { return double(c.train.batch) * c.model.seq_len; }  // tokens
+  double train_forward(int step) {
+    data.sample_batch(c.train.data_seed, uint64_t(step), c.train.batch, c.model.seq_len, x.data(), y.data());
+    return model.forward(x.data(), y.data());
   }
-  return sum / double(n);
-}
+  // (mean validation loss, extra columns)
+  std::pair<double, std::vector<std::pair<std::string, double>>> evaluate() {
+    const int B = c.train.batch, T = c.model.seq_len;
+    const int64_t avail = data.val_batches(B, T);
+    MUE_CHECK(avail > 0, "validation split too small for one batch of ", B, "x", T + 1, " tokens");
+    const int64_t n = std::min<int64_t>(c.train.eval_batches, avail);
+    double sum = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      data.val_batch(i, B, T, x.data(), y.data());
+      sum += model.forward(x.data(), y.data());
+    }
+    return {sum / double(n), {}};
+  }
+  std::string sources() const { return data.sources(); }
+};
 
 template <class Backend>
-RunResult train_with(const RunConfig& c, Backend& be, const TokenFile& data, const std::string& path, bool verbose) {
+struct FlowTask {
+  using Model = DiT<Backend>;
+  const RunConfig& c;
+  const ImageSet& data;
+  Model model;
+  std::vector<float> x;
+  std::vector<int32_t> y;
+  FlowTask(const RunConfig& c_, Backend& be, const ParamTable& t, const ImageSet& d)
+      : c(c_), data(d), model(c_.model, t, be, c_.train.batch, make_ffn<Backend>),
+        x(size_t(c_.train.batch) * npix()), y(c_.train.batch) {}
+  int npix() const { return c.model.image.channels * c.model.image.size * c.model.image.size; }
+  double items_per_step() const { return double(c.train.batch); }  // images
+  double train_forward(int step) {
+    data.sample_batch(c.train.data_seed, uint64_t(step), c.train.batch, x.data(), y.data());
+    FlowBatch fb = make_flow_batch(x, y, c.train.batch, npix(), c.train.data_seed, uint64_t(step),
+                                   c.model.image.label_dropout, c.model.image.classes);
+    return model.forward(fb.xt.data(), fb.v.data(), fb.t.data(), fb.labels.data());
+  }
+  std::pair<double, std::vector<std::pair<std::string, double>>> evaluate() {
+    std::vector<double> l = flow_eval(model, data, c.eval_t, c.train.eval_batches);
+    std::vector<std::pair<std::string, double>> cols;
+    double mean = 0;
+    for (size_t k = 0; k < l.size(); ++k) {
+      char name[32];
+      std::snprintf(name, sizeof name, "loss_t%g", c.eval_t[k]);
+      cols.push_back({name, l[k]});
+      mean += l[k] / double(l.size());
+    }
+    return {mean, cols};
+  }
+  std::string sources() const { return data.path() + " (" + data.kind() + ")"; }
+};
+
+template <class Backend, class Task>
+RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTable& table, const std::string& path,
+                     bool verbose) {
   RunResult res;
   res.path = path;
   res.device = be.device_name();
-  const ParamTable table = make_param_table(c.rule, c.model, c.reference, c.hp);
-  LM<Backend> model(c.model, table, be, c.train.batch, make_ffn<Backend>);
+  auto& model = task.model;
   model.init_weights(c.train.seed);
   if (verbose) {
     std::printf("%s", format_table(table).c_str());
@@ -71,25 +126,23 @@ RunResult train_with(const RunConfig& c, Backend& be, const TokenFile& data, con
   log.set_attr("device", res.device);
   log.set_attr("started", utc_now_iso());
   log.set_attr("finished", std::string(""));
-  log.set_attr("data_sources", data.sources());
+  log.set_attr("data_sources", task.sources());
   log.write_param_table(table_rows(table));
   log.flush();
 
   g_stop_signal = 0;
   auto old_int = std::signal(SIGINT, on_signal), old_term = std::signal(SIGTERM, on_signal);
 
-  const int B = c.train.batch, T = c.model.seq_len;
-  const double tokens_per_step = double(B) * T;
-  std::vector<int32_t> x(size_t(B) * T), y(size_t(B) * T);
+  const double tokens_per_step = task.items_per_step();  // tokens (lm) or images (flow)
+  const char* unit = c.task == "flow" ? "img/s" : "tok/s";
   std::string status = "completed";
   auto t0 = std::chrono::steady_clock::now();
   double window_start = 0, loss = 0, gnorm = 0;
   int window_steps = 0;
   res.best_val_loss = INFINITY;
   for (int step = 0; step < c.train.steps; ++step) {
-    data.sample_batch(c.train.data_seed, uint64_t(step), B, T, x.data(), y.data());
     model.zero_grad();
-    loss = model.forward(x.data(), y.data());
+    loss = task.train_forward(step);
     if (step == 0) res.first_loss = loss;
     model.backward();
     const double lr_factor = c.schedule.factor(step);
@@ -118,8 +171,8 @@ RunResult train_with(const RunConfig& c, Backend& be, const TokenFile& data, con
         }
       if (verbose) {
         const double eta = wall / (step + 1) * (c.train.steps - step - 1);
-        std::printf("step %5d/%d | loss %.4f | lr x%.3f | grad norm %.3f | %.0f tok/s | ETA %s\n", step + 1,
-                    c.train.steps, loss, lr_factor, gnorm, tps, fmt_duration(eta).c_str());
+        std::printf("step %5d/%d | loss %.4f | lr x%.3f | grad norm %.3f | %.0f %s | ETA %s\n", step + 1,
+                    c.train.steps, loss, lr_factor, gnorm, tps, unit, fmt_duration(eta).c_str());
         std::fflush(stdout);
       }
     }
@@ -129,10 +182,12 @@ RunResult train_with(const RunConfig& c, Backend& be, const TokenFile& data, con
       break;
     }
     if ((step + 1) % c.train.eval_every == 0 || step + 1 == c.train.steps) {
-      const double vl = evaluate(model, data, c.train.eval_batches);
+      auto [vl, cols] = task.evaluate();
       res.final_val_loss = vl;
       res.best_val_loss = std::min(res.best_val_loss, vl);
-      log.append("val", {{"step", step + 1}, {"loss", vl}});
+      cols.insert(cols.begin(), {{"step", step + 1}, {"loss", vl}});
+      log.append("val", cols);
+      if (c.checkpoint) save_checkpoint(model, checkpoint_path(path), uint64_t(step + 1));
       if (verbose) std::printf("step %5d | val loss %.4f\n", step + 1, vl), std::fflush(stdout);
     }
     log.flush();
@@ -184,24 +239,45 @@ RunResult train_run(const RunConfig& c, bool verbose) {
     MUE_CHECK(!(status && *status == "completed") || c.overwrite, "'", path,
               "' holds a completed run; choose another name or pass out.overwrite=true");
   }
-  TokenFile data = TokenFile::open(c.data_tokens);
-  MUE_CHECK(int64_t(data.vocab_size()) <= c.model.vocab, "token file '", c.data_tokens, "' has vocabulary ",
-            data.vocab_size(), " > model.vocab ", c.model.vocab);
-  MUE_CHECK(int64_t(data.n_train()) > c.model.seq_len + 1, "token file '", c.data_tokens,
-            "' has too few training tokens for seq_len ", c.model.seq_len);
+  std::optional<TokenFile> tokens;
+  std::optional<ImageSet> images;
+  if (c.task == "lm") {
+    tokens = TokenFile::open(c.data_tokens);
+    MUE_CHECK(int64_t(tokens->vocab_size()) <= c.model.vocab, "token file '", c.data_tokens, "' has vocabulary ",
+              tokens->vocab_size(), " > model.vocab ", c.model.vocab);
+    MUE_CHECK(int64_t(tokens->n_train()) > c.model.seq_len + 1, "token file '", c.data_tokens,
+              "' has too few training tokens for seq_len ", c.model.seq_len);
+  } else {
+    images = ImageSet::open(c.data_images);
+    const ImageConfig& im = c.model.image;
+    MUE_CHECK(images->channels() == im.channels && images->size() == im.size && images->classes() == im.classes,
+              "image file '", c.data_images, "' holds ", images->channels(), "x", images->size(), "x", images->size(),
+              " images of ", images->classes(), " classes; the config says ", im.channels, "x", im.size, "x", im.size,
+              " and ", im.classes);
+  }
   std::error_code ec;
   std::filesystem::create_directories(c.out_dir, ec);
   MUE_CHECK(!ec && std::filesystem::is_directory(c.out_dir), "cannot create output folder '", c.out_dir, "'");
 
   const std::string device = resolve_device(c.train.device);
+  const ParamTable table = make_param_table(c.rule, c.model, c.reference, c.hp);
+  auto run = [&](auto& be) {
+    using Backend = std::remove_reference_t<decltype(be)>;
+    if (c.task == "flow") {
+      FlowTask<Backend> task(c, be, table, *images);
+      return train_with(c, be, task, table, path, verbose);
+    }
+    LmTask<Backend> task(c, be, table, *tokens);
+    return train_with(c, be, task, table, path, verbose);
+  };
 #ifdef MUE_HAVE_CUDA
   if (device == "cuda") {
     CudaBackend be;
-    return train_with(c, be, data, path, verbose);
+    return run(be);
   }
 #endif
   CpuBackend<float> be;
-  return train_with(c, be, data, path, verbose);
+  return run(be);
 }
 
 }  // namespace mue

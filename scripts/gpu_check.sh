@@ -5,15 +5,26 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
-presets=${*:-gpt2s-dense small-dense gpt2s-moe small-moe}
+OUT=$(cd "$OUT" && pwd)
+presets=${PRESETS-gpt2s-dense small-dense gpt2s-moe small-moe}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release > "$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
 cmake --build build-gpu -j 16 > "$OUT/build.log" 2>&1 || { grep -E "error|Error" "$OUT/build.log" | head -40; exit 1; }
 echo "== tests"
-(cd build-gpu && timeout 300 ./mue_tests --durations yes > "../$OUT/tests.log" 2>&1); echo "tests rc $?"
+(cd build-gpu && timeout 300 ./mue_tests --durations yes > "$OUT/tests.log" 2>&1); echo "tests rc $?"
 grep -E "FAILED|failed|passed|No GPU|no GPU" "$OUT/tests.log" | tail -15
 grep -B2 -A12 "FAILED" "$OUT/tests.log" | head -80
 echo "== bench"
 for p in $presets; do
   timeout 120 ./build-gpu/mue bench "$p" --steps 20 2>&1 | tail -1 | tee -a "$OUT/bench.txt"
 done
+if [ -f data-cache/linux-doc.tok ] && [ -z "${NO_SWEEP:-}" ]; then
+  echo "== default sweep on the GPU"
+  timeout 240 ./build-gpu/mue sweep --lr 0.003,0.01,0.03 name=gpu-quick out.dir="$OUT/runs" 2>&1 | tail -6
+fi
+if [ -f data-cache/fashion-mnist.h5 ] && [ -n "${FLOW_STEPS:-}" ]; then
+  echo "== Fashion-MNIST DiT"
+  timeout ${FLOW_TIMEOUT:-300} ./build-gpu/mue train experiments/configs/dit-fashion.json train.steps=$FLOW_STEPS \
+    out.dir="$OUT/runs" 2>&1 | grep -E "val loss|completed|diverged|error" | tail -6
+  ./build-gpu/mue sample "$OUT/runs/dit-fashion.h5" --out "$OUT/dit-fashion-samples.png" --per-class 10 2>&1 | tail -2
+fi

@@ -121,16 +121,27 @@ TEST_CASE("CUDA MoE LM: one training step matches the CPU reference", "[cuda][mo
   LM<CpuBackend<double>> cm(c, t, cb, 4, make_ffn<CpuBackend<double>>);
   LM<CudaBackend> gm(c, t, gb, 4, make_ffn<CudaBackend>);
   cm.init_weights(9), gm.init_weights(9);
+  // Spread the router logits so that no token sits within bf16 rounding of a top-k tie: the choice of experts
+  // is not differentiable, and a flipped choice would make the comparison meaningless.
+  for (size_t i = 0; i < cm.params().size(); ++i)
+    if (cm.P(i).row.tensor.kind == "moe.router") {
+      auto w = cm.host_values(cm.P(i));
+      for (auto& v : w) v *= 30.0;
+      cm.set_values(cm.P(i), w), gm.set_values(gm.P(i), w);
+    }
   std::vector<int32_t> x(128), y(128);
   for (int i = 0; i < 128; ++i) x[i] = int32_t(rng_index(1, 0, i, 200)), y[i] = int32_t(rng_index(2, 0, i, 200));
   cm.zero_grad(), gm.zero_grad();
   const double lc = cm.forward(x.data(), y.data()), lg = gm.forward(x.data(), y.data());
   CHECK(std::abs(lg - lc) / lc < 1e-2);
+  for (int l = 0; l < c.n_layers; ++l) {
+    INFO("layer " << l);
+    REQUIRE(cm.ffn_stats(l)->load == gm.ffn_stats(l)->load);  // same routing on both sides
+  }
   cm.backward(), gm.backward();
   for (size_t i = 0; i < cm.params().size(); ++i) {
     INFO("grad of " << cm.P(i).row.tensor.name);
-    // bf16 rounding of router logits can change a token's expert choice near ties, so allow a little more here.
-    CHECK(rel_error(gm.host_grads(gm.P(i)), cm.host_grads(cm.P(i))) < 5e-2);
+    CHECK(rel_error(gm.host_grads(gm.P(i)), cm.host_grads(cm.P(i))) < 3e-2);
   }
 }
 #endif

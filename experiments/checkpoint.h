@@ -1,0 +1,94 @@
+// Checkpoints: master weights, Adam moments and the step, one binary file next to the run's HDF5 log
+// (runs/NAME.ckpt). The batch order and the noise are counter-based functions of (seed, step), so (config, step)
+// is the whole RNG state. Format: "MUECKPT1", u64 step, u64 n_tensors, then per tensor: u32 name length, name,
+// u64 count, count f32 values, count f32 m, count f32 v. Written to NAME.ckpt.tmp and renamed.
+#pragma once
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+
+namespace mue {
+
+inline std::string checkpoint_path(const std::string& run_h5) {
+  std::string p = run_h5;
+  if (p.size() > 3 && p.compare(p.size() - 3, 3, ".h5") == 0) p.resize(p.size() - 3);
+  return p + ".ckpt";
+}
+
+template <class Model>
+void save_checkpoint(Model& model, const std::string& path, uint64_t step) {
+  auto& be = model.backend();
+  using Mt = typename std::remove_reference_t<decltype(be)>::master_t;
+  const std::string tmp = path + ".tmp";
+  FILE* f = std::fopen(tmp.c_str(), "wb");
+  MUE_CHECK(f, "cannot write checkpoint '", tmp, "'");
+  auto put = [&](const void* p, size_t n) {
+    if (std::fwrite(p, 1, n, f) != n) {
+      std::fclose(f);
+      fail("short write to checkpoint '", tmp, "'");
+    }
+  };
+  const uint64_t n = model.params().size();
+  put("MUECKPT1", 8), put(&step, 8), put(&n, 8);
+  for (auto& p : model.params()) {
+    const uint32_t len = uint32_t(p.row.tensor.name.size());
+    const uint64_t cnt = p.row.tensor.size();
+    put(&len, 4), put(p.row.tensor.name.data(), len), put(&cnt, 8);
+    std::vector<Mt> h(cnt);
+    std::vector<float> out(cnt);
+    for (const Mt* src : {p.value, p.adam_m, p.adam_v}) {
+      be.download(h.data(), src, cnt * sizeof(Mt));
+      for (size_t i = 0; i < cnt; ++i) out[i] = float(h[i]);
+      put(out.data(), cnt * 4);
+    }
+  }
+  MUE_CHECK(std::fclose(f) == 0, "cannot close checkpoint '", tmp, "'");
+  MUE_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, "cannot rename '", tmp, "' to '", path, "'");
+}
+
+// Loads into a model of the same shape; returns the step. Names and sizes must match.
+template <class Model>
+uint64_t load_checkpoint(Model& model, const std::string& path) {
+  auto& be = model.backend();
+  using Mt = typename std::remove_reference_t<decltype(be)>::master_t;
+  FILE* f = std::fopen(path.c_str(), "rb");
+  MUE_CHECK(f, "cannot open checkpoint '", path, "'");
+  auto get = [&](void* p, size_t n) {
+    if (std::fread(p, 1, n, f) != n) {
+      std::fclose(f);
+      fail("checkpoint '", path, "' is truncated");
+    }
+  };
+  char magic[8];
+  uint64_t step = 0, n = 0;
+  get(magic, 8);
+  if (std::memcmp(magic, "MUECKPT1", 8) != 0) std::fclose(f), fail("'", path, "' is not a mue checkpoint");
+  get(&step, 8), get(&n, 8);
+  if (n != model.params().size())
+    std::fclose(f), fail("checkpoint '", path, "' has ", n, " tensors, the model has ", model.params().size());
+  for (auto& p : model.params()) {
+    uint32_t len = 0;
+    uint64_t cnt = 0;
+    get(&len, 4);
+    std::string name(len, '\0');
+    get(name.data(), len), get(&cnt, 8);
+    if (name != p.row.tensor.name || cnt != p.row.tensor.size())
+      std::fclose(f), fail("checkpoint '", path, "' holds '", name, "' where the model has '", p.row.tensor.name, "'");
+    std::vector<float> in(cnt);
+    std::vector<Mt> h(cnt);
+    for (Mt* dst : {p.value, p.adam_m, p.adam_v}) {
+      get(in.data(), cnt * 4);
+      for (size_t i = 0; i < cnt; ++i) h[i] = Mt(in[i]);
+      be.upload(dst, h.data(), cnt * sizeof(Mt));
+    }
+  }
+  std::fclose(f);
+  model.refresh_weights();
+  return step;
+}
+
+}  // namespace mue
