@@ -1,6 +1,7 @@
 // `mue sample RUN.h5`: rebuild the run's DiT from the config stored in its log, load its checkpoint, and draw
 // a class-conditional grid with the Euler sampler.
 #pragma once
+#include <cstdint>
 #include <string>
 #include <vector>
 
