@@ -18,6 +18,18 @@
 namespace mue {
 
 namespace {
+// Parameters a token passes through, for MFU: everything but the embeddings, experts weighted by a/N.
+template <class Model>
+int64_t active_non_embedding_params(Model& model, const ModelConfig& m) {
+  int64_t n = 0;
+  for (const auto& p : model.params()) {
+    if (p.row.tensor.role == TensorRole::embedding) continue;
+    const int64_t size = int64_t(p.row.tensor.size());
+    n += p.row.tensor.kind.rfind("moe.experts.", 0) == 0 ? size * m.ffn.active / m.ffn.experts : size;
+  }
+  return n;
+}
+
 constexpr double kH100PeakBf16 = 989e12;  // dense bf16 tensor-core peak of an H100 SXM (spec section 7)
 
 template <class Backend>
@@ -29,13 +41,7 @@ BenchResult bench_with(const RunConfig& c, Backend& be, int steps, bool verbose)
   model.init_weights(c.train.seed);
   const int B = c.train.batch, T = c.model.seq_len, N = B * T;
   std::vector<int32_t> x(N), y(N);
-  int64_t non_emb = 0;
-  for (const auto& p : model.params())
-    if (p.row.tensor.role != TensorRole::embedding) non_emb += int64_t(p.row.tensor.size());
-  if (c.model.ffn.moe())  // only the activated experts count
-    for (const auto& p : model.params())
-      if (p.row.tensor.kind.rfind("moe.experts.", 0) == 0)
-        non_emb -= int64_t(p.row.tensor.size()) * (c.model.ffn.experts - c.model.ffn.active) / c.model.ffn.experts;
+  const int64_t non_emb = active_non_embedding_params(model, c.model);
   r.flops_per_token = flops_per_token(non_emb, c.model.n_layers, c.model.d_model, T);
   r.param_mib = model.n_params() * double(sizeof(typename Backend::master_t)) / 1048576.0;
   r.activation_mib = model.activation_bytes() / 1048576.0;
@@ -71,13 +77,7 @@ BenchResult bench_flow_with(const RunConfig& c, Backend& be, int steps) {
   DiT<Backend> model(c.model, table, be, c.train.batch, make_ffn<Backend>);
   model.init_weights(c.train.seed);
   const int B = c.train.batch, T = c.model.seq_len, npix = c.model.image.channels * c.model.image.size * c.model.image.size;
-  int64_t non_emb = 0;
-  for (const auto& p : model.params())
-    if (p.row.tensor.role != TensorRole::embedding) non_emb += int64_t(p.row.tensor.size());
-  if (c.model.ffn.moe())  // only the activated experts count
-    for (const auto& p : model.params())
-      if (p.row.tensor.kind.rfind("moe.experts.", 0) == 0)
-        non_emb -= int64_t(p.row.tensor.size()) * (c.model.ffn.experts - c.model.ffn.active) / c.model.ffn.experts;
+  const int64_t non_emb = active_non_embedding_params(model, c.model);
   r.flops_per_token = T * flops_per_token(non_emb, c.model.n_layers, c.model.d_model, T);  // per image
   r.param_mib = model.n_params() * double(sizeof(typename Backend::master_t)) / 1048576.0;
   r.activation_mib = model.activation_bytes() / 1048576.0;

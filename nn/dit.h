@@ -57,7 +57,7 @@ inline bool zero_init_tensor(const std::string& kind) {
 }
 
 template <class Backend>
-class DiT {
+class DiT : public ParamStore<Backend> {
  public:
   using A = typename Backend::act_t;
   using W = typename Backend::w_t;
@@ -67,30 +67,14 @@ class DiT {
 
   DiT(const ModelConfig& cfg, const ParamTable& table, Backend& be, int batch,
       FfnFactory<Backend> make_ffn = make_dense_ffn<Backend>)
-      : cfg_(cfg), table_(table), be_(be), B_(batch), make_ffn_(std::move(make_ffn)) {
-    cfg_.validate();
+      : ParamStore<Backend>((cfg.validate(), dit_tensors(cfg)), table, be),
+        cfg_(cfg), table_(table), B_(batch), make_ffn_(std::move(make_ffn)) {
     MUE_CHECK(cfg_.task == "flow", "DiT needs model task 'flow'");
     MUE_CHECK(batch > 0, "batch must be positive");
     T_ = cfg_.image.grid() * cfg_.image.grid();
-    layout_params();
     layout_activations();
     auto pos = cpu::sincos_2d(cfg_.image.grid(), cfg_.d_model);
     be_.from_host(pos_, pos);
-  }
-
-  void init_weights(uint64_t seed) {
-    for (auto& p : params_) {
-      std::vector<M> host(p.row.tensor.size());
-      const uint64_t stream = hash_name(p.row.tensor.name.c_str());
-      for (size_t i = 0; i < host.size(); ++i)
-        host[i] = p.row.init == "ones" ? M(1) : p.row.init == "zeros" ? M(0)
-                                               : M(p.row.init_std * rng_normal(seed, stream, i));
-      be_.upload(p.value, host.data(), host.size() * sizeof(M));
-    }
-    refresh_weights();
-  }
-  void refresh_weights() {
-    if constexpr (!std::is_same_v<W, M>) be_.sync_weights(params_.front().value, params_.front().weight, n_params_);
   }
 
   // x_t and the target v as images [B, C, S, S] (host, double), t [B], labels [B] (classes = null class).
@@ -190,23 +174,10 @@ class DiT {
     be_.matmul_backward(dt1_, tfeat_, f1.weight, nullptr, f1.grad, B, F, D, f1.alpha);
   }
 
-  void zero_grad() { be_.zero(grads_.data(), grads_.bytes()); }
-  std::vector<Param>& params() { return params_; }
-  Param& P(size_t i) { return params_[i]; }
-  size_t n_params() const { return n_params_; }
-  M* grad_arena() { return params_.front().grad; }
   const ModelConfig& config() const { return cfg_; }
-  Backend& backend() { return be_; }
   int batch() const { return B_; }
   size_t activation_bytes() const { return acts_.bytes(); }
   const BranchStats* ffn_stats(int layer) const { return layers_[layer].ffn->stats(); }
-  std::vector<double> host_values(const Param& p) const { return to_host(p.value, p.row.tensor.size()); }
-  std::vector<double> host_grads(const Param& p) const { return to_host(p.grad, p.row.tensor.size()); }
-  void set_values(Param& p, const std::vector<double>& v) {
-    std::vector<M> h(v.begin(), v.end());
-    be_.upload(p.value, h.data(), h.size() * sizeof(M));
-    refresh_weights();
-  }
 
  private:
   struct Layer {
@@ -216,39 +187,7 @@ class DiT {
     std::unique_ptr<FfnBranch<Backend>> ffn;
   };
 
-  Param& P_(const char* name) {
-    for (auto& p : params_)
-      if (p.row.tensor.name == name) return p;
-    fail("DiT has no tensor '", name, "'");
-  }
-  std::vector<double> to_host(const M* p, size_t n) const {
-    std::vector<M> h(n);
-    be_.download(h.data(), p, n * sizeof(M));
-    return std::vector<double>(h.begin(), h.end());
-  }
-
-  void layout_params() {
-    auto specs = dit_tensors(cfg_);
-    MUE_CHECK(specs.size() == table_.rows.size(), "parameter table has ", table_.rows.size(), " rows, DiT has ",
-              specs.size(), " tensors");
-    for (int pass = 0; pass < 2; ++pass) {
-      n_params_ = 0;
-      params_.clear();
-      for (size_t i = 0; i < specs.size(); ++i) {
-        const ParamRow& r = table_.rows[i];
-        MUE_CHECK(r.tensor.name == specs[i].name && r.tensor.size() == specs[i].size(), "parameter table row ", i,
-                  " is '", r.tensor.name, "', DiT expects '", specs[i].name, "'");
-        const size_t n = specs[i].size();
-        params_.push_back({r, values_.take<M>(n, true), grads_.take<M>(n, true), adam_m_.take<M>(n, true),
-                           adam_v_.take<M>(n, true), nullptr, table_.forward_alpha(r.tensor.name)});
-        if constexpr (std::is_same_v<W, M>) params_.back().weight = params_.back().value;
-        else params_.back().weight = shadow_.take<W>(n, true);
-        n_params_ += n;
-      }
-      if (pass == 0)
-        for (Arena* a : {&values_, &grads_, &adam_m_, &adam_v_, &shadow_}) a->allocate(Backend::on_device);
-    }
-  }
+  Param& P_(const char* name) { return this->find(name); }
 
   void layout_activations() {
     const size_t B = B_, N = size_t(B_) * T_, D = cfg_.d_model, P = cfg_.image.patch_dim(), F = cfg_.image.time_freq;
@@ -283,14 +222,13 @@ class DiT {
     }
   }
 
+  using ParamStore<Backend>::be_;
+  using ParamStore<Backend>::params_;
   ModelConfig cfg_;
   ParamTable table_;
-  Backend& be_;
   int B_, T_ = 0;
   FfnFactory<Backend> make_ffn_;
-  size_t n_params_ = 0;
-  Arena values_, grads_, adam_m_, adam_v_, shadow_, acts_;
-  std::vector<Param> params_;
+  Arena acts_;
   std::vector<Layer> layers_;
   std::vector<A*> res_;
   int32_t* labels_ = nullptr;

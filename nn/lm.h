@@ -176,22 +176,37 @@ std::unique_ptr<FfnBranch<Backend>> make_dense_ffn(const ModelConfig& c, Backend
   return std::make_unique<DenseFfn<Backend>>(be, p, rows, c.d_model, c.ffn_hidden, acts);
 }
 
+// The parameters of a model: one packed arena each for master values, gradients, Adam moments and (on CUDA)
+// the bf16 weights the forward reads, laid out in the order of the model's tensor list and checked against the
+// ParamTable. Both models (LM, DiT) are a ParamStore plus their activations.
 template <class Backend>
-class LM {
+class ParamStore {
  public:
-  using A = typename Backend::act_t;
   using W = typename Backend::w_t;
   using M = typename Backend::master_t;
-  using S = typename Backend::stat_t;
   using Param = LMParam<Backend>;
 
-  LM(const ModelConfig& cfg, const ParamTable& table, Backend& be, int batch,
-     FfnFactory<Backend> make_ffn = make_dense_ffn<Backend>)
-      : cfg_(cfg), table_(table), be_(be), B_(batch), T_(cfg.seq_len), make_ffn_(std::move(make_ffn)) {
-    cfg_.validate();
-    MUE_CHECK(batch > 0, "batch must be positive");
-    layout_params();
-    layout_activations();
+  ParamStore(const std::vector<TensorSpec>& specs, const ParamTable& table, Backend& be) : be_(be) {
+    MUE_CHECK(specs.size() == table.rows.size(), "parameter table has ", table.rows.size(), " rows, the model has ",
+              specs.size(), " tensors");
+    for (int pass = 0; pass < 2; ++pass) {
+      n_params_ = 0;
+      params_.clear();
+      for (size_t i = 0; i < specs.size(); ++i) {
+        const ParamRow& r = table.rows[i];
+        MUE_CHECK(r.tensor.name == specs[i].name && r.tensor.size() == specs[i].size(), "parameter table row ", i,
+                  " is '", r.tensor.name, "', the model expects '", specs[i].name, "'");
+        const size_t n = specs[i].size();
+        // Packed views: each arena is one contiguous vector, so one kernel can sweep it (grad norm, refresh).
+        params_.push_back({r, values_.take<M>(n, true), grads_.take<M>(n, true), adam_m_.take<M>(n, true),
+                           adam_v_.take<M>(n, true), nullptr, table.forward_alpha(r.tensor.name)});
+        if constexpr (std::is_same_v<W, M>) params_.back().weight = params_.back().value;
+        else params_.back().weight = shadow_.take<W>(n, true);
+        n_params_ += n;
+      }
+      if (pass == 0)
+        for (Arena* a : {&values_, &grads_, &adam_m_, &adam_v_, &shadow_}) a->allocate(Backend::on_device);
+    }
   }
 
   // Weights from the table's init column, drawn by the counter-based RNG per (seed, tensor name, index),
@@ -210,6 +225,59 @@ class LM {
   // After the master weights change outside the optimizer (init, load), refresh what the forward reads.
   void refresh_weights() {
     if constexpr (!std::is_same_v<W, M>) be_.sync_weights(params_.front().value, params_.front().weight, n_params_);
+  }
+  void zero_grad() { be_.zero(grads_.data(), grads_.bytes()); }
+
+  std::vector<Param>& params() { return params_; }
+  const std::vector<Param>& params() const { return params_; }
+  Param& P(size_t i) { return params_[i]; }
+  Param& find(const std::string& name) {
+    for (auto& p : params_)
+      if (p.row.tensor.name == name) return p;
+    fail("the model has no tensor '", name, "'");
+  }
+  size_t n_params() const { return n_params_; }
+  M* grad_arena() { return params_.front().grad; }
+  Backend& backend() { return be_; }
+
+  // Host copies of master values / gradients (in double, for tests, checkpoints and logging).
+  std::vector<double> host_values(const Param& p) const { return to_host(p.value, p.row.tensor.size()); }
+  std::vector<double> host_grads(const Param& p) const { return to_host(p.grad, p.row.tensor.size()); }
+  void set_values(Param& p, const std::vector<double>& v) {
+    std::vector<M> h(v.begin(), v.end());
+    be_.upload(p.value, h.data(), h.size() * sizeof(M));
+    refresh_weights();
+  }
+
+ protected:
+  Backend& be_;
+  std::vector<Param> params_;
+
+ private:
+  std::vector<double> to_host(const M* p, size_t n) const {
+    std::vector<M> h(n);
+    be_.download(h.data(), p, n * sizeof(M));
+    return std::vector<double>(h.begin(), h.end());
+  }
+  size_t n_params_ = 0;
+  Arena values_, grads_, adam_m_, adam_v_, shadow_;
+};
+
+template <class Backend>
+class LM : public ParamStore<Backend> {
+ public:
+  using A = typename Backend::act_t;
+  using W = typename Backend::w_t;
+  using M = typename Backend::master_t;
+  using S = typename Backend::stat_t;
+  using Param = LMParam<Backend>;
+
+  LM(const ModelConfig& cfg, const ParamTable& table, Backend& be, int batch,
+     FfnFactory<Backend> make_ffn = make_dense_ffn<Backend>)
+      : ParamStore<Backend>((cfg.validate(), lm_tensors(cfg)), table, be),
+        cfg_(cfg), table_(table), B_(batch), T_(cfg.seq_len), make_ffn_(std::move(make_ffn)) {
+    MUE_CHECK(batch > 0, "batch must be positive");
+    layout_activations();
   }
 
   // Mean cross-entropy over B*T positions; tokens and targets are host arrays of B*T. The auxiliary (MoE) losses
@@ -269,16 +337,8 @@ class LM {
     be_.embedding_backward(tok_, dres_, params_[0].grad, N, D);
   }
 
-  void zero_grad() { be_.zero(grads_.data(), grads_.bytes()); }
-
-  std::vector<Param>& params() { return params_; }
-  const std::vector<Param>& params() const { return params_; }
-  Param& P(size_t i) { return params_[i]; }
-  size_t n_params() const { return n_params_; }
-  M* grad_arena() { return params_.front().grad; }
   const ModelConfig& config() const { return cfg_; }
   const ParamTable& table() const { return table_; }
-  Backend& backend() { return be_; }
   int batch() const { return B_; }
   size_t activation_bytes() const { return acts_.bytes(); }
   // Per-layer FFN statistics of the last forward (nullptr for dense layers).
@@ -306,15 +366,6 @@ class LM {
     return out;
   }
 
-  // Host copies of master values / gradients (in double, for tests, checkpoints and logging).
-  std::vector<double> host_values(const Param& p) const { return to_host(p.value, p.row.tensor.size()); }
-  std::vector<double> host_grads(const Param& p) const { return to_host(p.grad, p.row.tensor.size()); }
-  void set_values(Param& p, const std::vector<double>& v) {
-    std::vector<M> h(v.begin(), v.end());
-    be_.upload(p.value, h.data(), h.size() * sizeof(M));
-    refresh_weights();
-  }
-
  private:
   struct Layer {
     size_t first = 0;  // index of its attn_norm.w in params_
@@ -322,36 +373,6 @@ class LM {
     S *rstd1, *rstd2;
     std::unique_ptr<FfnBranch<Backend>> ffn;
   };
-
-  std::vector<double> to_host(const M* p, size_t n) const {
-    std::vector<M> h(n);
-    be_.download(h.data(), p, n * sizeof(M));
-    return std::vector<double>(h.begin(), h.end());
-  }
-
-  void layout_params() {
-    auto specs = lm_tensors(cfg_);
-    MUE_CHECK(specs.size() == table_.rows.size(), "parameter table has ", table_.rows.size(), " rows, model has ",
-              specs.size(), " tensors");
-    for (int pass = 0; pass < 2; ++pass) {
-      n_params_ = 0;
-      params_.clear();
-      for (size_t i = 0; i < specs.size(); ++i) {
-        const ParamRow& r = table_.rows[i];
-        MUE_CHECK(r.tensor.name == specs[i].name && r.tensor.size() == specs[i].size(),
-                  "parameter table row ", i, " is '", r.tensor.name, "', model expects '", specs[i].name, "'");
-        const size_t n = specs[i].size();
-        // Packed views: each arena is one contiguous vector, so one kernel can sweep it (grad norm, refresh).
-        params_.push_back({r, values_.take<M>(n, true), grads_.take<M>(n, true), adam_m_.take<M>(n, true),
-                           adam_v_.take<M>(n, true), nullptr, table_.forward_alpha(r.tensor.name)});
-        if constexpr (std::is_same_v<W, M>) params_.back().weight = params_.back().value;
-        else params_.back().weight = shadow_.take<W>(n, true);
-        n_params_ += n;
-      }
-      if (pass == 0)
-        for (Arena* a : {&values_, &grads_, &adam_m_, &adam_v_, &shadow_}) a->allocate(Backend::on_device);
-    }
-  }
 
   void layout_activations() {
     const size_t N = size_t(B_) * T_, D = cfg_.d_model;
@@ -382,14 +403,13 @@ class LM {
     }
   }
 
+  using ParamStore<Backend>::be_;
+  using ParamStore<Backend>::params_;
   ModelConfig cfg_;
   ParamTable table_;
-  Backend& be_;
   int B_, T_;
   FfnFactory<Backend> make_ffn_;
-  size_t n_params_ = 0;
-  Arena values_, grads_, adam_m_, adam_v_, shadow_, acts_;
-  std::vector<Param> params_;
+  Arena acts_;
   int32_t *tok_ = nullptr, *tgt_ = nullptr;
   std::vector<A*> res_;
   std::vector<Layer> layers_;
