@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "nn/ops_cpu.h"
 
 namespace mue::cpu {
 
@@ -179,4 +180,23 @@ double z_loss(const T* logits, int N, int E, double coef, T* dlogits) {
   return coef * loss;
 }
 
+}  // namespace mue::cpu
+
+namespace mue::cpu {
+// Expert GEMMs over contiguous row blocks: rows [off[e], off[e+1]) of x use expert e's weight w + e*w_stride.
+// y_e = alpha x_e W_e^T;  backward: dx_e = alpha dy_e W_e (overwrite), dW_e += alpha dy_e^T x_e.
+template <class T>
+void expert_matmul_forward(const T* x, const T* w, T* y, const int32_t* off, int E, int In, int Out, double alpha) {
+  for (int e = 0; e < E; ++e)
+    if (const int n = off[e + 1] - off[e])
+      matmul_forward(x + size_t(off[e]) * In, w + size_t(e) * Out * In, y + size_t(off[e]) * Out, n, In, Out, alpha);
+}
+template <class T>
+void expert_matmul_backward(const T* dy, const T* x, const T* w, T* dx, T* dw, const int32_t* off, int E, int In,
+                            int Out, double alpha) {
+  for (int e = 0; e < E; ++e)
+    if (const int n = off[e + 1] - off[e])
+      matmul_backward(dy + size_t(off[e]) * Out, x + size_t(off[e]) * In, w + size_t(e) * Out * In,
+                      dx + size_t(off[e]) * In, dw + size_t(e) * Out * In, n, In, Out, alpha);
+}
 }  // namespace mue::cpu

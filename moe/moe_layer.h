@@ -63,19 +63,9 @@ class MoeFfn : public FfnBranch<Backend> {
     be_.from_host(gates_dev_, h_gates_);
     // Experts on their contiguous row blocks.
     permute_rows(be_, xn, src_token_, xp_, R, D);
-    for (int e = 0; e < E; ++e) {
-      const int off = offsets_[e], n = offsets_[e + 1] - off;
-      if (n == 0) continue;
-      be_.matmul_forward(xp_ + size_t(off) * D, fc.weight + size_t(e) * 2 * h * D, hfc_ + size_t(off) * 2 * h, n, D,
-                         2 * h, fc.alpha);
-    }
+    expert_matmul_forward(be_, xp_, fc.weight, hfc_, offsets_.data(), E, D, 2 * h, fc.alpha);
     be_.swiglu_forward(hfc_, hsw_, R, h);
-    for (int e = 0; e < E; ++e) {
-      const int off = offsets_[e], n = offsets_[e + 1] - off;
-      if (n == 0) continue;
-      be_.matmul_forward(hsw_ + size_t(off) * h, proj.weight + size_t(e) * D * h, yp_ + size_t(off) * D, n, h, D,
-                         proj.alpha);
-    }
+    expert_matmul_forward(be_, hsw_, proj.weight, yp_, offsets_.data(), E, h, D, proj.alpha);
     combine_forward(be_, yp_, slot_row_, gates_dev_, out, N, a, D);
     if (s_.shared > 0) {
       Param &sfc = router_[3], &sproj = router_[4];
@@ -93,19 +83,9 @@ class MoeFfn : public FfnBranch<Backend> {
     const int N = N_, D = D_, E = s_.experts, a = s_.active, h = s_.expert_hidden, R = N * a;
     Param &router = router_[0], &fc = router_[1], &proj = router_[2];
     combine_backward(be_, dout, yp_, slot_row_, gates_dev_, dyp_, dgates_dev_, N, a, D);
-    for (int e = 0; e < E; ++e) {
-      const int off = offsets_[e], n = offsets_[e + 1] - off;
-      if (n == 0) continue;
-      be_.matmul_backward(dyp_ + size_t(off) * D, hsw_ + size_t(off) * h, proj.weight + size_t(e) * D * h,
-                          dhsw_ + size_t(off) * h, proj.grad + size_t(e) * D * h, n, h, D, proj.alpha);
-    }
+    expert_matmul_backward(be_, dyp_, hsw_, proj.weight, dhsw_, proj.grad, offsets_.data(), E, h, D, proj.alpha);
     be_.swiglu_backward(dhsw_, hfc_, dhfc_, R, h);
-    for (int e = 0; e < E; ++e) {
-      const int off = offsets_[e], n = offsets_[e + 1] - off;
-      if (n == 0) continue;
-      be_.matmul_backward(dhfc_ + size_t(off) * 2 * h, xp_ + size_t(off) * D, fc.weight + size_t(e) * 2 * h * D,
-                          dxp_ + size_t(off) * D, fc.grad + size_t(e) * 2 * h * D, n, D, 2 * h, fc.alpha);
-    }
+    expert_matmul_backward(be_, dhfc_, xp_, fc.weight, dxp_, fc.grad, offsets_.data(), E, D, 2 * h, fc.alpha);
     // Router: gate gradients + aux-loss gradients -> dlogits (host, double) -> router matmul.
     std::vector<double> dgates, dscores(size_t(N) * E), dlz;
     be_.to_host(dgates, dgates_dev_, R);
