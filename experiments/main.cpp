@@ -12,6 +12,7 @@
 #include "experiments/coord_check.h"
 #include "experiments/run_config.h"
 #include "experiments/sample.h"
+#include "experiments/sweep.h"
 #include "experiments/trainer.h"
 
 using namespace mue;
@@ -22,8 +23,11 @@ const char* kUsage = R"(mue: hyperparameter-transfer trainer for dense and MoE t
 
 usage:
   mue train [CONFIG.json] [key=value ...]      train one run; log to out.dir/NAME.h5
-  mue sweep [CONFIG.json] --lr A,B,C [key=value ...]
-                                               one run per LR (names NAME-lrX), then a summary table
+  mue sweep SPEC.json [--parallel N] [--dry-run]
+                                               grid sweep, one `mue train` process per point, resumable;
+                                               index out_dir/NAME-index.h5 (spec format: experiments/sweep.h)
+  mue sweep [CONFIG.json] --lr A,B,C [key=value ...] [--parallel N]
+                                               shortcut: one-axis grid over hp.lr (names NAME-000i-lr-X)
   mue tokenize [--root DIR] [--vocab DIR] [--out FILE] [--val-fraction F] [--corpus NAME]
                                                text tree -> token file (default: linux-doc-6.1 Documentation)
   mue prepare-images [--source DIR] [--kind fashion-mnist|mnist] [--out FILE.h5]
@@ -108,30 +112,32 @@ int cmd_train(int argc, char** argv) {
 }
 
 int cmd_sweep(int argc, char** argv) {
-  Args a = parse_args(argc, argv, 2, {"--lr"}, {});
-  MUE_CHECK(a.has("--lr"), "sweep needs --lr with a comma-separated list of learning rates");
-  std::vector<double> lrs = parse_list(a.get("--lr", ""), "--lr");
-  RunConfig base = resolve_config(a.config, a.overrides);
-  std::vector<std::pair<double, RunResult>> results;
-  for (double lr : lrs) {
-    char name[64];
-    std::snprintf(name, sizeof name, "-lr%g", lr);
-    std::vector<std::string> ov = a.overrides;
-    ov.push_back("name=" + base.name + name);
-    ov.push_back("hp.lr=" + std::to_string(lr));
-    RunConfig c = resolve_config(a.config, ov);
-    std::printf("=== %s (hp.lr=%g) ===\n", c.name.c_str(), lr);
-    results.push_back({lr, train_run(c)});
+  Args a = parse_args(argc, argv, 2, {"--lr", "--parallel"}, {"--dry-run"});
+  SweepSpec spec;
+  if (a.has("--lr")) {
+    // Shortcut: CONFIG.json --lr A,B,C [key=value ...] is a one-axis grid over hp.lr.
+    RunConfig base = resolve_config(a.config, a.overrides);
+    nlohmann::ordered_json j = {{"name", base.name}, {"out_dir", base.out_dir}};
+    if (!a.config.empty()) j["base"] = a.config;
+    if (!a.overrides.empty()) j["overrides"] = a.overrides;
+    nlohmann::ordered_json lrs = nlohmann::ordered_json::array();
+    for (double lr : parse_list(a.get("--lr", ""), "--lr")) lrs.push_back(lr);
+    j["axes"] = {{"hp.lr", lrs}};
+    spec = parse_sweep_spec(j, "");
+  } else {
+    MUE_CHECK(!a.config.empty(), "sweep needs --lr A,B,C (with an optional CONFIG.json and key=value overrides) or a sweep SPEC.json");
+    MUE_CHECK(a.overrides.empty(), "sweep SPEC.json takes no key=value overrides; put them in the spec's \"overrides\"");
+    spec = load_sweep_spec(a.config);
   }
-  std::printf("\n%-10s %-10s %12s %12s  %s\n", "lr", "status", "train loss", "val loss", "file");
-  double best = INFINITY, best_lr = 0;
-  for (auto& [lr, r] : results) {
-    std::printf("%-10g %-10s %12.4f %12.4f  %s\n", lr, r.status.c_str(), r.final_train_loss, r.final_val_loss,
-                r.path.c_str());
-    if (r.status == "completed" && r.final_val_loss < best) best = r.final_val_loss, best_lr = lr;
+  SweepOptions o;
+  o.dry_run = a.has("--dry-run");
+  if (a.has("--parallel")) {
+    o.parallel = int(parse_list(a.get("--parallel", "1"), "--parallel")[0]);
+    MUE_CHECK(o.parallel >= 1, "--parallel must be >= 1");
   }
-  if (std::isfinite(best)) std::printf("best: lr %g, val loss %.4f\n", best_lr, best);
-  return 0;
+  SweepTotals t = run_sweep(spec, o);
+  if (t.interrupted) return 130;
+  return t.failed ? 3 : 0;
 }
 
 int cmd_tokenize(int argc, char** argv) {

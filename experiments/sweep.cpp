@@ -1,0 +1,474 @@
+#include "experiments/sweep.h"
+
+#include <fcntl.h>
+#include <hdf5.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <set>
+
+#include "core/error.h"
+#include "core/h5log.h"
+#include "experiments/run_config.h"
+
+namespace mue {
+namespace fs = std::filesystem;
+using ojson = nlohmann::ordered_json;
+
+namespace {
+
+std::string sanitize(const std::string& s) {
+  std::string o;
+  for (char c : s) o += (std::isalnum((unsigned char)c) || c == '.' || c == '_' || c == '-') ? c : '_';
+  return o;
+}
+
+std::string value_text(const ojson& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
+
+std::string fmt_time(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  char b[32];
+  long t = long(s + 0.5);
+  if (t >= 3600) std::snprintf(b, sizeof b, "%ldh%02ldm", t / 3600, t / 60 % 60);
+  else if (t >= 60) std::snprintf(b, sizeof b, "%ldm%02lds", t / 60, t % 60);
+  else std::snprintf(b, sizeof b, "%.1fs", s);
+  return b;
+}
+
+volatile sig_atomic_t g_sweep_signal = 0;
+void on_sweep_signal(int s) { g_sweep_signal = s; }
+
+}  // namespace
+
+SweepSpec parse_sweep_spec(const ojson& j, const std::string& spec_dir) {
+  MUE_CHECK(j.is_object(), "sweep spec must be a JSON object");
+  static const std::set<std::string> known = {"name", "base", "overrides", "axes", "parallel", "out_dir"};
+  for (auto& [k, v] : j.items())
+    MUE_CHECK(known.count(k), "unknown sweep spec key '", k, "' (known: name, base, overrides, axes, parallel, out_dir)");
+  SweepSpec s;
+  s.raw = j;
+  MUE_CHECK(j.contains("name") && j["name"].is_string() && !j["name"].get<std::string>().empty(),
+            "sweep spec needs a non-empty string 'name'");
+  s.name = j["name"].get<std::string>();
+  MUE_CHECK(sanitize(s.name) == s.name, "sweep name '", s.name, "' may only use [A-Za-z0-9._-]");
+  if (j.contains("base")) {
+    MUE_CHECK(j["base"].is_string(), "sweep spec 'base' must be a string path");
+    std::string b = j["base"].get<std::string>();
+    fs::path rel = fs::path(spec_dir.empty() ? "." : spec_dir) / b;
+    if (fs::path(b).is_absolute() || !fs::exists(rel)) s.base = b;
+    else s.base = rel.lexically_normal().string();
+    MUE_CHECK(fs::exists(s.base), "sweep base config '", b, "' not found (relative to '", spec_dir, "' or cwd)");
+  }
+  if (j.contains("overrides")) {
+    MUE_CHECK(j["overrides"].is_array(), "sweep spec 'overrides' must be a list of \"key=value\" strings");
+    for (auto& o : j["overrides"]) {
+      MUE_CHECK(o.is_string() && o.get<std::string>().find('=') != std::string::npos,
+                "sweep override ", o.dump(), " is not a \"key=value\" string");
+      s.overrides.push_back(o.get<std::string>());
+    }
+  }
+  if (j.contains("axes")) {
+    MUE_CHECK(j["axes"].is_object(), "sweep spec 'axes' must be an object {\"config.key\": [values...]}");
+    for (auto& [k, v] : j["axes"].items()) {
+      MUE_CHECK(k != "name" && k != "out.dir", "sweep axis '", k, "' is set by the sweep itself");
+      MUE_CHECK(v.is_array() && !v.empty(), "sweep axis '", k, "' must be a non-empty list of values");
+      std::vector<ojson> vals(v.begin(), v.end());
+      s.axes.push_back({k, vals});
+    }
+  }
+  if (j.contains("parallel")) {
+    MUE_CHECK(j["parallel"].is_number_integer() && j["parallel"].get<int>() >= 1, "sweep 'parallel' must be an integer >= 1");
+    s.parallel = j["parallel"].get<int>();
+  }
+  if (j.contains("out_dir")) {
+    MUE_CHECK(j["out_dir"].is_string() && !j["out_dir"].get<std::string>().empty(), "sweep 'out_dir' must be a non-empty string");
+    s.out_dir = j["out_dir"].get<std::string>();
+  } else {
+    s.out_dir = "runs/" + s.name;
+  }
+  return s;
+}
+
+SweepSpec load_sweep_spec(const std::string& path) {
+  std::ifstream in(path);
+  MUE_CHECK(in.good(), "cannot open sweep spec '", path, "'");
+  ojson j;
+  try {
+    j = ojson::parse(in);
+  } catch (const std::exception& e) {
+    fail("sweep spec '", path, "' is not valid JSON: ", e.what());
+  }
+  return parse_sweep_spec(j, fs::path(path).parent_path().string());
+}
+
+std::vector<SweepPoint> expand_grid(const SweepSpec& s) {
+  size_t n = 1;
+  for (auto& [k, v] : s.axes) n *= v.size();
+  std::vector<SweepPoint> pts;
+  for (size_t i = 0; i < n; ++i) {
+    SweepPoint p;
+    p.index = int(i);
+    size_t rem = i, stride = n;
+    std::string label;
+    for (auto& [k, vals] : s.axes) {  // first axis slowest
+      stride /= vals.size();
+      const ojson& v = vals[rem / stride];
+      rem %= stride;
+      p.coords.push_back({k, v});
+      std::string shortk = k.substr(k.rfind('.') == std::string::npos ? 0 : k.rfind('.') + 1);
+      label += (label.empty() ? "" : "_") + shortk + "-" + value_text(v);
+    }
+    char idx[16];
+    std::snprintf(idx, sizeof idx, "%04zu", i);
+    p.name = sanitize(s.name + "-" + idx + (label.empty() ? "" : "-" + label));
+    p.overrides = s.overrides;
+    for (auto& [k, v] : p.coords) p.overrides.push_back(k + "=" + v.dump());
+    p.overrides.push_back("name=" + p.name);
+    p.overrides.push_back("out.dir=" + s.out_dir);
+    pts.push_back(std::move(p));
+  }
+  return pts;
+}
+
+void validate_points(const SweepSpec& s, const std::vector<SweepPoint>& pts) {
+  for (auto& p : pts) {
+    try {
+      (void)resolve_config(s.base, p.overrides);
+    } catch (const Error& e) {
+      fail("sweep point ", p.index, " (", p.name, "): ", e.what());
+    }
+  }
+}
+
+std::vector<int> rank_indices(int n, int rank, int size) {
+  MUE_CHECK(size >= 1 && rank >= 0 && rank < size, "bad rank ", rank, " of ", size);
+  std::vector<int> v;
+  for (int i = 0; i < n; ++i)
+    if (i % size == rank) v.push_back(i);
+  return v;
+}
+
+std::pair<int, int> rank_from_env() {
+  for (auto [r, n] : {std::pair{"SLURM_PROCID", "SLURM_NTASKS"}, std::pair{"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"}}) {
+    const char* rs = std::getenv(r);
+    const char* ns = std::getenv(n);
+    if (rs && ns && *rs && *ns) {
+      int rank = std::atoi(rs), size = std::atoi(ns);
+      MUE_CHECK(size >= 1 && rank >= 0 && rank < size, r, "=", rs, " / ", n, "=", ns, " is not a valid rank");
+      return {rank, size};
+    }
+  }
+  return {0, 1};
+}
+
+PointResult read_point_result(const std::string& f) {
+  PointResult r;
+  if (!fs::exists(f)) return r;
+  try {
+    auto st = read_string_attr(f, "status");
+    r.status = st ? *st : "failed";
+  } catch (const std::exception&) {
+    r.status = "running";  // locked by a writer (or unreadable)
+    return r;
+  }
+  auto last = [&](const std::string& ds, bool min) {
+    try {
+      auto v = read_doubles(f, ds);
+      double out = NAN;
+      for (double x : v)
+        if (!std::isnan(x)) out = min ? (std::isnan(out) ? x : std::min(out, x)) : x;
+      return out;
+    } catch (const std::exception&) {
+      return double(NAN);
+    }
+  };
+  r.final_train_loss = last("/train/loss", false);
+  r.final_val_loss = last("/val/loss", false);
+  r.best_val_loss = last("/val/loss", true);
+  r.steps = last("/train/step", false);
+  return r;
+}
+
+std::string sweep_index_path(const SweepSpec& s) { return (fs::path(s.out_dir) / (s.name + "-index.h5")).string(); }
+
+namespace {
+struct H5Id {
+  hid_t id;
+  herr_t (*close)(hid_t);
+  ~H5Id() {
+    if (id >= 0) close(id);
+  }
+};
+#define SWEEP_H5CHECK(x, what) MUE_CHECK((x) >= 0, "HDF5: ", what, " failed writing sweep index '", tmp, "'")
+
+void write_str_attr(hid_t loc, const char* name, const std::string& v, const std::string& tmp) {
+  H5Id t{H5Tcopy(H5T_C_S1), H5Tclose};
+  H5Tset_size(t.id, H5T_VARIABLE);
+  H5Tset_cset(t.id, H5T_CSET_UTF8);
+  H5Id sp{H5Screate(H5S_SCALAR), H5Sclose};
+  H5Id a{H5Acreate2(loc, name, t.id, sp.id, H5P_DEFAULT, H5P_DEFAULT), H5Aclose};
+  SWEEP_H5CHECK(a.id, name);
+  const char* p = v.c_str();
+  SWEEP_H5CHECK(H5Awrite(a.id, t.id, &p), name);
+}
+void write_doubles(hid_t g, const std::string& name, const std::vector<double>& v, const std::string& tmp) {
+  hsize_t n = v.size();
+  H5Id sp{H5Screate_simple(1, &n, nullptr), H5Sclose};
+  H5Id d{H5Dcreate2(g, name.c_str(), H5T_IEEE_F64LE, sp.id, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose};
+  SWEEP_H5CHECK(d.id, name);
+  SWEEP_H5CHECK(H5Dwrite(d.id, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data()), name);
+}
+void write_ints(hid_t g, const std::string& name, const std::vector<int64_t>& v, const std::string& tmp) {
+  hsize_t n = v.size();
+  H5Id sp{H5Screate_simple(1, &n, nullptr), H5Sclose};
+  H5Id d{H5Dcreate2(g, name.c_str(), H5T_STD_I64LE, sp.id, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose};
+  SWEEP_H5CHECK(d.id, name);
+  SWEEP_H5CHECK(H5Dwrite(d.id, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data()), name);
+}
+void write_strings(hid_t g, const std::string& name, const std::vector<std::string>& v, const std::string& tmp) {
+  hsize_t n = v.size();
+  H5Id t{H5Tcopy(H5T_C_S1), H5Tclose};
+  H5Tset_size(t.id, H5T_VARIABLE);
+  H5Tset_cset(t.id, H5T_CSET_UTF8);
+  H5Id sp{H5Screate_simple(1, &n, nullptr), H5Sclose};
+  H5Id d{H5Dcreate2(g, name.c_str(), t.id, sp.id, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose};
+  SWEEP_H5CHECK(d.id, name);
+  std::vector<const char*> p;
+  for (auto& s : v) p.push_back(s.c_str());
+  SWEEP_H5CHECK(H5Dwrite(d.id, t.id, H5S_ALL, H5S_ALL, H5P_DEFAULT, p.data()), name);
+}
+}  // namespace
+
+void write_sweep_index(const SweepSpec& s, const std::vector<SweepPoint>& pts) {
+  (void)H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  fs::create_directories(s.out_dir);
+  const std::string final_path = sweep_index_path(s);
+  const std::string tmp = final_path + ".tmp" + std::to_string(::getpid());
+  std::vector<PointResult> res;
+  for (auto& p : pts) res.push_back(read_point_result((fs::path(s.out_dir) / (p.name + ".h5")).string()));
+  {
+    H5Id f{H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose};
+    SWEEP_H5CHECK(f.id, "create");
+    write_str_attr(f.id, "spec", s.raw.dump(), tmp);
+    write_str_attr(f.id, "name", s.name, tmp);
+    ojson axes = ojson::array();
+    for (auto& [k, v] : s.axes) axes.push_back(k);
+    write_str_attr(f.id, "axes", axes.dump(), tmp);
+    {
+      H5Id runs{H5Gcreate2(f.id, "runs", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose};
+      SWEEP_H5CHECK(runs.id, "group /runs");
+      for (auto& p : pts)
+        SWEEP_H5CHECK(H5Lcreate_external((p.name + ".h5").c_str(), "/", runs.id, p.name.c_str(), H5P_DEFAULT, H5P_DEFAULT),
+                "external link");
+    }
+    H5Id g{H5Gcreate2(f.id, "summary", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose};
+    SWEEP_H5CHECK(g.id, "group /summary");
+    std::vector<int64_t> idx;
+    std::vector<std::string> names, status;
+    std::vector<double> ftl, fvl, bvl, steps;
+    for (size_t i = 0; i < pts.size(); ++i) {
+      idx.push_back(pts[i].index), names.push_back(pts[i].name), status.push_back(res[i].status);
+      ftl.push_back(res[i].final_train_loss), fvl.push_back(res[i].final_val_loss);
+      bvl.push_back(res[i].best_val_loss), steps.push_back(res[i].steps);
+    }
+    write_ints(g.id, "index", idx, tmp);
+    write_strings(g.id, "name", names, tmp);
+    for (size_t a = 0; a < s.axes.size(); ++a) {
+      const std::string& key = s.axes[a].first;
+      MUE_CHECK(key != "index" && key != "name" && key != "status" && key.find('/') == std::string::npos,
+                "sweep axis '", key, "' cannot be a summary column name");
+      bool numeric = true;
+      for (auto& v : s.axes[a].second) numeric &= v.is_number();
+      if (numeric) {
+        std::vector<double> col;
+        for (auto& p : pts) col.push_back(p.coords[a].second.get<double>());
+        write_doubles(g.id, key, col, tmp);
+      } else {
+        std::vector<std::string> col;
+        for (auto& p : pts) col.push_back(value_text(p.coords[a].second));
+        write_strings(g.id, key, col, tmp);
+      }
+    }
+    write_strings(g.id, "status", status, tmp);
+    write_doubles(g.id, "final_train_loss", ftl, tmp);
+    write_doubles(g.id, "final_val_loss", fvl, tmp);
+    write_doubles(g.id, "best_val_loss", bvl, tmp);
+    write_doubles(g.id, "steps", steps, tmp);
+  }
+  std::error_code ec;
+  fs::rename(tmp, final_path, ec);
+  MUE_CHECK(!ec, "cannot rename '", tmp, "' to '", final_path, "': ", ec.message());
+}
+
+SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
+  std::vector<SweepPoint> pts = expand_grid(s);
+  validate_points(s, pts);
+  auto [rank, size] = rank_from_env();
+  const int parallel = o.parallel > 0 ? o.parallel : s.parallel;
+  auto run_file = [&](const SweepPoint& p) { return (fs::path(s.out_dir) / (p.name + ".h5")).string(); };
+  auto coords_text = [](const SweepPoint& p) {
+    std::string t;
+    for (auto& [k, v] : p.coords) t += (t.empty() ? "" : " ") + k + "=" + value_text(v);
+    return t;
+  };
+
+  SweepTotals tot;
+  std::vector<int> todo;
+  for (int i : rank_indices(int(pts.size()), rank, size)) {
+    PointResult r = read_point_result(run_file(pts[i]));
+    if (r.status == "completed" || r.status == "diverged") {
+      ++tot.skipped;
+      if (o.dry_run) std::printf("%04d %-40s skip (%s)\n", i, coords_text(pts[i]).c_str(), r.status.c_str());
+    } else {
+      todo.push_back(i);
+      if (o.dry_run)
+        std::printf("%04d %-40s run  -> %s (%s)\n", i, coords_text(pts[i]).c_str(), run_file(pts[i]).c_str(),
+                    r.status.c_str());
+    }
+  }
+  std::printf("sweep %s: %zu points, rank %d/%d has %zu, %d done, %zu to run, %d at a time -> %s\n", s.name.c_str(),
+              pts.size(), rank, size, todo.size() + tot.skipped, tot.skipped, todo.size(), parallel,
+              sweep_index_path(s).c_str());
+  std::fflush(stdout);
+  if (o.dry_run) return tot;
+  fs::create_directories(s.out_dir);
+  write_sweep_index(s, pts);
+
+  // Devices for round-robin assignment (only when CUDA_VISIBLE_DEVICES lists more than one).
+  std::vector<std::string> devices;
+  if (const char* cvd = std::getenv("CUDA_VISIBLE_DEVICES")) {
+    std::string d = cvd;
+    for (size_t p = 0, q; p < d.size(); p = q + 1) {
+      q = d.find(',', p);
+      if (q == std::string::npos) q = d.size();
+      if (q > p) devices.push_back(d.substr(p, q - p));
+    }
+  }
+  if (devices.size() < 2) devices.clear();
+
+  struct Child {
+    pid_t pid;
+    int index;
+    int device;
+    std::chrono::steady_clock::time_point start;
+  };
+  std::vector<Child> running;
+  std::vector<int> device_load(devices.size(), 0);
+
+  struct sigaction sa {}, old_int{}, old_term{};
+  sa.sa_handler = on_sweep_signal;
+  sigemptyset(&sa.sa_mask);
+  g_sweep_signal = 0;
+  sigaction(SIGINT, &sa, &old_int);
+  sigaction(SIGTERM, &sa, &old_term);
+  bool forwarded = false;
+
+  const auto t0 = std::chrono::steady_clock::now();
+  size_t next = 0;
+  int finished = 0;
+  double busy_s = 0;
+  while ((next < todo.size() && !g_sweep_signal) || !running.empty()) {
+    if (g_sweep_signal && !forwarded) {
+      std::printf("sweep: signal %d, stopping %zu running child(ren)\n", int(g_sweep_signal), running.size());
+      std::fflush(stdout);
+      for (auto& c : running) ::kill(c.pid, g_sweep_signal);
+      forwarded = true;
+      tot.interrupted = true;
+    }
+    while (!g_sweep_signal && next < todo.size() && int(running.size()) < parallel) {
+      const SweepPoint& p = pts[todo[next++]];
+      int dev = -1;
+      if (!devices.empty()) {
+        dev = 0;
+        for (size_t d = 1; d < devices.size(); ++d)
+          if (device_load[d] < device_load[dev]) dev = int(d);
+      }
+      std::vector<std::string> args = {"mue", "train"};
+      if (!s.base.empty()) args.push_back(s.base);
+      for (auto& ov : p.overrides) args.push_back(ov);
+      args.push_back("out.overwrite=true");
+      const std::string log = (fs::path(s.out_dir) / (p.name + ".log")).string();
+      std::fflush(stdout);
+      std::fflush(stderr);
+      pid_t pid = ::fork();
+      MUE_CHECK(pid >= 0, "fork failed: ", std::strerror(errno));
+      if (pid == 0) {
+        ::signal(SIGINT, SIG_DFL);
+        ::signal(SIGTERM, SIG_DFL);
+        int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) {
+          ::dup2(fd, 1);
+          ::dup2(fd, 2);
+          ::close(fd);
+        }
+        if (dev >= 0) ::setenv("CUDA_VISIBLE_DEVICES", devices[dev].c_str(), 1);
+        std::vector<char*> av;
+        for (auto& a : args) av.push_back(const_cast<char*>(a.c_str()));
+        av.push_back(nullptr);
+        ::execv(o.exe.c_str(), av.data());
+        std::fprintf(stderr, "exec %s failed: %s\n", o.exe.c_str(), std::strerror(errno));
+        ::_exit(127);
+      }
+      if (dev >= 0) ++device_load[dev];
+      running.push_back({pid, p.index, dev, std::chrono::steady_clock::now()});
+      ++tot.run;
+    }
+    bool reaped = false;
+    for (size_t k = 0; k < running.size(); ++k) {
+      int st = 0;
+      pid_t r = ::waitpid(running[k].pid, &st, WNOHANG);
+      if (r == 0 || (r < 0 && errno == EINTR)) continue;
+      Child c = running[k];
+      running.erase(running.begin() + long(k));
+      --k;
+      reaped = true;
+      if (c.device >= 0) --device_load[c.device];
+      const SweepPoint& p = pts[c.index];
+      const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - c.start).count();
+      busy_s += dt;
+      ++finished;
+      PointResult pr = read_point_result(run_file(p));
+      std::string status = pr.status;
+      if (status == "completed") ++tot.completed;
+      else if (status == "diverged") ++tot.diverged;
+      else {
+        ++tot.failed;
+        char why[64];
+        if (WIFEXITED(st)) std::snprintf(why, sizeof why, "exit %d", WEXITSTATUS(st));
+        else std::snprintf(why, sizeof why, "signal %d", WIFSIGNALED(st) ? WTERMSIG(st) : -1);
+        status = "failed (" + std::string(why) + ", run " + status + ", see " + p.name + ".log)";
+      }
+      const size_t left = todo.size() - next + running.size();
+      const double eta = busy_s / finished * double(left) / std::max(1, parallel);
+      std::printf("[%d/%zu] %04d %s: %s, val loss %.4f, %s | sweep ETA %s\n", finished, todo.size(), p.index,
+                  coords_text(p).c_str(), status.c_str(), pr.final_val_loss, fmt_time(dt).c_str(),
+                  left ? fmt_time(eta).c_str() : "0s");
+      std::fflush(stdout);
+      try {
+        write_sweep_index(s, pts);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "sweep: warning: %s\n", e.what());
+      }
+    }
+    if (!reaped) ::usleep(50 * 1000);
+  }
+  sigaction(SIGINT, &old_int, nullptr);
+  sigaction(SIGTERM, &old_term, nullptr);
+  write_sweep_index(s, pts);
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("sweep %s: %d completed, %d diverged, %d failed, %d skipped in %s%s -> %s\n", s.name.c_str(),
+              tot.completed, tot.diverged, tot.failed, tot.skipped, fmt_time(wall).c_str(),
+              tot.interrupted ? " (interrupted)" : "", sweep_index_path(s).c_str());
+  return tot;
+}
+
+}  // namespace mue

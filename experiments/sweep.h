@@ -1,0 +1,75 @@
+// Sweeps: a JSON spec -> a grid of runs, each run in its own `mue train` process, resumable, with an HDF5 index.
+//
+// Spec (unknown keys are errors):
+//   {"name": "act-experts-lm",                 sweep name (required; [A-Za-z0-9._-])
+//    "base": "configs/some.json",              optional run config; relative to the spec's folder, else cwd
+//    "overrides": ["key=value", ...],          applied to every point (before the axes)
+//    "axes": {"hp.lr": [0.001, 0.002], "rule": ["sp", "mup"], ...},   config keys -> JSON values; grid is the
+//                                              cartesian product, first axis slowest, in the file's order
+//    "parallel": 1,                            runs at a time on this machine (mue sweep --parallel overrides)
+//    "out_dir": "runs/act-experts-lm"}         out.dir of every point (default runs/NAME), relative to cwd
+// Point i is named NAME-<iiii>-<k1>-<v1>_<k2>-<v2>... (k = last component of the key), sanitized to [A-Za-z0-9._-].
+//
+// Index file out_dir/NAME-index.h5 (rewritten atomically after every finished run):
+//   attributes spec (the spec JSON), name, axes (JSON list of axis keys)
+//   /runs/<point name>   external link -> <point name>.h5:/
+//   /summary/<col>       one row per point: index (int64), name (string), one column per axis (float64 when all
+//                        its values are numbers, else string), status (string: completed|diverged|failed|running|
+//                        missing), final_train_loss, final_val_loss, best_val_loss, steps (float64, NaN if absent)
+#pragma once
+#include <nlohmann/json.hpp>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace mue {
+
+struct SweepSpec {
+  std::string name, base, out_dir;  // base: resolved path ("" when none)
+  std::vector<std::string> overrides;
+  std::vector<std::pair<std::string, std::vector<nlohmann::ordered_json>>> axes;
+  int parallel = 1;
+  nlohmann::ordered_json raw;  // as given
+};
+
+struct SweepPoint {
+  int index = 0;
+  std::string name;
+  std::vector<std::pair<std::string, nlohmann::ordered_json>> coords;
+  std::vector<std::string> overrides;  // full list given to `mue train` (spec overrides, axes, name, out.dir)
+};
+
+// Parses and checks the spec's shape (not the config keys; see validate_points). spec_dir resolves "base".
+SweepSpec parse_sweep_spec(const nlohmann::ordered_json& j, const std::string& spec_dir);
+SweepSpec load_sweep_spec(const std::string& path);
+std::vector<SweepPoint> expand_grid(const SweepSpec& s);
+// resolve_config on every point; the first bad one throws a one-line error naming the point.
+void validate_points(const SweepSpec& s, const std::vector<SweepPoint>& pts);
+
+// Indices i in [0, n) with i % size == rank.
+std::vector<int> rank_indices(int n, int rank, int size);
+// (rank, size) from SLURM_PROCID/SLURM_NTASKS or OMPI_COMM_WORLD_RANK/OMPI_COMM_WORLD_SIZE; (0, 1) otherwise.
+std::pair<int, int> rank_from_env();
+
+struct PointResult {
+  std::string status = "missing";  // from the run file's status attribute
+  double final_train_loss = NAN, final_val_loss = NAN, best_val_loss = NAN, steps = NAN;
+};
+PointResult read_point_result(const std::string& run_file);
+
+void write_sweep_index(const SweepSpec& s, const std::vector<SweepPoint>& pts);
+std::string sweep_index_path(const SweepSpec& s);
+
+struct SweepOptions {
+  int parallel = 0;  // 0: the spec's
+  bool dry_run = false;
+  std::string exe = "/proc/self/exe";
+};
+struct SweepTotals {
+  int run = 0, skipped = 0, completed = 0, diverged = 0, failed = 0;
+  bool interrupted = false;
+};
+// Runs this rank's points that are not yet completed/diverged, `parallel` child processes at a time.
+SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o);
+
+}  // namespace mue

@@ -1,0 +1,269 @@
+// Sweeps: grid expansion, spec errors, rank striding, and end to end through the `mue sweep` program (each point a
+// child `mue train` process): index file, resume, restart of an interrupted point, divergence.
+#include <fcntl.h>
+#include <hdf5.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "core/h5log.h"
+#include "core/error.h"
+#include "core/rng.h"
+#include "data/tokens.h"
+#include "experiments/sweep.h"
+#include "tests/catch.h"
+
+using namespace mue;
+namespace fs = std::filesystem;
+using ojson = nlohmann::ordered_json;
+
+namespace {
+struct SweepDir {
+  fs::path path;
+  SweepDir() {
+    static int c = 0;
+    path = fs::temp_directory_path() / ("mue_sweep_" + std::to_string(::getpid()) + "_" + std::to_string(c++));
+    fs::create_directories(path);
+  }
+  ~SweepDir() { fs::remove_all(path); }
+  std::string operator/(const std::string& f) const { return (path / f).string(); }
+};
+
+std::string make_sweep_tokens(const SweepDir& d) {
+  std::vector<uint16_t> train(20000), val(3000);
+  uint16_t cur = 0;
+  for (size_t i = 0; i < train.size() + val.size(); ++i) {
+    cur = rng_uniform(3, 0, i) < 0.9 ? uint16_t((cur * 5 + 1) % 97) : uint16_t(rng_index(4, 0, i, 97));
+    (i < train.size() ? train[i] : val[i - train.size()]) = cur;
+  }
+  std::string p = d / "toy.tok";
+  write_token_file(p, train, val, R"({"corpus": "synthetic test"})", 97);
+  return p;
+}
+
+ojson tiny_spec(const SweepDir& d, const std::string& tok, const std::string& name) {
+  ojson ov = ojson::array();
+  for (const char* s : {"model.vocab=97", "model.vocab_pad=128", "model.d_model=32", "model.n_heads=2",
+                        "model.seq_len=16", "ffn.hidden=64", "train.batch=4", "train.steps=20", "train.log_every=10",
+                        "train.eval_every=10", "train.eval_batches=1", "train.device=cpu", "optim.warmup=2"})
+    ov.push_back(s);
+  ov.push_back("data.tokens=" + tok);
+  return {{"name", name}, {"overrides", ov}, {"out_dir", d / "runs"}};
+}
+
+std::string write_spec(const SweepDir& d, const ojson& j, const std::string& file = "spec.json") {
+  std::ofstream(d / file) << j.dump(2);
+  return d / file;
+}
+
+struct Res {
+  int rc;
+  std::string out;
+};
+Res run_sweep_cli(const std::string& args, const std::string& env = "") {
+  std::string of = "/tmp/mue_sweep_out_" + std::to_string(::getpid());
+  std::string cmd = "OMP_NUM_THREADS=1 " + env + " " + std::string(MUE_BINARY) + " sweep " + args + " > " + of + " 2>&1";
+  int st = std::system(cmd.c_str());
+  std::ifstream in(of);
+  std::string out((std::istreambuf_iterator<char>(in)), {});
+  std::remove(of.c_str());
+  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
+}
+
+std::string status_of(const std::string& f) { return read_string_attr(f, "status").value_or("?"); }
+}  // namespace
+
+TEST_CASE("sweep: grid expands in the file's axis order with stable names", "[sweep]") {
+  ojson j = ojson::parse(R"({"name": "g", "axes": {"rule": ["sp", "mup"], "hp.lr": [0.001, 0.5, 2],
+                              "ffn.shape": ["64e2a"]}, "out_dir": "o"})");
+  SweepSpec s = parse_sweep_spec(j, "");
+  REQUIRE(s.axes.size() == 3);
+  CHECK(s.axes[0].first == "rule");  // file order, not sorted
+  auto pts = expand_grid(s);
+  REQUIRE(pts.size() == 6);
+  CHECK(pts[0].name == "g-0000-rule-sp_lr-0.001_shape-64e2a");
+  CHECK(pts[1].name == "g-0001-rule-sp_lr-0.5_shape-64e2a");
+  CHECK(pts[3].name == "g-0003-rule-mup_lr-0.001_shape-64e2a");
+  CHECK(pts[5].coords[0].second == "mup");
+  CHECK(pts[5].coords[1].second == 2);
+  for (auto& p : pts) {
+    CHECK(p.overrides.back() == "out.dir=o");
+    for (char c : p.name) CHECK((std::isalnum((unsigned char)c) || c == '.' || c == '_' || c == '-'));
+  }
+  CHECK(pts[4].overrides[0] == "rule=\"mup\"");
+  CHECK(pts[4].overrides[1] == "hp.lr=0.5");
+  // No axes: one point.
+  CHECK(expand_grid(parse_sweep_spec(ojson::parse(R"({"name": "one"})"), "")).size() == 1);
+}
+
+TEST_CASE("sweep: bad specs are one-line errors before anything runs", "[sweep]") {
+  auto err = [](const std::string& text) {
+    try {
+      SweepSpec s = parse_sweep_spec(ojson::parse(text), "");
+      validate_points(s, expand_grid(s));
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  CHECK(err(R"({"name": "x", "axis": {}})").find("unknown sweep spec key 'axis'") != std::string::npos);
+  CHECK(err(R"({"axes": {}})").find("'name'") != std::string::npos);
+  CHECK(err(R"({"name": "x", "axes": {"hp.lr": 0.1}})").find("non-empty list") != std::string::npos);
+  CHECK(err(R"({"name": "x", "axes": {"hp.lrr": [0.1]}})").find("hp.lrr") != std::string::npos);
+  CHECK(err(R"({"name": "x", "axes": {"rule": ["nope"]}})").find("sweep point 0") != std::string::npos);
+  CHECK(err(R"({"name": "x", "base": "missing.json"})").find("not found") != std::string::npos);
+  CHECK(err(R"({"name": "a b"})").find("[A-Za-z0-9._-]") != std::string::npos);
+  SweepDir d;
+  write_spec(d, ojson::parse(R"({"name": "x", "axes": {"hp.lrr": [0.1]}, "out_dir": ")" + (d / "r") + "\"}"));
+  Res r = run_sweep_cli(d / "spec.json");
+  CHECK(r.rc == 1);
+  CHECK(r.out.find("hp.lrr") != std::string::npos);
+  CHECK(!fs::exists(d / "r"));
+}
+
+TEST_CASE("sweep: rank striding takes index % size == rank", "[sweep]") {
+  CHECK(rank_indices(5, 1, 2) == std::vector<int>{1, 3});
+  CHECK(rank_indices(5, 0, 2) == std::vector<int>{0, 2, 4});
+  CHECK(rank_indices(3, 0, 1) == std::vector<int>{0, 1, 2});
+  ::setenv("SLURM_PROCID", "1", 1);
+  ::setenv("SLURM_NTASKS", "2", 1);
+  auto rs = rank_from_env();
+  ::unsetenv("SLURM_PROCID");
+  ::unsetenv("SLURM_NTASKS");
+  CHECK(rs == std::pair<int, int>{1, 2});
+  CHECK(rank_from_env() == std::pair<int, int>{0, 1});
+}
+
+TEST_CASE("sweep: a 2x2 grid runs, indexes, resumes and restarts an interrupted point", "[sweep]") {
+  SweepDir d;
+  std::string tok = make_sweep_tokens(d);
+  ojson j = tiny_spec(d, tok, "grid");
+  j["axes"] = ojson::parse(R"({"hp.lr": [0.01, 0.02], "rule": ["sp", "mup"]})");
+  j["parallel"] = 2;
+  std::string spec = write_spec(d, j);
+  SweepSpec s = load_sweep_spec(spec);
+  auto pts = expand_grid(s);
+  REQUIRE(pts.size() == 4);
+
+  // Rank 1 of 2 runs only points 1 and 3.
+  Res r = run_sweep_cli(spec, "SLURM_PROCID=1 SLURM_NTASKS=2");
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  CHECK(!fs::exists(d / ("runs/" + pts[0].name + ".h5")));
+  CHECK(status_of(d / ("runs/" + pts[1].name + ".h5")) == "completed");
+  CHECK(!fs::exists(d / ("runs/" + pts[2].name + ".h5")));
+
+  r = run_sweep_cli(spec);
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  CHECK(r.out.find("2 done, 2 to run") != std::string::npos);
+  const std::string idx = d / "runs/grid-index.h5";
+  REQUIRE(is_hdf5(idx));
+  CHECK(read_string_attr(idx, "name").value() == "grid");
+  CHECK(ojson::parse(read_string_attr(idx, "spec").value())["axes"]["hp.lr"][1] == 0.02);
+  CHECK(read_doubles(idx, "/summary/index") == std::vector<double>{0, 1, 2, 3});
+  CHECK(read_doubles(idx, "/summary/hp.lr") == std::vector<double>{0.01, 0.01, 0.02, 0.02});
+  CHECK(read_strings(idx, "/summary/rule") == std::vector<std::string>{"sp", "mup", "sp", "mup"});
+  CHECK(read_strings(idx, "/summary/status") == std::vector<std::string>(4, "completed"));
+  for (double x : read_doubles(idx, "/summary/final_val_loss")) CHECK((std::isfinite(x) && x > 0 && x < 6));
+  for (double x : read_doubles(idx, "/summary/best_val_loss")) CHECK(std::isfinite(x));
+  for (double x : read_doubles(idx, "/summary/final_train_loss")) CHECK(std::isfinite(x));
+  CHECK(read_doubles(idx, "/summary/steps") == std::vector<double>(4, 20));
+  // External links resolve to the run files.
+  {
+    hid_t f = H5Fopen(idx.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+    REQUIRE(f >= 0);
+    const std::string link = "/runs/" + pts[2].name + "/train/loss";
+    CHECK(H5Lexists(f, ("/runs/" + pts[2].name).c_str(), H5P_DEFAULT) > 0);
+    hid_t ds = H5Dopen2(f, link.c_str(), H5P_DEFAULT);
+    CHECK(ds >= 0);
+    if (ds >= 0) H5Dclose(ds);
+    H5Fclose(f);
+  }
+  CHECK(fs::exists(d / ("runs/" + pts[0].name + ".log")));
+
+  // Resume: nothing reruns, files untouched.
+  std::vector<fs::file_time_type> mt;
+  for (auto& p : pts) mt.push_back(fs::last_write_time(d / ("runs/" + p.name + ".h5")));
+  r = run_sweep_cli(spec);
+  REQUIRE(r.rc == 0);
+  CHECK(r.out.find("4 done, 0 to run") != std::string::npos);
+  for (size_t i = 0; i < pts.size(); ++i) CHECK(fs::last_write_time(d / ("runs/" + pts[i].name + ".h5")) == mt[i]);
+
+  // A point whose run was killed (file says "running") restarts and completes; --lr shortcut style flags work.
+  {
+    RunLog log = RunLog::create(d / ("runs/" + pts[2].name + ".h5"));
+    log.set_attr("status", std::string("running"));
+  }
+  r = run_sweep_cli(spec + " --parallel 1");
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  CHECK(r.out.find("3 done, 1 to run") != std::string::npos);
+  CHECK(status_of(d / ("runs/" + pts[2].name + ".h5")) == "completed");
+  CHECK(fs::last_write_time(d / ("runs/" + pts[0].name + ".h5")) == mt[0]);
+  CHECK(read_strings(idx, "/summary/status") == std::vector<std::string>(4, "completed"));
+}
+
+TEST_CASE("sweep: a huge LR diverges while the others complete; --lr shortcut", "[sweep]") {
+  SweepDir d;
+  std::string tok = make_sweep_tokens(d);
+  ojson j = tiny_spec(d, tok, "div");
+  j["overrides"].push_back("rule=sp");
+  j["overrides"].push_back("train.diverge_factor=1.5");
+  j["axes"] = ojson::parse(R"({"hp.lr": [0.01, 3]})");
+  std::string spec = write_spec(d, j);
+  Res r = run_sweep_cli(spec + " --parallel 2");
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  const std::string idx = d / "runs/div-index.h5";
+  CHECK(read_strings(idx, "/summary/status") == std::vector<std::string>{"completed", "diverged"});
+  // Diverged counts as done.
+  r = run_sweep_cli(spec);
+  CHECK(r.out.find("2 done, 0 to run") != std::string::npos);
+
+  // The --lr shortcut is a one-axis grid named after the config's name.
+  std::string args;
+  for (auto& o : j["overrides"]) args += " " + o.get<std::string>();
+  r = run_sweep_cli("--lr 0.01,0.02 name=quick out.dir=" + (d / "lr") + args);
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  CHECK(read_doubles(d / "lr/quick-index.h5", "/summary/hp.lr") == std::vector<double>{0.01, 0.02});
+  CHECK(status_of(d / "lr/quick-0001-lr-0.02.h5") == "completed");
+}
+
+TEST_CASE("sweep: SIGINT is forwarded to the running child, which stops as failed", "[sweep]") {
+  SweepDir d;
+  std::string tok = make_sweep_tokens(d);
+  ojson j = tiny_spec(d, tok, "sig");
+  j["overrides"].push_back("train.steps=100000");
+  j["axes"] = ojson::parse(R"({"hp.lr": [0.01, 0.02]})");
+  std::string spec = write_spec(d, j);
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::setenv("OMP_NUM_THREADS", "1", 1);
+    int fd = ::open((d / "sweep.out").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(fd, 1), ::dup2(fd, 2);
+    ::execl(MUE_BINARY, "mue", "sweep", spec.c_str(), (char*)nullptr);
+    ::_exit(127);
+  }
+  const std::string run0 = d / "runs/sig-0000-lr-0.01.h5";
+  for (int i = 0; i < 200 && !(fs::exists(run0) && fs::file_size(run0) > 0); ++i) ::usleep(20000);
+  ::usleep(300000);
+  ::kill(pid, SIGINT);
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  std::ifstream in(d / "sweep.out");
+  std::string out((std::istreambuf_iterator<char>(in)), {});
+  INFO(out);
+  CHECK(WIFEXITED(st));
+  CHECK(WEXITSTATUS(st) == 130);
+  CHECK(status_of(run0) == "failed");
+  CHECK(!fs::exists(d / "runs/sig-0001-lr-0.02.h5"));  // never started
+  CHECK(read_strings(d / "runs/sig-index.h5", "/summary/status") == std::vector<std::string>{"failed", "missing"});
+}
