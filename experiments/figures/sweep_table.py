@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""Markdown results table from a sweep index: final val loss per (rule, shape) x LR, the optimum LR per row,
+and how many octaves the optimum moved across shapes under each rule.
+
+usage: sweep_table.py INDEX.h5 [--lr-key hp.lr] [--x-key ffn.shape] [--group-key rule]
+"""
+import argparse
+import math
+
+import h5py
+
+
+def col(g, k):
+    ds = g[k]
+    if h5py.check_string_dtype(ds.dtype) is not None:
+        return [str(x) for x in ds.asstr()[:]]
+    return [float(x) for x in ds[:]]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("index")
+    ap.add_argument("--lr-key", default="hp.lr")
+    ap.add_argument("--x-key", default="ffn.shape")
+    ap.add_argument("--group-key", default="rule")
+    a = ap.parse_args()
+    with h5py.File(a.index, "r") as f:
+        s = f["summary"]
+        lr, x, grp = col(s, a.lr_key), col(s, a.x_key), col(s, a.group_key)
+        loss, status = col(s, "final_val_loss"), col(s, "status")
+    lrs = sorted(set(lr))
+    groups = list(dict.fromkeys(grp))
+    xs = list(dict.fromkeys(x))
+    print("| rule | shape | " + " | ".join(f"{v:.3g}" for v in lrs) + " | best LR |")
+    print("|---|---|" + "---|" * (len(lrs) + 1))
+    for g in groups:
+        opt = []
+        for xv in xs:
+            row, best = [], (math.inf, None)
+            for v in lrs:
+                k = [i for i in range(len(lr)) if grp[i] == g and x[i] == xv and lr[i] == v]
+                if not k:
+                    row.append("")
+                    continue
+                i = k[0]
+                if status[i] == "completed" and math.isfinite(loss[i]):
+                    row.append(f"{loss[i]:.3f}")
+                    best = min(best, (loss[i], v))
+                else:
+                    row.append(status[i])
+            if best[1] is not None:
+                opt.append(best[1])
+            print(f"| {g} | {xv} | " + " | ".join(row) + f" | {best[1]:.3g} |" if best[1] else " | - |")
+        if opt:
+            spread = math.log2(max(opt)) - math.log2(min(opt))
+            print(f"\n{g}: optimum LR moved {spread:.1f} octaves across {len(opt)} shapes\n")
+
+
+if __name__ == "__main__":
+    main()
