@@ -50,7 +50,8 @@ def main():
                     row.append(status[i])
             if best[1] is not None:
                 opt.append(best[1])
-            print(f"| {g} | {xv} | " + " | ".join(row) + f" | {best[1]:.3g} |" if best[1] else " | - |")
+            best_text = f"{best[1]:.3g}" if best[1] is not None else "-"
+            print(f"| {g} | {xv} | " + " | ".join(row) + f" | {best_text} |")
         if opt:
             spread = math.log2(max(opt)) - math.log2(min(opt))
             print(f"\n{g}: optimum LR moved {spread:.1f} octaves across {len(opt)} shapes\n")
