@@ -34,7 +34,7 @@ usage:
                                                npm image package -> compact HDF5 image file
   mue sample RUN.h5 [--out grid.png] [--per-class K] [--steps N] [--guidance W] [--seed S] [--device D]
                                                class-conditional sample grid from a flow run's checkpoint
-  mue transfer [CONFIG.json] [key=value ...] [--json]
+  mue transfer [REF.json] [TARGET.json] [key=value ...] [--rule NAME] [--json]
                                                print the parameter table the config's rule gives
   mue coord-check [CONFIG.json] [key=value ...] (--widths 64,128,256 | --shapes 64e2a,64e8a) [--steps N]
                   [--out FILE.h5]              coordinate check under the config's rule (CPU); prints log-log slopes
@@ -185,9 +185,34 @@ int cmd_sample(int argc, char** argv) {
   return 0;
 }
 
+// `transfer REF.json TARGET.json`: the reference's shape, batch and steps become the target's reference.*.
+std::vector<std::string> reference_overrides(const std::string& ref_file) {
+  RunConfig r = resolve_config(ref_file, {});
+  MUE_CHECK(!r.model.ffn.moe(), "reference config '", ref_file, "' must be a dense model (the tuned proxy)");
+  return {"reference.d_model=" + std::to_string(r.model.d_model), "reference.n_layers=" + std::to_string(r.model.n_layers),
+          "reference.n_heads=" + std::to_string(r.model.n_heads), "reference.ffn_hidden=" + std::to_string(r.model.ffn_hidden),
+          "reference.batch=" + std::to_string(r.train.batch), "reference.steps=" + std::to_string(r.train.steps),
+          "hp.lr=" + json(r.hp.lr).dump(), "hp.wd=" + json(r.hp.wd).dump(), "hp.init_std=" + json(r.hp.init_std).dump(),
+          "hp.emb_init_std=" + json(r.hp.emb_init_std).dump(), "hp.eps=" + json(r.hp.eps).dump()};
+}
+
 int cmd_transfer(int argc, char** argv) {
-  Args a = parse_args(argc, argv, 2, {}, {"--json"});
-  RunConfig c = resolve_config(a.config, a.overrides);
+  // Two positional files (REF.json TARGET.json) are allowed here: peel the first off before the usual parsing.
+  std::vector<char*> args(argv, argv + argc);
+  std::string ref_file;
+  int positional = 0;
+  for (int i = 2; i < argc; ++i)
+    if (std::string(argv[i]).rfind("--", 0) != 0 && !std::strchr(argv[i], '=') && positional++ == 0 &&
+        i + 1 < argc && std::string(argv[i + 1]).rfind("--", 0) != 0 && !std::strchr(argv[i + 1], '=')) {
+      ref_file = argv[i];
+      args.erase(args.begin() + i);
+      break;
+    }
+  Args a = parse_args(int(args.size()), args.data(), 2, {"--rule"}, {"--json"});
+  std::vector<std::string> ov = ref_file.empty() ? std::vector<std::string>{} : reference_overrides(ref_file);
+  ov.insert(ov.end(), a.overrides.begin(), a.overrides.end());
+  if (a.has("--rule")) ov.push_back("rule=" + a.get("--rule", ""));
+  RunConfig c = resolve_config(a.config, ov);
   ParamTable t = make_param_table(c.rule, c.model, c.reference, c.hp);
   if (a.has("--json")) {
     json rows = json::array();

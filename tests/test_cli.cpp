@@ -200,4 +200,15 @@ TEST_CASE("transfer prints the table; --json parses", "[cli]") {
       CHECK(r["lr"].get<double>() == Approx(0.01 / 4));
     }
   CHECK(found);
+  // REF.json TARGET.json --rule NAME: the reference's shape and hp become the target's reference
+  std::string ref = out + "_ref.json", tgt = out + "_tgt.json";
+  std::ofstream(ref) << R"({"model": {"d_model": 64, "n_heads": 2}, "ffn": {"hidden": 256}, "hp": {"lr": 0.02}})";
+  std::ofstream(tgt) << R"({"model": {"d_model": 256, "n_heads": 4}, "ffn": {"hidden": 1024}})";
+  st = std::system((std::string(MUE_BINARY) + " transfer " + ref + " " + tgt + " --rule mup --json > " + out).c_str());
+  REQUIRE(WEXITSTATUS(st) == 0);
+  std::ifstream in2(out);
+  json k = json::parse(in2);
+  for (auto& r : k["rows"])
+    if (r["name"] == "layers.0.ffn.proj") CHECK(r["lr"].get<double>() == Approx(0.02 / 4));  // fan-in 1024 vs 256
+  for (const auto& f : {out, ref, tgt}) std::remove(f.c_str());
 }

@@ -13,7 +13,7 @@ ModelConfig coord_base() {
 }
 }  // namespace
 
-TEST_CASE("coordinate check: mup flat in width, sp not", "[coord]") {
+TEST_CASE("coordinate check: mup and complete-mue flat in width, sp not", "[coord]") {
   ModelConfig base = coord_base();
   auto pts = width_points(base, {32, 64, 128, 256});
   Hyper hp;
@@ -27,6 +27,12 @@ TEST_CASE("coordinate check: mup flat in width, sp not", "[coord]") {
     INFO(q << ": slope of the update RMS vs width, mup " << sm << ", sp " << ss);
     CHECK(std::abs(sm) < 0.2);
     CHECK(ss > 0.35);
+  }
+  auto cmue = coord_check(pts, "complete-mue", base, hp, opt, 4, 4, 1);
+  for (const char* q : {"attn_out", "ffn_out", "block_out", "logits"}) {
+    const double sc = coord_slope(pts, cmue, q, 4, true);
+    INFO(q << ": slope of the update RMS vs width under complete-mue " << sc);
+    CHECK(std::abs(sc) < 0.2);
   }
   for (const char* q : {"attn_out", "ffn_out", "block_out", "logits"}) {
     const double sm = coord_slope(pts, mup, q, 4, false);
