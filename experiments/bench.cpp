@@ -30,6 +30,25 @@ int64_t active_non_embedding_params(Model& model, const ModelConfig& m) {
   return n;
 }
 
+// Median wall time of `steps` training steps after min(3, steps) warm-up steps. prepare(s) builds step s's
+// inputs on the host (untimed) and returns the step itself, which is timed between two device syncs.
+template <class Backend, class Prepare>
+double median_step_ms(Backend& be, int steps, Prepare prepare) {
+  const int warmup = std::min(3, steps);
+  std::vector<double> ms;
+  for (int s = 0; s < warmup + steps; ++s) {
+    auto step = prepare(s);
+    be.synchronize();
+    auto t0 = std::chrono::steady_clock::now();
+    step();
+    be.synchronize();
+    const double dt = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    if (s >= warmup) ms.push_back(dt);
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
 constexpr double kH100PeakBf16 = 989e12;  // dense bf16 tensor-core peak of an H100 SXM (spec section 7)
 
 template <class Backend>
@@ -45,24 +64,17 @@ BenchResult bench_with(const RunConfig& c, Backend& be, int steps, bool verbose)
   r.flops_per_token = flops_per_token(non_emb, c.model.n_layers, c.model.d_model, T);
   r.param_mib = model.n_params() * double(sizeof(typename Backend::master_t)) / 1048576.0;
   r.activation_mib = model.activation_bytes() / 1048576.0;
-  const int warmup = std::min(3, steps);
-  std::vector<double> ms;
-  for (int s = 0; s < warmup + steps; ++s) {
+  r.steps = steps;
+  r.ms_per_step = median_step_ms(be, steps, [&](int s) {
     for (int i = 0; i < N; ++i) x[i] = int32_t(rng_index(7, uint64_t(s), uint64_t(i), uint64_t(c.model.vocab)));
     for (int i = 0; i < N; ++i) y[i] = int32_t(rng_index(8, uint64_t(s), uint64_t(i), uint64_t(c.model.vocab)));
-    be.synchronize();
-    auto t0 = std::chrono::steady_clock::now();
-    model.zero_grad();
-    model.forward(x.data(), y.data());
-    model.backward();
-    adamw_update(model, c.adamw, s + 1, 1.0);
-    be.synchronize();
-    double dt = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    if (s >= warmup) ms.push_back(dt);
-  }
-  std::sort(ms.begin(), ms.end());
-  r.steps = steps;
-  r.ms_per_step = ms[ms.size() / 2];
+    return [&, s] {
+      model.zero_grad();
+      model.forward(x.data(), y.data());
+      model.backward();
+      adamw_update(model, c.adamw, s + 1, 1.0);
+    };
+  });
   r.tok_per_s = N / (r.ms_per_step / 1e3);
   r.mfu = r.tok_per_s * r.flops_per_token / kH100PeakBf16;
   (void)verbose;
@@ -83,25 +95,17 @@ BenchResult bench_flow_with(const RunConfig& c, Backend& be, int steps) {
   r.activation_mib = model.activation_bytes() / 1048576.0;
   std::vector<float> x(size_t(B) * npix);
   std::vector<int32_t> y(B);
-  const int warmup = std::min(3, steps);
-  std::vector<double> ms;
-  for (int s = 0; s < warmup + steps; ++s) {
+  r.steps = steps;
+  r.ms_per_step = median_step_ms(be, steps, [&](int s) {
     for (size_t i = 0; i < x.size(); ++i) x[i] = float(rng_uniform(9, s, i) * 2 - 1);
     for (int b = 0; b < B; ++b) y[b] = int32_t(rng_index(10, s, b, c.model.image.classes));
-    FlowBatch fb = make_flow_batch(x, y, B, npix, 11, s, 0.1, c.model.image.classes);
-    be.synchronize();
-    auto t0 = std::chrono::steady_clock::now();
-    model.zero_grad();
-    model.forward(fb.xt.data(), fb.v.data(), fb.t.data(), fb.labels.data());
-    model.backward();
-    adamw_update(model, c.adamw, s + 1, 1.0);
-    be.synchronize();
-    double dt = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    if (s >= warmup) ms.push_back(dt);
-  }
-  std::sort(ms.begin(), ms.end());
-  r.steps = steps;
-  r.ms_per_step = ms[ms.size() / 2];
+    return [&, s, fb = make_flow_batch(x, y, B, npix, 11, s, 0.1, c.model.image.classes)] {
+      model.zero_grad();
+      model.forward(fb.xt.data(), fb.v.data(), fb.t.data(), fb.labels.data());
+      model.backward();
+      adamw_update(model, c.adamw, s + 1, 1.0);
+    };
+  });
   r.tok_per_s = B / (r.ms_per_step / 1e3);  // images per second
   r.mfu = r.tok_per_s * r.flops_per_token / kH100PeakBf16;
   return r;
