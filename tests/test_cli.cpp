@@ -13,38 +13,13 @@
 #include "data/tokens.h"
 #include "experiments/trainer.h"
 #include "tests/catch.h"
+#include "tests/fixtures.h"
 
 using namespace mue;
+using mue::test::TempDir;
 namespace fs = std::filesystem;
 
 namespace {
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("mue_cli_" + std::to_string(::getpid()) + "_" + std::to_string(counter()++));
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& f) const { return (path / f).string(); }
-  static int& counter() {
-    static int c = 0;
-    return c;
-  }
-};
-
-// A token file with a learnable pattern: each token is (previous * 5 + 1) mod 97 most of the time.
-std::string make_tokens(const TempDir& d) {
-  std::vector<uint16_t> train(20000), val(3000);
-  uint16_t cur = 0;
-  for (size_t i = 0; i < train.size() + val.size(); ++i) {
-    cur = rng_uniform(3, 0, i) < 0.9 ? uint16_t((cur * 5 + 1) % 97) : uint16_t(rng_index(4, 0, i, 97));
-    (i < train.size() ? train[i] : val[i - train.size()]) = cur;
-  }
-  std::string p = d / "toy.tok";
-  write_token_file(p, train, val, R"({"corpus": "synthetic test"})", 97);
-  return p;
-}
-
 struct Result {
   int rc;
   std::string err;
@@ -67,8 +42,8 @@ std::string tiny_args(const TempDir& d, const std::string& tok) {
 }  // namespace
 
 TEST_CASE("train: a tiny run writes a complete, readable HDF5 log and learns", "[cli]") {
-  TempDir d;
-  std::string tok = make_tokens(d);
+  TempDir d("cli");
+  std::string tok = mue::test::make_toy_tokens(d);
   RunConfig c = resolve_config("", {"name=tiny", "model.vocab=97", "model.vocab_pad=128", "model.d_model=32",
                                     "model.n_heads=2", "model.seq_len=16", "ffn.hidden=64", "train.batch=8",
                                     "train.steps=60", "train.log_every=10", "train.eval_every=30",
@@ -101,8 +76,8 @@ TEST_CASE("train: a tiny run writes a complete, readable HDF5 log and learns", "
 }
 
 TEST_CASE("train with an MoE FFN logs router statistics", "[cli][moe]") {
-  TempDir d;
-  std::string tok = make_tokens(d);
+  TempDir d("cli");
+  std::string tok = mue::test::make_toy_tokens(d);
   RunConfig c = resolve_config("", {"name=moe", "model.vocab=97", "model.vocab_pad=128", "model.d_model=32",
                                     "model.n_heads=2", "model.seq_len=16", "ffn.type=moe", "ffn.shape=8e2a",
                                     "ffn.expert_hidden=16", "train.batch=4", "train.steps=20", "train.log_every=10",
@@ -121,8 +96,8 @@ TEST_CASE("train with an MoE FFN logs router statistics", "[cli][moe]") {
 }
 
 TEST_CASE("diverging run stops and is marked diverged", "[cli]") {
-  TempDir d;
-  std::string tok = make_tokens(d);
+  TempDir d("cli");
+  std::string tok = mue::test::make_toy_tokens(d);
   RunConfig c = resolve_config("", {"name=boom", "model.vocab=97", "model.vocab_pad=128", "model.d_model=32",
                                     "model.n_heads=2", "model.seq_len=16", "ffn.hidden=64", "train.batch=4",
                                     "train.steps=40", "train.device=cpu", "rule=sp", "hp.lr=3", "optim.warmup=0",
@@ -135,8 +110,8 @@ TEST_CASE("diverging run stops and is marked diverged", "[cli]") {
 }
 
 TEST_CASE("the mue program: bad input gives one line and a non-zero exit", "[cli]") {
-  TempDir d;
-  std::string tok = make_tokens(d);
+  TempDir d("cli");
+  std::string tok = mue::test::make_toy_tokens(d);
   std::string base = tiny_args(d, tok);
   // A good run first, so the overwrite case has something to protect.
   REQUIRE(run_mue("train name=keep " + base).rc == 0);

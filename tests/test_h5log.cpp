@@ -11,34 +11,15 @@
 #include "core/error.h"
 #include "core/h5log.h"
 #include "tests/catch.h"
+#include "tests/fixtures.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 
 // A fresh folder per test under the system temp dir, removed at the end.
-struct TempDir {
-  fs::path dir;
-  explicit TempDir(const std::string& tag) {
-    dir = fs::temp_directory_path() / ("mue_h5_" + tag + "_" + std::to_string(::getpid()));
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-  std::string file(const std::string& name) const { return (dir / name).string(); }
-};
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const mue::Error& e) {
-    return e.what();
-  }
-  return "<no mue::Error>";
-}
+using mue::test::TempDir;
+using mue::test::error_of;
 
 }  // namespace
 
@@ -226,7 +207,7 @@ TEST_CASE("run log errors name the problem and the file", "[h5]") {
     CHECK_THROWS_WITH(mue::RunLog::create(nested), HasText(nested));
   }
   SECTION("path is a folder") {
-    CHECK_THROWS_WITH(mue::RunLog::create(tmp.dir.string()), HasText(tmp.dir.string()));
+    CHECK_THROWS_WITH(mue::RunLog::create(tmp.path.string()), HasText(tmp.path.string()));
   }
   SECTION("append_row width mismatch") {
     const std::string path = tmp.file("w.h5");
@@ -251,7 +232,7 @@ TEST_CASE("run log errors name the problem and the file", "[h5]") {
     const std::string text = tmp.file("notes.h5");
     std::ofstream(text) << "this is not HDF5\n";
     CHECK_FALSE(mue::is_hdf5(text));
-    CHECK_FALSE(mue::is_hdf5(tmp.dir.string()));
+    CHECK_FALSE(mue::is_hdf5(tmp.path.string()));
     const std::string msg = error_of([&] { mue::read_string_attr(text, "status"); });
     CHECK_THAT(msg, HasText(text) && HasText("is not an HDF5 file"));
     CHECK(msg.find('\n') == std::string::npos);

@@ -19,33 +19,14 @@
 #include "core/png_grid.h"
 #include "data/images.h"
 #include "tests/catch.h"
+#include "tests/fixtures.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 
-struct TempDir {
-  fs::path dir;
-  explicit TempDir(const std::string& tag) {
-    dir = fs::temp_directory_path() / ("mue_img_" + tag + "_" + std::to_string(::getpid()));
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-  std::string file(const std::string& name) const { return (dir / name).string(); }
-};
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const mue::Error& e) {
-    return e.what();
-  }
-  return "<no mue::Error>";
-}
+using mue::test::TempDir;
+using mue::test::error_of;
 
 constexpr int kClasses = 10;
 int count_of(int c) { return 7 + c; }  // images in class c
@@ -64,7 +45,7 @@ void write_file(const fs::path& p, const std::string& s) {
 
 // fashion-mnist layout: {"data": [[784 ints], ...]}, with an empty entry in class 0 (as in the real package).
 std::string fake_fashion(const TempDir& t, int salt = 0) {
-  const fs::path root = t.dir / "fashion-mnist";
+  const fs::path root = t.path / "fashion-mnist";
   fs::create_directories(root / "src" / "clothes");
   write_file(root / "package.json", R"({"name": "fashion-mnist", "version": "1.1.0"})");
   for (int c = 0; c < kClasses; ++c) {
@@ -85,7 +66,7 @@ std::string fake_fashion(const TempDir& t, int salt = 0) {
 
 // mnist layout: {"data": [flat n*784 numbers in [0, 1], 3 decimals]}.
 std::string fake_mnist(const TempDir& t) {
-  const fs::path root = t.dir / "mnist";
+  const fs::path root = t.path / "mnist";
   fs::create_directories(root / "src" / "digits");
   for (int c = 0; c < kClasses; ++c) {
     std::ostringstream s;
@@ -260,7 +241,7 @@ TEST_CASE("prepare_images reports bad sources and outputs in one line", "[images
   CHECK_THAT(err(m), HasText("val_fraction"));
 
   // Unwritable output: its folder would have to live under a regular file.
-  write_file(t.dir / "plainfile", "x");
+  write_file(t.path / "plainfile", "x");
   m = o;
   m.out = t.file("plainfile/out.h5");
   CHECK_THAT(err(m), HasText(m.out));
@@ -311,16 +292,16 @@ TEST_CASE("ImageSet::open rejects missing, truncated, corrupt and misshapen file
 
   CHECK_THAT(err(t.file("missing.h5")), HasText("does not exist"));
 
-  write_file(t.dir / "text.h5", "this is not HDF5 at all");
+  write_file(t.path / "text.h5", "this is not HDF5 at all");
   CHECK_THAT(err(t.file("text.h5")), HasText("not an HDF5 file"));
 
-  write_file(t.dir / "half.h5", good.substr(0, good.size() / 2));
+  write_file(t.path / "half.h5", good.substr(0, good.size() / 2));
   err(t.file("half.h5"));
 
   // Garbage over the middle of the file (chunk data and/or metadata).
   std::string bad = good;
   for (size_t k = bad.size() / 3; k < 2 * bad.size() / 3; ++k) bad[k] = char(0xA5);
-  write_file(t.dir / "garbled.h5", bad);
+  write_file(t.path / "garbled.h5", bad);
   err(t.file("garbled.h5"));
 
   auto edit = [&](const std::string& name, const std::function<void(hid_t)>& f) {

@@ -17,36 +17,15 @@
 #include "data/tokens.h"
 #include "experiments/sweep.h"
 #include "tests/catch.h"
+#include "tests/fixtures.h"
 
 using namespace mue;
 namespace fs = std::filesystem;
 using ojson = nlohmann::ordered_json;
+using mue::test::TempDir;
 
 namespace {
-struct SweepDir {
-  fs::path path;
-  SweepDir() {
-    static int c = 0;
-    path = fs::temp_directory_path() / ("mue_sweep_" + std::to_string(::getpid()) + "_" + std::to_string(c++));
-    fs::create_directories(path);
-  }
-  ~SweepDir() { fs::remove_all(path); }
-  std::string operator/(const std::string& f) const { return (path / f).string(); }
-};
-
-std::string make_sweep_tokens(const SweepDir& d) {
-  std::vector<uint16_t> train(20000), val(3000);
-  uint16_t cur = 0;
-  for (size_t i = 0; i < train.size() + val.size(); ++i) {
-    cur = rng_uniform(3, 0, i) < 0.9 ? uint16_t((cur * 5 + 1) % 97) : uint16_t(rng_index(4, 0, i, 97));
-    (i < train.size() ? train[i] : val[i - train.size()]) = cur;
-  }
-  std::string p = d / "toy.tok";
-  write_token_file(p, train, val, R"({"corpus": "synthetic test"})", 97);
-  return p;
-}
-
-ojson tiny_spec(const SweepDir& d, const std::string& tok, const std::string& name) {
+ojson tiny_spec(const TempDir& d, const std::string& tok, const std::string& name) {
   ojson ov = ojson::array();
   for (const char* s : {"model.vocab=97", "model.vocab_pad=128", "model.d_model=32", "model.n_heads=2",
                         "model.seq_len=16", "ffn.hidden=64", "train.batch=4", "train.steps=20", "train.log_every=10",
@@ -56,7 +35,7 @@ ojson tiny_spec(const SweepDir& d, const std::string& tok, const std::string& na
   return {{"name", name}, {"overrides", ov}, {"out_dir", d / "runs"}};
 }
 
-std::string write_spec(const SweepDir& d, const ojson& j, const std::string& file = "spec.json") {
+std::string write_spec(const TempDir& d, const ojson& j, const std::string& file = "spec.json") {
   std::ofstream(d / file) << j.dump(2);
   return d / file;
 }
@@ -118,7 +97,7 @@ TEST_CASE("sweep: bad specs are one-line errors before anything runs", "[sweep]"
   CHECK(err(R"({"name": "x", "axes": {"rule": ["nope"]}})").find("sweep point 0") != std::string::npos);
   CHECK(err(R"({"name": "x", "base": "missing.json"})").find("not found") != std::string::npos);
   CHECK(err(R"({"name": "a b"})").find("[A-Za-z0-9._-]") != std::string::npos);
-  SweepDir d;
+  TempDir d("sweep");
   write_spec(d, ojson::parse(R"({"name": "x", "axes": {"hp.lrr": [0.1]}, "out_dir": ")" + (d / "r") + "\"}"));
   Res r = run_sweep_cli(d / "spec.json");
   CHECK(r.rc == 1);
@@ -140,8 +119,8 @@ TEST_CASE("sweep: rank striding takes index % size == rank", "[sweep]") {
 }
 
 TEST_CASE("sweep: a 2x2 grid runs, indexes, resumes and restarts an interrupted point", "[sweep]") {
-  SweepDir d;
-  std::string tok = make_sweep_tokens(d);
+  TempDir d("sweep");
+  std::string tok = mue::test::make_toy_tokens(d);
   ojson j = tiny_spec(d, tok, "grid");
   j["axes"] = ojson::parse(R"({"hp.lr": [0.01, 0.02], "rule": ["sp", "mup"]})");
   j["parallel"] = 2;
@@ -210,8 +189,8 @@ TEST_CASE("sweep: a 2x2 grid runs, indexes, resumes and restarts an interrupted 
 }
 
 TEST_CASE("sweep: a huge LR diverges while the others complete; --lr shortcut", "[sweep]") {
-  SweepDir d;
-  std::string tok = make_sweep_tokens(d);
+  TempDir d("sweep");
+  std::string tok = mue::test::make_toy_tokens(d);
   ojson j = tiny_spec(d, tok, "div");
   j["overrides"].push_back("rule=sp");
   j["overrides"].push_back("train.diverge_factor=1.5");
@@ -237,8 +216,8 @@ TEST_CASE("sweep: a huge LR diverges while the others complete; --lr shortcut", 
 }
 
 TEST_CASE("sweep: SIGINT is forwarded to the running child, which stops as failed", "[sweep]") {
-  SweepDir d;
-  std::string tok = make_sweep_tokens(d);
+  TempDir d("sweep");
+  std::string tok = mue::test::make_toy_tokens(d);
   ojson j = tiny_spec(d, tok, "sig");
   j["overrides"].push_back("train.steps=100000");
   j["axes"] = ojson::parse(R"({"hp.lr": [0.01, 0.02]})");
