@@ -8,7 +8,9 @@ want_data=0
 [ "${1:-}" = "--data" ] && want_data=1
 
 pkgs="cmake g++ ninja-build libhdf5-dev libeigen3-dev catch2 nlohmann-json3-dev libpng-dev zlib1g-dev hdf5-tools"
-[ $want_data = 1 ] && pkgs="$pkgs linux-doc-6.1 npm"
+[ $want_data = 1 ] && pkgs="$pkgs linux-doc-6.1"
+# npm: the distribution package conflicts with a nodejs that bundles its own npm; ask only when none is there.
+[ $want_data = 1 ] && ! command -v npm >/dev/null && pkgs="$pkgs npm"
 missing=""
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
