@@ -1,5 +1,6 @@
 // The CUDA context (device, stream, cuBLAS handle, scratch buffers), checked memory helpers and the
 // fp32 <-> bf16 cast kernels.
+#include <algorithm>
 #include <cstdio>
 #include <string>
 
@@ -59,6 +60,7 @@ Context::~Context() {
   // No throwing from a destructor: errors here are ignored (the process is usually going down with them).
   for (int i = 0; i < 8; ++i)
     if (scratch_[i]) (void)cudaFree(scratch_[i]);
+  for (cudaEvent_t e : events_) (void)cudaEventDestroy(e);
   if (cublas) (void)cublasDestroy(cublas);
   if (stream) (void)cudaStreamDestroy(stream);
   (void)cudaGetLastError();
@@ -82,6 +84,40 @@ void* Context::scratch(int slot, size_t bytes) {
     scratch_bytes_[slot] = grown;
   }
   return scratch_[slot];
+}
+
+size_t Context::memory_used() const {
+  size_t free_b = 0, total_b = 0;
+  check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
+  return total_b - free_b;
+}
+
+int Context::op_begin(const char* name) {
+  const size_t i = pending_.size();
+  while (events_.size() < 2 * (i + 1)) {
+    cudaEvent_t e;
+    check(cudaEventCreate(&e), "cudaEventCreate");
+    events_.push_back(e);
+  }
+  pending_.push_back({name, events_[2 * i], events_[2 * i + 1]});
+  check(cudaEventRecord(pending_.back().start, stream), "cudaEventRecord");
+  return int(i);
+}
+
+Context::OpScope::~OpScope() {
+  if (i_ >= 0) (void)cudaEventRecord(c_->pending_[size_t(i_)].end, c_->stream);
+}
+
+void Context::profile_collect() {
+  synchronize();
+  for (const Pending& p : pending_) {
+    float ms = 0;
+    check(cudaEventElapsedTime(&ms, p.start, p.end), "cudaEventElapsedTime(", p.name, ")");
+    auto it = std::find_if(totals_.begin(), totals_.end(), [&](const OpTotal& t) { return t.name == p.name; });
+    if (it == totals_.end()) it = totals_.insert(totals_.end(), OpTotal{p.name});
+    it->ms += ms, ++it->calls;
+  }
+  pending_.clear();
 }
 
 void Context::synchronize() { check(cudaStreamSynchronize(stream), "cudaStreamSynchronize"); }

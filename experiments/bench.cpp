@@ -49,10 +49,27 @@ double median_step_ms(Backend& be, int steps, Prepare prepare) {
   return ms[ms.size() / 2];
 }
 
+// Device memory in use and the per-op profile (CUDA); nothing on the CPU.
+template <class Backend, class Step>
+void measure_device(Backend&, BenchResult&, bool, Step) {}
+#ifdef MUE_HAVE_CUDA
+template <class Step>
+void measure_device(CudaBackend& be, BenchResult& r, bool profile, Step step) {
+  r.device_mib = be.ctx.memory_used() / 1048576.0;
+  if (!profile) return;
+  be.ctx.profiling = true;
+  for (int s = 0; s < kProfileSteps; ++s) step(s), be.ctx.profile_collect();
+  be.ctx.profiling = false;
+  for (const auto& t : be.ctx.profile_totals())
+    r.profile.push_back({t.name, t.ms / kProfileSteps, double(t.calls) / kProfileSteps});
+  std::sort(r.profile.begin(), r.profile.end(), [](auto& a, auto& b) { return a.ms_per_step > b.ms_per_step; });
+}
+#endif
+
 constexpr double kH100PeakBf16 = 989e12;  // dense bf16 tensor-core peak of an H100 SXM (spec section 7)
 
 template <class Backend>
-BenchResult bench_with(const RunConfig& c, Backend& be, int steps, bool verbose) {
+BenchResult bench_with(const RunConfig& c, Backend& be, int steps, bool profile) {
   BenchResult r;
   r.device = be.device_name();
   const ParamTable table = make_param_table(c.rule, c.model, c.reference, c.hp);
@@ -77,12 +94,17 @@ BenchResult bench_with(const RunConfig& c, Backend& be, int steps, bool verbose)
   });
   r.tok_per_s = N / (r.ms_per_step / 1e3);
   r.mfu = r.tok_per_s * r.flops_per_token / kH100PeakBf16;
-  (void)verbose;
+  measure_device(be, r, profile, [&](int s) {
+    model.zero_grad();
+    model.forward(x.data(), y.data());
+    model.backward();
+    adamw_update(model, c.adamw, s + 1, 1.0);
+  });
   return r;
 }
 // DiT: images/s on random images; MFU counts per image 6 * N_active_non_emb * tokens + 12 L d T^2 (attention).
 template <class Backend>
-BenchResult bench_flow_with(const RunConfig& c, Backend& be, int steps) {
+BenchResult bench_flow_with(const RunConfig& c, Backend& be, int steps, bool profile) {
   BenchResult r;
   r.device = be.device_name();
   const ParamTable table = make_param_table(c.rule, c.model, c.reference, c.hp);
@@ -108,6 +130,13 @@ BenchResult bench_flow_with(const RunConfig& c, Backend& be, int steps) {
   });
   r.tok_per_s = B / (r.ms_per_step / 1e3);  // images per second
   r.mfu = r.tok_per_s * r.flops_per_token / kH100PeakBf16;
+  const FlowBatch fb = make_flow_batch(x, y, B, npix, 11, 0, 0.1, c.model.image.classes);
+  measure_device(be, r, profile, [&](int s) {
+    model.zero_grad();
+    model.forward(fb.xt.data(), fb.v.data(), fb.t.data(), fb.labels.data());
+    model.backward();
+    adamw_update(model, c.adamw, s + 1, 1.0);
+  });
   return r;
 }
 }  // namespace
@@ -125,7 +154,7 @@ std::string bench_preset_path(const std::string& preset) {
   fail("unknown bench preset '", preset, "' (look in experiments/configs/bench/, or pass a config path)");
 }
 
-BenchResult run_bench(const std::string& preset, int steps, const std::string& device, bool verbose) {
+BenchResult run_bench(const std::string& preset, int steps, const std::string& device, bool profile) {
   MUE_CHECK(steps > 0, "bench needs --steps > 0");
   RunConfig c = resolve_config(bench_preset_path(preset), {"train.device=" + device});
   const std::string dev = resolve_device(c.train.device);
@@ -133,12 +162,13 @@ BenchResult run_bench(const std::string& preset, int steps, const std::string& d
 #ifdef MUE_HAVE_CUDA
   if (dev == "cuda") {
     CudaBackend be;
-    r = c.task == "flow" ? bench_flow_with(c, be, steps) : bench_with(c, be, steps, verbose);
+    r = c.task == "flow" ? bench_flow_with(c, be, steps, profile) : bench_with(c, be, steps, profile);
   }
 #endif
   if (dev == "cpu") {
     CpuBackend<float> be;
-    r = c.task == "flow" ? bench_flow_with(c, be, steps) : bench_with(c, be, steps, verbose);
+    MUE_CHECK(!profile, "bench --profile needs the CUDA device (per-op times come from CUDA events)");
+    r = c.task == "flow" ? bench_flow_with(c, be, steps, false) : bench_with(c, be, steps, false);
   }
   r.unit = c.task == "flow" ? "img/s" : "tok/s";
   r.preset = preset;

@@ -1,6 +1,7 @@
 // `mue bench`: training-step throughput of a preset on random tokens (spec section 7).
 #pragma once
 #include <string>
+#include <vector>
 
 namespace mue {
 
@@ -9,10 +10,18 @@ struct BenchResult {
   double ms_per_step = 0, tok_per_s = 0, mfu = 0, flops_per_token = 0;
   double param_mib = 0, activation_mib = 0;
   int steps = 0;
+  double device_mib = 0;  // device memory in use after the timed steps (the peak: nothing is freed per step)
+  struct Op {
+    std::string name;
+    double ms_per_step = 0, calls_per_step = 0;
+  };
+  std::vector<Op> profile;  // --profile: per-op device time per step, largest first
 };
 
 // preset: a name under experiments/configs/bench/ or a path to a JSON config.
-BenchResult run_bench(const std::string& preset, int steps, const std::string& device, bool verbose = true);
+// profile: after the timed steps, run kProfileSteps more with an event pair around every op (CUDA only).
+BenchResult run_bench(const std::string& preset, int steps, const std::string& device, bool profile = false);
+constexpr int kProfileSteps = 5;
 // FLOPs per token for MFU: 6 * (non-embedding parameters, head included) + 12 * L * d * T (attention).
 double flops_per_token(int64_t non_embedding_params, int n_layers, int d_model, int seq_len);
 std::string bench_preset_path(const std::string& preset);

@@ -38,8 +38,8 @@ usage:
                                                print the parameter table the config's rule gives
   mue coord-check [CONFIG.json] [key=value ...] (--widths 64,128,256 | --shapes 64e2a,64e8a) [--steps N]
                   [--out FILE.h5]              coordinate check under the config's rule (CPU); prints log-log slopes
-  mue bench PRESET [--steps N] [--device auto|cpu|cuda]
-                                               tok/s, MFU and ms/step (presets: experiments/configs/bench/)
+  mue bench PRESET [--steps N] [--device auto|cpu|cuda] [--profile]
+                                               tok/s, MFU, ms/step, GPU memory; --profile: per-op times
   mue help | --help | COMMAND --help
 
 config keys (defaults shown; files and overrides may only use these):
@@ -269,15 +269,26 @@ int cmd_coord_check(int argc, char** argv) {
 }
 
 int cmd_bench(int argc, char** argv) {
-  Args a = parse_args(argc, argv, 2, {"--steps", "--device"}, {});
+  Args a = parse_args(argc, argv, 2, {"--steps", "--device"}, {"--profile"});
   MUE_CHECK(!a.config.empty(), "bench needs a PRESET (e.g. gpt2s-dense)");
   MUE_CHECK(a.overrides.empty(), "bench takes no key=value overrides");
   const int steps = int(parse_list(a.get("--steps", "20"), "--steps")[0]);
-  BenchResult r = run_bench(a.config, steps, a.get("--device", "auto"));
-  std::printf("%-14s %-28s %10s %12s %8s %10s %10s\n", "preset", "device", "ms/step", r.unit.c_str(), "MFU",
-              "params MiB", "acts MiB");
-  std::printf("%-14s %-28s %10.2f %12.0f %7.1f%% %10.1f %10.1f\n", r.preset.c_str(), r.device.c_str(), r.ms_per_step,
-              r.tok_per_s, 100 * r.mfu, r.param_mib, r.activation_mib);
+  BenchResult r = run_bench(a.config, steps, a.get("--device", "auto"), a.has("--profile"));
+  if (!r.profile.empty()) {
+    double sum = 0;
+    for (const auto& op : r.profile) sum += op.ms_per_step;
+    std::printf("per-op device time per step (%d profiled steps, an event pair around every op):\n", kProfileSteps);
+    std::printf("  %-24s %8s %10s %7s\n", "op", "calls", "ms/step", "share");
+    for (const auto& op : r.profile)
+      std::printf("  %-24s %8.0f %10.3f %6.1f%%\n", op.name.c_str(), op.calls_per_step, op.ms_per_step,
+                  100 * op.ms_per_step / r.ms_per_step);
+    std::printf("  %-24s %8s %10.3f %6.1f%%\n", "(between ops: host, syncs)", "", r.ms_per_step - sum,
+                100 * (r.ms_per_step - sum) / r.ms_per_step);
+  }
+  std::printf("%-14s %-28s %10s %12s %8s %10s %10s %10s\n", "preset", "device", "ms/step", r.unit.c_str(), "MFU",
+              "params MiB", "acts MiB", "GPU MiB");
+  std::printf("%-14s %-28s %10.2f %12.0f %7.1f%% %10.1f %10.1f %10.0f\n", r.preset.c_str(), r.device.c_str(),
+              r.ms_per_step, r.tok_per_s, 100 * r.mfu, r.param_mib, r.activation_mib, r.device_mib);
   return 0;
 }
 

@@ -1,7 +1,9 @@
 // Expert GEMMs of the MoE layer on contiguous row blocks (tokens already permuted by expert). Each expert is
 // its own group of one GEMM in cublasGemmGroupedBatchedEx (the row counts differ); the pointer arrays are
-// built on the host from the host-side offsets and copied to the device. Traffic per expert: its rows of x
+// built on the host from the host-side offsets and written to the device by a kernel that takes them as
+// launch parameters (stream-ordered, no sync). Traffic per expert: its rows of x
 // and y, and its weight, once. Layout conventions as in nn/matmul.cu (row-major seen as column-major).
+#include <algorithm>
 #include <cstdlib>
 #include <vector>
 
@@ -18,6 +20,21 @@ bool grouped_gemm_enabled() {
 }
 
 namespace {
+// Up to kSize groups' pointers, passed by value as a kernel parameter (3 KiB, under the 4 KiB limit).
+struct PointerChunk {
+  static constexpr int kSize = 128;
+  const void *a[kSize], *b[kSize];
+  void* c[kSize];
+  int first, count, groups;
+};
+__global__ void write_pointers_kernel(PointerChunk c, void** dev) {
+  const int i = threadIdx.x;
+  if (i >= c.count) return;
+  dev[c.first + i] = const_cast<void*>(c.a[i]);
+  dev[c.groups + c.first + i] = const_cast<void*>(c.b[i]);
+  dev[2 * c.groups + c.first + i] = c.c[i];
+}
+
 // Non-empty experts' GEMMs C_e = alpha op(A_e) op(B_e) + beta C_e in one grouped call (or a loop).
 struct Groups {
   std::vector<cublasOperation_t> ta, tb;
@@ -35,19 +52,21 @@ struct Groups {
     const int G = int(m.size());
     if (G == 0) return;
     if (grouped_gemm_enabled()) {
-      // Device copies of the pointer arrays (A, B, C back to back) in scratch slot 7.
+      // Device copies of the pointer arrays (A, B, C back to back) in scratch slot 7, written by kernels that
+      // take them as launch parameters: stream-ordered, no host sync, nothing on the host to keep alive.
       void** dev = static_cast<void**>(ctx.scratch(7, sizeof(void*) * 3 * G));
-      std::vector<const void*> host(3 * G);
-      for (int g = 0; g < G; ++g) host[g] = A[g], host[G + g] = B[g], host[2 * G + g] = C[g];
-      check(cudaMemcpyAsync(dev, host.data(), sizeof(void*) * 3 * G, cudaMemcpyHostToDevice, ctx.stream),
-            "cudaMemcpyAsync(expert GEMM pointers)");
+      for (int g0 = 0; g0 < G; g0 += PointerChunk::kSize) {
+        PointerChunk c{};
+        c.first = g0, c.count = std::min(PointerChunk::kSize, G - g0), c.groups = G;
+        for (int i = 0; i < c.count; ++i) c.a[i] = A[g0 + i], c.b[i] = B[g0 + i], c.c[i] = C[g0 + i];
+        write_pointers_kernel<<<1, PointerChunk::kSize, 0, ctx.stream>>>(c, dev);
+        check_launch("write_pointers_kernel");
+      }
       cublasStatus_t s = cublasGemmGroupedBatchedEx(
           ctx.cublas, ta.data(), tb.data(), m.data(), n.data(), k.data(), alpha.data(),
           reinterpret_cast<const void* const*>(dev), CUDA_R_16BF, lda.data(),
           reinterpret_cast<const void* const*>(dev + G), CUDA_R_16BF, ldb.data(), beta.data(), dev + 2 * G, ctype,
           ldc.data(), G, size.data(), CUBLAS_COMPUTE_32F);
-      // The pointer arrays live in scratch until the call has read them.
-      check(cudaStreamSynchronize(ctx.stream), "cudaStreamSynchronize(after grouped GEMM)");
       if (s == CUBLAS_STATUS_SUCCESS) return;
       if (s != CUBLAS_STATUS_NOT_SUPPORTED) check_cublas(s, "cublasGemmGroupedBatchedEx(", what, ")");
     }

@@ -1,13 +1,52 @@
 // The MoE data-movement ops for each backend, as overloads on the backend type (nn/backend.h knows nothing of
 // MoE; this layer adds to it).
 #pragma once
+#include <cmath>
+#include <cstring>
+#include <vector>
+
 #include "moe/moe_cpu.h"
+#include "moe/router_dims.h"
+#include "nn/lm.h"
 #include "nn/backend.h"
 #ifdef MUE_HAVE_CUDA
 #include "moe/moe_cuda.h"
 #endif
 
 namespace mue {
+
+// Router forward: scores, top-a idx, gates, the dispatch rows (src_token, slot_row), the per-layer plan (on the
+// device: offsets then statistics), the offsets on the host (the expert GEMMs' row counts) and the statistics.
+template <class T>
+void route_forward(CpuBackend<T>&, const RouterDims& d, const T* logits, T* scores, int32_t* idx, T* gates,
+                   int32_t* src_token, int32_t* slot_row, int32_t* plan, std::vector<int32_t>& offsets,
+                   BranchStats& st) {
+  const int N = d.N, E = d.E, a = d.active;
+  cpu::router_forward(logits, scores, idx, gates, N, E, a, d.groups, d.sigmoid, d.route_scale);
+  offsets.resize(E + 1);
+  cpu::dispatch_plan(idx, N, a, E, offsets.data(), src_token, slot_row);
+  std::copy(offsets.begin(), offsets.end(), plan);
+  st.load.assign(E, 0.0);
+  st.balance_loss = cpu::balance_loss<T>(scores, idx, N, E, a, d.balance_coef, nullptr, st.load.data());
+  st.z_loss = d.z_coef > 0 ? cpu::z_loss<T>(logits, N, E, d.z_coef, nullptr) : 0.0;
+  double ent = 0, ss = 0;
+  for (size_t i = 0; i < size_t(N) * E; ++i) {
+    const double p = double(scores[i]), l = double(logits[i]);
+    ent -= p > 0 ? p * std::log(p) : 0.0, ss += l * l;
+  }
+  st.entropy = ent / N, st.logits_rms = std::sqrt(ss / (double(N) * E));
+}
+// dlogits (overwritten) from the gate gradients, the balance loss and the z loss.
+template <class T>
+void route_backward(CpuBackend<T>&, const RouterDims& d, const T* dgates, const T* logits, const T* scores,
+                    const int32_t* idx, const int32_t*, T* dlogits) {
+  const int N = d.N, E = d.E, a = d.active;
+  std::vector<T> dscores(size_t(N) * E), dlz;
+  cpu::balance_loss<T>(scores, idx, N, E, a, d.balance_coef, dscores.data(), nullptr);
+  if (d.z_coef > 0) dlz.resize(size_t(N) * E), cpu::z_loss<T>(logits, N, E, d.z_coef, dlz.data());
+  cpu::router_backward<T>(dgates, dscores.data(), dlz.empty() ? nullptr : dlz.data(), scores, idx, dlogits, N, E, a,
+                          d.sigmoid, d.route_scale);
+}
 
 template <class T>
 void permute_rows(CpuBackend<T>&, const T* x, const int32_t* src, T* xp, int rows, int D) { cpu::permute_rows(x, src, xp, rows, D); }
@@ -24,12 +63,33 @@ template <class T>
 void expert_matmul_backward(CpuBackend<T>&, const T* dy, const T* x, const T* w, T* dx, T* dw, const int32_t* off, int E, int In, int Out, double a) { cpu::expert_matmul_backward(dy, x, w, dx, dw, off, E, In, Out, a); }
 
 #ifdef MUE_HAVE_CUDA
-inline void expert_matmul_forward(CudaBackend& be, const bf16* x, const bf16* w, bf16* y, const int32_t* off, int E, int In, int Out, double a) { cuda::expert_matmul_forward(be.ctx, x, w, y, off, E, In, Out, float(a)); }
-inline void expert_matmul_backward(CudaBackend& be, const bf16* dy, const bf16* x, const bf16* w, bf16* dx, float* dw, const int32_t* off, int E, int In, int Out, double a) { cuda::expert_matmul_backward(be.ctx, dy, x, w, dx, dw, off, E, In, Out, float(a)); }
-inline void permute_rows(CudaBackend& be, const bf16* x, const int32_t* src, bf16* xp, int rows, int D) { cuda::permute_rows(be.ctx, x, src, xp, rows, D); }
-inline void unpermute_add(CudaBackend& be, const bf16* dxp, const int32_t* slot, bf16* dx, int N, int a, int D) { cuda::unpermute_add(be.ctx, dxp, slot, dx, N, a, D); }
-inline void combine_forward(CudaBackend& be, const bf16* yp, const int32_t* slot, const bf16* g, bf16* out, int N, int a, int D) { cuda::combine_forward(be.ctx, yp, slot, g, out, N, a, D); }
-inline void combine_backward(CudaBackend& be, const bf16* dout, const bf16* yp, const int32_t* slot, const bf16* g, bf16* dyp, bf16* dg, int N, int a, int D) { cuda::combine_backward(be.ctx, dout, yp, slot, g, dyp, dg, N, a, D); }
+// The router runs on the device; the host reads back only the plan (E+1 offsets and 4 statistics), which the
+// expert GEMMs need as their row counts: one small device-to-host copy per MoE layer and forward.
+inline void route_forward(CudaBackend& be, const RouterDims& d, const bf16* logits, float* scores, int32_t* idx,
+                          bf16* gates, int32_t* src_token, int32_t* slot_row, int32_t* plan,
+                          std::vector<int32_t>& offsets, BranchStats& st) {
+  auto op_ = be.ctx.op("route_forward");
+  cuda::router_forward(be.ctx, d, logits, scores, idx, gates, src_token, slot_row, plan);
+  std::vector<int32_t> h(d.plan_size());
+  be.download(h.data(), plan, sizeof(int32_t) * h.size());
+  offsets.assign(h.begin(), h.begin() + d.E + 1);
+  const double R = double(d.N) * d.active;
+  st.load.resize(d.E);
+  for (int e = 0; e < d.E; ++e) st.load[e] = (offsets[e + 1] - offsets[e]) / R;
+  const auto stat = [&](int i) { float f; std::memcpy(&f, &h[d.E + 1 + i], sizeof f); return double(f); };
+  st.balance_loss = stat(0), st.z_loss = stat(1), st.entropy = stat(2), st.logits_rms = stat(3);
+}
+inline void route_backward(CudaBackend& be, const RouterDims& d, const bf16* dgates, const bf16* logits,
+                           const float* scores, const int32_t* idx, const int32_t* plan, bf16* dlogits) {
+  auto op_ = be.ctx.op("route_backward");
+  cuda::router_backward(be.ctx, d, dgates, logits, scores, idx, plan, dlogits);
+}
+inline void expert_matmul_forward(CudaBackend& be, const bf16* x, const bf16* w, bf16* y, const int32_t* off, int E, int In, int Out, double a) { auto op_ = be.ctx.op("expert_matmul_forward"); cuda::expert_matmul_forward(be.ctx, x, w, y, off, E, In, Out, float(a)); }
+inline void expert_matmul_backward(CudaBackend& be, const bf16* dy, const bf16* x, const bf16* w, bf16* dx, float* dw, const int32_t* off, int E, int In, int Out, double a) { auto op_ = be.ctx.op("expert_matmul_backward"); cuda::expert_matmul_backward(be.ctx, dy, x, w, dx, dw, off, E, In, Out, float(a)); }
+inline void permute_rows(CudaBackend& be, const bf16* x, const int32_t* src, bf16* xp, int rows, int D) { auto op_ = be.ctx.op("permute_rows"); cuda::permute_rows(be.ctx, x, src, xp, rows, D); }
+inline void unpermute_add(CudaBackend& be, const bf16* dxp, const int32_t* slot, bf16* dx, int N, int a, int D) { auto op_ = be.ctx.op("unpermute_add"); cuda::unpermute_add(be.ctx, dxp, slot, dx, N, a, D); }
+inline void combine_forward(CudaBackend& be, const bf16* yp, const int32_t* slot, const bf16* g, bf16* out, int N, int a, int D) { auto op_ = be.ctx.op("combine_forward"); cuda::combine_forward(be.ctx, yp, slot, g, out, N, a, D); }
+inline void combine_backward(CudaBackend& be, const bf16* dout, const bf16* yp, const int32_t* slot, const bf16* g, bf16* dyp, bf16* dg, int N, int a, int D) { auto op_ = be.ctx.op("combine_backward"); cuda::combine_backward(be.ctx, dout, yp, slot, g, dyp, dg, N, a, D); }
 #endif
 
 }  // namespace mue

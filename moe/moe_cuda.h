@@ -3,9 +3,19 @@
 #ifdef MUE_HAVE_CUDA
 #include <cstdint>
 
+#include "moe/router_dims.h"
 #include "nn/ops_cuda.h"
 
 namespace mue::cuda {
+
+// Router forward on the device (moe/router.cu): scores [N,E] fp32, idx [N,a], gates [N,a], the dispatch rows
+// src_token / slot_row [N*a], and plan [E+5]: expert offsets, then balance loss, z loss, mean entropy and logits
+// RMS as float bits (the only thing the host reads back). E <= 1024.
+void router_forward(Context& ctx, const RouterDims& d, const bf16* logits, float* scores, int32_t* idx, bf16* gates,
+                    int32_t* src_token, int32_t* slot_row, int32_t* plan);
+// dlogits [N,E] (overwritten) from the gate gradients, the balance loss (via plan's counts) and the z loss.
+void router_backward(Context& ctx, const RouterDims& d, const bf16* dgates, const bf16* logits, const float* scores,
+                     const int32_t* idx, const int32_t* plan, bf16* dlogits);
 
 // xp[r] = x[src_token[r]]
 void permute_rows(Context& ctx, const bf16* x, const int32_t* src_token, bf16* xp, int rows, int D);

@@ -78,10 +78,10 @@ struct CudaBackend {
   ~CudaBackend() { cuda::device_free(norm_acc); }
   std::string device_name() const { return ctx.device_name(); }
 
-  void upload(void* dst, const void* src, size_t bytes) { cuda::copy_to_device(dst, src, bytes); }
+  void upload(void* dst, const void* src, size_t bytes) { auto op_ = ctx.op("upload"); cuda::copy_to_device(dst, src, bytes); }
   void download(void* dst, const void* src, size_t bytes) { ctx.synchronize(); cuda::copy_to_host(dst, src, bytes); }
-  void zero(void* p, size_t bytes) { cuda::memset_zero(ctx, p, bytes); }
-  void sync_weights(const float* master, bf16* shadow, size_t n) { cuda::cast_f32_to_bf16(ctx, master, shadow, n); }
+  void zero(void* p, size_t bytes) { auto op_ = ctx.op("zero"); cuda::memset_zero(ctx, p, bytes); }
+  void sync_weights(const float* master, bf16* shadow, size_t n) { auto op_ = ctx.op("sync_weights"); cuda::cast_f32_to_bf16(ctx, master, shadow, n); }
   void synchronize() { ctx.synchronize(); }
   void to_host(std::vector<double>& out, const bf16* p, size_t n) {
     std::vector<bf16> h(n);
@@ -95,38 +95,40 @@ struct CudaBackend {
     upload(p, h.data(), h.size() * sizeof(bf16));
   }
 
-  void embedding_forward(const int32_t* tok, const bf16* wte, bf16* out, int N, int D) { cuda::embedding_forward(ctx, tok, wte, out, N, D); }
-  void embedding_backward(const int32_t* tok, const bf16* dout, float* dwte, int N, int D) { cuda::embedding_backward(ctx, tok, dout, dwte, N, D); }
-  void rmsnorm_forward(const bf16* x, const bf16* w, bf16* y, float* rstd, int N, int D, double eps) { cuda::rmsnorm_forward(ctx, x, w, y, rstd, N, D, float(eps)); }
-  void rmsnorm_backward(const bf16* dy, const bf16* x, const bf16* w, const float* rstd, bf16* dx, float* dw, int N, int D) { cuda::rmsnorm_backward(ctx, dy, x, w, rstd, dx, dw, N, D); }
-  void matmul_forward(const bf16* x, const bf16* w, bf16* y, int N, int In, int Out, double a) { cuda::matmul_forward(ctx, x, w, y, N, In, Out, float(a)); }
-  void matmul_backward(const bf16* dy, const bf16* x, const bf16* w, bf16* dx, float* dw, int N, int In, int Out, double a) { cuda::matmul_backward(ctx, dy, x, w, dx, dw, N, In, Out, float(a)); }
-  void residual_forward(bf16* out, const bf16* a, const bf16* b, size_t n) { cuda::residual_forward(ctx, out, a, b, n); }
-  void rope_forward(bf16* qkv, int B, int T_, int H, int hd, double th) { cuda::rope_forward(ctx, qkv, B, T_, H, hd, float(th)); }
-  void rope_backward(bf16* dqkv, int B, int T_, int H, int hd, double th) { cuda::rope_backward(ctx, dqkv, B, T_, H, hd, float(th)); }
-  void attention_forward(const bf16* qkv, bf16* out, bf16* probs, int B, int T_, int H, int hd, double s, bool c) { cuda::attention_forward(ctx, qkv, out, probs, B, T_, H, hd, float(s), c); }
-  void attention_backward(const bf16* dout, const bf16* qkv, const bf16* probs, bf16* dqkv, int B, int T_, int H, int hd, double s, bool c) { cuda::attention_backward(ctx, dout, qkv, probs, dqkv, B, T_, H, hd, float(s), c); }
-  void swiglu_forward(const bf16* in, bf16* out, int N, int H) { cuda::swiglu_forward(ctx, in, out, N, H); }
-  void swiglu_backward(const bf16* dout, const bf16* in, bf16* din, int N, int H) { cuda::swiglu_backward(ctx, dout, in, din, N, H); }
-  void crossentropy_forward(const bf16* logits, const int32_t* tgt, float* losses, int N, int V, int Vp) { cuda::crossentropy_forward(ctx, logits, tgt, losses, N, V, Vp); }
-  void crossentropy_backward(const bf16* logits, const int32_t* tgt, bf16* dlogits, int N, int V, int Vp, double dl) { cuda::crossentropy_backward(ctx, logits, tgt, dlogits, N, V, Vp, float(dl)); }
+  void embedding_forward(const int32_t* tok, const bf16* wte, bf16* out, int N, int D) { auto op_ = ctx.op("embedding_forward"); cuda::embedding_forward(ctx, tok, wte, out, N, D); }
+  void embedding_backward(const int32_t* tok, const bf16* dout, float* dwte, int N, int D) { auto op_ = ctx.op("embedding_backward"); cuda::embedding_backward(ctx, tok, dout, dwte, N, D); }
+  void rmsnorm_forward(const bf16* x, const bf16* w, bf16* y, float* rstd, int N, int D, double eps) { auto op_ = ctx.op("rmsnorm_forward"); cuda::rmsnorm_forward(ctx, x, w, y, rstd, N, D, float(eps)); }
+  void rmsnorm_backward(const bf16* dy, const bf16* x, const bf16* w, const float* rstd, bf16* dx, float* dw, int N, int D) { auto op_ = ctx.op("rmsnorm_backward"); cuda::rmsnorm_backward(ctx, dy, x, w, rstd, dx, dw, N, D); }
+  void matmul_forward(const bf16* x, const bf16* w, bf16* y, int N, int In, int Out, double a) { auto op_ = ctx.op("matmul_forward"); cuda::matmul_forward(ctx, x, w, y, N, In, Out, float(a)); }
+  void matmul_backward(const bf16* dy, const bf16* x, const bf16* w, bf16* dx, float* dw, int N, int In, int Out, double a) { auto op_ = ctx.op("matmul_backward"); cuda::matmul_backward(ctx, dy, x, w, dx, dw, N, In, Out, float(a)); }
+  void residual_forward(bf16* out, const bf16* a, const bf16* b, size_t n) { auto op_ = ctx.op("residual_forward"); cuda::residual_forward(ctx, out, a, b, n); }
+  void rope_forward(bf16* qkv, int B, int T_, int H, int hd, double th) { auto op_ = ctx.op("rope_forward"); cuda::rope_forward(ctx, qkv, B, T_, H, hd, float(th)); }
+  void rope_backward(bf16* dqkv, int B, int T_, int H, int hd, double th) { auto op_ = ctx.op("rope_backward"); cuda::rope_backward(ctx, dqkv, B, T_, H, hd, float(th)); }
+  void attention_forward(const bf16* qkv, bf16* out, bf16* probs, int B, int T_, int H, int hd, double s, bool c) { auto op_ = ctx.op("attention_forward"); cuda::attention_forward(ctx, qkv, out, probs, B, T_, H, hd, float(s), c); }
+  void attention_backward(const bf16* dout, const bf16* qkv, const bf16* probs, bf16* dqkv, int B, int T_, int H, int hd, double s, bool c) { auto op_ = ctx.op("attention_backward"); cuda::attention_backward(ctx, dout, qkv, probs, dqkv, B, T_, H, hd, float(s), c); }
+  void swiglu_forward(const bf16* in, bf16* out, int N, int H) { auto op_ = ctx.op("swiglu_forward"); cuda::swiglu_forward(ctx, in, out, N, H); }
+  void swiglu_backward(const bf16* dout, const bf16* in, bf16* din, int N, int H) { auto op_ = ctx.op("swiglu_backward"); cuda::swiglu_backward(ctx, dout, in, din, N, H); }
+  void crossentropy_forward(const bf16* logits, const int32_t* tgt, float* losses, int N, int V, int Vp) { auto op_ = ctx.op("crossentropy_forward"); cuda::crossentropy_forward(ctx, logits, tgt, losses, N, V, Vp); }
+  void crossentropy_backward(const bf16* logits, const int32_t* tgt, bf16* dlogits, int N, int V, int Vp, double dl) { auto op_ = ctx.op("crossentropy_backward"); cuda::crossentropy_backward(ctx, logits, tgt, dlogits, N, V, Vp, float(dl)); }
   // diffusion transformer ops
-  void silu_forward(const bf16* x, bf16* y, size_t n) { cuda::silu_forward(ctx, x, y, n); }
-  void silu_backward(const bf16* dy, const bf16* x, bf16* dx, size_t n) { cuda::silu_backward(ctx, dy, x, dx, n); }
-  void modulate_forward(const bf16* x, const bf16* mod, bf16* y, float* rstd, int B, int Tn, int D, int M, int ish, int isc, double eps) { cuda::modulate_forward(ctx, x, mod, y, rstd, B, Tn, D, M, ish, isc, float(eps)); }
-  void modulate_backward(const bf16* dy, const bf16* x, const bf16* mod, const float* rstd, bf16* dx, bf16* dmod, int B, int Tn, int D, int M, int ish, int isc) { cuda::modulate_backward(ctx, dy, x, mod, rstd, dx, dmod, B, Tn, D, M, ish, isc); }
-  void gated_residual_forward(bf16* out, const bf16* x, const bf16* y, const bf16* mod, int B, int Tn, int D, int M, int ig) { cuda::gated_residual_forward(ctx, out, x, y, mod, B, Tn, D, M, ig); }
-  void gated_residual_backward(const bf16* dout, const bf16* y, const bf16* mod, bf16* dy, bf16* dmod, int B, int Tn, int D, int M, int ig) { cuda::gated_residual_backward(ctx, dout, y, mod, dy, dmod, B, Tn, D, M, ig); }
-  void add_rows(bf16* x, const bf16* v, int B, int Tn, int D) { cuda::add_rows(ctx, x, v, B, Tn, D); }
+  void silu_forward(const bf16* x, bf16* y, size_t n) { auto op_ = ctx.op("silu_forward"); cuda::silu_forward(ctx, x, y, n); }
+  void silu_backward(const bf16* dy, const bf16* x, bf16* dx, size_t n) { auto op_ = ctx.op("silu_backward"); cuda::silu_backward(ctx, dy, x, dx, n); }
+  void modulate_forward(const bf16* x, const bf16* mod, bf16* y, float* rstd, int B, int Tn, int D, int M, int ish, int isc, double eps) { auto op_ = ctx.op("modulate_forward"); cuda::modulate_forward(ctx, x, mod, y, rstd, B, Tn, D, M, ish, isc, float(eps)); }
+  void modulate_backward(const bf16* dy, const bf16* x, const bf16* mod, const float* rstd, bf16* dx, bf16* dmod, int B, int Tn, int D, int M, int ish, int isc) { auto op_ = ctx.op("modulate_backward"); cuda::modulate_backward(ctx, dy, x, mod, rstd, dx, dmod, B, Tn, D, M, ish, isc); }
+  void gated_residual_forward(bf16* out, const bf16* x, const bf16* y, const bf16* mod, int B, int Tn, int D, int M, int ig) { auto op_ = ctx.op("gated_residual_forward"); cuda::gated_residual_forward(ctx, out, x, y, mod, B, Tn, D, M, ig); }
+  void gated_residual_backward(const bf16* dout, const bf16* y, const bf16* mod, bf16* dy, bf16* dmod, int B, int Tn, int D, int M, int ig) { auto op_ = ctx.op("gated_residual_backward"); cuda::gated_residual_backward(ctx, dout, y, mod, dy, dmod, B, Tn, D, M, ig); }
+  void add_rows(bf16* x, const bf16* v, int B, int Tn, int D) { auto op_ = ctx.op("add_rows"); cuda::add_rows(ctx, x, v, B, Tn, D); }
   double mse_forward(const bf16* pred, const bf16* target, size_t n) {
+    auto op_ = ctx.op("mse_forward");
     cuda::memset_zero(ctx, norm_acc, sizeof(float));
     cuda::mse_sum(ctx, pred, target, n, norm_acc);
     float s = 0;
     download(&s, norm_acc, sizeof(float));
     return double(s) / double(n);
   }
-  void mse_backward(const bf16* pred, const bf16* target, bf16* dpred, size_t n) { cuda::mse_backward(ctx, pred, target, dpred, n); }
+  void mse_backward(const bf16* pred, const bf16* target, bf16* dpred, size_t n) { auto op_ = ctx.op("mse_backward"); cuda::mse_backward(ctx, pred, target, dpred, n); }
   double sum_squares(const float* g, size_t n) {
+    auto op_ = ctx.op("sum_squares");
     cuda::memset_zero(ctx, norm_acc, sizeof(float));
     cuda::sum_squares(ctx, g, n, norm_acc);
     float s = 0;
@@ -134,6 +136,7 @@ struct CudaBackend {
     return s;
   }
   void adamw_step(float* p, const float* g, float* m, float* v, bf16* shadow, size_t n, double lr, double b1, double b2, double eps, double wd, int t, double gs) {
+    auto op_ = ctx.op("adamw_step");
     cuda::adamw_step(ctx, p, g, m, v, shadow, n, float(lr), float(b1), float(b2), float(eps), float(wd), t, float(gs));
   }
 };

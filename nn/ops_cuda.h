@@ -10,11 +10,13 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "core/dtype.h"
 
 typedef struct CUstream_st* cudaStream_t;
 typedef struct cublasContext* cublasHandle_t;
+typedef struct CUevent_st* cudaEvent_t;
 
 namespace mue::cuda {
 
@@ -32,8 +34,40 @@ class Context {
   // Grow-only scratch buffers that ops use for temporaries (slot keeps concurrent users apart).
   void* scratch(int slot, size_t bytes);
   void synchronize();
+  size_t memory_used() const;  // bytes in use on the device (all of it: context, cuBLAS, our buffers)
+
+  // Per-op timing (`bench --profile`): while `profiling` is on, `auto _ = ctx.op("name")` brackets the op's
+  // launches with an event pair; profile_collect() (after a sync) adds each pair's time to its name's total.
+  class OpScope {
+   public:
+    OpScope(Context* c, int i) : c_(c), i_(i) {}
+    ~OpScope();
+    OpScope(const OpScope&) = delete;
+    OpScope& operator=(const OpScope&) = delete;
+
+   private:
+    Context* c_;
+    int i_;
+  };
+  OpScope op(const char* name) { return OpScope(this, profiling ? op_begin(name) : -1); }
+  bool profiling = false;
+  struct OpTotal {
+    std::string name;
+    double ms = 0;
+    long calls = 0;
+  };
+  void profile_collect();
+  const std::vector<OpTotal>& profile_totals() const { return totals_; }
 
  private:
+  int op_begin(const char* name);
+  struct Pending {
+    const char* name;
+    cudaEvent_t start, end;
+  };
+  std::vector<Pending> pending_;
+  std::vector<cudaEvent_t> events_;  // pool: 2 per pending op, reused every collect
+  std::vector<OpTotal> totals_;
   int device_ = 0;
   void* scratch_[8] = {};
   size_t scratch_bytes_[8] = {};

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build, run the whole test suite (GPU tests included), bench the presets, and a
-# short real training run. Logs go to $OUT (or ./gpu-out). Usage: bash scripts/gpu_check.sh [presets...]
+# short real training run. Logs go to $OUT (or ./gpu-out).
+# Env: PRESETS (bench), PROFILE (presets to profile per op), NO_SWEEP, FLOW_STEPS.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
@@ -17,6 +18,11 @@ grep -B2 -A12 "FAILED" "$OUT/tests.log" | head -80
 echo "== bench"
 for p in $presets; do
   timeout 120 ./build-gpu/mue bench "$p" --steps 20 2>&1 | tail -1 | tee -a "$OUT/bench.txt"
+done
+for p in ${PROFILE:-}; do
+  echo "== profile $p"
+  timeout 120 ./build-gpu/mue bench "$p" --steps 10 --profile > "$OUT/profile-$p.txt" 2>&1
+  head -25 "$OUT/profile-$p.txt"
 done
 if [ -f data-cache/linux-doc.tok ] && [ -z "${NO_SWEEP:-}" ]; then
   echo "== default sweep on the GPU"

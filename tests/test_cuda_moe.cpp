@@ -106,6 +106,65 @@ TEST_CASE("CUDA MoE dispatch and combine match the CPU with uneven loads", "[cud
   }
 }
 
+TEST_CASE("CUDA router: top-a, gates, dispatch plan, statistics and backward match the CPU", "[cuda][moe]") {
+  if (!cuda::gpu_available()) {
+    WARN("no GPU: skipped");
+    return;
+  }
+  cuda::Context ctx;
+  struct Case { int N, E, a, groups; bool sigmoid; double z; };
+  // Odd token counts, groups, sigmoid scores, z-loss on and off, E above one warp's width and not a multiple.
+  const Case cases[] = {{203, 8, 2, 1, false, 1e-3}, {130, 64, 8, 4, true, 0.0}, {77, 96, 6, 2, false, 2e-3},
+                        {33, 40, 40, 1, false, 0.0}};
+  for (const Case& k : cases) {
+    INFO("N=" << k.N << " E=" << k.E << " a=" << k.a << " groups=" << k.groups << " sigmoid=" << k.sigmoid);
+    RouterDims d;
+    d.N = k.N, d.E = k.E, d.active = k.a, d.groups = k.groups, d.sigmoid = k.sigmoid, d.route_scale = 1.7;
+    d.balance_coef = 0.01, d.z_coef = k.z;
+    const int N = k.N, E = k.E, a = k.a, R = N * a;
+    V logits = randn(size_t(N) * E, 71 + E, 2.0), dgates = randn(R, 72 + E);
+    round_bf16(logits), round_bf16(dgates);
+    // CPU reference in double.
+    CpuBackend<double> cb;
+    V scores(size_t(N) * E), gates(R), dlogits(size_t(N) * E);
+    std::vector<int32_t> idx(R), src(R), slot(R), plan(d.plan_size()), off;
+    BranchStats st;
+    route_forward(cb, d, logits.data(), scores.data(), idx.data(), gates.data(), src.data(), slot.data(), plan.data(),
+                  off, st);
+    route_backward(cb, d, dgates.data(), logits.data(), scores.data(), idx.data(), plan.data(), dlogits.data());
+    // GPU.
+    CudaBackend gb;
+    Dev gL(size_t(N) * E * 2), gS(size_t(N) * E * 4), gI(R * 4), gG(R * 2), gSrc(R * 4), gSlot(R * 4),
+        gPlan(d.plan_size() * 4), gDG(R * 2), gDL(size_t(N) * E * 2);
+    put(gL, logits), put(gDG, dgates);
+    for (Dev* p : {&gS, &gI, &gG, &gSrc, &gSlot, &gPlan, &gDL}) poison(*p);
+    std::vector<int32_t> goff;
+    BranchStats gst;
+    route_forward(gb, d, gL.h(), static_cast<float*>(gS.p), gI.i(), gG.h(), gSrc.i(), gSlot.i(), gPlan.i(), goff,
+                  gst);
+    route_backward(gb, d, gDG.h(), gL.h(), static_cast<float*>(gS.p), gI.i(), gPlan.i(), gDL.h());
+    gb.synchronize();
+    std::vector<int32_t> gidx(R), gsrc(R), gslot(R);
+    std::vector<float> gscores(size_t(N) * E);
+    cuda::copy_to_host(gidx.data(), gI.p, R * 4), cuda::copy_to_host(gsrc.data(), gSrc.p, R * 4);
+    cuda::copy_to_host(gslot.data(), gSlot.p, R * 4), cuda::copy_to_host(gscores.data(), gS.p, gscores.size() * 4);
+    CHECK(gidx == idx);  // the choice is exact (ties to the lower index on both sides)
+    CHECK(goff == off);
+    CHECK(gsrc == src);
+    CHECK(gslot == slot);
+    CHECK(gst.load == st.load);
+    CHECK(rel_error(V(gscores.begin(), gscores.end()), scores) < 1e-5);
+    CHECK(rel_error(get(gG, R), gates) < 1e-2);
+    CHECK(std::abs(gst.balance_loss - st.balance_loss) <= 1e-5 * std::abs(st.balance_loss));
+    CHECK(std::abs(gst.z_loss - st.z_loss) <= 1e-5 * std::abs(st.z_loss));
+    CHECK(std::abs(gst.entropy - st.entropy) <= 1e-5 * std::abs(st.entropy));
+    CHECK(std::abs(gst.logits_rms - st.logits_rms) <= 1e-5 * st.logits_rms);
+    const V gdl = get(gDL, size_t(N) * E);
+    CHECK(all_finite(gdl));
+    CHECK(rel_error(gdl, dlogits) < 1e-2);
+  }
+}
+
 TEST_CASE("CUDA MoE LM: one training step matches the CPU reference", "[cuda][moe]") {
   if (!cuda::gpu_available()) {
     WARN("no GPU: skipped");

@@ -1,0 +1,234 @@
+// The MoE router on the GPU, forward and backward, with the dispatch plan (same semantics as moe/moe_cpu.h:
+// router_forward, dispatch_plan, balance_loss, z_loss, router_backward). Nothing of size [N, E] leaves the
+// device; the host reads one small plan (E+1 offsets and 4 statistics) per layer and step.
+//
+// Forward, four launches:
+//   1. router_forward_kernel, one warp per token: scores (softmax or sigmoid, fp32), top-a per group on the
+//      logits (the order of the scores, and exact in bf16, so the choice matches the CPU reference bit for bit;
+//      ties to the lower index), gates r * s_k / sum_chosen s, per-token entropy, sum l^2 and lse^2.
+//      traffic: read N*E bf16, write N*E fp32 + N*a (idx, gates) + 3N fp32
+//   2. router_columns_kernel, one block per expert: column sum of the scores and the expert's assignment count.
+//      traffic: read N*E fp32 (one column per block, sector-granular) + E * N*a int32 (from L2)
+//   3. router_plan_kernel, one block: offsets = exclusive scan of the counts, and the layer's statistics
+//      (balance loss, z loss, mean entropy, logits RMS) reduced in a fixed order (deterministic).
+//   4. dispatch_rows_kernel, one block per expert: a stable block-wide compaction of the assignments of that
+//      expert in (token, slot) order -> src_token, slot_row.   traffic: E * N*a int32 read (L2), N*a*2 written
+// Backward, one launch: router_backward_kernel, one warp per token: gate gradients -> score gradients (+ the
+// balance term coef*E*f_e/N) -> logits gradients through softmax or sigmoid (+ the z-loss term).
+//      traffic: read N*E (scores fp32, logits bf16 when z_coef > 0) + N*a, write N*E bf16
+#include <climits>
+
+#include "core/cuda_util.cuh"
+#include "moe/moe_cuda.h"
+
+namespace mue::cuda {
+
+using namespace detail;
+
+namespace {
+constexpr int kWarps = 4;  // tokens per block in the per-token kernels
+
+// Per-warp shared row: E floats of logits (chosen ones marked NaN during top-a) and E floats of scores.
+__global__ void router_forward_kernel(const bf* logits, float* scores, int32_t* idx, bf* gates, float* rowstat,
+                                      RouterDims d) {
+  extern __shared__ float smem[];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int n = blockIdx.x * kWarps + warp;
+  if (n >= d.N) return;
+  const int E = d.E, a = d.active;
+  float* lg = smem + size_t(warp) * 2 * E;
+  float* sc = lg + E;
+  const bf* l = logits + size_t(n) * E;
+  float mx = -INFINITY, ss = 0.f;
+  for (int e = lane; e < E; e += 32) {
+    const float x = __bfloat162float(l[e]);
+    lg[e] = x, mx = fmaxf(mx, x), ss += x * x;
+  }
+  mx = warp_reduce(mx, MaxOp{});
+  ss = warp_reduce(ss, SumOp{});
+  __syncwarp();
+  float z = 0.f;
+  for (int e = lane; e < E; e += 32) z += expf(lg[e] - mx);
+  const float lse = logf(warp_reduce(z, SumOp{})) + mx;
+  float ent = 0.f;
+  for (int e = lane; e < E; e += 32) {
+    const float s = d.sigmoid ? 1.f / (1.f + expf(-lg[e])) : expf(lg[e] - lse);
+    sc[e] = s, scores[size_t(n) * E + e] = s;
+    if (s > 0.f) ent -= s * logf(s);
+  }
+  ent = warp_reduce(ent, SumOp{});
+  __syncwarp();
+  // Top-a: a/G from each group; every lane ends each round with the same winner.
+  const int per_group = E / d.groups, take = a / d.groups;
+  int32_t* my_idx = idx + size_t(n) * a;
+  float S = 0.f;
+  for (int g = 0; g < d.groups; ++g)
+    for (int k = 0; k < take; ++k) {
+      float best = -INFINITY;
+      int bi = INT_MAX;
+      for (int e = g * per_group + lane; e < (g + 1) * per_group; e += 32) {
+        const float v = lg[e];  // NaN (already chosen) never wins
+        if (v > best || (v == best && e < bi)) best = v, bi = e;
+      }
+      for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ov > best || (ov == best && oi < bi)) best = ov, bi = oi;
+      }
+      if (bi == INT_MAX) bi = g * per_group + k;  // only when the logits are NaN: the run is diverging anyway
+      S += sc[bi];
+      __syncwarp();
+      if (lane == 0) my_idx[g * take + k] = bi, lg[bi] = NAN;
+      __syncwarp();
+    }
+  for (int k = lane; k < a; k += 32) gates[size_t(n) * a + k] = __float2bfloat16(float(d.route_scale) * sc[my_idx[k]] / S);
+  if (lane == 0) {
+    rowstat[size_t(n) * 3 + 0] = ent;
+    rowstat[size_t(n) * 3 + 1] = ss;
+    rowstat[size_t(n) * 3 + 2] = lse * lse;
+  }
+}
+
+__global__ void router_columns_kernel(const float* scores, const int32_t* idx, float* colsum, int32_t* count,
+                                      RouterDims d) {
+  const int e = blockIdx.x;
+  float p = 0.f;
+  for (int n = threadIdx.x; n < d.N; n += blockDim.x) p += scores[size_t(n) * d.E + e];
+  int c = 0;
+  const size_t R = size_t(d.N) * d.active;
+  for (size_t i = threadIdx.x; i < R; i += blockDim.x) c += idx[i] == e;
+  p = block_reduce(p, SumOp{}, 0.f);
+  c = block_reduce(c, SumOp{}, 0);
+  if (threadIdx.x == 0) colsum[e] = p, count[e] = c;
+}
+
+// plan: [0, E] offsets, then the bits of 4 floats: balance loss, z loss, mean entropy, logits RMS.
+__global__ void router_plan_kernel(const float* rowstat, const float* colsum, const int32_t* count, int32_t* plan,
+                                   RouterDims d) {
+  float ent = 0.f, ss = 0.f, lse2 = 0.f;
+  for (int n = threadIdx.x; n < d.N; n += blockDim.x)
+    ent += rowstat[size_t(n) * 3], ss += rowstat[size_t(n) * 3 + 1], lse2 += rowstat[size_t(n) * 3 + 2];
+  ent = block_reduce(ent, SumOp{}, 0.f);
+  ss = block_reduce(ss, SumOp{}, 0.f);
+  lse2 = block_reduce(lse2, SumOp{}, 0.f);
+  if (threadIdx.x == 0) {
+    const double N = d.N, R = double(d.N) * d.active;
+    double fp = 0;
+    int32_t off = 0;
+    for (int e = 0; e < d.E; ++e) {
+      plan[e] = off, off += count[e];
+      fp += (count[e] / R) * (colsum[e] / N);
+    }
+    plan[d.E] = off;
+    plan[d.E + 1] = __float_as_int(float(d.balance_coef * d.E * fp));
+    plan[d.E + 2] = __float_as_int(float(d.z_coef * lse2 / N));
+    plan[d.E + 3] = __float_as_int(float(ent / N));
+    plan[d.E + 4] = __float_as_int(sqrtf(ss / float(N * d.E)));
+  }
+}
+
+// Stable compaction: expert e's assignments i (in order) get rows plan[e], plan[e]+1, ...
+__global__ void dispatch_rows_kernel(const int32_t* idx, const int32_t* plan, int32_t* src_token, int32_t* slot_row,
+                                     RouterDims d) {
+  __shared__ int warp_total[32];
+  const int e = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  const int R = d.N * d.active;
+  int base = plan[e];
+  for (int chunk = 0; chunk < R; chunk += blockDim.x) {
+    const int i = chunk + threadIdx.x;
+    const bool mine = i < R && idx[i] == e;
+    const unsigned ballot = __ballot_sync(0xffffffffu, mine);
+    if (lane == 0) warp_total[warp] = __popc(ballot);
+    __syncthreads();
+    int before = 0, total = 0;
+    for (int w = 0; w < nwarps; ++w) before += w < warp ? warp_total[w] : 0, total += warp_total[w];
+    if (mine) {
+      const int row = base + before + __popc(ballot & ((1u << lane) - 1u));
+      src_token[row] = i / d.active;
+      slot_row[i] = row;
+    }
+    base += total;
+    __syncthreads();
+  }
+}
+
+__global__ void router_backward_kernel(const bf* dgates, const bf* logits, const float* scores, const int32_t* idx,
+                                       const int32_t* plan, bf* dlogits, RouterDims d) {
+  extern __shared__ float smem[];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int n = blockIdx.x * kWarps + warp;
+  if (n >= d.N) return;
+  const int E = d.E, a = d.active;
+  float* ds = smem + size_t(warp) * E;
+  const float* s = scores + size_t(n) * E;
+  // Balance loss: d/ds[n,e] = coef * E * f_e / N with f_e = count_e / (N a).
+  const float bal = float(d.balance_coef * E / (double(d.N) * d.N * a));
+  for (int e = lane; e < E; e += 32) ds[e] = bal * float(plan[e + 1] - plan[e]);
+  // Gates w_k = r s_k / S:  dL/ds_j += r (dw_j / S - sum_k dw_k s_k / S^2)
+  const int32_t* my_idx = idx + size_t(n) * a;
+  const bf* dg = dgates + size_t(n) * a;
+  float S = 0.f, dot = 0.f;
+  for (int k = lane; k < a; k += 32) {
+    const float sk = s[my_idx[k]];
+    S += sk, dot += __bfloat162float(dg[k]) * sk;
+  }
+  S = warp_reduce(S, SumOp{});
+  dot = warp_reduce(dot, SumOp{});
+  __syncwarp();
+  for (int k = lane; k < a; k += 32)  // distinct experts: no two lanes touch the same entry
+    ds[my_idx[k]] += float(d.route_scale) * (__bfloat162float(dg[k]) / S - dot / (S * S));
+  __syncwarp();
+  float sds = 0.f;
+  if (!d.sigmoid) {
+    for (int e = lane; e < E; e += 32) sds += s[e] * ds[e];
+    sds = warp_reduce(sds, SumOp{});
+  }
+  float lse = 0.f, zc = 0.f;
+  const bf* l = logits + size_t(n) * E;
+  if (d.z_coef > 0) {
+    float mx = -INFINITY, z = 0.f;
+    for (int e = lane; e < E; e += 32) mx = fmaxf(mx, __bfloat162float(l[e]));
+    mx = warp_reduce(mx, MaxOp{});
+    for (int e = lane; e < E; e += 32) z += expf(__bfloat162float(l[e]) - mx);
+    lse = logf(warp_reduce(z, SumOp{})) + mx;
+    zc = float(d.z_coef * 2.0 / d.N);
+  }
+  for (int e = lane; e < E; e += 32) {
+    float g = d.sigmoid ? ds[e] * s[e] * (1.f - s[e]) : s[e] * (ds[e] - sds);
+    if (zc != 0.f) g += zc * lse * expf(__bfloat162float(l[e]) - lse);
+    dlogits[size_t(n) * E + e] = __float2bfloat16(g);
+  }
+}
+
+unsigned token_blocks(int N) { return unsigned((N + kWarps - 1) / kWarps); }
+}  // namespace
+
+void router_forward(Context& ctx, const RouterDims& d, const bf16* logits, float* scores, int32_t* idx, bf16* gates,
+                    int32_t* src_token, int32_t* slot_row, int32_t* plan) {
+  MUE_CHECK(d.N > 0 && d.E > 0 && d.active > 0 && d.groups > 0 && d.E % d.groups == 0 && d.active % d.groups == 0 &&
+                d.active <= d.E && d.E <= 1024,
+            "router_forward: bad dims N=", d.N, " E=", d.E, " a=", d.active, " groups=", d.groups);
+  const size_t rowstat_bytes = sizeof(float) * 3 * size_t(d.N);
+  char* tmp = static_cast<char*>(ctx.scratch(6, rowstat_bytes + 2 * sizeof(float) * size_t(d.E)));
+  float* rowstat = reinterpret_cast<float*>(tmp);
+  float* colsum = reinterpret_cast<float*>(tmp + rowstat_bytes);
+  int32_t* count = reinterpret_cast<int32_t*>(colsum + d.E);
+  router_forward_kernel<<<token_blocks(d.N), kWarps * 32, sizeof(float) * 2 * d.E * kWarps, ctx.stream>>>(
+      B(logits), scores, idx, B(gates), rowstat, d);
+  check_launch("router_forward_kernel");
+  router_columns_kernel<<<d.E, 256, 0, ctx.stream>>>(scores, idx, colsum, count, d);
+  check_launch("router_columns_kernel");
+  router_plan_kernel<<<1, 1024, 0, ctx.stream>>>(rowstat, colsum, count, plan, d);
+  check_launch("router_plan_kernel");
+  dispatch_rows_kernel<<<d.E, 256, 0, ctx.stream>>>(idx, plan, src_token, slot_row, d);
+  check_launch("dispatch_rows_kernel");
+}
+
+void router_backward(Context& ctx, const RouterDims& d, const bf16* dgates, const bf16* logits, const float* scores,
+                     const int32_t* idx, const int32_t* plan, bf16* dlogits) {
+  router_backward_kernel<<<token_blocks(d.N), kWarps * 32, sizeof(float) * d.E * kWarps, ctx.stream>>>(
+      B(dgates), B(logits), scores, idx, plan, B(dlogits), d);
+  check_launch("router_backward_kernel");
+}
+
+}  // namespace mue::cuda
