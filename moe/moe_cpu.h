@@ -152,7 +152,9 @@ void combine_backward(const T* dout, const T* yp, const int32_t* slot_row, const
 template <class T>
 double balance_loss(const T* scores, const int32_t* idx, int N, int E, int a, double coef, T* dscores, double* load) {
   std::vector<double> f(E, 0.0), P(E, 0.0);
-  for (int i = 0; i < N * a; ++i) f[idx[i]] += 1.0 / (double(N) * a);
+  std::vector<int64_t> count(E, 0);
+  for (int i = 0; i < N * a; ++i) ++count[idx[i]];
+  for (int e = 0; e < E; ++e) f[e] = double(count[e]) / (double(N) * a);  // exact counts: same f on every backend
   for (int n = 0; n < N; ++n)
     for (int e = 0; e < E; ++e) P[e] += double(scores[size_t(n) * E + e]) / N;
   double loss = 0;

@@ -1,4 +1,5 @@
-// Multi-head attention, the straightforward materialized version: scores and probabilities for every (b, h)
+// Multi-head attention, the straightforward materialized version (the fallback of nn/flash_attention.cu for
+// head dims it does not cover): scores and probabilities for every (b, h)
 // are full [T, T] matrices. q, k, v are first permuted out of qkv [B, T, 3, H, hd] into [B, H, T, hd] scratch
 // so that each (b, h) is one contiguous [T, hd] matrix, and the products are strided-batched cuBLAS GEMMs
 // (bf16 operands, fp32 accumulation) with batch B*H.
@@ -144,8 +145,8 @@ constexpr int kThreads = 256;
 unsigned rows_grid(size_t rows) { return unsigned((rows + kThreads / 32 - 1) / (kThreads / 32)); }
 }  // namespace
 
-void attention_forward(Context& ctx, const bf16* qkv, bf16* out, bf16* probs, int B, int T, int H, int hd,
-                       float scale, bool causal) {
+void attention_materialized_forward(Context& ctx, const bf16* qkv, bf16* out, bf16* probs, int B, int T, int H,
+                                    int hd, float scale, bool causal) {
   if (B <= 0 || T <= 0 || H <= 0 || hd <= 0) return;
   const size_t n = size_t(B) * H * T * hd, rows = size_t(B) * H * T, tt = size_t(T) * T;
   const int batch = B * H;
@@ -169,8 +170,8 @@ void attention_forward(Context& ctx, const bf16* qkv, bf16* out, bf16* probs, in
   check_launch("unpermute_kernel");
 }
 
-void attention_backward(Context& ctx, const bf16* dout, const bf16* qkv, const bf16* probs, bf16* dqkv, int B,
-                        int T, int H, int hd, float scale, bool causal) {
+void attention_materialized_backward(Context& ctx, const bf16* dout, const bf16* qkv, const bf16* probs, bf16* dqkv,
+                                     int B, int T, int H, int hd, float scale, bool causal) {
   (void)causal;  // masked entries of probs are 0, so dS is 0 there without looking at the mask
   if (B <= 0 || T <= 0 || H <= 0 || hd <= 0) return;
   const size_t n = size_t(B) * H * T * hd, rows = size_t(B) * H * T, tt = size_t(T) * T;

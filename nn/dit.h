@@ -109,7 +109,7 @@ class DiT : public ParamStore<Backend> {
       be_.matmul_forward(conds_, ada->weight, a.mod, B, D, 6 * D, ada->alpha);
       be_.modulate_forward(res_[l], a.mod, a.xn1, a.rstd1, B, Tn, D, 6, 0, 1, cfg_.norm_eps);
       be_.matmul_forward(a.xn1, qkv->weight, a.qkv, N, D, 3 * D, qkv->alpha);
-      be_.attention_forward(a.qkv, a.att, a.probs, B, Tn, cfg_.n_heads, cfg_.head_dim(), table_.attn_scale, false);
+      be_.attention_forward(a.qkv, a.att, a.attn_state, B, Tn, cfg_.n_heads, cfg_.head_dim(), table_.attn_scale, false);
       be_.matmul_forward(a.att, o->weight, a.attn_out, N, D, D, o->alpha);
       be_.gated_residual_forward(a.mid, res_[l], a.attn_out, a.mod, B, Tn, D, 6, 2);
       be_.modulate_forward(a.mid, a.mod, a.xn2, a.rstd2, B, Tn, D, 6, 3, 4, cfg_.norm_eps);
@@ -156,7 +156,7 @@ class DiT : public ParamStore<Backend> {
       // attention: mid = res[l] + gate1 * proj(attn(qkv(modulate(res[l]))))
       be_.gated_residual_backward(dres_, a.attn_out, a.mod, dbranch_, dmod_, B, Tn, D, 6, 2);
       be_.matmul_backward(dbranch_, a.att, o->weight, datt_, o->grad, N, D, D, o->alpha);
-      be_.attention_backward(datt_, a.qkv, a.probs, dqkv_, B, Tn, cfg_.n_heads, cfg_.head_dim(), table_.attn_scale, false);
+      be_.attention_backward(datt_, a.qkv, a.att, a.attn_state, dqkv_, B, Tn, cfg_.n_heads, cfg_.head_dim(), table_.attn_scale, false);
       be_.matmul_backward(dqkv_, a.xn1, qkv->weight, dx_, qkv->grad, N, D, 3 * D, qkv->alpha);
       be_.modulate_backward(dx_, res_[l], a.mod, a.rstd1, dres_, dmod_, B, Tn, D, 6, 0, 1);  // dres = d(res[l])
       be_.matmul_backward(dmod_, conds_, ada->weight, dtmp_, ada->grad, B, D, 6 * D, ada->alpha);
@@ -182,8 +182,8 @@ class DiT : public ParamStore<Backend> {
  private:
   struct Layer {
     size_t first = 0;  // index of its ada.w
-    A *mod, *xn1, *qkv, *probs, *att, *attn_out, *mid, *xn2, *ffn_out;
-    S *rstd1, *rstd2;
+    A *mod, *xn1, *qkv, *att, *attn_out, *mid, *xn2, *ffn_out;
+    S *rstd1, *rstd2, *attn_state;  // attn_state: what attention keeps for its backward (backend's choice)
     std::unique_ptr<FfnBranch<Backend>> ffn;
   };
 
@@ -209,7 +209,8 @@ class DiT : public ParamStore<Backend> {
         Layer& L = layers_[l];
         L.first = firsts[l];
         L.mod = a.take<A>(B * 6 * D), L.xn1 = a.take<A>(N * D), L.qkv = a.take<A>(N * 3 * D);
-        L.probs = a.take<A>(B * cfg_.n_heads * T_ * T_), L.att = a.take<A>(N * D), L.attn_out = a.take<A>(N * D);
+        L.attn_state = a.take<S>(be_.attention_state_size(B_, T_, cfg_.n_heads, cfg_.head_dim()));
+        L.att = a.take<A>(N * D), L.attn_out = a.take<A>(N * D);
         L.mid = a.take<A>(N * D), L.xn2 = a.take<A>(N * D), L.ffn_out = a.take<A>(N * D);
         L.rstd1 = a.take<S>(N), L.rstd2 = a.take<S>(N);
         // after ada.w, attn.qkv, attn.proj come the FFN's own tensors

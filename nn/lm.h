@@ -294,7 +294,7 @@ class LM : public ParamStore<Backend> {
       be_.rmsnorm_forward(res_[l], n1->weight, a.ln1, a.rstd1, N, D, cfg_.norm_eps);
       be_.matmul_forward(a.ln1, qkv->weight, a.qkv, N, D, 3 * D, qkv->alpha);
       be_.rope_forward(a.qkv, B_, T_, nh, hd, cfg_.rope_theta);
-      be_.attention_forward(a.qkv, a.att, a.probs, B_, T_, nh, hd, table_.attn_scale, true);
+      be_.attention_forward(a.qkv, a.att, a.attn_state, B_, T_, nh, hd, table_.attn_scale, true);
       be_.matmul_forward(a.att, o->weight, branch_, N, D, D, o->alpha);
       be_.residual_forward(a.mid, res_[l], branch_, size_t(N) * D);
       be_.rmsnorm_forward(a.mid, n2->weight, a.ln2, a.rstd2, N, D, cfg_.norm_eps);
@@ -329,7 +329,7 @@ class LM : public ParamStore<Backend> {
       be_.rmsnorm_backward(dx_, a.mid, n2->weight, a.rstd2, dres_, n2->grad, N, D);  // dres is now d(mid)
       // attention branch: mid = res[l] + proj(attn(rope(qkv(norm(res[l])))))
       be_.matmul_backward(dres_, a.att, o->weight, datt_, o->grad, N, D, D, o->alpha);
-      be_.attention_backward(datt_, a.qkv, a.probs, dqkv_, B_, T_, nh, hd, table_.attn_scale, true);
+      be_.attention_backward(datt_, a.qkv, a.att, a.attn_state, dqkv_, B_, T_, nh, hd, table_.attn_scale, true);
       be_.rope_backward(dqkv_, B_, T_, nh, hd, cfg_.rope_theta);
       be_.matmul_backward(dqkv_, a.ln1, qkv->weight, dx_, qkv->grad, N, D, 3 * D, qkv->alpha);
       be_.rmsnorm_backward(dx_, res_[l], n1->weight, a.rstd1, dres_, n1->grad, N, D);  // dres is now d(res[l])
@@ -369,8 +369,8 @@ class LM : public ParamStore<Backend> {
  private:
   struct Layer {
     size_t first = 0;  // index of its attn_norm.w in params_
-    A *ln1, *qkv, *probs, *att, *mid, *ln2;
-    S *rstd1, *rstd2;
+    A *ln1, *qkv, *att, *mid, *ln2;
+    S *rstd1, *rstd2, *attn_state;  // attn_state: what attention keeps for its backward (backend's choice)
     std::unique_ptr<FfnBranch<Backend>> ffn;
   };
 
@@ -390,7 +390,7 @@ class LM : public ParamStore<Backend> {
         Layer& L = layers_[l];
         L.first = firsts[l];
         L.ln1 = a.take<A>(N * D), L.qkv = a.take<A>(N * 3 * D), L.att = a.take<A>(N * D);
-        L.probs = a.take<A>(size_t(B_) * cfg_.n_heads * T_ * T_);
+        L.attn_state = a.take<S>(be_.attention_state_size(B_, T_, cfg_.n_heads, cfg_.head_dim()));
         L.mid = a.take<A>(N * D), L.ln2 = a.take<A>(N * D);
         L.rstd1 = a.take<S>(N), L.rstd2 = a.take<S>(N);
         // after attn_norm.w, attn.qkv, attn.proj, ffn_norm.w come the FFN's own tensors

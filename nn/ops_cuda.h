@@ -110,13 +110,22 @@ void rope_forward(Context& ctx, bf16* qkv, int B, int T, int H, int hd, float th
 // The transpose (inverse) rotation, in place on dq and dk.
 void rope_backward(Context& ctx, bf16* dqkv, int B, int T, int H, int hd, float theta);
 
-// Multi-head attention on qkv [B, T, 3, H, hd] (RoPE already applied): out [B, T, H*hd];
-// probs [B, H, T, T] saved for backward (masked entries 0). scale multiplies q.k (1/sqrt(hd) in SP).
-void attention_forward(Context& ctx, const bf16* qkv, bf16* out, bf16* probs, int B, int T, int H, int hd,
+// Multi-head attention on qkv [B, T, 3, H, hd] (RoPE already applied): out [B, T, H*hd]. scale multiplies q.k.
+// Fused flash kernels (nn/flash_attention.cu) for head dims 16/32/64/128: `state` is the log-sum-exp
+// [B, H, T] fp32; other head dims (or MUE_FLASH_ATTENTION=0) fall back to the materialized path, whose state
+// is the bf16 probs [B, H, T, T]. attention_state_floats says how many floats the state takes.
+bool flash_attention_enabled(int hd);
+size_t attention_state_floats(int B, int T, int H, int hd);
+void attention_forward(Context& ctx, const bf16* qkv, bf16* out, float* state, int B, int T, int H, int hd,
                        float scale, bool causal);
-// dqkv (overwritten) from dout, the saved qkv and probs.
-void attention_backward(Context& ctx, const bf16* dout, const bf16* qkv, const bf16* probs, bf16* dqkv, int B,
-                        int T, int H, int hd, float scale, bool causal);
+// dqkv (overwritten) from dout, the saved qkv, the forward's out and its state.
+void attention_backward(Context& ctx, const bf16* dout, const bf16* qkv, const bf16* out, const float* state,
+                        bf16* dqkv, int B, int T, int H, int hd, float scale, bool causal);
+// The materialized path: probs [B, H, T, T] bf16 (masked entries 0) saved for the backward.
+void attention_materialized_forward(Context& ctx, const bf16* qkv, bf16* out, bf16* probs, int B, int T, int H,
+                                    int hd, float scale, bool causal);
+void attention_materialized_backward(Context& ctx, const bf16* dout, const bf16* qkv, const bf16* probs,
+                                     bf16* dqkv, int B, int T, int H, int hd, float scale, bool causal);
 
 // SwiGLU: in [N, 2H] holds (gate | up); out[N, H] = silu(gate) * up.
 void swiglu_forward(Context& ctx, const bf16* in, bf16* out, int N, int H);

@@ -201,7 +201,7 @@ TEST_CASE("CUDA rope forward and backward", "[cuda]") {
   }
 }
 
-TEST_CASE("CUDA attention forward and backward (causal and bidirectional)", "[cuda]") {
+TEST_CASE("CUDA materialized attention forward and backward (causal and bidirectional)", "[cuda]") {
   if (!cuda::gpu_available()) {
     WARN("no GPU: skipped");
     return;
@@ -220,7 +220,7 @@ TEST_CASE("CUDA attention forward and backward (causal and bidirectional)", "[cu
         poison_scratch(ctx, 4, scratch_bytes);
         V qkv = randn_bf16(nqkv);
         Dev dqkv_in = put_bf16(qkv), dout = poisoned(nout * sizeof(bf16)), dprobs = poisoned(np * sizeof(bf16));
-        cuda::attention_forward(ctx, dqkv_in.h(), dout.h(), dprobs.h(), B, T, H, hd, float(scale), causal);
+        cuda::attention_materialized_forward(ctx, dqkv_in.h(), dout.h(), dprobs.h(), B, T, H, hd, float(scale), causal);
         V out(nout), probs(np);
         cpu::attention_forward(qkv.data(), out.data(), probs.data(), B, T, H, hd, scale, causal);
         V gprobs = get_bf16(ctx, dprobs, np);
@@ -239,13 +239,72 @@ TEST_CASE("CUDA attention forward and backward (causal and bidirectional)", "[cu
         V g = randn_bf16(nout);
         Dev dg = put_bf16(g), dpin = put_bf16(pin), ddqkv = poisoned(nqkv * sizeof(bf16));
         poison_scratch(ctx, 4, scratch_bytes);
-        cuda::attention_backward(ctx, dg.h(), dqkv_in.h(), dpin.h(), ddqkv.h(), B, T, H, hd, float(scale), causal);
+        cuda::attention_materialized_backward(ctx, dg.h(), dqkv_in.h(), dpin.h(), ddqkv.h(), B, T, H, hd, float(scale), causal);
         V dqkv(nqkv);
         cpu::attention_backward(g.data(), qkv.data(), pin.data(), dqkv.data(), B, T, H, hd, scale, causal);
         V got = get_bf16(ctx, ddqkv, nqkv);
         expect_close(part(got, 3 * D, 0, D), part(dqkv, 3 * D, 0, D), kTolBf16, "attention dq");
         expect_close(part(got, 3 * D, D, D), part(dqkv, 3 * D, D, D), kTolBf16, "attention dk");
         expect_close(part(got, 3 * D, 2 * D, D), part(dqkv, 3 * D, 2 * D, D), kTolBf16, "attention dv");
+      }
+}
+
+// The fused kernels: out, lse and dq/dk/dv against the CPU reference in double, for several lengths (odd ones,
+// one shorter than a tile, several tiles with a ragged last one) and every head dim they cover.
+TEST_CASE("CUDA flash attention forward and backward (causal and bidirectional)", "[cuda]") {
+  if (!cuda::gpu_available()) {
+    WARN("no GPU: skipped");
+    return;
+  }
+  cuda::Context ctx;
+  const int B = 2, H = 3;
+  for (bool causal : {true, false})
+    for (int T : {1, 7, 64, 130, 257})
+      for (int hd : {16, 32, 64, 128}) {
+        INFO("causal = " << causal << ", T = " << T << ", hd = " << hd);
+        REQUIRE(cuda::flash_attention_enabled(hd));
+        const size_t D = size_t(H) * hd, nqkv = size_t(B) * T * 3 * D, nout = size_t(B) * T * D;
+        const size_t np = size_t(B) * H * T * T, nrows = size_t(B) * H * T;
+        REQUIRE(cuda::attention_state_floats(B, T, H, hd) == nrows);
+        const double scale = 1.0 / std::sqrt(double(hd));
+        V qkv = randn_bf16(nqkv, 1.5);
+        Dev dqkv_in = put_bf16(qkv), dout = poisoned(nout * sizeof(bf16)), dlse = poisoned(nrows * sizeof(float));
+        cuda::attention_forward(ctx, dqkv_in.h(), dout.h(), static_cast<float*>(dlse.p), B, T, H, hd, float(scale),
+                                causal);
+        V out(nout), probs(np);
+        cpu::attention_forward(qkv.data(), out.data(), probs.data(), B, T, H, hd, scale, causal);
+        const V gout = get_bf16(ctx, dout, nout);
+        expect_close(gout, out, kTolBf16, "flash attention out");
+        // lse[b, h, t] = log sum_s exp(scale q.k_s) over the visible keys
+        V lse(nrows);
+        for (int b = 0; b < B; ++b)
+          for (int h = 0; h < H; ++h)
+            for (int t = 0; t < T; ++t) {
+              const double* q = qkv.data() + (size_t(b) * T + t) * 3 * D + size_t(h) * hd;
+              double mx = -INFINITY;
+              std::vector<double> sc;
+              for (int s2 = 0; s2 < (causal ? t + 1 : T); ++s2) {
+                const double* k = qkv.data() + (size_t(b) * T + s2) * 3 * D + D + size_t(h) * hd;
+                double dot = 0;
+                for (int i = 0; i < hd; ++i) dot += q[i] * k[i];
+                sc.push_back(dot * scale), mx = std::max(mx, dot * scale);
+              }
+              double z = 0;
+              for (double v : sc) z += std::exp(v - mx);
+              lse[(size_t(b) * H + h) * T + t] = mx + std::log(z);
+            }
+        expect_close(get_f32(ctx, dlse, nrows), lse, 1e-4, "flash attention lse");
+
+        V g = randn_bf16(nout);
+        Dev dg = put_bf16(g), ddqkv = poisoned(nqkv * sizeof(bf16));
+        cuda::attention_backward(ctx, dg.h(), dqkv_in.h(), dout.h(), static_cast<float*>(dlse.p), ddqkv.h(), B, T, H,
+                                 hd, float(scale), causal);
+        V dqkv(nqkv);
+        cpu::attention_backward(g.data(), qkv.data(), probs.data(), dqkv.data(), B, T, H, hd, scale, causal);
+        V got = get_bf16(ctx, ddqkv, nqkv);
+        expect_close(part(got, 3 * D, 0, D), part(dqkv, 3 * D, 0, D), kTolBf16, "flash attention dq");
+        expect_close(part(got, 3 * D, D, D), part(dqkv, 3 * D, D, D), kTolBf16, "flash attention dk");
+        expect_close(part(got, 3 * D, 2 * D, D), part(dqkv, 3 * D, 2 * D, D), kTolBf16, "flash attention dv");
       }
 }
 
