@@ -23,7 +23,7 @@ def main():
     lrs = sorted(set(lr))
     groups = list(dict.fromkeys(grp))
     xs = list(dict.fromkeys(x))
-    print("| rule | shape | " + " | ".join(f"{v:.3g}" for v in lrs) + " | best LR |")
+    print(f"| {a.group_key} | {a.x_key} | " + " | ".join(f"{v:.3g}" for v in lrs) + " | best LR |")
     print("|---|---|" + "---|" * (len(lrs) + 1))
     for g in groups:
         opt = []
