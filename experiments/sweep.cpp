@@ -51,15 +51,27 @@ void on_sweep_signal(int s) { g_sweep_signal = s; }
 
 SweepSpec parse_sweep_spec(const ojson& j, const std::string& spec_dir) {
   MUE_CHECK(j.is_object(), "sweep spec must be a JSON object");
-  static const std::set<std::string> known = {"name", "base", "overrides", "axes", "parallel", "out_dir"};
+  static const std::set<std::string> known = {"name",    "comment", "base",    "overrides",
+                                              "axes",    "parallel", "out_dir", "expected_h100_minutes"};
   for (auto& [k, v] : j.items())
-    MUE_CHECK(known.count(k), "unknown sweep spec key '", k, "' (known: name, base, overrides, axes, parallel, out_dir)");
+    MUE_CHECK(known.count(k), "unknown sweep spec key '", k,
+              "' (known: name, comment, base, overrides, axes, parallel, out_dir, expected_h100_minutes)");
   SweepSpec s;
   s.raw = j;
   MUE_CHECK(j.contains("name") && j["name"].is_string() && !j["name"].get<std::string>().empty(),
             "sweep spec needs a non-empty string 'name'");
   s.name = j["name"].get<std::string>();
   MUE_CHECK(sanitize(s.name) == s.name, "sweep name '", s.name, "' may only use [A-Za-z0-9._-]");
+  if (j.contains("comment")) {
+    MUE_CHECK(j["comment"].is_string(), "sweep spec 'comment' must be a string");
+    s.comment = j["comment"].get<std::string>();
+  }
+  if (j.contains("expected_h100_minutes")) {
+    const ojson& m = j["expected_h100_minutes"];
+    MUE_CHECK(m.is_number() && std::isfinite(m.get<double>()) && m.get<double>() >= 0,
+              "sweep 'expected_h100_minutes' must be a non-negative number, got ", m.dump());
+    s.expected_h100_minutes = m.get<double>();
+  }
   if (j.contains("base")) {
     MUE_CHECK(j["base"].is_string(), "sweep spec 'base' must be a string path");
     std::string b = j["base"].get<std::string>();
@@ -338,6 +350,9 @@ SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
   std::printf("sweep %s: %zu points, rank %d/%d has %zu, %d done, %zu to run, %d at a time -> %s\n", s.name.c_str(),
               pts.size(), rank, size, todo.size() + tot.skipped, tot.skipped, todo.size(), parallel,
               sweep_index_path(s).c_str());
+  if (s.expected_h100_minutes >= 0)
+    std::printf("sweep %s: the spec expects about %g min for all %zu points on one H100\n", s.name.c_str(),
+                s.expected_h100_minutes, pts.size());
   std::fflush(stdout);
   if (o.dry_run) return tot;
   fs::create_directories(s.out_dir);

@@ -2,12 +2,15 @@
 //
 // Spec (unknown keys are errors):
 //   {"name": "act-experts-lm",                 sweep name (required; [A-Za-z0-9._-])
+//    "comment": "...",                         optional free text (what the sweep is for; JSON has no comments)
 //    "base": "configs/some.json",              optional run config; relative to the spec's folder, else cwd
 //    "overrides": ["key=value", ...],          applied to every point (before the axes)
 //    "axes": {"hp.lr": [0.001, 0.002], "rule": ["sp", "mup"], ...},   config keys -> JSON values; grid is the
 //                                              cartesian product, first axis slowest, in the file's order
 //    "parallel": 1,                            runs at a time on this machine (mue sweep --parallel overrides)
-//    "out_dir": "runs/act-experts-lm"}         out.dir of every point (default runs/NAME), relative to cwd
+//    "out_dir": "runs/act-experts-lm",         out.dir of every point (default runs/NAME), relative to cwd
+//    "expected_h100_minutes": 5}               optional: wall time of the whole grid on one H100 (number >= 0),
+//                                              printed when the sweep starts
 // Point i is named NAME-<iiii>-<k1>-<v1>_<k2>-<v2>... (k = last component of the key), sanitized to [A-Za-z0-9._-].
 //
 // Index file out_dir/NAME-index.h5 (rewritten atomically after every finished run):
@@ -28,7 +31,9 @@ struct SweepSpec {
   std::string name, base, out_dir;  // base: resolved path ("" when none)
   std::vector<std::string> overrides;
   std::vector<std::pair<std::string, std::vector<nlohmann::ordered_json>>> axes;
+  std::string comment;
   int parallel = 1;
+  double expected_h100_minutes = -1;  // < 0: not given
   nlohmann::ordered_json raw;  // as given
 };
 

@@ -234,8 +234,21 @@ RunResult train_run(const RunConfig& c, bool verbose) {
   // All checks before any file is touched.
   const std::string path = (std::filesystem::path(c.out_dir) / (c.name + ".h5")).string();
   if (std::filesystem::exists(path)) {
-    MUE_CHECK(is_hdf5(path), "'", path, "' exists and is not an HDF5 run file; not overwriting it");
-    auto status = read_string_attr(path, "status");
+    // A process killed while creating its file leaves it empty or truncated; it holds no completed run.
+    std::optional<std::string> status;
+    std::string unreadable;
+    if (std::filesystem::file_size(path) == 0) {
+      unreadable = "empty file";
+    } else {
+      MUE_CHECK(is_hdf5(path), "'", path, "' exists and is not an HDF5 run file; not overwriting it");
+      try {
+        status = read_string_attr(path, "status");
+      } catch (const Error& e) {
+        unreadable = e.what();
+      }
+    }
+    MUE_CHECK(unreadable.empty() || c.overwrite, "'", path, "' cannot be read (a run killed while writing it?): ",
+              "pass out.overwrite=true to replace it (", unreadable, ")");
     MUE_CHECK(!(status && *status == "completed") || c.overwrite, "'", path,
               "' holds a completed run; choose another name or pass out.overwrite=true");
   }

@@ -73,6 +73,16 @@ TEST_CASE("train: a tiny run writes a complete, readable HDF5 log and learns", "
     CHECK_THROWS_WITH(train_run(c, false), HasText("holds a completed run"));
     CHECK(fs::last_write_time(f) == before);
   }
+  SECTION("an unreadable (empty or truncated) run file is replaced only with out.overwrite=true") {
+    for (uintmax_t size : {96, 0}) {  // truncated, then empty: what a run killed while creating its file leaves
+      fs::resize_file(f, size);
+      CHECK_THROWS_WITH(train_run(c, false), HasText("cannot be read (a run killed while writing it?)"));
+      CHECK(fs::file_size(f) == size);
+    }
+    c.overwrite = true;
+    CHECK(train_run(c, false).status == "completed");
+    CHECK(read_string_attr(f, "status").value() == "completed");
+  }
 }
 
 TEST_CASE("train with an MoE FFN logs router statistics", "[cli][moe]") {

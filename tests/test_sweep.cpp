@@ -1,5 +1,6 @@
-// Sweeps: grid expansion, spec errors, rank striding, and end to end through the `mue sweep` program (each point a
-// child `mue train` process): index file, resume, restart of an interrupted point, divergence.
+// Sweeps: grid expansion, spec errors, rank striding, the committed specs in experiments/sweeps/, and end to end
+// through the `mue sweep` program (each point a child `mue train` process): index file, resume, restart of an
+// interrupted point, a child killed with SIGKILL, divergence, SIGINT.
 #include <fcntl.h>
 #include <hdf5.h>
 #include <signal.h>
@@ -7,14 +8,18 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <set>
+#include <sstream>
 
 #include "core/h5log.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "data/tokens.h"
+#include "experiments/run_config.h"
 #include "experiments/sweep.h"
 #include "tests/catch.h"
 #include "tests/fixtures.h"
@@ -55,6 +60,42 @@ Res run_sweep_cli(const std::string& args, const std::string& env = "") {
 }
 
 std::string status_of(const std::string& f) { return read_string_attr(f, "status").value_or("?"); }
+
+std::string file_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), {});
+}
+
+// `mue sweep SPEC` in a child process (stdout and stderr to d/sweep.out); returns its pid.
+pid_t start_sweep_process(const TempDir& d, const std::string& spec) {
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::setenv("OMP_NUM_THREADS", "1", 1);
+    int fd = ::open((d / "sweep.out").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(fd, 1), ::dup2(fd, 2);
+    ::execl(MUE_BINARY, "mue", "sweep", spec.c_str(), (char*)nullptr);
+    ::_exit(127);
+  }
+  return pid;
+}
+
+// The processes whose parent is `parent` (from /proc/PID/stat: "pid (comm) state ppid ...").
+std::vector<pid_t> children_of(pid_t parent) {
+  std::vector<pid_t> kids;
+  std::error_code ec;
+  for (fs::directory_iterator it("/proc", ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string pid = it->path().filename();
+    if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
+    const std::string stat = file_text("/proc/" + pid + "/stat");  // empty if the process is gone
+    const size_t paren = stat.rfind(')');
+    if (paren == std::string::npos) continue;
+    std::istringstream fields(stat.substr(paren + 1));
+    char state = 0;
+    pid_t ppid = 0;
+    if (fields >> state >> ppid && ppid == parent) kids.push_back(pid_t(std::stol(pid)));
+  }
+  return kids;
+}
 }  // namespace
 
 TEST_CASE("sweep: grid expands in the file's axis order with stable names", "[sweep]") {
@@ -97,6 +138,13 @@ TEST_CASE("sweep: bad specs are one-line errors before anything runs", "[sweep]"
   CHECK(err(R"({"name": "x", "axes": {"rule": ["nope"]}})").find("sweep point 0") != std::string::npos);
   CHECK(err(R"({"name": "x", "base": "missing.json"})").find("not found") != std::string::npos);
   CHECK(err(R"({"name": "a b"})").find("[A-Za-z0-9._-]") != std::string::npos);
+  CHECK(err(R"({"name": "x", "expected_h100_minutes": -1})").find("non-negative number") != std::string::npos);
+  CHECK(err(R"({"name": "x", "expected_h100_minutes": "5"})").find("non-negative number") != std::string::npos);
+  CHECK(err(R"({"name": "x", "comment": 3})").find("'comment' must be a string") != std::string::npos);
+  SweepSpec ok = parse_sweep_spec(ojson::parse(R"({"name": "x", "comment": "c", "expected_h100_minutes": 7.5})"), "");
+  CHECK(ok.expected_h100_minutes == 7.5);
+  CHECK(ok.comment == "c");
+  CHECK(parse_sweep_spec(ojson::parse(R"({"name": "x"})"), "").expected_h100_minutes < 0);
   TempDir d("sweep");
   write_spec(d, ojson::parse(R"({"name": "x", "axes": {"hp.lrr": [0.1]}, "out_dir": ")" + (d / "r") + "\"}"));
   Res r = run_sweep_cli(d / "spec.json");
@@ -188,6 +236,94 @@ TEST_CASE("sweep: a 2x2 grid runs, indexes, resumes and restarts an interrupted 
   CHECK(read_strings(idx, "/summary/status") == std::vector<std::string>(4, "completed"));
 }
 
+TEST_CASE("sweep: a child killed with SIGKILL mid-run is restarted; finished runs are kept", "[sweep]") {
+  // The 2x2 test above fakes a killed run by writing status "running"; here a real `mue train` child dies by SIGKILL.
+  TempDir d("sweep");
+  std::string tok = mue::test::make_toy_tokens(d);
+  ojson j = tiny_spec(d, tok, "kill");
+  j["overrides"].push_back("train.steps=400");  // long enough (~1 s on one core) to be killed mid-run
+  j["overrides"].push_back("train.eval_every=400");
+  j["axes"] = ojson::parse(R"({"hp.lr": [0.01, 0.02, 0.03]})");
+  std::string spec = write_spec(d, j);
+  auto pts = expand_grid(load_sweep_spec(spec));
+  std::vector<std::string> run;
+  for (auto& p : pts) run.push_back(d / ("runs/" + p.name + ".h5"));
+
+  pid_t sweep = start_sweep_process(d, spec);
+  REQUIRE(sweep > 0);
+  // One child at a time: once point 0 has completed and point 1's file exists, the only child is point 1's.
+  for (int i = 0; i < 2000 && !(read_point_result(run[0]).status == "completed" && fs::exists(run[1])); ++i)
+    ::usleep(5000);
+  std::vector<pid_t> kids = children_of(sweep);
+  INFO(file_text(d / "sweep.out"));
+  REQUIRE(kids.size() == 1);
+  REQUIRE(::kill(kids[0], SIGKILL) == 0);
+  int st = 0;
+  REQUIRE(::waitpid(sweep, &st, 0) == sweep);
+  const std::string out = file_text(d / "sweep.out");
+  INFO(out);
+  CHECK(WIFEXITED(st));
+  CHECK(WEXITSTATUS(st) == 3);  // a point failed; the sweep went on
+  CHECK(out.find("0001 hp.lr=0.02: failed (signal 9") != std::string::npos);
+  CHECK(read_point_result(run[1]).status != "completed");
+  CHECK(status_of(run[0]) == "completed");
+  CHECK(status_of(run[2]) == "completed");
+  const std::string idx = d / "runs/kill-index.h5";
+  CHECK(read_strings(idx, "/summary/status")[1] != "completed");
+
+  // Re-running the same command restarts only the killed point; the finished files are not touched.
+  const std::vector<std::string> before = {file_text(run[0]), file_text(run[2])};
+  const std::vector<fs::file_time_type> mtime = {fs::last_write_time(run[0]), fs::last_write_time(run[2])};
+  Res r = run_sweep_cli(spec);
+  INFO(r.out);
+  INFO(file_text(d / ("runs/" + pts[1].name + ".log")));
+  REQUIRE(r.rc == 0);
+  CHECK(r.out.find("2 done, 1 to run") != std::string::npos);
+  CHECK(status_of(run[1]) == "completed");
+  CHECK(read_doubles(run[1], "/train/step").back() == 400);
+  CHECK(fs::last_write_time(run[0]) == mtime[0]);
+  CHECK(fs::last_write_time(run[2]) == mtime[1]);
+  CHECK(file_text(run[0]) == before[0]);
+  CHECK(file_text(run[2]) == before[1]);
+  CHECK(read_strings(idx, "/summary/status") == std::vector<std::string>(3, "completed"));
+}
+
+TEST_CASE("sweep: every spec in experiments/sweeps/ loads, expands and validates", "[sweep]") {
+  const fs::path dir = fs::path(MUE_SOURCE_DIR) / "experiments/sweeps";
+  std::set<std::string> names;
+  for (auto& e : fs::directory_iterator(dir)) {
+    if (e.path().extension() != ".json") continue;
+    INFO(e.path().string());
+    SweepSpec s = load_sweep_spec(e.path().string());
+    names.insert(s.name);
+    CHECK(s.name == e.path().stem().string());
+    CHECK(s.out_dir == "runs/" + s.name);
+    CHECK(s.expected_h100_minutes > 0);
+    CHECK(!s.comment.empty());
+    std::vector<SweepPoint> pts = expand_grid(s);
+    CHECK(pts.size() <= 64);
+    CHECK_NOTHROW(validate_points(s, pts));
+    // complete-mue against at least one rival, on every spec.
+    auto rule_axis = std::find_if(s.axes.begin(), s.axes.end(), [](auto& a) { return a.first == "rule"; });
+    REQUIRE(rule_axis != s.axes.end());
+    CHECK(rule_axis->second.size() >= 2);
+    CHECK(std::count(rule_axis->second.begin(), rule_axis->second.end(), "complete-mue") == 1);
+    // Small-scale, comparable points: 300 steps each, the same data order everywhere.
+    RunConfig c = resolve_config(s.base, pts.front().overrides);
+    CHECK(c.train.steps == 300);
+  }
+  // One spec per figure type of the paper (spec section 4), LM and diffusion where the spec asks for both.
+  for (const char* want : {"act-experts-lm", "act-experts-flow", "total-experts-lm", "total-experts-flow",
+                           "granularity-lm", "shared-experts-lm", "group-balanced-lm", "width-lm", "expert-width-lm",
+                           "batch-lm", "shape-fixed-hp-lm", "shape-fixed-hp-flow", "wd-lm"})
+    CHECK(names.count(want) == 1);
+  // The sweep prints the spec's expected H100 time when it starts.
+  Res r = run_sweep_cli((dir / "act-experts-lm.json").string() + " --dry-run");
+  INFO(r.out);
+  CHECK(r.rc == 0);
+  CHECK(r.out.find("expects about 5 min for all 56 points on one H100") != std::string::npos);
+}
+
 TEST_CASE("sweep: a huge LR diverges while the others complete; --lr shortcut", "[sweep]") {
   TempDir d("sweep");
   std::string tok = mue::test::make_toy_tokens(d);
@@ -222,24 +358,15 @@ TEST_CASE("sweep: SIGINT is forwarded to the running child, which stops as faile
   j["overrides"].push_back("train.steps=100000");
   j["axes"] = ojson::parse(R"({"hp.lr": [0.01, 0.02]})");
   std::string spec = write_spec(d, j);
-  pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    ::setenv("OMP_NUM_THREADS", "1", 1);
-    int fd = ::open((d / "sweep.out").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    ::dup2(fd, 1), ::dup2(fd, 2);
-    ::execl(MUE_BINARY, "mue", "sweep", spec.c_str(), (char*)nullptr);
-    ::_exit(127);
-  }
+  pid_t pid = start_sweep_process(d, spec);
+  REQUIRE(pid > 0);
   const std::string run0 = d / "runs/sig-0000-lr-0.01.h5";
   for (int i = 0; i < 200 && !(fs::exists(run0) && fs::file_size(run0) > 0); ++i) ::usleep(20000);
   ::usleep(300000);
   ::kill(pid, SIGINT);
   int st = 0;
   ::waitpid(pid, &st, 0);
-  std::ifstream in(d / "sweep.out");
-  std::string out((std::istreambuf_iterator<char>(in)), {});
-  INFO(out);
+  INFO(file_text(d / "sweep.out"));
   CHECK(WIFEXITED(st));
   CHECK(WEXITSTATUS(st) == 130);
   CHECK(status_of(run0) == "failed");

@@ -9,63 +9,36 @@ usage: sweep_lr.py INDEX.h5 [--out PREFIX] [--lr-key hp.lr] [--x-key ffn.shape] 
 writes PREFIX-loss.png and PREFIX-optimum.png (PREFIX defaults to the index path without .h5).
 Needs h5py, numpy and matplotlib.
 """
-import argparse
-import json
 import math
 from collections import OrderedDict
 
-import h5py
 import numpy as np
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from sweep_index import Summary, figure_arguments, fmt, label, output_prefix, pyplot, save_figure
 
-
-def read_column(group, key):
-    ds = group[key]
-    if h5py.check_string_dtype(ds.dtype) is not None:
-        return [str(x) for x in ds.asstr()[:]]
-    return [float(x) for x in ds[:]]
-
-
-def fmt(v):
-    return f"{v:g}" if isinstance(v, float) else str(v)
+plt = pyplot()
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("index")
-    ap.add_argument("--out", default=None)
+    ap = figure_arguments(__doc__)
     ap.add_argument("--lr-key", default="hp.lr")
     ap.add_argument("--x-key", default=None, help="axis for panel (b)'s x (default ffn.shape, else first other axis)")
     ap.add_argument("--group-key", default=None, help="axis for panel (b)'s curves (default rule if an axis)")
-    ap.add_argument("--metric", default="final_val_loss", choices=["final_val_loss", "best_val_loss"])
     a = ap.parse_args()
 
-    with h5py.File(a.index, "r") as f:
-        axes = json.loads(f.attrs["axes"])
-        name = f.attrs["name"]
-        if isinstance(name, bytes):
-            name = name.decode()
-        s = f["summary"]
-        cols = {k: read_column(s, k) for k in axes}
-        status = read_column(s, "status")
-        loss = np.array(read_column(s, a.metric), dtype=float)
-    if a.lr_key not in axes:
-        raise SystemExit(f"{a.index}: no '{a.lr_key}' axis (axes: {axes})")
+    sw = Summary(a.index)
+    sw.require_axis(a.lr_key)
+    axes, name = sw.axes, sw.name
+    cols = {k: sw.column(k) for k in axes}
+    loss = sw.loss(a.metric)
     others = [k for k in axes if k != a.lr_key]
-    # Only completed runs count; diverged/failed/missing points are left off the curves.
-    ok = np.array([st == "completed" and math.isfinite(l) for st, l in zip(status, loss)])
+    ok = sw.completed(a.metric)
     lrs = np.array(cols[a.lr_key], dtype=float)
 
     # Curves: one per combination of the other axes, in the sweep's order.
-    curves = OrderedDict()
-    for i in range(len(lrs)):
-        key = tuple(cols[k][i] for k in others)
-        curves.setdefault(key, []).append(i)
+    curves = sw.rows_by(others)
 
-    prefix = a.out or (a.index[:-3] if a.index.endswith(".h5") else a.index)
+    prefix = output_prefix(a.index, a.out)
 
     # (a) loss vs log2 LR.
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -76,8 +49,7 @@ def main():
             continue
         x = np.log2(lrs[idx])
         y = loss[idx]
-        label = ", ".join(f"{k}={fmt(v)}" for k, v in zip(others, key)) or name
-        line, = ax.plot(x, y, "o-", ms=3, label=label)
+        line, = ax.plot(x, y, "o-", ms=3, label=label(others, key, name))
         j = int(np.argmin(y))
         optimum[key] = (lrs[idx][j], y[j])
         ax.plot([x[j]], [y[j]], marker="*", ms=12, color=line.get_color(), markeredgecolor="k")
@@ -88,9 +60,7 @@ def main():
     if len(curves) > 1:
         ax.legend(fontsize=7, ncol=2 if len(curves) > 8 else 1)
     fig.tight_layout()
-    fig.savefig(prefix + "-loss.png", dpi=150)
-    plt.close(fig)
-    print("wrote", prefix + "-loss.png")
+    save_figure(fig, prefix + "-loss.png")
 
     # (b) optimum LR vs x axis, one curve per group (rule), +-1/2 octave band.
     if not others or not optimum:
@@ -104,7 +74,7 @@ def main():
     xi = others.index(x_key)
     gi = others.index(group_key) if group_key else None
     # Other axes beyond x and group (e.g. seeds) are averaged in log2 space.
-    x_values = list(OrderedDict.fromkeys(cols[x_key]))
+    x_values = sw.values(x_key)
     groups = OrderedDict()
     for key, (lr, _) in optimum.items():
         g = key[gi] if gi is not None else ""
@@ -129,9 +99,7 @@ def main():
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(prefix + "-optimum.png", dpi=150)
-    plt.close(fig)
-    print("wrote", prefix + "-optimum.png")
+    save_figure(fig, prefix + "-optimum.png")
 
 
 if __name__ == "__main__":

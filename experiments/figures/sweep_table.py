@@ -7,14 +7,7 @@ usage: sweep_table.py INDEX.h5 [--lr-key hp.lr] [--x-key ffn.shape] [--group-key
 import argparse
 import math
 
-import h5py
-
-
-def col(g, k):
-    ds = g[k]
-    if h5py.check_string_dtype(ds.dtype) is not None:
-        return [str(x) for x in ds.asstr()[:]]
-    return [float(x) for x in ds[:]]
+from sweep_index import Summary
 
 
 def main():
@@ -24,14 +17,13 @@ def main():
     ap.add_argument("--x-key", default="ffn.shape")
     ap.add_argument("--group-key", default="rule")
     a = ap.parse_args()
-    with h5py.File(a.index, "r") as f:
-        s = f["summary"]
-        lr, x, grp = col(s, a.lr_key), col(s, a.x_key), col(s, a.group_key)
-        loss, status = col(s, "final_val_loss"), col(s, "status")
+    sw = Summary(a.index)
+    lr, x, grp = sw.column(a.lr_key), sw.column(a.x_key), sw.column(a.group_key)
+    loss, status = sw.column("final_val_loss"), sw.status
     lrs = sorted(set(lr))
     groups = list(dict.fromkeys(grp))
     xs = list(dict.fromkeys(x))
-    print("| rule | shape | " + " | ".join(f"{v:.3g}" for v in lrs) + " | best LR |")
+    print(f"| {a.group_key} | {a.x_key} | " + " | ".join(f"{v:.3g}" for v in lrs) + " | best LR |")
     print("|---|---|" + "---|" * (len(lrs) + 1))
     for g in groups:
         opt = []
