@@ -35,6 +35,20 @@ void route_forward(CpuBackend<T>&, const RouterDims& d, const T* logits, T* scor
     ent -= p > 0 ? p * std::log(p) : 0.0, ss += l * l;
   }
   st.entropy = ent / N, st.logits_rms = std::sqrt(ss / (double(N) * E));
+  st.route_margin = INFINITY;
+  const int per_group = E / d.groups, take = a / d.groups;
+  std::vector<char> chosen(E);
+  for (int n = 0; n < N; ++n) {
+    const T* l = logits + size_t(n) * E;
+    std::fill(chosen.begin(), chosen.end(), 0);
+    for (int k = 0; k < a; ++k) chosen[idx[size_t(n) * a + k]] = 1;
+    for (int g = 0; g < d.groups && take < per_group; ++g) {
+      double lo = INFINITY, hi = -INFINITY;
+      for (int e = g * per_group; e < (g + 1) * per_group; ++e)
+        chosen[e] ? lo = std::min(lo, double(l[e])) : hi = std::max(hi, double(l[e]));
+      st.route_margin = std::min(st.route_margin, lo - hi);
+    }
+  }
 }
 // dlogits (overwritten) from the gate gradients, the balance loss and the z loss.
 template <class T>

@@ -113,9 +113,15 @@ struct Smem {
   }
 };
 
-// Each lane owns one row (lane / 2) and half of its columns.
-__device__ inline int lane_row() { return (threadIdx.x & 31) >> 1; }
-__device__ inline int lane_half() { return threadIdx.x & 1; }
+// Each lane owns one row r = lane / 2 of a warp's 16 and half of its columns, visited in a rotated order so that
+// the 32 lanes hit 32 different shared-memory banks at every step j (row strides are multiples of 32 words).
+struct LaneCols {
+  int r, half, rot;
+  __device__ LaneCols() : r((threadIdx.x & 31) >> 1), half(threadIdx.x & 1), rot(r + 16 * half) {}
+  __device__ int s(int j) const { return half * 32 + ((j + rot) & 31); }  // of a 64-wide score row
+  template <int OC>
+  __device__ int o(int j) const { return half * OC + ((j + rot) & (OC - 1)); }  // of a 2*OC-wide output row
+};
 
 template <int HD>
 __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const bf* qkv, bf* out, float* lse, int T, int H,
@@ -127,9 +133,11 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const bf* qkv, 
   __syncthreads();
   FragA qa[HD / 16];
   load_rows<HD>(qa, sm.t0);
-  const int r = lane_row(), half = lane_half(), t = q0 + w * 16 + r;
+  const LaneCols lc;
+  const int r = lc.r, t = q0 + w * 16 + r;
   constexpr int oc = HD / 2;  // output columns per lane
   float o[oc];
+  #pragma unroll
   for (int j = 0; j < oc; ++j) o[j] = 0.f;
   float m = -INFINITY, l = 0.f;
   const int kend = causal ? min(T, q0 + kTile) : T;
@@ -141,35 +149,40 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const bf* qkv, 
     warp_abt<HD>(qa, sm.t1, sm.f);
     __syncwarp();
     float s[32], mx = -INFINITY;
+    #pragma unroll
     for (int j = 0; j < 32; ++j) {
-      const int key = k0 + half * 32 + j;
+      const int key = k0 + lc.s(j);
       const bool masked = key >= T || (causal && key > t);
-      s[j] = masked ? -INFINITY : sm.f[r * kTile + half * 32 + j] * scale;
+      s[j] = masked ? -INFINITY : sm.f[r * kTile + lc.s(j)] * scale;
       mx = fmaxf(mx, s[j]);
     }
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     const float mn = fmaxf(m, mx);
     const float alpha = mn == -INFINITY ? 1.f : __expf(m - mn);
     float sum = 0.f;
+    #pragma unroll
     for (int j = 0; j < 32; ++j) {
       const float p = mn == -INFINITY ? 0.f : __expf(s[j] - mn);
       sum += p;
-      sm.p[r * (kTile + 8) + half * 32 + j] = __float2bfloat16(p);
+      sm.p[r * (kTile + 8) + lc.s(j)] = __float2bfloat16(p);
     }
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     l = l * alpha + sum, m = mn;
+    #pragma unroll
     for (int j = 0; j < oc; ++j) o[j] *= alpha;
     __syncwarp();
     warp_pm<HD>(sm.p, sm.t2, sm.f);
     __syncwarp();
-    for (int j = 0; j < oc; ++j) o[j] += sm.f[r * Tiles<HD>::fw + half * oc + j];
+    #pragma unroll
+    for (int j = 0; j < oc; ++j) o[j] += sm.f[r * Tiles<HD>::fw + lc.o<oc>(j)];
     __syncwarp();
   }
   if (t < T) {
     const float inv = l > 0.f ? 1.f / l : 0.f;
-    bf* dst = out + ((size_t(b) * T + t) * H + h) * HD + half * oc;
-    for (int j = 0; j < oc; ++j) dst[j] = __float2bfloat16(o[j] * inv);
-    if (half == 0) lse[(size_t(b) * H + h) * T + t] = m + logf(l);
+    bf* dst = out + ((size_t(b) * T + t) * H + h) * HD;
+    #pragma unroll
+    for (int j = 0; j < oc; ++j) dst[lc.o<oc>(j)] = __float2bfloat16(o[j] * inv);
+    if (lc.half == 0) lse[(size_t(b) * H + h) * T + t] = m + logf(l);
   }
 }
 
@@ -203,9 +216,11 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_kernel(const bf* qkv, con
   // This warp's 16 keys: K rows and V rows as matrix_a fragments (held for the whole loop).
   FragA ka[HD / 16], va[HD / 16];
   load_rows<HD>(ka, sm.t0), load_rows<HD>(va, sm.t1);
-  const int r = lane_row(), half = lane_half(), key = k0 + w * 16 + r;
+  const LaneCols lc;
+  const int r = lc.r, key = k0 + w * 16 + r;
   constexpr int oc = HD / 2;
   float dk[oc], dv[oc];
+  #pragma unroll
   for (int j = 0; j < oc; ++j) dk[j] = dv[j] = 0.f;
   const float* lse_bh = lse + (size_t(b) * H + h) * T;
   const float* delta_bh = delta + (size_t(b) * H + h) * T;
@@ -218,37 +233,43 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_kernel(const bf* qkv, con
     __syncwarp();
     // P^T = exp(scale S^T - lse[q]), kept as fp32 in registers and as bf16 in the warp's p tile.
     float p[32];
+    #pragma unroll
     for (int j = 0; j < 32; ++j) {
-      const int q = q0 + half * 32 + j;
+      const int q = q0 + lc.s(j);
       const bool masked = q >= T || key >= T || (causal && key > q);
-      p[j] = masked ? 0.f : __expf(sm.f[r * kTile + half * 32 + j] * scale - lse_bh[q]);
-      sm.p[r * (kTile + 8) + half * 32 + j] = __float2bfloat16(p[j]);
+      p[j] = masked ? 0.f : __expf(sm.f[r * kTile + lc.s(j)] * scale - lse_bh[q]);
+      sm.p[r * (kTile + 8) + lc.s(j)] = __float2bfloat16(p[j]);
     }
     __syncwarp();
     // dV += P^T dO
     warp_pm<HD>(sm.p, sm.t1, sm.f);
     __syncwarp();
-    for (int j = 0; j < oc; ++j) dv[j] += sm.f[r * Tiles<HD>::fw + half * oc + j];
+    #pragma unroll
+    for (int j = 0; j < oc; ++j) dv[j] += sm.f[r * Tiles<HD>::fw + lc.o<oc>(j)];
     __syncwarp();
     warp_abt<HD>(va, sm.t1, sm.f);  // dP^T [16 x 64] = V_w dO^T
     __syncwarp();
     // dS^T = P^T (dP^T - delta[q])
+    #pragma unroll
     for (int j = 0; j < 32; ++j) {
-      const int q = min(q0 + half * 32 + j, T - 1);
-      const float ds = p[j] * (sm.f[r * kTile + half * 32 + j] - delta_bh[q]);
-      sm.p[r * (kTile + 8) + half * 32 + j] = __float2bfloat16(ds);
+      const int q = min(q0 + lc.s(j), T - 1);
+      const float ds = p[j] * (sm.f[r * kTile + lc.s(j)] - delta_bh[q]);
+      sm.p[r * (kTile + 8) + lc.s(j)] = __float2bfloat16(ds);
     }
     __syncwarp();
     // dK += scale dS^T Q
     warp_pm<HD>(sm.p, sm.t0, sm.f);
     __syncwarp();
-    for (int j = 0; j < oc; ++j) dk[j] += sm.f[r * Tiles<HD>::fw + half * oc + j];
+    #pragma unroll
+    for (int j = 0; j < oc; ++j) dk[j] += sm.f[r * Tiles<HD>::fw + lc.o<oc>(j)];
     __syncwarp();
   }
   if (key < T) {
     const size_t D = size_t(H) * HD;
-    bf* row = dqkv + (size_t(b) * T + key) * 3 * D + size_t(h) * HD + half * oc;
-    for (int j = 0; j < oc; ++j) row[D + j] = __float2bfloat16(dk[j] * scale), row[2 * D + j] = __float2bfloat16(dv[j]);
+    bf* row = dqkv + (size_t(b) * T + key) * 3 * D + size_t(h) * HD;
+    #pragma unroll
+    for (int j = 0; j < oc; ++j)
+      row[D + lc.o<oc>(j)] = __float2bfloat16(dk[j] * scale), row[2 * D + lc.o<oc>(j)] = __float2bfloat16(dv[j]);
   }
 }
 
@@ -265,11 +286,13 @@ __global__ void __launch_bounds__(kThreads) flash_dq_kernel(const bf* qkv, const
   __syncthreads();
   FragA qa[HD / 16], doa[HD / 16];
   load_rows<HD>(qa, sm.t0), load_rows<HD>(doa, sm.t1);
-  const int r = lane_row(), half = lane_half(), q = q0 + w * 16 + r;
+  const LaneCols lc;
+  const int r = lc.r, q = q0 + w * 16 + r;
   const float lq = q < T ? lse[(size_t(b) * H + h) * T + q] : 0.f;
   const float dq_delta = q < T ? delta[(size_t(b) * H + h) * T + q] : 0.f;
   constexpr int oc = HD / 2;
   float dq[oc];
+  #pragma unroll
   for (int j = 0; j < oc; ++j) dq[j] = 0.f;
   const int kend = causal ? min(T, q0 + kTile) : T;
   for (int k0 = 0; k0 < kend; k0 += kTile) {
@@ -280,25 +303,29 @@ __global__ void __launch_bounds__(kThreads) flash_dq_kernel(const bf* qkv, const
     warp_abt<HD>(qa, sm.t0, sm.f);  // S = Q_w K^T
     __syncwarp();
     float p[32];
+    #pragma unroll
     for (int j = 0; j < 32; ++j) {
-      const int key = k0 + half * 32 + j;
+      const int key = k0 + lc.s(j);
       const bool masked = q >= T || key >= T || (causal && key > q);
-      p[j] = masked ? 0.f : __expf(sm.f[r * kTile + half * 32 + j] * scale - lq);
+      p[j] = masked ? 0.f : __expf(sm.f[r * kTile + lc.s(j)] * scale - lq);
     }
     __syncwarp();
     warp_abt<HD>(doa, sm.t1, sm.f);  // dP = dO_w V^T
     __syncwarp();
+    #pragma unroll
     for (int j = 0; j < 32; ++j)
-      sm.p[r * (kTile + 8) + half * 32 + j] = __float2bfloat16(p[j] * (sm.f[r * kTile + half * 32 + j] - dq_delta));
+      sm.p[r * (kTile + 8) + lc.s(j)] = __float2bfloat16(p[j] * (sm.f[r * kTile + lc.s(j)] - dq_delta));
     __syncwarp();
     warp_pm<HD>(sm.p, sm.t0, sm.f);  // dS K
     __syncwarp();
-    for (int j = 0; j < oc; ++j) dq[j] += sm.f[r * Tiles<HD>::fw + half * oc + j];
+    #pragma unroll
+    for (int j = 0; j < oc; ++j) dq[j] += sm.f[r * Tiles<HD>::fw + lc.o<oc>(j)];
     __syncwarp();
   }
   if (q < T) {
-    bf* row = dqkv + (size_t(b) * T + q) * 3 * size_t(H) * HD + size_t(h) * HD + half * oc;
-    for (int j = 0; j < oc; ++j) row[j] = __float2bfloat16(dq[j] * scale);
+    bf* row = dqkv + (size_t(b) * T + q) * 3 * size_t(H) * HD + size_t(h) * HD;
+    #pragma unroll
+    for (int j = 0; j < oc; ++j) row[lc.o<oc>(j)] = __float2bfloat16(dq[j] * scale);
   }
 }
 

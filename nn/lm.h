@@ -123,6 +123,9 @@ struct BranchStats {
   std::vector<double> load;  // fraction of assignments per expert
   double entropy = 0, balance_loss = 0, z_loss = 0;
   double logits_rms = 0;  // RMS of the router logits
+  // Smallest gap, over tokens and groups, between the lowest chosen and the highest unchosen logit (CPU router
+  // only; NaN elsewhere): how close the routing is to a tie, for tests that need the same choice on two backends.
+  double route_margin = NAN;
 };
 
 // The FFN branch of a block: y = FFN(xn). Dense here; the MoE layer (moe/) implements the same interface.

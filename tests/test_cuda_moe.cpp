@@ -188,10 +188,23 @@ TEST_CASE("CUDA MoE LM: one training step matches the CPU reference", "[cuda][mo
       for (auto& v : w) v *= 30.0;
       cm.set_values(cm.P(i), w), gm.set_values(gm.P(i), w);
     }
+  // Even so, a token can land near a tie; take the first batch whose CPU routing has a clear margin in every
+  // layer (5% of the logits' RMS, far above bf16 noise), so that both backends must choose the same experts.
   std::vector<int32_t> x(128), y(128);
-  for (int i = 0; i < 128; ++i) x[i] = int32_t(rng_index(1, 0, i, 200)), y[i] = int32_t(rng_index(2, 0, i, 200));
-  cm.zero_grad(), gm.zero_grad();
-  const double lc = cm.forward(x.data(), y.data()), lg = gm.forward(x.data(), y.data());
+  double lc = 0;
+  bool clear = false;
+  for (uint64_t seed = 0; seed < 20 && !clear; ++seed) {
+    for (int i = 0; i < 128; ++i)
+      x[i] = int32_t(rng_index(1, seed, i, 200)), y[i] = int32_t(rng_index(2, seed, i, 200));
+    cm.zero_grad();
+    lc = cm.forward(x.data(), y.data());
+    clear = true;
+    for (int l = 0; l < c.n_layers; ++l)
+      clear &= cm.ffn_stats(l)->route_margin > 0.05 * cm.ffn_stats(l)->logits_rms;
+  }
+  REQUIRE(clear);
+  gm.zero_grad();
+  const double lg = gm.forward(x.data(), y.data());
   CHECK(std::abs(lg - lc) / lc < 1e-2);
   for (int l = 0; l < c.n_layers; ++l) {
     INFO("layer " << l);
