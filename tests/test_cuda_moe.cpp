@@ -166,43 +166,48 @@ TEST_CASE("CUDA router: top-a, gates, dispatch plan, statistics and backward mat
 }
 
 TEST_CASE("CUDA MoE LM: one training step matches the CPU reference", "[cuda][moe]") {
-  if (!cuda::gpu_available()) {
-    WARN("no GPU: skipped");
-    return;
-  }
   ModelConfig c;
-  c.vocab = 200, c.vocab_pad = 256, c.d_model = 64, c.n_layers = 2, c.n_heads = 4, c.seq_len = 32;
+  c.vocab = 200, c.vocab_pad = 256, c.d_model = 64, c.n_layers = 2, c.n_heads = 4, c.seq_len = 16;
   c.ffn.type = "moe", c.ffn.experts = 8, c.ffn.active = 2, c.ffn.expert_hidden = 32, c.ffn.shared = 1,
   c.ffn.shared_hidden = 32;
   ParamTable t = make_param_table("mup", c, c, Hyper{});
   CpuBackend<double> cb;
-  CudaBackend gb;
-  LM<CpuBackend<double>> cm(c, t, cb, 4, make_ffn<CpuBackend<double>>);
-  LM<CudaBackend> gm(c, t, gb, 4, make_ffn<CudaBackend>);
-  cm.init_weights(9), gm.init_weights(9);
+  const int B = 2, N = B * c.seq_len;
+  LM<CpuBackend<double>> cm(c, t, cb, B, make_ffn<CpuBackend<double>>);
+  cm.init_weights(9);
   // Spread the router logits so that no token sits within bf16 rounding of a top-k tie: the choice of experts
   // is not differentiable, and a flipped choice would make the comparison meaningless.
   for (size_t i = 0; i < cm.params().size(); ++i)
     if (cm.P(i).row.tensor.kind == "moe.router") {
       auto w = cm.host_values(cm.P(i));
       for (auto& v : w) v *= 30.0;
-      cm.set_values(cm.P(i), w), gm.set_values(gm.P(i), w);
+      cm.set_values(cm.P(i), w);
     }
   // Even so, a token can land near a tie; take the first batch whose CPU routing has a clear margin in every
-  // layer (5% of the logits' RMS, far above bf16 noise), so that both backends must choose the same experts.
-  std::vector<int32_t> x(128), y(128);
+  // layer (2% of the logits' RMS, several times the bf16 noise), so that both backends must choose the same
+  // experts. This search runs on the CPU alone, so CI checks that such a batch exists.
+  std::vector<int32_t> x(N), y(N);
   double lc = 0;
   bool clear = false;
-  for (uint64_t seed = 0; seed < 20 && !clear; ++seed) {
-    for (int i = 0; i < 128; ++i)
+  for (uint64_t seed = 0; seed < 40 && !clear; ++seed) {
+    for (int i = 0; i < N; ++i)
       x[i] = int32_t(rng_index(1, seed, i, 200)), y[i] = int32_t(rng_index(2, seed, i, 200));
     cm.zero_grad();
     lc = cm.forward(x.data(), y.data());
     clear = true;
     for (int l = 0; l < c.n_layers; ++l)
-      clear &= cm.ffn_stats(l)->route_margin > 0.05 * cm.ffn_stats(l)->logits_rms;
+      clear &= cm.ffn_stats(l)->route_margin > 0.02 * cm.ffn_stats(l)->logits_rms;
   }
   REQUIRE(clear);
+  if (!cuda::gpu_available()) {
+    WARN("no GPU: skipped");
+    return;
+  }
+  CudaBackend gb;
+  LM<CudaBackend> gm(c, t, gb, B, make_ffn<CudaBackend>);
+  gm.init_weights(9);
+  for (size_t i = 0; i < cm.params().size(); ++i)
+    if (cm.P(i).row.tensor.kind == "moe.router") gm.set_values(gm.P(i), cm.host_values(cm.P(i)));
   gm.zero_grad();
   const double lg = gm.forward(x.data(), y.data());
   CHECK(std::abs(lg - lc) / lc < 1e-2);
