@@ -7,6 +7,7 @@
 // the diagonal) S = scale Q K^T, running max m and sum l per row, O = O exp(m_old - m_new) + P V.
 //   FLOPs 4 B H T^2 hd (x 1/2 causal); traffic: Q, O once, K, V once per query tile (from L2 mostly).
 // Backward, deterministic (no atomics), three launches:
+// Streamed tiles are double-buffered: cp.async brings tile i + 1 while tile i is computed.
 //   1. delta[t] = dO[t] . O[t]                                         read 2 B T D bf16
 //   2. per 64-key tile (4 warps x 16 keys): for each query tile, P^T = exp(scale K Q^T - lse),
 //      dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - delta), dK += scale dS^T Q
@@ -53,6 +54,23 @@ __device__ void load_tile(bf* dst, const bf* base, int b, int t0, int T, int H, 
   }
 }
 
+// The same with cp.async (16 bytes per copy, zero-filled beyond T): completes at cp_async_wait.
+template <int HD>
+__device__ void load_tile_async(bf* dst, const bf* base, int b, int t0, int T, int H, int h, int part) {
+  constexpr int vec = HD / 8;
+  const size_t D = size_t(H) * HD;
+  for (int i = threadIdx.x; i < kTile * vec; i += kThreads) {
+    const int r = i / vec, c = (i % vec) * 8, t = t0 + r;
+    const size_t row = part < 0 ? (size_t(b) * T + min(t, T - 1)) * D : ((size_t(b) * T + min(t, T - 1)) * 3 + part) * D;
+    const unsigned d = unsigned(__cvta_generic_to_shared(dst + r * Tiles<HD>::ld + c));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(base + row + size_t(h) * HD + c),
+                 "r"(t < T ? 16 : 0));
+  }
+}
+__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ inline void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
 using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf, wmma::row_major>;
 
 // out[16 x 64] (fp32, ld 64) = A[16 x HD] B[64 x HD]^T: A as this warp's fragments, B row-major bf16 in smem.
@@ -95,23 +113,49 @@ __device__ void warp_pm(const bf* P, const bf* M, float* out) {
   }
 }
 
-// Shared-memory layout of all three kernels: three bf16 tiles, then per warp a bf16 [16 x 64] tile and an
-// fp32 [16 x fw] buffer.
+// Shared-memory layout of all three kernels: five bf16 tiles (t(0) the block's own rows, t(1..2) and t(3..4)
+// the two stages of streamed tiles; a second own tile may sit in t(1) until streaming starts), then per warp a
+// bf16 [16 x 64] tile and an fp32 [16 x fw] buffer.
 template <int HD>
 struct Smem {
   static constexpr size_t tile = size_t(kTile) * Tiles<HD>::ld;
   static constexpr size_t ptile = 16 * (kTile + 8);
-  static constexpr size_t bytes = 3 * tile * sizeof(bf) + kWarps * (ptile * sizeof(bf) + 16 * Tiles<HD>::fw * 4);
-  bf *t0, *t1, *t2, *p;
+  static constexpr size_t bytes = 5 * tile * sizeof(bf) + kWarps * (ptile * sizeof(bf) + 16 * Tiles<HD>::fw * 4);
+  bf *tiles, *p;
   float* f;
+  __device__ bf* t(int i) const { return tiles + i * tile; }
   __device__ explicit Smem(char* base) {
     const int w = threadIdx.x >> 5;
     bf* b = reinterpret_cast<bf*>(base);
-    t0 = b, t1 = b + tile, t2 = b + 2 * tile;
-    p = b + 3 * tile + w * ptile;
-    f = reinterpret_cast<float*>(base + 3 * tile * sizeof(bf) + kWarps * ptile * sizeof(bf)) + w * 16 * Tiles<HD>::fw;
+    tiles = b;
+    p = b + 5 * tile + w * ptile;
+    f = reinterpret_cast<float*>(base + 5 * tile * sizeof(bf) + kWarps * ptile * sizeof(bf)) + w * 16 * Tiles<HD>::fw;
   }
 };
+
+// Streams the 64-row tiles starting at rows first, first + 64, ... < end of two tensors through the two stages,
+// loading tile i + 1 (cp.async) while tile i is computed: load(x, y, row0) issues the copies of one tile pair,
+// body(row0, x, y) computes on it.
+template <int HD, class Load, class Body>
+__device__ void stream_tiles(Smem<HD>& sm, int first, int end, Load load, Body body) {
+  const int n = (end - first + kTile - 1) / kTile;
+  if (n <= 0) return;
+  load(sm.t(1), sm.t(2), first);
+  cp_async_commit();
+  for (int i = 0; i < n; ++i) {
+    const int s = i & 1;
+    if (i + 1 < n) {
+      load(sm.t(3 - 2 * s), sm.t(4 - 2 * s), first + (i + 1) * kTile);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    body(first + i * kTile, sm.t(1 + 2 * s), sm.t(2 + 2 * s));
+    __syncthreads();  // before the next iteration's copies overwrite this stage
+  }
+}
 
 // Each lane owns one row r = lane / 2 of a warp's 16 and half of its columns, visited in a rotated order so that
 // the 32 lanes hit 32 different shared-memory banks at every step j (row strides are multiples of 32 words).
@@ -129,10 +173,10 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const bf* qkv, 
   extern __shared__ __align__(16) char smem_raw[];
   Smem<HD> sm(smem_raw);
   const int q0 = blockIdx.x * kTile, h = blockIdx.y, b = blockIdx.z, w = threadIdx.x >> 5;
-  load_tile<HD>(sm.t0, qkv, b, q0, T, H, h, 0);
+  load_tile<HD>(sm.t(0), qkv, b, q0, T, H, h, 0);
   __syncthreads();
   FragA qa[HD / 16];
-  load_rows<HD>(qa, sm.t0);
+  load_rows<HD>(qa, sm.t(0));
   const LaneCols lc;
   const int r = lc.r, t = q0 + w * 16 + r;
   constexpr int oc = HD / 2;  // output columns per lane
@@ -141,12 +185,11 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const bf* qkv, 
   for (int j = 0; j < oc; ++j) o[j] = 0.f;
   float m = -INFINITY, l = 0.f;
   const int kend = causal ? min(T, q0 + kTile) : T;
-  for (int k0 = 0; k0 < kend; k0 += kTile) {
-    __syncthreads();
-    load_tile<HD>(sm.t1, qkv, b, k0, T, H, h, 1);
-    load_tile<HD>(sm.t2, qkv, b, k0, T, H, h, 2);
-    __syncthreads();
-    warp_abt<HD>(qa, sm.t1, sm.f);
+  const auto load_kv = [&](bf* kt, bf* vt, int row0) {
+    load_tile_async<HD>(kt, qkv, b, row0, T, H, h, 1), load_tile_async<HD>(vt, qkv, b, row0, T, H, h, 2);
+  };
+  stream_tiles<HD>(sm, 0, kend, load_kv, [&](int k0, const bf* kt, const bf* vt) {
+    warp_abt<HD>(qa, kt, sm.f);
     __syncwarp();
     float s[32], mx = -INFINITY;
     #pragma unroll
@@ -171,12 +214,12 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const bf* qkv, 
     #pragma unroll
     for (int j = 0; j < oc; ++j) o[j] *= alpha;
     __syncwarp();
-    warp_pm<HD>(sm.p, sm.t2, sm.f);
+    warp_pm<HD>(sm.p, vt, sm.f);
     __syncwarp();
     #pragma unroll
     for (int j = 0; j < oc; ++j) o[j] += sm.f[r * Tiles<HD>::fw + lc.o<oc>(j)];
     __syncwarp();
-  }
+  });
   if (t < T) {
     const float inv = l > 0.f ? 1.f / l : 0.f;
     bf* dst = out + ((size_t(b) * T + t) * H + h) * HD;
@@ -208,14 +251,15 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_kernel(const bf* qkv, con
                                                               float scale, bool causal) {
   extern __shared__ __align__(16) char smem_raw[];
   Smem<HD> sm(smem_raw);
-  // K and V pass through t0 / t1 into this warp's register fragments; then Q and dO stream through t0 / t1.
+  // K and V pass through t(0) / t(1) into this warp's register fragments; then Q and dO stream through.
   const int k0 = blockIdx.x * kTile, h = blockIdx.y, b = blockIdx.z, w = threadIdx.x >> 5;
-  load_tile<HD>(sm.t0, qkv, b, k0, T, H, h, 1);
-  load_tile<HD>(sm.t1, qkv, b, k0, T, H, h, 2);
+  load_tile<HD>(sm.t(0), qkv, b, k0, T, H, h, 1);
+  load_tile<HD>(sm.t(1), qkv, b, k0, T, H, h, 2);
   __syncthreads();
   // This warp's 16 keys: K rows and V rows as matrix_a fragments (held for the whole loop).
   FragA ka[HD / 16], va[HD / 16];
-  load_rows<HD>(ka, sm.t0), load_rows<HD>(va, sm.t1);
+  load_rows<HD>(ka, sm.t(0)), load_rows<HD>(va, sm.t(1));
+  __syncthreads();  // t(1) is a streaming stage from here on
   const LaneCols lc;
   const int r = lc.r, key = k0 + w * 16 + r;
   constexpr int oc = HD / 2;
@@ -224,12 +268,11 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_kernel(const bf* qkv, con
   for (int j = 0; j < oc; ++j) dk[j] = dv[j] = 0.f;
   const float* lse_bh = lse + (size_t(b) * H + h) * T;
   const float* delta_bh = delta + (size_t(b) * H + h) * T;
-  for (int q0 = causal ? k0 : 0; q0 < T; q0 += kTile) {
-    __syncthreads();
-    load_tile<HD>(sm.t0, qkv, b, q0, T, H, h, 0);  // Q
-    load_tile<HD>(sm.t1, dout, b, q0, T, H, h, -1);  // dO
-    __syncthreads();
-    warp_abt<HD>(ka, sm.t0, sm.f);  // S^T [16 keys x 64 queries] = K_w Q^T
+  const auto load_q_do = [&](bf* qt, bf* dot, int row0) {
+    load_tile_async<HD>(qt, qkv, b, row0, T, H, h, 0), load_tile_async<HD>(dot, dout, b, row0, T, H, h, -1);
+  };
+  stream_tiles<HD>(sm, causal ? k0 : 0, T, load_q_do, [&](int q0, const bf* qt, const bf* dot) {
+    warp_abt<HD>(ka, qt, sm.f);  // S^T [16 keys x 64 queries] = K_w Q^T
     __syncwarp();
     // P^T = exp(scale S^T - lse[q]), kept as fp32 in registers and as bf16 in the warp's p tile.
     float p[32];
@@ -242,12 +285,12 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_kernel(const bf* qkv, con
     }
     __syncwarp();
     // dV += P^T dO
-    warp_pm<HD>(sm.p, sm.t1, sm.f);
+    warp_pm<HD>(sm.p, dot, sm.f);
     __syncwarp();
     #pragma unroll
     for (int j = 0; j < oc; ++j) dv[j] += sm.f[r * Tiles<HD>::fw + lc.o<oc>(j)];
     __syncwarp();
-    warp_abt<HD>(va, sm.t1, sm.f);  // dP^T [16 x 64] = V_w dO^T
+    warp_abt<HD>(va, dot, sm.f);  // dP^T [16 x 64] = V_w dO^T
     __syncwarp();
     // dS^T = P^T (dP^T - delta[q])
     #pragma unroll
@@ -258,12 +301,12 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_kernel(const bf* qkv, con
     }
     __syncwarp();
     // dK += scale dS^T Q
-    warp_pm<HD>(sm.p, sm.t0, sm.f);
+    warp_pm<HD>(sm.p, qt, sm.f);
     __syncwarp();
     #pragma unroll
     for (int j = 0; j < oc; ++j) dk[j] += sm.f[r * Tiles<HD>::fw + lc.o<oc>(j)];
     __syncwarp();
-  }
+  });
   if (key < T) {
     const size_t D = size_t(H) * HD;
     bf* row = dqkv + (size_t(b) * T + key) * 3 * D + size_t(h) * HD;
@@ -281,11 +324,12 @@ __global__ void __launch_bounds__(kThreads) flash_dq_kernel(const bf* qkv, const
   extern __shared__ __align__(16) char smem_raw[];
   Smem<HD> sm(smem_raw);
   const int q0 = blockIdx.x * kTile, h = blockIdx.y, b = blockIdx.z, w = threadIdx.x >> 5;
-  load_tile<HD>(sm.t0, qkv, b, q0, T, H, h, 0);    // Q
-  load_tile<HD>(sm.t1, dout, b, q0, T, H, h, -1);  // dO
+  load_tile<HD>(sm.t(0), qkv, b, q0, T, H, h, 0);    // Q
+  load_tile<HD>(sm.t(1), dout, b, q0, T, H, h, -1);  // dO
   __syncthreads();
   FragA qa[HD / 16], doa[HD / 16];
-  load_rows<HD>(qa, sm.t0), load_rows<HD>(doa, sm.t1);
+  load_rows<HD>(qa, sm.t(0)), load_rows<HD>(doa, sm.t(1));
+  __syncthreads();  // t(1) is a streaming stage from here on
   const LaneCols lc;
   const int r = lc.r, q = q0 + w * 16 + r;
   const float lq = q < T ? lse[(size_t(b) * H + h) * T + q] : 0.f;
@@ -295,12 +339,11 @@ __global__ void __launch_bounds__(kThreads) flash_dq_kernel(const bf* qkv, const
   #pragma unroll
   for (int j = 0; j < oc; ++j) dq[j] = 0.f;
   const int kend = causal ? min(T, q0 + kTile) : T;
-  for (int k0 = 0; k0 < kend; k0 += kTile) {
-    __syncthreads();
-    load_tile<HD>(sm.t0, qkv, b, k0, T, H, h, 1);  // K
-    load_tile<HD>(sm.t1, qkv, b, k0, T, H, h, 2);  // V
-    __syncthreads();
-    warp_abt<HD>(qa, sm.t0, sm.f);  // S = Q_w K^T
+  const auto load_kv = [&](bf* kt, bf* vt, int row0) {
+    load_tile_async<HD>(kt, qkv, b, row0, T, H, h, 1), load_tile_async<HD>(vt, qkv, b, row0, T, H, h, 2);
+  };
+  stream_tiles<HD>(sm, 0, kend, load_kv, [&](int k0, const bf* kt, const bf* vt) {
+    warp_abt<HD>(qa, kt, sm.f);  // S = Q_w K^T
     __syncwarp();
     float p[32];
     #pragma unroll
@@ -310,18 +353,18 @@ __global__ void __launch_bounds__(kThreads) flash_dq_kernel(const bf* qkv, const
       p[j] = masked ? 0.f : __expf(sm.f[r * kTile + lc.s(j)] * scale - lq);
     }
     __syncwarp();
-    warp_abt<HD>(doa, sm.t1, sm.f);  // dP = dO_w V^T
+    warp_abt<HD>(doa, vt, sm.f);  // dP = dO_w V^T
     __syncwarp();
     #pragma unroll
     for (int j = 0; j < 32; ++j)
       sm.p[r * (kTile + 8) + lc.s(j)] = __float2bfloat16(p[j] * (sm.f[r * kTile + lc.s(j)] - dq_delta));
     __syncwarp();
-    warp_pm<HD>(sm.p, sm.t0, sm.f);  // dS K
+    warp_pm<HD>(sm.p, kt, sm.f);  // dS K
     __syncwarp();
     #pragma unroll
     for (int j = 0; j < oc; ++j) dq[j] += sm.f[r * Tiles<HD>::fw + lc.o<oc>(j)];
     __syncwarp();
-  }
+  });
   if (q < T) {
     bf* row = dqkv + (size_t(b) * T + q) * 3 * size_t(H) * HD + size_t(h) * HD;
     #pragma unroll
