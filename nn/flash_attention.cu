@@ -167,6 +167,18 @@ struct LaneCols {
   __device__ int o(int j) const { return half * OC + ((j + rot) & (OC - 1)); }  // of a 2*OC-wide output row
 };
 
+// acc (this lane's HD/2 columns of its row) += (P M) over the warp: P [16 x 64] bf16 in the warp's p tile,
+// M [64 x HD] row-major in smem; the product goes through the warp's fp32 buffer.
+template <int HD>
+__device__ void warp_pm_accumulate(const Smem<HD>& sm, const bf* M, const LaneCols& lc, float (&acc)[HD / 2]) {
+  __syncwarp();
+  warp_pm<HD>(sm.p, M, sm.f);
+  __syncwarp();
+  #pragma unroll
+  for (int j = 0; j < HD / 2; ++j) acc[j] += sm.f[lc.r * Tiles<HD>::fw + lc.o<HD / 2>(j)];
+  __syncwarp();
+}
+
 template <int HD>
 __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const bf* qkv, bf* out, float* lse, int T, int H,
                                                                  float scale, bool causal) {
@@ -213,12 +225,7 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const bf* qkv, 
     l = l * alpha + sum, m = mn;
     #pragma unroll
     for (int j = 0; j < oc; ++j) o[j] *= alpha;
-    __syncwarp();
-    warp_pm<HD>(sm.p, vt, sm.f);
-    __syncwarp();
-    #pragma unroll
-    for (int j = 0; j < oc; ++j) o[j] += sm.f[r * Tiles<HD>::fw + lc.o<oc>(j)];
-    __syncwarp();
+    warp_pm_accumulate<HD>(sm, vt, lc, o);
   });
   if (t < T) {
     const float inv = l > 0.f ? 1.f / l : 0.f;
@@ -283,13 +290,8 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_kernel(const bf* qkv, con
       p[j] = masked ? 0.f : __expf(sm.f[r * kTile + lc.s(j)] * scale - lse_bh[q]);
       sm.p[r * (kTile + 8) + lc.s(j)] = __float2bfloat16(p[j]);
     }
-    __syncwarp();
     // dV += P^T dO
-    warp_pm<HD>(sm.p, dot, sm.f);
-    __syncwarp();
-    #pragma unroll
-    for (int j = 0; j < oc; ++j) dv[j] += sm.f[r * Tiles<HD>::fw + lc.o<oc>(j)];
-    __syncwarp();
+    warp_pm_accumulate<HD>(sm, dot, lc, dv);
     warp_abt<HD>(va, dot, sm.f);  // dP^T [16 x 64] = V_w dO^T
     __syncwarp();
     // dS^T = P^T (dP^T - delta[q])
@@ -299,13 +301,8 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_kernel(const bf* qkv, con
       const float ds = p[j] * (sm.f[r * kTile + lc.s(j)] - delta_bh[q]);
       sm.p[r * (kTile + 8) + lc.s(j)] = __float2bfloat16(ds);
     }
-    __syncwarp();
     // dK += scale dS^T Q
-    warp_pm<HD>(sm.p, qt, sm.f);
-    __syncwarp();
-    #pragma unroll
-    for (int j = 0; j < oc; ++j) dk[j] += sm.f[r * Tiles<HD>::fw + lc.o<oc>(j)];
-    __syncwarp();
+    warp_pm_accumulate<HD>(sm, qt, lc, dk);
   });
   if (key < T) {
     const size_t D = size_t(H) * HD;
@@ -358,12 +355,7 @@ __global__ void __launch_bounds__(kThreads) flash_dq_kernel(const bf* qkv, const
     #pragma unroll
     for (int j = 0; j < 32; ++j)
       sm.p[r * (kTile + 8) + lc.s(j)] = __float2bfloat16(p[j] * (sm.f[r * kTile + lc.s(j)] - dq_delta));
-    __syncwarp();
-    warp_pm<HD>(sm.p, kt, sm.f);  // dS K
-    __syncwarp();
-    #pragma unroll
-    for (int j = 0; j < oc; ++j) dq[j] += sm.f[r * Tiles<HD>::fw + lc.o<oc>(j)];
-    __syncwarp();
+    warp_pm_accumulate<HD>(sm, kt, lc, dq);  // dS K
   });
   if (q < T) {
     bf* row = dqkv + (size_t(b) * T + q) * 3 * size_t(H) * HD + size_t(h) * HD;

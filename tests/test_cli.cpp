@@ -156,6 +156,7 @@ TEST_CASE("the mue program: bad input gives one line and a non-zero exit", "[cli
       {"train " + base + " train.stepz=3", "unknown config key 'train.stepz'"},
       {"frobnicate", "unknown command 'frobnicate'"},
       {"bench no-such-preset --device cpu", "unknown bench preset 'no-such-preset'"},
+      {"bench small-dense --device cpu --profile", "bench --profile needs the CUDA device"},
       {"sweep " + base, "sweep needs --lr"},
       {"train " + base + " --fast", "unknown option '--fast'"},
   };
