@@ -1,21 +1,20 @@
 // Fused (flash-style) multi-head attention, forward and backward, on qkv [B, T, 3, H, hd] (RoPE applied by
-// the op before it) -> out [B, T, H, hd]. No [T, T] matrix ever reaches memory: scores live in shared memory
-// one 64 x 64 tile at a time, the softmax is computed online, and the forward keeps only the log-sum-exp
-// lse [B, H, T] (fp32) for the backward. bf16 operands on the tensor cores (WMMA 16x16x16), fp32 accumulate.
+// the op before it) -> out [B, T, H, hd]. No [T, T] matrix ever reaches memory: each warp keeps its 16 x 64 tile
+// of scores in registers (mma.sync m16n8k16 accumulators), the softmax is computed online on those registers,
+// and the forward keeps only the log-sum-exp lse [B, H, T] (fp32) for the backward. bf16 operands, fp32
+// accumulate; shared-memory tiles are padded to hd + 8 columns so that ldmatrix is free of bank conflicts.
 //
 // Forward (one block = 64 queries of one (b, h); 4 warps x 16 queries): for each 64-key tile (causal: up to
 // the diagonal) S = scale Q K^T, running max m and sum l per row, O = O exp(m_old - m_new) + P V.
 //   FLOPs 4 B H T^2 hd (x 1/2 causal); traffic: Q, O once, K, V once per query tile (from L2 mostly).
 // Backward, deterministic (no atomics), three launches:
-// Streamed tiles are double-buffered: cp.async brings tile i + 1 while tile i is computed.
 //   1. delta[t] = dO[t] . O[t]                                         read 2 B T D bf16
 //   2. per 64-key tile (4 warps x 16 keys): for each query tile, P^T = exp(scale K Q^T - lse),
 //      dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - delta), dK += scale dS^T Q
 //   3. per 64-query tile: for each key tile, recompute P, dP = dO V^T, dS, dQ += scale dS K
 //   FLOPs 2 (QK^T) + 2 (dO V^T) + 3 (dV, dK, dQ) products of 2 B H T^2 hd each (x 1/2 causal).
+// Streamed tiles are double-buffered: cp.async brings tile i + 1 while tile i is computed.
 // head dims 16, 32, 64, 128 (others, or MUE_FLASH_ATTENTION=0, use the materialized path of nn/attention.cu).
-#include <mma.h>
-
 #include <cstdlib>
 
 #include "core/cuda_util.cuh"
@@ -24,19 +23,17 @@
 namespace mue::cuda {
 
 using namespace detail;
-using namespace nvcuda;
 
 namespace {
 constexpr int kTile = 64;         // queries and keys per tile
 constexpr int kWarps = 4;         // 16 rows per warp
 constexpr int kThreads = kWarps * 32;
+constexpr float kLog2e = 1.4426950408889634f;
 
 template <int HD>
 struct Tiles {
-  static constexpr int ld = HD + 8;  // bf16 tiles padded (ldm a multiple of 8, fewer bank conflicts)
-  static constexpr int fw = HD > kTile ? HD : kTile;  // width of a warp's fp32 buffer
+  static constexpr int ld = HD + 8;  // padded row: 8 consecutive rows start on 8 different 16-byte bank groups
 };
-
 // rows [t0, t0 + 64) of part `part` (0 q, 1 k, 2 v) of head h, or of a [B, T, H, hd] tensor when part < 0,
 // into a padded smem tile; rows beyond T are zero.
 template <int HD>
@@ -71,66 +68,111 @@ __device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\
 template <int N>
 __device__ inline void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
-using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf, wmma::row_major>;
+// ---- warp-level tensor-core products on register fragments (PTX mma.sync.m16n8k16, bf16 -> fp32) ----
+// Lane l holds, of a 16 x 8 fp32 accumulator c[4]: rows g = l / 4 and g + 8, columns 2 (l % 4) and + 1
+// (c[0], c[1] row g; c[2], c[3] row g + 8). Of a 16 x 16 A operand: the same rows and columns, + 8 for a[2], a[3].
+__device__ inline uint32_t smem_addr(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
+__device__ inline void ldsm_x4(uint32_t (&r)[4], const bf* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)));
+}
+__device__ inline void ldsm_x4_trans(uint32_t (&r)[4], const bf* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)));
+}
+__device__ inline void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+               "{%0,%1,%2,%3};\n"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ inline uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
 
-// out[16 x 64] (fp32, ld 64) = A[16 x HD] B[64 x HD]^T: A as this warp's fragments, B row-major bf16 in smem.
+// A 16 x 64 tile of scores: 8 accumulators of 8 columns each.
+using ScoreTile = float[kTile / 8][4];
+
+// c = A B^T with A the 16 rows of a padded smem tile starting at `a` (16 x HD) and B a padded 64 x HD smem tile.
 template <int HD>
-__device__ void warp_abt(const FragA (&a)[HD / 16], const bf* Bm, float* out) {
+__device__ void warp_abt(ScoreTile& c, const bf* a, const bf* b) {
   constexpr int ld = Tiles<HD>::ld;
-  for (int n = 0; n < kTile / 16; ++n) {
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
-    wmma::fill_fragment(c, 0.f);
-    for (int k = 0; k < HD / 16; ++k) {
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, bf, wmma::col_major> bfr;  // B^T: column n of B^T = row n of B
-      wmma::load_matrix_sync(bfr, Bm + n * 16 * ld + k * 16, ld);
-      wmma::mma_sync(c, a[k], bfr, c);
+  const int l = threadIdx.x & 31;
+  #pragma unroll
+  for (int n = 0; n < kTile / 8; ++n) c[n][0] = c[n][1] = c[n][2] = c[n][3] = 0.f;
+  #pragma unroll
+  for (int k = 0; k < HD / 16; ++k) {
+    uint32_t af[4];
+    ldsm_x4(af, a + (l & 15) * ld + k * 16 + (l >> 4) * 8);
+    #pragma unroll
+    for (int n = 0; n < kTile / 16; ++n) {  // B rows 16n..16n+15: b0, b1 of column tile 2n, then of 2n + 1
+      uint32_t bfr[4];
+      ldsm_x4(bfr, b + (16 * n + (l & 7) + (l >> 4) * 8) * ld + k * 16 + ((l >> 3) & 1) * 8);
+      mma_bf16(c[2 * n], af, bfr[0], bfr[1]);
+      mma_bf16(c[2 * n + 1], af, bfr[2], bfr[3]);
     }
-    wmma::store_matrix_sync(out + n * 16, c, kTile, wmma::mem_row_major);
   }
 }
-// This warp's 16 rows of a padded smem tile as A fragments.
-template <int HD>
-__device__ void load_rows(FragA (&a)[HD / 16], const bf* tile) {
-  for (int k = 0; k < HD / 16; ++k) wmma::load_matrix_sync(a[k], tile + (threadIdx.x >> 5) * 16 * Tiles<HD>::ld + k * 16, Tiles<HD>::ld);
-}
 
-// out[16 x HD] (fp32, ld fw) = P[16 x 64] M[64 x HD]; P row-major bf16 (ld 64 + 8), M row-major (ld Tiles::ld).
+// acc (16 x HD, HD / 8 accumulators) += P M with P [16 x 64] given as a score tile (rounded to bf16 here; the
+// accumulator layout of two adjacent column tiles is the A-operand layout of one 16-wide k step) and M a padded
+// 64 x HD smem tile, read transposed by ldmatrix.
 template <int HD>
-__device__ void warp_pm(const bf* P, const bf* M, float* out) {
+__device__ void warp_pm(float (&acc)[HD / 8][4], const ScoreTile& p, const bf* m) {
   constexpr int ld = Tiles<HD>::ld;
-  constexpr int ldp = kTile + 8;
-  for (int n = 0; n < HD / 16; ++n) {
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
-    wmma::fill_fragment(c, 0.f);
-    for (int k = 0; k < kTile / 16; ++k) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, bf, wmma::row_major> a;
-      wmma::load_matrix_sync(a, P + k * 16, ldp);
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, bf, wmma::row_major> bfr;
-      wmma::load_matrix_sync(bfr, M + k * 16 * ld + n * 16, ld);
-      wmma::mma_sync(c, a, bfr, c);
+  const int l = threadIdx.x & 31;
+  #pragma unroll
+  for (int k = 0; k < kTile / 16; ++k) {
+    const uint32_t af[4] = {pack_bf16(p[2 * k][0], p[2 * k][1]), pack_bf16(p[2 * k][2], p[2 * k][3]),
+                            pack_bf16(p[2 * k + 1][0], p[2 * k + 1][1]), pack_bf16(p[2 * k + 1][2], p[2 * k + 1][3])};
+    #pragma unroll
+    for (int n = 0; n < HD / 16; ++n) {  // M columns 16n..16n+15: b0, b1 of column tile 2n, then of 2n + 1
+      uint32_t bfr[4];
+      ldsm_x4_trans(bfr, m + (16 * k + (l & 7) + ((l >> 3) & 1) * 8) * ld + 16 * n + (l >> 4) * 8);
+      mma_bf16(acc[2 * n], af, bfr[0], bfr[1]);
+      mma_bf16(acc[2 * n + 1], af, bfr[2], bfr[3]);
     }
-    wmma::store_matrix_sync(out + n * 16, c, Tiles<HD>::fw, wmma::mem_row_major);
   }
 }
 
-// Shared-memory layout of all three kernels: five bf16 tiles (t(0) the block's own rows, t(1..2) and t(3..4)
-// the two stages of streamed tiles; a second own tile may sit in t(1) until streaming starts), then per warp a
-// bf16 [16 x 64] tile and an fp32 [16 x fw] buffer.
+// Row (e / 2: 0 for g, 1 for g + 8) and column of accumulator element [n][e] within a 16 x 64 tile.
+__device__ inline int frag_row(int e) { return ((threadIdx.x & 31) >> 2) + 8 * (e >> 1); }
+__device__ inline int frag_col(int n, int e) { return 8 * n + 2 * (threadIdx.x & 3) + (e & 1); }
+// Max / sum over the 4 lanes that share a row.
+__device__ inline float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ inline float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// Writes a warp's 16 x HD accumulator (times `scale`) as bf16 rows of a [B, T, ...] tensor: row r of the tile
+// goes to dst + (t0 + r) * stride, rows >= T are skipped.
+template <int HD>
+__device__ void store_rows(bf* dst, size_t stride, int t0, int T, const float (&acc)[HD / 8][4], float scale) {
+  #pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int t = t0 + frag_row(2 * half);
+    if (t >= T) continue;
+    #pragma unroll
+    for (int n = 0; n < HD / 8; ++n)
+      *reinterpret_cast<__nv_bfloat162*>(dst + size_t(t) * stride + frag_col(n, 0)) =
+          __floats2bfloat162_rn(acc[n][2 * half] * scale, acc[n][2 * half + 1] * scale);
+  }
+}
+
+// Shared-memory layout of all three kernels: five bf16 tiles, t(0) the block's own rows, t(1..2) and t(3..4)
+// the two stages of streamed tiles (a second own tile sits in t(5) in the backward kernels).
 template <int HD>
 struct Smem {
   static constexpr size_t tile = size_t(kTile) * Tiles<HD>::ld;
-  static constexpr size_t ptile = 16 * (kTile + 8);
-  static constexpr size_t bytes = 5 * tile * sizeof(bf) + kWarps * (ptile * sizeof(bf) + 16 * Tiles<HD>::fw * 4);
-  bf *tiles, *p;
-  float* f;
+  static constexpr size_t bytes = 6 * tile * sizeof(bf);
+  bf* tiles;
   __device__ bf* t(int i) const { return tiles + i * tile; }
-  __device__ explicit Smem(char* base) {
-    const int w = threadIdx.x >> 5;
-    bf* b = reinterpret_cast<bf*>(base);
-    tiles = b;
-    p = b + 5 * tile + w * ptile;
-    f = reinterpret_cast<float*>(base + 5 * tile * sizeof(bf) + kWarps * ptile * sizeof(bf)) + w * 16 * Tiles<HD>::fw;
-  }
+  __device__ explicit Smem(char* base) : tiles(reinterpret_cast<bf*>(base)) {}
 };
 
 // Streams the 64-row tiles starting at rows first, first + 64, ... < end of two tensors through the two stages,
@@ -157,83 +199,68 @@ __device__ void stream_tiles(Smem<HD>& sm, int first, int end, Load load, Body b
   }
 }
 
-// Each lane owns one row r = lane / 2 of a warp's 16 and half of its columns, visited in a rotated order so that
-// the 32 lanes hit 32 different shared-memory banks at every step j (row strides are multiples of 32 words).
-struct LaneCols {
-  int r, half, rot;
-  __device__ LaneCols() : r((threadIdx.x & 31) >> 1), half(threadIdx.x & 1), rot(r + 16 * half) {}
-  __device__ int s(int j) const { return half * 32 + ((j + rot) & 31); }  // of a 64-wide score row
-  template <int OC>
-  __device__ int o(int j) const { return half * OC + ((j + rot) & (OC - 1)); }  // of a 2*OC-wide output row
-};
-
-// acc (this lane's HD/2 columns of its row) += (P M) over the warp: P [16 x 64] bf16 in the warp's p tile,
-// M [64 x HD] row-major in smem; the product goes through the warp's fp32 buffer.
-template <int HD>
-__device__ void warp_pm_accumulate(const Smem<HD>& sm, const bf* M, const LaneCols& lc, float (&acc)[HD / 2]) {
-  __syncwarp();
-  warp_pm<HD>(sm.p, M, sm.f);
-  __syncwarp();
-  #pragma unroll
-  for (int j = 0; j < HD / 2; ++j) acc[j] += sm.f[lc.r * Tiles<HD>::fw + lc.o<HD / 2>(j)];
-  __syncwarp();
-}
-
 template <int HD>
 __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const bf* qkv, bf* out, float* lse, int T, int H,
                                                                  float scale, bool causal) {
   extern __shared__ __align__(16) char smem_raw[];
   Smem<HD> sm(smem_raw);
-  const int q0 = blockIdx.x * kTile, h = blockIdx.y, b = blockIdx.z, w = threadIdx.x >> 5;
+  // Heaviest (causal: last) query tiles first, so that the short ones fill the tail.
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * kTile, h = blockIdx.y, b = blockIdx.z, w = threadIdx.x >> 5;
   load_tile<HD>(sm.t(0), qkv, b, q0, T, H, h, 0);
-  __syncthreads();
-  FragA qa[HD / 16];
-  load_rows<HD>(qa, sm.t(0));
-  const LaneCols lc;
-  const int r = lc.r, t = q0 + w * 16 + r;
-  constexpr int oc = HD / 2;  // output columns per lane
-  float o[oc];
-  #pragma unroll
-  for (int j = 0; j < oc; ++j) o[j] = 0.f;
-  float m = -INFINITY, l = 0.f;
+  const bf* qw = sm.t(0) + w * 16 * Tiles<HD>::ld;
+  const int row0 = q0 + w * 16;  // this warp's first query
+  const float sl2 = scale * kLog2e;  // scores in log2 units
+  float o[HD / 8][4] = {};
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};  // per row g, g + 8; l summed over this lane's columns
   const int kend = causal ? min(T, q0 + kTile) : T;
-  const auto load_kv = [&](bf* kt, bf* vt, int row0) {
-    load_tile_async<HD>(kt, qkv, b, row0, T, H, h, 1), load_tile_async<HD>(vt, qkv, b, row0, T, H, h, 2);
+  const auto load_kv = [&](bf* kt, bf* vt, int r0) {
+    load_tile_async<HD>(kt, qkv, b, r0, T, H, h, 1), load_tile_async<HD>(vt, qkv, b, r0, T, H, h, 2);
   };
   stream_tiles<HD>(sm, 0, kend, load_kv, [&](int k0, const bf* kt, const bf* vt) {
-    warp_abt<HD>(qa, kt, sm.f);
-    __syncwarp();
-    float s[32], mx = -INFINITY;
+    ScoreTile s;
+    warp_abt<HD>(s, qw, kt);
+    const bool edge = k0 + kTile > T || (causal && k0 + kTile - 1 > row0);
+    float mx[2] = {-INFINITY, -INFINITY};
     #pragma unroll
-    for (int j = 0; j < 32; ++j) {
-      const int key = k0 + lc.s(j);
-      const bool masked = key >= T || (causal && key > t);
-      s[j] = masked ? -INFINITY : sm.f[r * kTile + lc.s(j)] * scale;
-      mx = fmaxf(mx, s[j]);
+    for (int n = 0; n < kTile / 8; ++n)
+      #pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = k0 + frag_col(n, e);
+        s[n][e] = edge && (key >= T || (causal && key > row0 + frag_row(e))) ? -INFINITY : s[n][e] * sl2;
+        mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
+      }
+    float base[2];
+    #pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const float mn = fmaxf(m[i], quad_max(mx[i]));
+      base[i] = mn == -INFINITY ? 0.f : mn;  // a fully masked row so far: exp2(-inf - 0) = 0
+      const float alpha = exp2f(m[i] - base[i]);
+      l[i] *= alpha, m[i] = mn;
+      #pragma unroll
+      for (int n = 0; n < HD / 8; ++n) o[n][2 * i] *= alpha, o[n][2 * i + 1] *= alpha;
     }
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-    const float mn = fmaxf(m, mx);
-    const float alpha = mn == -INFINITY ? 1.f : __expf(m - mn);
-    float sum = 0.f;
     #pragma unroll
-    for (int j = 0; j < 32; ++j) {
-      const float p = mn == -INFINITY ? 0.f : __expf(s[j] - mn);
-      sum += p;
-      sm.p[r * (kTile + 8) + lc.s(j)] = __float2bfloat16(p);
-    }
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    l = l * alpha + sum, m = mn;
-    #pragma unroll
-    for (int j = 0; j < oc; ++j) o[j] *= alpha;
-    warp_pm_accumulate<HD>(sm, vt, lc, o);
+    for (int n = 0; n < kTile / 8; ++n)
+      #pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[n][e] = exp2f(s[n][e] - base[e >> 1]);
+        l[e >> 1] += s[n][e];
+      }
+    warp_pm<HD>(o, s, vt);
   });
-  if (t < T) {
-    const float inv = l > 0.f ? 1.f / l : 0.f;
-    bf* dst = out + ((size_t(b) * T + t) * H + h) * HD;
-    #pragma unroll
-    for (int j = 0; j < oc; ++j) dst[lc.o<oc>(j)] = __float2bfloat16(o[j] * inv);
-    if (lc.half == 0) lse[(size_t(b) * H + h) * T + t] = m + logf(l);
+  float inv[2];
+  #pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const float li = quad_sum(l[i]);
+    inv[i] = li > 0.f ? 1.f / li : 0.f;
+    const int t = row0 + frag_row(2 * i);
+    if ((threadIdx.x & 3) == 0 && t < T) lse[(size_t(b) * H + h) * T + t] = (m[i] + log2f(li)) / kLog2e;
   }
+  #pragma unroll
+  for (int n = 0; n < HD / 8; ++n)
+    #pragma unroll
+    for (int e = 0; e < 4; ++e) o[n][e] *= inv[e >> 1];
+  store_rows<HD>(out + (size_t(b) * T * H + h) * HD, size_t(H) * HD, row0, T, o, 1.f);
 }
 
 // delta[b, h, t] = sum_i dO[b, t, h, i] O[b, t, h, i]   (one warp per (b, t, h) row)
@@ -251,117 +278,99 @@ __global__ void flash_delta_kernel(const bf* dout, const bf* out, float* delta, 
   if (lane == 0) delta[(b * H + h) * T + t] = s;
 }
 
-// dK, dV for 64 keys (each warp 16 keys; its K and V rows are the A operands).
+// dK, dV for 64 keys (each warp 16 keys: rows of the K and V tiles in t(0), t(5)); Q and dO stream through.
 template <int HD>
 __global__ void __launch_bounds__(kThreads) flash_dkdv_kernel(const bf* qkv, const bf* dout, const float* lse,
                                                               const float* delta, bf* dqkv, int T, int H,
                                                               float scale, bool causal) {
   extern __shared__ __align__(16) char smem_raw[];
   Smem<HD> sm(smem_raw);
-  // K and V pass through t(0) / t(1) into this warp's register fragments; then Q and dO stream through.
   const int k0 = blockIdx.x * kTile, h = blockIdx.y, b = blockIdx.z, w = threadIdx.x >> 5;
   load_tile<HD>(sm.t(0), qkv, b, k0, T, H, h, 1);
-  load_tile<HD>(sm.t(1), qkv, b, k0, T, H, h, 2);
-  __syncthreads();
-  // This warp's 16 keys: K rows and V rows as matrix_a fragments (held for the whole loop).
-  FragA ka[HD / 16], va[HD / 16];
-  load_rows<HD>(ka, sm.t(0)), load_rows<HD>(va, sm.t(1));
-  __syncthreads();  // t(1) is a streaming stage from here on
-  const LaneCols lc;
-  const int r = lc.r, key = k0 + w * 16 + r;
-  constexpr int oc = HD / 2;
-  float dk[oc], dv[oc];
-  #pragma unroll
-  for (int j = 0; j < oc; ++j) dk[j] = dv[j] = 0.f;
+  load_tile<HD>(sm.t(5), qkv, b, k0, T, H, h, 2);
+  const bf* kw = sm.t(0) + w * 16 * Tiles<HD>::ld;
+  const bf* vw = sm.t(5) + w * 16 * Tiles<HD>::ld;
+  const int key0 = k0 + w * 16;  // this warp's first key
+  const float sl2 = scale * kLog2e;
+  float dk[HD / 8][4] = {}, dv[HD / 8][4] = {};
   const float* lse_bh = lse + (size_t(b) * H + h) * T;
   const float* delta_bh = delta + (size_t(b) * H + h) * T;
-  const auto load_q_do = [&](bf* qt, bf* dot, int row0) {
-    load_tile_async<HD>(qt, qkv, b, row0, T, H, h, 0), load_tile_async<HD>(dot, dout, b, row0, T, H, h, -1);
+  const auto load_q_do = [&](bf* qt, bf* dot, int r0) {
+    load_tile_async<HD>(qt, qkv, b, r0, T, H, h, 0), load_tile_async<HD>(dot, dout, b, r0, T, H, h, -1);
   };
   stream_tiles<HD>(sm, causal ? k0 : 0, T, load_q_do, [&](int q0, const bf* qt, const bf* dot) {
-    warp_abt<HD>(ka, qt, sm.f);  // S^T [16 keys x 64 queries] = K_w Q^T
-    __syncwarp();
-    // P^T = exp(scale S^T - lse[q]), kept as fp32 in registers and as bf16 in the warp's p tile.
-    float p[32];
+    ScoreTile p;  // S^T [16 keys x 64 queries] = K_w Q^T, then P^T = exp(scale S^T - lse[q])
+    warp_abt<HD>(p, kw, qt);
+    const bool edge = q0 + kTile > T || (causal && q0 < key0 + 16);
     #pragma unroll
-    for (int j = 0; j < 32; ++j) {
-      const int q = q0 + lc.s(j);
-      const bool masked = q >= T || key >= T || (causal && key > q);
-      p[j] = masked ? 0.f : __expf(sm.f[r * kTile + lc.s(j)] * scale - lse_bh[q]);
-      sm.p[r * (kTile + 8) + lc.s(j)] = __float2bfloat16(p[j]);
-    }
-    // dV += P^T dO
-    warp_pm_accumulate<HD>(sm, dot, lc, dv);
-    warp_abt<HD>(va, dot, sm.f);  // dP^T [16 x 64] = V_w dO^T
-    __syncwarp();
-    // dS^T = P^T (dP^T - delta[q])
+    for (int n = 0; n < kTile / 8; ++n)
+      #pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int q = q0 + frag_col(n, e);
+        const bool masked = edge && (q >= T || (causal && key0 + frag_row(e) > q));
+        p[n][e] = masked ? 0.f : exp2f(p[n][e] * sl2 - lse_bh[min(q, T - 1)] * kLog2e);
+      }
+    warp_pm<HD>(dv, p, dot);  // dV += P^T dO
+    ScoreTile ds;             // dP^T = V_w dO^T, then dS^T = P^T (dP^T - delta[q])
+    warp_abt<HD>(ds, vw, dot);
     #pragma unroll
-    for (int j = 0; j < 32; ++j) {
-      const int q = min(q0 + lc.s(j), T - 1);
-      const float ds = p[j] * (sm.f[r * kTile + lc.s(j)] - delta_bh[q]);
-      sm.p[r * (kTile + 8) + lc.s(j)] = __float2bfloat16(ds);
-    }
-    // dK += scale dS^T Q
-    warp_pm_accumulate<HD>(sm, qt, lc, dk);
+    for (int n = 0; n < kTile / 8; ++n)
+      #pragma unroll
+      for (int e = 0; e < 4; ++e) ds[n][e] = p[n][e] * (ds[n][e] - delta_bh[min(q0 + frag_col(n, e), T - 1)]);
+    warp_pm<HD>(dk, ds, qt);  // dK += dS^T Q
   });
-  if (key < T) {
-    const size_t D = size_t(H) * HD;
-    bf* row = dqkv + (size_t(b) * T + key) * 3 * D + size_t(h) * HD;
-    #pragma unroll
-    for (int j = 0; j < oc; ++j)
-      row[D + lc.o<oc>(j)] = __float2bfloat16(dk[j] * scale), row[2 * D + lc.o<oc>(j)] = __float2bfloat16(dv[j]);
-  }
+  const size_t D = size_t(H) * HD;
+  bf* base = dqkv + size_t(b) * T * 3 * D + size_t(h) * HD;
+  store_rows<HD>(base + D, 3 * D, key0, T, dk, scale);
+  store_rows<HD>(base + 2 * D, 3 * D, key0, T, dv, 1.f);
 }
 
-// dQ for 64 queries (each warp 16 queries).
+// dQ for 64 queries (each warp 16 queries: rows of the Q and dO tiles in t(0), t(5)); K and V stream through.
 template <int HD>
 __global__ void __launch_bounds__(kThreads) flash_dq_kernel(const bf* qkv, const bf* dout, const float* lse,
                                                             const float* delta, bf* dqkv, int T, int H, float scale,
                                                             bool causal) {
   extern __shared__ __align__(16) char smem_raw[];
   Smem<HD> sm(smem_raw);
-  const int q0 = blockIdx.x * kTile, h = blockIdx.y, b = blockIdx.z, w = threadIdx.x >> 5;
-  load_tile<HD>(sm.t(0), qkv, b, q0, T, H, h, 0);    // Q
-  load_tile<HD>(sm.t(1), dout, b, q0, T, H, h, -1);  // dO
-  __syncthreads();
-  FragA qa[HD / 16], doa[HD / 16];
-  load_rows<HD>(qa, sm.t(0)), load_rows<HD>(doa, sm.t(1));
-  __syncthreads();  // t(1) is a streaming stage from here on
-  const LaneCols lc;
-  const int r = lc.r, q = q0 + w * 16 + r;
-  const float lq = q < T ? lse[(size_t(b) * H + h) * T + q] : 0.f;
-  const float dq_delta = q < T ? delta[(size_t(b) * H + h) * T + q] : 0.f;
-  constexpr int oc = HD / 2;
-  float dq[oc];
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * kTile, h = blockIdx.y, b = blockIdx.z, w = threadIdx.x >> 5;
+  load_tile<HD>(sm.t(0), qkv, b, q0, T, H, h, 0);
+  load_tile<HD>(sm.t(5), dout, b, q0, T, H, h, -1);
+  const bf* qw = sm.t(0) + w * 16 * Tiles<HD>::ld;
+  const bf* dow = sm.t(5) + w * 16 * Tiles<HD>::ld;
+  const int row0 = q0 + w * 16;
+  const float sl2 = scale * kLog2e;
+  float lq[2], dlt[2];  // lse (log2 units) and delta of rows g, g + 8
   #pragma unroll
-  for (int j = 0; j < oc; ++j) dq[j] = 0.f;
+  for (int i = 0; i < 2; ++i) {
+    const int t = min(row0 + frag_row(2 * i), T - 1);
+    lq[i] = lse[(size_t(b) * H + h) * T + t] * kLog2e, dlt[i] = delta[(size_t(b) * H + h) * T + t];
+  }
+  float dq[HD / 8][4] = {};
   const int kend = causal ? min(T, q0 + kTile) : T;
-  const auto load_kv = [&](bf* kt, bf* vt, int row0) {
-    load_tile_async<HD>(kt, qkv, b, row0, T, H, h, 1), load_tile_async<HD>(vt, qkv, b, row0, T, H, h, 2);
+  const auto load_kv = [&](bf* kt, bf* vt, int r0) {
+    load_tile_async<HD>(kt, qkv, b, r0, T, H, h, 1), load_tile_async<HD>(vt, qkv, b, r0, T, H, h, 2);
   };
   stream_tiles<HD>(sm, 0, kend, load_kv, [&](int k0, const bf* kt, const bf* vt) {
-    warp_abt<HD>(qa, kt, sm.f);  // S = Q_w K^T
-    __syncwarp();
-    float p[32];
+    ScoreTile p;  // S = Q_w K^T, then P
+    warp_abt<HD>(p, qw, kt);
+    const bool edge = k0 + kTile > T || (causal && k0 + kTile - 1 > row0);
     #pragma unroll
-    for (int j = 0; j < 32; ++j) {
-      const int key = k0 + lc.s(j);
-      const bool masked = q >= T || key >= T || (causal && key > q);
-      p[j] = masked ? 0.f : __expf(sm.f[r * kTile + lc.s(j)] * scale - lq);
-    }
-    __syncwarp();
-    warp_abt<HD>(doa, vt, sm.f);  // dP = dO_w V^T
-    __syncwarp();
+    for (int n = 0; n < kTile / 8; ++n)
+      #pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = k0 + frag_col(n, e);
+        const bool masked = edge && (key >= T || (causal && key > row0 + frag_row(e)));
+        p[n][e] = masked ? 0.f : exp2f(p[n][e] * sl2 - lq[e >> 1]);
+      }
+    ScoreTile ds;  // dP = dO_w V^T, then dS = P (dP - delta)
+    warp_abt<HD>(ds, dow, vt);
     #pragma unroll
-    for (int j = 0; j < 32; ++j)
-      sm.p[r * (kTile + 8) + lc.s(j)] = __float2bfloat16(p[j] * (sm.f[r * kTile + lc.s(j)] - dq_delta));
-    warp_pm_accumulate<HD>(sm, kt, lc, dq);  // dS K
+    for (int n = 0; n < kTile / 8; ++n)
+      #pragma unroll
+      for (int e = 0; e < 4; ++e) ds[n][e] = p[n][e] * (ds[n][e] - dlt[e >> 1]);
+    warp_pm<HD>(dq, ds, kt);  // dQ += dS K
   });
-  if (q < T) {
-    bf* row = dqkv + (size_t(b) * T + q) * 3 * size_t(H) * HD + size_t(h) * HD;
-    #pragma unroll
-    for (int j = 0; j < oc; ++j) row[lc.o<oc>(j)] = __float2bfloat16(dq[j] * scale);
-  }
+  store_rows<HD>(dqkv + size_t(b) * T * 3 * H * HD + size_t(h) * HD, 3 * size_t(H) * HD, row0, T, dq, scale);
 }
 
 template <int HD>

@@ -175,17 +175,12 @@ TEST_CASE("CUDA MoE LM: one training step matches the CPU reference", "[cuda][mo
   const int B = 2, N = B * c.seq_len;
   LM<CpuBackend<double>> cm(c, t, cb, B, make_ffn<CpuBackend<double>>);
   cm.init_weights(9);
-  // Spread the router logits so that no token sits within bf16 rounding of a top-k tie: the choice of experts
-  // is not differentiable, and a flipped choice would make the comparison meaningless.
-  for (size_t i = 0; i < cm.params().size(); ++i)
-    if (cm.P(i).row.tensor.kind == "moe.router") {
-      auto w = cm.host_values(cm.P(i));
-      for (auto& v : w) v *= 30.0;
-      cm.set_values(cm.P(i), w);
-    }
-  // Even so, a token can land near a tie; take the first batch whose CPU routing has a clear margin in every
-  // layer (2% of the logits' RMS, several times the bf16 noise), so that both backends must choose the same
-  // experts. This search runs on the CPU alone, so CI checks that such a batch exists.
+  // The choice of experts is not differentiable, so a token within bf16 noise of a top-k tie would make the
+  // comparison meaningless: take the first batch whose CPU routing has a clear margin in every layer (2% of the
+  // logits' RMS, several times the bf16 noise), so that both backends must choose the same experts. This search
+  // runs on the CPU alone, so CI checks that such a batch exists. The router weights keep their initial scale:
+  // scaling them up does not widen the relative margin but does amplify bf16 noise in the router gradient
+  // (a 2^-9 relative perturbation of every weight moved it by under 0.5% as initialized, by 1% when scaled by 30).
   std::vector<int32_t> x(N), y(N);
   double lc = 0;
   bool clear = false;
@@ -206,8 +201,6 @@ TEST_CASE("CUDA MoE LM: one training step matches the CPU reference", "[cuda][mo
   CudaBackend gb;
   LM<CudaBackend> gm(c, t, gb, B, make_ffn<CudaBackend>);
   gm.init_weights(9);
-  for (size_t i = 0; i < cm.params().size(); ++i)
-    if (cm.P(i).row.tensor.kind == "moe.router") gm.set_values(gm.P(i), cm.host_values(cm.P(i)));
   gm.zero_grad();
   const double lg = gm.forward(x.data(), y.data());
   CHECK(std::abs(lg - lc) / lc < 1e-2);
