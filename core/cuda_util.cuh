@@ -35,6 +35,27 @@ inline unsigned grid_for(size_t n, int threads, size_t cap = 8192) {
   size_t g = (n + size_t(threads) - 1) / size_t(threads);
   return unsigned(g < cap ? g : cap);
 }
+// 8 bf16 as one 16-byte vector (rows whose length is a multiple of 8 are read and written this way), and
+// its conversion to and from 8 floats.
+union Vec8 {
+  uint4 u;
+  __nv_bfloat162 h[4];
+};
+__device__ __forceinline__ void unpack8(const uint4& u, float (&f)[8]) {
+  const Vec8 v{u};
+  #pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const float2 p = __bfloat1622float2(v.h[k]);
+    f[2 * k] = p.x, f[2 * k + 1] = p.y;
+  }
+}
+__device__ __forceinline__ uint4 pack8(const float (&f)[8]) {
+  Vec8 v;
+  #pragma unroll
+  for (int k = 0; k < 4; ++k) v.h[k] = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
+  return v.u;
+}
+
 // Threads for a one-block-per-row kernel over rows of length D (a multiple of 32).
 inline int threads_for_row(int D) { return D >= 1024 ? 1024 : D >= 512 ? 512 : D >= 256 ? 256 : D >= 128 ? 128 : 64; }
 

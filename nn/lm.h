@@ -320,7 +320,7 @@ class LM : public ParamStore<Backend> {
   void backward() {
     const int N = B_ * T_, D = cfg_.d_model, nh = cfg_.n_heads, hd = cfg_.head_dim();
     Param &nf = params_[params_.size() - 2], &head = params_.back();
-    be_.crossentropy_backward(logits_, tgt_, logits_, N, cfg_.vocab, cfg_.vocab_pad, 1.0 / N);
+    be_.crossentropy_backward(logits_, tgt_, losses_, logits_, N, cfg_.vocab, cfg_.vocab_pad, 1.0 / N);
     be_.matmul_backward(logits_, lnf_, head.weight, dx_, head.grad, N, D, cfg_.vocab_pad, head.alpha);
     be_.zero(dres_, sizeof(A) * size_t(N) * D);
     be_.rmsnorm_backward(dx_, res_[cfg_.n_layers], nf.weight, rstdf_, dres_, nf.grad, N, D);

@@ -211,16 +211,18 @@ void crossentropy_forward(const T* logits, const int32_t* targets, T* losses, in
     losses[n] = std::log(sum) + mx - l[targets[n]];
   }
 }
-// dlogits = dloss * (softmax - onehot); padding columns get 0. dlogits may alias logits.
+// dlogits = dloss * (softmax - onehot); padding columns get 0. dlogits may alias logits. Each row's logsumexp
+// comes from the forward's loss: lse = loss + logit[target].
 template <class T>
-void crossentropy_backward(const T* logits, const int32_t* targets, T* dlogits, int N, int V, int Vp, double dloss) {
+void crossentropy_backward(const T* logits, const int32_t* targets, const T* losses, T* dlogits, int N, int V, int Vp,
+                           double dloss) {
 #pragma omp parallel for schedule(static)
   for (int n = 0; n < N; ++n) {
     const T* l = logits + size_t(n) * Vp;
     T* d = dlogits + size_t(n) * Vp;
-    T mx = *std::max_element(l, l + V), sum = 0;
-    for (int j = 0; j < V; ++j) sum += std::exp(l[j] - mx);
-    for (int j = 0; j < V; ++j) d[j] = T(dloss) * (std::exp(l[j] - mx) / sum - (j == targets[n] ? T(1) : T(0)));
+    const int tg = targets[n];
+    const T lse = losses[n] + l[tg];
+    for (int j = 0; j < V; ++j) d[j] = T(dloss) * (std::exp(l[j] - lse) - (j == tg ? T(1) : T(0)));
     for (int j = V; j < Vp; ++j) d[j] = 0;
   }
 }

@@ -135,9 +135,10 @@ void swiglu_backward(Context& ctx, const bf16* dout, const bf16* in, bf16* din, 
 // losses[n] = logsumexp(logits[n, :V]) - logits[n, target[n]]  (fp32)
 void crossentropy_forward(Context& ctx, const bf16* logits, const int32_t* targets, float* losses, int N, int V,
                           int Vp);
-// dlogits = dloss * (softmax - onehot) on the first V columns, 0 on padding (dlogits may alias logits).
-void crossentropy_backward(Context& ctx, const bf16* logits, const int32_t* targets, bf16* dlogits, int N, int V,
-                           int Vp, float dloss);
+// dlogits = dloss * (softmax - onehot) on the first V columns, 0 on padding (dlogits may alias logits);
+// `losses` are the forward's, from which each row's logsumexp is recovered.
+void crossentropy_backward(Context& ctx, const bf16* logits, const int32_t* targets, const float* losses,
+                           bf16* dlogits, int N, int V, int Vp, float dloss);
 
 // sum of squares of n fp32 values, accumulated into *out (device scalar, fp32 add of a double-accumulated part).
 void sum_squares(Context& ctx, const float* g, size_t n, float* out);

@@ -1,6 +1,10 @@
 // RMSNorm: y = x * rstd * w with rstd = 1/sqrt(mean(x^2) + eps); fp32 statistics, bf16 activations.
+// Rows of D = 8k <= 1024 go through the warp-per-row kernels (the row stays in registers as 16-byte vectors);
+// other widths through the block-per-row kernels.
 #include "core/cuda_util.cuh"
 #include "nn/ops_cuda.h"
+
+#include <algorithm>
 
 namespace mue::cuda {
 
@@ -51,10 +55,111 @@ __global__ void rmsnorm_backward_kernel(const bf* dy, const bf* x, const bf* w, 
   }
   for (int i = threadIdx.x; i < D; i += blockDim.x) atomicAdd(dw + i, dw_part[i]);
 }
+
+// ---- one warp per row, D a multiple of 8 and at most 1024; kVec = ceil(D / 256) 16-byte vectors per lane ----
+constexpr int kRowWarps = 8;  // rows (warps) per block
+constexpr int kVecMaxD = 1024;
+
+// traffic: read N*D bf16 + D, write N*D bf16 + N fp32 (each element once)
+template <int kMaxVec>
+__global__ void __launch_bounds__(kRowWarps * 32) rmsnorm_forward_vec_kernel(const bf* x, const bf* w, bf* y,
+                                                                             float* rstd, int N, int D, float eps) {
+  const int row = blockIdx.x * kRowWarps + (threadIdx.x >> 5), lane = threadIdx.x & 31, nv = D / 8;
+  if (row >= N) return;
+  const uint4* xr = reinterpret_cast<const uint4*>(x + size_t(row) * D);
+  float v[kMaxVec][8], ss = 0.f;
+  #pragma unroll
+  for (int i = 0; i < kMaxVec; ++i)
+    if (lane + 32 * i < nv) {
+      unpack8(xr[lane + 32 * i], v[i]);
+      #pragma unroll
+      for (int k = 0; k < 8; ++k) ss += v[i][k] * v[i][k];
+    }
+  const float r = rsqrtf(warp_reduce(ss, SumOp{}) / float(D) + eps);
+  if (lane == 0) rstd[row] = r;
+  uint4* yr = reinterpret_cast<uint4*>(y + size_t(row) * D);
+  #pragma unroll
+  for (int i = 0; i < kMaxVec; ++i)
+    if (lane + 32 * i < nv) {
+      float wv[8];
+      unpack8(reinterpret_cast<const uint4*>(w)[lane + 32 * i], wv);
+      #pragma unroll
+      for (int k = 0; k < 8; ++k) v[i][k] *= r * wv[k];
+      yr[lane + 32 * i] = pack8(v[i]);
+    }
+}
+
+// Warps stride over rows; each lane keeps the dw partial sums of its columns in registers, merged per block in
+// shared memory and added to dw once per block.
+// traffic: read 3*N*D bf16 (x, dy, dx) + N fp32, write N*D bf16, gridDim.x * D fp32 atomics
+template <int kMaxVec>
+__global__ void __launch_bounds__(kRowWarps * 32) rmsnorm_backward_vec_kernel(const bf* dy, const bf* x, const bf* w,
+                                                                              const float* rstd, bf* dx, float* dw,
+                                                                              int N, int D) {
+  __shared__ float dw_block[kVecMaxD];
+  const int lane = threadIdx.x & 31, nv = D / 8;
+  for (int i = threadIdx.x; i < D; i += blockDim.x) dw_block[i] = 0.f;
+  float wv[kMaxVec][8], dwp[kMaxVec][8];
+  #pragma unroll
+  for (int i = 0; i < kMaxVec; ++i) {
+    #pragma unroll
+    for (int k = 0; k < 8; ++k) dwp[i][k] = 0.f, wv[i][k] = 0.f;
+    if (lane + 32 * i < nv) unpack8(reinterpret_cast<const uint4*>(w)[lane + 32 * i], wv[i]);
+  }
+  for (int row = blockIdx.x * kRowWarps + (threadIdx.x >> 5); row < N; row += gridDim.x * kRowWarps) {
+    const uint4* xr = reinterpret_cast<const uint4*>(x + size_t(row) * D);
+    const uint4* gr = reinterpret_cast<const uint4*>(dy + size_t(row) * D);
+    uint4* dxr = reinterpret_cast<uint4*>(dx + size_t(row) * D);
+    const float r = rstd[row];
+    float xh[kMaxVec][8], g[kMaxVec][8], dot = 0.f;
+    #pragma unroll
+    for (int i = 0; i < kMaxVec; ++i)
+      if (lane + 32 * i < nv) {
+        unpack8(xr[lane + 32 * i], xh[i]), unpack8(gr[lane + 32 * i], g[i]);
+        #pragma unroll
+        for (int k = 0; k < 8; ++k) xh[i][k] *= r, dot += g[i][k] * wv[i][k] * xh[i][k];
+      }
+    dot = warp_reduce(dot, SumOp{}) / float(D);
+    #pragma unroll
+    for (int i = 0; i < kMaxVec; ++i)
+      if (lane + 32 * i < nv) {
+        float d[8];
+        unpack8(dxr[lane + 32 * i], d);
+        #pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          dwp[i][k] += g[i][k] * xh[i][k];
+          d[k] += r * (g[i][k] * wv[i][k] - xh[i][k] * dot);
+        }
+        dxr[lane + 32 * i] = pack8(d);
+      }
+  }
+  __syncthreads();
+  #pragma unroll
+  for (int i = 0; i < kMaxVec; ++i)
+    if (lane + 32 * i < nv)
+      #pragma unroll
+      for (int k = 0; k < 8; ++k) atomicAdd(&dw_block[8 * (lane + 32 * i) + k], dwp[i][k]);
+  __syncthreads();
+  for (int i = threadIdx.x; i < D; i += blockDim.x) atomicAdd(dw + i, dw_block[i]);
+}
+
+bool rmsnorm_vec_ok(int D) { return D % 8 == 0 && D <= kVecMaxD; }
 }  // namespace
 
 void rmsnorm_forward(Context& ctx, const bf16* x, const bf16* w, bf16* y, float* rstd, int N, int D, float eps) {
   if (N <= 0 || D <= 0) return;
+  if (rmsnorm_vec_ok(D)) {
+    const auto launch = [&](auto kernel) {
+      kernel<<<(N + kRowWarps - 1) / kRowWarps, kRowWarps * 32, 0, ctx.stream>>>(B(x), B(w), B(y), rstd, N, D, eps);
+    };
+    switch ((D + 255) / 256) {
+      case 1: launch(rmsnorm_forward_vec_kernel<1>); break;
+      case 2: launch(rmsnorm_forward_vec_kernel<2>); break;
+      case 3: launch(rmsnorm_forward_vec_kernel<3>); break;
+      default: launch(rmsnorm_forward_vec_kernel<4>); break;
+    }
+    return check_launch("rmsnorm_forward_vec_kernel");
+  }
   rmsnorm_forward_kernel<<<N, threads_for_row(D), 0, ctx.stream>>>(B(x), B(w), B(y), rstd, D, eps);
   check_launch("rmsnorm_forward_kernel");
 }
@@ -62,6 +167,19 @@ void rmsnorm_forward(Context& ctx, const bf16* x, const bf16* w, bf16* y, float*
 void rmsnorm_backward(Context& ctx, const bf16* dy, const bf16* x, const bf16* w, const float* rstd, bf16* dx,
                       float* dw, int N, int D) {
   if (N <= 0 || D <= 0) return;
+  if (rmsnorm_vec_ok(D)) {
+    const int grid = std::min((N + kRowWarps - 1) / kRowWarps, 4 * 132);  // a few blocks per SM
+    const auto launch = [&](auto kernel) {
+      kernel<<<grid, kRowWarps * 32, 0, ctx.stream>>>(B(dy), B(x), B(w), rstd, B(dx), dw, N, D);
+    };
+    switch ((D + 255) / 256) {
+      case 1: launch(rmsnorm_backward_vec_kernel<1>); break;
+      case 2: launch(rmsnorm_backward_vec_kernel<2>); break;
+      case 3: launch(rmsnorm_backward_vec_kernel<3>); break;
+      default: launch(rmsnorm_backward_vec_kernel<4>); break;
+    }
+    return check_launch("rmsnorm_backward_vec_kernel");
+  }
   const size_t smem = size_t(D) * sizeof(float);
   if (smem > 48 * 1024) {
     int dev = 0, max_smem = 0;

@@ -91,8 +91,10 @@ TEST_CASE("CUDA rmsnorm forward and backward", "[cuda]") {
     return;
   }
   cuda::Context ctx;
-  // 13000 needs more than 48 KB of shared memory in the backward (the opt-in path).
-  for (auto [N, D] : {std::pair{37, 97}, std::pair{37, 768}, std::pair{5, 13000}}) {
+  // 768, 256 and 1024 take the warp-per-row kernels (3000 rows: warps stride over several rows each), 97 and
+  // 13000 the block-per-row ones; 13000 needs more than 48 KB of shared memory in the backward (the opt-in path).
+  for (auto [N, D] : {std::pair{37, 97}, std::pair{37, 768}, std::pair{3000, 256}, std::pair{9, 1024},
+                      std::pair{5, 13000}}) {
     INFO("N = " << N << ", D = " << D);
     const size_t ND = size_t(N) * D;
     const double eps = 1e-5;
@@ -314,22 +316,24 @@ TEST_CASE("CUDA swiglu forward and backward", "[cuda]") {
     return;
   }
   cuda::Context ctx;
-  const int N = 37, H = 100;
-  const size_t nin = size_t(N) * 2 * H, nout = size_t(N) * H;
-  V in = randn_bf16(nin, 2.0), g = randn_bf16(nout);
-  Dev din = put_bf16(in), dout = poisoned(nout * sizeof(bf16));
-  cuda::swiglu_forward(ctx, din.h(), dout.h(), N, H);
-  V out(nout);
-  cpu::swiglu_forward(in.data(), out.data(), N, H);
-  expect_close(get_bf16(ctx, dout, nout), out, kTolBf16, "swiglu out");
+  for (auto [N, H] : {std::pair{37, 100}, std::pair{37, 104}, std::pair{3000, 256}}) {  // scalar, vector kernels
+    INFO("N = " << N << ", H = " << H);
+    const size_t nin = size_t(N) * 2 * H, nout = size_t(N) * H;
+    V in = randn_bf16(nin, 2.0), g = randn_bf16(nout);
+    Dev din = put_bf16(in), dout = poisoned(nout * sizeof(bf16));
+    cuda::swiglu_forward(ctx, din.h(), dout.h(), N, H);
+    V out(nout);
+    cpu::swiglu_forward(in.data(), out.data(), N, H);
+    expect_close(get_bf16(ctx, dout, nout), out, kTolBf16, "swiglu out");
 
-  Dev dg = put_bf16(g), dgin = poisoned(nin * sizeof(bf16));
-  cuda::swiglu_backward(ctx, dg.h(), din.h(), dgin.h(), N, H);
-  V gin(nin);
-  cpu::swiglu_backward(g.data(), in.data(), gin.data(), N, H);
-  V got = get_bf16(ctx, dgin, nin);
-  expect_close(part(got, 2 * H, 0, H), part(gin, 2 * H, 0, H), kTolBf16, "swiglu dgate");
-  expect_close(part(got, 2 * H, H, H), part(gin, 2 * H, H, H), kTolBf16, "swiglu dup");
+    Dev dg = put_bf16(g), dgin = poisoned(nin * sizeof(bf16));
+    cuda::swiglu_backward(ctx, dg.h(), din.h(), dgin.h(), N, H);
+    V gin(nin);
+    cpu::swiglu_backward(g.data(), in.data(), gin.data(), N, H);
+    V got = get_bf16(ctx, dgin, nin);
+    expect_close(part(got, 2 * H, 0, H), part(gin, 2 * H, 0, H), kTolBf16, "swiglu dgate");
+    expect_close(part(got, 2 * H, H, H), part(gin, 2 * H, H, H), kTolBf16, "swiglu dup");
+  }
 }
 
 TEST_CASE("CUDA crossentropy forward and backward (padded vocabulary)", "[cuda]") {
@@ -355,9 +359,9 @@ TEST_CASE("CUDA crossentropy forward and backward (padded vocabulary)", "[cuda]"
 
     const double dl_scale = 0.37;
     Dev dd = poisoned(n * sizeof(bf16));
-    cuda::crossentropy_backward(ctx, dl.h(), dt.i(), dd.h(), N, Vv, Vp, float(dl_scale));
+    cuda::crossentropy_backward(ctx, dl.h(), dt.i(), dloss.f(), dd.h(), N, Vv, Vp, float(dl_scale));
     V d(n);
-    cpu::crossentropy_backward(logits.data(), tgt.data(), d.data(), N, Vv, Vp, dl_scale);
+    cpu::crossentropy_backward(logits.data(), tgt.data(), loss.data(), d.data(), N, Vv, Vp, dl_scale);
     V got = get_bf16(ctx, dd, n);
     expect_close(got, d, kTolBf16, "crossentropy dlogits");
     size_t pad_nonzero = 0;
@@ -366,7 +370,7 @@ TEST_CASE("CUDA crossentropy forward and backward (padded vocabulary)", "[cuda]"
     CHECK(pad_nonzero == 0);
 
     // In place (dlogits aliasing logits) gives the same bits.
-    cuda::crossentropy_backward(ctx, dl.h(), dt.i(), dl.h(), N, Vv, Vp, float(dl_scale));
+    cuda::crossentropy_backward(ctx, dl.h(), dt.i(), dloss.f(), dl.h(), N, Vv, Vp, float(dl_scale));
     CHECK(rel_err(get_bf16(ctx, dl, n), got) == 0.0);
   }
 }
