@@ -1,13 +1,25 @@
-// Expert GEMMs of the MoE layer on contiguous row blocks (tokens already permuted by expert). Each expert is
-// its own group of one GEMM in cublasGemmGroupedBatchedEx (the row counts differ); the pointer arrays are
-// built on the host from the host-side offsets and written to the device by a kernel that takes them as
-// launch parameters (stream-ordered, no sync). Traffic per expert: its rows of x
-// and y, and its weight, once. Layout conventions as in nn/matmul.cu (row-major seen as column-major).
+// Expert GEMMs of the MoE layer on contiguous row blocks (tokens already permuted by expert), expert e owning
+// rows off[e] .. off[e + 1]. Layout conventions as in nn/matmul.cu: x [rows, In], w [E, Out, In], y [rows, Out].
+//
+// When In and Out are multiples of 8, one hand-written grouped GEMM kernel per product reads the offsets on the
+// device (nothing about the routing has to reach the host): bf16 operands through a 3-stage cp.async pipeline
+// into padded shared-memory tiles, ldmatrix (transposing where the operand is not K-contiguous) and
+// mma.sync m16n8k16 with fp32 accumulation; 128 x 128 output tiles, k steps of 64, 4 warps of 64 x 64.
+//   forward  y_e  = alpha x_e W_e^T     (M = rows of e, N = Out, K = In)   one block per (row tile, col tile)
+//   backward dx_e = alpha dy_e W_e      (M = rows of e, N = In,  K = Out)  likewise
+//            dW_e += alpha dy_e^T x_e   (M = Out, N = In, K = rows of e)   one block per (tile, expert), fp32
+// Row tiles of all experts are numbered one after another (a small kernel maps each to its expert); the grid
+// covers rows / 128 + E of them (grid y; x runs over the column tiles, so that the blocks sharing a row tile
+// run together and read it from L2), and a block past the last one returns at once. Traffic: each operand tile is read once per output tile that needs
+// it (x, dy rows: N / 128 times; W_e: once per row tile of e).
+// Other widths go through cuBLAS (cublasGemmGroupedBatchedEx over the non-empty experts, with the pointer
+// arrays written by a kernel; MUE_GROUPED_GEMM=0: one cublasGemmEx per expert), which needs host offsets.
 #include <algorithm>
 #include <cstdlib>
 #include <vector>
 
 #include "core/cuda_util.cuh"
+#include "core/mma.cuh"
 #include "moe/moe_cuda.h"
 
 namespace mue::cuda {
@@ -77,10 +89,214 @@ struct Groups {
                    "cublasGemmEx(", what, ")");
   }
 };
+
+// ---- the grouped GEMM kernel ----
+constexpr int kBM = 128, kBN = 128, kBK = 64, kStages = 3, kGemmThreads = 128;  // 2 x 2 warps of 64 x 64
+
+// An operand tile in shared memory: K-major ([128 rows of M or N][kBK + 8]) or MN-major ([kBK][128 + 8]).
+template <bool kKMajor>
+struct OperandTile {
+  static constexpr int ld = kKMajor ? kBK + 8 : kBM + 8;
+  static constexpr int elems = kKMajor ? kBM * (kBK + 8) : kBK * (kBM + 8);
+  // cp.async of the tile at (mn0, k0) of a matrix with leading dimension ld_g: element (mn, k) at
+  // base[mn * ld_g + k] (K-major) or base[k * ld_g + mn] (MN-major); beyond mn_end or k_end it is zero.
+  __device__ static void load(bf* dst, const bf* base, int ld_g, int mn0, int mn_end, int k0, int k_end) {
+    for (int i = threadIdx.x; i < kBM * kBK / 8; i += kGemmThreads) {
+      int mn, k, r, c;
+      if constexpr (kKMajor) {
+        r = i / (kBK / 8), c = (i % (kBK / 8)) * 8, mn = mn0 + r, k = k0 + c;
+      } else {
+        r = i / (kBM / 8), c = (i % (kBM / 8)) * 8, k = k0 + r, mn = mn0 + c;
+      }
+      const bool ok = mn < mn_end && k < k_end;
+      const size_t off = kKMajor ? size_t(ok ? mn : 0) * ld_g + (ok ? k : 0) : size_t(ok ? k : 0) * ld_g + (ok ? mn : 0);
+      cp_async16(dst + r * ld + c, base + off, ok);
+    }
+  }
+};
+
+// One GEMM problem of a block: C[M x N] (= or +=) alpha A[M x K] B[K x N]; A(m, k) at a[m * lda + k] when
+// kAK (K-major) else a[k * lda + m]; B(k, n) at b[n * ldb + k] when kBK_ else b[k * ldb + n].
+struct Problem {
+  const bf *a, *b;
+  void* c;
+  int lda, ldb, ldc, M, N, K, m0, n0;
+};
+
+template <bool kAK, bool kBKmaj, bool kAccumulate>
+__device__ void gemm_tile(const Problem& p, float alpha, char* smem) {
+  using TA = OperandTile<kAK>;
+  using TB = OperandTile<kBKmaj>;
+  bf* sa = reinterpret_cast<bf*>(smem);
+  bf* sb = sa + kStages * TA::elems;
+  const int w = threadIdx.x >> 5, l = threadIdx.x & 31, wm = (w & 1) * 64, wn = (w >> 1) * 64;
+  float acc[4][8][4] = {};
+  const int ktiles = (p.K + kBK - 1) / kBK;
+  const auto load = [&](int kt) {
+    const int st = kt % kStages;
+    TA::load(sa + st * TA::elems, p.a, p.lda, p.m0, p.M, kt * kBK, p.K);
+    TB::load(sb + st * TB::elems, p.b, p.ldb, p.n0, p.N, kt * kBK, p.K);
+  };
+  #pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < ktiles) load(s);
+    cp_async_commit();
+  }
+  for (int kt = 0; kt < ktiles; ++kt) {
+    cp_async_wait<kStages - 2>();
+    __syncthreads();  // tile kt is in; every warp is done with the stage the next load overwrites
+    if (kt + kStages - 1 < ktiles) load(kt + kStages - 1);
+    cp_async_commit();
+    const bf* ta = sa + (kt % kStages) * TA::elems;
+    const bf* tb = sb + (kt % kStages) * TB::elems;
+    #pragma unroll
+    for (int kk = 0; kk < kBK / 16; ++kk) {
+      uint32_t af[4][4], bfr[4][4];
+      #pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int m = wm + 16 * i;
+        if constexpr (kAK)
+          ldsm_x4(af[i], ta + (m + (l & 15)) * TA::ld + 16 * kk + (l >> 4) * 8);
+        else
+          ldsm_x4_trans(af[i], ta + (16 * kk + (l & 7) + (l >> 4) * 8) * TA::ld + m + ((l >> 3) & 1) * 8);
+      }
+      #pragma unroll
+      for (int j = 0; j < 4; ++j) {  // columns wn + 16 j .. + 15: b0, b1 of column tile 2 j, then of 2 j + 1
+        const int n = wn + 16 * j;
+        if constexpr (kBKmaj)
+          ldsm_x4(bfr[j], tb + (n + (l & 7) + (l >> 4) * 8) * TB::ld + 16 * kk + ((l >> 3) & 1) * 8);
+        else
+          ldsm_x4_trans(bfr[j], tb + (16 * kk + (l & 7) + ((l >> 3) & 1) * 8) * TB::ld + n + (l >> 4) * 8);
+      }
+      #pragma unroll
+      for (int i = 0; i < 4; ++i)
+        #pragma unroll
+        for (int j = 0; j < 8; ++j) mma_bf16(acc[i][j], af[i], bfr[j / 2][2 * (j % 2)], bfr[j / 2][2 * (j % 2) + 1]);
+    }
+  }
+  cp_async_wait<0>();
+  // Epilogue: row pairs (c[0], c[1]) and (c[2], c[3]) are adjacent columns (N is a multiple of 8).
+  #pragma unroll
+  for (int i = 0; i < 4; ++i)
+    #pragma unroll
+    for (int j = 0; j < 8; ++j)
+      #pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int m = p.m0 + wm + 16 * i + (l >> 2) + 8 * h, n = p.n0 + wn + 8 * j + 2 * (l & 3);
+        if (m >= p.M || n >= p.N) continue;
+        const float v0 = alpha * acc[i][j][2 * h], v1 = alpha * acc[i][j][2 * h + 1];
+        if constexpr (kAccumulate) {
+          float2* c = reinterpret_cast<float2*>(static_cast<float*>(p.c) + size_t(m) * p.ldc + n);
+          const float2 old = *c;
+          *c = make_float2(old.x + v0, old.y + v1);
+        } else {
+          *reinterpret_cast<__nv_bfloat162*>(static_cast<bf*>(p.c) + size_t(m) * p.ldc + n) =
+              __floats2bfloat162_rn(v0, v1);
+        }
+      }
+}
+
+// map[t] = (expert, first row within the expert) of row tile t, row tiles of all experts numbered in order;
+// (-1, 0) past the last tile. One block: thread 0 numbers the experts' first tiles (E + 1 ints in shared
+// memory), then every thread binary-searches its tiles. Run before each grouped launch, so that a GEMM block
+// finds its work in one load.
+__global__ void row_tile_map_kernel(const int32_t* off, int E, int2* map, int bound) {
+  extern __shared__ int first[];
+  if (threadIdx.x == 0) {
+    int f = 0;
+    for (int e = 0; e < E; ++e) first[e] = f, f += (off[e + 1] - off[e] + kBM - 1) / kBM;
+    first[E] = f;
+  }
+  __syncthreads();
+  for (int t = threadIdx.x; t < bound; t += blockDim.x) {
+    if (t >= first[E]) {
+      map[t] = make_int2(-1, 0);
+      continue;
+    }
+    int lo = 0, hi = E - 1;  // the last expert whose first tile is <= t (empty experts share the next one's)
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) / 2;
+      if (first[mid] <= t) lo = mid;
+      else hi = mid - 1;
+    }
+    map[t] = make_int2(lo, (t - first[lo]) * kBM);
+  }
+}
+
+// y_e = alpha x_e W_e^T: A = x rows (K-major), B = W_e [Out x In] (K-major).
+__global__ void __launch_bounds__(kGemmThreads) expert_forward_kernel(const bf* x, const bf* w, bf* y,
+                                                                       const int32_t* off, const int2* map, int In,
+                                                                       int Out, float alpha) {
+  extern __shared__ __align__(16) char smem[];
+  const int e = map[blockIdx.y].x, row0 = map[blockIdx.y].y;
+  if (e < 0) return;
+  const int r0 = off[e];
+  const Problem p{x + size_t(r0) * In, w + size_t(e) * Out * In, y + size_t(r0) * Out, In, In, Out,
+                  off[e + 1] - r0, Out, In, row0, int(blockIdx.x) * kBN};
+  gemm_tile<true, true, false>(p, alpha, smem);
+}
+
+// dx_e = alpha dy_e W_e: A = dy rows (K-major), B = W_e [Out x In] read as K x N (N-major).
+__global__ void __launch_bounds__(kGemmThreads) expert_dx_kernel(const bf* dy, const bf* w, bf* dx,
+                                                                  const int32_t* off, const int2* map, int In,
+                                                                  int Out, float alpha) {
+  extern __shared__ __align__(16) char smem[];
+  const int e = map[blockIdx.y].x, row0 = map[blockIdx.y].y;
+  if (e < 0) return;
+  const int r0 = off[e];
+  const Problem p{dy + size_t(r0) * Out, w + size_t(e) * Out * In, dx + size_t(r0) * In, Out, In, In,
+                  off[e + 1] - r0, In, Out, row0, int(blockIdx.x) * kBN};
+  gemm_tile<true, false, false>(p, alpha, smem);
+}
+
+// dW_e += alpha dy_e^T x_e: A(m = out, k = row) = dy[row, out] (M-major), B(k = row, n = in) = x[row, in]
+// (N-major); block (n tile, m tile, expert).
+__global__ void __launch_bounds__(kGemmThreads) expert_dw_kernel(const bf* dy, const bf* x, float* dw,
+                                                                  const int32_t* off, int In, int Out, float alpha) {
+  extern __shared__ __align__(16) char smem[];
+  const int e = blockIdx.z, r0 = off[e], rows = off[e + 1] - r0;
+  if (rows == 0) return;
+  const Problem p{dy + size_t(r0) * Out, x + size_t(r0) * In, dw + size_t(e) * Out * In, Out, In, In,
+                  Out, In, rows, int(blockIdx.y) * kBM, int(blockIdx.x) * kBN};
+  gemm_tile<false, false, true>(p, alpha, smem);
+}
+
+template <bool kAK, bool kBKmaj>
+constexpr size_t gemm_smem() {
+  return size_t(kStages) * (OperandTile<kAK>::elems + OperandTile<kBKmaj>::elems) * sizeof(bf);
+}
+template <class Kernel>
+void set_smem(Kernel k, size_t bytes, const char* name) {
+  check(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), "cudaFuncSetAttribute(",
+        name, ")");
+}
+// The row-tile map of the offsets (in scratch slot 6) and its length: rows / 128 + E bounds the tile count.
+const int2* row_tile_map(Context& ctx, const int32_t* off_dev, int rows, int E, unsigned& bound) {
+  bound = unsigned((rows + kBM - 1) / kBM + E);
+  MUE_CHECK(bound <= 65535, "expert GEMM: ", rows, " rows need more than 65535 row tiles");
+  int2* map = static_cast<int2*>(ctx.scratch(6, sizeof(int2) * bound));
+  const size_t smem = sizeof(int) * (size_t(E) + 1);
+  if (smem > 48 * 1024) set_smem(row_tile_map_kernel, smem, "row_tile_map_kernel");
+  row_tile_map_kernel<<<1, 1024, smem, ctx.stream>>>(off_dev, E, map, int(bound));
+  check_launch("row_tile_map_kernel");
+  return map;
+}
 }  // namespace
 
-void expert_matmul_forward(Context& ctx, const bf16* x, const bf16* w, bf16* y, const int32_t* off, int E, int In,
-                           int Out, float alpha) {
+bool expert_gemm_kernel_fits(int In, int Out) { return In % 8 == 0 && Out % 8 == 0; }
+
+void expert_matmul_forward(Context& ctx, const bf16* x, const bf16* w, bf16* y, const int32_t* off,
+                           const int32_t* off_dev, int rows, int E, int In, int Out, float alpha) {
+  if (rows <= 0) return;
+  if (off_dev && expert_gemm_kernel_fits(In, Out)) {
+    constexpr size_t smem = gemm_smem<true, true>();
+    set_smem(expert_forward_kernel, smem, "expert_forward_kernel");
+    unsigned tiles;
+    const int2* map = row_tile_map(ctx, off_dev, rows, E, tiles);
+    const dim3 grid((Out + kBN - 1) / kBN, tiles);
+    expert_forward_kernel<<<grid, kGemmThreads, smem, ctx.stream>>>(B(x), B(w), B(y), off_dev, map, In, Out, alpha);
+    return check_launch("expert_forward_kernel");
+  }
   Groups g;
   for (int e = 0; e < E; ++e)
     if (const int n = off[e + 1] - off[e])
@@ -90,7 +306,22 @@ void expert_matmul_forward(Context& ctx, const bf16* x, const bf16* w, bf16* y, 
 }
 
 void expert_matmul_backward(Context& ctx, const bf16* dy, const bf16* x, const bf16* w, bf16* dx, float* dw,
-                            const int32_t* off, int E, int In, int Out, float alpha) {
+                            const int32_t* off, const int32_t* off_dev, int rows, int E, int In, int Out,
+                            float alpha) {
+  if (rows <= 0) return;
+  if (off_dev && expert_gemm_kernel_fits(In, Out)) {
+    constexpr size_t smem_dx = gemm_smem<true, false>(), smem_dw = gemm_smem<false, false>();
+    set_smem(expert_dx_kernel, smem_dx, "expert_dx_kernel");
+    set_smem(expert_dw_kernel, smem_dw, "expert_dw_kernel");
+    unsigned tiles;
+    const int2* map = row_tile_map(ctx, off_dev, rows, E, tiles);
+    const dim3 gdx((In + kBN - 1) / kBN, tiles);
+    expert_dx_kernel<<<gdx, kGemmThreads, smem_dx, ctx.stream>>>(B(dy), B(w), B(dx), off_dev, map, In, Out, alpha);
+    check_launch("expert_dx_kernel");
+    const dim3 gdw((In + kBN - 1) / kBN, (Out + kBM - 1) / kBM, E);
+    expert_dw_kernel<<<gdw, kGemmThreads, smem_dw, ctx.stream>>>(B(dy), B(x), dw, off_dev, In, Out, alpha);
+    return check_launch("expert_dw_kernel");
+  }
   Groups gdx, gdw;
   for (int e = 0; e < E; ++e)
     if (const int n = off[e + 1] - off[e]) {

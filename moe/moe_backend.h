@@ -71,10 +71,12 @@ void combine_forward(CpuBackend<T>&, const T* yp, const int32_t* slot, const T* 
 template <class T>
 void combine_backward(CpuBackend<T>&, const T* dout, const T* yp, const int32_t* slot, const T* g, T* dyp, T* dg, int N, int a, int D) { cpu::combine_backward(dout, yp, slot, g, dyp, dg, N, a, D); }
 
+// off: the expert offsets on the host; plan: the router's plan in backend memory (offsets first), which the
+// CUDA kernels read instead.
 template <class T>
-void expert_matmul_forward(CpuBackend<T>&, const T* x, const T* w, T* y, const int32_t* off, int E, int In, int Out, double a) { cpu::expert_matmul_forward(x, w, y, off, E, In, Out, a); }
+void expert_matmul_forward(CpuBackend<T>&, const T* x, const T* w, T* y, const int32_t* off, const int32_t*, int, int E, int In, int Out, double a) { cpu::expert_matmul_forward(x, w, y, off, E, In, Out, a); }
 template <class T>
-void expert_matmul_backward(CpuBackend<T>&, const T* dy, const T* x, const T* w, T* dx, T* dw, const int32_t* off, int E, int In, int Out, double a) { cpu::expert_matmul_backward(dy, x, w, dx, dw, off, E, In, Out, a); }
+void expert_matmul_backward(CpuBackend<T>&, const T* dy, const T* x, const T* w, T* dx, T* dw, const int32_t* off, const int32_t*, int, int E, int In, int Out, double a) { cpu::expert_matmul_backward(dy, x, w, dx, dw, off, E, In, Out, a); }
 
 #ifdef MUE_HAVE_CUDA
 // The router runs on the device; the host reads back only the plan (E+1 offsets and 4 statistics), which the
@@ -98,8 +100,8 @@ inline void route_backward(CudaBackend& be, const RouterDims& d, const bf16* dga
   auto op_ = be.ctx.op("route_backward");
   cuda::router_backward(be.ctx, d, dgates, logits, scores, idx, plan, dlogits);
 }
-inline void expert_matmul_forward(CudaBackend& be, const bf16* x, const bf16* w, bf16* y, const int32_t* off, int E, int In, int Out, double a) { auto op_ = be.ctx.op("expert_matmul_forward"); cuda::expert_matmul_forward(be.ctx, x, w, y, off, E, In, Out, float(a)); }
-inline void expert_matmul_backward(CudaBackend& be, const bf16* dy, const bf16* x, const bf16* w, bf16* dx, float* dw, const int32_t* off, int E, int In, int Out, double a) { auto op_ = be.ctx.op("expert_matmul_backward"); cuda::expert_matmul_backward(be.ctx, dy, x, w, dx, dw, off, E, In, Out, float(a)); }
+inline void expert_matmul_forward(CudaBackend& be, const bf16* x, const bf16* w, bf16* y, const int32_t* off, const int32_t* plan, int rows, int E, int In, int Out, double a) { auto op_ = be.ctx.op("expert_matmul_forward"); cuda::expert_matmul_forward(be.ctx, x, w, y, off, plan, rows, E, In, Out, float(a)); }
+inline void expert_matmul_backward(CudaBackend& be, const bf16* dy, const bf16* x, const bf16* w, bf16* dx, float* dw, const int32_t* off, const int32_t* plan, int rows, int E, int In, int Out, double a) { auto op_ = be.ctx.op("expert_matmul_backward"); cuda::expert_matmul_backward(be.ctx, dy, x, w, dx, dw, off, plan, rows, E, In, Out, float(a)); }
 inline void permute_rows(CudaBackend& be, const bf16* x, const int32_t* src, bf16* xp, int rows, int D) { auto op_ = be.ctx.op("permute_rows"); cuda::permute_rows(be.ctx, x, src, xp, rows, D); }
 inline void unpermute_add(CudaBackend& be, const bf16* dxp, const int32_t* slot, bf16* dx, int N, int a, int D) { auto op_ = be.ctx.op("unpermute_add"); cuda::unpermute_add(be.ctx, dxp, slot, dx, N, a, D); }
 inline void combine_forward(CudaBackend& be, const bf16* yp, const int32_t* slot, const bf16* g, bf16* out, int N, int a, int D) { auto op_ = be.ctx.op("combine_forward"); cuda::combine_forward(be.ctx, yp, slot, g, out, N, a, D); }

@@ -33,13 +33,16 @@ void combine_backward(Context& ctx, const bf16* dout, const bf16* yp, const int3
 
 #ifdef MUE_HAVE_CUDA
 namespace mue::cuda {
-// Expert GEMMs over contiguous row blocks (offsets on the host): y_e = alpha x_e W_e^T, W_e = w + e*Out*In.
-// One cublasGemmGroupedBatchedEx call over the non-empty experts (set MUE_GROUPED_GEMM=0 for one cublasGemmEx
-// per expert instead; the bench compares both). Backward: dx_e = alpha dy_e W_e, dW_e += alpha dy_e^T x_e.
-void expert_matmul_forward(Context& ctx, const bf16* x, const bf16* w, bf16* y, const int32_t* off, int E, int In,
-                           int Out, float alpha);
+// Expert GEMMs over contiguous row blocks (rows = off[E] in all): y_e = alpha x_e W_e^T, W_e = w + e*Out*In;
+// backward dx_e = alpha dy_e W_e, dW_e += alpha dy_e^T x_e. With In, Out multiples of 8 and the offsets on the
+// device (off_dev), our grouped GEMM kernel runs and the host offsets `off` are not read; otherwise cuBLAS does
+// (one cublasGemmGroupedBatchedEx over the non-empty experts, or with MUE_GROUPED_GEMM=0 one cublasGemmEx each).
+void expert_matmul_forward(Context& ctx, const bf16* x, const bf16* w, bf16* y, const int32_t* off,
+                           const int32_t* off_dev, int rows, int E, int In, int Out, float alpha);
 void expert_matmul_backward(Context& ctx, const bf16* dy, const bf16* x, const bf16* w, bf16* dx, float* dw,
-                            const int32_t* off, int E, int In, int Out, float alpha);
+                            const int32_t* off, const int32_t* off_dev, int rows, int E, int In, int Out,
+                            float alpha);
 bool grouped_gemm_enabled();
+bool expert_gemm_kernel_fits(int In, int Out);
 }  // namespace mue::cuda
 #endif

@@ -18,6 +18,7 @@
 #include <cstdlib>
 
 #include "core/cuda_util.cuh"
+#include "core/mma.cuh"
 #include "nn/ops_cuda.h"
 
 namespace mue::cuda {
@@ -59,36 +60,8 @@ __device__ void load_tile_async(bf* dst, const bf* base, int b, int t0, int T, i
   for (int i = threadIdx.x; i < kTile * vec; i += kThreads) {
     const int r = i / vec, c = (i % vec) * 8, t = t0 + r;
     const size_t row = part < 0 ? (size_t(b) * T + min(t, T - 1)) * D : ((size_t(b) * T + min(t, T - 1)) * 3 + part) * D;
-    const unsigned d = unsigned(__cvta_generic_to_shared(dst + r * Tiles<HD>::ld + c));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(base + row + size_t(h) * HD + c),
-                 "r"(t < T ? 16 : 0));
+    cp_async16(dst + r * Tiles<HD>::ld + c, base + row + size_t(h) * HD + c, t < T);
   }
-}
-__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ inline void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-// ---- warp-level tensor-core products on register fragments (PTX mma.sync.m16n8k16, bf16 -> fp32) ----
-// Lane l holds, of a 16 x 8 fp32 accumulator c[4]: rows g = l / 4 and g + 8, columns 2 (l % 4) and + 1
-// (c[0], c[1] row g; c[2], c[3] row g + 8). Of a 16 x 16 A operand: the same rows and columns, + 8 for a[2], a[3].
-__device__ inline uint32_t smem_addr(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
-__device__ inline void ldsm_x4(uint32_t (&r)[4], const bf* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)));
-}
-__device__ inline void ldsm_x4_trans(uint32_t (&r)[4], const bf* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)));
-}
-__device__ inline void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-               "{%0,%1,%2,%3};\n"
-               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-__device__ inline uint32_t pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
 }
 
 // A 16 x 64 tile of scores: 8 accumulators of 8 columns each.
