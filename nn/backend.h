@@ -45,7 +45,11 @@ struct CpuBackend {
   // The attention state saved for the backward: here the probabilities [B, H, T, T].
   size_t attention_state_size(int B, int T_, int H, int) const { return size_t(B) * H * T_ * T_; }
   void attention_forward(const T* qkv, T* out, T* probs, int B, int T_, int H, int hd, double s, bool c) { cpu::attention_forward(qkv, out, probs, B, T_, H, hd, s, c); }
-  void attention_backward(const T* dout, const T* qkv, const T*, const T* probs, T* dqkv, int B, int T_, int H, int hd, double s, bool c) { cpu::attention_backward(dout, qkv, probs, dqkv, B, T_, H, hd, s, c); }
+  // rope_theta > 0: d(q, k) rotated back by RoPE (the CUDA kernels fuse this rotation into their stores)
+  void attention_backward(const T* dout, const T* qkv, const T*, const T* probs, T* dqkv, int B, int T_, int H, int hd, double s, bool c, double rope_theta) {
+    cpu::attention_backward(dout, qkv, probs, dqkv, B, T_, H, hd, s, c);
+    if (rope_theta > 0) cpu::rope_backward(dqkv, B, T_, H, hd, rope_theta);
+  }
   void swiglu_forward(const T* in, T* out, int N, int H) { cpu::swiglu_forward(in, out, N, H); }
   void swiglu_backward(const T* dout, const T* in, T* din, int N, int H) { cpu::swiglu_backward(dout, in, din, N, H); }
   void crossentropy_forward(const T* logits, const int32_t* tgt, T* losses, int N, int V, int Vp) { cpu::crossentropy_forward(logits, tgt, losses, N, V, Vp); }
@@ -109,7 +113,7 @@ struct CudaBackend {
   // The attention state saved for the backward: the log-sum-exp [B, H, T] (flash) or the probs (fallback).
   size_t attention_state_size(int B, int T_, int H, int hd) const { return cuda::attention_state_floats(B, T_, H, hd); }
   void attention_forward(const bf16* qkv, bf16* out, float* state, int B, int T_, int H, int hd, double s, bool c) { auto op_ = ctx.op("attention_forward"); cuda::attention_forward(ctx, qkv, out, state, B, T_, H, hd, float(s), c); }
-  void attention_backward(const bf16* dout, const bf16* qkv, const bf16* out, const float* state, bf16* dqkv, int B, int T_, int H, int hd, double s, bool c) { auto op_ = ctx.op("attention_backward"); cuda::attention_backward(ctx, dout, qkv, out, state, dqkv, B, T_, H, hd, float(s), c); }
+  void attention_backward(const bf16* dout, const bf16* qkv, const bf16* out, const float* state, bf16* dqkv, int B, int T_, int H, int hd, double s, bool c, double rope_theta) { auto op_ = ctx.op("attention_backward"); cuda::attention_backward(ctx, dout, qkv, out, state, dqkv, B, T_, H, hd, float(s), c, float(rope_theta)); }
   void swiglu_forward(const bf16* in, bf16* out, int N, int H) { auto op_ = ctx.op("swiglu_forward"); cuda::swiglu_forward(ctx, in, out, N, H); }
   void swiglu_backward(const bf16* dout, const bf16* in, bf16* din, int N, int H) { auto op_ = ctx.op("swiglu_backward"); cuda::swiglu_backward(ctx, dout, in, din, N, H); }
   void crossentropy_forward(const bf16* logits, const int32_t* tgt, float* losses, int N, int V, int Vp) { auto op_ = ctx.op("crossentropy_forward"); cuda::crossentropy_forward(ctx, logits, tgt, losses, N, V, Vp); }

@@ -156,7 +156,8 @@ class DiT : public ParamStore<Backend> {
       // attention: mid = res[l] + gate1 * proj(attn(qkv(modulate(res[l]))))
       be_.gated_residual_backward(dres_, a.attn_out, a.mod, dbranch_, dmod_, B, Tn, D, 6, 2);
       be_.matmul_backward(dbranch_, a.att, o->weight, datt_, o->grad, N, D, D, o->alpha);
-      be_.attention_backward(datt_, a.qkv, a.att, a.attn_state, dqkv_, B, Tn, cfg_.n_heads, cfg_.head_dim(), table_.attn_scale, false);
+      be_.attention_backward(datt_, a.qkv, a.att, a.attn_state, dqkv_, B, Tn, cfg_.n_heads, cfg_.head_dim(),
+                             table_.attn_scale, false, 0.0);  // no RoPE in the DiT
       be_.matmul_backward(dqkv_, a.xn1, qkv->weight, dx_, qkv->grad, N, D, 3 * D, qkv->alpha);
       be_.modulate_backward(dx_, res_[l], a.mod, a.rstd1, dres_, dmod_, B, Tn, D, 6, 0, 1);  // dres = d(res[l])
       be_.matmul_backward(dmod_, conds_, ada->weight, dtmp_, ada->grad, B, D, 6 * D, ada->alpha);

@@ -20,6 +20,7 @@
 #include "core/cuda_util.cuh"
 #include "core/mma.cuh"
 #include "nn/ops_cuda.h"
+#include "nn/rope.cuh"
 
 namespace mue::cuda {
 
@@ -123,17 +124,26 @@ __device__ inline float quad_sum(float v) {
 }
 
 // Writes a warp's 16 x HD accumulator (times `scale`) as bf16 rows of a [B, T, ...] tensor: row r of the tile
-// goes to dst + (t0 + r) * stride, rows >= T are skipped.
+// goes to dst + (t0 + r) * stride, rows >= T are skipped. With `rope`, each row is first rotated back by RoPE of
+// base 2^log2_theta (the transpose rotation of position t): a lane's two adjacent columns are one RoPE pair.
 template <int HD>
-__device__ void store_rows(bf* dst, size_t stride, int t0, int T, const float (&acc)[HD / 8][4], float scale) {
+__device__ void store_rows(bf* dst, size_t stride, int t0, int T, const float (&acc)[HD / 8][4], float scale,
+                           bool rope = false, float log2_theta = 0.f) {
   #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int t = t0 + frag_row(2 * half);
     if (t >= T) continue;
     #pragma unroll
-    for (int n = 0; n < HD / 8; ++n)
-      *reinterpret_cast<__nv_bfloat162*>(dst + size_t(t) * stride + frag_col(n, 0)) =
-          __floats2bfloat162_rn(acc[n][2 * half] * scale, acc[n][2 * half + 1] * scale);
+    for (int n = 0; n < HD / 8; ++n) {
+      float x0 = acc[n][2 * half] * scale, x1 = acc[n][2 * half + 1] * scale;
+      if (rope) {
+        float c, s;
+        rope_cos_sin(t, frag_col(n, 0) / 2, HD, log2_theta, c, s);
+        const float r0 = x0 * c + x1 * s, r1 = x1 * c - x0 * s;
+        x0 = r0, x1 = r1;
+      }
+      *reinterpret_cast<__nv_bfloat162*>(dst + size_t(t) * stride + frag_col(n, 0)) = __floats2bfloat162_rn(x0, x1);
+    }
   }
 }
 
@@ -255,7 +265,8 @@ __global__ void flash_delta_kernel(const bf* dout, const bf* out, float* delta, 
 template <int HD>
 __global__ void __launch_bounds__(kThreads) flash_dkdv_kernel(const bf* qkv, const bf* dout, const float* lse,
                                                               const float* delta, bf* dqkv, int T, int H,
-                                                              float scale, bool causal) {
+                                                              float scale, bool causal, bool rope,
+                                                              float log2_theta) {
   extern __shared__ __align__(16) char smem_raw[];
   Smem<HD> sm(smem_raw);
   const int k0 = blockIdx.x * kTile, h = blockIdx.y, b = blockIdx.z, w = threadIdx.x >> 5;
@@ -294,7 +305,7 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_kernel(const bf* qkv, con
   });
   const size_t D = size_t(H) * HD;
   bf* base = dqkv + size_t(b) * T * 3 * D + size_t(h) * HD;
-  store_rows<HD>(base + D, 3 * D, key0, T, dk, scale);
+  store_rows<HD>(base + D, 3 * D, key0, T, dk, scale, rope, log2_theta);
   store_rows<HD>(base + 2 * D, 3 * D, key0, T, dv, 1.f);
 }
 
@@ -302,7 +313,7 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_kernel(const bf* qkv, con
 template <int HD>
 __global__ void __launch_bounds__(kThreads) flash_dq_kernel(const bf* qkv, const bf* dout, const float* lse,
                                                             const float* delta, bf* dqkv, int T, int H, float scale,
-                                                            bool causal) {
+                                                            bool causal, bool rope, float log2_theta) {
   extern __shared__ __align__(16) char smem_raw[];
   Smem<HD> sm(smem_raw);
   const int q0 = (gridDim.x - 1 - blockIdx.x) * kTile, h = blockIdx.y, b = blockIdx.z, w = threadIdx.x >> 5;
@@ -343,7 +354,8 @@ __global__ void __launch_bounds__(kThreads) flash_dq_kernel(const bf* qkv, const
       for (int e = 0; e < 4; ++e) ds[n][e] = p[n][e] * (ds[n][e] - dlt[e >> 1]);
     warp_pm<HD>(dq, ds, kt);  // dQ += dS K
   });
-  store_rows<HD>(dqkv + size_t(b) * T * 3 * H * HD + size_t(h) * HD, 3 * size_t(H) * HD, row0, T, dq, scale);
+  store_rows<HD>(dqkv + size_t(b) * T * 3 * H * HD + size_t(h) * HD, 3 * size_t(H) * HD, row0, T, dq, scale,
+                 rope, log2_theta);
 }
 
 template <int HD>
@@ -358,7 +370,7 @@ void flash_forward_hd(Context& ctx, const bf* qkv, bf* out, float* lse, int batc
 
 template <int HD>
 void flash_backward_hd(Context& ctx, const bf* dout, const bf* qkv, const bf* out, const float* lse, bf* dqkv, int batch,
-                       int T, int H, float scale, bool causal) {
+                       int T, int H, float scale, bool causal, bool rope, float log2_theta) {
   float* delta = static_cast<float*>(ctx.scratch(0, sizeof(float) * size_t(batch) * H * T));
   const size_t rows = size_t(batch) * T * H;
   flash_delta_kernel<<<unsigned((rows * 32 + 255) / 256), 256, 0, ctx.stream>>>(dout, out, delta, batch, T, H, HD);
@@ -367,11 +379,13 @@ void flash_backward_hd(Context& ctx, const bf* dout, const bf* qkv, const bf* ou
   const dim3 grid((T + kTile - 1) / kTile, H, batch);
   check(cudaFuncSetAttribute(flash_dkdv_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
         "cudaFuncSetAttribute(flash_dkdv_kernel)");
-  flash_dkdv_kernel<HD><<<grid, kThreads, smem, ctx.stream>>>(qkv, dout, lse, delta, dqkv, T, H, scale, causal);
+  flash_dkdv_kernel<HD><<<grid, kThreads, smem, ctx.stream>>>(qkv, dout, lse, delta, dqkv, T, H, scale, causal,
+                                                                   rope, log2_theta);
   check_launch("flash_dkdv_kernel");
   check(cudaFuncSetAttribute(flash_dq_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
         "cudaFuncSetAttribute(flash_dq_kernel)");
-  flash_dq_kernel<HD><<<grid, kThreads, smem, ctx.stream>>>(qkv, dout, lse, delta, dqkv, T, H, scale, causal);
+  flash_dq_kernel<HD><<<grid, kThreads, smem, ctx.stream>>>(qkv, dout, lse, delta, dqkv, T, H, scale, causal,
+                                                                 rope, log2_theta);
   check_launch("flash_dq_kernel");
 }
 }  // namespace
@@ -402,16 +416,22 @@ void attention_forward(Context& ctx, const bf16* qkv, bf16* out, float* state, i
 }
 
 void attention_backward(Context& ctx, const bf16* dout, const bf16* qkv, const bf16* out, const float* state,
-                        bf16* dqkv, int batch, int T, int H, int hd, float scale, bool causal) {
+                        bf16* dqkv, int batch, int T, int H, int hd, float scale, bool causal, float rope_theta) {
   if (batch <= 0 || T <= 0 || H <= 0 || hd <= 0) return;
+  const bool rope = rope_theta > 0.f;
+  const float l2t = rope ? log2f(rope_theta) : 0.f;
+  const auto flash = [&](auto run) {
+    run(ctx, B(dout), B(qkv), B(out), state, B(dqkv), batch, T, H, scale, causal, rope, l2t);
+  };
   switch (flash_attention_enabled(hd) ? hd : 0) {
-    case 16: return flash_backward_hd<16>(ctx, B(dout), B(qkv), B(out), state, B(dqkv), batch, T, H, scale, causal);
-    case 32: return flash_backward_hd<32>(ctx, B(dout), B(qkv), B(out), state, B(dqkv), batch, T, H, scale, causal);
-    case 64: return flash_backward_hd<64>(ctx, B(dout), B(qkv), B(out), state, B(dqkv), batch, T, H, scale, causal);
-    case 128: return flash_backward_hd<128>(ctx, B(dout), B(qkv), B(out), state, B(dqkv), batch, T, H, scale, causal);
+    case 16: return flash(flash_backward_hd<16>);
+    case 32: return flash(flash_backward_hd<32>);
+    case 64: return flash(flash_backward_hd<64>);
+    case 128: return flash(flash_backward_hd<128>);
   }
   attention_materialized_backward(ctx, dout, qkv, reinterpret_cast<const bf16*>(state), dqkv, batch, T, H, hd,
                                   scale, causal);
+  if (rope) rope_backward(ctx, dqkv, batch, T, H, hd, rope_theta);
 }
 
 }  // namespace mue::cuda

@@ -73,6 +73,7 @@ struct ModelConfig {
     ffn.validate();
     MUE_CHECK(d_model % n_heads == 0, "model.d_model (", d_model, ") is not divisible by model.n_heads (", n_heads, ")");
     MUE_CHECK(head_dim() % 2 == 0, "head dimension d_model/n_heads = ", head_dim(), " must be even for RoPE");
+    MUE_CHECK(rope_theta > 0, "model.rope_theta must be positive, got ", rope_theta);
   }
 };
 
@@ -332,8 +333,8 @@ class LM : public ParamStore<Backend> {
       be_.rmsnorm_backward(dx_, a.mid, n2->weight, a.rstd2, dres_, n2->grad, N, D);  // dres is now d(mid)
       // attention branch: mid = res[l] + proj(attn(rope(qkv(norm(res[l])))))
       be_.matmul_backward(dres_, a.att, o->weight, datt_, o->grad, N, D, D, o->alpha);
-      be_.attention_backward(datt_, a.qkv, a.att, a.attn_state, dqkv_, B_, T_, nh, hd, table_.attn_scale, true);
-      be_.rope_backward(dqkv_, B_, T_, nh, hd, cfg_.rope_theta);
+      be_.attention_backward(datt_, a.qkv, a.att, a.attn_state, dqkv_, B_, T_, nh, hd, table_.attn_scale, true,
+                             cfg_.rope_theta);  // also rotates d(q, k) back through RoPE
       be_.matmul_backward(dqkv_, a.ln1, qkv->weight, dx_, qkv->grad, N, D, 3 * D, qkv->alpha);
       be_.rmsnorm_backward(dx_, res_[l], n1->weight, a.rstd1, dres_, n1->grad, N, D);  // dres is now d(res[l])
     }

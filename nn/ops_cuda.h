@@ -118,9 +118,11 @@ bool flash_attention_enabled(int hd);
 size_t attention_state_floats(int B, int T, int H, int hd);
 void attention_forward(Context& ctx, const bf16* qkv, bf16* out, float* state, int B, int T, int H, int hd,
                        float scale, bool causal);
-// dqkv (overwritten) from dout, the saved qkv, the forward's out and its state.
+// dqkv (overwritten) from dout, the saved qkv, the forward's out and its state. rope_theta > 0: qkv was rotated
+// by RoPE of that base after the projection, and dq, dk come back rotated back (rope_backward fused: the flash
+// kernels rotate as they store).
 void attention_backward(Context& ctx, const bf16* dout, const bf16* qkv, const bf16* out, const float* state,
-                        bf16* dqkv, int B, int T, int H, int hd, float scale, bool causal);
+                        bf16* dqkv, int B, int T, int H, int hd, float scale, bool causal, float rope_theta = 0.f);
 // The materialized path: probs [B, H, T, T] bf16 (masked entries 0) saved for the backward.
 void attention_materialized_forward(Context& ctx, const bf16* qkv, bf16* out, bf16* probs, int B, int T, int H,
                                     int hd, float scale, bool causal);

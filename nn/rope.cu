@@ -1,6 +1,7 @@
 // Rotary position embedding, in place on the q and k parts of qkv [B, T, 3, H, hd] (v untouched).
 #include "core/cuda_util.cuh"
 #include "nn/ops_cuda.h"
+#include "nn/rope.cuh"
 
 namespace mue::cuda {
 
@@ -17,9 +18,8 @@ __global__ void rope_kernel(bf* qkv, int T, int H, int hd, float log2_theta, flo
     const int h = int((k / half) % H);
     const size_t bt = k / (size_t(half) * H);
     const int t = int(bt % T);
-    const float inv_freq = exp2f(-2.f * float(i) / float(hd) * log2_theta);
     float s, c;
-    sincosf(float(t) * inv_freq, &s, &c);
+    rope_cos_sin(t, i, hd, log2_theta, c, s);
     s *= sign;
     const size_t D = size_t(H) * hd;
     bf* p = qkv + bt * 3 * D + size_t(h) * hd + 2 * i;

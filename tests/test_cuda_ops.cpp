@@ -307,6 +307,17 @@ TEST_CASE("CUDA flash attention forward and backward (causal and bidirectional)"
         expect_close(part(got, 3 * D, 0, D), part(dqkv, 3 * D, 0, D), kTolBf16, "flash attention dq");
         expect_close(part(got, 3 * D, D, D), part(dqkv, 3 * D, D, D), kTolBf16, "flash attention dk");
         expect_close(part(got, 3 * D, 2 * D, D), part(dqkv, 3 * D, 2 * D, D), kTolBf16, "flash attention dv");
+
+        // With RoPE's backward fused into the stores: dq and dk rotated back, dv the same.
+        const double theta = 500.0;  // small base: large angles at every pair
+        ddqkv.poison();
+        cuda::attention_backward(ctx, dg.h(), dqkv_in.h(), dout.h(), static_cast<float*>(dlse.p), ddqkv.h(), B, T, H,
+                                 hd, float(scale), causal, float(theta));
+        cpu::rope_backward(dqkv.data(), B, T, H, hd, theta);
+        got = get_bf16(ctx, ddqkv, nqkv);
+        expect_close(part(got, 3 * D, 0, D), part(dqkv, 3 * D, 0, D), kTolBf16, "flash attention dq, RoPE fused");
+        expect_close(part(got, 3 * D, D, D), part(dqkv, 3 * D, D, D), kTolBf16, "flash attention dk, RoPE fused");
+        expect_close(part(got, 3 * D, 2 * D, D), part(dqkv, 3 * D, 2 * D, D), kTolBf16, "flash attention dv, RoPE");
       }
 }
 
