@@ -62,6 +62,12 @@ void route_backward(CpuBackend<T>&, const RouterDims& d, const T* dgates, const 
                           d.sigmoid, d.route_scale);
 }
 
+// The CPU router fills the host offsets and statistics in route_forward itself.
+template <class T>
+bool needs_host_offsets(CpuBackend<T>&, int, int) { return false; }
+template <class T>
+void read_plan(CpuBackend<T>&, const RouterDims&, const int32_t*, std::vector<int32_t>&, BranchStats&) {}
+
 template <class T>
 void permute_rows(CpuBackend<T>&, const T* x, const int32_t* src, T* xp, int rows, int D) { cpu::permute_rows(x, src, xp, rows, D); }
 template <class T>
@@ -79,13 +85,19 @@ template <class T>
 void expert_matmul_backward(CpuBackend<T>&, const T* dy, const T* x, const T* w, T* dx, T* dw, const int32_t* off, const int32_t*, int, int E, int In, int Out, double a) { cpu::expert_matmul_backward(dy, x, w, dx, dw, off, E, In, Out, a); }
 
 #ifdef MUE_HAVE_CUDA
-// The router runs on the device; the host reads back only the plan (E+1 offsets and 4 statistics), which the
-// expert GEMMs need as their row counts: one small device-to-host copy per MoE layer and forward.
+// The router runs on the device and leaves its plan (E+1 offsets and 4 statistics) there: the expert GEMM
+// kernels read the offsets on the device, and read_plan brings the plan to the host only when asked (for the
+// statistics and the auxiliary loss's value, after the step's loss has come back; or at once when cuBLAS must
+// do the expert GEMMs, which need host row counts).
 inline void route_forward(CudaBackend& be, const RouterDims& d, const bf16* logits, float* scores, int32_t* idx,
-                          bf16* gates, int32_t* src_token, int32_t* slot_row, int32_t* plan,
-                          std::vector<int32_t>& offsets, BranchStats& st) {
+                          bf16* gates, int32_t* src_token, int32_t* slot_row, int32_t* plan, std::vector<int32_t>&,
+                          BranchStats&) {
   auto op_ = be.ctx.op("route_forward");
   cuda::router_forward(be.ctx, d, logits, scores, idx, gates, src_token, slot_row, plan);
+}
+inline bool needs_host_offsets(CudaBackend&, int In, int Out) { return !cuda::expert_gemm_kernel_fits(In, Out); }
+inline void read_plan(CudaBackend& be, const RouterDims& d, const int32_t* plan, std::vector<int32_t>& offsets,
+                      BranchStats& st) {
   std::vector<int32_t> h(d.plan_size());
   be.download(h.data(), plan, sizeof(int32_t) * h.size());
   offsets.assign(h.begin(), h.begin() + d.E + 1);

@@ -1,6 +1,6 @@
 // The MoE FFN branch of a block, written once for both backends:
 //   logits = route(x) -> router (scores, top-a, gates, dispatch plan, balance / z losses, statistics; on the
-//   device for CUDA, only the E+1 expert offsets come back to the host)
+//   device for CUDA, where the plan comes back to the host only when its statistics are asked for)
 //   -> permute tokens by expert -> per expert: SwiGLU(x W1_e^T) W2_e^T * c -> combine with gates (+ shared experts).
 #pragma once
 #include <cmath>
@@ -40,12 +40,14 @@ class MoeFfn : public FfnBranch<Backend> {
     }
   }
 
-  // out = MoE(xn); also returns the auxiliary loss (balance + z) of this layer.
-  double forward(const A* xn, A* out) override {
+  // out = MoE(xn); the auxiliary loss (balance + z) of this layer is in aux_loss().
+  void forward(const A* xn, A* out) override {
     const int N = dims_.N, D = D_, E = s_.experts, a = s_.active, h = s_.expert_hidden, R = N * a;
     Param &router = router_[0], &fc = router_[1], &proj = router_[2];
     be_.matmul_forward(xn, router.weight, logits_, N, D, E, router.alpha);
     route_forward(be_, dims_, logits_, scores_, idx_, gates_, src_token_, slot_row_, plan_, offsets_, stats_);
+    plan_on_host_ = false;
+    if (needs_host_offsets(be_, D, 2 * h) || needs_host_offsets(be_, h, D)) fetch_plan();
     // Experts on their contiguous row blocks.
     permute_rows(be_, xn, src_token_, xp_, R, D);
     expert_matmul_forward(be_, xp_, fc.weight, hfc_, offsets_.data(), plan_, R, E, D, 2 * h, fc.alpha);
@@ -60,7 +62,6 @@ class MoeFfn : public FfnBranch<Backend> {
       be_.matmul_forward(ssw_, sproj.weight, tmp_, N, Hs, D, sproj.alpha);
       be_.residual_forward(out, out, tmp_, size_t(N) * D);
     }
-    return stats_.balance_loss + stats_.z_loss;
   }
 
   // dxn (overwritten) from dout; parameter gradients accumulate.
@@ -84,7 +85,14 @@ class MoeFfn : public FfnBranch<Backend> {
     }
   }
 
-  const BranchStats* stats() const override { return &stats_; }
+  double aux_loss() const override {
+    fetch_plan();
+    return stats_.balance_loss + stats_.z_loss;
+  }
+  const BranchStats* stats() const override {
+    fetch_plan();
+    return &stats_;
+  }
 
  private:
   FfnConfig s_;
@@ -96,8 +104,15 @@ class MoeFfn : public FfnBranch<Backend> {
   A *sfc_ = nullptr, *ssw_ = nullptr, *dsfc_ = nullptr, *dssw_ = nullptr;
   S* scores_;
   int32_t *idx_, *plan_, *src_token_, *slot_row_;
-  std::vector<int32_t> offsets_;  // on the host: the expert GEMMs' row counts
-  BranchStats stats_;
+  // The router's plan on the host: expert offsets (the cuBLAS expert GEMMs' row counts) and statistics, read
+  // from the device on first use after each forward.
+  void fetch_plan() const {
+    if (!plan_on_host_) read_plan(be_, dims_, plan_, offsets_, stats_);
+    plan_on_host_ = true;
+  }
+  mutable std::vector<int32_t> offsets_;
+  mutable BranchStats stats_;
+  mutable bool plan_on_host_ = false;
 };
 
 // The FFN factory that knows both kinds: pass it to LM to build models with MoE layers.

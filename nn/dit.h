@@ -102,7 +102,6 @@ class DiT : public ParamStore<Backend> {
     // tokens
     be_.matmul_forward(xin_, P_("patch.w").weight, res_[0], N, P, D, P_("patch.w").alpha);
     be_.add_rows(res_[0], pos_, B, Tn, D);
-    aux_loss_ = 0;
     for (int l = 0; l < cfg_.n_layers; ++l) {
       Layer& a = layers_[l];
       const Param *ada = &params_[a.first], *qkv = ada + 1, *o = ada + 2;
@@ -113,14 +112,17 @@ class DiT : public ParamStore<Backend> {
       be_.matmul_forward(a.att, o->weight, a.attn_out, N, D, D, o->alpha);
       be_.gated_residual_forward(a.mid, res_[l], a.attn_out, a.mod, B, Tn, D, 6, 2);
       be_.modulate_forward(a.mid, a.mod, a.xn2, a.rstd2, B, Tn, D, 6, 3, 4, cfg_.norm_eps);
-      aux_loss_ += a.ffn->forward(a.xn2, a.ffn_out);
+      a.ffn->forward(a.xn2, a.ffn_out);
       be_.gated_residual_forward(res_[l + 1], a.mid, a.ffn_out, a.mod, B, Tn, D, 6, 5);
     }
     const Param &fada = P_("final.ada"), &fw = P_("final.w");
     be_.matmul_forward(conds_, fada.weight, fmod_, B, D, 2 * D, fada.alpha);
     be_.modulate_forward(res_[cfg_.n_layers], fmod_, xo_, rstdo_, B, Tn, D, 2, 0, 1, cfg_.norm_eps);
     be_.matmul_forward(xo_, fw.weight, out_, N, D, P, fw.alpha);
-    return v ? be_.mse_forward(out_, target_, size_t(N) * P) : 0.0;
+    const double loss = v ? be_.mse_forward(out_, target_, size_t(N) * P) : 0.0;
+    aux_loss_ = 0;
+    for (const Layer& a : layers_) aux_loss_ += a.ffn->aux_loss();
+    return loss;
   }
   double aux_loss() const { return aux_loss_; }
 

@@ -134,8 +134,11 @@ template <class Backend>
 struct FfnBranch {
   using A = typename Backend::act_t;
   virtual ~FfnBranch() = default;
-  virtual double forward(const A* xn, A* out) = 0;                  // returns its auxiliary loss (0 for dense)
+  virtual void forward(const A* xn, A* out) = 0;
   virtual void backward(const A* xn, const A* dout, A* dxn) = 0;  // dxn overwritten; parameter grads accumulate
+  // The auxiliary loss and statistics of the last forward. They may wait for the device, so the models ask for
+  // them only after the step's own loss has come back (no host sync inside the forward).
+  virtual double aux_loss() const { return 0; }
   virtual const BranchStats* stats() const { return nullptr; }
 };
 
@@ -148,11 +151,10 @@ class DenseFfn : public FfnBranch<Backend> {
     fc_ = acts.take<A>(size_t(N) * 2 * H), sw_ = acts.take<A>(size_t(N) * H);
     dfc_ = acts.take<A>(size_t(N) * 2 * H), dsw_ = acts.take<A>(size_t(N) * H);
   }
-  double forward(const A* xn, A* out) override {
+  void forward(const A* xn, A* out) override {
     be_.matmul_forward(xn, p_[0].weight, fc_, N_, D_, 2 * H_, p_[0].alpha);
     be_.swiglu_forward(fc_, sw_, N_, H_);
     be_.matmul_forward(sw_, p_[1].weight, out, N_, H_, D_, p_[1].alpha);
-    return 0;
   }
   void backward(const A* xn, const A* dout, A* dxn) override {
     be_.matmul_backward(dout, sw_, p_[1].weight, dsw_, p_[1].grad, N_, H_, D_, p_[1].alpha);
@@ -291,7 +293,6 @@ class LM : public ParamStore<Backend> {
     be_.upload(tok_, tokens, sizeof(int32_t) * N);
     be_.upload(tgt_, targets, sizeof(int32_t) * N);
     be_.embedding_forward(tok_, params_[0].weight, res_[0], N, D);
-    aux_loss_ = 0;
     for (int l = 0; l < cfg_.n_layers; ++l) {
       Layer& a = layers_[l];
       const Param *n1 = &params_[a.first], *qkv = n1 + 1, *o = n1 + 2, *n2 = n1 + 3;
@@ -302,7 +303,7 @@ class LM : public ParamStore<Backend> {
       be_.matmul_forward(a.att, o->weight, branch_, N, D, D, o->alpha);
       be_.residual_forward(a.mid, res_[l], branch_, size_t(N) * D);
       be_.rmsnorm_forward(a.mid, n2->weight, a.ln2, a.rstd2, N, D, cfg_.norm_eps);
-      aux_loss_ += a.ffn->forward(a.ln2, branch_);
+      a.ffn->forward(a.ln2, branch_);
       be_.residual_forward(res_[l + 1], a.mid, branch_, size_t(N) * D);
     }
     const Param &nf = params_[params_.size() - 2], &head = params_.back();
@@ -313,6 +314,8 @@ class LM : public ParamStore<Backend> {
     be_.download(losses.data(), losses_, sizeof(S) * N);
     double sum = 0;
     for (S x : losses) sum += double(x);
+    aux_loss_ = 0;
+    for (const Layer& a : layers_) aux_loss_ += a.ffn->aux_loss();
     return sum / N;
   }
   double aux_loss() const { return aux_loss_; }
