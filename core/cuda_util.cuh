@@ -6,6 +6,8 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdint>
+#include <unordered_map>
 
 #include "core/dtype.h"
 #include "core/error.h"
@@ -54,6 +56,32 @@ __device__ __forceinline__ uint4 pack8(const float (&f)[8]) {
   #pragma unroll
   for (int k = 0; k < 4; ++k) v.h[k] = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
   return v.u;
+}
+
+// True when every pointer is 16-byte aligned (the vector kernels' precondition; activations always are,
+// parameter views are as long as every tensor before them has a size that is a multiple of 8).
+template <class... P>
+inline bool aligned16(const P*... p) {
+  return ((reinterpret_cast<uintptr_t>(p) % 16 == 0) && ...);
+}
+// Streaming multiprocessors of the current device (asked once).
+inline int sm_count() {
+  static const int n = [] {
+    int dev = 0, v = 0;
+    check(cudaGetDevice(&dev), "cudaGetDevice");
+    check(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute(SM count)");
+    return v;
+  }();
+  return n;
+}
+// Raises a kernel's dynamic shared-memory limit to `bytes` (once per kernel and size, not on every launch).
+inline void allow_smem(const void* kernel, size_t bytes, const char* name) {
+  static std::unordered_map<const void*, size_t> done;
+  size_t& d = done[kernel];
+  if (d >= bytes) return;
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
+        "cudaFuncSetAttribute(", name, ")");
+  d = bytes;
 }
 
 // Threads for a one-block-per-row kernel over rows of length D (a multiple of 32).

@@ -9,6 +9,7 @@ namespace mue::cuda {
 namespace {
 using detail::B;
 using detail::bf;
+using detail::aligned16;
 using detail::check_launch;
 
 // W consecutive elements of a row as floats: W = 8 is one 16-byte vector (rows with D % 8 == 0), W = 1 a scalar.
@@ -86,10 +87,10 @@ __global__ void combine_backward_kernel(const bf* dout, const bf* yp, const int3
   if (threadIdx.x == 0) dg[nk] = __float2bfloat16(dot);
 }
 
-// Launches kernel<8> (16-byte vectors) when D % 8 == 0, else kernel<1>; threads cover a row's chunks, 32 to 256.
+// Launches kernel<8> (16-byte vectors) when D % 8 == 0 and the row arrays are 16-byte aligned, else kernel<1>; threads cover a row's chunks, 32 to 256.
 template <class K8, class K1, class... Args>
-void launch_rows(Context& ctx, K8 k8, K1 k1, int blocks, int D, const char* name, Args... args) {
-  const int W = D % 8 == 0 ? 8 : 1, chunks = D / W;
+void launch_rows(Context& ctx, K8 k8, K1 k1, int blocks, int D, bool aligned, const char* name, Args... args) {
+  const int W = D % 8 == 0 && aligned ? 8 : 1, chunks = D / W;
   const int threads = chunks >= 256 ? 256 : (chunks + 31) / 32 * 32;
   if (W == 8) k8<<<blocks, threads, 0, ctx.stream>>>(args...);
   else k1<<<blocks, threads, 0, ctx.stream>>>(args...);
@@ -99,24 +100,25 @@ void launch_rows(Context& ctx, K8 k8, K1 k1, int blocks, int D, const char* name
 
 void permute_rows(Context& ctx, const bf16* x, const int32_t* src_token, bf16* xp, int rows, int D) {
   if (rows == 0) return;
-  launch_rows(ctx, permute_rows_kernel<8>, permute_rows_kernel<1>, rows, D, "permute_rows", B(x), src_token, B(xp), D);
+  launch_rows(ctx, permute_rows_kernel<8>, permute_rows_kernel<1>, rows, D, aligned16(x, xp), "permute_rows", B(x),
+              src_token, B(xp), D);
 }
 void unpermute_add(Context& ctx, const bf16* dxp, const int32_t* slot_row, bf16* dx, int N, int a, int D) {
   if (N == 0) return;
-  launch_rows(ctx, unpermute_add_kernel<8>, unpermute_add_kernel<1>, N, D, "unpermute_add", B(dxp), slot_row, B(dx),
-              a, D);
+  launch_rows(ctx, unpermute_add_kernel<8>, unpermute_add_kernel<1>, N, D, aligned16(dxp, dx), "unpermute_add",
+              B(dxp), slot_row, B(dx), a, D);
 }
 void combine_forward(Context& ctx, const bf16* yp, const int32_t* slot_row, const bf16* gates, bf16* out, int N, int a,
                      int D) {
   if (N == 0) return;
-  launch_rows(ctx, combine_forward_kernel<8>, combine_forward_kernel<1>, N, D, "combine_forward", B(yp), slot_row,
-              B(gates), B(out), a, D);
+  launch_rows(ctx, combine_forward_kernel<8>, combine_forward_kernel<1>, N, D, aligned16(yp, out), "combine_forward",
+              B(yp), slot_row, B(gates), B(out), a, D);
 }
 void combine_backward(Context& ctx, const bf16* dout, const bf16* yp, const int32_t* slot_row, const bf16* gates,
                       bf16* dyp, bf16* dgates, int N, int a, int D) {
   if (N == 0) return;
-  launch_rows(ctx, combine_backward_kernel<8>, combine_backward_kernel<1>, N * a, D, "combine_backward", B(dout),
-              B(yp), slot_row, B(gates), B(dyp), B(dgates), a, D);
+  launch_rows(ctx, combine_backward_kernel<8>, combine_backward_kernel<1>, N * a, D, aligned16(dout, yp, dyp),
+              "combine_backward", B(dout), B(yp), slot_row, B(gates), B(dyp), B(dgates), a, D);
 }
 
 }  // namespace mue::cuda

@@ -9,8 +9,8 @@
 //   backward dx_e = alpha dy_e W_e      (M = rows of e, N = In,  K = Out)  likewise
 //            dW_e += alpha dy_e^T x_e   (M = Out, N = In, K = rows of e)   one block per (tile, expert), fp32
 // Row tiles of all experts are numbered one after another (a small kernel maps each to its expert); the grid
-// covers rows / 128 + E of them (grid y; x runs over the column tiles, so that the blocks sharing a row tile
-// run together and read it from L2), and a block past the last one returns at once. Traffic: each operand tile is read once per output tile that needs
+// covers rows / 128 + E of them (block = row tile * column tiles + column tile, so that the blocks sharing a
+// row tile run together and read it from L2), and a block past the last one returns at once. Traffic: each operand tile is read once per output tile that needs
 // it (x, dy rows: N / 128 times; W_e: once per row tile of e).
 // Other widths go through cuBLAS (cublasGemmGroupedBatchedEx over the non-empty experts, with the pointer
 // arrays written by a kernel; MUE_GROUPED_GEMM=0: one cublasGemmEx per expert), which needs host offsets.
@@ -228,11 +228,12 @@ __global__ void __launch_bounds__(kGemmThreads) expert_forward_kernel(const bf* 
                                                                        const int32_t* off, const int2* map, int In,
                                                                        int Out, float alpha) {
   extern __shared__ __align__(16) char smem[];
-  const int e = map[blockIdx.y].x, row0 = map[blockIdx.y].y;
+  const int ncol = (Out + kBN - 1) / kBN, tile = int(blockIdx.x) / ncol, col = int(blockIdx.x) % ncol;
+  const int e = map[tile].x, row0 = map[tile].y;
   if (e < 0) return;
   const int r0 = off[e];
   const Problem p{x + size_t(r0) * In, w + size_t(e) * Out * In, y + size_t(r0) * Out, In, In, Out,
-                  off[e + 1] - r0, Out, In, row0, int(blockIdx.x) * kBN};
+                  off[e + 1] - r0, Out, In, row0, col * kBN};
   gemm_tile<true, true, false>(p, alpha, smem);
 }
 
@@ -241,11 +242,12 @@ __global__ void __launch_bounds__(kGemmThreads) expert_dx_kernel(const bf* dy, c
                                                                   const int32_t* off, const int2* map, int In,
                                                                   int Out, float alpha) {
   extern __shared__ __align__(16) char smem[];
-  const int e = map[blockIdx.y].x, row0 = map[blockIdx.y].y;
+  const int ncol = (In + kBN - 1) / kBN, tile = int(blockIdx.x) / ncol, col = int(blockIdx.x) % ncol;
+  const int e = map[tile].x, row0 = map[tile].y;
   if (e < 0) return;
   const int r0 = off[e];
   const Problem p{dy + size_t(r0) * Out, w + size_t(e) * Out * In, dx + size_t(r0) * In, Out, In, In,
-                  off[e + 1] - r0, In, Out, row0, int(blockIdx.x) * kBN};
+                  off[e + 1] - r0, In, Out, row0, col * kBN};
   gemm_tile<true, false, false>(p, alpha, smem);
 }
 
@@ -265,18 +267,12 @@ template <bool kAK, bool kBKmaj>
 constexpr size_t gemm_smem() {
   return size_t(kStages) * (OperandTile<kAK>::elems + OperandTile<kBKmaj>::elems) * sizeof(bf);
 }
-template <class Kernel>
-void set_smem(Kernel k, size_t bytes, const char* name) {
-  check(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)), "cudaFuncSetAttribute(",
-        name, ")");
-}
 // The row-tile map of the offsets (in scratch slot 6) and its length: rows / 128 + E bounds the tile count.
 const int2* row_tile_map(Context& ctx, const int32_t* off_dev, int rows, int E, unsigned& bound) {
   bound = unsigned((rows + kBM - 1) / kBM + E);
-  MUE_CHECK(bound <= 65535, "expert GEMM: ", rows, " rows need more than 65535 row tiles");
   int2* map = static_cast<int2*>(ctx.scratch(6, sizeof(int2) * bound));
   const size_t smem = sizeof(int) * (size_t(E) + 1);
-  if (smem > 48 * 1024) set_smem(row_tile_map_kernel, smem, "row_tile_map_kernel");
+  if (smem > 48 * 1024) allow_smem(reinterpret_cast<const void*>(row_tile_map_kernel), smem, "row_tile_map_kernel");
   row_tile_map_kernel<<<1, 1024, smem, ctx.stream>>>(off_dev, E, map, int(bound));
   check_launch("row_tile_map_kernel");
   return map;
@@ -285,18 +281,32 @@ const int2* row_tile_map(Context& ctx, const int32_t* off_dev, int rows, int E, 
 
 bool expert_gemm_kernel_fits(int In, int Out) { return In % 8 == 0 && Out % 8 == 0; }
 
+namespace {
+// The offsets on the host for the cuBLAS path: `off` when the caller has them, else read from the device.
+const int32_t* host_offsets(Context& ctx, const int32_t* off, const int32_t* off_dev, int E, std::vector<int32_t>& buf) {
+  if (off) return off;
+  MUE_CHECK(off_dev, "expert GEMM: no expert offsets, neither on the host nor on the device");
+  buf.resize(size_t(E) + 1);
+  ctx.synchronize();
+  copy_to_host(buf.data(), off_dev, sizeof(int32_t) * buf.size());
+  return buf.data();
+}
+}  // namespace
+
 void expert_matmul_forward(Context& ctx, const bf16* x, const bf16* w, bf16* y, const int32_t* off,
                            const int32_t* off_dev, int rows, int E, int In, int Out, float alpha) {
   if (rows <= 0) return;
-  if (off_dev && expert_gemm_kernel_fits(In, Out)) {
+  if (off_dev && expert_gemm_kernel_fits(In, Out) && aligned16(x, w, y)) {
     constexpr size_t smem = gemm_smem<true, true>();
-    set_smem(expert_forward_kernel, smem, "expert_forward_kernel");
+    allow_smem(reinterpret_cast<const void*>(expert_forward_kernel), smem, "expert_forward_kernel");
     unsigned tiles;
     const int2* map = row_tile_map(ctx, off_dev, rows, E, tiles);
-    const dim3 grid((Out + kBN - 1) / kBN, tiles);
+    const unsigned grid = tiles * unsigned((Out + kBN - 1) / kBN);
     expert_forward_kernel<<<grid, kGemmThreads, smem, ctx.stream>>>(B(x), B(w), B(y), off_dev, map, In, Out, alpha);
     return check_launch("expert_forward_kernel");
   }
+  std::vector<int32_t> buf;
+  off = host_offsets(ctx, off, off_dev, E, buf);
   Groups g;
   for (int e = 0; e < E; ++e)
     if (const int n = off[e + 1] - off[e])
@@ -309,19 +319,21 @@ void expert_matmul_backward(Context& ctx, const bf16* dy, const bf16* x, const b
                             const int32_t* off, const int32_t* off_dev, int rows, int E, int In, int Out,
                             float alpha) {
   if (rows <= 0) return;
-  if (off_dev && expert_gemm_kernel_fits(In, Out)) {
+  if (off_dev && expert_gemm_kernel_fits(In, Out) && aligned16(dy, x, w, dx, dw)) {
     constexpr size_t smem_dx = gemm_smem<true, false>(), smem_dw = gemm_smem<false, false>();
-    set_smem(expert_dx_kernel, smem_dx, "expert_dx_kernel");
-    set_smem(expert_dw_kernel, smem_dw, "expert_dw_kernel");
+    allow_smem(reinterpret_cast<const void*>(expert_dx_kernel), smem_dx, "expert_dx_kernel");
+    allow_smem(reinterpret_cast<const void*>(expert_dw_kernel), smem_dw, "expert_dw_kernel");
     unsigned tiles;
     const int2* map = row_tile_map(ctx, off_dev, rows, E, tiles);
-    const dim3 gdx((In + kBN - 1) / kBN, tiles);
+    const unsigned gdx = tiles * unsigned((In + kBN - 1) / kBN);
     expert_dx_kernel<<<gdx, kGemmThreads, smem_dx, ctx.stream>>>(B(dy), B(w), B(dx), off_dev, map, In, Out, alpha);
     check_launch("expert_dx_kernel");
     const dim3 gdw((In + kBN - 1) / kBN, (Out + kBM - 1) / kBM, E);
     expert_dw_kernel<<<gdw, kGemmThreads, smem_dw, ctx.stream>>>(B(dy), B(x), dw, off_dev, In, Out, alpha);
     return check_launch("expert_dw_kernel");
   }
+  std::vector<int32_t> buf;
+  off = host_offsets(ctx, off, off_dev, E, buf);
   Groups gdx, gdw;
   for (int e = 0; e < E; ++e)
     if (const int n = off[e + 1] - off[e]) {

@@ -15,10 +15,11 @@
 
 namespace mue {
 
-// Router forward: scores, top-a idx, gates, the dispatch rows (src_token, slot_row), the per-layer plan (on the
-// device: offsets then statistics), the offsets on the host (the expert GEMMs' row counts) and the statistics.
+// Router forward: scores, top-a idx, gates, the dispatch rows (src_token, slot_row), the per-layer plan (in
+// backend memory: offsets then statistics) and, on the CPU, the offsets on the host and the statistics. Returns
+// whether those host copies are filled (true on the CPU; on CUDA read_plan fills them when asked).
 template <class T>
-void route_forward(CpuBackend<T>&, const RouterDims& d, const T* logits, T* scores, int32_t* idx, T* gates,
+bool route_forward(CpuBackend<T>&, const RouterDims& d, const T* logits, T* scores, int32_t* idx, T* gates,
                    int32_t* src_token, int32_t* slot_row, int32_t* plan, std::vector<int32_t>& offsets,
                    BranchStats& st) {
   const int N = d.N, E = d.E, a = d.active;
@@ -49,6 +50,7 @@ void route_forward(CpuBackend<T>&, const RouterDims& d, const T* logits, T* scor
       st.route_margin = std::min(st.route_margin, lo - hi);
     }
   }
+  return true;
 }
 // dlogits (overwritten) from the gate gradients, the balance loss and the z loss.
 template <class T>
@@ -64,8 +66,6 @@ void route_backward(CpuBackend<T>&, const RouterDims& d, const T* dgates, const 
 
 // The CPU router fills the host offsets and statistics in route_forward itself.
 template <class T>
-bool needs_host_offsets(CpuBackend<T>&, int, int) { return false; }
-template <class T>
 void read_plan(CpuBackend<T>&, const RouterDims&, const int32_t*, std::vector<int32_t>&, BranchStats&) {}
 
 template <class T>
@@ -77,8 +77,8 @@ void combine_forward(CpuBackend<T>&, const T* yp, const int32_t* slot, const T* 
 template <class T>
 void combine_backward(CpuBackend<T>&, const T* dout, const T* yp, const int32_t* slot, const T* g, T* dyp, T* dg, int N, int a, int D) { cpu::combine_backward(dout, yp, slot, g, dyp, dg, N, a, D); }
 
-// off: the expert offsets on the host; plan: the router's plan in backend memory (offsets first), which the
-// CUDA kernels read instead.
+// off: the expert offsets on the host, or null where only the device has them; plan: the router's plan in
+// backend memory (offsets first), which the CUDA kernels read instead.
 template <class T>
 void expert_matmul_forward(CpuBackend<T>&, const T* x, const T* w, T* y, const int32_t* off, const int32_t*, int, int E, int In, int Out, double a) { cpu::expert_matmul_forward(x, w, y, off, E, In, Out, a); }
 template <class T>
@@ -87,15 +87,15 @@ void expert_matmul_backward(CpuBackend<T>&, const T* dy, const T* x, const T* w,
 #ifdef MUE_HAVE_CUDA
 // The router runs on the device and leaves its plan (E+1 offsets and 4 statistics) there: the expert GEMM
 // kernels read the offsets on the device, and read_plan brings the plan to the host only when asked (for the
-// statistics and the auxiliary loss's value, after the step's loss has come back; or at once when cuBLAS must
-// do the expert GEMMs, which need host row counts).
-inline void route_forward(CudaBackend& be, const RouterDims& d, const bf16* logits, float* scores, int32_t* idx,
+// statistics and the auxiliary loss's value, after the step's loss has come back). The cuBLAS fallback of the
+// expert GEMMs (widths not multiples of 8) reads the offsets it needs itself.
+inline bool route_forward(CudaBackend& be, const RouterDims& d, const bf16* logits, float* scores, int32_t* idx,
                           bf16* gates, int32_t* src_token, int32_t* slot_row, int32_t* plan, std::vector<int32_t>&,
                           BranchStats&) {
   auto op_ = be.ctx.op("route_forward");
   cuda::router_forward(be.ctx, d, logits, scores, idx, gates, src_token, slot_row, plan);
+  return false;
 }
-inline bool needs_host_offsets(CudaBackend&, int In, int Out) { return !cuda::expert_gemm_kernel_fits(In, Out); }
 inline void read_plan(CudaBackend& be, const RouterDims& d, const int32_t* plan, std::vector<int32_t>& offsets,
                       BranchStats& st) {
   std::vector<int32_t> h(d.plan_size());

@@ -35,8 +35,9 @@ void combine_backward(Context& ctx, const bf16* dout, const bf16* yp, const int3
 namespace mue::cuda {
 // Expert GEMMs over contiguous row blocks (rows = off[E] in all): y_e = alpha x_e W_e^T, W_e = w + e*Out*In;
 // backward dx_e = alpha dy_e W_e, dW_e += alpha dy_e^T x_e. With In, Out multiples of 8 and the offsets on the
-// device (off_dev), our grouped GEMM kernel runs and the host offsets `off` are not read; otherwise cuBLAS does
-// (one cublasGemmGroupedBatchedEx over the non-empty experts, or with MUE_GROUPED_GEMM=0 one cublasGemmEx each).
+// device (off_dev) and 16-byte aligned matrices, our grouped GEMM kernel runs and the host offsets `off` are not
+// read; otherwise cuBLAS does (one cublasGemmGroupedBatchedEx over the non-empty experts, or with
+// MUE_GROUPED_GEMM=0 one cublasGemmEx each), with `off`, or when it is null the offsets read from off_dev.
 void expert_matmul_forward(Context& ctx, const bf16* x, const bf16* w, bf16* y, const int32_t* off,
                            const int32_t* off_dev, int rows, int E, int In, int Out, float alpha);
 void expert_matmul_backward(Context& ctx, const bf16* dy, const bf16* x, const bf16* w, bf16* dx, float* dw,

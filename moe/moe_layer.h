@@ -45,14 +45,14 @@ class MoeFfn : public FfnBranch<Backend> {
     const int N = dims_.N, D = D_, E = s_.experts, a = s_.active, h = s_.expert_hidden, R = N * a;
     Param &router = router_[0], &fc = router_[1], &proj = router_[2];
     be_.matmul_forward(xn, router.weight, logits_, N, D, E, router.alpha);
-    route_forward(be_, dims_, logits_, scores_, idx_, gates_, src_token_, slot_row_, plan_, offsets_, stats_);
-    plan_on_host_ = false;
-    if (needs_host_offsets(be_, D, 2 * h) || needs_host_offsets(be_, h, D)) fetch_plan();
+    plan_on_host_ = route_forward(be_, dims_, logits_, scores_, idx_, gates_, src_token_, slot_row_, plan_, offsets_,
+                                  stats_);
+    const int32_t* off = plan_on_host_ ? offsets_.data() : nullptr;  // host offsets, where already there
     // Experts on their contiguous row blocks.
     permute_rows(be_, xn, src_token_, xp_, R, D);
-    expert_matmul_forward(be_, xp_, fc.weight, hfc_, offsets_.data(), plan_, R, E, D, 2 * h, fc.alpha);
+    expert_matmul_forward(be_, xp_, fc.weight, hfc_, off, plan_, R, E, D, 2 * h, fc.alpha);
     be_.swiglu_forward(hfc_, hsw_, R, h);
-    expert_matmul_forward(be_, hsw_, proj.weight, yp_, offsets_.data(), plan_, R, E, h, D, proj.alpha);
+    expert_matmul_forward(be_, hsw_, proj.weight, yp_, off, plan_, R, E, h, D, proj.alpha);
     combine_forward(be_, yp_, slot_row_, gates_, out, N, a, D);
     if (s_.shared > 0) {
       Param &sfc = router_[3], &sproj = router_[4];
@@ -68,10 +68,11 @@ class MoeFfn : public FfnBranch<Backend> {
   void backward(const A* xn, const A* dout, A* dxn) override {
     const int N = dims_.N, D = D_, E = s_.experts, a = s_.active, h = s_.expert_hidden, R = N * a;
     Param &router = router_[0], &fc = router_[1], &proj = router_[2];
+    const int32_t* off = plan_on_host_ ? offsets_.data() : nullptr;
     combine_backward(be_, dout, yp_, slot_row_, gates_, dyp_, dgates_, N, a, D);
-    expert_matmul_backward(be_, dyp_, hsw_, proj.weight, dhsw_, proj.grad, offsets_.data(), plan_, R, E, h, D, proj.alpha);
+    expert_matmul_backward(be_, dyp_, hsw_, proj.weight, dhsw_, proj.grad, off, plan_, R, E, h, D, proj.alpha);
     be_.swiglu_backward(dhsw_, hfc_, dhfc_, R, h);
-    expert_matmul_backward(be_, dhfc_, xp_, fc.weight, dxp_, fc.grad, offsets_.data(), plan_, R, E, D, 2 * h, fc.alpha);
+    expert_matmul_backward(be_, dhfc_, xp_, fc.weight, dxp_, fc.grad, off, plan_, R, E, D, 2 * h, fc.alpha);
     route_backward(be_, dims_, dgates_, logits_, scores_, idx_, plan_, dlogits_);
     be_.matmul_backward(dlogits_, xn, router.weight, dxn, router.grad, N, D, E, router.alpha);
     unpermute_add(be_, dxp_, slot_row_, dxn, N, a, D);

@@ -14,7 +14,9 @@ namespace {
 constexpr int kThreads = 256;
 
 // Online (max, sum of exp) of one more value, or of 8 values at once.
+// A -inf value adds nothing (and must not meet m = -inf: exp(-inf - -inf) is NaN).
 __device__ inline void online_add(float& m, float& s, float x) {
+  if (x == -INFINITY) return;
   if (x > m) s *= __expf(m - x), m = x;
   s += __expf(x - m);
 }
@@ -23,6 +25,7 @@ __device__ inline void online_add8(float& m, float& s, const uint4& v) {
   unpack8(v, x);
   #pragma unroll
   for (int k = 0; k < 8; ++k) vm = fmaxf(vm, x[k]);
+  if (vm == -INFINITY) return;
   if (vm > m) s *= __expf(m - vm), m = vm;
   #pragma unroll
   for (int k = 0; k < 8; ++k) s += __expf(x[k] - m);
@@ -89,7 +92,7 @@ void crossentropy_forward(Context& ctx, const bf16* logits, const int32_t* targe
                           int Vp) {
   if (N <= 0) return;
   MUE_CHECK(V > 0 && V <= Vp, "crossentropy_forward: need 0 < V <= Vp, got V = ", V, ", Vp = ", Vp);
-  if (Vp % 8 == 0)
+  if (Vp % 8 == 0 && aligned16(logits))
     crossentropy_forward_kernel<true><<<N, kThreads, 0, ctx.stream>>>(B(logits), targets, losses, V, Vp);
   else
     crossentropy_forward_kernel<false><<<N, kThreads, 0, ctx.stream>>>(B(logits), targets, losses, V, Vp);
@@ -100,7 +103,7 @@ void crossentropy_backward(Context& ctx, const bf16* logits, const int32_t* targ
                            bf16* dlogits, int N, int V, int Vp, float dloss) {
   if (N <= 0) return;
   MUE_CHECK(V > 0 && V <= Vp, "crossentropy_backward: need 0 < V <= Vp, got V = ", V, ", Vp = ", Vp);
-  if (Vp % 8 == 0)
+  if (Vp % 8 == 0 && aligned16(logits, dlogits))
     crossentropy_backward_kernel<true>
         <<<N, kThreads, 0, ctx.stream>>>(B(logits), targets, losses, B(dlogits), V, Vp, dloss);
   else

@@ -361,8 +361,9 @@ __global__ void __launch_bounds__(kThreads) flash_dq_kernel(const bf* qkv, const
 template <int HD>
 void flash_forward_hd(Context& ctx, const bf* qkv, bf* out, float* lse, int batch, int T, int H, float scale, bool causal) {
   const size_t smem = Smem<HD>::bytes;
-  check(cudaFuncSetAttribute(flash_forward_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
-        "cudaFuncSetAttribute(flash_forward_kernel)");
+  allow_smem(reinterpret_cast<const void*>(flash_forward_kernel<HD>), smem, "flash_forward_kernel");
+  MUE_CHECK(H <= 65535 && batch <= 65535, "flash attention: heads (", H, ") and batch (", batch,
+            ") must each be at most 65535");
   const dim3 grid((T + kTile - 1) / kTile, H, batch);
   flash_forward_kernel<HD><<<grid, kThreads, smem, ctx.stream>>>(qkv, out, lse, T, H, scale, causal);
   check_launch("flash_forward_kernel");
@@ -376,14 +377,14 @@ void flash_backward_hd(Context& ctx, const bf* dout, const bf* qkv, const bf* ou
   flash_delta_kernel<<<unsigned((rows * 32 + 255) / 256), 256, 0, ctx.stream>>>(dout, out, delta, batch, T, H, HD);
   check_launch("flash_delta_kernel");
   const size_t smem = Smem<HD>::bytes;
+  MUE_CHECK(H <= 65535 && batch <= 65535, "flash attention: heads (", H, ") and batch (", batch,
+            ") must each be at most 65535");
   const dim3 grid((T + kTile - 1) / kTile, H, batch);
-  check(cudaFuncSetAttribute(flash_dkdv_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
-        "cudaFuncSetAttribute(flash_dkdv_kernel)");
+  allow_smem(reinterpret_cast<const void*>(flash_dkdv_kernel<HD>), smem, "flash_dkdv_kernel");
   flash_dkdv_kernel<HD><<<grid, kThreads, smem, ctx.stream>>>(qkv, dout, lse, delta, dqkv, T, H, scale, causal,
                                                                    rope, log2_theta);
   check_launch("flash_dkdv_kernel");
-  check(cudaFuncSetAttribute(flash_dq_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
-        "cudaFuncSetAttribute(flash_dq_kernel)");
+  allow_smem(reinterpret_cast<const void*>(flash_dq_kernel<HD>), smem, "flash_dq_kernel");
   flash_dq_kernel<HD><<<grid, kThreads, smem, ctx.stream>>>(qkv, dout, lse, delta, dqkv, T, H, scale, causal,
                                                                  rope, log2_theta);
   check_launch("flash_dq_kernel");

@@ -148,7 +148,7 @@ bool rmsnorm_vec_ok(int D) { return D % 8 == 0 && D <= kVecMaxD; }
 
 void rmsnorm_forward(Context& ctx, const bf16* x, const bf16* w, bf16* y, float* rstd, int N, int D, float eps) {
   if (N <= 0 || D <= 0) return;
-  if (rmsnorm_vec_ok(D)) {
+  if (rmsnorm_vec_ok(D) && aligned16(x, w, y)) {
     const auto launch = [&](auto kernel) {
       kernel<<<(N + kRowWarps - 1) / kRowWarps, kRowWarps * 32, 0, ctx.stream>>>(B(x), B(w), B(y), rstd, N, D, eps);
     };
@@ -167,8 +167,8 @@ void rmsnorm_forward(Context& ctx, const bf16* x, const bf16* w, bf16* y, float*
 void rmsnorm_backward(Context& ctx, const bf16* dy, const bf16* x, const bf16* w, const float* rstd, bf16* dx,
                       float* dw, int N, int D) {
   if (N <= 0 || D <= 0) return;
-  if (rmsnorm_vec_ok(D)) {
-    const int grid = std::min((N + kRowWarps - 1) / kRowWarps, 4 * 132);  // a few blocks per SM
+  if (rmsnorm_vec_ok(D) && aligned16(dy, x, w, dx)) {
+    const int grid = std::min((N + kRowWarps - 1) / kRowWarps, 4 * sm_count());  // a few blocks per SM
     const auto launch = [&](auto kernel) {
       kernel<<<grid, kRowWarps * 32, 0, ctx.stream>>>(B(dy), B(x), B(w), rstd, B(dx), dw, N, D);
     };
@@ -189,8 +189,7 @@ void rmsnorm_backward(Context& ctx, const bf16* dy, const bf16* x, const bf16* w
     // (+256: block_reduce's static shared buffer)
     MUE_CHECK(smem + 256 <= size_t(max_smem), "rmsnorm_backward: D = ", D, " needs ", smem,
               " bytes of shared memory, the device allows ", max_smem);
-    check(cudaFuncSetAttribute(rmsnorm_backward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
-          "cudaFuncSetAttribute(rmsnorm_backward_kernel, ", smem, " bytes shared)");
+    allow_smem(reinterpret_cast<const void*>(rmsnorm_backward_kernel), smem, "rmsnorm_backward_kernel");
   }
   // Enough blocks to fill the GPU; each then amortizes its dw flush over N / grid rows.
   const int grid = N < 1024 ? N : 1024;

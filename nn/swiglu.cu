@@ -59,8 +59,8 @@ __global__ void swiglu_backward_vec_kernel(const uint4* dout, const uint4* in, u
 void swiglu_forward(Context& ctx, const bf16* in, bf16* out, int N, int H) {
   const size_t total = size_t(N) * size_t(H);
   if (N <= 0 || H <= 0) return;
-  if (H % 8 == 0) {
-    swiglu_forward_vec_kernel<<<grid_for(total / 8, 256, 132 * 16), 256, 0, ctx.stream>>>(
+  if (H % 8 == 0 && aligned16(in, out)) {
+    swiglu_forward_vec_kernel<<<grid_for(total / 8, 256, sm_count() * 16), 256, 0, ctx.stream>>>(
         reinterpret_cast<const uint4*>(in), reinterpret_cast<uint4*>(out), H / 8, total / 8);
     return check_launch("swiglu_forward_vec_kernel");
   }
@@ -71,8 +71,8 @@ void swiglu_forward(Context& ctx, const bf16* in, bf16* out, int N, int H) {
 void swiglu_backward(Context& ctx, const bf16* dout, const bf16* in, bf16* din, int N, int H) {
   const size_t total = size_t(N) * size_t(H);
   if (N <= 0 || H <= 0) return;
-  if (H % 8 == 0) {
-    swiglu_backward_vec_kernel<<<grid_for(total / 8, 256, 132 * 16), 256, 0, ctx.stream>>>(
+  if (H % 8 == 0 && aligned16(dout, in, din)) {
+    swiglu_backward_vec_kernel<<<grid_for(total / 8, 256, sm_count() * 16), 256, 0, ctx.stream>>>(
         reinterpret_cast<const uint4*>(dout), reinterpret_cast<const uint4*>(in), reinterpret_cast<uint4*>(din), H / 8,
         total / 8);
     return check_launch("swiglu_backward_vec_kernel");

@@ -49,7 +49,7 @@ TEST_CASE("CUDA MoE dispatch and combine match the CPU with uneven loads", "[cud
     return;
   }
   cuda::Context ctx;
-  const int D = GENERATE(72, 37);  // 16-byte vector and scalar kernels
+  const int D = GENERATE(72, 37, 4096);  // 16-byte vector and scalar kernels; 4096: threads loop over a row
   INFO("D = " << D);
   const int N = 97, E = 8, a = 2, R = N * a;
   // Expert 0 takes most assignments, experts 5..7 none.
@@ -114,8 +114,9 @@ TEST_CASE("CUDA expert GEMMs (grouped kernel and cuBLAS) match the CPU with unev
     return;
   }
   cuda::Context ctx;
-  // Rows per expert: empty experts, a single row, tiles of 128 with ragged ends, one expert with most rows.
-  const std::vector<int> count = {0, 1, 300, 129, 0, 57, 128, 700};
+  // Rows per expert: empty experts (the last one too), a single row, tiles of 128 with ragged ends, one expert
+  // with most rows.
+  const std::vector<int> count = {0, 1, 300, 129, 0, 57, 128, 700, 0};
   const int E = int(count.size());
   std::vector<int32_t> off(E + 1, 0);
   for (int e = 0; e < E; ++e) off[e + 1] = off[e] + count[e];
@@ -124,31 +125,40 @@ TEST_CASE("CUDA expert GEMMs (grouped kernel and cuBLAS) match the CPU with unev
   cuda::copy_to_device(doff.p, off.data(), (E + 1) * 4);
   struct Shape {
     int In, Out;
-    bool kernel;
+    bool kernel, misalign, host_off;
   };
-  // (72, 40), (256, 136): our kernel (multiples of 8, edges inside a 128 tile); (33, 20): the cuBLAS path.
-  for (Shape sh : {Shape{72, 40, true}, Shape{256, 136, true}, Shape{33, 20, false}}) {
+  // (72, 40), (256, 136): our kernel (multiples of 8, edges inside a 128 tile); (33, 20): the cuBLAS path, given
+  // the host offsets or reading them from the device; (72, 40) with W 2 bytes off a 16-byte boundary (as a
+  // packed parameter view could be): the cuBLAS path too.
+  for (Shape sh : {Shape{72, 40, true, false, true}, Shape{256, 136, true, false, false},
+                   Shape{33, 20, false, false, true}, Shape{33, 20, false, false, false},
+                   Shape{72, 40, true, true, true}}) {
     const int In = sh.In, Out = sh.Out;
-    INFO("In = " << In << ", Out = " << Out);
+    INFO("In = " << In << ", Out = " << Out << ", misaligned W = " << sh.misalign << ", host offsets = "
+                 << sh.host_off);
     REQUIRE(cuda::expert_gemm_kernel_fits(In, Out) == sh.kernel);
     const double alpha = 0.75;
     V x = randn(size_t(R) * In, 61), w = randn(size_t(E) * Out * In, 62, 0.2), dy = randn(size_t(R) * Out, 63),
       dw0 = randn(size_t(E) * Out * In, 64);
     for (V* v : {&x, &w, &dy}) round_bf16(*v);
-    Dev dX(x.size() * 2), dW(w.size() * 2), dY(dy.size() * 2), dDY(dy.size() * 2), dDX(x.size() * 2),
+    Dev dX(x.size() * 2), dW((w.size() + 1) * 2), dY(dy.size() * 2), dDY(dy.size() * 2), dDX(x.size() * 2),
         dDW(dw0.size() * 4);
-    put(dX, x), put(dW, w), put(dDY, dy);
+    V wbuf = w;
+    if (sh.misalign) wbuf.insert(wbuf.begin(), 0.0);
+    put(dX, x), put(dW, wbuf), put(dDY, dy);
+    const bf16* wp = dW.h() + (sh.misalign ? 1 : 0);
+    const int32_t* hoff = sh.host_off ? off.data() : nullptr;
     std::vector<float> dwf(dw0.begin(), dw0.end());
     cuda::copy_to_device(dDW.p, dwf.data(), dwf.size() * 4);
     poison(dY), poison(dDX);
-    cuda::expert_matmul_forward(ctx, dX.h(), dW.h(), dY.h(), off.data(), doff.i(), R, E, In, Out, float(alpha));
+    cuda::expert_matmul_forward(ctx, dX.h(), wp, dY.h(), hoff, doff.i(), R, E, In, Out, float(alpha));
     V y(dy.size());
     cpu::expert_matmul_forward(x.data(), w.data(), y.data(), off.data(), E, In, Out, alpha);
     V gy = get(dY, y.size());
     CHECK(all_finite(gy));
     CHECK(rel_error(gy, y) < 1e-2);
-    cuda::expert_matmul_backward(ctx, dDY.h(), dX.h(), dW.h(), dDX.h(), static_cast<float*>(dDW.p), off.data(),
-                                 doff.i(), R, E, In, Out, float(alpha));
+    cuda::expert_matmul_backward(ctx, dDY.h(), dX.h(), wp, dDX.h(), static_cast<float*>(dDW.p), hoff, doff.i(), R,
+                                 E, In, Out, float(alpha));
     V dx(x.size()), dw = dw0;
     cpu::expert_matmul_backward(dy.data(), x.data(), w.data(), dx.data(), dw.data(), off.data(), E, In, Out, alpha);
     V gdx = get(dDX, x.size());
@@ -160,7 +170,7 @@ TEST_CASE("CUDA expert GEMMs (grouped kernel and cuBLAS) match the CPU with unev
     for (size_t k = 0; k < dw.size(); ++k) inc[k] = gdwf[k] - dwf[k], rinc[k] = dw[k] - dw0[k];
     CHECK(rel_error(inc, rinc) < 1e-3);  // fp32 output of bf16 products: only the accumulation order differs
     // Empty experts' weights get no increment at all.
-    for (int e : {0, 4})
+    for (int e : {0, 4, 8})
       for (size_t k = size_t(e) * Out * In; k < size_t(e + 1) * Out * In; ++k) REQUIRE(inc[k] == 0.0);
   }
 }

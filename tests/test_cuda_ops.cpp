@@ -91,10 +91,11 @@ TEST_CASE("CUDA rmsnorm forward and backward", "[cuda]") {
     return;
   }
   cuda::Context ctx;
-  // 768, 256 and 1024 take the warp-per-row kernels (3000 rows: warps stride over several rows each), 97 and
-  // 13000 the block-per-row ones; 13000 needs more than 48 KB of shared memory in the backward (the opt-in path).
+  // 768, 256, 1024, 520 and 72 take the warp-per-row kernels (520, 72: rows of vectors that do not fill the
+  // warp's lanes evenly; 5000 rows: more than the backward's warps, so each warp sums dw over several rows),
+  // 97 and 13000 the block-per-row ones; 13000 needs more than 48 KB of shared memory in the backward.
   for (auto [N, D] : {std::pair{37, 97}, std::pair{37, 768}, std::pair{3000, 256}, std::pair{9, 1024},
-                      std::pair{5, 13000}}) {
+                      std::pair{5000, 520}, std::pair{5000, 72}, std::pair{5, 13000}}) {
     INFO("N = " << N << ", D = " << D);
     const size_t ND = size_t(N) * D;
     const double eps = 1e-5;
@@ -327,7 +328,8 @@ TEST_CASE("CUDA swiglu forward and backward", "[cuda]") {
     return;
   }
   cuda::Context ctx;
-  for (auto [N, H] : {std::pair{37, 100}, std::pair{37, 104}, std::pair{3000, 256}}) {  // scalar, vector kernels
+  // scalar kernel, vector kernel; 4400 x 1024: more vectors than the grid's threads (grid-stride loop taken)
+  for (auto [N, H] : {std::pair{37, 100}, std::pair{37, 104}, std::pair{3000, 256}, std::pair{4400, 1024}}) {
     INFO("N = " << N << ", H = " << H);
     const size_t nin = size_t(N) * 2 * H, nout = size_t(N) * H;
     V in = randn_bf16(nin, 2.0), g = randn_bf16(nout);
@@ -353,7 +355,9 @@ TEST_CASE("CUDA crossentropy forward and backward (padded vocabulary)", "[cuda]"
     return;
   }
   cuda::Context ctx;
-  for (auto [N, Vv, Vp] : {std::tuple{9, 1000, 1024}, std::tuple{4, 777, 777}, std::tuple{3, 5, 64}}) {
+  // (64, 50257, 50304): GPT-2's vocabulary, vectors plus a scalar tail of V % 8 = 1.
+  for (auto [N, Vv, Vp] : {std::tuple{9, 1000, 1024}, std::tuple{4, 777, 777}, std::tuple{3, 5, 64},
+                           std::tuple{64, 50257, 50304}}) {
     INFO("N = " << N << ", V = " << Vv << ", Vp = " << Vp);
     const size_t n = size_t(N) * Vp;
     V logits = randn_bf16(n, 3.0);
