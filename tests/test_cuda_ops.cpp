@@ -181,7 +181,7 @@ TEST_CASE("CUDA rope forward and backward", "[cuda]") {
   cuda::Context ctx;
   const int B = 2, T = 37, H = 3;
   const double theta = 10000.0;
-  for (int hd : {16, 64}) {
+  for (int hd : {6, 16, 64}) {  // 6: the scalar kernel; 16, 64: the vector kernel
     INFO("hd = " << hd);
     const size_t D = size_t(H) * hd, n = size_t(B) * T * 3 * D;
     for (int dir = 0; dir < 2; ++dir) {
