@@ -87,7 +87,7 @@ BenchResult bench_with(const RunConfig& c, Backend& be, int steps, bool profile)
     for (int i = 0; i < N; ++i) y[i] = int32_t(rng_index(8, uint64_t(s), uint64_t(i), uint64_t(c.model.vocab)));
     return [&, s] {
       model.zero_grad();
-      model.forward(x.data(), y.data());
+      model.forward(x.data(), y.data(), true);
       model.backward();
       adamw_update(model, c.adamw, s + 1, 1.0);
     };
@@ -96,7 +96,7 @@ BenchResult bench_with(const RunConfig& c, Backend& be, int steps, bool profile)
   r.mfu = r.tok_per_s * r.flops_per_token / kH100PeakBf16;
   measure_device(be, r, profile, [&](int s) {
     model.zero_grad();
-    model.forward(x.data(), y.data());
+    model.forward(x.data(), y.data(), true);
     model.backward();
     adamw_update(model, c.adamw, s + 1, 1.0);
   });

@@ -51,7 +51,7 @@ struct LmTask {
   double items_per_step() const { return double(c.train.batch) * c.model.seq_len; }  // tokens
   double train_forward(int step) {
     data.sample_batch(c.train.data_seed, uint64_t(step), c.train.batch, c.model.seq_len, x.data(), y.data());
-    return model.forward(x.data(), y.data());
+    return model.forward(x.data(), y.data(), true);  // backward() follows
   }
   // (mean validation loss, extra columns)
   std::pair<double, std::vector<std::pair<std::string, double>>> evaluate() {

@@ -3,6 +3,7 @@
 // Attention is causal with RoPE; FFN is a dense SwiGLU. Every multiplier (output head, residual branches,
 // attention scale) and every init comes from the ParamTable; nothing here scales on its own.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <memory>
@@ -287,8 +288,10 @@ class LM : public ParamStore<Backend> {
   }
 
   // Mean cross-entropy over B*T positions; tokens and targets are host arrays of B*T. The auxiliary (MoE) losses
-  // of this forward are in aux_loss(); backward() differentiates their sum.
-  double forward(const int32_t* tokens, const int32_t* targets) {
+  // of this forward are in aux_loss(); backward() differentiates their sum. for_backward: backward() follows, so
+  // the head's gradient is taken now, chunk by chunk with the loss (see head_loss); otherwise backward() computes
+  // the head's logits again.
+  double forward(const int32_t* tokens, const int32_t* targets, bool for_backward = false) {
     const int N = B_ * T_, D = cfg_.d_model, nh = cfg_.n_heads, hd = cfg_.head_dim();
     be_.upload(tok_, tokens, sizeof(int32_t) * N);
     be_.upload(tgt_, targets, sizeof(int32_t) * N);
@@ -306,10 +309,9 @@ class LM : public ParamStore<Backend> {
       a.ffn->forward(a.ln2, branch_);
       be_.residual_forward(res_[l + 1], a.mid, branch_, size_t(N) * D);
     }
-    const Param &nf = params_[params_.size() - 2], &head = params_.back();
+    const Param& nf = params_[params_.size() - 2];
     be_.rmsnorm_forward(res_[cfg_.n_layers], nf.weight, lnf_, rstdf_, N, D, cfg_.norm_eps);
-    be_.matmul_forward(lnf_, head.weight, logits_, N, D, cfg_.vocab_pad, head.alpha);
-    be_.crossentropy_forward(logits_, tgt_, losses_, N, cfg_.vocab, cfg_.vocab_pad);
+    head_loss(for_backward);
     std::vector<S> losses(N);
     be_.download(losses.data(), losses_, sizeof(S) * N);
     double sum = 0;
@@ -323,9 +325,9 @@ class LM : public ParamStore<Backend> {
   // Gradients of (mean cross-entropy + auxiliary losses) of the last forward, accumulated into the grad arena.
   void backward() {
     const int N = B_ * T_, D = cfg_.d_model, nh = cfg_.n_heads, hd = cfg_.head_dim();
-    Param &nf = params_[params_.size() - 2], &head = params_.back();
-    be_.crossentropy_backward(logits_, tgt_, losses_, logits_, N, cfg_.vocab, cfg_.vocab_pad, 1.0 / N);
-    be_.matmul_backward(logits_, lnf_, head.weight, dx_, head.grad, N, D, cfg_.vocab_pad, head.alpha);
+    Param& nf = params_[params_.size() - 2];
+    if (!head_grad_done_) head_loss(true);
+    head_grad_done_ = false;
     be_.zero(dres_, sizeof(A) * size_t(N) * D);
     be_.rmsnorm_backward(dx_, res_[cfg_.n_layers], nf.weight, rstdf_, dres_, nf.grad, N, D);
     for (int l = cfg_.n_layers - 1; l >= 0; --l) {
@@ -368,12 +370,45 @@ class LM : public ParamStore<Backend> {
       for (size_t i = 0; i < a.size(); ++i) a[i] -= b[i];
       out.push_back({p + "ffn_out", a});
     }
-    be_.to_host(a, logits_, N * cfg_.vocab_pad);
+    a.clear();
+    for (int r0 = 0; r0 < int(N); r0 += head_rows_) {  // the logits again, chunk by chunk
+      const int rows = std::min(head_rows_, int(N) - r0);
+      be_.matmul_forward(lnf_ + size_t(r0) * D, params_.back().weight, logits_, rows, int(D), cfg_.vocab_pad,
+                         params_.back().alpha);
+      be_.to_host(b, logits_, size_t(rows) * cfg_.vocab_pad);
+      a.insert(a.end(), b.begin(), b.end());
+    }
     out.push_back({"logits", a});
     return out;
   }
 
+  // Rows of logits computed at once (default: a chunk of about 16M logits, which stays in L2 on a GPU); at most
+  // the default, which sized the buffer.
+  int head_rows() const { return head_rows_; }
+  void set_head_rows(int rows) {
+    MUE_CHECK(rows > 0 && rows <= head_rows_max_, "head rows must be in [1, ", head_rows_max_, "], got ", rows);
+    head_rows_ = rows;
+  }
+
  private:
+  // The head and the loss over chunks of head_rows_ rows, so that the logits never exist for all rows at once:
+  // logits = lnf W^T and the per-row losses; with grad also, in the same pass, dlogits (in place) and through
+  // the head dx_ (its rows of the chunk) and head.grad. The loss's gradient scale is 1/N, known in advance.
+  void head_loss(bool grad) {
+    const int N = B_ * T_, D = cfg_.d_model, Vp = cfg_.vocab_pad;
+    Param& head = params_.back();
+    for (int r0 = 0; r0 < N; r0 += head_rows_) {
+      const int rows = std::min(head_rows_, N - r0);
+      const A* x = lnf_ + size_t(r0) * D;
+      be_.matmul_forward(x, head.weight, logits_, rows, D, Vp, head.alpha);
+      be_.crossentropy_forward(logits_, tgt_ + r0, losses_ + r0, rows, cfg_.vocab, Vp);
+      if (!grad) continue;
+      be_.crossentropy_backward(logits_, tgt_ + r0, losses_ + r0, logits_, rows, cfg_.vocab, Vp, 1.0 / N);
+      be_.matmul_backward(logits_, x, head.weight, dx_ + size_t(r0) * D, head.grad, rows, D, Vp, head.alpha);
+    }
+    head_grad_done_ = grad;
+  }
+
   struct Layer {
     size_t first = 0;  // index of its attn_norm.w in params_
     A *ln1, *qkv, *att, *mid, *ln2;
@@ -404,7 +439,11 @@ class LM : public ParamStore<Backend> {
         L.ffn = make_ffn_(cfg_, be_, l, &params_[L.first + 4], int(N), a, table_);
       }
       branch_ = a.take<A>(N * D), lnf_ = a.take<A>(N * D), rstdf_ = a.take<S>(N);
-      logits_ = a.take<A>(N * cfg_.vocab_pad), losses_ = a.take<S>(N);
+      // about 2^24 logits per chunk (32 MiB in bf16), in multiples of 64 rows where that leaves any
+      const size_t fit = std::max<size_t>(1, (size_t(1) << 24) / size_t(cfg_.vocab_pad));
+      head_rows_max_ = int(std::min(N, fit >= 64 ? fit / 64 * 64 : fit));
+      head_rows_ = head_rows_max_;
+      logits_ = a.take<A>(size_t(head_rows_max_) * cfg_.vocab_pad), losses_ = a.take<S>(N);
       dres_ = a.take<A>(N * D), dx_ = a.take<A>(N * D), datt_ = a.take<A>(N * D), dqkv_ = a.take<A>(N * 3 * D);
       if (pass == 0) a.allocate(Backend::on_device);
     }
@@ -423,6 +462,8 @@ class LM : public ParamStore<Backend> {
   A *branch_ = nullptr, *lnf_ = nullptr, *logits_ = nullptr;
   S *rstdf_ = nullptr, *losses_ = nullptr;
   A *dres_ = nullptr, *dx_ = nullptr, *datt_ = nullptr, *dqkv_ = nullptr;
+  int head_rows_ = 1, head_rows_max_ = 1;
+  bool head_grad_done_ = false;  // the last forward took the head's gradient (forward(..., true))
   double aux_loss_ = 0;
 };
 
