@@ -16,6 +16,13 @@
 
 namespace mue {
 
+// One tensor of a packed parameter arena for the all-tensor AdamW step: it ends at element `end` (exclusive).
+struct AdamSegment {
+  size_t end;
+  double lr, wd, eps;
+  bool operator==(const AdamSegment&) const = default;
+};
+
 template <class T>
 struct CpuBackend {
   using act_t = T;     // activations
@@ -68,6 +75,14 @@ struct CpuBackend {
   void adamw_step(T* p, const T* g, T* m, T* v, T*, size_t n, double lr, double b1, double b2, double eps, double wd, int t, double gs) {
     cpu::adamw_step(p, g, m, v, n, lr, b1, b2, eps, wd, t, gs);
   }
+  // Over packed arenas: tensor i is elements [segs[i-1].end, segs[i].end) (a loop here, one launch on CUDA).
+  void adamw_step_all(T* p, const T* g, T* m, T* v, T*, const std::vector<AdamSegment>& segs, double lr_factor, double b1, double b2, int t, double gs) {
+    size_t begin = 0;
+    for (const AdamSegment& s : segs) {
+      cpu::adamw_step(p + begin, g + begin, m + begin, v + begin, s.end - begin, s.lr * lr_factor, b1, b2, s.eps, s.wd, t, gs);
+      begin = s.end;
+    }
+  }
 };
 
 #ifdef MUE_HAVE_CUDA
@@ -81,7 +96,7 @@ struct CudaBackend {
   float* norm_acc = nullptr;  // device scalar for sum_squares
 
   CudaBackend() { norm_acc = static_cast<float*>(cuda::device_alloc(sizeof(float))); }
-  ~CudaBackend() { cuda::device_free(norm_acc); }
+  ~CudaBackend() { cuda::device_free(norm_acc), cuda::device_free(adam_segs_dev_); }
   std::string device_name() const { return ctx.device_name(); }
 
   void upload(void* dst, const void* src, size_t bytes) { auto op_ = ctx.op("upload"); cuda::copy_to_device(dst, src, bytes); }
@@ -147,6 +162,23 @@ struct CudaBackend {
     auto op_ = ctx.op("adamw_step");
     cuda::adamw_step(ctx, p, g, m, v, shadow, n, float(lr), float(b1), float(b2), float(eps), float(wd), t, float(gs));
   }
+  // One launch over all tensors; the segment table goes to the device once (it changes only with the model).
+  void adamw_step_all(float* p, const float* g, float* m, float* v, bf16* shadow, const std::vector<AdamSegment>& segs, double lr_factor, double b1, double b2, int t, double gs) {
+    if (segs.empty()) return;
+    auto op_ = ctx.op("adamw_step");
+    if (segs != adam_segs_) {
+      std::vector<cuda::AdamWSegment> dev(segs.size());
+      for (size_t i = 0; i < segs.size(); ++i) dev[i] = {segs[i].end, segs[i].lr, float(segs[i].wd), float(segs[i].eps)};
+      ctx.synchronize();  // the previous table may still be in use
+      cuda::device_free(adam_segs_dev_);
+      adam_segs_dev_ = cuda::device_alloc(sizeof(cuda::AdamWSegment) * dev.size());
+      cuda::copy_to_device(adam_segs_dev_, dev.data(), sizeof(cuda::AdamWSegment) * dev.size());
+      adam_segs_ = segs;
+    }
+    cuda::adamw_step_all(ctx, p, g, m, v, shadow, segs.back().end, static_cast<const cuda::AdamWSegment*>(adam_segs_dev_), int(segs.size()), lr_factor, float(b1), float(b2), t, float(gs));
+  }
+  std::vector<AdamSegment> adam_segs_;  // the table on the device, as the host last sent it
+  void* adam_segs_dev_ = nullptr;
 };
 #endif
 

@@ -150,5 +150,16 @@ void sum_squares(Context& ctx, const float* g, size_t n, float* out);
 void adamw_step(Context& ctx, float* p, const float* g, float* m, float* v, bf16* p_bf16, size_t n, float lr,
                 float beta1, float beta2, float eps, float wd, int t, float grad_scale);
 
+// The same over packed arenas of n elements in one launch: elements [segs[i-1].end, segs[i].end) are tensor i,
+// with lr = float(lr_base * lr_factor) (rounded as the per-tensor call rounds it), wd, eps. segs is on the device.
+struct AdamWSegment {
+  unsigned long long end;
+  double lr_base;
+  float wd, eps;
+};
+void adamw_step_all(Context& ctx, float* p, const float* g, float* m, float* v, bf16* p_bf16, size_t n,
+                    const AdamWSegment* segs, int nseg, double lr_factor, float beta1, float beta2, int t,
+                    float grad_scale);
+
 }  // namespace mue::cuda
 #endif

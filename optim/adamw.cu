@@ -28,6 +28,39 @@ __global__ void adamw_kernel(float* p, const float* g, float* m, float* v, bf* p
   }
 }
 
+// The same over a packed arena of many tensors: each element finds its tensor by a binary search of the segment
+// ends (in shared memory, with each tensor's lr computed once per block). traffic: as above, one launch
+__global__ void adamw_all_kernel(float* p, const float* g, float* m, float* v, bf* p_bf16, size_t n,
+                                 const AdamWSegment* segs, int nseg, double lr_factor, float b1, float b2, float c1,
+                                 float c2, float grad_scale) {
+  extern __shared__ char seg_smem[];
+  unsigned long long* end = reinterpret_cast<unsigned long long*>(seg_smem);
+  float* hp = reinterpret_cast<float*>(end + nseg);  // lr, wd, eps per tensor
+  for (int i = threadIdx.x; i < nseg; i += blockDim.x) {
+    const AdamWSegment s = segs[i];
+    end[i] = s.end, hp[3 * i] = float(s.lr_base * lr_factor), hp[3 * i + 1] = s.wd, hp[3 * i + 2] = s.eps;
+  }
+  __syncthreads();
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    int lo = 0, hi = nseg - 1;  // the first segment whose end is past i
+    while (lo < hi) {
+      const int mid = (lo + hi) / 2;
+      if (end[mid] > i) hi = mid;
+      else lo = mid + 1;
+    }
+    const float lr = hp[3 * lo], wd = hp[3 * lo + 1], eps = hp[3 * lo + 2];
+    const float gi = g[i] * grad_scale;
+    const float mi = b1 * m[i] + (1.f - b1) * gi;
+    const float vi = b2 * v[i] + (1.f - b2) * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    const float upd = (mi / c1) / (sqrtf(vi / c2) + eps);
+    const float pi = p[i] - lr * (upd + wd * p[i]);
+    p[i] = pi;
+    if (p_bf16) p_bf16[i] = __float2bfloat16(pi);
+  }
+}
+
 // *out += sum g[i]^2: each thread sums in double over a grid-stride slice, the block reduces in double, and one
 // fp32 atomicAdd per block lands the block's part.   traffic: read n fp32, gridDim.x atomics
 __global__ void sum_squares_kernel(const float* g, size_t n, float* out) {
@@ -49,6 +82,19 @@ void adamw_step(Context& ctx, float* p, const float* g, float* m, float* v, bf16
   adamw_kernel<<<grid_for(n, 256), 256, 0, ctx.stream>>>(p, g, m, v, B(p_bf16), n, lr, beta1, beta2, eps, wd, c1,
                                                           c2, grad_scale);
   check_launch("adamw_kernel");
+}
+
+void adamw_step_all(Context& ctx, float* p, const float* g, float* m, float* v, bf16* p_bf16, size_t n,
+                    const AdamWSegment* segs, int nseg, double lr_factor, float beta1, float beta2, int t,
+                    float grad_scale) {
+  if (n == 0 || nseg == 0) return;
+  MUE_CHECK(t >= 1, "adamw_step_all: step t = ", t, " (must start at 1)");
+  const float c1 = float(1.0 - std::pow(double(beta1), t)), c2 = float(1.0 - std::pow(double(beta2), t));
+  const size_t smem = size_t(nseg) * (sizeof(unsigned long long) + 3 * sizeof(float));
+  if (smem > 48 * 1024) allow_smem(reinterpret_cast<const void*>(adamw_all_kernel), smem, "adamw_all_kernel");
+  adamw_all_kernel<<<grid_for(n, 256), 256, smem, ctx.stream>>>(p, g, m, v, B(p_bf16), n, segs, nseg, lr_factor,
+                                                                  beta1, beta2, c1, c2, grad_scale);
+  check_launch("adamw_all_kernel");
 }
 
 void sum_squares(Context& ctx, const float* g, size_t n, float* out) {

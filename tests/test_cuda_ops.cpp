@@ -442,4 +442,45 @@ TEST_CASE("CUDA adamw step", "[cuda]") {
   }
 }
 
+TEST_CASE("CUDA adamw over all tensors in one launch equals one launch per tensor", "[cuda]") {
+  if (!cuda::gpu_available()) {
+    WARN("no GPU: skipped");
+    return;
+  }
+  cuda::Context ctx;
+  // Tensors of odd sizes (one of a single element) with their own lr, wd and eps, packed one after another.
+  const std::vector<size_t> sizes = {7, 1, 1000, 33, 4097};
+  const double b1 = 0.9, b2 = 0.95, gs = 0.7, lr_factor = 0.37;
+  std::vector<cuda::AdamWSegment> segs;
+  size_t n = 0;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    n += sizes[i];
+    segs.push_back({n, 1e-3 * double(i + 1), float(0.05 * double(i)), float(1e-8 * double(i + 1))});
+  }
+  Dev dsegs(segs.size() * sizeof(cuda::AdamWSegment));
+  cuda::copy_to_device(dsegs.p, segs.data(), segs.size() * sizeof(cuda::AdamWSegment));
+  for (int t : {1, 4}) {
+    INFO("t = " << t);
+    V p = randn_f32(n), g = randn_f32(n), m = randn_f32(n, 0.1), v = randn_f32(n, 0.1);
+    for (auto& x : v) x = float(x * x);
+    Dev ap = put_f32(p), ag = put_f32(g), am = put_f32(m), av = put_f32(v), ah = poisoned(n * sizeof(bf16));
+    Dev bp = put_f32(p), bg = put_f32(g), bm = put_f32(m), bv = put_f32(v), bh = poisoned(n * sizeof(bf16));
+    size_t begin = 0;
+    for (const auto& sg : segs) {  // the reference: one launch per tensor, lr rounded on the host
+      const size_t k = begin, len = sg.end - begin;
+      cuda::adamw_step(ctx, ap.f() + k, ag.f() + k, am.f() + k, av.f() + k, ah.h() + k, len,
+                       float(sg.lr_base * lr_factor), float(b1), float(b2), sg.eps, sg.wd, t, float(gs));
+      begin = sg.end;
+    }
+    cuda::adamw_step_all(ctx, bp.f(), bg.f(), bm.f(), bv.f(), bh.h(), n,
+                         static_cast<const cuda::AdamWSegment*>(dsegs.p), int(segs.size()), lr_factor, float(b1),
+                         float(b2), t, float(gs));
+    // Same arithmetic in the same order: equal to the bit.
+    expect_close(get_f32(ctx, bp, n), get_f32(ctx, ap, n), 0.0, "adamw_all p");
+    expect_close(get_f32(ctx, bm, n), get_f32(ctx, am, n), 0.0, "adamw_all m");
+    expect_close(get_f32(ctx, bv, n), get_f32(ctx, av, n), 0.0, "adamw_all v");
+    expect_close(get_bf16(ctx, bh, n), get_bf16(ctx, ah, n), 0.0, "adamw_all bf16 shadow");
+  }
+}
+
 #endif  // MUE_HAVE_CUDA
