@@ -223,32 +223,21 @@ __global__ void row_tile_map_kernel(const int32_t* off, int E, int2* map, int bo
   }
 }
 
-// y_e = alpha x_e W_e^T: A = x rows (K-major), B = W_e [Out x In] (K-major).
-__global__ void __launch_bounds__(kGemmThreads) expert_forward_kernel(const bf* x, const bf* w, bf* y,
-                                                                       const int32_t* off, const int2* map, int In,
-                                                                       int Out, float alpha) {
+// c_e [rows of e x N] = alpha a_e [rows x K] W_e, both rows K-major, W_e = w + e K N:
+//   forward  y_e  = alpha x_e W_e^T  (K = In,  N = Out): W_e [Out x In] is N x K, read K-major (kWK)
+//   backward dx_e = alpha dy_e W_e   (K = Out, N = In):  W_e [Out x In] is K x N, read N-major
+template <bool kWK>
+__global__ void __launch_bounds__(kGemmThreads) expert_rows_kernel(const bf* a, const bf* w, bf* c,
+                                                                    const int32_t* off, const int2* map, int K,
+                                                                    int N, float alpha) {
   extern __shared__ __align__(16) char smem[];
-  const int ncol = (Out + kBN - 1) / kBN, tile = int(blockIdx.x) / ncol, col = int(blockIdx.x) % ncol;
+  const int ncol = (N + kBN - 1) / kBN, tile = int(blockIdx.x) / ncol, col = int(blockIdx.x) % ncol;
   const int e = map[tile].x, row0 = map[tile].y;
   if (e < 0) return;
   const int r0 = off[e];
-  const Problem p{x + size_t(r0) * In, w + size_t(e) * Out * In, y + size_t(r0) * Out, In, In, Out,
-                  off[e + 1] - r0, Out, In, row0, col * kBN};
-  gemm_tile<true, true, false>(p, alpha, smem);
-}
-
-// dx_e = alpha dy_e W_e: A = dy rows (K-major), B = W_e [Out x In] read as K x N (N-major).
-__global__ void __launch_bounds__(kGemmThreads) expert_dx_kernel(const bf* dy, const bf* w, bf* dx,
-                                                                  const int32_t* off, const int2* map, int In,
-                                                                  int Out, float alpha) {
-  extern __shared__ __align__(16) char smem[];
-  const int ncol = (In + kBN - 1) / kBN, tile = int(blockIdx.x) / ncol, col = int(blockIdx.x) % ncol;
-  const int e = map[tile].x, row0 = map[tile].y;
-  if (e < 0) return;
-  const int r0 = off[e];
-  const Problem p{dy + size_t(r0) * Out, w + size_t(e) * Out * In, dx + size_t(r0) * In, Out, In, In,
-                  off[e + 1] - r0, In, Out, row0, col * kBN};
-  gemm_tile<true, false, false>(p, alpha, smem);
+  const Problem p{a + size_t(r0) * K, w + size_t(e) * K * N, c + size_t(r0) * N, K, kWK ? K : N, N,
+                  off[e + 1] - r0, N, K, row0, col * kBN};
+  gemm_tile<true, kWK, false>(p, alpha, smem);
 }
 
 // dW_e += alpha dy_e^T x_e: A(m = out, k = row) = dy[row, out] (M-major), B(k = row, n = in) = x[row, in]
@@ -291,19 +280,26 @@ const int32_t* host_offsets(Context& ctx, const int32_t* off, const int32_t* off
   copy_to_host(buf.data(), off_dev, sizeof(int32_t) * buf.size());
   return buf.data();
 }
+
+// expert_rows_kernel<kWK> over the row tiles of all experts (see there for a, w, c, K, N).
+template <bool kWK>
+void launch_expert_rows(Context& ctx, const bf16* a, const bf16* w, bf16* c, const int32_t* off_dev, int rows, int E,
+                        int K, int N, float alpha) {
+  constexpr size_t smem = gemm_smem<true, kWK>();
+  allow_smem(reinterpret_cast<const void*>(expert_rows_kernel<kWK>), smem, "expert_rows_kernel");
+  unsigned tiles;
+  const int2* map = row_tile_map(ctx, off_dev, rows, E, tiles);
+  const unsigned grid = tiles * unsigned((N + kBN - 1) / kBN);
+  expert_rows_kernel<kWK><<<grid, kGemmThreads, smem, ctx.stream>>>(B(a), B(w), B(c), off_dev, map, K, N, alpha);
+  check_launch("expert_rows_kernel");
+}
 }  // namespace
 
 void expert_matmul_forward(Context& ctx, const bf16* x, const bf16* w, bf16* y, const int32_t* off,
                            const int32_t* off_dev, int rows, int E, int In, int Out, float alpha) {
   if (rows <= 0) return;
   if (off_dev && expert_gemm_kernel_fits(In, Out) && aligned16(x, w, y)) {
-    constexpr size_t smem = gemm_smem<true, true>();
-    allow_smem(reinterpret_cast<const void*>(expert_forward_kernel), smem, "expert_forward_kernel");
-    unsigned tiles;
-    const int2* map = row_tile_map(ctx, off_dev, rows, E, tiles);
-    const unsigned grid = tiles * unsigned((Out + kBN - 1) / kBN);
-    expert_forward_kernel<<<grid, kGemmThreads, smem, ctx.stream>>>(B(x), B(w), B(y), off_dev, map, In, Out, alpha);
-    return check_launch("expert_forward_kernel");
+    return launch_expert_rows<true>(ctx, x, w, y, off_dev, rows, E, In, Out, alpha);
   }
   std::vector<int32_t> buf;
   off = host_offsets(ctx, off, off_dev, E, buf);
@@ -320,14 +316,9 @@ void expert_matmul_backward(Context& ctx, const bf16* dy, const bf16* x, const b
                             float alpha) {
   if (rows <= 0) return;
   if (off_dev && expert_gemm_kernel_fits(In, Out) && aligned16(dy, x, w, dx, dw)) {
-    constexpr size_t smem_dx = gemm_smem<true, false>(), smem_dw = gemm_smem<false, false>();
-    allow_smem(reinterpret_cast<const void*>(expert_dx_kernel), smem_dx, "expert_dx_kernel");
+    launch_expert_rows<false>(ctx, dy, w, dx, off_dev, rows, E, Out, In, alpha);
+    constexpr size_t smem_dw = gemm_smem<false, false>();
     allow_smem(reinterpret_cast<const void*>(expert_dw_kernel), smem_dw, "expert_dw_kernel");
-    unsigned tiles;
-    const int2* map = row_tile_map(ctx, off_dev, rows, E, tiles);
-    const unsigned gdx = tiles * unsigned((In + kBN - 1) / kBN);
-    expert_dx_kernel<<<gdx, kGemmThreads, smem_dx, ctx.stream>>>(B(dy), B(w), B(dx), off_dev, map, In, Out, alpha);
-    check_launch("expert_dx_kernel");
     const dim3 gdw((In + kBN - 1) / kBN, (Out + kBM - 1) / kBM, E);
     expert_dw_kernel<<<gdw, kGemmThreads, smem_dw, ctx.stream>>>(B(dy), B(x), dw, off_dev, In, Out, alpha);
     return check_launch("expert_dw_kernel");

@@ -47,7 +47,7 @@ class MoeFfn : public FfnBranch<Backend> {
     be_.matmul_forward(xn, router.weight, logits_, N, D, E, router.alpha);
     plan_on_host_ = route_forward(be_, dims_, logits_, scores_, idx_, gates_, src_token_, slot_row_, plan_, offsets_,
                                   stats_);
-    const int32_t* off = plan_on_host_ ? offsets_.data() : nullptr;  // host offsets, where already there
+    const int32_t* off = host_offsets();
     // Experts on their contiguous row blocks.
     permute_rows(be_, xn, src_token_, xp_, R, D);
     expert_matmul_forward(be_, xp_, fc.weight, hfc_, off, plan_, R, E, D, 2 * h, fc.alpha);
@@ -68,7 +68,7 @@ class MoeFfn : public FfnBranch<Backend> {
   void backward(const A* xn, const A* dout, A* dxn) override {
     const int N = dims_.N, D = D_, E = s_.experts, a = s_.active, h = s_.expert_hidden, R = N * a;
     Param &router = router_[0], &fc = router_[1], &proj = router_[2];
-    const int32_t* off = plan_on_host_ ? offsets_.data() : nullptr;
+    const int32_t* off = host_offsets();
     combine_backward(be_, dout, yp_, slot_row_, gates_, dyp_, dgates_, N, a, D);
     expert_matmul_backward(be_, dyp_, hsw_, proj.weight, dhsw_, proj.grad, off, plan_, R, E, h, D, proj.alpha);
     be_.swiglu_backward(dhsw_, hfc_, dhfc_, R, h);
@@ -107,6 +107,7 @@ class MoeFfn : public FfnBranch<Backend> {
   int32_t *idx_, *plan_, *src_token_, *slot_row_;
   // The router's plan on the host: expert offsets (the cuBLAS expert GEMMs' row counts) and statistics, read
   // from the device on first use after each forward.
+  const int32_t* host_offsets() const { return plan_on_host_ ? offsets_.data() : nullptr; }  // if already there
   void fetch_plan() const {
     if (!plan_on_host_) read_plan(be_, dims_, plan_, offsets_, stats_);
     plan_on_host_ = true;

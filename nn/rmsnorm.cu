@@ -5,6 +5,7 @@
 #include "nn/ops_cuda.h"
 
 #include <algorithm>
+#include <type_traits>
 
 namespace mue::cuda {
 
@@ -144,20 +145,25 @@ __global__ void __launch_bounds__(kRowWarps * 32) rmsnorm_backward_vec_kernel(co
 }
 
 bool rmsnorm_vec_ok(int D) { return D % 8 == 0 && D <= kVecMaxD; }
+// Calls f(std::integral_constant<int, ceil(D / 256)>) (1 to 4): the vec kernels' 16-byte vectors per lane.
+template <class F>
+void with_vectors_per_lane(int D, F f) {
+  switch ((D + 255) / 256) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    default: return f(std::integral_constant<int, 4>{});
+  }
+}
 }  // namespace
 
 void rmsnorm_forward(Context& ctx, const bf16* x, const bf16* w, bf16* y, float* rstd, int N, int D, float eps) {
   if (N <= 0 || D <= 0) return;
   if (rmsnorm_vec_ok(D) && aligned16(x, w, y)) {
-    const auto launch = [&](auto kernel) {
-      kernel<<<(N + kRowWarps - 1) / kRowWarps, kRowWarps * 32, 0, ctx.stream>>>(B(x), B(w), B(y), rstd, N, D, eps);
-    };
-    switch ((D + 255) / 256) {
-      case 1: launch(rmsnorm_forward_vec_kernel<1>); break;
-      case 2: launch(rmsnorm_forward_vec_kernel<2>); break;
-      case 3: launch(rmsnorm_forward_vec_kernel<3>); break;
-      default: launch(rmsnorm_forward_vec_kernel<4>); break;
-    }
+    with_vectors_per_lane(D, [&](auto v) {
+      rmsnorm_forward_vec_kernel<v.value><<<(N + kRowWarps - 1) / kRowWarps, kRowWarps * 32, 0, ctx.stream>>>(
+          B(x), B(w), B(y), rstd, N, D, eps);
+    });
     return check_launch("rmsnorm_forward_vec_kernel");
   }
   rmsnorm_forward_kernel<<<N, threads_for_row(D), 0, ctx.stream>>>(B(x), B(w), B(y), rstd, D, eps);
@@ -169,15 +175,10 @@ void rmsnorm_backward(Context& ctx, const bf16* dy, const bf16* x, const bf16* w
   if (N <= 0 || D <= 0) return;
   if (rmsnorm_vec_ok(D) && aligned16(dy, x, w, dx)) {
     const int grid = std::min((N + kRowWarps - 1) / kRowWarps, 4 * sm_count());  // a few blocks per SM
-    const auto launch = [&](auto kernel) {
-      kernel<<<grid, kRowWarps * 32, 0, ctx.stream>>>(B(dy), B(x), B(w), rstd, B(dx), dw, N, D);
-    };
-    switch ((D + 255) / 256) {
-      case 1: launch(rmsnorm_backward_vec_kernel<1>); break;
-      case 2: launch(rmsnorm_backward_vec_kernel<2>); break;
-      case 3: launch(rmsnorm_backward_vec_kernel<3>); break;
-      default: launch(rmsnorm_backward_vec_kernel<4>); break;
-    }
+    with_vectors_per_lane(D, [&](auto v) {
+      rmsnorm_backward_vec_kernel<v.value><<<grid, kRowWarps * 32, 0, ctx.stream>>>(B(dy), B(x), B(w), rstd, B(dx),
+                                                                                   dw, N, D);
+    });
     return check_launch("rmsnorm_backward_vec_kernel");
   }
   const size_t smem = size_t(D) * sizeof(float);
