@@ -43,6 +43,7 @@ TEST_CASE("bad configs give one clear line naming the problem", "[config]") {
       {"", {"train.stepz=5"}, "unknown config key 'train.stepz'"},
       {R"({"model": {"d_model": 64,}})", {}, "malformed JSON"},
       {"", {"model.d_model=100", "model.n_heads=3"}, "not divisible by model.n_heads"},
+      {"", {"model.rope_theta=0"}, "model.rope_theta must be positive"},
       {"", {"model.d_model=\"big\""}, "'model.d_model' must be a number"},
       {"", {"model.d_model=64.5"}, "'model.d_model' must be an integer"},
       {"", {"rule=mu-p"}, "unknown rule 'mu-p'"},
