@@ -209,8 +209,10 @@ TEST_CASE("CUDA router: top-a, gates, dispatch plan, statistics and backward mat
     for (Dev* p : {&gS, &gI, &gG, &gSrc, &gSlot, &gPlan, &gDL}) poison(*p);
     std::vector<int32_t> goff;
     BranchStats gst;
-    route_forward(gb, d, gL.h(), static_cast<float*>(gS.p), gI.i(), gG.h(), gSrc.i(), gSlot.i(), gPlan.i(), goff,
-                  gst);
+    // On CUDA the plan and statistics stay on the device until read_plan brings them over.
+    CHECK_FALSE(route_forward(gb, d, gL.h(), static_cast<float*>(gS.p), gI.i(), gG.h(), gSrc.i(), gSlot.i(),
+                              gPlan.i(), goff, gst));
+    read_plan(gb, d, gPlan.i(), goff, gst);
     route_backward(gb, d, gDG.h(), gL.h(), static_cast<float*>(gS.p), gI.i(), gPlan.i(), gDL.h());
     gb.synchronize();
     std::vector<int32_t> gidx(R), gsrc(R), gslot(R);
