@@ -7,12 +7,16 @@
 //      logits (the order of the scores, and exact in bf16, so the choice matches the CPU reference bit for bit;
 //      ties to the lower index), gates r * s_k / sum_chosen s, per-token entropy, sum l^2 and lse^2.
 //      traffic: read N*E bf16, write N*E fp32 + N*a (idx, gates) + 3N fp32
-//   2. router_columns_kernel, one block per expert: column sum of the scores and the expert's assignment count.
-//      traffic: read N*E fp32 (one column per block, sector-granular) + E * N*a int32 (from L2)
-//   3. router_plan_kernel, one block: offsets = exclusive scan of the counts, and the layer's statistics
-//      (balance loss, z loss, mean entropy, logits RMS) reduced in a fixed order (deterministic).
-//   4. dispatch_rows_kernel, one block per expert: a stable block-wide compaction of the assignments of that
-//      expert in (token, slot) order -> src_token, slot_row.   traffic: E * N*a int32 read (L2), N*a*2 written
+//   2. router_chunks_kernel, one warp per chunk of kChunkTokens tokens: the chunk's assignment count per expert
+//      (warp match on the expert ids, in (token, slot) order) and its score column sums.
+//      traffic: read N*E fp32 (coalesced rows) + N*a int32, write 2 * chunks * E
+//   3. router_plan_kernel, one block: per expert, the chunks' counts turned into exclusive bases (in place) and
+//      their column sums added in chunk order; offsets = exclusive scan of the counts; the layer's statistics
+//      (balance loss, z loss, mean entropy, logits RMS), every sum in a fixed order (deterministic).
+//   4. dispatch_rows_kernel, one warp per chunk again: assignment i of expert e gets row offset[e] + the chunk's
+//      base + its rank among e's assignments before it in the chunk -> src_token, slot_row (stable, like the CPU).
+//      traffic: read N*a int32 + chunks * E, write 2 N*a int32
+// Every pass over the assignments runs on all chunks at once (no block walks all N*a of them).
 // Backward, one launch: router_backward_kernel, one warp per token: gate gradients -> score gradients (+ the
 // balance term coef*E*f_e/N) -> logits gradients through softmax or sigmoid (+ the z-loss term).
 //      traffic: read N*E (scores fp32, logits bf16 when z_coef > 0) + N*a, write N*E bf16
@@ -89,26 +93,70 @@ __global__ void router_forward_kernel(const bf* logits, float* scores, int32_t* 
   }
 }
 
-__global__ void router_columns_kernel(const float* scores, const int32_t* idx, float* colsum, int32_t* count,
-                                      RouterDims d) {
-  const int e = blockIdx.x;
-  float p = 0.f;
-  for (int n = threadIdx.x; n < d.N; n += blockDim.x) p += scores[size_t(n) * d.E + e];
-  int c = 0;
-  const size_t R = size_t(d.N) * d.active;
-  for (size_t i = threadIdx.x; i < R; i += blockDim.x) c += idx[i] == e;
-  p = block_reduce(p, SumOp{}, 0.f);
-  c = block_reduce(c, SumOp{}, 0);
-  if (threadIdx.x == 0) colsum[e] = p, count[e] = c;
+constexpr int kChunkTokens = 128;  // tokens per chunk of the counting and dispatch passes
+__host__ __device__ int chunk_count(int N) { return (N + kChunkTokens - 1) / kChunkTokens; }
+
+// Walks chunk c's assignments (tokens c*kChunkTokens.., every slot, in order) 32 at a time with one warp:
+// visit(i, e, rank) for each lane's assignment, rank = how many earlier assignments of the chunk chose e
+// (cnt[e] before this group + earlier lanes of the group with the same e); cnt ends as the chunk's counts.
+template <class Visit>
+__device__ void walk_chunk(const int32_t* idx, int c, const RouterDims& d, int* cnt, Visit visit) {
+  const int lane = threadIdx.x & 31;
+  for (int e = lane; e < d.E; e += 32) cnt[e] = 0;
+  __syncwarp();
+  const int i0 = c * kChunkTokens * d.active, i1 = min(d.N, (c + 1) * kChunkTokens) * d.active;
+  for (int base = i0; base < i1; base += 32) {
+    const int i = base + lane;
+    const int e = i < i1 ? idx[i] : -1;  // idle lanes group among themselves and do nothing
+    const unsigned peers = __match_any_sync(0xffffffffu, e);
+    if (e >= 0) {
+      visit(i, e, cnt[e] + __popc(peers & ((1u << lane) - 1u)));
+    }
+    __syncwarp();  // every lane has read cnt[e] before the group's first lane adds the group's size
+    if (e >= 0 && (peers & ((1u << lane) - 1u)) == 0) cnt[e] += __popc(peers);
+    __syncwarp();
+  }
 }
 
-// plan: [0, E] offsets, then the bits of 4 floats: balance loss, z loss, mean entropy, logits RMS.
-__global__ void router_plan_kernel(const float* rowstat, const float* colsum, const int32_t* count, int32_t* plan,
+// ccount[c][e] = assignments of expert e in chunk c, ccolsum[c][e] = sum of the chunk's scores[n][e].
+__global__ void router_chunks_kernel(const float* scores, const int32_t* idx, int32_t* ccount, float* ccolsum,
+                                     RouterDims d) {
+  extern __shared__ int cnt_smem[];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, c = blockIdx.x * kWarps + warp;
+  if (c >= chunk_count(d.N)) return;
+  int* cnt = cnt_smem + warp * d.E;
+  walk_chunk(idx, c, d, cnt, [](int, int, int) {});
+  const int n0 = c * kChunkTokens, n1 = min(d.N, n0 + kChunkTokens);
+  for (int e = lane; e < d.E; e += 32) {
+    float p = 0.f;
+    for (int n = n0; n < n1; ++n) p += scores[size_t(n) * d.E + e];
+    ccount[size_t(c) * d.E + e] = cnt[e];
+    ccolsum[size_t(c) * d.E + e] = p;
+  }
+}
+
+// plan: [0, E] offsets, then the bits of 4 floats: balance loss, z loss, mean entropy, logits RMS. ccount
+// becomes, per expert, the exclusive sum over the chunks before (the chunk's base within the expert's rows).
+__global__ void router_plan_kernel(const float* rowstat, int32_t* ccount, const float* ccolsum, int32_t* plan,
                                    RouterDims d) {
+  __shared__ int32_t count[1024];
+  __shared__ float colsum[1024];
+  const int C = chunk_count(d.N);
+  for (int e = threadIdx.x; e < d.E; e += blockDim.x) {
+    int32_t run = 0;
+    float cs = 0.f;
+    #pragma unroll 8
+    for (int c = 0; c < C; ++c) {
+      const size_t k = size_t(c) * d.E + e;
+      const int32_t n = ccount[k];
+      ccount[k] = run, run += n, cs += ccolsum[k];
+    }
+    count[e] = run, colsum[e] = cs;
+  }
   float ent = 0.f, ss = 0.f, lse2 = 0.f;
   for (int n = threadIdx.x; n < d.N; n += blockDim.x)
     ent += rowstat[size_t(n) * 3], ss += rowstat[size_t(n) * 3 + 1], lse2 += rowstat[size_t(n) * 3 + 2];
-  ent = block_reduce(ent, SumOp{}, 0.f);
+  ent = block_reduce(ent, SumOp{}, 0.f);  // block_reduce synchronizes the block: count, colsum are complete
   ss = block_reduce(ss, SumOp{}, 0.f);
   lse2 = block_reduce(lse2, SumOp{}, 0.f);
   if (threadIdx.x == 0) {
@@ -128,28 +176,17 @@ __global__ void router_plan_kernel(const float* rowstat, const float* colsum, co
 }
 
 // Stable compaction: expert e's assignments i (in order) get rows plan[e], plan[e]+1, ...
-__global__ void dispatch_rows_kernel(const int32_t* idx, const int32_t* plan, int32_t* src_token, int32_t* slot_row,
-                                     RouterDims d) {
-  __shared__ int warp_total[32];
-  const int e = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-  const int R = d.N * d.active;
-  int base = plan[e];
-  for (int chunk = 0; chunk < R; chunk += blockDim.x) {
-    const int i = chunk + threadIdx.x;
-    const bool mine = i < R && idx[i] == e;
-    const unsigned ballot = __ballot_sync(0xffffffffu, mine);
-    if (lane == 0) warp_total[warp] = __popc(ballot);
-    __syncthreads();
-    int before = 0, total = 0;
-    for (int w = 0; w < nwarps; ++w) before += w < warp ? warp_total[w] : 0, total += warp_total[w];
-    if (mine) {
-      const int row = base + before + __popc(ballot & ((1u << lane) - 1u));
-      src_token[row] = i / d.active;
-      slot_row[i] = row;
-    }
-    base += total;
-    __syncthreads();
-  }
+__global__ void dispatch_rows_kernel(const int32_t* idx, const int32_t* plan, const int32_t* cbase,
+                                     int32_t* src_token, int32_t* slot_row, RouterDims d) {
+  extern __shared__ int cnt_smem[];
+  const int warp = threadIdx.x >> 5, c = blockIdx.x * kWarps + warp;
+  if (c >= chunk_count(d.N)) return;
+  const int32_t* base = cbase + size_t(c) * d.E;
+  walk_chunk(idx, c, d, cnt_smem + warp * d.E, [&](int i, int e, int rank) {
+    const int row = plan[e] + base[e] + rank;
+    src_token[row] = i / d.active;
+    slot_row[i] = row;
+  });
 }
 
 __global__ void router_backward_kernel(const bf* dgates, const bf* logits, const float* scores, const int32_t* idx,
@@ -209,18 +246,22 @@ void router_forward(Context& ctx, const RouterDims& d, const bf16* logits, float
                 d.active <= d.E && d.E <= 1024,
             "router_forward: bad dims N=", d.N, " E=", d.E, " a=", d.active, " groups=", d.groups);
   const size_t rowstat_bytes = sizeof(float) * 3 * size_t(d.N);
-  char* tmp = static_cast<char*>(ctx.scratch(6, rowstat_bytes + 2 * sizeof(float) * size_t(d.E)));
+  const size_t table = size_t(chunk_count(d.N)) * d.E;  // per chunk and expert: count (then base), column sum
+  char* tmp = static_cast<char*>(ctx.scratch(6, rowstat_bytes + table * (sizeof(int32_t) + sizeof(float))));
   float* rowstat = reinterpret_cast<float*>(tmp);
-  float* colsum = reinterpret_cast<float*>(tmp + rowstat_bytes);
-  int32_t* count = reinterpret_cast<int32_t*>(colsum + d.E);
+  int32_t* ccount = reinterpret_cast<int32_t*>(tmp + rowstat_bytes);
+  float* ccolsum = reinterpret_cast<float*>(ccount + table);
   router_forward_kernel<<<token_blocks(d.N), kWarps * 32, sizeof(float) * 2 * d.E * kWarps, ctx.stream>>>(
       B(logits), scores, idx, B(gates), rowstat, d);
   check_launch("router_forward_kernel");
-  router_columns_kernel<<<d.E, 256, 0, ctx.stream>>>(scores, idx, colsum, count, d);
-  check_launch("router_columns_kernel");
-  router_plan_kernel<<<1, 1024, 0, ctx.stream>>>(rowstat, colsum, count, plan, d);
+  const unsigned chunk_blocks = unsigned((chunk_count(d.N) + kWarps - 1) / kWarps);
+  const size_t cnt_smem = sizeof(int) * size_t(d.E) * kWarps;
+  router_chunks_kernel<<<chunk_blocks, kWarps * 32, cnt_smem, ctx.stream>>>(scores, idx, ccount, ccolsum, d);
+  check_launch("router_chunks_kernel");
+  router_plan_kernel<<<1, 1024, 0, ctx.stream>>>(rowstat, ccount, ccolsum, plan, d);
   check_launch("router_plan_kernel");
-  dispatch_rows_kernel<<<d.E, 256, 0, ctx.stream>>>(idx, plan, src_token, slot_row, d);
+  dispatch_rows_kernel<<<chunk_blocks, kWarps * 32, cnt_smem, ctx.stream>>>(idx, plan, ccount, src_token, slot_row,
+                                                                           d);
   check_launch("dispatch_rows_kernel");
 }
 
