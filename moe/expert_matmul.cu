@@ -15,6 +15,7 @@
 // Other widths go through cuBLAS (cublasGemmGroupedBatchedEx over the non-empty experts, with the pointer
 // arrays written by a kernel; MUE_GROUPED_GEMM=0: one cublasGemmEx per expert), which needs host offsets.
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <vector>
 
@@ -95,22 +96,32 @@ struct Groups {
 };
 
 // ---- the grouped GEMM kernel ----
-constexpr int kBM = 128, kBN = 128, kBK = 64, kStages = 3, kGemmThreads = 128;  // 2 x 2 warps of 64 x 64
+// A tile configuration: BM x BN output tiles, k steps of BK, kStages-deep cp.async pipeline, WM x WN warps (each
+// owns a (BM / WM) x (BN / WN) piece). Several are compiled; MUE_EXPERT_TILE picks one for measuring them.
+template <int BM_, int BN_, int BK_, int kStages_, int WM_, int WN_>
+struct TileCfg {
+  static constexpr int BM = BM_, BN = BN_, BK = BK_, kStages = kStages_, WM = WM_, WN = WN_;
+  static constexpr int threads = 32 * WM * WN, warp_m = BM / WM, warp_n = BN / WN;
+  static constexpr int MI = warp_m / 16, NJ = warp_n / 16;  // ldmatrix.x4 loads per k16 step: A, B
+  static_assert(warp_m % 16 == 0 && warp_n % 16 == 0 && BK % 16 == 0);
+};
 
-// An operand tile in shared memory: K-major ([128 rows of M or N][kBK + 8]) or MN-major ([kBK][128 + 8]).
-template <bool kKMajor>
+// An operand tile of kRows rows of M or N in shared memory: K-major ([kRows][BK + 8]) or MN-major
+// ([BK][kRows + 8]); the 16-byte pad keeps ldmatrix's eight row addresses on distinct banks.
+template <bool kKMajor, int kRows, int BK, int kThreads>
 struct OperandTile {
-  static constexpr int ld = kKMajor ? kBK + 8 : kBM + 8;
-  static constexpr int elems = kKMajor ? kBM * (kBK + 8) : kBK * (kBM + 8);
+  static constexpr int ld = kKMajor ? BK + 8 : kRows + 8;
+  static constexpr int elems = kKMajor ? kRows * (BK + 8) : BK * (kRows + 8);
   // cp.async of the tile at (mn0, k0) of a matrix with leading dimension ld_g: element (mn, k) at
   // base[mn * ld_g + k] (K-major) or base[k * ld_g + mn] (MN-major); beyond mn_end or k_end it is zero.
   __device__ static void load(bf* dst, const bf* base, int ld_g, int mn0, int mn_end, int k0, int k_end) {
-    for (int i = threadIdx.x; i < kBM * kBK / 8; i += kGemmThreads) {
+    #pragma unroll
+    for (int i = threadIdx.x; i < kRows * BK / 8; i += kThreads) {
       int mn, k, r, c;
       if constexpr (kKMajor) {
-        r = i / (kBK / 8), c = (i % (kBK / 8)) * 8, mn = mn0 + r, k = k0 + c;
+        r = i / (BK / 8), c = (i % (BK / 8)) * 8, mn = mn0 + r, k = k0 + c;
       } else {
-        r = i / (kBM / 8), c = (i % (kBM / 8)) * 8, k = k0 + r, mn = mn0 + c;
+        r = i / (kRows / 8), c = (i % (kRows / 8)) * 8, k = k0 + r, mn = mn0 + c;
       }
       const bool ok = mn < mn_end && k < k_end;
       const size_t off = kKMajor ? size_t(ok ? mn : 0) * ld_g + (ok ? k : 0) : size_t(ok ? k : 0) * ld_g + (ok ? mn : 0);
@@ -127,19 +138,28 @@ struct Problem {
   int lda, ldb, ldc, M, N, K, m0, n0;
 };
 
-template <bool kAK, bool kBKmaj, bool kAccumulate>
+template <class Cfg, bool kAK, bool kBKmaj>
+constexpr size_t gemm_smem() {
+  return size_t(Cfg::kStages) *
+         (OperandTile<kAK, Cfg::BM, Cfg::BK, Cfg::threads>::elems + OperandTile<kBKmaj, Cfg::BN, Cfg::BK, Cfg::threads>::elems) *
+         sizeof(bf);
+}
+
+template <class Cfg, bool kAK, bool kBKmaj, bool kAccumulate>
 __device__ void gemm_tile(const Problem& p, float alpha, char* smem) {
-  using TA = OperandTile<kAK>;
-  using TB = OperandTile<kBKmaj>;
+  using TA = OperandTile<kAK, Cfg::BM, Cfg::BK, Cfg::threads>;
+  using TB = OperandTile<kBKmaj, Cfg::BN, Cfg::BK, Cfg::threads>;
+  constexpr int BK = Cfg::BK, kStages = Cfg::kStages, MI = Cfg::MI, NJ = Cfg::NJ;
   bf* sa = reinterpret_cast<bf*>(smem);
   bf* sb = sa + kStages * TA::elems;
-  const int w = threadIdx.x >> 5, l = threadIdx.x & 31, wm = (w & 1) * 64, wn = (w >> 1) * 64;
-  float acc[4][8][4] = {};
-  const int ktiles = (p.K + kBK - 1) / kBK;
+  const int w = threadIdx.x >> 5, l = threadIdx.x & 31;
+  const int wm = (w % Cfg::WM) * Cfg::warp_m, wn = (w / Cfg::WM) * Cfg::warp_n;
+  float acc[MI][2 * NJ][4] = {};
+  const int ktiles = (p.K + BK - 1) / BK;
   const auto load = [&](int kt) {
     const int st = kt % kStages;
-    TA::load(sa + st * TA::elems, p.a, p.lda, p.m0, p.M, kt * kBK, p.K);
-    TB::load(sb + st * TB::elems, p.b, p.ldb, p.n0, p.N, kt * kBK, p.K);
+    TA::load(sa + st * TA::elems, p.a, p.lda, p.m0, p.M, kt * BK, p.K);
+    TB::load(sb + st * TB::elems, p.b, p.ldb, p.n0, p.N, kt * BK, p.K);
   };
   #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
@@ -154,10 +174,10 @@ __device__ void gemm_tile(const Problem& p, float alpha, char* smem) {
     const bf* ta = sa + (kt % kStages) * TA::elems;
     const bf* tb = sb + (kt % kStages) * TB::elems;
     #pragma unroll
-    for (int kk = 0; kk < kBK / 16; ++kk) {
-      uint32_t af[4][4], bfr[4][4];
+    for (int kk = 0; kk < BK / 16; ++kk) {
+      uint32_t af[MI][4], bfr[NJ][4];
       #pragma unroll
-      for (int i = 0; i < 4; ++i) {
+      for (int i = 0; i < MI; ++i) {
         const int m = wm + 16 * i;
         if constexpr (kAK)
           ldsm_x4(af[i], ta + (m + (l & 15)) * TA::ld + 16 * kk + (l >> 4) * 8);
@@ -165,7 +185,7 @@ __device__ void gemm_tile(const Problem& p, float alpha, char* smem) {
           ldsm_x4_trans(af[i], ta + (16 * kk + (l & 7) + (l >> 4) * 8) * TA::ld + m + ((l >> 3) & 1) * 8);
       }
       #pragma unroll
-      for (int j = 0; j < 4; ++j) {  // columns wn + 16 j .. + 15: b0, b1 of column tile 2 j, then of 2 j + 1
+      for (int j = 0; j < NJ; ++j) {  // columns wn + 16 j .. + 15: b0, b1 of column tile 2 j, then of 2 j + 1
         const int n = wn + 16 * j;
         if constexpr (kBKmaj)
           ldsm_x4(bfr[j], tb + (n + (l & 7) + (l >> 4) * 8) * TB::ld + 16 * kk + ((l >> 3) & 1) * 8);
@@ -173,17 +193,18 @@ __device__ void gemm_tile(const Problem& p, float alpha, char* smem) {
           ldsm_x4_trans(bfr[j], tb + (16 * kk + (l & 7) + ((l >> 3) & 1) * 8) * TB::ld + n + (l >> 4) * 8);
       }
       #pragma unroll
-      for (int i = 0; i < 4; ++i)
+      for (int i = 0; i < MI; ++i)
         #pragma unroll
-        for (int j = 0; j < 8; ++j) mma_bf16(acc[i][j], af[i], bfr[j / 2][2 * (j % 2)], bfr[j / 2][2 * (j % 2) + 1]);
+        for (int j = 0; j < 2 * NJ; ++j)
+          mma_bf16(acc[i][j], af[i], bfr[j / 2][2 * (j % 2)], bfr[j / 2][2 * (j % 2) + 1]);
     }
   }
   cp_async_wait<0>();
   // Epilogue: row pairs (c[0], c[1]) and (c[2], c[3]) are adjacent columns (N is a multiple of 8).
   #pragma unroll
-  for (int i = 0; i < 4; ++i)
+  for (int i = 0; i < MI; ++i)
     #pragma unroll
-    for (int j = 0; j < 8; ++j)
+    for (int j = 0; j < 2 * NJ; ++j)
       #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int m = p.m0 + wm + 16 * i + (l >> 2) + 8 * h, n = p.n0 + wn + 8 * j + 2 * (l & 3);
@@ -200,15 +221,15 @@ __device__ void gemm_tile(const Problem& p, float alpha, char* smem) {
       }
 }
 
-// map[t] = (expert, first row within the expert) of row tile t, row tiles of all experts numbered in order;
-// (-1, 0) past the last tile. One block: thread 0 numbers the experts' first tiles (E + 1 ints in shared
+// map[t] = (expert, first row within the expert) of row tile t (bm rows), row tiles of all experts numbered in
+// order; (-1, 0) past the last tile. One block: thread 0 numbers the experts' first tiles (E + 1 ints in shared
 // memory), then every thread binary-searches its tiles. Run before each grouped launch, so that a GEMM block
 // finds its work in one load.
-__global__ void row_tile_map_kernel(const int32_t* off, int E, int2* map, int bound) {
+__global__ void row_tile_map_kernel(const int32_t* off, int E, int bm, int2* map, int bound) {
   extern __shared__ int first[];
   if (threadIdx.x == 0) {
     int f = 0;
-    for (int e = 0; e < E; ++e) first[e] = f, f += (off[e + 1] - off[e] + kBM - 1) / kBM;
+    for (int e = 0; e < E; ++e) first[e] = f, f += (off[e + 1] - off[e] + bm - 1) / bm;
     first[E] = f;
   }
   __syncthreads();
@@ -223,54 +244,109 @@ __global__ void row_tile_map_kernel(const int32_t* off, int E, int2* map, int bo
       if (first[mid] <= t) lo = mid;
       else hi = mid - 1;
     }
-    map[t] = make_int2(lo, (t - first[lo]) * kBM);
+    map[t] = make_int2(lo, (t - first[lo]) * bm);
   }
 }
 
 // c_e [rows of e x N] = alpha a_e [rows x K] W_e, both rows K-major, W_e = w + e K N:
 //   forward  y_e  = alpha x_e W_e^T  (K = In,  N = Out): W_e [Out x In] is N x K, read K-major (kWK)
 //   backward dx_e = alpha dy_e W_e   (K = Out, N = In):  W_e [Out x In] is K x N, read N-major
-template <bool kWK>
-__global__ void __launch_bounds__(kGemmThreads) expert_rows_kernel(const bf* a, const bf* w, bf* c,
+template <class Cfg, bool kWK>
+__global__ void __launch_bounds__(Cfg::threads) expert_rows_kernel(const bf* a, const bf* w, bf* c,
                                                                     const int32_t* off, const int2* map, int K,
                                                                     int N, float alpha) {
   extern __shared__ __align__(16) char smem[];
-  const int ncol = (N + kBN - 1) / kBN, tile = int(blockIdx.x) / ncol, col = int(blockIdx.x) % ncol;
+  const int ncol = (N + Cfg::BN - 1) / Cfg::BN, tile = int(blockIdx.x) / ncol, col = int(blockIdx.x) % ncol;
   const int e = map[tile].x, row0 = map[tile].y;
   if (e < 0) return;
   const int r0 = off[e];
   const Problem p{a + size_t(r0) * K, w + size_t(e) * K * N, c + size_t(r0) * N, K, kWK ? K : N, N,
-                  off[e + 1] - r0, N, K, row0, col * kBN};
-  gemm_tile<true, kWK, false>(p, alpha, smem);
+                  off[e + 1] - r0, N, K, row0, col * Cfg::BN};
+  gemm_tile<Cfg, true, kWK, false>(p, alpha, smem);
 }
 
 // dW_e += alpha dy_e^T x_e: A(m = out, k = row) = dy[row, out] (M-major), B(k = row, n = in) = x[row, in]
 // (N-major); block (n tile, m tile, expert).
-__global__ void __launch_bounds__(kGemmThreads) expert_dw_kernel(const bf* dy, const bf* x, float* dw,
+template <class Cfg>
+__global__ void __launch_bounds__(Cfg::threads) expert_dw_kernel(const bf* dy, const bf* x, float* dw,
                                                                   const int32_t* off, int In, int Out, float alpha) {
   extern __shared__ __align__(16) char smem[];
   const int e = blockIdx.z, r0 = off[e], rows = off[e + 1] - r0;
   if (rows == 0) return;
   const Problem p{dy + size_t(r0) * Out, x + size_t(r0) * In, dw + size_t(e) * Out * In, Out, In, In,
-                  Out, In, rows, int(blockIdx.y) * kBM, int(blockIdx.x) * kBN};
-  gemm_tile<false, false, true>(p, alpha, smem);
+                  Out, In, rows, int(blockIdx.y) * Cfg::BM, int(blockIdx.x) * Cfg::BN};
+  gemm_tile<Cfg, false, false, true>(p, alpha, smem);
 }
 
-template <bool kAK, bool kBKmaj>
-constexpr size_t gemm_smem() {
-  return size_t(kStages) * (OperandTile<kAK>::elems + OperandTile<kBKmaj>::elems) * sizeof(bf);
-}
-// The row-tile map of the offsets (in scratch slot 6) and its length: rows / 128 + E bounds the tile count.
-const int2* row_tile_map(Context& ctx, const int32_t* off_dev, int rows, int E, unsigned& bound) {
-  bound = unsigned((rows + kBM - 1) / kBM + E);
+// The row-tile map of the offsets (in scratch slot 6) for row tiles of bm, and its length: rows / bm + E bounds
+// the tile count.
+const int2* row_tile_map(Context& ctx, const int32_t* off_dev, int rows, int E, int bm, unsigned& bound) {
+  bound = unsigned((rows + bm - 1) / bm + E);
   int2* map = static_cast<int2*>(ctx.scratch(6, sizeof(int2) * bound));
   const size_t smem = sizeof(int) * (size_t(E) + 1);
   if (smem > 48 * 1024) allow_smem(reinterpret_cast<const void*>(row_tile_map_kernel), smem, "row_tile_map_kernel");
-  row_tile_map_kernel<<<1, 1024, smem, ctx.stream>>>(off_dev, E, map, int(bound));
+  row_tile_map_kernel<<<1, 1024, smem, ctx.stream>>>(off_dev, E, bm, map, int(bound));
   check_launch("row_tile_map_kernel");
   return map;
 }
+
+// expert_rows_kernel<Cfg, kWK> over the row tiles of all experts (see there for a, w, c, K, N).
+template <class Cfg, bool kWK>
+void launch_expert_rows(Context& ctx, const bf16* a, const bf16* w, bf16* c, const int32_t* off_dev, int rows, int E,
+                        int K, int N, float alpha) {
+  constexpr size_t smem = gemm_smem<Cfg, true, kWK>();
+  allow_smem(reinterpret_cast<const void*>(expert_rows_kernel<Cfg, kWK>), smem, "expert_rows_kernel");
+  unsigned tiles;
+  const int2* map = row_tile_map(ctx, off_dev, rows, E, Cfg::BM, tiles);
+  const unsigned grid = tiles * unsigned((N + Cfg::BN - 1) / Cfg::BN);
+  expert_rows_kernel<Cfg, kWK><<<grid, Cfg::threads, smem, ctx.stream>>>(B(a), B(w), B(c), off_dev, map, K, N, alpha);
+  check_launch("expert_rows_kernel");
+}
+
+template <class Cfg>
+void launch_expert_dw(Context& ctx, const bf16* dy, const bf16* x, float* dw, const int32_t* off_dev, int E, int In,
+                      int Out, float alpha) {
+  constexpr size_t smem = gemm_smem<Cfg, false, false>();
+  allow_smem(reinterpret_cast<const void*>(expert_dw_kernel<Cfg>), smem, "expert_dw_kernel");
+  const dim3 grid((In + Cfg::BN - 1) / Cfg::BN, (Out + Cfg::BM - 1) / Cfg::BM, E);
+  expert_dw_kernel<Cfg><<<grid, Cfg::threads, smem, ctx.stream>>>(B(dy), B(x), dw, off_dev, In, Out, alpha);
+  check_launch("expert_dw_kernel");
+}
+
+// The compiled configurations. 0: 128 x 128 x 64, 3 stages, 2 x 2 warps of 64 x 64 (measured 2026-11-23).
+using Tile0 = TileCfg<128, 128, 64, 3, 2, 2>;
+using Tile1 = TileCfg<128, 128, 32, 4, 2, 4>;   // 8 warps of 64 x 32
+using Tile2 = TileCfg<128, 64, 64, 4, 2, 2>;    // 4 warps of 64 x 32, narrow column tiles
+using Tile3 = TileCfg<128, 128, 64, 3, 2, 4>;   // 8 warps of 64 x 32, deeper k steps
+using Tile4 = TileCfg<64, 128, 64, 4, 2, 2>;    // 4 warps of 32 x 64: less padding on small experts
+constexpr int kTileConfigs = 5;
+
+// MUE_EXPERT_TILE="r,w": the configuration of the row kernels (forward, backward dx) and of the dW kernel.
+struct TileChoice {
+  int rows = 0, dw = 0;
+};
+TileChoice tile_choice() {  // read at every call (cheap next to a GEMM), so that tests can try them all
+  TileChoice t;
+  if (const char* v = std::getenv("MUE_EXPERT_TILE")) {
+    MUE_CHECK(std::sscanf(v, "%d,%d", &t.rows, &t.dw) == 2 && t.rows >= 0 && t.rows < kTileConfigs && t.dw >= 0 &&
+                  t.dw < kTileConfigs,
+              "MUE_EXPERT_TILE must be \"r,w\" with r, w in [0, ", kTileConfigs, "), got \"", v, "\"");
+  }
+  return t;
+}
+template <class F>
+void with_tile(int i, F f) {
+  switch (i) {
+    case 1: return f(Tile1{});
+    case 2: return f(Tile2{});
+    case 3: return f(Tile3{});
+    case 4: return f(Tile4{});
+    default: return f(Tile0{});
+  }
+}
 }  // namespace
+
+int expert_tile_configs() { return kTileConfigs; }
 
 bool expert_gemm_kernel_fits(int In, int Out) { return In % 8 == 0 && Out % 8 == 0; }
 
@@ -285,25 +361,15 @@ const int32_t* host_offsets(Context& ctx, const int32_t* off, const int32_t* off
   return buf.data();
 }
 
-// expert_rows_kernel<kWK> over the row tiles of all experts (see there for a, w, c, K, N).
-template <bool kWK>
-void launch_expert_rows(Context& ctx, const bf16* a, const bf16* w, bf16* c, const int32_t* off_dev, int rows, int E,
-                        int K, int N, float alpha) {
-  constexpr size_t smem = gemm_smem<true, kWK>();
-  allow_smem(reinterpret_cast<const void*>(expert_rows_kernel<kWK>), smem, "expert_rows_kernel");
-  unsigned tiles;
-  const int2* map = row_tile_map(ctx, off_dev, rows, E, tiles);
-  const unsigned grid = tiles * unsigned((N + kBN - 1) / kBN);
-  expert_rows_kernel<kWK><<<grid, kGemmThreads, smem, ctx.stream>>>(B(a), B(w), B(c), off_dev, map, K, N, alpha);
-  check_launch("expert_rows_kernel");
-}
 }  // namespace
 
 void expert_matmul_forward(Context& ctx, const bf16* x, const bf16* w, bf16* y, const int32_t* off,
                            const int32_t* off_dev, int rows, int E, int In, int Out, float alpha) {
   if (rows <= 0) return;
   if (off_dev && expert_gemm_kernel_fits(In, Out) && aligned16(x, w, y)) {
-    return launch_expert_rows<true>(ctx, x, w, y, off_dev, rows, E, In, Out, alpha);
+    return with_tile(tile_choice().rows, [&](auto cfg) {
+      launch_expert_rows<decltype(cfg), true>(ctx, x, w, y, off_dev, rows, E, In, Out, alpha);
+    });
   }
   std::vector<int32_t> buf;
   off = host_offsets(ctx, off, off_dev, E, buf);
@@ -320,12 +386,12 @@ void expert_matmul_backward(Context& ctx, const bf16* dy, const bf16* x, const b
                             float alpha) {
   if (rows <= 0) return;
   if (off_dev && expert_gemm_kernel_fits(In, Out) && aligned16(dy, x, w, dx, dw)) {
-    launch_expert_rows<false>(ctx, dy, w, dx, off_dev, rows, E, Out, In, alpha);
-    constexpr size_t smem_dw = gemm_smem<false, false>();
-    allow_smem(reinterpret_cast<const void*>(expert_dw_kernel), smem_dw, "expert_dw_kernel");
-    const dim3 gdw((In + kBN - 1) / kBN, (Out + kBM - 1) / kBM, E);
-    expert_dw_kernel<<<gdw, kGemmThreads, smem_dw, ctx.stream>>>(B(dy), B(x), dw, off_dev, In, Out, alpha);
-    return check_launch("expert_dw_kernel");
+    with_tile(tile_choice().rows, [&](auto cfg) {
+      launch_expert_rows<decltype(cfg), false>(ctx, dy, w, dx, off_dev, rows, E, Out, In, alpha);
+    });
+    return with_tile(tile_choice().dw, [&](auto cfg) {
+      launch_expert_dw<decltype(cfg)>(ctx, dy, x, dw, off_dev, E, In, Out, alpha);
+    });
   }
   std::vector<int32_t> buf;
   off = host_offsets(ctx, off, off_dev, E, buf);

@@ -45,5 +45,8 @@ void expert_matmul_backward(Context& ctx, const bf16* dy, const bf16* x, const b
                             float alpha);
 bool grouped_gemm_enabled();
 bool expert_gemm_kernel_fits(int In, int Out);
+// Tile configurations compiled for the grouped kernel; MUE_EXPERT_TILE="r,w" picks the row kernels' and the dW
+// kernel's (default 0,0).
+int expert_tile_configs();
 }  // namespace mue::cuda
 #endif

@@ -1,6 +1,9 @@
 // MoE on CUDA against the CPU reference: the data-movement ops with uneven loads (one expert takes most tokens,
 // some none), and an MoE LM training step. Skips without a GPU.
 #ifdef MUE_HAVE_CUDA
+#include <cstdlib>
+#include <string>
+
 #include "moe/moe_layer.h"
 #include "optim/adamw.h"
 #include "optim/rules.h"
@@ -130,12 +133,22 @@ TEST_CASE("CUDA expert GEMMs (grouped kernel and cuBLAS) match the CPU with unev
   // (72, 40), (256, 136): our kernel (multiples of 8, edges inside a 128 tile); (33, 20): the cuBLAS path, given
   // the host offsets or reading them from the device; (72, 40) with W 2 bytes off a 16-byte boundary (as a
   // packed parameter view could be): the cuBLAS path too.
-  for (Shape sh : {Shape{72, 40, true, false, true}, Shape{256, 136, true, false, false},
-                   Shape{33, 20, false, false, true}, Shape{33, 20, false, false, false},
-                   Shape{72, 40, true, true, true}}) {
+  std::vector<Shape> shapes = {Shape{72, 40, true, false, true}, Shape{256, 136, true, false, false},
+                               Shape{33, 20, false, false, true}, Shape{33, 20, false, false, false},
+                               Shape{72, 40, true, true, true}};
+  std::vector<int> tiles = {0, 0, 0, 0, 0};
+  for (int t = 1; t < cuda::expert_tile_configs(); ++t)  // every other tile configuration on the kernel shapes
+    for (int s : {0, 1}) shapes.push_back(shapes[s]), tiles.push_back(t);
+  struct Unset {
+    ~Unset() { ::unsetenv("MUE_EXPERT_TILE"); }  // also when a REQUIRE leaves early
+  } unset;
+  for (size_t s = 0; s < shapes.size(); ++s) {
+    const Shape sh = shapes[s];
     const int In = sh.In, Out = sh.Out;
+    const std::string tile = std::to_string(tiles[s]) + "," + std::to_string(tiles[s]);
+    ::setenv("MUE_EXPERT_TILE", tile.c_str(), 1);
     INFO("In = " << In << ", Out = " << Out << ", misaligned W = " << sh.misalign << ", host offsets = "
-                 << sh.host_off);
+                 << sh.host_off << ", MUE_EXPERT_TILE = " << tile);
     REQUIRE(cuda::expert_gemm_kernel_fits(In, Out) == sh.kernel);
     const double alpha = 0.75;
     V x = randn(size_t(R) * In, 61), w = randn(size_t(E) * Out * In, 62, 0.2), dy = randn(size_t(R) * Out, 63),
