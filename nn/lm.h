@@ -439,10 +439,11 @@ class LM : public ParamStore<Backend> {
         L.ffn = make_ffn_(cfg_, be_, l, &params_[L.first + 4], int(N), a, table_);
       }
       branch_ = a.take<A>(N * D), lnf_ = a.take<A>(N * D), rstdf_ = a.take<S>(N);
-      // about 2^27 logits per chunk (256 MiB in bf16), in multiples of 128 rows where that leaves any: chunks
-      // of a few hundred rows made the head's weight-gradient GEMM (K = rows) slow, 2^24 cost gpt2s 6 ms a step
-      const size_t fit = std::max<size_t>(1, (size_t(1) << 27) / size_t(cfg_.vocab_pad));
-      head_rows_max_ = int(std::min(N, fit >= 128 ? fit / 128 * 128 : fit));
+      // Chunks of at most about 2^28 logits (512 MiB in bf16), as even as multiples of 128 rows allow: chunks of
+      // a few hundred rows made the head's weight-gradient GEMM (K = rows) slow (2^24 logits cost gpt2s 6 ms).
+      const size_t fit = std::max<size_t>(1, (size_t(1) << 28) / size_t(cfg_.vocab_pad));
+      const size_t chunks = (N + fit - 1) / fit, even = (N + chunks - 1) / chunks;
+      head_rows_max_ = int(std::min(N, chunks > 1 ? (even + 127) / 128 * 128 : N));
       head_rows_ = head_rows_max_;
       logits_ = a.take<A>(size_t(head_rows_max_) * cfg_.vocab_pad), losses_ = a.take<S>(N);
       dres_ = a.take<A>(N * D), dx_ = a.take<A>(N * D), datt_ = a.take<A>(N * D), dqkv_ = a.take<A>(N * 3 * D);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build, run the whole test suite (GPU tests included), bench the presets, and a
 # short real training run. Logs go to $OUT (or ./gpu-out).
-# Env: PRESETS (bench), PROFILE (presets to profile per op), NO_SWEEP, FLOW_STEPS.
+# Env: PRESETS (bench), PROFILE (presets to profile per op), TILE_SWEEP (presets to profile under every expert
+# GEMM tile configuration, MUE_EXPERT_TILE), NO_SWEEP, FLOW_STEPS.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
@@ -23,6 +24,14 @@ for p in ${PROFILE:-}; do
   echo "== profile $p"
   timeout 120 ./build-gpu/mue bench "$p" --steps 10 --profile > "$OUT/profile-$p.txt" 2>&1
   head -25 "$OUT/profile-$p.txt"
+done
+for p in ${TILE_SWEEP:-}; do
+  echo "== expert GEMM tiles, $p (ms/step: forward, backward)"
+  n=${TILE_CONFIGS:-5}
+  for t in $(seq 0 $((n - 1))); do
+    MUE_EXPERT_TILE=$t,$t timeout 120 ./build-gpu/mue bench "$p" --steps 10 --profile > "$OUT/tiles-$p-$t.txt" 2>&1
+    echo "tile $t: $(grep -E "expert_matmul_(forward|backward)" "$OUT/tiles-$p-$t.txt" | awk '{printf "%s %s  ", $1, $3}')$(tail -1 "$OUT/tiles-$p-$t.txt" | awk '{print $(NF-5) " ms/step"}')"
+  done
 done
 if [ -f data-cache/linux-doc.tok ] && [ -z "${NO_SWEEP:-}" ]; then
   echo "== default sweep on the GPU"
