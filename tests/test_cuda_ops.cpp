@@ -162,15 +162,17 @@ TEST_CASE("CUDA residual add", "[cuda]") {
     return;
   }
   cuda::Context ctx;
-  const size_t n = 100003;
-  V a = randn_bf16(n), b = randn_bf16(n);
-  Dev da = put_bf16(a), db = put_bf16(b), dout = poisoned(n * sizeof(bf16));
-  cuda::residual_forward(ctx, dout.h(), da.h(), db.h(), n);
-  V ref(n);
-  cpu::residual_forward(ref.data(), a.data(), b.data(), n);
-  expect_close(get_bf16(ctx, dout, n), ref, kTolBf16, "residual out");
-  cuda::residual_forward(ctx, da.h(), da.h(), db.h(), n);  // in place
-  expect_close(get_bf16(ctx, da, n), ref, kTolBf16, "residual in place");
+  for (const size_t n : {size_t(100003), size_t(100000)}) {  // scalar kernel; 16-byte vector kernel (n % 8 == 0)
+    INFO("n = " << n);
+    V a = randn_bf16(n), b = randn_bf16(n);
+    Dev da = put_bf16(a), db = put_bf16(b), dout = poisoned(n * sizeof(bf16));
+    cuda::residual_forward(ctx, dout.h(), da.h(), db.h(), n);
+    V ref(n);
+    cpu::residual_forward(ref.data(), a.data(), b.data(), n);
+    expect_close(get_bf16(ctx, dout, n), ref, kTolBf16, "residual out");
+    cuda::residual_forward(ctx, da.h(), da.h(), db.h(), n);  // in place
+    expect_close(get_bf16(ctx, da, n), ref, kTolBf16, "residual in place");
+  }
 }
 
 TEST_CASE("CUDA rope forward and backward", "[cuda]") {
