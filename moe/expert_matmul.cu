@@ -322,24 +322,20 @@ using Tile4 = TileCfg<64, 128, 64, 4, 2, 2>;    // 4 warps of 32 x 64: less padd
 constexpr int kTileConfigs = 5;
 
 // The configurations of the row kernels (forward, backward dx) and of the dW kernel: MUE_EXPERT_TILE="r,w" when
-// set (read at every call, cheap next to a GEMM, so that tests can try them all), else 0 for the rows, and for
-// dW 0 unless its grid (one block per 128 x 128 tile per expert) would not give each SM 4 blocks, then 2
-// (128 x 64 tiles, twice the blocks). Measured on the H100, 2026-11-23, with both kernels on one configuration:
-// small-moe (In, Out of 128..256; 128..256 dW blocks) spent 5.7 ms a step in the expert backward on 2 against
-// 6.7 on 0; gpt2s-moe (768..1536 dW blocks) did best on 0.
+// set (read at every call, cheap next to a GEMM, so that tests can try them all), else 0 for the rows and 2 for
+// dW (128 x 64 tiles: twice the blocks of 0 over the same K = rows of the expert). Measured on the H100,
+// 2026-11-23, ms per step with r,w = 0,0 / 0,2: small-moe 23.77 / 22.80, dit-moe 100.19 / 93.07; every
+// configuration on both kernels of gpt2s-moe: 0 best for the rows (bench/RESULTS.md).
 struct TileChoice {
-  int rows = 0, dw = 0;
+  int rows = 0, dw = 2;
 };
-TileChoice tile_choice(int E, int In, int Out) {
+TileChoice tile_choice() {
   TileChoice t;
   if (const char* v = std::getenv("MUE_EXPERT_TILE")) {
     MUE_CHECK(std::sscanf(v, "%d,%d", &t.rows, &t.dw) == 2 && t.rows >= 0 && t.rows < kTileConfigs && t.dw >= 0 &&
                   t.dw < kTileConfigs,
               "MUE_EXPERT_TILE must be \"r,w\" with r, w in [0, ", kTileConfigs, "), got \"", v, "\"");
-    return t;
   }
-  const long dw_blocks = long((In + Tile0::BN - 1) / Tile0::BN) * ((Out + Tile0::BM - 1) / Tile0::BM) * E;
-  t.dw = dw_blocks < 4L * sm_count() ? 2 : 0;
   return t;
 }
 template <class F>
@@ -375,7 +371,7 @@ void expert_matmul_forward(Context& ctx, const bf16* x, const bf16* w, bf16* y, 
                            const int32_t* off_dev, int rows, int E, int In, int Out, float alpha) {
   if (rows <= 0) return;
   if (off_dev && expert_gemm_kernel_fits(In, Out) && aligned16(x, w, y)) {
-    return with_tile(tile_choice(E, In, Out).rows, [&](auto cfg) {
+    return with_tile(tile_choice().rows, [&](auto cfg) {
       launch_expert_rows<decltype(cfg), true>(ctx, x, w, y, off_dev, rows, E, In, Out, alpha);
     });
   }
@@ -394,7 +390,7 @@ void expert_matmul_backward(Context& ctx, const bf16* dy, const bf16* x, const b
                             float alpha) {
   if (rows <= 0) return;
   if (off_dev && expert_gemm_kernel_fits(In, Out) && aligned16(dy, x, w, dx, dw)) {
-    const TileChoice tc = tile_choice(E, In, Out);
+    const TileChoice tc = tile_choice();
     with_tile(tc.rows, [&](auto cfg) {
       launch_expert_rows<decltype(cfg), false>(ctx, dy, w, dx, off_dev, rows, E, Out, In, alpha);
     });
