@@ -112,16 +112,11 @@ __global__ void __launch_bounds__(kRowWarps * 32) rmsnorm_backward_vec_kernel(co
     const uint4* gr = reinterpret_cast<const uint4*>(dy + size_t(row) * D);
     uint4* dxr = reinterpret_cast<uint4*>(dx + size_t(row) * D);
     const float r = rstd[row];
-    // x, dy and the dx being accumulated into are loaded together, so that a warp waits for memory once per row
-    uint4 xv[kMaxVec], gv[kMaxVec], dv[kMaxVec];
-    #pragma unroll
-    for (int i = 0; i < kMaxVec; ++i)
-      if (lane + 32 * i < nv) xv[i] = xr[lane + 32 * i], gv[i] = gr[lane + 32 * i], dv[i] = dxr[lane + 32 * i];
     float xh[kMaxVec][8], g[kMaxVec][8], dot = 0.f;
     #pragma unroll
     for (int i = 0; i < kMaxVec; ++i)
       if (lane + 32 * i < nv) {
-        unpack8(xv[i], xh[i]), unpack8(gv[i], g[i]);
+        unpack8(xr[lane + 32 * i], xh[i]), unpack8(gr[lane + 32 * i], g[i]);
         #pragma unroll
         for (int k = 0; k < 8; ++k) xh[i][k] *= r, dot += g[i][k] * wv[i][k] * xh[i][k];
       }
@@ -130,7 +125,7 @@ __global__ void __launch_bounds__(kRowWarps * 32) rmsnorm_backward_vec_kernel(co
     for (int i = 0; i < kMaxVec; ++i)
       if (lane + 32 * i < nv) {
         float d[8];
-        unpack8(dv[i], d);
+        unpack8(dxr[lane + 32 * i], d);
         #pragma unroll
         for (int k = 0; k < 8; ++k) {
           dwp[i][k] += g[i][k] * xh[i][k];

@@ -29,40 +29,30 @@ __global__ void swiglu_backward_kernel(const bf* dout, const bf* in, bf* din, in
   }
 }
 
-// The same on vectors of 8 (H8 = H / 8 vectors per half row). Index type I: 32-bit when the count fits, since
-// the row / column split of a 64-bit index is a slow emulated division on the GPU.
-template <class I>
-__global__ void swiglu_forward_vec_kernel(const uint4* in, uint4* out, I H8, I total8) {
-  for (I k = blockIdx.x * I(blockDim.x) + threadIdx.x; k < total8; k += I(gridDim.x) * blockDim.x) {
-    const I n = k / H8, j = k - n * H8;
+// The same on vectors of 8 (H8 = H / 8 vectors per half row).
+__global__ void swiglu_forward_vec_kernel(const uint4* in, uint4* out, int H8, size_t total8) {
+  for (size_t k = blockIdx.x * size_t(blockDim.x) + threadIdx.x; k < total8; k += size_t(gridDim.x) * blockDim.x) {
+    const size_t n = k / H8, j = k % H8;
     float g[8], u[8];
-    unpack8(in[size_t(n) * 2 * H8 + j], g), unpack8(in[size_t(n) * 2 * H8 + H8 + j], u);
+    unpack8(in[n * 2 * H8 + j], g), unpack8(in[n * 2 * H8 + H8 + j], u);
     #pragma unroll
     for (int e = 0; e < 8; ++e) g[e] = g[e] / (1.f + __expf(-g[e])) * u[e];
     out[k] = pack8(g);
   }
 }
-template <class I>
-__global__ void swiglu_backward_vec_kernel(const uint4* dout, const uint4* in, uint4* din, I H8, I total8) {
-  for (I k = blockIdx.x * I(blockDim.x) + threadIdx.x; k < total8; k += I(gridDim.x) * blockDim.x) {
-    const I n = k / H8, j = k - n * H8;
-    const size_t gi = size_t(n) * 2 * H8 + j;
+__global__ void swiglu_backward_vec_kernel(const uint4* dout, const uint4* in, uint4* din, int H8, size_t total8) {
+  for (size_t k = blockIdx.x * size_t(blockDim.x) + threadIdx.x; k < total8; k += size_t(gridDim.x) * blockDim.x) {
+    const size_t n = k / H8, j = k % H8;
     float g[8], u[8], d[8];
-    unpack8(in[gi], g), unpack8(in[gi + H8], u), unpack8(dout[k], d);
+    unpack8(in[n * 2 * H8 + j], g), unpack8(in[n * 2 * H8 + H8 + j], u), unpack8(dout[k], d);
     #pragma unroll
     for (int e = 0; e < 8; ++e) {
       const float sig = 1.f / (1.f + __expf(-g[e]));
       const float dg = d[e] * u[e] * sig * (1.f + g[e] * (1.f - sig));
       u[e] = d[e] * g[e] * sig, g[e] = dg;
     }
-    din[gi] = pack8(g), din[gi + H8] = pack8(u);
+    din[n * 2 * H8 + j] = pack8(g), din[n * 2 * H8 + H8 + j] = pack8(u);
   }
-}
-// Calls f(I{}) with I = uint32_t when every vector index (and a grid stride past the end) fits, else size_t.
-template <class F>
-void with_index_type(size_t total8, F f) {
-  if (total8 < (size_t(1) << 31)) return f(uint32_t{});
-  f(size_t{});
 }
 }  // namespace
 
@@ -70,11 +60,8 @@ void swiglu_forward(Context& ctx, const bf16* in, bf16* out, int N, int H) {
   const size_t total = size_t(N) * size_t(H);
   if (N <= 0 || H <= 0) return;
   if (H % 8 == 0 && aligned16(in, out)) {
-    with_index_type(total / 8, [&](auto i) {
-      using I = decltype(i);
-      swiglu_forward_vec_kernel<I><<<grid_for(total / 8, 256, sm_count() * 16), 256, 0, ctx.stream>>>(
-          reinterpret_cast<const uint4*>(in), reinterpret_cast<uint4*>(out), I(H / 8), I(total / 8));
-    });
+    swiglu_forward_vec_kernel<<<grid_for(total / 8, 256, sm_count() * 16), 256, 0, ctx.stream>>>(
+        reinterpret_cast<const uint4*>(in), reinterpret_cast<uint4*>(out), H / 8, total / 8);
     return check_launch("swiglu_forward_vec_kernel");
   }
   swiglu_forward_kernel<<<grid_for(total, 256), 256, 0, ctx.stream>>>(B(in), B(out), H, total);
@@ -85,12 +72,9 @@ void swiglu_backward(Context& ctx, const bf16* dout, const bf16* in, bf16* din, 
   const size_t total = size_t(N) * size_t(H);
   if (N <= 0 || H <= 0) return;
   if (H % 8 == 0 && aligned16(dout, in, din)) {
-    with_index_type(total / 8, [&](auto i) {
-      using I = decltype(i);
-      swiglu_backward_vec_kernel<I><<<grid_for(total / 8, 256, sm_count() * 16), 256, 0, ctx.stream>>>(
-          reinterpret_cast<const uint4*>(dout), reinterpret_cast<const uint4*>(in), reinterpret_cast<uint4*>(din),
-          I(H / 8), I(total / 8));
-    });
+    swiglu_backward_vec_kernel<<<grid_for(total / 8, 256, sm_count() * 16), 256, 0, ctx.stream>>>(
+        reinterpret_cast<const uint4*>(dout), reinterpret_cast<const uint4*>(in), reinterpret_cast<uint4*>(din), H / 8,
+        total / 8);
     return check_launch("swiglu_backward_vec_kernel");
   }
   swiglu_backward_kernel<<<grid_for(total, 256), 256, 0, ctx.stream>>>(B(dout), B(in), B(din), H, total);
