@@ -1,6 +1,7 @@
 // The CUDA context (device, stream, cuBLAS handle, scratch buffers), checked memory helpers and the
 // fp32 <-> bf16 cast kernels.
 #include <algorithm>
+#include <cstring>
 #include <cstdio>
 #include <string>
 
@@ -61,6 +62,8 @@ Context::~Context() {
   for (int i = 0; i < 8; ++i)
     if (scratch_[i]) (void)cudaFree(scratch_[i]);
   for (cudaEvent_t e : events_) (void)cudaEventDestroy(e);
+  if (stage_done_) (void)cudaEventDestroy(stage_done_);
+  if (stage_) (void)cudaFreeHost(stage_);
   if (cublas) (void)cublasDestroy(cublas);
   if (stream) (void)cudaStreamDestroy(stream);
   (void)cudaGetLastError();
@@ -121,6 +124,31 @@ void Context::profile_collect() {
 }
 
 void Context::synchronize() { check(cudaStreamSynchronize(stream), "cudaStreamSynchronize"); }
+
+void Context::begin_uploads() {
+  if (stage_done_) check(cudaEventSynchronize(stage_done_), "cudaEventSynchronize(uploads)");
+  stage_used_ = 0;
+}
+
+void Context::upload_async(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  size_t at = (stage_used_ + 255) / 256 * 256;
+  if (at + bytes > stage_bytes_) {
+    synchronize();  // the queued copies still read the old buffer
+    if (stage_) check(cudaFreeHost(stage_), "cudaFreeHost(upload stage)");
+    stage_ = nullptr, stage_bytes_ = 0, at = 0;
+    const size_t grown = std::max(2 * (at + bytes), size_t(1) << 20);  // room for the whole step's uploads
+    check(cudaMallocHost(&stage_, grown), "cudaMallocHost(upload stage, ", human_bytes(grown), ")");
+    stage_bytes_ = grown;
+  }
+  char* slot = static_cast<char*>(stage_) + at;
+  std::memcpy(slot, src, bytes);
+  check(cudaMemcpyAsync(dst, slot, bytes, cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync(host to device, ",
+        human_bytes(bytes), ")");
+  stage_used_ = at + bytes;
+  if (!stage_done_) check(cudaEventCreateWithFlags(&stage_done_, cudaEventDisableTiming), "cudaEventCreate");
+  check(cudaEventRecord(stage_done_, stream), "cudaEventRecord(uploads)");
+}
 
 // Zero-filled, like the host arenas: optimizer moments and gradients start from 0.
 void* device_alloc(size_t bytes) {

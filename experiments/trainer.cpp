@@ -49,10 +49,14 @@ struct LmTask {
       : c(c_), data(d), model(c_.model, t, be, c_.train.batch, make_ffn<Backend>),
         x(size_t(c_.train.batch) * c_.model.seq_len), y(x.size()) {}
   double items_per_step() const { return double(c.train.batch) * c.model.seq_len; }  // tokens
-  double train_forward(int step) {
+  // The step's forward without a host round trip (see LM::forward_device); the mean loss stays on the device.
+  static constexpr bool device_step = true;
+  void train_forward_device(int step) {
     data.sample_batch(c.train.data_seed, uint64_t(step), c.train.batch, c.model.seq_len, x.data(), y.data());
-    return model.forward(x.data(), y.data(), true);  // backward() follows
+    model.upload_batch(x.data(), y.data());
+    model.forward_device();  // backward() follows
   }
+  double train_forward(int) { return 0; }  // (the device step is used)
   // (mean validation loss, extra columns)
   std::pair<double, std::vector<std::pair<std::string, double>>> evaluate() {
     const int B = c.train.batch, T = c.model.seq_len;
@@ -82,6 +86,8 @@ struct FlowTask {
         x(size_t(c_.train.batch) * npix()), y(c_.train.batch) {}
   int npix() const { return c.model.image.channels * c.model.image.size * c.model.image.size; }
   double items_per_step() const { return double(c.train.batch); }  // images
+  static constexpr bool device_step = false;  // the DiT step still reads its loss back every step
+  void train_forward_device(int) {}
   double train_forward(int step) {
     data.sample_batch(c.train.data_seed, uint64_t(step), c.train.batch, x.data(), y.data());
     FlowBatch fb = make_flow_batch(x, y, c.train.batch, npix(), c.train.data_seed, uint64_t(step),
@@ -140,19 +146,48 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
   double window_start = 0, loss = 0, gnorm = 0;
   int window_steps = 0;
   res.best_val_loss = INFINITY;
+  // Where the task allows it (LM), a step never waits for the device: the loss, the grad norm and the
+  // divergence check stay on the device (nn/step_scalars.h) and are read every kCheckEvery steps, at log steps
+  // and at the last step; a diverged step is found at the next read (the run stops there, named by its step).
+  constexpr int kCheckEvery = 16;
+  if constexpr (Task::device_step) be.reset_step_out();
   for (int step = 0; step < c.train.steps; ++step) {
-    model.zero_grad();
-    loss = task.train_forward(step);
-    if (step == 0) res.first_loss = loss;
-    model.backward();
     const double lr_factor = c.schedule.factor(step);
-    StepStats st = adamw_update(model, c.adamw, step + 1, lr_factor);
-    gnorm = st.grad_norm;
+    bool diverged = false;
+    int bad_step = step;  // the first diverged step, and its loss
+    double bad_loss = 0;
+    model.zero_grad();
+    if constexpr (Task::device_step) {
+      be.begin_uploads();
+      StepIn in;
+      in.lr_factor = lr_factor, in.beta1 = c.adamw.beta1, in.beta2 = c.adamw.beta2, in.t = step + 1;
+      in.clip = c.adamw.grad_clip, in.step = step;
+      if (c.train.diverge_factor > 0 && step >= c.schedule.warmup && step > 0)
+        in.loss_bound = c.train.diverge_factor * res.first_loss;
+      be.set_step_in(in);
+      task.train_forward_device(step);
+      model.backward();
+      adamw_update_dev(model);
+      const bool log_step = (step + 1) % c.train.log_every == 0 || step + 1 == c.train.steps;
+      if (step == 0 || log_step || (step + 1) % kCheckEvery == 0 || g_stop_signal) {
+        const StepOut o = be.read_step_out();
+        loss = o.loss, gnorm = std::sqrt(o.norm_sq);
+        if (step == 0) res.first_loss = loss;
+        if (o.first_bad >= 0) diverged = true, bad_step = o.first_bad, bad_loss = o.bad_loss;
+      }
+    } else {
+      loss = task.train_forward(step);
+      if (step == 0) res.first_loss = loss;
+      model.backward();
+      StepStats st = adamw_update(model, c.adamw, step + 1, lr_factor);
+      gnorm = st.grad_norm;
+      diverged = !std::isfinite(loss) || !std::isfinite(gnorm) ||
+                 (c.train.diverge_factor > 0 && step >= c.schedule.warmup &&
+                  loss > c.train.diverge_factor * res.first_loss);
+      bad_loss = loss;
+    }
     ++window_steps;
     res.steps_done = step + 1;
-    const bool diverged = !std::isfinite(loss) || !std::isfinite(gnorm) ||
-                          (c.train.diverge_factor > 0 && step >= c.schedule.warmup &&
-                           loss > c.train.diverge_factor * res.first_loss);
     const bool last = step + 1 == c.train.steps || diverged || g_stop_signal;
     if ((step + 1) % c.train.log_every == 0 || last) {
       be.synchronize();
@@ -178,7 +213,8 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
     }
     if (diverged) {
       status = "diverged";
-      if (verbose) std::printf("diverged at step %d (loss %g)\n", step + 1, loss);
+      log.set_attr("diverged_at_step", double(bad_step + 1));
+      if (verbose) std::printf("diverged at step %d (loss %g)\n", bad_step + 1, bad_loss);
       break;
     }
     if ((step + 1) % c.train.eval_every == 0 || step + 1 == c.train.steps) {

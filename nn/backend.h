@@ -3,12 +3,15 @@
 // gradients and optimizer state).
 #pragma once
 #include <algorithm>
+#include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <string>
 #include <vector>
 
 #include "nn/dit_ops_cpu.h"
 #include "nn/ops_cpu.h"
+#include "nn/step_scalars.h"
 #ifdef MUE_HAVE_CUDA
 #include "nn/dit_ops_cuda.h"
 #include "nn/ops_cuda.h"
@@ -83,6 +86,31 @@ struct CpuBackend {
       begin = s.end;
     }
   }
+  // The step's scalars (nn/step_scalars.h): plain host values here, the same calls as on the device.
+  void begin_uploads() {}
+  void upload_async(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
+  void set_step_in(const StepIn& in) { step_in_ = in; }
+  void reset_step_out() { step_out_ = StepOut{}; }
+  StepOut read_step_out() { return step_out_; }
+  void loss_mean(const T* losses, int n) {
+    double s = 0;
+    for (int i = 0; i < n; ++i) s += double(losses[i]);
+    step_out_.loss = s / double(n);
+  }
+  void grad_norm_sq(const T* g, size_t n) { step_out_.norm_sq = cpu::sum_squares(g, n); }
+  void track_divergence() {
+    if (step_out_.first_bad < 0 && step_diverged(step_out_.loss, step_out_.norm_sq, step_in_.loss_bound))
+      step_out_.first_bad = step_in_.step, step_out_.bad_loss = step_out_.loss;
+  }
+  void adamw_step_all_dev(T* p, const T* g, T* m, T* v, T* w, const std::vector<AdamSegment>& segs) {
+    if (!std::isfinite(step_out_.norm_sq)) return;
+    adamw_step_all(p, g, m, v, w, segs, step_in_.lr_factor, step_in_.beta1, step_in_.beta2, step_in_.t,
+                   clip_scale(step_out_.norm_sq, step_in_.clip));
+  }
+
+ private:
+  StepIn step_in_;
+  StepOut step_out_;
 };
 
 #ifdef MUE_HAVE_CUDA
@@ -95,8 +123,15 @@ struct CudaBackend {
   cuda::Context ctx;
   float* norm_acc = nullptr;  // device scalar for sum_squares
 
-  CudaBackend() { norm_acc = static_cast<float*>(cuda::device_alloc(sizeof(float))); }
-  ~CudaBackend() { cuda::device_free(norm_acc), cuda::device_free(adam_segs_dev_); }
+  CudaBackend() {
+    norm_acc = static_cast<float*>(cuda::device_alloc(sizeof(float)));
+    step_in_dev_ = static_cast<cuda::StepInDev*>(cuda::device_alloc(sizeof(cuda::StepInDev)));
+    step_out_dev_ = static_cast<StepOut*>(cuda::device_alloc(sizeof(StepOut)));
+  }
+  ~CudaBackend() {
+    cuda::device_free(norm_acc), cuda::device_free(adam_segs_dev_);
+    cuda::device_free(step_in_dev_), cuda::device_free(step_out_dev_);
+  }
   std::string device_name() const { return ctx.device_name(); }
 
   void upload(void* dst, const void* src, size_t bytes) { auto op_ = ctx.op("upload"); cuda::copy_to_device(dst, src, bytes); }
@@ -166,6 +201,42 @@ struct CudaBackend {
   void adamw_step_all(float* p, const float* g, float* m, float* v, bf16* shadow, const std::vector<AdamSegment>& segs, double lr_factor, double b1, double b2, int t, double gs) {
     if (segs.empty()) return;
     auto op_ = ctx.op("adamw_step");
+    cuda::adamw_step_all(ctx, p, g, m, v, shadow, segs.back().end, device_segments(segs), int(segs.size()), lr_factor, float(b1), float(b2), t, float(gs));
+  }
+  // The step's scalars (nn/step_scalars.h) live on the device; only read_step_out waits for it.
+  void begin_uploads() { ctx.begin_uploads(); }
+  void upload_async(void* dst, const void* src, size_t bytes) { auto op_ = ctx.op("upload"); ctx.upload_async(dst, src, bytes); }
+  void set_step_in(const StepIn& in) {
+    // the bias corrections exactly as adamw_step_all computes them (from the float betas, in double)
+    const float b1 = float(in.beta1), b2 = float(in.beta2);
+    const cuda::StepInDev d{in.lr_factor, in.clip, in.loss_bound, b1, b2, float(1.0 - std::pow(double(b1), in.t)),
+                            float(1.0 - std::pow(double(b2), in.t)), in.step};
+    ctx.upload_async(step_in_dev_, &d, sizeof d);
+  }
+  void reset_step_out() {
+    const StepOut o;
+    ctx.upload_async(step_out_dev_, &o, sizeof o);
+  }
+  StepOut read_step_out() {
+    StepOut o;
+    download(&o, step_out_dev_, sizeof o);
+    return o;
+  }
+  void loss_mean(const float* losses, int n) { auto op_ = ctx.op("loss_mean"); cuda::loss_mean(ctx, losses, n, step_out_dev_); }
+  void grad_norm_sq(const float* g, size_t n) {
+    auto op_ = ctx.op("sum_squares");
+    cuda::sum_squares_to(ctx, g, n, reinterpret_cast<double*>(reinterpret_cast<char*>(step_out_dev_) + offsetof(StepOut, norm_sq)));
+  }
+  void track_divergence() { cuda::track_divergence(ctx, step_in_dev_, step_out_dev_); }
+  void adamw_step_all_dev(float* p, const float* g, float* m, float* v, bf16* shadow, const std::vector<AdamSegment>& segs) {
+    if (segs.empty()) return;
+    auto op_ = ctx.op("adamw_step");
+    cuda::adamw_step_all_dev(ctx, p, g, m, v, shadow, segs.back().end, device_segments(segs), int(segs.size()), step_in_dev_, step_out_dev_);
+  }
+
+ private:
+  // The segment table on the device, sent again only when it changes.
+  const cuda::AdamWSegment* device_segments(const std::vector<AdamSegment>& segs) {
     if (segs != adam_segs_) {
       std::vector<cuda::AdamWSegment> dev(segs.size());
       for (size_t i = 0; i < segs.size(); ++i) dev[i] = {segs[i].end, segs[i].lr, float(segs[i].wd), float(segs[i].eps)};
@@ -175,8 +246,10 @@ struct CudaBackend {
       cuda::copy_to_device(adam_segs_dev_, dev.data(), sizeof(cuda::AdamWSegment) * dev.size());
       adam_segs_ = segs;
     }
-    cuda::adamw_step_all(ctx, p, g, m, v, shadow, segs.back().end, static_cast<const cuda::AdamWSegment*>(adam_segs_dev_), int(segs.size()), lr_factor, float(b1), float(b2), t, float(gs));
+    return static_cast<const cuda::AdamWSegment*>(adam_segs_dev_);
   }
+  cuda::StepInDev* step_in_dev_ = nullptr;
+  StepOut* step_out_dev_ = nullptr;
   std::vector<AdamSegment> adam_segs_;  // the table on the device, as the host last sent it
   void* adam_segs_dev_ = nullptr;
 };

@@ -292,9 +292,39 @@ class LM : public ParamStore<Backend> {
   // the head's gradient is taken now, chunk by chunk with the loss (see head_loss); otherwise backward() computes
   // the head's logits again.
   double forward(const int32_t* tokens, const int32_t* targets, bool for_backward = false) {
-    const int N = B_ * T_, D = cfg_.d_model, nh = cfg_.n_heads, hd = cfg_.head_dim();
+    const int N = B_ * T_;
     be_.upload(tok_, tokens, sizeof(int32_t) * N);
     be_.upload(tgt_, targets, sizeof(int32_t) * N);
+    forward_kernels(for_backward);
+    std::vector<S> losses(N);
+    be_.download(losses.data(), losses_, sizeof(S) * N);
+    double sum = 0;
+    for (S x : losses) sum += double(x);
+    return sum / N;
+  }
+  // The auxiliary (MoE) losses of the last forward (read from the device when asked).
+  double aux_loss() const {
+    double s = 0;
+    for (const Layer& a : layers_) s += a.ffn->aux_loss();
+    return s;
+  }
+
+  // A training step's forward without a host round trip: upload_batch queues the batch on the backend's upload
+  // queue (begin_uploads once per step first), forward_device runs the forward with the head's gradient (as
+  // forward(..., true)) and leaves the mean loss in the backend's StepOut. backward() follows.
+  void upload_batch(const int32_t* tokens, const int32_t* targets) {
+    const size_t bytes = sizeof(int32_t) * size_t(B_) * T_;
+    be_.upload_async(tok_, tokens, bytes);
+    be_.upload_async(tgt_, targets, bytes);
+  }
+  void forward_device() {
+    forward_kernels(true);
+    be_.loss_mean(losses_, B_ * T_);
+  }
+
+ private:
+  void forward_kernels(bool for_backward) {
+    const int N = B_ * T_, D = cfg_.d_model, nh = cfg_.n_heads, hd = cfg_.head_dim();
     be_.embedding_forward(tok_, params_[0].weight, res_[0], N, D);
     for (int l = 0; l < cfg_.n_layers; ++l) {
       Layer& a = layers_[l];
@@ -312,15 +342,9 @@ class LM : public ParamStore<Backend> {
     const Param& nf = params_[params_.size() - 2];
     be_.rmsnorm_forward(res_[cfg_.n_layers], nf.weight, lnf_, rstdf_, N, D, cfg_.norm_eps);
     head_loss(for_backward);
-    std::vector<S> losses(N);
-    be_.download(losses.data(), losses_, sizeof(S) * N);
-    double sum = 0;
-    for (S x : losses) sum += double(x);
-    aux_loss_ = 0;
-    for (const Layer& a : layers_) aux_loss_ += a.ffn->aux_loss();
-    return sum / N;
   }
-  double aux_loss() const { return aux_loss_; }
+
+ public:
 
   // Gradients of (mean cross-entropy + auxiliary losses) of the last forward, accumulated into the grad arena.
   void backward() {
@@ -466,7 +490,6 @@ class LM : public ParamStore<Backend> {
   A *dres_ = nullptr, *dx_ = nullptr, *datt_ = nullptr, *dqkv_ = nullptr;
   int head_rows_ = 1, head_rows_max_ = 1;
   bool head_grad_done_ = false;  // the last forward took the head's gradient (forward(..., true))
-  double aux_loss_ = 0;
 };
 
 }  // namespace mue

@@ -13,12 +13,15 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "nn/step_scalars.h"
 
 typedef struct CUstream_st* cudaStream_t;
 typedef struct cublasContext* cublasHandle_t;
 typedef struct CUevent_st* cudaEvent_t;
 
 namespace mue::cuda {
+
+using mue::StepOut;
 
 bool gpu_available();  // at least one CUDA device can be used
 
@@ -34,7 +37,12 @@ class Context {
   // Grow-only scratch buffers that ops use for temporaries (slot keeps concurrent users apart).
   void* scratch(int slot, size_t bytes);
   void synchronize();
-  size_t memory_used() const;  // bytes in use on the device (all of it: context, cuBLAS, our buffers)
+  size_t memory_used() const;
+  // Host -> device copies queued on the stream from a pinned staging buffer, so that the host does not wait
+  // for the device: upload_async copies `src` into the buffer at once; begin_uploads() (once per step) waits
+  // until the copies queued since the last begin_uploads have been made, then reuses the buffer from its start.
+  void begin_uploads();
+  void upload_async(void* dst, const void* src, size_t bytes);  // bytes in use on the device (all of it: context, cuBLAS, our buffers)
 
   // Per-op timing (`bench --profile`): while `profiling` is on, `auto _ = ctx.op("name")` brackets the op's
   // launches with an event pair; profile_collect() (after a sync) adds each pair's time to its name's total.
@@ -69,6 +77,9 @@ class Context {
   std::vector<cudaEvent_t> events_;  // pool: 2 per pending op, reused every collect
   std::vector<OpTotal> totals_;
   int device_ = 0;
+  void* stage_ = nullptr;  // pinned
+  size_t stage_bytes_ = 0, stage_used_ = 0;
+  cudaEvent_t stage_done_ = nullptr;  // recorded after the last queued upload
   void* scratch_[8] = {};
   size_t scratch_bytes_[8] = {};
 };
@@ -160,6 +171,24 @@ struct AdamWSegment {
 void adamw_step_all(Context& ctx, float* p, const float* g, float* m, float* v, bf16* p_bf16, size_t n,
                     const AdamWSegment* segs, int nseg, double lr_factor, float beta1, float beta2, int t,
                     float grad_scale);
+
+// The step's scalars as the device reads them (from mue::StepIn: the bias corrections computed on the host in
+// double, as adamw_step_all computes them); mue::StepOut is written by the kernels below.
+struct StepInDev {
+  double lr_factor, clip, loss_bound;
+  float beta1, beta2, c1, c2;
+  int step;
+};
+// *out = sum of squares of n fp32 values, in double, deterministic (two passes, partials in scratch slot 5).
+void sum_squares_to(Context& ctx, const float* g, size_t n, double* out);
+// out->loss = mean of n per-row losses (double, deterministic).
+void loss_mean(Context& ctx, const float* losses, int n, StepOut* out);
+// out->first_bad = in->step (and bad_loss) if the step diverged and none did before (mue::step_diverged).
+void track_divergence(Context& ctx, const StepInDev* in, StepOut* out);
+// adamw_step_all with lr factor, betas, bias corrections from *in and the clip scale from out->norm_sq;
+// nothing is updated when the norm is not finite.
+void adamw_step_all_dev(Context& ctx, float* p, const float* g, float* m, float* v, bf16* p_bf16, size_t n,
+                        const AdamWSegment* segs, int nseg, const StepInDev* in, const StepOut* out);
 
 }  // namespace mue::cuda
 #endif

@@ -30,9 +30,9 @@ __global__ void adamw_kernel(float* p, const float* g, float* m, float* v, bf* p
 
 // The same over a packed arena of many tensors: each element finds its tensor by a binary search of the segment
 // ends (in shared memory, with each tensor's lr computed once per block). traffic: as above, one launch
-__global__ void adamw_all_kernel(float* p, const float* g, float* m, float* v, bf* p_bf16, size_t n,
-                                 const AdamWSegment* segs, int nseg, double lr_factor, float b1, float b2, float c1,
-                                 float c2, float grad_scale) {
+__device__ void adamw_all_body(float* p, const float* g, float* m, float* v, bf* p_bf16, size_t n,
+                               const AdamWSegment* segs, int nseg, double lr_factor, float b1, float b2, float c1,
+                               float c2, float grad_scale) {
   extern __shared__ char seg_smem[];
   unsigned long long* end = reinterpret_cast<unsigned long long*>(seg_smem);
   float* hp = reinterpret_cast<float*>(end + nseg);  // lr, wd, eps per tensor
@@ -59,6 +59,53 @@ __global__ void adamw_all_kernel(float* p, const float* g, float* m, float* v, b
     p[i] = pi;
     if (p_bf16) p_bf16[i] = __float2bfloat16(pi);
   }
+}
+__global__ void adamw_all_kernel(float* p, const float* g, float* m, float* v, bf* p_bf16, size_t n,
+                                 const AdamWSegment* segs, int nseg, double lr_factor, float b1, float b2, float c1,
+                                 float c2, float grad_scale) {
+  adamw_all_body(p, g, m, v, p_bf16, n, segs, nseg, lr_factor, b1, b2, c1, c2, grad_scale);
+}
+// The same with the step's scalars read on the device (StepInDev) and the clip scale from the squared grad norm
+// the step computed (StepOut): no value comes from the host, so the launch can be replayed in a CUDA graph. A
+// non-finite grad norm leaves every parameter untouched (the step is marked diverged).
+__global__ void adamw_all_dev_kernel(float* p, const float* g, float* m, float* v, bf* p_bf16, size_t n,
+                                     const AdamWSegment* segs, int nseg, const StepInDev* in, const StepOut* out) {
+  const double nsq = out->norm_sq;
+  if (!isfinite(nsq)) return;
+  const double norm = sqrt(nsq);
+  const float scale = float(in->clip > 0 && norm > in->clip ? in->clip / norm : 1.0);
+  adamw_all_body(p, g, m, v, p_bf16, n, segs, nseg, in->lr_factor, in->beta1, in->beta2, in->c1, in->c2, scale);
+}
+
+// Deterministic sum of squares in double: each block writes its partial (fixed grid for a given n), one block
+// adds the partials in a fixed order. traffic: read n fp32
+__global__ void sum_squares_part_kernel(const float* g, size_t n, double* part) {
+  double s = 0.0;
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    const double x = g[i];
+    s += x * x;
+  }
+  s = block_reduce(s, SumOp{}, 0.0);
+  if (threadIdx.x == 0) part[blockIdx.x] = s;
+}
+__global__ void sum_parts_kernel(const double* part, int parts, double* out) {
+  double s = 0.0;
+  for (int i = threadIdx.x; i < parts; i += blockDim.x) s += part[i];
+  s = block_reduce(s, SumOp{}, 0.0);
+  if (threadIdx.x == 0) *out = s;
+}
+// out->loss = mean of n fp32 losses, summed in double by one block (deterministic).
+__global__ void loss_mean_kernel(const float* losses, int n, StepOut* out) {
+  double s = 0.0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) s += double(losses[i]);
+  s = block_reduce(s, SumOp{}, 0.0);
+  if (threadIdx.x == 0) out->loss = s / double(n);
+}
+// Records the step as the first diverged one (same test as mue::step_diverged).
+__global__ void track_divergence_kernel(const StepInDev* in, StepOut* out) {
+  const double loss = out->loss, nsq = out->norm_sq;
+  const bool bad = !isfinite(loss) || !isfinite(nsq) || loss > in->loss_bound;
+  if (bad && out->first_bad < 0) out->first_bad = in->step, out->bad_loss = loss;
 }
 
 // *out += sum g[i]^2: each thread sums in double over a grid-stride slice, the block reduces in double, and one
@@ -95,6 +142,39 @@ void adamw_step_all(Context& ctx, float* p, const float* g, float* m, float* v, 
   adamw_all_kernel<<<grid_for(n, 256), 256, smem, ctx.stream>>>(p, g, m, v, B(p_bf16), n, segs, nseg, lr_factor,
                                                                   beta1, beta2, c1, c2, grad_scale);
   check_launch("adamw_all_kernel");
+}
+
+void sum_squares_to(Context& ctx, const float* g, size_t n, double* out) {
+  const unsigned parts = n == 0 ? 1u : grid_for(n, 256, 1024);
+  double* part = static_cast<double*>(ctx.scratch(5, sizeof(double) * parts));
+  if (n == 0) {
+    check(cudaMemsetAsync(out, 0, sizeof(double), ctx.stream), "cudaMemsetAsync");
+    return;
+  }
+  sum_squares_part_kernel<<<parts, 256, 0, ctx.stream>>>(g, n, part);
+  check_launch("sum_squares_part_kernel");
+  sum_parts_kernel<<<1, 1024, 0, ctx.stream>>>(part, int(parts), out);
+  check_launch("sum_parts_kernel");
+}
+
+void loss_mean(Context& ctx, const float* losses, int n, StepOut* out) {
+  MUE_CHECK(n > 0, "loss_mean: no rows");
+  loss_mean_kernel<<<1, 1024, 0, ctx.stream>>>(losses, n, out);
+  check_launch("loss_mean_kernel");
+}
+
+void track_divergence(Context& ctx, const StepInDev* in, StepOut* out) {
+  track_divergence_kernel<<<1, 1, 0, ctx.stream>>>(in, out);
+  check_launch("track_divergence_kernel");
+}
+
+void adamw_step_all_dev(Context& ctx, float* p, const float* g, float* m, float* v, bf16* p_bf16, size_t n,
+                        const AdamWSegment* segs, int nseg, const StepInDev* in, const StepOut* out) {
+  if (n == 0 || nseg == 0) return;
+  const size_t smem = size_t(nseg) * (sizeof(unsigned long long) + 3 * sizeof(float));
+  if (smem > 48 * 1024) allow_smem(reinterpret_cast<const void*>(adamw_all_dev_kernel), smem, "adamw_all_dev_kernel");
+  adamw_all_dev_kernel<<<grid_for(n, 256), 256, smem, ctx.stream>>>(p, g, m, v, B(p_bf16), n, segs, nseg, in, out);
+  check_launch("adamw_all_dev_kernel");
 }
 
 void sum_squares(Context& ctx, const float* g, size_t n, float* out) {

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <vector>
 
+#include "core/error.h"
 #include "nn/backend.h"
 
 namespace mue {
@@ -18,6 +19,22 @@ struct StepStats {
   double lr_factor = 0;
 };
 
+// Whether the model's tensors lie back to back in every arena (value, grad, m, v and the weights the forward
+// reads), and the segment table of them for the one-launch step.
+template <class Params>
+bool packed_segments(const Params& ps, std::vector<AdamSegment>& segs) {
+  segs.clear();
+  bool packed = !ps.empty();
+  size_t end = 0;
+  for (auto& p : ps) {
+    packed = packed && p.value == ps[0].value + end && p.grad == ps[0].grad + end && p.adam_m == ps[0].adam_m + end &&
+             p.adam_v == ps[0].adam_v + end && p.weight == ps[0].weight + end;
+    end += p.row.tensor.size();
+    segs.push_back({end, p.row.lr, p.row.wd, p.row.eps});
+  }
+  return packed;
+}
+
 template <class Model>
 StepStats adamw_update(Model& model, const AdamWConfig& cfg, int t /* 1-based */, double lr_factor) {
   auto& be = model.backend();
@@ -28,18 +45,9 @@ StepStats adamw_update(Model& model, const AdamWConfig& cfg, int t /* 1-based */
   if (cfg.grad_clip > 0 && st.grad_norm > cfg.grad_clip) scale = cfg.grad_clip / st.grad_norm;
   if (!std::isfinite(st.grad_norm)) return st;  // the trainer marks the run diverged; weights stay untouched
   auto& ps = model.params();
-  // Packed arenas (every tensor right after the previous one in value, grad, m, v and the weights the forward
-  // reads): one call over all of them. Otherwise one call per tensor.
+  // Packed arenas: one call over all of them. Otherwise one call per tensor.
   std::vector<AdamSegment> segs;
-  bool packed = !ps.empty();
-  size_t end = 0;
-  for (auto& p : ps) {
-    packed = packed && p.value == ps[0].value + end && p.grad == ps[0].grad + end && p.adam_m == ps[0].adam_m + end &&
-             p.adam_v == ps[0].adam_v + end && p.weight == ps[0].weight + end;
-    end += p.row.tensor.size();
-    segs.push_back({end, p.row.lr, p.row.wd, p.row.eps});
-  }
-  if (packed) {
+  if (packed_segments(ps, segs)) {
     be.adamw_step_all(ps[0].value, ps[0].grad, ps[0].adam_m, ps[0].adam_v, ps[0].weight, segs, lr_factor, cfg.beta1,
                       cfg.beta2, t, scale);
     return st;
@@ -48,6 +56,21 @@ StepStats adamw_update(Model& model, const AdamWConfig& cfg, int t /* 1-based */
     be.adamw_step(p.value, p.grad, p.adam_m, p.adam_v, p.weight, p.row.tensor.size(), p.row.lr * lr_factor,
                   cfg.beta1, cfg.beta2, p.row.eps, p.row.wd, t, scale);
   return st;
+}
+
+// The same step with every scalar on the device (nn/step_scalars.h): the caller has set the StepIn (lr factor,
+// betas, t, clip, divergence bound) and the forward has left its mean loss in the StepOut; the squared grad
+// norm, the divergence check and the update then run without a host round trip (the same arithmetic as
+// adamw_update). Needs packed arenas.
+template <class Model>
+void adamw_update_dev(Model& model) {
+  auto& be = model.backend();
+  be.grad_norm_sq(model.grad_arena(), model.n_params());
+  be.track_divergence();
+  auto& ps = model.params();
+  std::vector<AdamSegment> segs;
+  MUE_CHECK(packed_segments(ps, segs), "adamw_update_dev: the parameter arenas are not packed");
+  be.adamw_step_all_dev(ps[0].value, ps[0].grad, ps[0].adam_m, ps[0].adam_v, ps[0].weight, segs);
 }
 
 }  // namespace mue

@@ -220,3 +220,44 @@ TEST_CASE("LM with an MoE FFN overfits one batch", "[moe]") {
   CHECK(sum == Approx(1.0));
   CHECK(st->entropy > 0);
 }
+
+TEST_CASE("device step (scalars on the backend) equals the host step: MoE LM, clipping, divergence", "[moe][optim]") {
+  ModelConfig c = tiny_moe(4, 2, 8);
+  Hyper hp;
+  hp.lr = 3e-2;
+  ParamTable t = make_param_table("mup", c, c, hp);
+  const int B = 2, N = B * c.seq_len;
+  CpuBackend<double> ba, bb;
+  LM<CpuBackend<double>> a(c, t, ba, B, make_ffn<CpuBackend<double>>), b(c, t, bb, B, make_ffn<CpuBackend<double>>);
+  a.init_weights(3), b.init_weights(3);
+  AdamWConfig opt;
+  opt.grad_clip = 0.05;  // small enough to clip
+  std::vector<int32_t> x(N), y(N);
+  bb.reset_step_out();
+  for (int step = 0; step < 4; ++step) {
+    for (int i = 0; i < N; ++i) x[i] = int32_t((i * 7 + step) % c.vocab), y[i] = int32_t((i * 5 + 1) % c.vocab);
+    a.zero_grad(), b.zero_grad();
+    const double la = a.forward(x.data(), y.data(), true);
+    a.backward();
+    const StepStats st = adamw_update(a, opt, step + 1, 0.5);
+    bb.begin_uploads();
+    StepIn in;
+    in.lr_factor = 0.5, in.beta1 = opt.beta1, in.beta2 = opt.beta2, in.t = step + 1, in.clip = opt.grad_clip;
+    in.step = step, in.loss_bound = step == 2 ? la - 1e-9 : INFINITY;  // step 2 counts as diverged
+    bb.set_step_in(in);
+    b.upload_batch(x.data(), y.data());
+    b.forward_device();
+    b.backward();
+    adamw_update_dev(b);
+    const StepOut o = bb.read_step_out();
+    CHECK(o.loss == la);
+    CHECK(std::sqrt(o.norm_sq) == st.grad_norm);
+    CHECK(st.grad_norm > opt.grad_clip);
+    CHECK(o.first_bad == (step < 2 ? -1 : 2));
+    CHECK(b.aux_loss() == a.aux_loss());
+    for (size_t i = 0; i < a.params().size(); ++i) {
+      INFO("step " << step << ", " << a.P(i).row.tensor.name);
+      CHECK(b.host_values(b.P(i)) == a.host_values(a.P(i)));  // the same arithmetic: equal to the bit
+    }
+  }
+}
