@@ -55,6 +55,9 @@ Context::Context(int device) : device_(device) {
   check(cudaStreamCreate(&stream), "cudaStreamCreate");
   check_cublas(cublasCreate(&cublas), "cublasCreate");
   check_cublas(cublasSetStream(cublas, stream), "cublasSetStream");
+  // Our own cuBLAS workspace (32 MiB, cuBLAS's default on Hopper): nothing is allocated while a graph captures.
+  cublas_ws_ = device_alloc(kCublasWorkspace);
+  check_cublas(cublasSetWorkspace(cublas, cublas_ws_, kCublasWorkspace), "cublasSetWorkspace");
 }
 
 Context::~Context() {
@@ -63,8 +66,10 @@ Context::~Context() {
     if (scratch_[i]) (void)cudaFree(scratch_[i]);
   for (cudaEvent_t e : events_) (void)cudaEventDestroy(e);
   if (stage_done_) (void)cudaEventDestroy(stage_done_);
+  if (graph_) (void)cudaGraphExecDestroy(graph_);
   if (stage_) (void)cudaFreeHost(stage_);
   if (cublas) (void)cublasDestroy(cublas);
+  device_free(cublas_ws_);
   if (stream) (void)cudaStreamDestroy(stream);
   (void)cudaGetLastError();
 }
@@ -124,6 +129,37 @@ void Context::profile_collect() {
 }
 
 void Context::synchronize() { check(cudaStreamSynchronize(stream), "cudaStreamSynchronize"); }
+
+void Context::capture_begin() {
+  if (graph_) check(cudaGraphExecDestroy(graph_), "cudaGraphExecDestroy");
+  graph_ = nullptr;
+  // Global mode: any call that could wait for the device (from any thread) fails instead of breaking the graph.
+  check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), "cudaStreamBeginCapture");
+}
+
+bool Context::capture_end() {
+  cudaGraph_t g = nullptr;
+  cudaError_t e = cudaStreamEndCapture(stream, &g);
+  if (e == cudaSuccess && g) {
+    e = cudaGraphInstantiate(&graph_, g, 0);
+    if (e != cudaSuccess) graph_ = nullptr;
+  }
+  if (g) (void)cudaGraphDestroy(g);
+  (void)cudaGetLastError();  // a capture error is not sticky; clear it
+  return e == cudaSuccess && graph_;
+}
+
+void Context::capture_abort() {
+  cudaGraph_t g = nullptr;
+  (void)cudaStreamEndCapture(stream, &g);
+  if (g) (void)cudaGraphDestroy(g);
+  (void)cudaGetLastError();
+}
+
+void Context::graph_launch() {
+  MUE_CHECK(graph_, "graph_launch: no graph captured");
+  check(cudaGraphLaunch(graph_, stream), "cudaGraphLaunch");
+}
 
 void Context::begin_uploads() {
   if (stage_done_) check(cudaEventSynchronize(stage_done_), "cudaEventSynchronize(uploads)");

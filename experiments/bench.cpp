@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <vector>
 
+#include "experiments/device_step.h"
 #include "experiments/run_config.h"
 #include "experiments/flow.h"
 #include "experiments/trainer.h"
@@ -82,24 +83,24 @@ BenchResult bench_with(const RunConfig& c, Backend& be, int steps, bool profile)
   r.param_mib = model.n_params() * double(sizeof(typename Backend::master_t)) / 1048576.0;
   r.activation_mib = model.activation_bytes() / 1048576.0;
   r.steps = steps;
+  // The trainer's step (experiments/device_step.h): a CUDA graph from the second step on where train.cuda_graph;
+  // the per-op profile runs it op by op.
+  const auto step_in = [&](int s) {
+    StepIn in;
+    in.beta1 = c.adamw.beta1, in.beta2 = c.adamw.beta2, in.t = s + 1, in.clip = c.adamw.grad_clip, in.step = s;
+    return in;
+  };
+  be.reset_step_out();
+  DeviceStep<LM<Backend>> graph_step(model, c.train.cuda_graph), op_step(model, false);
   r.ms_per_step = median_step_ms(be, steps, [&](int s) {
     for (int i = 0; i < N; ++i) x[i] = int32_t(rng_index(7, uint64_t(s), uint64_t(i), uint64_t(c.model.vocab)));
     for (int i = 0; i < N; ++i) y[i] = int32_t(rng_index(8, uint64_t(s), uint64_t(i), uint64_t(c.model.vocab)));
-    return [&, s] {
-      model.zero_grad();
-      model.forward(x.data(), y.data(), true);
-      model.backward();
-      adamw_update(model, c.adamw, s + 1, 1.0);
-    };
+    return [&, s] { graph_step.run(step_in(s), x.data(), y.data()); };
   });
+  r.graph = graph_step.graph();
   r.tok_per_s = N / (r.ms_per_step / 1e3);
   r.mfu = r.tok_per_s * r.flops_per_token / kH100PeakBf16;
-  measure_device(be, r, profile, [&](int s) {
-    model.zero_grad();
-    model.forward(x.data(), y.data(), true);
-    model.backward();
-    adamw_update(model, c.adamw, s + 1, 1.0);
-  });
+  measure_device(be, r, profile, [&](int s) { op_step.run(step_in(s), x.data(), y.data()); });
   return r;
 }
 // DiT: images/s on random images; MFU counts per image 6 * N_active_non_emb * tokens + 12 L d T^2 (attention).

@@ -284,6 +284,7 @@ int cmd_bench(int argc, char** argv) {
                   100 * op.ms_per_step / r.ms_per_step);
     std::printf("  %-24s %8s %10.3f %6.1f%%\n", "(between ops: host, syncs)", "", r.ms_per_step - sum,
                 100 * (r.ms_per_step - sum) / r.ms_per_step);
+    if (r.graph) std::printf("  (ms/step below is of CUDA graph replays; the profiled steps ran op by op)\n");
   }
   std::printf("%-14s %-28s %10s %12s %8s %10s %10s %10s\n", "preset", "device", "ms/step", r.unit.c_str(), "MFU",
               "params MiB", "acts MiB", "GPU MiB");

@@ -73,6 +73,7 @@ const KeyDoc kDocs[] = {
     {"train.eval_batches", "validation batches per evaluation (fixed windows)"},
     {"train.device", "auto | cpu | cuda"},
     {"train.diverge_factor", "mark diverged when loss > factor x initial loss after warmup (0: off; NaN/inf always)"},
+    {"train.cuda_graph", "LM on CUDA: record the training step once as a CUDA graph and replay it (false: op by op)"},
     {"data.tokens", "token file made by `mue tokenize` (task lm)"},
     {"data.images", "image file made by `mue prepare-images` (task flow)"},
     {"out.dir", "folder for run files"},
@@ -99,7 +100,7 @@ json default_config() {
     "optim": {"beta1": 0.9, "beta2": 0.95, "grad_clip": 1.0, "schedule": "cosine", "warmup": 20,
               "min_lr_factor": 0.1, "decay_fraction": 0.2},
     "train": {"batch": 8, "steps": 150, "seed": 1, "data_seed": 1, "log_every": 10, "eval_every": 50,
-              "eval_batches": 8, "device": "auto", "diverge_factor": 0.0},
+              "eval_batches": 8, "device": "auto", "diverge_factor": 0.0, "cuda_graph": true},
     "data": {"tokens": "data-cache/linux-doc.tok", "images": "data-cache/fashion-mnist.h5"},
     "out": {"dir": "runs", "overwrite": false, "checkpoint": null}
   })");
@@ -229,6 +230,7 @@ RunConfig parse_config(const json& j) {
   t.eval_batches = get_int(j, "train", "eval_batches");
   t.device = get<std::string>(j, "train", "device");
   t.diverge_factor = get<double>(j, "train", "diverge_factor");
+  t.cuda_graph = get<bool>(j, "train", "cuda_graph");
   MUE_CHECK(t.batch > 0, "train.batch must be positive");
   MUE_CHECK(t.steps > 0, "train.steps must be positive");
   MUE_CHECK(t.log_every > 0 && t.eval_every > 0 && t.eval_batches > 0,

@@ -13,6 +13,7 @@
 #include "data/images.h"
 #include "data/tokens.h"
 #include "experiments/checkpoint.h"
+#include "experiments/device_step.h"
 #include "experiments/flow.h"
 #include "moe/moe_layer.h"
 
@@ -49,12 +50,13 @@ struct LmTask {
       : c(c_), data(d), model(c_.model, t, be, c_.train.batch, make_ffn<Backend>),
         x(size_t(c_.train.batch) * c_.model.seq_len), y(x.size()) {}
   double items_per_step() const { return double(c.train.batch) * c.model.seq_len; }  // tokens
-  // The step's forward without a host round trip (see LM::forward_device); the mean loss stays on the device.
+  // The whole step on the device scalars (experiments/device_step.h); the mean loss stays on the device.
   static constexpr bool device_step = true;
-  void train_forward_device(int step) {
-    data.sample_batch(c.train.data_seed, uint64_t(step), c.train.batch, c.model.seq_len, x.data(), y.data());
-    model.upload_batch(x.data(), y.data());
-    model.forward_device();  // backward() follows
+  std::optional<DeviceStep<Model>> stepper;
+  void train_step_device(const StepIn& in) {
+    if (!stepper) stepper.emplace(model, c.train.cuda_graph);
+    data.sample_batch(c.train.data_seed, uint64_t(in.step), c.train.batch, c.model.seq_len, x.data(), y.data());
+    stepper->run(in, x.data(), y.data());
   }
   double train_forward(int) { return 0; }  // (the device step is used)
   // (mean validation loss, extra columns)
@@ -87,7 +89,7 @@ struct FlowTask {
   int npix() const { return c.model.image.channels * c.model.image.size * c.model.image.size; }
   double items_per_step() const { return double(c.train.batch); }  // images
   static constexpr bool device_step = false;  // the DiT step still reads its loss back every step
-  void train_forward_device(int) {}
+  void train_step_device(const StepIn&) {}
   double train_forward(int step) {
     data.sample_batch(c.train.data_seed, uint64_t(step), c.train.batch, x.data(), y.data());
     FlowBatch fb = make_flow_batch(x, y, c.train.batch, npix(), c.train.data_seed, uint64_t(step),
@@ -156,18 +158,15 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
     bool diverged = false;
     int bad_step = step;  // the first diverged step, and its loss
     double bad_loss = 0;
-    model.zero_grad();
     if constexpr (Task::device_step) {
-      be.begin_uploads();
       StepIn in;
       in.lr_factor = lr_factor, in.beta1 = c.adamw.beta1, in.beta2 = c.adamw.beta2, in.t = step + 1;
       in.clip = c.adamw.grad_clip, in.step = step;
       if (c.train.diverge_factor > 0 && step >= c.schedule.warmup && step > 0)
         in.loss_bound = c.train.diverge_factor * res.first_loss;
-      be.set_step_in(in);
-      task.train_forward_device(step);
-      model.backward();
-      adamw_update_dev(model);
+      task.train_step_device(in);
+      if (verbose && step == 1 && task.stepper->capture_failed())
+        std::printf("note: the step could not be captured as a CUDA graph; running it op by op\n");
       const bool log_step = (step + 1) % c.train.log_every == 0 || step + 1 == c.train.steps;
       if (step == 0 || log_step || (step + 1) % kCheckEvery == 0 || g_stop_signal) {
         const StepOut o = be.read_step_out();
@@ -176,6 +175,7 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
         if (o.first_bad >= 0) diverged = true, bad_step = o.first_bad, bad_loss = o.bad_loss;
       }
     } else {
+      model.zero_grad();
       loss = task.train_forward(step);
       if (step == 0) res.first_loss = loss;
       model.backward();

@@ -94,6 +94,7 @@ class MoeFfn : public FfnBranch<Backend> {
     fetch_plan();
     return &stats_;
   }
+  void forget_host_copies() override { plan_on_host_ = false; }
 
  private:
   FfnConfig s_;

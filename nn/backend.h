@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "nn/dit_ops_cpu.h"
 #include "nn/ops_cpu.h"
 #include "nn/step_scalars.h"
@@ -86,6 +87,11 @@ struct CpuBackend {
       begin = s.end;
     }
   }
+  // No CUDA graphs here: a step always runs its ops (see CudaBackend::capture).
+  static constexpr bool graphs = false;
+  template <class F>
+  bool capture(F) { return false; }
+  void replay() {}
   // The step's scalars (nn/step_scalars.h): plain host values here, the same calls as on the device.
   void begin_uploads() {}
   void upload_async(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
@@ -203,6 +209,22 @@ struct CudaBackend {
     auto op_ = ctx.op("adamw_step");
     cuda::adamw_step_all(ctx, p, g, m, v, shadow, segs.back().end, device_segments(segs), int(segs.size()), lr_factor, float(b1), float(b2), t, float(gs));
   }
+  // A step recorded once as a CUDA graph and replayed: capture(f) records f's launches (they do not run) and
+  // returns whether the graph could be made (false when f waits for the device or fails: then nothing was
+  // recorded, the caller runs f itself); replay() queues the graph.
+  static constexpr bool graphs = true;
+  template <class F>
+  bool capture(F f) {
+    ctx.capture_begin();
+    try {
+      f();
+    } catch (const Error&) {
+      ctx.capture_abort();
+      return false;
+    }
+    return ctx.capture_end();
+  }
+  void replay() { auto op_ = ctx.op("graph_step"); ctx.graph_launch(); }
   // The step's scalars (nn/step_scalars.h) live on the device; only read_step_out waits for it.
   void begin_uploads() { ctx.begin_uploads(); }
   void upload_async(void* dst, const void* src, size_t bytes) { auto op_ = ctx.op("upload"); ctx.upload_async(dst, src, bytes); }

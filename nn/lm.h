@@ -141,6 +141,8 @@ struct FfnBranch {
   // them only after the step's own loss has come back (no host sync inside the forward).
   virtual double aux_loss() const { return 0; }
   virtual const BranchStats* stats() const { return nullptr; }
+  // A forward ran without this object's host code (a replayed CUDA graph): drop host copies of its results.
+  virtual void forget_host_copies() {}
 };
 
 template <class Backend>
@@ -320,6 +322,10 @@ class LM : public ParamStore<Backend> {
   void forward_device() {
     forward_kernels(true);
     be_.loss_mean(losses_, B_ * T_);
+  }
+  // After a replayed step (CUDA graph): the layers' host copies of the last forward's results are stale.
+  void forget_host_copies() {
+    for (Layer& a : layers_) a.ffn->forget_host_copies();
   }
 
  private:

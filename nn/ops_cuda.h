@@ -18,6 +18,7 @@
 typedef struct CUstream_st* cudaStream_t;
 typedef struct cublasContext* cublasHandle_t;
 typedef struct CUevent_st* cudaEvent_t;
+typedef struct CUgraphExec_st* cudaGraphExec_t;
 
 namespace mue::cuda {
 
@@ -42,7 +43,14 @@ class Context {
   // for the device: upload_async copies `src` into the buffer at once; begin_uploads() (once per step) waits
   // until the copies queued since the last begin_uploads have been made, then reuses the buffer from its start.
   void begin_uploads();
-  void upload_async(void* dst, const void* src, size_t bytes);  // bytes in use on the device (all of it: context, cuBLAS, our buffers)
+  void upload_async(void* dst, const void* src, size_t bytes);
+  // One CUDA graph: capture_begin() starts recording the stream's launches (they do not run), capture_end()
+  // instantiates them (false, and no graph, when something in between broke the capture, e.g. a call that
+  // waits for the device), capture_abort() ends a capture after an error; graph_launch() replays the graph.
+  void capture_begin();
+  bool capture_end();
+  void capture_abort();
+  void graph_launch();  // bytes in use on the device (all of it: context, cuBLAS, our buffers)
 
   // Per-op timing (`bench --profile`): while `profiling` is on, `auto _ = ctx.op("name")` brackets the op's
   // launches with an event pair; profile_collect() (after a sync) adds each pair's time to its name's total.
@@ -80,6 +88,9 @@ class Context {
   void* stage_ = nullptr;  // pinned
   size_t stage_bytes_ = 0, stage_used_ = 0;
   cudaEvent_t stage_done_ = nullptr;  // recorded after the last queued upload
+  cudaGraphExec_t graph_ = nullptr;
+  static constexpr size_t kCublasWorkspace = size_t(32) << 20;
+  void* cublas_ws_ = nullptr;
   void* scratch_[8] = {};
   size_t scratch_bytes_[8] = {};
 };

@@ -1,0 +1,53 @@
+// The LM training step on the device's step scalars (nn/step_scalars.h): the host uploads the batch and the
+// step's scalars and queues the step; nothing in it waits for the device. Where the backend has CUDA graphs
+// (and use_graph), the second step is recorded once as a graph and every later step replays it, so the launches
+// of hundreds of ops cost one. The first step always runs op by op: it sizes every scratch buffer the graph
+// then reuses. Should the capture fail (an op that waits for the device, e.g. the cuBLAS fallback of expert
+// widths that are not multiples of 8), the steps keep running op by op.
+#pragma once
+#include <type_traits>
+
+#include "nn/step_scalars.h"
+#include "optim/adamw.h"
+
+namespace mue {
+
+template <class Model>
+class DeviceStep {
+ public:
+  DeviceStep(Model& model, bool use_graph)
+      : model_(model), try_graph_(use_graph && std::remove_reference_t<decltype(model.backend())>::graphs) {}
+
+  // Queues step in.step with batch (tokens, targets); in.t etc. as for adamw_update_dev.
+  void run(const StepIn& in, const int32_t* tokens, const int32_t* targets) {
+    auto& be = model_.backend();
+    be.begin_uploads();
+    be.set_step_in(in);
+    model_.upload_batch(tokens, targets);
+    if (!graph_ && try_graph_ && in.step >= 1) {
+      try_graph_ = false;
+      graph_ = be.capture([&] { body(); });
+      capture_failed_ = !graph_;
+    }
+    if (graph_) {
+      be.replay();
+      model_.forget_host_copies();
+    } else {
+      body();
+    }
+  }
+  bool graph() const { return graph_; }
+  bool capture_failed() const { return capture_failed_; }
+
+ private:
+  void body() {
+    model_.zero_grad();
+    model_.forward_device();
+    model_.backward();
+    adamw_update_dev(model_);
+  }
+  Model& model_;
+  bool try_graph_, graph_ = false, capture_failed_ = false;
+};
+
+}  // namespace mue
