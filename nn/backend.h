@@ -215,8 +215,8 @@ struct CudaBackend {
   static constexpr bool graphs = true;
   template <class F>
   bool capture(F f) {
-    ctx.capture_begin();
     try {
+      ctx.capture_begin();
       f();
     } catch (const Error&) {
       ctx.capture_abort();
