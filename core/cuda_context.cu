@@ -83,6 +83,7 @@ std::string Context::device_name() const {
 void* Context::scratch(int slot, size_t bytes) {
   MUE_CHECK(slot >= 0 && slot < 8, "scratch slot ", slot, " out of range [0, 8)");
   if (bytes > scratch_bytes_[slot]) {
+    drop_graph();  // it holds the old buffer's address
     // cudaFree waits for the device, so kernels still reading the old buffer finish first.
     if (scratch_[slot]) check(cudaFree(scratch_[slot]), "cudaFree(scratch ", slot, ")");
     scratch_[slot] = nullptr;
@@ -130,9 +131,15 @@ void Context::profile_collect() {
 
 void Context::synchronize() { check(cudaStreamSynchronize(stream), "cudaStreamSynchronize"); }
 
-void Context::capture_begin() {
-  if (graph_) check(cudaGraphExecDestroy(graph_), "cudaGraphExecDestroy");
+void Context::drop_graph() {
+  if (!graph_) return;
+  synchronize();  // a replay may still be running
+  check(cudaGraphExecDestroy(graph_), "cudaGraphExecDestroy");
   graph_ = nullptr;
+}
+
+void Context::capture_begin() {
+  drop_graph();
   // Global mode: any call that could wait for the device (from any thread) fails instead of breaking the graph.
   check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), "cudaStreamBeginCapture");
 }
@@ -170,10 +177,11 @@ void Context::upload_async(void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return;
   size_t at = (stage_used_ + 255) / 256 * 256;
   if (at + bytes > stage_bytes_) {
+    // Room for twice this step's uploads so far (and never less than before), so that it happens once.
+    const size_t grown = std::max({2 * (at + bytes), 2 * stage_bytes_, size_t(1) << 20});
     synchronize();  // the queued copies still read the old buffer
     if (stage_) check(cudaFreeHost(stage_), "cudaFreeHost(upload stage)");
     stage_ = nullptr, stage_bytes_ = 0, at = 0;
-    const size_t grown = std::max(2 * (at + bytes), size_t(1) << 20);  // room for the whole step's uploads
     check(cudaMallocHost(&stage_, grown), "cudaMallocHost(upload stage, ", human_bytes(grown), ")");
     stage_bytes_ = grown;
   }

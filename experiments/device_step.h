@@ -2,7 +2,7 @@
 // step's scalars and queues the step; nothing in it waits for the device. Where the backend has CUDA graphs
 // (and use_graph), the second step is recorded once as a graph and every later step replays it, so the launches
 // of hundreds of ops cost one. The first step always runs op by op: it sizes every scratch buffer the graph
-// then reuses. Should the capture fail (an op that waits for the device, e.g. the cuBLAS fallback of expert
+// then reuses (should one grow later, e.g. in an evaluation, the graph is dropped and recorded again). Should the capture fail (an op that waits for the device, e.g. the cuBLAS fallback of expert
 // widths that are not multiples of 8), the steps keep running op by op.
 #pragma once
 #include <type_traits>
@@ -12,6 +12,7 @@
 
 namespace mue {
 
+// One graph per backend: at most one DeviceStep with use_graph per model's backend.
 template <class Model>
 class DeviceStep {
  public:
@@ -24,7 +25,8 @@ class DeviceStep {
     be.begin_uploads();
     be.set_step_in(in);
     model_.upload_batch(tokens, targets);
-    if (!graph_ && try_graph_ && in.step >= 1) {
+    if (graph_ && !be.graph_ready()) graph_ = false, try_graph_ = true, eager_runs_ = 0;  // dropped: record again
+    if (!graph_ && try_graph_ && eager_runs_ >= 1) {  // after a step op by op has sized every buffer
       try_graph_ = false;
       graph_ = be.capture([&] { body(); });
       capture_failed_ = !graph_;
@@ -34,6 +36,7 @@ class DeviceStep {
       model_.forget_host_copies();
     } else {
       body();
+      ++eager_runs_;
     }
   }
   bool graph() const { return graph_; }
@@ -48,6 +51,7 @@ class DeviceStep {
   }
   Model& model_;
   bool try_graph_, graph_ = false, capture_failed_ = false;
+  int eager_runs_ = 0;
 };
 
 }  // namespace mue

@@ -149,8 +149,9 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
   int window_steps = 0;
   res.best_val_loss = INFINITY;
   // Where the task allows it (LM), a step never waits for the device: the loss, the grad norm and the
-  // divergence check stay on the device (nn/step_scalars.h) and are read every kCheckEvery steps, at log steps
-  // and at the last step; a diverged step is found at the next read (the run stops there, named by its step).
+  // divergence check stay on the device (nn/step_scalars.h) and are read every kCheckEvery steps, at log and
+  // evaluation steps and at the last step (on the CPU at every step); a diverged step is found at the next read
+  // (the run stops there and reports the step that diverged).
   constexpr int kCheckEvery = 16;
   if constexpr (Task::device_step) be.reset_step_out();
   for (int step = 0; step < c.train.steps; ++step) {
@@ -167,8 +168,12 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
       task.train_step_device(in);
       if (verbose && step == 1 && task.stepper->capture_failed())
         std::printf("note: the step could not be captured as a CUDA graph; running it op by op\n");
+      // Read also before an evaluation (so a diverged run is not evaluated or checkpointed) and, where reading
+      // costs nothing (the CPU), at every step.
       const bool log_step = (step + 1) % c.train.log_every == 0 || step + 1 == c.train.steps;
-      if (step == 0 || log_step || (step + 1) % kCheckEvery == 0 || g_stop_signal) {
+      const bool eval_step = (step + 1) % c.train.eval_every == 0;
+      if (step == 0 || log_step || eval_step || (step + 1) % kCheckEvery == 0 || g_stop_signal ||
+          !Backend::on_device) {
         const StepOut o = be.read_step_out();
         loss = o.loss, gnorm = std::sqrt(o.norm_sq);
         if (step == 0) res.first_loss = loss;
@@ -213,6 +218,7 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
     }
     if (diverged) {
       status = "diverged";
+      res.steps_done = bad_step + 1, loss = bad_loss;  // the run is over at the step that diverged
       log.set_attr("diverged_at_step", double(bad_step + 1));
       if (verbose) std::printf("diverged at step %d (loss %g)\n", bad_step + 1, bad_loss);
       break;

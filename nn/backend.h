@@ -91,6 +91,7 @@ struct CpuBackend {
   static constexpr bool graphs = false;
   template <class F>
   bool capture(F) { return false; }
+  bool graph_ready() const { return false; }
   void replay() {}
   // The step's scalars (nn/step_scalars.h): plain host values here, the same calls as on the device.
   void begin_uploads() {}
@@ -221,9 +222,14 @@ struct CudaBackend {
     } catch (const Error&) {
       ctx.capture_abort();
       return false;
+    } catch (...) {
+      ctx.capture_abort();
+      throw;
     }
     return ctx.capture_end();
   }
+  // Whether the captured graph is still there (a reallocated buffer it used drops it).
+  bool graph_ready() const { return ctx.has_graph(); }
   void replay() { auto op_ = ctx.op("graph_step"); ctx.graph_launch(); }
   // The step's scalars (nn/step_scalars.h) live on the device; only read_step_out waits for it.
   void begin_uploads() { ctx.begin_uploads(); }
@@ -262,6 +268,7 @@ struct CudaBackend {
     if (segs != adam_segs_) {
       std::vector<cuda::AdamWSegment> dev(segs.size());
       for (size_t i = 0; i < segs.size(); ++i) dev[i] = {segs[i].end, segs[i].lr, float(segs[i].wd), float(segs[i].eps)};
+      ctx.drop_graph();   // it holds the old table's address
       ctx.synchronize();  // the previous table may still be in use
       cuda::device_free(adam_segs_dev_);
       adam_segs_dev_ = cuda::device_alloc(sizeof(cuda::AdamWSegment) * dev.size());

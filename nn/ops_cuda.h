@@ -38,7 +38,7 @@ class Context {
   // Grow-only scratch buffers that ops use for temporaries (slot keeps concurrent users apart).
   void* scratch(int slot, size_t bytes);
   void synchronize();
-  size_t memory_used() const;
+  size_t memory_used() const;  // bytes in use on the device (all of it: context, cuBLAS, our buffers)
   // Host -> device copies queued on the stream from a pinned staging buffer, so that the host does not wait
   // for the device: upload_async copies `src` into the buffer at once; begin_uploads() (once per step) waits
   // until the copies queued since the last begin_uploads have been made, then reuses the buffer from its start.
@@ -47,10 +47,14 @@ class Context {
   // One CUDA graph: capture_begin() starts recording the stream's launches (they do not run), capture_end()
   // instantiates them (false, and no graph, when something in between broke the capture, e.g. a call that
   // waits for the device), capture_abort() ends a capture after an error; graph_launch() replays the graph.
+  // drop_graph() discards it: done whenever a buffer it may use is reallocated (a scratch slot growing), so a
+  // replay never touches freed memory; has_graph() tells whether one is ready.
   void capture_begin();
   bool capture_end();
   void capture_abort();
-  void graph_launch();  // bytes in use on the device (all of it: context, cuBLAS, our buffers)
+  void graph_launch();
+  void drop_graph();
+  bool has_graph() const { return graph_ != nullptr; }
 
   // Per-op timing (`bench --profile`): while `profiling` is on, `auto _ = ctx.op("name")` brackets the op's
   // launches with an event pair; profile_collect() (after a sync) adds each pair's time to its name's total.
