@@ -67,6 +67,9 @@ void measure_device(CudaBackend& be, BenchResult& r, bool profile, Step step) {
 }
 #endif
 
+// Step s's scalars in the benches: constant LR factor, the config's betas and clip.
+StepIn bench_step_in(const RunConfig& c, int s) { return adamw_step_in(c.adamw, s, 1.0); }
+
 constexpr double kH100PeakBf16 = 989e12;  // dense bf16 tensor-core peak of an H100 SXM (spec section 7)
 
 template <class Backend>
@@ -85,22 +88,18 @@ BenchResult bench_with(const RunConfig& c, Backend& be, int steps, bool profile)
   r.steps = steps;
   // The trainer's step (experiments/device_step.h): a CUDA graph from the second step on where train.cuda_graph;
   // the per-op profile runs it op by op.
-  const auto step_in = [&](int s) {
-    StepIn in;
-    in.beta1 = c.adamw.beta1, in.beta2 = c.adamw.beta2, in.t = s + 1, in.clip = c.adamw.grad_clip, in.step = s;
-    return in;
-  };
+  const auto step_in = [&](int s) { return bench_step_in(c, s); };
   be.reset_step_out();
   DeviceStep<LM<Backend>> graph_step(model, c.train.cuda_graph), op_step(model, false);
   r.ms_per_step = median_step_ms(be, steps, [&](int s) {
     for (int i = 0; i < N; ++i) x[i] = int32_t(rng_index(7, uint64_t(s), uint64_t(i), uint64_t(c.model.vocab)));
     for (int i = 0; i < N; ++i) y[i] = int32_t(rng_index(8, uint64_t(s), uint64_t(i), uint64_t(c.model.vocab)));
-    return [&, s] { graph_step.run(step_in(s), x.data(), y.data()); };
+    return [&, s] { graph_step.run(step_in(s), [&] { model.upload_batch(x.data(), y.data()); }); };
   });
   r.graph = graph_step.graph();
   r.tok_per_s = N / (r.ms_per_step / 1e3);
   r.mfu = r.tok_per_s * r.flops_per_token / kH100PeakBf16;
-  measure_device(be, r, profile, [&](int s) { op_step.run(step_in(s), x.data(), y.data()); });
+  measure_device(be, r, profile, [&](int s) { op_step.run(step_in(s), [&] { model.upload_batch(x.data(), y.data()); }); });
   return r;
 }
 // DiT: images/s on random images; MFU counts per image 6 * N_active_non_emb * tokens + 12 L d T^2 (attention).
@@ -119,25 +118,23 @@ BenchResult bench_flow_with(const RunConfig& c, Backend& be, int steps, bool pro
   std::vector<float> x(size_t(B) * npix);
   std::vector<int32_t> y(B);
   r.steps = steps;
+  be.reset_step_out();
+  DeviceStep<DiT<Backend>> graph_step(model, c.train.cuda_graph), op_step(model, false);
+  const auto upload = [&](const FlowBatch& fb) {
+    return [&] { model.upload_batch(fb.xt.data(), fb.v.data(), fb.t.data(), fb.labels.data()); };
+  };
   r.ms_per_step = median_step_ms(be, steps, [&](int s) {
     for (size_t i = 0; i < x.size(); ++i) x[i] = float(rng_uniform(9, s, i) * 2 - 1);
     for (int b = 0; b < B; ++b) y[b] = int32_t(rng_index(10, s, b, c.model.image.classes));
     return [&, s, fb = make_flow_batch(x, y, B, npix, 11, s, 0.1, c.model.image.classes)] {
-      model.zero_grad();
-      model.forward(fb.xt.data(), fb.v.data(), fb.t.data(), fb.labels.data());
-      model.backward();
-      adamw_update(model, c.adamw, s + 1, 1.0);
+      graph_step.run(bench_step_in(c, s), upload(fb));
     };
   });
+  r.graph = graph_step.graph();
   r.tok_per_s = B / (r.ms_per_step / 1e3);  // images per second
   r.mfu = r.tok_per_s * r.flops_per_token / kH100PeakBf16;
   const FlowBatch fb = make_flow_batch(x, y, B, npix, 11, 0, 0.1, c.model.image.classes);
-  measure_device(be, r, profile, [&](int s) {
-    model.zero_grad();
-    model.forward(fb.xt.data(), fb.v.data(), fb.t.data(), fb.labels.data());
-    model.backward();
-    adamw_update(model, c.adamw, s + 1, 1.0);
-  });
+  measure_device(be, r, profile, [&](int s) { op_step.run(bench_step_in(c, s), upload(fb)); });
   return r;
 }
 }  // namespace

@@ -11,7 +11,7 @@ struct BenchResult {
   double param_mib = 0, activation_mib = 0;
   int steps = 0;
   double device_mib = 0;  // device memory in use after the timed steps (the peak: nothing is freed per step)
-  bool graph = false;     // the timed steps replayed a CUDA graph (LM on CUDA, train.cuda_graph)
+  bool graph = false;     // the timed steps replayed a CUDA graph (CUDA, train.cuda_graph)
   struct Op {
     std::string name;
     double ms_per_step = 0, calls_per_step = 0;

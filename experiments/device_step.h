@@ -1,4 +1,4 @@
-// The LM training step on the device's step scalars (nn/step_scalars.h): the host uploads the batch and the
+// The training step (LM or DiT) on the device's step scalars (nn/step_scalars.h): the host uploads the batch and the
 // step's scalars and queues the step; nothing in it waits for the device. Where the backend has CUDA graphs
 // (and use_graph), the second step is recorded once as a graph and every later step replays it, so the launches
 // of hundreds of ops cost one. The first step always runs op by op: it sizes every scratch buffer the graph
@@ -19,12 +19,14 @@ class DeviceStep {
   DeviceStep(Model& model, bool use_graph)
       : model_(model), try_graph_(use_graph && std::remove_reference_t<decltype(model.backend())>::graphs) {}
 
-  // Queues step in.step with batch (tokens, targets); in.t etc. as for adamw_update_dev.
-  void run(const StepIn& in, const int32_t* tokens, const int32_t* targets) {
+  // Queues step in.step (in.t etc. as for adamw_update_dev); upload() queues its batch with the model's
+  // upload_batch (LM: tokens, targets; DiT: x_t, v, t, labels).
+  template <class Upload>
+  void run(const StepIn& in, Upload upload) {
     auto& be = model_.backend();
     be.begin_uploads();
     be.set_step_in(in);
-    model_.upload_batch(tokens, targets);
+    upload();
     if (graph_ && !be.graph_ready()) graph_ = false, try_graph_ = true, eager_runs_ = 0;  // dropped: record again
     if (!graph_ && try_graph_ && eager_runs_ >= 1) {  // after a step op by op has sized every buffer
       try_graph_ = false;

@@ -73,7 +73,7 @@ const KeyDoc kDocs[] = {
     {"train.eval_batches", "validation batches per evaluation (fixed windows)"},
     {"train.device", "auto | cpu | cuda"},
     {"train.diverge_factor", "mark diverged when loss > factor x initial loss after warmup (0: off; NaN/inf always)"},
-    {"train.cuda_graph", "LM on CUDA: record the training step once as a CUDA graph and replay it (false: op by op)"},
+    {"train.cuda_graph", "on CUDA: record the training step once as a CUDA graph and replay it (false: op by op)"},
     {"data.tokens", "token file made by `mue tokenize` (task lm)"},
     {"data.images", "image file made by `mue prepare-images` (task flow)"},
     {"out.dir", "folder for run files"},

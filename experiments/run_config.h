@@ -16,7 +16,7 @@ struct TrainConfig {
   uint64_t seed = 1, data_seed = 1;
   std::string device = "auto";  // auto | cpu | cuda
   double diverge_factor = 0;     // stop as diverged when loss > factor * initial loss after warmup (0: off)
-  bool cuda_graph = true;        // LM on CUDA: replay the training step as a CUDA graph
+  bool cuda_graph = true;        // on CUDA: replay the training step as a CUDA graph
 };
 
 struct RunConfig {

@@ -51,14 +51,12 @@ struct LmTask {
         x(size_t(c_.train.batch) * c_.model.seq_len), y(x.size()) {}
   double items_per_step() const { return double(c.train.batch) * c.model.seq_len; }  // tokens
   // The whole step on the device scalars (experiments/device_step.h); the mean loss stays on the device.
-  static constexpr bool device_step = true;
   std::optional<DeviceStep<Model>> stepper;
   void train_step_device(const StepIn& in) {
     if (!stepper) stepper.emplace(model, c.train.cuda_graph);
     data.sample_batch(c.train.data_seed, uint64_t(in.step), c.train.batch, c.model.seq_len, x.data(), y.data());
-    stepper->run(in, x.data(), y.data());
+    stepper->run(in, [&] { model.upload_batch(x.data(), y.data()); });
   }
-  double train_forward(int) { return 0; }  // (the device step is used)
   // (mean validation loss, extra columns)
   std::pair<double, std::vector<std::pair<std::string, double>>> evaluate() {
     const int B = c.train.batch, T = c.model.seq_len;
@@ -88,13 +86,14 @@ struct FlowTask {
         x(size_t(c_.train.batch) * npix()), y(c_.train.batch) {}
   int npix() const { return c.model.image.channels * c.model.image.size * c.model.image.size; }
   double items_per_step() const { return double(c.train.batch); }  // images
-  static constexpr bool device_step = false;  // the DiT step still reads its loss back every step
-  void train_step_device(const StepIn&) {}
-  double train_forward(int step) {
-    data.sample_batch(c.train.data_seed, uint64_t(step), c.train.batch, x.data(), y.data());
-    FlowBatch fb = make_flow_batch(x, y, c.train.batch, npix(), c.train.data_seed, uint64_t(step),
-                                   c.model.image.label_dropout, c.model.image.classes);
-    return model.forward(fb.xt.data(), fb.v.data(), fb.t.data(), fb.labels.data());
+  // The whole step on the device scalars (experiments/device_step.h); the mean squared error stays there.
+  std::optional<DeviceStep<Model>> stepper;
+  void train_step_device(const StepIn& in) {
+    if (!stepper) stepper.emplace(model, c.train.cuda_graph);
+    data.sample_batch(c.train.data_seed, uint64_t(in.step), c.train.batch, x.data(), y.data());
+    const FlowBatch fb = make_flow_batch(x, y, c.train.batch, npix(), c.train.data_seed, uint64_t(in.step),
+                                         c.model.image.label_dropout, c.model.image.classes);
+    stepper->run(in, [&] { model.upload_batch(fb.xt.data(), fb.v.data(), fb.t.data(), fb.labels.data()); });
   }
   std::pair<double, std::vector<std::pair<std::string, double>>> evaluate() {
     std::vector<double> l = flow_eval(model, data, c.eval_t, c.train.eval_batches);
@@ -148,48 +147,33 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
   double window_start = 0, loss = 0, gnorm = 0;
   int window_steps = 0;
   res.best_val_loss = INFINITY;
-  // Where the task allows it (LM), a step never waits for the device: the loss, the grad norm and the
-  // divergence check stay on the device (nn/step_scalars.h) and are read every kCheckEvery steps, at log and
-  // evaluation steps and at the last step (on the CPU at every step); a diverged step is found at the next read
-  // (the run stops there and reports the step that diverged).
+  // A step never waits for the device: the loss, the grad norm and the divergence check stay on the device
+  // (nn/step_scalars.h) and are read every kCheckEvery steps, at log and evaluation steps and at the last step
+  // (on the CPU at every step); a diverged step is found at the next read (the run stops there and reports the
+  // step that diverged).
   constexpr int kCheckEvery = 16;
-  if constexpr (Task::device_step) be.reset_step_out();
+  be.reset_step_out();
   for (int step = 0; step < c.train.steps; ++step) {
     const double lr_factor = c.schedule.factor(step);
     bool diverged = false;
     int bad_step = step;  // the first diverged step, and its loss
     double bad_loss = 0;
-    if constexpr (Task::device_step) {
-      StepIn in;
-      in.lr_factor = lr_factor, in.beta1 = c.adamw.beta1, in.beta2 = c.adamw.beta2, in.t = step + 1;
-      in.clip = c.adamw.grad_clip, in.step = step;
-      if (c.train.diverge_factor > 0 && step >= c.schedule.warmup && step > 0)
-        in.loss_bound = c.train.diverge_factor * res.first_loss;
-      task.train_step_device(in);
-      if (verbose && step == 1 && task.stepper->capture_failed())
-        std::printf("note: the step could not be captured as a CUDA graph; running it op by op\n");
-      // Read also before an evaluation (so a diverged run is not evaluated or checkpointed) and, where reading
-      // costs nothing (the CPU), at every step.
-      const bool log_step = (step + 1) % c.train.log_every == 0 || step + 1 == c.train.steps;
-      const bool eval_step = (step + 1) % c.train.eval_every == 0;
-      if (step == 0 || log_step || eval_step || (step + 1) % kCheckEvery == 0 || g_stop_signal ||
-          !Backend::on_device) {
-        const StepOut o = be.read_step_out();
-        loss = o.loss, gnorm = std::sqrt(o.norm_sq);
-        if (step == 0) res.first_loss = loss;
-        if (o.first_bad >= 0) diverged = true, bad_step = o.first_bad, bad_loss = o.bad_loss;
-      }
-    } else {
-      model.zero_grad();
-      loss = task.train_forward(step);
+    StepIn in = adamw_step_in(c.adamw, step, lr_factor);
+    if (c.train.diverge_factor > 0 && step >= c.schedule.warmup && step > 0)
+      in.loss_bound = c.train.diverge_factor * res.first_loss;
+    task.train_step_device(in);
+    if (verbose && step == 1 && task.stepper->capture_failed())
+      std::printf("note: the step could not be captured as a CUDA graph; running it op by op\n");
+    // Read also before an evaluation (so a diverged run is not evaluated or checkpointed) and, where reading
+    // costs nothing (the CPU), at every step.
+    const bool log_step = (step + 1) % c.train.log_every == 0 || step + 1 == c.train.steps;
+    const bool eval_step = (step + 1) % c.train.eval_every == 0;
+    if (step == 0 || log_step || eval_step || (step + 1) % kCheckEvery == 0 || g_stop_signal ||
+        !Backend::on_device) {
+      const StepOut o = be.read_step_out();
+      loss = o.loss, gnorm = std::sqrt(o.norm_sq);
       if (step == 0) res.first_loss = loss;
-      model.backward();
-      StepStats st = adamw_update(model, c.adamw, step + 1, lr_factor);
-      gnorm = st.grad_norm;
-      diverged = !std::isfinite(loss) || !std::isfinite(gnorm) ||
-                 (c.train.diverge_factor > 0 && step >= c.schedule.warmup &&
-                  loss > c.train.diverge_factor * res.first_loss);
-      bad_loss = loss;
+      if (o.first_bad >= 0) diverged = true, bad_step = o.first_bad, bad_loss = o.bad_loss;
     }
     ++window_steps;
     res.steps_done = step + 1;

@@ -105,6 +105,8 @@ struct CpuBackend {
     step_out_.loss = s / double(n);
   }
   void grad_norm_sq(const T* g, size_t n) { step_out_.norm_sq = cpu::sum_squares(g, n); }
+  void mse_mean(const T* pred, const T* target, size_t n) { step_out_.loss = cpu::mse_forward(pred, target, n); }
+  void from_host_async(T* p, const std::vector<double>& in) { from_host(p, in); }
   void track_divergence() {
     if (step_out_.first_bad < 0 && step_diverged(step_out_.loss, step_out_.norm_sq, step_in_.loss_bound))
       step_out_.first_bad = step_in_.step, step_out_.bad_loss = step_out_.loss;
@@ -256,6 +258,12 @@ struct CudaBackend {
     cuda::sum_squares_to(ctx, g, n, reinterpret_cast<double*>(reinterpret_cast<char*>(step_out_dev_) + offsetof(StepOut, norm_sq)));
   }
   void track_divergence() { cuda::track_divergence(ctx, step_in_dev_, step_out_dev_); }
+  void mse_mean(const bf16* pred, const bf16* target, size_t n) { auto op_ = ctx.op("mse_forward"); cuda::mse_mean(ctx, pred, target, n, step_out_dev_); }
+  void from_host_async(bf16* p, const std::vector<double>& in) {
+    std::vector<bf16> h(in.size());
+    for (size_t i = 0; i < in.size(); ++i) h[i] = float_to_bf16(float(in[i]));
+    upload_async(p, h.data(), h.size() * sizeof(bf16));  // copied into the upload queue at once
+  }
   void adamw_step_all_dev(float* p, const float* g, float* m, float* v, bf16* shadow, const std::vector<AdamSegment>& segs) {
     if (segs.empty()) return;
     auto op_ = ctx.op("adamw_step");

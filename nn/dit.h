@@ -80,18 +80,54 @@ class DiT : public ParamStore<Backend> {
   // x_t and the target v as images [B, C, S, S] (host, double), t [B], labels [B] (classes = null class).
   // Returns the mean squared error; the predicted velocity stays on the device for prediction().
   double forward(const double* xt, const double* v, const double* t, const int32_t* labels) {
-    const int B = B_, Tn = T_, D = cfg_.d_model, N = B * Tn, P = cfg_.image.patch_dim(), F = cfg_.image.time_freq;
+    stage_inputs(xt, v, t, labels, false);
+    forward_kernels();
+    return v ? be_.mse_forward(out_, target_, size_t(B_) * T_ * cfg_.image.patch_dim()) : 0.0;
+  }
+  // The auxiliary (MoE) losses of the last forward (read from the device when asked).
+  double aux_loss() const {
+    double s = 0;
+    for (const Layer& a : layers_) s += a.ffn->aux_loss();
+    return s;
+  }
+  // A training step's forward without a host round trip (as LM::upload_batch / forward_device): the inputs go
+  // up through the backend's upload queue, the mean squared error stays in the backend's StepOut.
+  void upload_batch(const double* xt, const double* v, const double* t, const int32_t* labels) {
+    MUE_CHECK(v, "DiT::upload_batch needs the target velocity");
+    stage_inputs(xt, v, t, labels, true);
+  }
+  void forward_device() {
+    forward_kernels();
+    be_.mse_mean(out_, target_, size_t(B_) * T_ * cfg_.image.patch_dim());
+  }
+  void forget_host_copies() {
+    for (Layer& a : layers_) a.ffn->forget_host_copies();
+  }
+
+ private:
+  // Patchified x_t (and v), the timestep features and the labels into their device buffers: queued
+  // (upload_async) or synchronous.
+  void stage_inputs(const double* xt, const double* v, const double* t, const int32_t* labels, bool async) {
+    const int B = B_, N = B * T_, P = cfg_.image.patch_dim(), F = cfg_.image.time_freq;
     const int C = cfg_.image.channels, Sz = cfg_.image.size, p = cfg_.image.patch;
+    const auto put = [&](A* dst, const std::vector<double>& h) {
+      if (async) be_.from_host_async(dst, h);
+      else be_.from_host(dst, h);
+    };
     std::vector<double> tok(size_t(N) * P), feat(size_t(B) * F);
     cpu::patchify(xt, tok.data(), B, C, Sz, p);
-    be_.from_host(xin_, tok);
+    put(xin_, tok);
     if (v) {
       cpu::patchify(v, tok.data(), B, C, Sz, p);
-      be_.from_host(target_, tok);
+      put(target_, tok);
     }
     cpu::timestep_features(t, feat.data(), B, F);
-    be_.from_host(tfeat_, feat);
-    be_.upload(labels_, labels, sizeof(int32_t) * B);
+    put(tfeat_, feat);
+    if (async) be_.upload_async(labels_, labels, sizeof(int32_t) * B);
+    else be_.upload(labels_, labels, sizeof(int32_t) * B);
+  }
+  void forward_kernels() {
+    const int B = B_, Tn = T_, D = cfg_.d_model, N = B * Tn, P = cfg_.image.patch_dim(), F = cfg_.image.time_freq;
     // conditioning
     be_.matmul_forward(tfeat_, P_("time.fc1").weight, t1_, B, F, D, P_("time.fc1").alpha);
     be_.silu_forward(t1_, t1s_, size_t(B) * D);
@@ -119,12 +155,9 @@ class DiT : public ParamStore<Backend> {
     be_.matmul_forward(conds_, fada.weight, fmod_, B, D, 2 * D, fada.alpha);
     be_.modulate_forward(res_[cfg_.n_layers], fmod_, xo_, rstdo_, B, Tn, D, 2, 0, 1, cfg_.norm_eps);
     be_.matmul_forward(xo_, fw.weight, out_, N, D, P, fw.alpha);
-    const double loss = v ? be_.mse_forward(out_, target_, size_t(N) * P) : 0.0;
-    aux_loss_ = 0;
-    for (const Layer& a : layers_) aux_loss_ += a.ffn->aux_loss();
-    return loss;
   }
-  double aux_loss() const { return aux_loss_; }
+
+ public:
 
   // The last forward's predicted velocity as images [B, C, S, S] (host).
   std::vector<double> prediction() {
@@ -239,7 +272,6 @@ class DiT : public ParamStore<Backend> {
   A *xin_, *target_, *out_, *dout_, *tfeat_, *pos_, *t1_, *t1s_, *cond_, *conds_, *dconds_, *dcond_, *dt1_, *dtmp_;
   A *dmod_, *fmod_, *dfmod_, *xo_, *branch_, *dres_, *dx_, *dbranch_, *datt_, *dqkv_;
   S* rstdo_;
-  double aux_loss_ = 0;
 };
 
 }  // namespace mue

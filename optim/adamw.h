@@ -58,6 +58,14 @@ StepStats adamw_update(Model& model, const AdamWConfig& cfg, int t /* 1-based */
   return st;
 }
 
+// The StepIn of 0-based step `step` under this AdamW config and schedule factor (divergence bound: none).
+inline StepIn adamw_step_in(const AdamWConfig& cfg, int step, double lr_factor) {
+  StepIn in;
+  in.lr_factor = lr_factor, in.beta1 = cfg.beta1, in.beta2 = cfg.beta2, in.t = step + 1, in.clip = cfg.grad_clip;
+  in.step = step;
+  return in;
+}
+
 // The same step with every scalar on the device (nn/step_scalars.h): the caller has set the StepIn (lr factor,
 // betas, t, clip, divergence bound) and the forward has left its mean loss in the StepOut; the squared grad
 // norm, the divergence check and the update then run without a host round trip (the same arithmetic as

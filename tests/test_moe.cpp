@@ -1,6 +1,7 @@
 // MoE: router, dispatch/combine and the whole layer against finite differences (double), identities that pin
 // the semantics down (N = a = 1 is the dense SwiGLU; a = N is the gate-weighted sum of all experts), the
 // balance loss by hand, and an MoE LM overfitting one batch.
+#include "experiments/device_step.h"
 #include "moe/moe_layer.h"
 #include "optim/adamw.h"
 #include "optim/rules.h"
@@ -234,21 +235,16 @@ TEST_CASE("device step (scalars on the backend) equals the host step: MoE LM, cl
   opt.grad_clip = 0.05;  // small enough to clip
   std::vector<int32_t> x(N), y(N);
   bb.reset_step_out();
+  DeviceStep<LM<CpuBackend<double>>> step_b(b, false);
   for (int step = 0; step < 4; ++step) {
     for (int i = 0; i < N; ++i) x[i] = int32_t((i * 7 + step) % c.vocab), y[i] = int32_t((i * 5 + 1) % c.vocab);
-    a.zero_grad(), b.zero_grad();
+    a.zero_grad();
     const double la = a.forward(x.data(), y.data(), true);
     a.backward();
     const StepStats st = adamw_update(a, opt, step + 1, 0.5);
-    bb.begin_uploads();
-    StepIn in;
-    in.lr_factor = 0.5, in.beta1 = opt.beta1, in.beta2 = opt.beta2, in.t = step + 1, in.clip = opt.grad_clip;
-    in.step = step, in.loss_bound = step == 2 ? la - 1e-9 : INFINITY;  // step 2 counts as diverged
-    bb.set_step_in(in);
-    b.upload_batch(x.data(), y.data());
-    b.forward_device();
-    b.backward();
-    adamw_update_dev(b);
+    StepIn in = adamw_step_in(opt, step, 0.5);
+    in.loss_bound = step == 2 ? la - 1e-9 : INFINITY;  // step 2 counts as diverged
+    step_b.run(in, [&] { b.upload_batch(x.data(), y.data()); });
     const StepOut o = bb.read_step_out();
     CHECK(o.loss == la);
     CHECK(std::sqrt(o.norm_sq) == st.grad_norm);
