@@ -412,8 +412,8 @@ class LM : public ParamStore<Backend> {
     return out;
   }
 
-  // Rows of logits computed at once (default: a chunk of about 16M logits, which stays in L2 on a GPU); at most
-  // the default, which sized the buffer.
+  // Rows of logits computed at once (default: chunks of at most about 2^28 logits, split evenly; see
+  // layout_activations); at most the default, which sized the buffer.
   int head_rows() const { return head_rows_; }
   void set_head_rows(int rows) {
     MUE_CHECK(rows > 0 && rows <= head_rows_max_, "head rows must be in [1, ", head_rows_max_, "], got ", rows);
