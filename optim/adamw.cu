@@ -12,20 +12,25 @@ using namespace detail;
 namespace {
 // PyTorch AdamW, fp32: m, v updated in place, p -= lr * (mhat / (sqrt(vhat) + eps) + wd * p), shadow = bf16(p).
 // c1 = 1 - b1^t, c2 = 1 - b2^t come from the host (computed in double).
-// traffic: read 4n fp32 (p, g, m, v), write 3n fp32 + n bf16
+// traffic: read 4n fp32 (p, g, m, v), write 3n fp32 + n bf16. adamw_element: the update of element i, shared by
+// every AdamW kernel here (the same arithmetic in the same order, so their results agree to the bit).
+__device__ __forceinline__ void adamw_element(size_t i, float* p, const float* g, float* m, float* v, bf* p_bf16,
+                                              float lr, float b1, float b2, float eps, float wd, float c1, float c2,
+                                              float grad_scale) {
+  const float gi = g[i] * grad_scale;
+  const float mi = b1 * m[i] + (1.f - b1) * gi;
+  const float vi = b2 * v[i] + (1.f - b2) * gi * gi;
+  m[i] = mi;
+  v[i] = vi;
+  const float upd = (mi / c1) / (sqrtf(vi / c2) + eps);
+  const float pi = p[i] - lr * (upd + wd * p[i]);
+  p[i] = pi;
+  if (p_bf16) p_bf16[i] = __float2bfloat16(pi);
+}
 __global__ void adamw_kernel(float* p, const float* g, float* m, float* v, bf* p_bf16, size_t n, float lr, float b1,
                              float b2, float eps, float wd, float c1, float c2, float grad_scale) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
-    const float gi = g[i] * grad_scale;
-    const float mi = b1 * m[i] + (1.f - b1) * gi;
-    const float vi = b2 * v[i] + (1.f - b2) * gi * gi;
-    m[i] = mi;
-    v[i] = vi;
-    const float upd = (mi / c1) / (sqrtf(vi / c2) + eps);
-    const float pi = p[i] - lr * (upd + wd * p[i]);
-    p[i] = pi;
-    if (p_bf16) p_bf16[i] = __float2bfloat16(pi);
-  }
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+    adamw_element(i, p, g, m, v, p_bf16, lr, b1, b2, eps, wd, c1, c2, grad_scale);
 }
 
 // The same over a packed arena of many tensors: each element finds its tensor by a binary search of the segment
@@ -48,16 +53,7 @@ __device__ void adamw_all_body(float* p, const float* g, float* m, float* v, bf*
       if (end[mid] > i) hi = mid;
       else lo = mid + 1;
     }
-    const float lr = hp[3 * lo], wd = hp[3 * lo + 1], eps = hp[3 * lo + 2];
-    const float gi = g[i] * grad_scale;
-    const float mi = b1 * m[i] + (1.f - b1) * gi;
-    const float vi = b2 * v[i] + (1.f - b2) * gi * gi;
-    m[i] = mi;
-    v[i] = vi;
-    const float upd = (mi / c1) / (sqrtf(vi / c2) + eps);
-    const float pi = p[i] - lr * (upd + wd * p[i]);
-    p[i] = pi;
-    if (p_bf16) p_bf16[i] = __float2bfloat16(pi);
+    adamw_element(i, p, g, m, v, p_bf16, hp[3 * lo], b1, b2, hp[3 * lo + 2], hp[3 * lo + 1], c1, c2, grad_scale);
   }
 }
 __global__ void adamw_all_kernel(float* p, const float* g, float* m, float* v, bf* p_bf16, size_t n,
