@@ -186,6 +186,14 @@ TEST_CASE("CUDA expert GEMMs (grouped kernel and cuBLAS) match the CPU with unev
     for (int e : {0, 4, 8})
       for (size_t k = size_t(e) * Out * In; k < size_t(e + 1) * Out * In; ++k) REQUIRE(inc[k] == 0.0);
   }
+  // A malformed or out-of-range MUE_EXPERT_TILE is a one-line error naming the variable.
+  for (const char* bad : {"9,0", "0", "a,b"}) {
+    INFO("MUE_EXPERT_TILE = " << bad);
+    ::setenv("MUE_EXPERT_TILE", bad, 1);
+    Dev x(size_t(R) * 72 * 2), w(size_t(E) * 40 * 72 * 2), y(size_t(R) * 40 * 2);
+    CHECK_THROWS_WITH(cuda::expert_matmul_forward(ctx, x.h(), w.h(), y.h(), nullptr, doff.i(), R, E, 72, 40, 1.f),
+                      HasText("MUE_EXPERT_TILE must be"));
+  }
 }
 
 TEST_CASE("CUDA router: top-a, gates, dispatch plan, statistics and backward match the CPU", "[cuda][moe]") {
