@@ -152,9 +152,12 @@ std::string bench_preset_path(const std::string& preset) {
   fail("unknown bench preset '", preset, "' (look in experiments/configs/bench/, or pass a config path)");
 }
 
-BenchResult run_bench(const std::string& preset, int steps, const std::string& device, bool profile) {
+BenchResult run_bench(const std::string& preset, int steps, const std::string& device, bool profile,
+                      const std::vector<std::string>& overrides) {
   MUE_CHECK(steps > 0, "bench needs --steps > 0");
-  RunConfig c = resolve_config(bench_preset_path(preset), {"train.device=" + device});
+  std::vector<std::string> over = overrides;
+  over.push_back("train.device=" + device);
+  RunConfig c = resolve_config(bench_preset_path(preset), over);
   const std::string dev = resolve_device(c.train.device);
   BenchResult r;
 #ifdef MUE_HAVE_CUDA

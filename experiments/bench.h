@@ -19,9 +19,10 @@ struct BenchResult {
   std::vector<Op> profile;  // --profile: per-op device time per step, largest first
 };
 
-// preset: a name under experiments/configs/bench/ or a path to a JSON config.
+// preset: a name under experiments/configs/bench/ or a path to a JSON config; overrides: key=value on top of it.
 // profile: after the timed steps, run kProfileSteps more with an event pair around every op (CUDA only).
-BenchResult run_bench(const std::string& preset, int steps, const std::string& device, bool profile = false);
+BenchResult run_bench(const std::string& preset, int steps, const std::string& device, bool profile = false,
+                      const std::vector<std::string>& overrides = {});
 constexpr int kProfileSteps = 5;
 // FLOPs per token for MFU: 6 * (non-embedding parameters, head included) + 12 * L * d * T (attention).
 double flops_per_token(int64_t non_embedding_params, int n_layers, int d_model, int seq_len);

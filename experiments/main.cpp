@@ -38,7 +38,7 @@ usage:
                                                print the parameter table the config's rule gives
   mue coord-check [CONFIG.json] [key=value ...] (--widths 64,128,256 | --shapes 64e2a,64e8a) [--steps N]
                   [--out FILE.h5]              coordinate check under the config's rule (CPU); prints log-log slopes
-  mue bench PRESET [--steps N] [--device auto|cpu|cuda] [--profile]
+  mue bench PRESET [key=value ...] [--steps N] [--device auto|cpu|cuda] [--profile]
                                                tok/s, MFU, ms/step, GPU memory; --profile: per-op times
   mue help | --help | COMMAND --help
 
@@ -271,9 +271,8 @@ int cmd_coord_check(int argc, char** argv) {
 int cmd_bench(int argc, char** argv) {
   Args a = parse_args(argc, argv, 2, {"--steps", "--device"}, {"--profile"});
   MUE_CHECK(!a.config.empty(), "bench needs a PRESET (e.g. gpt2s-dense)");
-  MUE_CHECK(a.overrides.empty(), "bench takes no key=value overrides");
   const int steps = int(parse_list(a.get("--steps", "20"), "--steps")[0]);
-  BenchResult r = run_bench(a.config, steps, a.get("--device", "auto"), a.has("--profile"));
+  BenchResult r = run_bench(a.config, steps, a.get("--device", "auto"), a.has("--profile"), a.overrides);
   if (!r.profile.empty()) {
     double sum = 0;
     for (const auto& op : r.profile) sum += op.ms_per_step;

@@ -11,6 +11,7 @@
 
 #include "core/h5log.h"
 #include "data/tokens.h"
+#include "experiments/bench.h"
 #include "experiments/trainer.h"
 #include "tests/catch.h"
 #include "tests/fixtures.h"
@@ -157,6 +158,7 @@ TEST_CASE("the mue program: bad input gives one line and a non-zero exit", "[cli
       {"frobnicate", "unknown command 'frobnicate'"},
       {"bench no-such-preset --device cpu", "unknown bench preset 'no-such-preset'"},
       {"bench small-dense --device cpu --profile", "bench --profile needs the CUDA device"},
+      {"bench small-dense --device cpu model.d_modle=64", "unknown config key 'model.d_modle'"},
       {"sweep " + base, "sweep needs --lr"},
       {"train " + base + " --fast", "unknown option '--fast'"},
   };
@@ -197,4 +199,17 @@ TEST_CASE("transfer prints the table; --json parses", "[cli]") {
   for (auto& r : k["rows"])
     if (r["name"] == "layers.0.ffn.proj") CHECK(r["lr"].get<double>() == Approx(0.02 / 4));  // fan-in 1024 vs 256
   for (const auto& f : {out, ref, tgt}) std::remove(f.c_str());
+}
+
+TEST_CASE("bench: key=value overrides change the benched model", "[cli]") {
+  const std::vector<std::string> tiny = {"model.d_model=32", "model.n_heads=2", "model.n_layers=1", "model.seq_len=16",
+                                         "model.vocab=97", "model.vocab_pad=128", "ffn.hidden=64", "train.batch=2"};
+  BenchResult a = run_bench("small-dense", 2, "cpu", false, tiny);
+  std::vector<std::string> wider = tiny;
+  wider[0] = "model.d_model=64";
+  BenchResult b = run_bench("small-dense", 2, "cpu", false, wider);
+  CHECK(a.steps == 2);
+  CHECK(a.param_mib > 0);
+  CHECK(b.param_mib > 1.5 * a.param_mib);
+  CHECK(a.tok_per_s > 0);
 }
