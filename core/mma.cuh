@@ -16,6 +16,11 @@ __device__ inline void cp_async16(void* smem_dst, const void* src, bool valid) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(unsigned(__cvta_generic_to_shared(smem_dst))),
                "l"(src), "r"(valid ? 16 : 0));
 }
+// 4-byte asynchronous copy (no alignment beyond 4 bytes needed), zero-filled when !valid.
+__device__ inline void cp_async4(void* smem_dst, const void* src, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(unsigned(__cvta_generic_to_shared(smem_dst))),
+               "l"(src), "r"(valid ? 4 : 0));
+}
 __device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N>
 __device__ inline void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }

@@ -7,6 +7,9 @@
 // Forward (one block = 64 queries of one (b, h); 4 warps x 16 queries): for each 64-key tile (causal: up to
 // the diagonal) S = scale Q K^T, running max m and sum l per row, O = O exp(m_old - m_new) + P V.
 //   FLOPs 4 B H T^2 hd (x 1/2 causal); traffic: Q, O once, K, V once per query tile (from L2 mostly).
+// Only tiles that cross the diagonal or the end of the sequence run the masking code; the forward keeps its
+// queries' mma fragments in registers; the dK/dV kernel stages the streamed rows' lse and delta in shared memory
+// (read per element from global memory they stalled it on L2 latency: 642 -> 315 us per gpt2s layer).
 // Backward, deterministic (no atomics), three launches:
 //   1. delta[t] = dO[t] . O[t]                                         read 2 B T D bf16
 //   2. per 64-key tile (4 warps x 16 keys): for each query tile, P^T = exp(scale K Q^T - lse),
@@ -36,56 +39,90 @@ template <int HD>
 struct Tiles {
   static constexpr int ld = HD + 8;  // padded row: 8 consecutive rows start on 8 different 16-byte bank groups
 };
-// rows [t0, t0 + 64) of part `part` (0 q, 1 k, 2 v) of head h, or of a [B, T, H, hd] tensor when part < 0,
-// into a padded smem tile; rows beyond T are zero.
-template <int HD>
-__device__ void load_tile(bf* dst, const bf* base, int b, int t0, int T, int H, int h, int part) {
-  constexpr int vec = HD / 8;  // 16-byte vectors per row
-  const size_t D = size_t(H) * HD;
-  for (int i = threadIdx.x; i < kTile * vec; i += kThreads) {
-    const int r = i / vec, c = (i % vec) * 8, t = t0 + r;
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (t < T) {
-      const size_t row = part < 0 ? (size_t(b) * T + t) * D : ((size_t(b) * T + t) * 3 + part) * D;
-      v = *reinterpret_cast<const uint4*>(base + row + size_t(h) * HD + c);
-    }
-    *reinterpret_cast<uint4*>(dst + r * Tiles<HD>::ld + c) = v;
-  }
+
+// One head's rows: element (b, t, h, 0) of a [B, T, ...] tensor is head + t * stride.
+struct HeadRows {
+  const bf* head;
+  size_t stride;
+};
+// q, k, v of head h in sequence b of qkv [B, T, 3, H, hd]; the same of a [B, T, H, hd] tensor.
+__device__ inline HeadRows qkv_rows(const bf* qkv, int b, int T, int H, int h, int hd, int part) {
+  const size_t D = size_t(H) * hd;
+  return {qkv + size_t(b) * T * 3 * D + size_t(part) * D + size_t(h) * hd, 3 * D};
+}
+__device__ inline HeadRows head_rows(const bf* x, int b, int T, int H, int h, int hd) {
+  const size_t D = size_t(H) * hd;
+  return {x + size_t(b) * T * D + size_t(h) * hd, D};
 }
 
-// The same with cp.async (16 bytes per copy, zero-filled beyond T): completes at cp_async_wait.
+// Rows [t0, t0 + 64) of `src` into a padded smem tile with cp.async, rows beyond T zero-filled (completes at
+// cp_async_wait). Each thread copies the same column of rows r, r + pass, ...: the index arithmetic is a few
+// integer ops per 16 bytes.
 template <int HD>
-__device__ void load_tile_async(bf* dst, const bf* base, int b, int t0, int T, int H, int h, int part) {
-  constexpr int vec = HD / 8;
-  const size_t D = size_t(H) * HD;
-  for (int i = threadIdx.x; i < kTile * vec; i += kThreads) {
-    const int r = i / vec, c = (i % vec) * 8, t = t0 + r;
-    const size_t row = part < 0 ? (size_t(b) * T + min(t, T - 1)) * D : ((size_t(b) * T + min(t, T - 1)) * 3 + part) * D;
-    cp_async16(dst + r * Tiles<HD>::ld + c, base + row + size_t(h) * HD + c, t < T);
+__device__ void load_tile_async(bf* dst, HeadRows src, int t0, int T) {
+  constexpr int vec = HD / 8, pass = kThreads / vec;  // 16-byte vectors per row; rows per pass of the block
+  const int r = threadIdx.x / vec, c = (threadIdx.x % vec) * 8;
+  #pragma unroll
+  for (int i = 0; i < kTile / pass; ++i) {
+    const int t = t0 + r + i * pass;
+    cp_async16(dst + (r + i * pass) * Tiles<HD>::ld + c, src.head + size_t(min(t, T - 1)) * src.stride + c, t < T);
   }
+}
+// The block's own tile, loaded before anything is streamed (waits for its copies).
+template <int HD>
+__device__ void load_tile(bf* dst, HeadRows src, int t0, int T) {
+  load_tile_async<HD>(dst, src, t0, T);
+  cp_async_commit();
+  cp_async_wait<0>();
 }
 
 // A 16 x 64 tile of scores: 8 accumulators of 8 columns each.
 using ScoreTile = float[kTile / 8][4];
-
-// c = A B^T with A the 16 rows of a padded smem tile starting at `a` (16 x HD) and B a padded 64 x HD smem tile.
+// A warp's 16 x HD left operand as mma A fragments (one per 16-wide k step).
 template <int HD>
-__device__ void warp_abt(ScoreTile& c, const bf* a, const bf* b) {
+using AFrags = uint32_t[HD / 16][4];
+
+template <int HD>
+__device__ void load_a(AFrags<HD>& af, const bf* a) {
+  const int l = threadIdx.x & 31;
+  #pragma unroll
+  for (int k = 0; k < HD / 16; ++k) ldsm_x4(af[k], a + (l & 15) * Tiles<HD>::ld + k * 16 + (l >> 4) * 8);
+}
+
+// c += A_k B_k^T for one 16-wide k step: A_k a fragment, B a padded 64 x HD smem tile.
+template <int HD>
+__device__ void abt_kstep(ScoreTile& c, const uint32_t (&af)[4], const bf* b, int k) {
   constexpr int ld = Tiles<HD>::ld;
   const int l = threadIdx.x & 31;
   #pragma unroll
+  for (int n = 0; n < kTile / 16; ++n) {  // B rows 16n..16n+15: b0, b1 of column tile 2n, then of 2n + 1
+    uint32_t bfr[4];
+    ldsm_x4(bfr, b + (16 * n + (l & 7) + (l >> 4) * 8) * ld + k * 16 + ((l >> 3) & 1) * 8);
+    mma_bf16(c[2 * n], af, bfr[0], bfr[1]);
+    mma_bf16(c[2 * n + 1], af, bfr[2], bfr[3]);
+  }
+}
+__device__ inline void zero(ScoreTile& c) {
+  #pragma unroll
   for (int n = 0; n < kTile / 8; ++n) c[n][0] = c[n][1] = c[n][2] = c[n][3] = 0.f;
+}
+// c = A B^T with A given as fragments held in registers (the forward's queries: the same for every key tile).
+template <int HD>
+__device__ void warp_abt(ScoreTile& c, const AFrags<HD>& af, const bf* b) {
+  zero(c);
+  #pragma unroll
+  for (int k = 0; k < HD / 16; ++k) abt_kstep<HD>(c, af[k], b, k);
+}
+// c = A B^T with A the 16 rows of a padded smem tile starting at `a` (loaded per k step: fewer live registers).
+template <int HD>
+__device__ void warp_abt(ScoreTile& c, const bf* a, const bf* b) {
+  const int l = threadIdx.x & 31;
+  zero(c);
   #pragma unroll
   for (int k = 0; k < HD / 16; ++k) {
     uint32_t af[4];
-    ldsm_x4(af, a + (l & 15) * ld + k * 16 + (l >> 4) * 8);
-    #pragma unroll
-    for (int n = 0; n < kTile / 16; ++n) {  // B rows 16n..16n+15: b0, b1 of column tile 2n, then of 2n + 1
-      uint32_t bfr[4];
-      ldsm_x4(bfr, b + (16 * n + (l & 7) + (l >> 4) * 8) * ld + k * 16 + ((l >> 3) & 1) * 8);
-      mma_bf16(c[2 * n], af, bfr[0], bfr[1]);
-      mma_bf16(c[2 * n + 1], af, bfr[2], bfr[3]);
-    }
+    ldsm_x4(af, a + (l & 15) * Tiles<HD>::ld + k * 16 + (l >> 4) * 8);
+    abt_kstep<HD>(c, af, b, k);
   }
 }
 
@@ -123,6 +160,19 @@ __device__ inline float quad_sum(float v) {
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
+// Sets the masked scores of a tile to -inf: column c (a key, or with `keys_are_rows` a query) beyond T, or
+// causally a key after its query. Rows start at row0, columns at col0. Only called on tiles that cross the
+// diagonal or the end of the sequence, so that the other tiles do no index arithmetic at all.
+__device__ inline void mask_scores(ScoreTile& s, int row0, int col0, int T, bool causal, bool keys_are_rows) {
+  #pragma unroll
+  for (int n = 0; n < kTile / 8; ++n)
+    #pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = row0 + frag_row(e), c = col0 + frag_col(n, e);
+      if (c >= T || (causal && (keys_are_rows ? r > c : c > r))) s[n][e] = -INFINITY;
+    }
+}
+
 // Writes a warp's 16 x HD accumulator (times `scale`) as bf16 rows of a [B, T, ...] tensor: row r of the tile
 // goes to dst + (t0 + r) * stride, rows >= T are skipped. With `rope`, each row is first rotated back by RoPE of
 // base 2^log2_theta (the transpose rotation of position t): a lane's two adjacent columns are one RoPE pair.
@@ -147,37 +197,43 @@ __device__ void store_rows(bf* dst, size_t stride, int t0, int T, const float (&
   }
 }
 
-// Shared-memory layout of all three kernels: five bf16 tiles, t(0) the block's own rows, t(1..2) and t(3..4)
-// the two stages of streamed tiles (a second own tile sits in t(5) in the backward kernels).
-template <int HD>
+// Shared-memory layout: the block's own tiles own(0 .. Own-1); two stages of streamed tile pairs a(s), b(s); in
+// the backward kernels (Own = 2) two stages of 2 x 64 per-row floats after them (dK/dV: the streamed rows' lse
+// and delta).
+template <int HD, int Own>
 struct Smem {
   static constexpr size_t tile = size_t(kTile) * Tiles<HD>::ld;
-  static constexpr size_t bytes = 6 * tile * sizeof(bf);
+  static constexpr size_t bytes = (Own + 4) * tile * sizeof(bf) + (Own == 2 ? 4 * kTile * sizeof(float) : 0);
   bf* tiles;
-  __device__ bf* t(int i) const { return tiles + i * tile; }
+  __device__ bf* own(int i) const { return tiles + i * tile; }
+  __device__ bf* a(int s) const { return tiles + (Own + 2 * s) * tile; }
+  __device__ bf* b(int s) const { return tiles + (Own + 1 + 2 * s) * tile; }
+  __device__ float* row_floats(int s) const {
+    return reinterpret_cast<float*>(tiles + (Own + 4) * tile) + 2 * kTile * s;
+  }
   __device__ explicit Smem(char* base) : tiles(reinterpret_cast<bf*>(base)) {}
 };
 
-// Streams the 64-row tiles starting at rows first, first + 64, ... < end of two tensors through the two stages,
-// loading tile i + 1 (cp.async) while tile i is computed: load(x, y, row0) issues the copies of one tile pair,
-// body(row0, x, y) computes on it.
-template <int HD, class Load, class Body>
-__device__ void stream_tiles(Smem<HD>& sm, int first, int end, Load load, Body body) {
+// Streams the 64-row tiles starting at rows first, first + 64, ... < end through the two stages, loading tile
+// i + 1 (cp.async) while tile i is computed: load(stage, row0) issues the copies of one tile, body(row0, stage)
+// computes on it.
+template <class Load, class Body>
+__device__ void stream_tiles(int first, int end, Load load, Body body) {
   const int n = (end - first + kTile - 1) / kTile;
   if (n <= 0) return;
-  load(sm.t(1), sm.t(2), first);
+  load(0, first);
   cp_async_commit();
   for (int i = 0; i < n; ++i) {
     const int s = i & 1;
     if (i + 1 < n) {
-      load(sm.t(3 - 2 * s), sm.t(4 - 2 * s), first + (i + 1) * kTile);
+      load(1 - s, first + (i + 1) * kTile);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
       cp_async_wait<0>();
     }
     __syncthreads();
-    body(first + i * kTile, sm.t(1 + 2 * s), sm.t(2 + 2 * s));
+    body(first + i * kTile, s);
     __syncthreads();  // before the next iteration's copies overwrite this stage
   }
 }
@@ -186,36 +242,35 @@ template <int HD>
 __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const bf* qkv, bf* out, float* lse, int T, int H,
                                                                  float scale, bool causal) {
   extern __shared__ __align__(16) char smem_raw[];
-  Smem<HD> sm(smem_raw);
+  Smem<HD, 1> sm(smem_raw);
   // Heaviest (causal: last) query tiles first, so that the short ones fill the tail.
   const int q0 = (gridDim.x - 1 - blockIdx.x) * kTile, h = blockIdx.y, b = blockIdx.z, w = threadIdx.x >> 5;
-  load_tile<HD>(sm.t(0), qkv, b, q0, T, H, h, 0);
-  const bf* qw = sm.t(0) + w * 16 * Tiles<HD>::ld;
+  load_tile<HD>(sm.own(0), qkv_rows(qkv, b, T, H, h, HD, 0), q0, T);
+  __syncthreads();
+  AFrags<HD> qf;  // this warp's 16 queries, kept in registers for every key tile
+  load_a<HD>(qf, sm.own(0) + w * 16 * Tiles<HD>::ld);
   const int row0 = q0 + w * 16;  // this warp's first query
   const float sl2 = scale * kLog2e;  // scores in log2 units
   float o[HD / 8][4] = {};
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};  // per row g, g + 8; l summed over this lane's columns
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};  // per row g, g + 8 (log2 units, times sl2 applied)
   const int kend = causal ? min(T, q0 + kTile) : T;
-  const auto load_kv = [&](bf* kt, bf* vt, int r0) {
-    load_tile_async<HD>(kt, qkv, b, r0, T, H, h, 1), load_tile_async<HD>(vt, qkv, b, r0, T, H, h, 2);
+  const HeadRows krows = qkv_rows(qkv, b, T, H, h, HD, 1), vrows = qkv_rows(qkv, b, T, H, h, HD, 2);
+  const auto load_kv = [&](int st, int r0) {
+    load_tile_async<HD>(sm.a(st), krows, r0, T), load_tile_async<HD>(sm.b(st), vrows, r0, T);
   };
-  stream_tiles<HD>(sm, 0, kend, load_kv, [&](int k0, const bf* kt, const bf* vt) {
+  stream_tiles(0, kend, load_kv, [&](int k0, int st) {
     ScoreTile s;
-    warp_abt<HD>(s, qw, kt);
-    const bool edge = k0 + kTile > T || (causal && k0 + kTile - 1 > row0);
+    warp_abt<HD>(s, qf, sm.a(st));
+    if (k0 + kTile > T || (causal && k0 + kTile - 1 > row0)) mask_scores(s, row0, k0, T, causal, false);
     float mx[2] = {-INFINITY, -INFINITY};
     #pragma unroll
     for (int n = 0; n < kTile / 8; ++n)
       #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = k0 + frag_col(n, e);
-        s[n][e] = edge && (key >= T || (causal && key > row0 + frag_row(e))) ? -INFINITY : s[n][e] * sl2;
-        mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
-      }
+      for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
     float base[2];
     #pragma unroll
     for (int i = 0; i < 2; ++i) {
-      const float mn = fmaxf(m[i], quad_max(mx[i]));
+      const float mn = fmaxf(m[i], quad_max(mx[i]) * sl2);
       base[i] = mn == -INFINITY ? 0.f : mn;  // a fully masked row so far: exp2(-inf - 0) = 0
       const float alpha = exp2f(m[i] - base[i]);
       l[i] *= alpha, m[i] = mn;
@@ -226,10 +281,10 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const bf* qkv, 
     for (int n = 0; n < kTile / 8; ++n)
       #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        s[n][e] = exp2f(s[n][e] - base[e >> 1]);
+        s[n][e] = exp2f(fmaf(s[n][e], sl2, -base[e >> 1]));
         l[e >> 1] += s[n][e];
       }
-    warp_pm<HD>(o, s, vt);
+    warp_pm<HD>(o, s, sm.b(st));
   });
   float inv[2];
   #pragma unroll
@@ -261,46 +316,48 @@ __global__ void flash_delta_kernel(const bf* dout, const bf* out, float* delta, 
   if (lane == 0) delta[(b * H + h) * T + t] = s;
 }
 
-// dK, dV for 64 keys (each warp 16 keys: rows of the K and V tiles in t(0), t(5)); Q and dO stream through.
+// dK, dV for 64 keys (each warp 16 keys: rows of the K and V tiles own(0), own(1)); Q and dO stream through,
+// with the lse and delta of their rows (staged in shared memory by cp.async, not read per element).
 template <int HD>
 __global__ void __launch_bounds__(kThreads) flash_dkdv_kernel(const bf* qkv, const bf* dout, const float* lse,
                                                               const float* delta, bf* dqkv, int T, int H,
                                                               float scale, bool causal, bool rope,
                                                               float log2_theta) {
   extern __shared__ __align__(16) char smem_raw[];
-  Smem<HD> sm(smem_raw);
+  Smem<HD, 2> sm(smem_raw);
   const int k0 = blockIdx.x * kTile, h = blockIdx.y, b = blockIdx.z, w = threadIdx.x >> 5;
-  load_tile<HD>(sm.t(0), qkv, b, k0, T, H, h, 1);
-  load_tile<HD>(sm.t(5), qkv, b, k0, T, H, h, 2);
-  const bf* kw = sm.t(0) + w * 16 * Tiles<HD>::ld;
-  const bf* vw = sm.t(5) + w * 16 * Tiles<HD>::ld;
+  load_tile_async<HD>(sm.own(0), qkv_rows(qkv, b, T, H, h, HD, 1), k0, T);
+  load_tile<HD>(sm.own(1), qkv_rows(qkv, b, T, H, h, HD, 2), k0, T);
+  const bf* kw = sm.own(0) + w * 16 * Tiles<HD>::ld;
+  const bf* vw = sm.own(1) + w * 16 * Tiles<HD>::ld;
   const int key0 = k0 + w * 16;  // this warp's first key
   const float sl2 = scale * kLog2e;
   float dk[HD / 8][4] = {}, dv[HD / 8][4] = {};
   const float* lse_bh = lse + (size_t(b) * H + h) * T;
   const float* delta_bh = delta + (size_t(b) * H + h) * T;
-  const auto load_q_do = [&](bf* qt, bf* dot, int r0) {
-    load_tile_async<HD>(qt, qkv, b, r0, T, H, h, 0), load_tile_async<HD>(dot, dout, b, r0, T, H, h, -1);
+  const HeadRows qrows = qkv_rows(qkv, b, T, H, h, HD, 0), dorows = head_rows(dout, b, T, H, h, HD);
+  const auto load_q_do = [&](int st, int r0) {
+    load_tile_async<HD>(sm.a(st), qrows, r0, T), load_tile_async<HD>(sm.b(st), dorows, r0, T);
+    const int i = threadIdx.x & (kTile - 1), t = min(r0 + i, T - 1);  // threads 0-63: lse, 64-127: delta
+    cp_async4(sm.row_floats(st) + threadIdx.x, (threadIdx.x < kTile ? lse_bh : delta_bh) + t, r0 + i < T);
   };
-  stream_tiles<HD>(sm, causal ? k0 : 0, T, load_q_do, [&](int q0, const bf* qt, const bf* dot) {
+  stream_tiles(causal ? k0 : 0, T, load_q_do, [&](int q0, int st) {
+    const bf *qt = sm.a(st), *dot = sm.b(st);
+    const float *lse_t = sm.row_floats(st), *delta_t = lse_t + kTile;
     ScoreTile p;  // S^T [16 keys x 64 queries] = K_w Q^T, then P^T = exp(scale S^T - lse[q])
     warp_abt<HD>(p, kw, qt);
-    const bool edge = q0 + kTile > T || (causal && q0 < key0 + 16);
+    if (q0 + kTile > T || (causal && q0 < key0 + 16)) mask_scores(p, key0, q0, T, causal, true);
     #pragma unroll
     for (int n = 0; n < kTile / 8; ++n)
       #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int q = q0 + frag_col(n, e);
-        const bool masked = edge && (q >= T || (causal && key0 + frag_row(e) > q));
-        p[n][e] = masked ? 0.f : exp2f(p[n][e] * sl2 - lse_bh[min(q, T - 1)] * kLog2e);
-      }
+      for (int e = 0; e < 4; ++e) p[n][e] = exp2f(fmaf(p[n][e], sl2, -lse_t[frag_col(n, e)] * kLog2e));
     warp_pm<HD>(dv, p, dot);  // dV += P^T dO
     ScoreTile ds;             // dP^T = V_w dO^T, then dS^T = P^T (dP^T - delta[q])
     warp_abt<HD>(ds, vw, dot);
     #pragma unroll
     for (int n = 0; n < kTile / 8; ++n)
       #pragma unroll
-      for (int e = 0; e < 4; ++e) ds[n][e] = p[n][e] * (ds[n][e] - delta_bh[min(q0 + frag_col(n, e), T - 1)]);
+      for (int e = 0; e < 4; ++e) ds[n][e] = p[n][e] * (ds[n][e] - delta_t[frag_col(n, e)]);
     warp_pm<HD>(dk, ds, qt);  // dK += dS^T Q
   });
   const size_t D = size_t(H) * HD;
@@ -309,18 +366,18 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_kernel(const bf* qkv, con
   store_rows<HD>(base + 2 * D, 3 * D, key0, T, dv, 1.f);
 }
 
-// dQ for 64 queries (each warp 16 queries: rows of the Q and dO tiles in t(0), t(5)); K and V stream through.
+// dQ for 64 queries (each warp 16 queries: rows of the Q and dO tiles own(0), own(1)); K and V stream through.
 template <int HD>
 __global__ void __launch_bounds__(kThreads) flash_dq_kernel(const bf* qkv, const bf* dout, const float* lse,
                                                             const float* delta, bf* dqkv, int T, int H, float scale,
                                                             bool causal, bool rope, float log2_theta) {
   extern __shared__ __align__(16) char smem_raw[];
-  Smem<HD> sm(smem_raw);
+  Smem<HD, 2> sm(smem_raw);
   const int q0 = (gridDim.x - 1 - blockIdx.x) * kTile, h = blockIdx.y, b = blockIdx.z, w = threadIdx.x >> 5;
-  load_tile<HD>(sm.t(0), qkv, b, q0, T, H, h, 0);
-  load_tile<HD>(sm.t(5), dout, b, q0, T, H, h, -1);
-  const bf* qw = sm.t(0) + w * 16 * Tiles<HD>::ld;
-  const bf* dow = sm.t(5) + w * 16 * Tiles<HD>::ld;
+  load_tile_async<HD>(sm.own(0), qkv_rows(qkv, b, T, H, h, HD, 0), q0, T);
+  load_tile<HD>(sm.own(1), head_rows(dout, b, T, H, h, HD), q0, T);
+  const bf* qw = sm.own(0) + w * 16 * Tiles<HD>::ld;
+  const bf* dow = sm.own(1) + w * 16 * Tiles<HD>::ld;
   const int row0 = q0 + w * 16;
   const float sl2 = scale * kLog2e;
   float lq[2], dlt[2];  // lse (log2 units) and delta of rows g, g + 8
@@ -331,21 +388,19 @@ __global__ void __launch_bounds__(kThreads) flash_dq_kernel(const bf* qkv, const
   }
   float dq[HD / 8][4] = {};
   const int kend = causal ? min(T, q0 + kTile) : T;
-  const auto load_kv = [&](bf* kt, bf* vt, int r0) {
-    load_tile_async<HD>(kt, qkv, b, r0, T, H, h, 1), load_tile_async<HD>(vt, qkv, b, r0, T, H, h, 2);
+  const HeadRows krows = qkv_rows(qkv, b, T, H, h, HD, 1), vrows = qkv_rows(qkv, b, T, H, h, HD, 2);
+  const auto load_kv = [&](int st, int r0) {
+    load_tile_async<HD>(sm.a(st), krows, r0, T), load_tile_async<HD>(sm.b(st), vrows, r0, T);
   };
-  stream_tiles<HD>(sm, 0, kend, load_kv, [&](int k0, const bf* kt, const bf* vt) {
+  stream_tiles(0, kend, load_kv, [&](int k0, int st) {
+    const bf *kt = sm.a(st), *vt = sm.b(st);
     ScoreTile p;  // S = Q_w K^T, then P
     warp_abt<HD>(p, qw, kt);
-    const bool edge = k0 + kTile > T || (causal && k0 + kTile - 1 > row0);
+    if (k0 + kTile > T || (causal && k0 + kTile - 1 > row0)) mask_scores(p, row0, k0, T, causal, false);
     #pragma unroll
     for (int n = 0; n < kTile / 8; ++n)
       #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = k0 + frag_col(n, e);
-        const bool masked = edge && (key >= T || (causal && key > row0 + frag_row(e)));
-        p[n][e] = masked ? 0.f : exp2f(p[n][e] * sl2 - lq[e >> 1]);
-      }
+      for (int e = 0; e < 4; ++e) p[n][e] = exp2f(fmaf(p[n][e], sl2, -lq[e >> 1]));
     ScoreTile ds;  // dP = dO_w V^T, then dS = P (dP - delta)
     warp_abt<HD>(ds, dow, vt);
     #pragma unroll
@@ -360,7 +415,7 @@ __global__ void __launch_bounds__(kThreads) flash_dq_kernel(const bf* qkv, const
 
 template <int HD>
 void flash_forward_hd(Context& ctx, const bf* qkv, bf* out, float* lse, int batch, int T, int H, float scale, bool causal) {
-  const size_t smem = Smem<HD>::bytes;
+  const size_t smem = Smem<HD, 1>::bytes;
   allow_smem(reinterpret_cast<const void*>(flash_forward_kernel<HD>), smem, "flash_forward_kernel");
   MUE_CHECK(H <= 65535 && batch <= 65535, "flash attention: heads (", H, ") and batch (", batch,
             ") must each be at most 65535");
@@ -376,7 +431,7 @@ void flash_backward_hd(Context& ctx, const bf* dout, const bf* qkv, const bf* ou
   const size_t rows = size_t(batch) * T * H;
   flash_delta_kernel<<<unsigned((rows * 32 + 255) / 256), 256, 0, ctx.stream>>>(dout, out, delta, batch, T, H, HD);
   check_launch("flash_delta_kernel");
-  const size_t smem = Smem<HD>::bytes;
+  const size_t smem = Smem<HD, 2>::bytes;
   MUE_CHECK(H <= 65535 && batch <= 65535, "flash attention: heads (", H, ") and batch (", batch,
             ") must each be at most 65535");
   const dim3 grid((T + kTile - 1) / kTile, H, batch);
