@@ -74,6 +74,17 @@ inline int sm_count() {
   }();
   return n;
 }
+// The most dynamic shared memory one block may opt in to (asked once).
+inline int max_smem_optin() {
+  static const int n = [] {
+    int dev = 0, v = 0;
+    check(cudaGetDevice(&dev), "cudaGetDevice");
+    check(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
+          "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
+    return v;
+  }();
+  return n;
+}
 // Raises a kernel's dynamic shared-memory limit to `bytes` (once per kernel and size, not on every launch).
 inline void allow_smem(const void* kernel, size_t bytes, const char* name) {
   static std::unordered_map<const void*, size_t> done;

@@ -65,6 +65,10 @@ struct CpuBackend {
   void swiglu_backward(const T* dout, const T* in, T* din, int N, int H) { cpu::swiglu_backward(dout, in, din, N, H); }
   void crossentropy_forward(const T* logits, const int32_t* tgt, T* losses, int N, int V, int Vp) { cpu::crossentropy_forward(logits, tgt, losses, N, V, Vp); }
   void crossentropy_backward(const T* logits, const int32_t* tgt, const T* losses, T* dlogits, int N, int V, int Vp, double dl) { cpu::crossentropy_backward(logits, tgt, losses, dlogits, N, V, Vp, dl); }
+  void crossentropy_forward_backward(const T* logits, const int32_t* tgt, T* losses, T* dlogits, int N, int V, int Vp, double dl) {
+    crossentropy_forward(logits, tgt, losses, N, V, Vp);
+    crossentropy_backward(logits, tgt, losses, dlogits, N, V, Vp, dl);
+  }
   // diffusion transformer ops
   void silu_forward(const T* x, T* y, size_t n) { cpu::silu_forward(x, y, n); }
   void silu_backward(const T* dy, const T* x, T* dx, size_t n) { cpu::silu_backward(dy, x, dx, n); }
@@ -177,6 +181,7 @@ struct CudaBackend {
   void swiglu_backward(const bf16* dout, const bf16* in, bf16* din, int N, int H) { auto op_ = ctx.op("swiglu_backward"); cuda::swiglu_backward(ctx, dout, in, din, N, H); }
   void crossentropy_forward(const bf16* logits, const int32_t* tgt, float* losses, int N, int V, int Vp) { auto op_ = ctx.op("crossentropy_forward"); cuda::crossentropy_forward(ctx, logits, tgt, losses, N, V, Vp); }
   void crossentropy_backward(const bf16* logits, const int32_t* tgt, const float* losses, bf16* dlogits, int N, int V, int Vp, double dl) { auto op_ = ctx.op("crossentropy_backward"); cuda::crossentropy_backward(ctx, logits, tgt, losses, dlogits, N, V, Vp, float(dl)); }
+  void crossentropy_forward_backward(const bf16* logits, const int32_t* tgt, float* losses, bf16* dlogits, int N, int V, int Vp, double dl) { auto op_ = ctx.op("crossentropy_fused"); cuda::crossentropy_forward_backward(ctx, logits, tgt, losses, dlogits, N, V, Vp, float(dl)); }
   // diffusion transformer ops
   void silu_forward(const bf16* x, bf16* y, size_t n) { auto op_ = ctx.op("silu_forward"); cuda::silu_forward(ctx, x, y, n); }
   void silu_backward(const bf16* dy, const bf16* x, bf16* dx, size_t n) { auto op_ = ctx.op("silu_backward"); cuda::silu_backward(ctx, dy, x, dx, n); }

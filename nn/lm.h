@@ -431,9 +431,11 @@ class LM : public ParamStore<Backend> {
       const int rows = std::min(head_rows_, N - r0);
       const A* x = lnf_ + size_t(r0) * D;
       be_.matmul_forward(x, head.weight, logits_, rows, D, Vp, head.alpha);
-      be_.crossentropy_forward(logits_, tgt_ + r0, losses_ + r0, rows, cfg_.vocab, Vp);
-      if (!grad) continue;
-      be_.crossentropy_backward(logits_, tgt_ + r0, losses_ + r0, logits_, rows, cfg_.vocab, Vp, 1.0 / N);
+      if (!grad) {
+        be_.crossentropy_forward(logits_, tgt_ + r0, losses_ + r0, rows, cfg_.vocab, Vp);
+        continue;
+      }
+      be_.crossentropy_forward_backward(logits_, tgt_ + r0, losses_ + r0, logits_, rows, cfg_.vocab, Vp, 1.0 / N);
       be_.matmul_backward(logits_, x, head.weight, dx_ + size_t(r0) * D, head.grad, rows, D, Vp, head.alpha);
     }
     head_grad_done_ = grad;

@@ -167,6 +167,9 @@ void crossentropy_forward(Context& ctx, const bf16* logits, const int32_t* targe
 // `losses` are the forward's, from which each row's logsumexp is recovered.
 void crossentropy_backward(Context& ctx, const bf16* logits, const int32_t* targets, const float* losses,
                            bf16* dlogits, int N, int V, int Vp, float dloss);
+// Both at once, as training needs them: losses and dlogits (may alias logits), each row read from memory once.
+void crossentropy_forward_backward(Context& ctx, const bf16* logits, const int32_t* targets, float* losses,
+                                   bf16* dlogits, int N, int V, int Vp, float dloss);
 
 // sum of squares of n fp32 values, accumulated into *out (device scalar, fp32 add of a double-accumulated part).
 void sum_squares(Context& ctx, const float* g, size_t n, float* out);

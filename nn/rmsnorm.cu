@@ -183,13 +183,9 @@ void rmsnorm_backward(Context& ctx, const bf16* dy, const bf16* x, const bf16* w
   }
   const size_t smem = size_t(D) * sizeof(float);
   if (smem > 48 * 1024) {
-    int dev = 0, max_smem = 0;
-    check(cudaGetDevice(&dev), "cudaGetDevice");
-    check(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
-          "cudaDeviceGetAttribute(MaxSharedMemoryPerBlockOptin)");
     // (+256: block_reduce's static shared buffer)
-    MUE_CHECK(smem + 256 <= size_t(max_smem), "rmsnorm_backward: D = ", D, " needs ", smem,
-              " bytes of shared memory, the device allows ", max_smem);
+    MUE_CHECK(smem + 256 <= size_t(max_smem_optin()), "rmsnorm_backward: D = ", D, " needs ", smem,
+              " bytes of shared memory, the device allows ", max_smem_optin());
     allow_smem(reinterpret_cast<const void*>(rmsnorm_backward_kernel), smem, "rmsnorm_backward_kernel");
   }
   // Enough blocks to fill the GPU; each then amortizes its dw flush over N / grid rows.

@@ -391,6 +391,20 @@ TEST_CASE("CUDA crossentropy forward and backward (padded vocabulary)", "[cuda]"
     // In place (dlogits aliasing logits) gives the same bits.
     cuda::crossentropy_backward(ctx, dl.h(), dt.i(), dloss.f(), dl.h(), N, Vv, Vp, float(dl_scale));
     CHECK(rel_err(get_bf16(ctx, dl, n), got) == 0.0);
+
+    // Forward and backward in one kernel (training's path; Vp = 777 takes the two kernels): the same against
+    // the CPU, out of place and in place.
+    Dev fl = put_bf16(logits), floss = poisoned(N * sizeof(float)), fd = poisoned(n * sizeof(bf16));
+    cuda::crossentropy_forward_backward(ctx, fl.h(), dt.i(), floss.f(), fd.h(), N, Vv, Vp, float(dl_scale));
+    expect_close(get_f32(ctx, floss, N), loss, 1e-5, "fused crossentropy losses");
+    const V fused = get_bf16(ctx, fd, n);
+    expect_close(fused, d, kTolBf16, "fused crossentropy dlogits");
+    size_t fused_pad_nonzero = 0;
+    for (int r = 0; r < N; ++r)
+      for (int j = Vv; j < Vp; ++j) fused_pad_nonzero += fused[size_t(r) * Vp + j] != 0.0;
+    CHECK(fused_pad_nonzero == 0);
+    cuda::crossentropy_forward_backward(ctx, fl.h(), dt.i(), floss.f(), fl.h(), N, Vv, Vp, float(dl_scale));
+    CHECK(rel_err(get_bf16(ctx, fl, n), fused) == 0.0);
   }
 }
 
