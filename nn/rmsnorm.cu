@@ -90,58 +90,84 @@ __global__ void __launch_bounds__(kRowWarps * 32) rmsnorm_forward_vec_kernel(con
     }
 }
 
-// Warps stride over rows; each lane keeps the dw partial sums of its columns in registers, merged per block in
-// shared memory and added to dw once per block.
-// traffic: read 3*N*D bf16 (x, dy, dx) + N fp32, write N*D bf16, gridDim.x * D fp32 atomics
+// Warps stride over rows (x, dy and dx of a row are loaded together, kept as packed bf16 to hold few registers:
+// three blocks per SM for D <= 768); each lane sums dw over its rows and columns in registers, the block adds its 8 warps in a
+// fixed order and writes one row of dw partials, which rmsnorm_dw_reduce_kernel adds to dw in a fixed order:
+// no atomics, the same bits on every run.
+// traffic: read 3*N*D bf16 (x, dy, dx) + N fp32, write N*D bf16 + gridDim.x * D fp32
+constexpr int backward_blocks_per_sm(int max_vec) { return max_vec >= 4 ? 2 : 3; }  // (as registers allow)
 template <int kMaxVec>
-__global__ void __launch_bounds__(kRowWarps * 32) rmsnorm_backward_vec_kernel(const bf* dy, const bf* x, const bf* w,
-                                                                              const float* rstd, bf* dx, float* dw,
-                                                                              int N, int D) {
-  __shared__ float dw_block[kVecMaxD];
-  const int lane = threadIdx.x & 31, nv = D / 8;
-  for (int i = threadIdx.x; i < D; i += blockDim.x) dw_block[i] = 0.f;
-  float wv[kMaxVec][8], dwp[kMaxVec][8];
-  #pragma unroll
-  for (int i = 0; i < kMaxVec; ++i) {
-    #pragma unroll
-    for (int k = 0; k < 8; ++k) dwp[i][k] = 0.f, wv[i][k] = 0.f;
-    if (lane + 32 * i < nv) unpack8(reinterpret_cast<const uint4*>(w)[lane + 32 * i], wv[i]);
-  }
-  for (int row = blockIdx.x * kRowWarps + (threadIdx.x >> 5); row < N; row += gridDim.x * kRowWarps) {
+__global__ void __launch_bounds__(kRowWarps * 32, backward_blocks_per_sm(kMaxVec)) rmsnorm_backward_vec_kernel(const bf* dy, const bf* x,
+                                                                                 const bf* w, const float* rstd,
+                                                                                 bf* dx, float* dw_part, int N,
+                                                                                 int D) {
+  __shared__ float dw_warps[kRowWarps][kVecMaxD];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nv = D / 8;
+  const uint4* wv = reinterpret_cast<const uint4*>(w);
+  float dwp[kMaxVec][8] = {};
+  for (int row = blockIdx.x * kRowWarps + warp; row < N; row += gridDim.x * kRowWarps) {
     const uint4* xr = reinterpret_cast<const uint4*>(x + size_t(row) * D);
     const uint4* gr = reinterpret_cast<const uint4*>(dy + size_t(row) * D);
     uint4* dxr = reinterpret_cast<uint4*>(dx + size_t(row) * D);
+    uint4 xv[kMaxVec], gv[kMaxVec], dv[kMaxVec];
+    #pragma unroll
+    for (int i = 0; i < kMaxVec; ++i)
+      if (lane + 32 * i < nv) xv[i] = xr[lane + 32 * i], gv[i] = gr[lane + 32 * i], dv[i] = dxr[lane + 32 * i];
     const float r = rstd[row];
-    float xh[kMaxVec][8], g[kMaxVec][8], dot = 0.f;
+    float dot = 0.f;
     #pragma unroll
     for (int i = 0; i < kMaxVec; ++i)
       if (lane + 32 * i < nv) {
-        unpack8(xr[lane + 32 * i], xh[i]), unpack8(gr[lane + 32 * i], g[i]);
+        float xh[8], g[8], wi[8];
+        unpack8(xv[i], xh), unpack8(gv[i], g), unpack8(wv[lane + 32 * i], wi);
         #pragma unroll
-        for (int k = 0; k < 8; ++k) xh[i][k] *= r, dot += g[i][k] * wv[i][k] * xh[i][k];
+        for (int k = 0; k < 8; ++k) dot += g[k] * wi[k] * xh[k];
       }
-    dot = warp_reduce(dot, SumOp{}) / float(D);
+    dot = warp_reduce(dot, SumOp{}) * r / float(D);
     #pragma unroll
     for (int i = 0; i < kMaxVec; ++i)
       if (lane + 32 * i < nv) {
-        float d[8];
-        unpack8(dxr[lane + 32 * i], d);
+        float xh[8], g[8], wi[8], d[8];
+        unpack8(xv[i], xh), unpack8(gv[i], g), unpack8(wv[lane + 32 * i], wi), unpack8(dv[i], d);
         #pragma unroll
         for (int k = 0; k < 8; ++k) {
-          dwp[i][k] += g[i][k] * xh[i][k];
-          d[k] += r * (g[i][k] * wv[i][k] - xh[i][k] * dot);
+          xh[k] *= r;
+          dwp[i][k] += g[k] * xh[k];
+          d[k] += r * (g[k] * wi[k] - xh[k] * dot);
         }
         dxr[lane + 32 * i] = pack8(d);
       }
   }
-  __syncthreads();
   #pragma unroll
   for (int i = 0; i < kMaxVec; ++i)
     if (lane + 32 * i < nv)
       #pragma unroll
-      for (int k = 0; k < 8; ++k) atomicAdd(&dw_block[8 * (lane + 32 * i) + k], dwp[i][k]);
+      for (int k = 0; k < 8; ++k) dw_warps[warp][8 * (lane + 32 * i) + k] = dwp[i][k];
   __syncthreads();
-  for (int i = threadIdx.x; i < D; i += blockDim.x) atomicAdd(dw + i, dw_block[i]);
+  for (int j = threadIdx.x; j < D; j += blockDim.x) {
+    float sum = 0.f;
+    #pragma unroll
+    for (int v = 0; v < kRowWarps; ++v) sum += dw_warps[v][j];
+    dw_part[size_t(blockIdx.x) * D + j] = sum;
+  }
+}
+
+// dw[j] += sum over p of part[p, j], in a fixed order: 32 columns per block, warp v sums rows v, v + 8, ...
+// traffic: read parts * D fp32
+__global__ void rmsnorm_dw_reduce_kernel(const float* part, float* dw, int parts, int D) {
+  __shared__ float sums[kRowWarps][32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, j = blockIdx.x * 32 + lane;
+  float s = 0.f;
+  if (j < D)
+    for (int p = warp; p < parts; p += kRowWarps) s += part[size_t(p) * D + j];
+  sums[warp][lane] = s;
+  __syncthreads();
+  if (warp == 0 && j < D) {
+    float t = 0.f;
+    #pragma unroll
+    for (int v = 0; v < kRowWarps; ++v) t += sums[v][lane];
+    dw[j] += t;
+  }
 }
 
 bool rmsnorm_vec_ok(int D) { return D % 8 == 0 && D <= kVecMaxD; }
@@ -174,12 +200,16 @@ void rmsnorm_backward(Context& ctx, const bf16* dy, const bf16* x, const bf16* w
                       float* dw, int N, int D) {
   if (N <= 0 || D <= 0) return;
   if (rmsnorm_vec_ok(D) && aligned16(dy, x, w, dx)) {
-    const int grid = std::min((N + kRowWarps - 1) / kRowWarps, 4 * sm_count());  // a few blocks per SM
     with_vectors_per_lane(D, [&](auto v) {
+      // one wave of resident blocks; each then writes one row of dw partials
+      const int grid = std::min((N + kRowWarps - 1) / kRowWarps, backward_blocks_per_sm(v.value) * sm_count());
+      float* part = static_cast<float*>(ctx.scratch(4, sizeof(float) * size_t(grid) * D));
       rmsnorm_backward_vec_kernel<v.value><<<grid, kRowWarps * 32, 0, ctx.stream>>>(B(dy), B(x), B(w), rstd, B(dx),
-                                                                                   dw, N, D);
+                                                                                   part, N, D);
+      check_launch("rmsnorm_backward_vec_kernel");
+      rmsnorm_dw_reduce_kernel<<<(D + 31) / 32, kRowWarps * 32, 0, ctx.stream>>>(part, dw, grid, D);
     });
-    return check_launch("rmsnorm_backward_vec_kernel");
+    return check_launch("rmsnorm_dw_reduce_kernel");
   }
   const size_t smem = size_t(D) * sizeof(float);
   if (smem > 48 * 1024) {
