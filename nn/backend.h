@@ -51,6 +51,10 @@ struct CpuBackend {
   void matmul_forward(const T* x, const T* w, T* y, int N, int In, int Out, double a) { cpu::matmul_forward(x, w, y, N, In, Out, a); }
   void matmul_backward(const T* dy, const T* x, const T* w, T* dx, T* dw, int N, int In, int Out, double a) { cpu::matmul_backward(dy, x, w, dx, dw, N, In, Out, a); }
   void residual_forward(T* out, const T* a, const T* b, size_t n) { cpu::residual_forward(out, a, b, n); }
+  void residual_rmsnorm_forward(T* sum, const T* a, const T* b, const T* w, T* y, T* rstd, int N, int D, double eps) {
+    residual_forward(sum, a, b, size_t(N) * D);
+    rmsnorm_forward(sum, w, y, rstd, N, D, eps);
+  }
   void rope_forward(T* qkv, int B, int T_, int H, int hd, double th) { cpu::rope_forward(qkv, B, T_, H, hd, th); }
   void rope_backward(T* dqkv, int B, int T_, int H, int hd, double th) { cpu::rope_backward(dqkv, B, T_, H, hd, th); }
   // The attention state saved for the backward: here the probabilities [B, H, T, T].
@@ -171,6 +175,7 @@ struct CudaBackend {
   void matmul_forward(const bf16* x, const bf16* w, bf16* y, int N, int In, int Out, double a) { auto op_ = ctx.op("matmul_forward"); cuda::matmul_forward(ctx, x, w, y, N, In, Out, float(a)); }
   void matmul_backward(const bf16* dy, const bf16* x, const bf16* w, bf16* dx, float* dw, int N, int In, int Out, double a) { auto op_ = ctx.op("matmul_backward"); cuda::matmul_backward(ctx, dy, x, w, dx, dw, N, In, Out, float(a)); }
   void residual_forward(bf16* out, const bf16* a, const bf16* b, size_t n) { auto op_ = ctx.op("residual_forward"); cuda::residual_forward(ctx, out, a, b, n); }
+  void residual_rmsnorm_forward(bf16* sum, const bf16* a, const bf16* b, const bf16* w, bf16* y, float* rstd, int N, int D, double eps) { auto op_ = ctx.op("residual_rmsnorm_forward"); cuda::residual_rmsnorm_forward(ctx, sum, a, b, w, y, rstd, N, D, float(eps)); }
   void rope_forward(bf16* qkv, int B, int T_, int H, int hd, double th) { auto op_ = ctx.op("rope_forward"); cuda::rope_forward(ctx, qkv, B, T_, H, hd, float(th)); }
   void rope_backward(bf16* dqkv, int B, int T_, int H, int hd, double th) { auto op_ = ctx.op("rope_backward"); cuda::rope_backward(ctx, dqkv, B, T_, H, hd, float(th)); }
   // The attention state saved for the backward: the log-sum-exp [B, H, T] (flash) or the probs (fallback).

@@ -161,7 +161,8 @@ void crossentropy_forward_backward(Context& ctx, const bf16* logits, const int32
   if (N <= 0) return;
   MUE_CHECK(V > 0 && V <= Vp, "crossentropy_forward_backward: need 0 < V <= Vp, got V = ", V, ", Vp = ", Vp);
   const size_t smem = size_t(Vp) * sizeof(bf);
-  if (Vp % 8 != 0 || !aligned16(logits, dlogits) || smem + 256 > size_t(max_smem_optin())  /* + block_reduce's buffer */) {
+  // (+256: block_reduce's static shared buffer)
+  if (Vp % 8 != 0 || !aligned16(logits, dlogits) || smem + 256 > size_t(max_smem_optin())) {
     crossentropy_forward(ctx, logits, targets, losses, N, V, Vp);
     return crossentropy_backward(ctx, logits, targets, losses, dlogits, N, V, Vp, dloss);
   }

@@ -10,12 +10,12 @@
 // Only tiles that cross the diagonal or the end of the sequence run the masking code; the forward keeps its
 // queries' mma fragments in registers; the dK/dV kernel stages the streamed rows' lse and delta in shared memory
 // (read per element from global memory they stalled it on L2 latency: 642 -> 315 us per gpt2s layer).
-// Backward, deterministic (no atomics), three launches:
-//   1. delta[t] = dO[t] . O[t]                                         read 2 B T D bf16
+// Backward, deterministic (no atomics), two launches:
+//   1. per 64-query tile: delta[t] = dO[t] . O[t] of its rows (written for launch 2); for each key tile,
+//      recompute P, dP = dO V^T, dS = P (dP - delta), dQ += scale dS K
 //   2. per 64-key tile (4 warps x 16 keys): for each query tile, P^T = exp(scale K Q^T - lse),
 //      dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - delta), dK += scale dS^T Q
-//   3. per 64-query tile: for each key tile, recompute P, dP = dO V^T, dS, dQ += scale dS K
-//   FLOPs 2 (QK^T) + 2 (dO V^T) + 3 (dV, dK, dQ) products of 2 B H T^2 hd each (x 1/2 causal).
+//   FLOPs 2 (QK^T) + 2 (dO V^T) + 3 (dV, dK, dQ) products of 2 B H T^2 hd each (x 1/2 causal); delta reads O once.
 // Streamed tiles are double-buffered: cp.async brings tile i + 1 while tile i is computed.
 // head dims 16, 32, 64, 128 (others, or MUE_FLASH_ATTENTION=0, use the materialized path of nn/attention.cu).
 #include <cstdlib>
@@ -238,9 +238,9 @@ __device__ void stream_tiles(int first, int end, Load load, Body body) {
   }
 }
 
-// The dK/dV kernel's register budget at head dim 64: 3 blocks per SM (one register over 168 costs it a third of
-// its blocks). The other kernels and head dims fit as they are (0: no minimum).
-constexpr int dkdv_min_blocks(int hd) { return hd == 64 ? 3 : 0; }
+// Register budgets at head dim 64: 3 blocks per SM for dK/dV (168 registers; one more costs a third of its
+// blocks), 4 for dQ (128). Other head dims take what they need (0: no minimum).
+constexpr int min_blocks_at_64(int hd, int blocks) { return hd == 64 ? blocks : 0; }
 
 template <int HD>
 __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const bf* qkv, bf* out, float* lse, int T, int H,
@@ -305,28 +305,12 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const bf* qkv, 
   store_rows<HD>(out + (size_t(b) * T * H + h) * HD, size_t(H) * HD, row0, T, o, 1.f);
 }
 
-// delta[b, h, t] = sum_i dO[b, t, h, i] O[b, t, h, i]   (one warp per (b, t, h) row)
-__global__ void flash_delta_kernel(const bf* dout, const bf* out, float* delta, int B, int T, int H, int hd) {
-  const size_t row = (size_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
-  const int lane = threadIdx.x & 31;
-  if (row >= size_t(B) * T * H) return;
-  float s = 0.f;
-  for (int i = lane; i < hd; i += 32) s += __bfloat162float(dout[row * hd + i]) * __bfloat162float(out[row * hd + i]);
-  s = warp_reduce(s, SumOp{});
-  const int h = int(row % H);
-  const size_t bt = row / H;
-  const int t = int(bt % T);
-  const size_t b = bt / T;
-  if (lane == 0) delta[(b * H + h) * T + t] = s;
-}
-
 // dK, dV for 64 keys (each warp 16 keys: rows of the K and V tiles own(0), own(1)); Q and dO stream through,
 // with the lse and delta of their rows (staged in shared memory by cp.async, not read per element).
 template <int HD>
-__global__ void __launch_bounds__(kThreads, dkdv_min_blocks(HD)) flash_dkdv_kernel(const bf* qkv, const bf* dout, const float* lse,
-                                                              const float* delta, bf* dqkv, int T, int H,
-                                                              float scale, bool causal, bool rope,
-                                                              float log2_theta) {
+__global__ void __launch_bounds__(kThreads, min_blocks_at_64(HD, 3))
+    flash_dkdv_kernel(const bf* qkv, const bf* dout, const float* lse, const float* delta, bf* dqkv, int T, int H,
+                      float scale, bool causal, bool rope, float log2_theta) {
   extern __shared__ __align__(16) char smem_raw[];
   Smem<HD, 2> sm(smem_raw);
   const int k0 = blockIdx.x * kTile, h = blockIdx.y, b = blockIdx.z, w = threadIdx.x >> 5;
@@ -372,9 +356,9 @@ __global__ void __launch_bounds__(kThreads, dkdv_min_blocks(HD)) flash_dkdv_kern
 
 // dQ for 64 queries (each warp 16 queries: rows of the Q and dO tiles own(0), own(1)); K and V stream through.
 template <int HD>
-__global__ void __launch_bounds__(kThreads) flash_dq_kernel(const bf* qkv, const bf* dout, const float* lse,
-                                                            const float* delta, bf* dqkv, int T, int H, float scale,
-                                                            bool causal, bool rope, float log2_theta) {
+__global__ void __launch_bounds__(kThreads, min_blocks_at_64(HD, 4))
+    flash_dq_kernel(const bf* qkv, const bf* dout, const bf* out, const float* lse, float* delta, bf* dqkv, int T,
+                    int H, float scale, bool causal, bool rope, float log2_theta) {
   extern __shared__ __align__(16) char smem_raw[];
   Smem<HD, 2> sm(smem_raw);
   const int q0 = (gridDim.x - 1 - blockIdx.x) * kTile, h = blockIdx.y, b = blockIdx.z, w = threadIdx.x >> 5;
@@ -384,11 +368,33 @@ __global__ void __launch_bounds__(kThreads) flash_dq_kernel(const bf* qkv, const
   const bf* dow = sm.own(1) + w * 16 * Tiles<HD>::ld;
   const int row0 = q0 + w * 16;
   const float sl2 = scale * kLog2e;
-  float lq[2], dlt[2];  // lse (log2 units) and delta of rows g, g + 8
+  float* delta_bh = delta + (size_t(b) * H + h) * T;
+  {  // delta of this warp's 16 rows, dO . O: each row's HD / 8 vectors on as many adjacent lanes
+    constexpr int vec = HD / 8, rows_per_pass = 32 / vec;
+    const int lane = threadIdx.x & 31;
+    const HeadRows dor = head_rows(dout, b, T, H, h, HD), orow = head_rows(out, b, T, H, h, HD);
+    #pragma unroll
+    for (int p = 0; p < 16 / rows_per_pass; ++p) {
+      const int t = row0 + p * rows_per_pass + lane / vec, c = (lane % vec) * 8;
+      float s = 0.f;
+      if (t < T) {
+        float g[8], o[8];
+        unpack8(*reinterpret_cast<const uint4*>(dor.head + size_t(t) * dor.stride + c), g);
+        unpack8(*reinterpret_cast<const uint4*>(orow.head + size_t(t) * orow.stride + c), o);
+        #pragma unroll
+        for (int k = 0; k < 8; ++k) s += g[k] * o[k];
+      }
+      #pragma unroll
+      for (int off = vec / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+      if (lane % vec == 0 && t < T) delta_bh[t] = s;
+    }
+    __syncwarp();  // the warp's lanes read each other's delta below
+  }
+  float lq[2], dlt[2];  // lse (log2 units) and delta of rows g, g + 8 (rows beyond T: never stored)
   #pragma unroll
   for (int i = 0; i < 2; ++i) {
-    const int t = min(row0 + frag_row(2 * i), T - 1);
-    lq[i] = lse[(size_t(b) * H + h) * T + t] * kLog2e, dlt[i] = delta[(size_t(b) * H + h) * T + t];
+    const int t = row0 + frag_row(2 * i);
+    lq[i] = lse[(size_t(b) * H + h) * T + min(t, T - 1)] * kLog2e, dlt[i] = t < T ? delta_bh[t] : 0.f;
   }
   float dq[HD / 8][4] = {};
   const int kend = causal ? min(T, q0 + kTile) : T;
@@ -418,7 +424,8 @@ __global__ void __launch_bounds__(kThreads) flash_dq_kernel(const bf* qkv, const
 }
 
 template <int HD>
-void flash_forward_hd(Context& ctx, const bf* qkv, bf* out, float* lse, int batch, int T, int H, float scale, bool causal) {
+void flash_forward_hd(Context& ctx, const bf* qkv, bf* out, float* lse, int batch, int T, int H, float scale,
+                      bool causal) {
   const size_t smem = Smem<HD, 1>::bytes;
   allow_smem(reinterpret_cast<const void*>(flash_forward_kernel<HD>), smem, "flash_forward_kernel");
   MUE_CHECK(H <= 65535 && batch <= 65535, "flash attention: heads (", H, ") and batch (", batch,
@@ -429,24 +436,21 @@ void flash_forward_hd(Context& ctx, const bf* qkv, bf* out, float* lse, int batc
 }
 
 template <int HD>
-void flash_backward_hd(Context& ctx, const bf* dout, const bf* qkv, const bf* out, const float* lse, bf* dqkv, int batch,
-                       int T, int H, float scale, bool causal, bool rope, float log2_theta) {
+void flash_backward_hd(Context& ctx, const bf* dout, const bf* qkv, const bf* out, const float* lse, bf* dqkv,
+                       int batch, int T, int H, float scale, bool causal, bool rope, float log2_theta) {
   float* delta = static_cast<float*>(ctx.scratch(0, sizeof(float) * size_t(batch) * H * T));
-  const size_t rows = size_t(batch) * T * H;
-  flash_delta_kernel<<<unsigned((rows * 32 + 255) / 256), 256, 0, ctx.stream>>>(dout, out, delta, batch, T, H, HD);
-  check_launch("flash_delta_kernel");
   const size_t smem = Smem<HD, 2>::bytes;
   MUE_CHECK(H <= 65535 && batch <= 65535, "flash attention: heads (", H, ") and batch (", batch,
             ") must each be at most 65535");
   const dim3 grid((T + kTile - 1) / kTile, H, batch);
+  allow_smem(reinterpret_cast<const void*>(flash_dq_kernel<HD>), smem, "flash_dq_kernel");
+  flash_dq_kernel<HD><<<grid, kThreads, smem, ctx.stream>>>(qkv, dout, out, lse, delta, dqkv, T, H, scale, causal,
+                                                                 rope, log2_theta);
+  check_launch("flash_dq_kernel");
   allow_smem(reinterpret_cast<const void*>(flash_dkdv_kernel<HD>), smem, "flash_dkdv_kernel");
   flash_dkdv_kernel<HD><<<grid, kThreads, smem, ctx.stream>>>(qkv, dout, lse, delta, dqkv, T, H, scale, causal,
                                                                    rope, log2_theta);
   check_launch("flash_dkdv_kernel");
-  allow_smem(reinterpret_cast<const void*>(flash_dq_kernel<HD>), smem, "flash_dq_kernel");
-  flash_dq_kernel<HD><<<grid, kThreads, smem, ctx.stream>>>(qkv, dout, lse, delta, dqkv, T, H, scale, causal,
-                                                                 rope, log2_theta);
-  check_launch("flash_dq_kernel");
 }
 }  // namespace
 

@@ -8,6 +8,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/arena.h"
@@ -331,22 +332,28 @@ class LM : public ParamStore<Backend> {
  private:
   void forward_kernels(bool for_backward) {
     const int N = B_ * T_, D = cfg_.d_model, nh = cfg_.n_heads, hd = cfg_.head_dim();
+    // The norm that reads res[l]: layer l's attention norm, or after the last layer the final one.
+    const auto norm_of = [&](int l) {
+      const bool last = l == cfg_.n_layers;
+      const Param& p = last ? params_[params_.size() - 2] : params_[layers_[l].first];
+      return std::tuple{p.weight, last ? lnf_ : layers_[l].ln1, last ? rstdf_ : layers_[l].rstd1};
+    };
     be_.embedding_forward(tok_, params_[0].weight, res_[0], N, D);
+    const auto [w0, y0, r0] = norm_of(0);
+    be_.rmsnorm_forward(res_[0], w0, y0, r0, N, D, cfg_.norm_eps);
     for (int l = 0; l < cfg_.n_layers; ++l) {
       Layer& a = layers_[l];
       const Param *n1 = &params_[a.first], *qkv = n1 + 1, *o = n1 + 2, *n2 = n1 + 3;
-      be_.rmsnorm_forward(res_[l], n1->weight, a.ln1, a.rstd1, N, D, cfg_.norm_eps);
       be_.matmul_forward(a.ln1, qkv->weight, a.qkv, N, D, 3 * D, qkv->alpha);
       be_.rope_forward(a.qkv, B_, T_, nh, hd, cfg_.rope_theta);
       be_.attention_forward(a.qkv, a.att, a.attn_state, B_, T_, nh, hd, table_.attn_scale, true);
       be_.matmul_forward(a.att, o->weight, branch_, N, D, D, o->alpha);
-      be_.residual_forward(a.mid, res_[l], branch_, size_t(N) * D);
-      be_.rmsnorm_forward(a.mid, n2->weight, a.ln2, a.rstd2, N, D, cfg_.norm_eps);
+      // Each residual add runs with the norm that reads its sum (same bits as the two ops).
+      be_.residual_rmsnorm_forward(a.mid, res_[l], branch_, n2->weight, a.ln2, a.rstd2, N, D, cfg_.norm_eps);
       a.ffn->forward(a.ln2, branch_);
-      be_.residual_forward(res_[l + 1], a.mid, branch_, size_t(N) * D);
+      const auto [w, y, r] = norm_of(l + 1);
+      be_.residual_rmsnorm_forward(res_[l + 1], a.mid, branch_, w, y, r, N, D, cfg_.norm_eps);
     }
-    const Param& nf = params_[params_.size() - 2];
-    be_.rmsnorm_forward(res_[cfg_.n_layers], nf.weight, lnf_, rstdf_, N, D, cfg_.norm_eps);
     head_loss(for_backward);
   }
 

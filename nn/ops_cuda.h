@@ -117,6 +117,10 @@ void embedding_backward(Context& ctx, const int32_t* tok, const bf16* dout, floa
 
 // y = x / rms(x) * w, rstd[n] = 1/sqrt(mean(x^2) + eps)
 void rmsnorm_forward(Context& ctx, const bf16* x, const bf16* w, bf16* y, float* rstd, int N, int D, float eps);
+// sum = a + b (bf16, may alias a or b), then y, rstd = rmsnorm(sum): the residual add and the next norm in one
+// pass, with the same bits as residual_forward followed by rmsnorm_forward.
+void residual_rmsnorm_forward(Context& ctx, bf16* sum, const bf16* a, const bf16* b, const bf16* w, bf16* y,
+                              float* rstd, int N, int D, float eps);
 // dx += d/dx, dw += d/dw
 void rmsnorm_backward(Context& ctx, const bf16* dy, const bf16* x, const bf16* w, const float* rstd, bf16* dx,
                       float* dw, int N, int D);

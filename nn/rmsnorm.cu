@@ -61,10 +61,15 @@ __global__ void rmsnorm_backward_kernel(const bf* dy, const bf* x, const bf* w, 
 constexpr int kRowWarps = 8;  // rows (warps) per block
 constexpr int kVecMaxD = 1024;
 
-// traffic: read N*D bf16 + D, write N*D bf16 + N fp32 (each element once)
+// With a residual input (res != nullptr): x = x + res first, written back as bf16 (x may be the sum's other
+// operand's buffer or a new one: sum_out), and the norm taken of the rounded sum, as the separate residual add
+// and norm would.
+// traffic: read N*D bf16 + D, write N*D bf16 + N fp32 (each element once); with the residual, read and write
+// N*D more
 template <int kMaxVec>
-__global__ void __launch_bounds__(kRowWarps * 32) rmsnorm_forward_vec_kernel(const bf* x, const bf* w, bf* y,
-                                                                             float* rstd, int N, int D, float eps) {
+__global__ void __launch_bounds__(kRowWarps * 32) rmsnorm_forward_vec_kernel(const bf* x, const bf* res, bf* sum_out,
+                                                                             const bf* w, bf* y, float* rstd, int N,
+                                                                             int D, float eps) {
   const int row = blockIdx.x * kRowWarps + (threadIdx.x >> 5), lane = threadIdx.x & 31, nv = D / 8;
   if (row >= N) return;
   const uint4* xr = reinterpret_cast<const uint4*>(x + size_t(row) * D);
@@ -72,7 +77,16 @@ __global__ void __launch_bounds__(kRowWarps * 32) rmsnorm_forward_vec_kernel(con
   #pragma unroll
   for (int i = 0; i < kMaxVec; ++i)
     if (lane + 32 * i < nv) {
-      unpack8(xr[lane + 32 * i], v[i]);
+      uint4 u = xr[lane + 32 * i];
+      if (res) {
+        float a[8], b[8];
+        unpack8(u, a), unpack8(reinterpret_cast<const uint4*>(res + size_t(row) * D)[lane + 32 * i], b);
+        #pragma unroll
+        for (int k = 0; k < 8; ++k) a[k] += b[k];
+        u = pack8(a);
+        reinterpret_cast<uint4*>(sum_out + size_t(row) * D)[lane + 32 * i] = u;
+      }
+      unpack8(u, v[i]);
       #pragma unroll
       for (int k = 0; k < 8; ++k) ss += v[i][k] * v[i][k];
     }
@@ -90,17 +104,16 @@ __global__ void __launch_bounds__(kRowWarps * 32) rmsnorm_forward_vec_kernel(con
     }
 }
 
-// Warps stride over rows (x, dy and dx of a row are loaded together, kept as packed bf16 to hold few registers:
-// three blocks per SM for D <= 768); each lane sums dw over its rows and columns in registers, the block adds its 8 warps in a
-// fixed order and writes one row of dw partials, which rmsnorm_dw_reduce_kernel adds to dw in a fixed order:
-// no atomics, the same bits on every run.
+// Warps stride over rows (x, dy and dx of a row are loaded together, kept as packed bf16 to hold few
+// registers: three blocks per SM for D <= 768); each lane sums dw over its rows and columns in registers, the
+// block adds its 8 warps in a fixed order and writes one row of dw partials, which rmsnorm_dw_reduce_kernel adds
+// to dw in a fixed order: no atomics, the same bits on every run.
 // traffic: read 3*N*D bf16 (x, dy, dx) + N fp32, write N*D bf16 + gridDim.x * D fp32
 constexpr int backward_blocks_per_sm(int max_vec) { return max_vec >= 4 ? 2 : 3; }  // (as registers allow)
 template <int kMaxVec>
-__global__ void __launch_bounds__(kRowWarps * 32, backward_blocks_per_sm(kMaxVec)) rmsnorm_backward_vec_kernel(const bf* dy, const bf* x,
-                                                                                 const bf* w, const float* rstd,
-                                                                                 bf* dx, float* dw_part, int N,
-                                                                                 int D) {
+__global__ void __launch_bounds__(kRowWarps * 32, backward_blocks_per_sm(kMaxVec))
+    rmsnorm_backward_vec_kernel(const bf* dy, const bf* x, const bf* w, const float* rstd, bf* dx, float* dw_part,
+                                int N, int D) {
   __shared__ float dw_warps[kRowWarps][kVecMaxD];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nv = D / 8;
   const uint4* wv = reinterpret_cast<const uint4*>(w);
@@ -188,12 +201,26 @@ void rmsnorm_forward(Context& ctx, const bf16* x, const bf16* w, bf16* y, float*
   if (rmsnorm_vec_ok(D) && aligned16(x, w, y)) {
     with_vectors_per_lane(D, [&](auto v) {
       rmsnorm_forward_vec_kernel<v.value><<<(N + kRowWarps - 1) / kRowWarps, kRowWarps * 32, 0, ctx.stream>>>(
-          B(x), B(w), B(y), rstd, N, D, eps);
+          B(x), nullptr, nullptr, B(w), B(y), rstd, N, D, eps);
     });
     return check_launch("rmsnorm_forward_vec_kernel");
   }
   rmsnorm_forward_kernel<<<N, threads_for_row(D), 0, ctx.stream>>>(B(x), B(w), B(y), rstd, D, eps);
   check_launch("rmsnorm_forward_kernel");
+}
+
+void residual_rmsnorm_forward(Context& ctx, bf16* sum, const bf16* a, const bf16* b, const bf16* w, bf16* y,
+                              float* rstd, int N, int D, float eps) {
+  if (N <= 0 || D <= 0) return;
+  if (rmsnorm_vec_ok(D) && aligned16(sum, a, b, w, y)) {
+    with_vectors_per_lane(D, [&](auto v) {
+      rmsnorm_forward_vec_kernel<v.value><<<(N + kRowWarps - 1) / kRowWarps, kRowWarps * 32, 0, ctx.stream>>>(
+          B(a), B(b), B(sum), B(w), B(y), rstd, N, D, eps);
+    });
+    return check_launch("rmsnorm_forward_vec_kernel (residual)");
+  }
+  residual_forward(ctx, sum, a, b, size_t(N) * D);
+  rmsnorm_forward(ctx, sum, w, y, rstd, N, D, eps);
 }
 
 void rmsnorm_backward(Context& ctx, const bf16* dy, const bf16* x, const bf16* w, const float* rstd, bf16* dx,

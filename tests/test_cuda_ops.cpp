@@ -109,6 +109,29 @@ TEST_CASE("CUDA rmsnorm forward and backward", "[cuda]") {
     expect_close(get_bf16(ctx, dy, ND), y, kTolBf16, "rmsnorm y");
     expect_close(get_f32(ctx, drs, N), rstd, 1e-5, "rmsnorm rstd");
 
+    // The residual add fused into the norm: the same bits as residual_forward then rmsnorm_forward, with the sum
+    // written in place (over a) and out of place.
+    {
+      const V res = randn_bf16(ND);
+      Dev dres = put_bf16(res), s1 = put_bf16(x), y1 = poisoned(ND * sizeof(bf16)), r1 = poisoned(N * sizeof(float));
+      cuda::residual_forward(ctx, s1.h(), s1.h(), dres.h(), ND);
+      cuda::rmsnorm_forward(ctx, s1.h(), dw.h(), y1.h(), r1.f(), N, D, float(eps));
+      Dev s2 = put_bf16(x), y2 = poisoned(ND * sizeof(bf16)), r2 = poisoned(N * sizeof(float));
+      cuda::residual_rmsnorm_forward(ctx, s2.h(), s2.h(), dres.h(), dw.h(), y2.h(), r2.f(), N, D, float(eps));
+      Dev s3 = poisoned(ND * sizeof(bf16)), y3 = poisoned(ND * sizeof(bf16)), r3 = poisoned(N * sizeof(float));
+      cuda::residual_rmsnorm_forward(ctx, s3.h(), dx.h(), dres.h(), dw.h(), y3.h(), r3.f(), N, D, float(eps));
+      const V sum = get_bf16(ctx, s1, ND), y_sep = get_bf16(ctx, y1, ND), r_sep = get_f32(ctx, r1, N);
+      CHECK(rel_err(get_bf16(ctx, s2, ND), sum) == 0.0);
+      CHECK(rel_err(get_bf16(ctx, y2, ND), y_sep) == 0.0);
+      CHECK(rel_err(get_f32(ctx, r2, N), r_sep) == 0.0);
+      CHECK(rel_err(get_bf16(ctx, s3, ND), sum) == 0.0);
+      CHECK(rel_err(get_bf16(ctx, y3, ND), y_sep) == 0.0);
+      CHECK(rel_err(get_f32(ctx, r3, N), r_sep) == 0.0);
+      V cy(ND), cr(N);
+      cpu::rmsnorm_forward(sum.data(), w.data(), cy.data(), cr.data(), N, D, eps);
+      expect_close(y_sep, cy, kTolBf16, "residual + rmsnorm y");
+    }
+
     // Backward: both dx (bf16, residual stream) and dw (fp32) accumulate.
     V g = randn_bf16(ND), dx0 = randn_bf16(ND, 0.5), dw0 = randn_f32(D);
     V rs(N);
