@@ -18,7 +18,9 @@
 //   FLOPs 2 (QK^T) + 2 (dO V^T) + 3 (dV, dK, dQ) products of 2 B H T^2 hd each (x 1/2 causal); delta reads O once.
 // Streamed tiles are double-buffered: cp.async brings tile i + 1 while tile i is computed.
 // head dims 16, 32, 64, 128 (others, or MUE_FLASH_ATTENTION=0, use the materialized path of nn/attention.cu).
+#include <cstdint>
 #include <cstdlib>
+#include <initializer_list>
 
 #include "core/cuda_util.cuh"
 #include "core/mma.cuh"
@@ -197,13 +199,12 @@ __device__ void store_rows(bf* dst, size_t stride, int t0, int T, const float (&
   }
 }
 
-// Shared-memory layout: the block's own tiles own(0 .. Own-1); two stages of streamed tile pairs a(s), b(s); in
-// the backward kernels (Own = 2) two stages of 2 x 64 per-row floats after them (dK/dV: the streamed rows' lse
-// and delta).
-template <int HD, int Own>
+// Shared-memory layout: the block's own tiles own(0 .. Own-1); two stages of streamed tile pairs a(s), b(s); with
+// RowFloats (dK/dV) two stages of 2 x 64 per-row floats after them (the streamed rows' lse and delta).
+template <int HD, int Own, bool RowFloats = false>
 struct Smem {
   static constexpr size_t tile = size_t(kTile) * Tiles<HD>::ld;
-  static constexpr size_t bytes = (Own + 4) * tile * sizeof(bf) + (Own == 2 ? 4 * kTile * sizeof(float) : 0);
+  static constexpr size_t bytes = (Own + 4) * tile * sizeof(bf) + (RowFloats ? 4 * kTile * sizeof(float) : 0);
   bf* tiles;
   __device__ bf* own(int i) const { return tiles + i * tile; }
   __device__ bf* a(int s) const { return tiles + (Own + 2 * s) * tile; }
@@ -312,7 +313,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks_at_64(HD, 3))
     flash_dkdv_kernel(const bf* qkv, const bf* dout, const float* lse, const float* delta, bf* dqkv, int T, int H,
                       float scale, bool causal, bool rope, float log2_theta) {
   extern __shared__ __align__(16) char smem_raw[];
-  Smem<HD, 2> sm(smem_raw);
+  Smem<HD, 2, true> sm(smem_raw);
   const int k0 = blockIdx.x * kTile, h = blockIdx.y, b = blockIdx.z, w = threadIdx.x >> 5;
   load_tile_async<HD>(sm.own(0), qkv_rows(qkv, b, T, H, h, HD, 1), k0, T);
   load_tile<HD>(sm.own(1), qkv_rows(qkv, b, T, H, h, HD, 2), k0, T);
@@ -439,13 +440,13 @@ template <int HD>
 void flash_backward_hd(Context& ctx, const bf* dout, const bf* qkv, const bf* out, const float* lse, bf* dqkv,
                        int batch, int T, int H, float scale, bool causal, bool rope, float log2_theta) {
   float* delta = static_cast<float*>(ctx.scratch(0, sizeof(float) * size_t(batch) * H * T));
-  const size_t smem = Smem<HD, 2>::bytes;
   MUE_CHECK(H <= 65535 && batch <= 65535, "flash attention: heads (", H, ") and batch (", batch,
             ") must each be at most 65535");
   const dim3 grid((T + kTile - 1) / kTile, H, batch);
-  allow_smem(reinterpret_cast<const void*>(flash_dq_kernel<HD>), smem, "flash_dq_kernel");
-  flash_dq_kernel<HD><<<grid, kThreads, smem, ctx.stream>>>(qkv, dout, out, lse, delta, dqkv, T, H, scale, causal,
-                                                                 rope, log2_theta);
+  const size_t smem_dq = Smem<HD, 2>::bytes, smem = Smem<HD, 2, true>::bytes;
+  allow_smem(reinterpret_cast<const void*>(flash_dq_kernel<HD>), smem_dq, "flash_dq_kernel");
+  flash_dq_kernel<HD><<<grid, kThreads, smem_dq, ctx.stream>>>(qkv, dout, out, lse, delta, dqkv, T, H, scale,
+                                                                    causal, rope, log2_theta);
   check_launch("flash_dq_kernel");
   allow_smem(reinterpret_cast<const void*>(flash_dkdv_kernel<HD>), smem, "flash_dkdv_kernel");
   flash_dkdv_kernel<HD><<<grid, kThreads, smem, ctx.stream>>>(qkv, dout, lse, delta, dqkv, T, H, scale, causal,
@@ -467,9 +468,18 @@ size_t attention_state_floats(int batch, int T, int H, int hd) {
   return flash_attention_enabled(hd) ? rows : (rows * T + 1) / 2;  // lse, or the bf16 probs of the fallback
 }
 
+// The fused kernels' preconditions: 16-byte vectors (cp.async and uint4 loads) and a positive scale (the
+// forward takes the row maximum before scaling; masked scores are -inf times the scale).
+static void check_flash_inputs(float scale, std::initializer_list<const void*> ptrs) {
+  MUE_CHECK(scale > 0.f, "flash attention: the score scale must be positive, got ", scale);
+  for (const void* p : ptrs)
+    MUE_CHECK(reinterpret_cast<uintptr_t>(p) % 16 == 0, "flash attention: operands must be 16-byte aligned");
+}
+
 void attention_forward(Context& ctx, const bf16* qkv, bf16* out, float* state, int batch, int T, int H, int hd,
                        float scale, bool causal) {
   if (batch <= 0 || T <= 0 || H <= 0 || hd <= 0) return;
+  if (flash_attention_enabled(hd)) check_flash_inputs(scale, {qkv, out});
   switch (flash_attention_enabled(hd) ? hd : 0) {
     case 16: return flash_forward_hd<16>(ctx, B(qkv), B(out), state, batch, T, H, scale, causal);
     case 32: return flash_forward_hd<32>(ctx, B(qkv), B(out), state, batch, T, H, scale, causal);
@@ -482,6 +492,7 @@ void attention_forward(Context& ctx, const bf16* qkv, bf16* out, float* state, i
 void attention_backward(Context& ctx, const bf16* dout, const bf16* qkv, const bf16* out, const float* state,
                         bf16* dqkv, int batch, int T, int H, int hd, float scale, bool causal, float rope_theta) {
   if (batch <= 0 || T <= 0 || H <= 0 || hd <= 0) return;
+  if (flash_attention_enabled(hd)) check_flash_inputs(scale, {dout, qkv, out, dqkv});
   const bool rope = rope_theta > 0.f;
   const float l2t = rope ? log2f(rope_theta) : 0.f;
   const auto flash = [&](auto run) {

@@ -353,6 +353,16 @@ TEST_CASE("CUDA flash attention forward and backward (causal and bidirectional)"
         expect_close(part(got, 3 * D, D, D), part(dqkv, 3 * D, D, D), kTolBf16, "flash attention dk, RoPE fused");
         expect_close(part(got, 3 * D, 2 * D, D), part(dqkv, 3 * D, 2 * D, D), kTolBf16, "flash attention dv, RoPE");
       }
+  // Preconditions of the fused kernels are one-line errors, not wrong numbers.
+  const int T = 64, hd = 64;
+  Dev q = put_bf16(randn_bf16(size_t(B) * T * 3 * H * hd)), o = poisoned(size_t(B) * T * H * hd * sizeof(bf16) + 16),
+      st = poisoned(size_t(B) * H * T * sizeof(float));
+  CHECK_THROWS_WITH(cuda::attention_forward(ctx, q.h(), o.h(), static_cast<float*>(st.p), B, T, H, hd, 0.f, true),
+                    HasText("score scale must be positive"));
+  bf16* misaligned = reinterpret_cast<bf16*>(reinterpret_cast<char*>(o.p) + 2);
+  CHECK_THROWS_WITH(cuda::attention_forward(ctx, q.h(), misaligned, static_cast<float*>(st.p), B, T, H, hd, 0.125f,
+                                            true),
+                    HasText("16-byte aligned"));
 }
 
 TEST_CASE("CUDA swiglu forward and backward", "[cuda]") {
