@@ -14,17 +14,20 @@ namespace {
 // c1 = 1 - b1^t, c2 = 1 - b2^t come from the host (computed in double).
 // traffic: read 4n fp32 (p, g, m, v), write 3n fp32 + n bf16. adamw_element: the update of element i, shared by
 // every AdamW kernel here (the same arithmetic in the same order, so their results agree to the bit).
+__device__ __forceinline__ void adamw_update(float& p, float g, float& m, float& v, float lr, float b1, float b2,
+                                             float eps, float wd, float c1, float c2, float grad_scale) {
+  const float gi = g * grad_scale;
+  m = b1 * m + (1.f - b1) * gi;
+  v = b2 * v + (1.f - b2) * gi * gi;
+  const float upd = (m / c1) / (sqrtf(v / c2) + eps);
+  p = p - lr * (upd + wd * p);
+}
 __device__ __forceinline__ void adamw_element(size_t i, float* p, const float* g, float* m, float* v, bf* p_bf16,
                                               float lr, float b1, float b2, float eps, float wd, float c1, float c2,
                                               float grad_scale) {
-  const float gi = g[i] * grad_scale;
-  const float mi = b1 * m[i] + (1.f - b1) * gi;
-  const float vi = b2 * v[i] + (1.f - b2) * gi * gi;
-  m[i] = mi;
-  v[i] = vi;
-  const float upd = (mi / c1) / (sqrtf(vi / c2) + eps);
-  const float pi = p[i] - lr * (upd + wd * p[i]);
-  p[i] = pi;
+  float pi = p[i], mi = m[i], vi = v[i];
+  adamw_update(pi, g[i], mi, vi, lr, b1, b2, eps, wd, c1, c2, grad_scale);
+  m[i] = mi, v[i] = vi, p[i] = pi;
   if (p_bf16) p_bf16[i] = __float2bfloat16(pi);
 }
 __global__ void adamw_kernel(float* p, const float* g, float* m, float* v, bf* p_bf16, size_t n, float lr, float b1,
@@ -37,7 +40,7 @@ __global__ void adamw_kernel(float* p, const float* g, float* m, float* v, bf* p
 // ends (in shared memory, with each tensor's lr computed once per block). traffic: as above, one launch
 __device__ void adamw_all_body(float* p, const float* g, float* m, float* v, bf* p_bf16, size_t n,
                                const AdamWSegment* segs, int nseg, double lr_factor, float b1, float b2, float c1,
-                               float c2, float grad_scale) {
+                               float c2, float grad_scale, bool vec4) {
   extern __shared__ char seg_smem[];
   unsigned long long* end = reinterpret_cast<unsigned long long*>(seg_smem);
   float* hp = reinterpret_cast<float*>(end + nseg);  // lr, wd, eps per tensor
@@ -46,31 +49,68 @@ __device__ void adamw_all_body(float* p, const float* g, float* m, float* v, bf*
     end[i] = s.end, hp[3 * i] = float(s.lr_base * lr_factor), hp[3 * i + 1] = s.wd, hp[3 * i + 2] = s.eps;
   }
   __syncthreads();
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
-    int lo = 0, hi = nseg - 1;  // the first segment whose end is past i
+  const auto segment_of = [&](size_t i) {  // the first segment whose end is past i
+    int lo = 0, hi = nseg - 1;
     while (lo < hi) {
       const int mid = (lo + hi) / 2;
       if (end[mid] > i) hi = mid;
       else lo = mid + 1;
     }
-    adamw_element(i, p, g, m, v, p_bf16, hp[3 * lo], b1, b2, hp[3 * lo + 2], hp[3 * lo + 1], c1, c2, grad_scale);
+    return lo;
+  };
+  const auto element = [&](size_t i) {
+    const int s = segment_of(i);
+    adamw_element(i, p, g, m, v, p_bf16, hp[3 * s], b1, b2, hp[3 * s + 2], hp[3 * s + 1], c1, c2, grad_scale);
+  };
+  const size_t first = blockIdx.x * size_t(blockDim.x) + threadIdx.x, stride = size_t(gridDim.x) * blockDim.x;
+  if (!vec4) {
+    for (size_t i = first; i < n; i += stride) element(i);
+    return;
   }
+  // Four consecutive elements per thread as 16-byte loads and stores (one search; elements of a group that
+  // straddles two tensors go one by one). The arithmetic per element is adamw_update's either way.
+  for (size_t q = first; q < n / 4; q += stride) {
+    const size_t i = 4 * q;
+    const int s = segment_of(i);
+    if (end[s] < i + 4) {
+      for (int k = 0; k < 4; ++k) element(i + k);
+      continue;
+    }
+    const float4 g4 = reinterpret_cast<const float4*>(g)[q];
+    float4 p4 = reinterpret_cast<float4*>(p)[q], m4 = reinterpret_cast<float4*>(m)[q],
+           v4 = reinterpret_cast<float4*>(v)[q];
+    const float lr = hp[3 * s], wd = hp[3 * s + 1], eps = hp[3 * s + 2];
+    adamw_update(p4.x, g4.x, m4.x, v4.x, lr, b1, b2, eps, wd, c1, c2, grad_scale);
+    adamw_update(p4.y, g4.y, m4.y, v4.y, lr, b1, b2, eps, wd, c1, c2, grad_scale);
+    adamw_update(p4.z, g4.z, m4.z, v4.z, lr, b1, b2, eps, wd, c1, c2, grad_scale);
+    adamw_update(p4.w, g4.w, m4.w, v4.w, lr, b1, b2, eps, wd, c1, c2, grad_scale);
+    reinterpret_cast<float4*>(p)[q] = p4, reinterpret_cast<float4*>(m)[q] = m4, reinterpret_cast<float4*>(v)[q] = v4;
+    if (p_bf16) {
+      const __nv_bfloat162 lo = __floats2bfloat162_rn(p4.x, p4.y), hi = __floats2bfloat162_rn(p4.z, p4.w);
+      uint2 packed;
+      packed.x = *reinterpret_cast<const uint32_t*>(&lo), packed.y = *reinterpret_cast<const uint32_t*>(&hi);
+      reinterpret_cast<uint2*>(p_bf16)[q] = packed;
+    }
+  }
+  for (size_t i = n / 4 * 4 + first; i < n; i += stride) element(i);
 }
 __global__ void adamw_all_kernel(float* p, const float* g, float* m, float* v, bf* p_bf16, size_t n,
                                  const AdamWSegment* segs, int nseg, double lr_factor, float b1, float b2, float c1,
-                                 float c2, float grad_scale) {
-  adamw_all_body(p, g, m, v, p_bf16, n, segs, nseg, lr_factor, b1, b2, c1, c2, grad_scale);
+                                 float c2, float grad_scale, bool vec4) {
+  adamw_all_body(p, g, m, v, p_bf16, n, segs, nseg, lr_factor, b1, b2, c1, c2, grad_scale, vec4);
 }
 // The same with the step's scalars read on the device (StepInDev) and the clip scale from the squared grad norm
 // the step computed (StepOut): no value comes from the host, so the launch can be replayed in a CUDA graph. A
 // non-finite grad norm leaves every parameter untouched (the step is marked diverged).
 __global__ void adamw_all_dev_kernel(float* p, const float* g, float* m, float* v, bf* p_bf16, size_t n,
-                                     const AdamWSegment* segs, int nseg, const StepInDev* in, const StepOut* out) {
+                                     const AdamWSegment* segs, int nseg, const StepInDev* in, const StepOut* out,
+                                     bool vec4) {
   const double nsq = out->norm_sq;
   if (!isfinite(nsq)) return;
   const double norm = sqrt(nsq);
   const float scale = float(in->clip > 0 && norm > in->clip ? in->clip / norm : 1.0);
-  adamw_all_body(p, g, m, v, p_bf16, n, segs, nseg, in->lr_factor, in->beta1, in->beta2, in->c1, in->c2, scale);
+  adamw_all_body(p, g, m, v, p_bf16, n, segs, nseg, in->lr_factor, in->beta1, in->beta2, in->c1, in->c2, scale,
+                 vec4);
 }
 
 // Deterministic sum of squares in double: each block writes its partial (fixed grid for a given n), one block
@@ -115,6 +155,10 @@ __global__ void sum_squares_kernel(const float* g, size_t n, float* out) {
   s = block_reduce(s, SumOp{}, 0.0);
   if (threadIdx.x == 0) atomicAdd(out, float(s));
 }
+// The all-tensor kernels' 16-byte path: fp32 arrays 16-byte aligned, the bf16 shadow (if any) 8-byte aligned.
+bool adamw_vec4_ok(const float* p, const float* g, const float* m, const float* v, const bf16* p_bf16) {
+  return aligned16(p, g, m, v) && reinterpret_cast<uintptr_t>(p_bf16) % 8 == 0;
+}
 }  // namespace
 
 void adamw_step(Context& ctx, float* p, const float* g, float* m, float* v, bf16* p_bf16, size_t n, float lr,
@@ -136,7 +180,8 @@ void adamw_step_all(Context& ctx, float* p, const float* g, float* m, float* v, 
   const size_t smem = size_t(nseg) * (sizeof(unsigned long long) + 3 * sizeof(float));
   if (smem > 48 * 1024) allow_smem(reinterpret_cast<const void*>(adamw_all_kernel), smem, "adamw_all_kernel");
   adamw_all_kernel<<<grid_for(n, 256), 256, smem, ctx.stream>>>(p, g, m, v, B(p_bf16), n, segs, nseg, lr_factor,
-                                                                  beta1, beta2, c1, c2, grad_scale);
+                                                                  beta1, beta2, c1, c2, grad_scale,
+                                                                  adamw_vec4_ok(p, g, m, v, p_bf16));
   check_launch("adamw_all_kernel");
 }
 
@@ -169,7 +214,8 @@ void adamw_step_all_dev(Context& ctx, float* p, const float* g, float* m, float*
   if (n == 0 || nseg == 0) return;
   const size_t smem = size_t(nseg) * (sizeof(unsigned long long) + 3 * sizeof(float));
   if (smem > 48 * 1024) allow_smem(reinterpret_cast<const void*>(adamw_all_dev_kernel), smem, "adamw_all_dev_kernel");
-  adamw_all_dev_kernel<<<grid_for(n, 256), 256, smem, ctx.stream>>>(p, g, m, v, B(p_bf16), n, segs, nseg, in, out);
+  adamw_all_dev_kernel<<<grid_for(n, 256), 256, smem, ctx.stream>>>(p, g, m, v, B(p_bf16), n, segs, nseg, in, out,
+                                                                      adamw_vec4_ok(p, g, m, v, p_bf16));
   check_launch("adamw_all_dev_kernel");
 }
 

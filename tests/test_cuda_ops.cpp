@@ -537,6 +537,17 @@ TEST_CASE("CUDA adamw over all tensors in one launch equals one launch per tenso
     expect_close(get_f32(ctx, bm, n), get_f32(ctx, am, n), 0.0, "adamw_all m");
     expect_close(get_f32(ctx, bv, n), get_f32(ctx, av, n), 0.0, "adamw_all v");
     expect_close(get_bf16(ctx, bh, n), get_bf16(ctx, ah, n), 0.0, "adamw_all bf16 shadow");
+    // Arrays one float off a 16-byte boundary take the one-element-per-thread path: the same bits again.
+    V p1(1, 0.0), g1(1, 0.0), m1(1, 0.0), v1(1, 0.0);
+    p1.insert(p1.end(), p.begin(), p.end()), g1.insert(g1.end(), g.begin(), g.end());
+    m1.insert(m1.end(), m.begin(), m.end()), v1.insert(v1.end(), v.begin(), v.end());
+    Dev cp = put_f32(p1), cg = put_f32(g1), cm = put_f32(m1), cv = put_f32(v1);
+    cuda::adamw_step_all(ctx, cp.f() + 1, cg.f() + 1, cm.f() + 1, cv.f() + 1, nullptr, n,
+                         static_cast<const cuda::AdamWSegment*>(dsegs.p), int(segs.size()), lr_factor, float(b1),
+                         float(b2), t, float(gs));
+    const V cpv = get_f32(ctx, cp, n + 1), cmv = get_f32(ctx, cm, n + 1);
+    expect_close(V(cpv.begin() + 1, cpv.end()), get_f32(ctx, ap, n), 0.0, "adamw_all p, unaligned");
+    expect_close(V(cmv.begin() + 1, cmv.end()), get_f32(ctx, am, n), 0.0, "adamw_all m, unaligned");
   }
 }
 
