@@ -16,11 +16,13 @@ namespace {
 // every AdamW kernel here (the same arithmetic in the same order, so their results agree to the bit).
 __device__ __forceinline__ void adamw_update(float& p, float g, float& m, float& v, float lr, float b1, float b2,
                                              float eps, float wd, float c1, float c2, float grad_scale) {
-  const float gi = g * grad_scale;
-  m = b1 * m + (1.f - b1) * gi;
-  v = b2 * v + (1.f - b2) * gi * gi;
-  const float upd = (m / c1) / (sqrtf(v / c2) + eps);
-  p = p - lr * (upd + wd * p);
+  // Explicitly rounded operations: the compiler may not contract them into FMAs differently where this is
+  // inlined (a four-wide loop and a scalar one would otherwise disagree in the last bit).
+  const float gi = __fmul_rn(g, grad_scale);
+  m = __fadd_rn(__fmul_rn(b1, m), __fmul_rn(1.f - b1, gi));
+  v = __fadd_rn(__fmul_rn(b2, v), __fmul_rn(__fmul_rn(1.f - b2, gi), gi));
+  const float upd = __fdiv_rn(__fdiv_rn(m, c1), __fadd_rn(sqrtf(__fdiv_rn(v, c2)), eps));
+  p = __fsub_rn(p, __fmul_rn(lr, __fadd_rn(upd, __fmul_rn(wd, p))));
 }
 __device__ __forceinline__ void adamw_element(size_t i, float* p, const float* g, float* m, float* v, bf* p_bf16,
                                               float lr, float b1, float b2, float eps, float wd, float c1, float c2,
