@@ -2,9 +2,11 @@
 // rows off[e] .. off[e + 1]. Layout conventions as in nn/matmul.cu: x [rows, In], w [E, Out, In], y [rows, Out].
 //
 // When In and Out are multiples of 8, one hand-written grouped GEMM kernel per product reads the offsets on the
-// device (nothing about the routing has to reach the host): bf16 operands through a 3-stage cp.async pipeline
-// into padded shared-memory tiles, ldmatrix (transposing where the operand is not K-contiguous) and
-// mma.sync m16n8k16 with fp32 accumulation; 128 x 128 output tiles, k steps of 64, 4 warps of 64 x 64.
+// device (nothing about the routing has to reach the host). Two families of tile configurations:
+//  - Hopper (WgmmaCfg, the default): bf16 operands through a cp.async ring into 128-byte-swizzled tiles, read by
+//    wgmma.mma_async (A M-major or B N-major where the operand is not K-contiguous); two warpgroups of 64 x BN.
+//  - mma.sync (TileCfg): padded tiles, ldmatrix (transposing where needed) and mma.sync m16n8k16.
+// Both accumulate in fp32; k steps of 64.
 //   forward  y_e  = alpha x_e W_e^T     (M = rows of e, N = Out, K = In)   one block per (row tile, col tile)
 //   backward dx_e = alpha dy_e W_e      (M = rows of e, N = In,  K = Out)  likewise
 //            dW_e += alpha dy_e^T x_e   (M = Out, N = In, K = rows of e)   one block per (tile, expert), fp32
@@ -21,6 +23,7 @@
 
 #include "core/cuda_util.cuh"
 #include "core/mma.cuh"
+#include "core/wgmma.cuh"
 #include "moe/moe_cuda.h"
 
 namespace mue::cuda {
@@ -103,7 +106,16 @@ struct TileCfg {
   static constexpr int BM = BM_, BN = BN_, BK = BK_, kStages = kStages_, WM = WM_, WN = WN_;
   static constexpr int threads = 32 * WM * WN, warp_m = BM / WM, warp_n = BN / WN;
   static constexpr int MI = warp_m / 16, NJ = warp_n / 16;  // ldmatrix.x4 loads per k16 step: A, B
+  static constexpr bool kWgmma = false;
   static_assert(warp_m % 16 == 0 && warp_n % 16 == 0 && BK % 16 == 0);
+};
+// A Hopper configuration: 128 x BN output tiles of two warpgroups, each 64 x BN (one wgmma m64nBNk16 per 16 of
+// k), k steps of 64 through a kStages-deep cp.async ring of 128-byte-swizzled tiles (core/wgmma.cuh).
+template <int BN_, int kStages_>
+struct WgmmaCfg {
+  static constexpr int BM = 128, BN = BN_, BK = 64, kStages = kStages_, threads = 256;
+  static constexpr bool kWgmma = true;
+  static_assert((BN == 128 || BN == 256) && kStages >= 3);
 };
 
 // An operand tile of kRows rows of M or N in shared memory: K-major ([kRows][BK + 8]) or MN-major
@@ -138,15 +150,34 @@ struct Problem {
   int lda, ldb, ldc, M, N, K, m0, n0;
 };
 
+// One stage of a wgmma configuration: the A tile (128 x 64) and the B tile (BN x 64), bf16.
+template <class Cfg>
+constexpr int wgmma_stage_bytes() {
+  return (Cfg::BM + Cfg::BN) * Cfg::BK * 2;
+}
 template <class Cfg, bool kAK, bool kBKmaj>
 constexpr size_t gemm_smem() {
-  return size_t(Cfg::kStages) *
+  if constexpr (Cfg::kWgmma) return size_t(Cfg::kStages) * wgmma_stage_bytes<Cfg>() + 1024;  // + 1024: alignment
+  else return size_t(Cfg::kStages) *
          (OperandTile<kAK, Cfg::BM, Cfg::BK, Cfg::threads>::elems + OperandTile<kBKmaj, Cfg::BN, Cfg::BK, Cfg::threads>::elems) *
          sizeof(bf);
 }
 
+// C(m, n), C(m, n + 1) of a block's problem (= bf16 or += fp32) when inside the matrix (N is a multiple of 8).
+template <bool kAccumulate>
+__device__ inline void store_pair(const Problem& p, int m, int n, float v0, float v1) {
+  if (m >= p.M || n >= p.N) return;
+  if constexpr (kAccumulate) {
+    float2* c = reinterpret_cast<float2*>(static_cast<float*>(p.c) + size_t(m) * p.ldc + n);
+    const float2 old = *c;
+    *c = make_float2(old.x + v0, old.y + v1);
+  } else {
+    *reinterpret_cast<__nv_bfloat162*>(static_cast<bf*>(p.c) + size_t(m) * p.ldc + n) = __floats2bfloat162_rn(v0, v1);
+  }
+}
+
 template <class Cfg, bool kAK, bool kBKmaj, bool kAccumulate>
-__device__ void gemm_tile(const Problem& p, float alpha, char* smem) {
+__device__ void mma_tile(const Problem& p, float alpha, char* smem) {
   using TA = OperandTile<kAK, Cfg::BM, Cfg::BK, Cfg::threads>;
   using TB = OperandTile<kBKmaj, Cfg::BN, Cfg::BK, Cfg::threads>;
   constexpr int BK = Cfg::BK, kStages = Cfg::kStages, MI = Cfg::MI, NJ = Cfg::NJ;
@@ -206,19 +237,101 @@ __device__ void gemm_tile(const Problem& p, float alpha, char* smem) {
     #pragma unroll
     for (int j = 0; j < 2 * NJ; ++j)
       #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int m = p.m0 + wm + 16 * i + (l >> 2) + 8 * h, n = p.n0 + wn + 8 * j + 2 * (l & 3);
-        if (m >= p.M || n >= p.N) continue;
-        const float v0 = alpha * acc[i][j][2 * h], v1 = alpha * acc[i][j][2 * h + 1];
-        if constexpr (kAccumulate) {
-          float2* c = reinterpret_cast<float2*>(static_cast<float*>(p.c) + size_t(m) * p.ldc + n);
-          const float2 old = *c;
-          *c = make_float2(old.x + v0, old.y + v1);
-        } else {
-          *reinterpret_cast<__nv_bfloat162*>(static_cast<bf*>(p.c) + size_t(m) * p.ldc + n) =
-              __floats2bfloat162_rn(v0, v1);
-        }
+      for (int h = 0; h < 2; ++h)
+        store_pair<kAccumulate>(p, p.m0 + wm + 16 * i + (l >> 2) + 8 * h, p.n0 + wn + 8 * j + 2 * (l & 3),
+                                alpha * acc[i][j][2 * h], alpha * acc[i][j][2 * h + 1]);
+}
+
+// An operand tile of kRows rows of M or N by 64 of K in the 128-byte-swizzled layout that wgmma reads
+// (core/wgmma.cuh): K-major, or MN-major in 64-wide blocks. load() copies the tile at (mn0, k0) as
+// OperandTile::load does, zero beyond mn_end or k_end (multiples of 8 along the contiguous dimension).
+template <bool kKMajor, int kRows, int kThreads>
+struct SwizzledTile {
+  static constexpr int bytes = kRows * 64 * 2;
+  __device__ static void load(char* dst, const bf* base, int ld_g, int mn0, int mn_end, int k0, int k_end) {
+    #pragma unroll
+    for (int i = threadIdx.x; i < kRows * 8; i += kThreads) {
+      int mn, k, r, c, block;
+      if constexpr (kKMajor) {
+        r = i / 8, c = i % 8, block = 0, mn = mn0 + r, k = k0 + 8 * c;
+      } else {
+        const int cm = i % (kRows / 8);  // 16-byte chunk along M/N
+        r = i / (kRows / 8), c = cm % 8, block = cm / 8, k = k0 + r, mn = mn0 + 8 * cm;
       }
+      const bool ok = mn < mn_end && k < k_end;
+      const size_t off = kKMajor ? size_t(ok ? mn : 0) * ld_g + (ok ? k : 0) : size_t(ok ? k : 0) * ld_g + (ok ? mn : 0);
+      cp_async16(dst + block * 8192 + r * 128 + ((c ^ (r & 7)) << 4), base + off, ok);
+    }
+  }
+};
+
+template <int BN, int kTA, int kTB>
+__device__ inline void wgmma_k16(float (&d)[BN / 2], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+  if constexpr (BN == 128) wgmma_m64n128k16<kTA, kTB>(d, desc_a, desc_b, accumulate);
+  else wgmma_m64n256k16<kTA, kTB>(d, desc_a, desc_b, accumulate);
+}
+
+// gemm_tile for a WgmmaCfg: warpgroup g computes rows 64 g .. 64 g + 63 of the block's 128 x BN tile. Stages are
+// refilled two k steps ahead: the stage written at step kt was last read by the products of step kt - 2, which
+// every warpgroup has waited for (wgmma_wait<1> at the end of step kt - 1) before the barrier of step kt.
+template <class Cfg, bool kAK, bool kBKmaj, bool kAccumulate>
+__device__ void wgmma_tile(const Problem& p, float alpha, char* smem_raw) {
+  using TA = SwizzledTile<kAK, Cfg::BM, Cfg::threads>;
+  using TB = SwizzledTile<kBKmaj, Cfg::BN, Cfg::threads>;
+  constexpr int kStages = Cfg::kStages, kStage = wgmma_stage_bytes<Cfg>(), BN = Cfg::BN;
+  static_assert(TA::bytes + TB::bytes == kStage && TA::bytes == 2 * 8192);
+  char* smem = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  const int g = threadIdx.x >> 7;
+  float acc[BN / 2];
+  #pragma unroll
+  for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
+  const int ktiles = (p.K + 63) / 64;
+  const auto load = [&](int kt) {
+    char* st = smem + (kt % kStages) * kStage;
+    TA::load(st, p.a, p.lda, p.m0, p.M, kt * 64, p.K);
+    TB::load(st + TA::bytes, p.b, p.ldb, p.n0, p.N, kt * 64, p.K);
+  };
+  #pragma unroll
+  for (int s = 0; s < kStages - 2; ++s) {
+    if (s < ktiles) load(s);
+    cp_async_commit();
+  }
+  for (int kt = 0; kt < ktiles; ++kt) {
+    cp_async_wait<kStages - 3>();
+    fence_proxy_async();
+    __syncthreads();
+    if (kt + kStages - 2 < ktiles) load(kt + kStages - 2);
+    cp_async_commit();
+    const char* sa = smem + (kt % kStages) * kStage + g * 8192;  // this warpgroup's 64 rows of A
+    const char* sb = smem + (kt % kStages) * kStage + TA::bytes;
+    fence_registers(acc);
+    wgmma_fence();
+    #pragma unroll
+    for (int s = 0; s < 4; ++s) {
+      const uint64_t da = kAK ? wgmma_desc(sa + 32 * s, 16, 1024) : wgmma_desc(sa + 2048 * s, 8192, 1024);
+      const uint64_t db = kBKmaj ? wgmma_desc(sb + 32 * s, 16, 1024) : wgmma_desc(sb + 2048 * s, 8192, 1024);
+      wgmma_k16<BN, kAK ? 0 : 1, kBKmaj ? 0 : 1>(acc, da, db, 1);
+    }
+    wgmma_commit();
+    fence_registers(acc);
+    wgmma_wait<1>();
+  }
+  wgmma_wait<0>();
+  fence_registers(acc);
+  cp_async_wait<0>();
+  const int w = (threadIdx.x >> 5) & 3, l = threadIdx.x & 31;
+  #pragma unroll
+  for (int j = 0; j < BN / 8; ++j)
+    #pragma unroll
+    for (int h = 0; h < 2; ++h)
+      store_pair<kAccumulate>(p, p.m0 + 64 * g + 16 * w + (l >> 2) + 8 * h, p.n0 + 8 * j + 2 * (l & 3),
+                              alpha * acc[4 * j + 2 * h], alpha * acc[4 * j + 2 * h + 1]);
+}
+
+template <class Cfg, bool kAK, bool kBKmaj, bool kAccumulate>
+__device__ void gemm_tile(const Problem& p, float alpha, char* smem) {
+  if constexpr (Cfg::kWgmma) wgmma_tile<Cfg, kAK, kBKmaj, kAccumulate>(p, alpha, smem);
+  else mma_tile<Cfg, kAK, kBKmaj, kAccumulate>(p, alpha, smem);
 }
 
 // map[t] = (expert, first row within the expert) of row tile t (bm rows), row tiles of all experts numbered in
@@ -319,15 +432,18 @@ using Tile1 = TileCfg<128, 128, 32, 4, 2, 4>;   // 8 warps of 64 x 32
 using Tile2 = TileCfg<128, 64, 64, 4, 2, 2>;    // 4 warps of 64 x 32, narrow column tiles
 using Tile3 = TileCfg<128, 128, 64, 3, 2, 4>;   // 8 warps of 64 x 32, deeper k steps
 using Tile4 = TileCfg<64, 128, 64, 4, 2, 2>;    // 4 warps of 32 x 64: less padding on small experts
-constexpr int kTileConfigs = 5;
+using Tile5 = WgmmaCfg<128, 4>;                // Hopper: 2 warpgroups of 64 x 128, 4 stages (1 block per SM)
+using Tile6 = WgmmaCfg<256, 4>;                // Hopper: 2 warpgroups of 64 x 256
+using Tile7 = WgmmaCfg<128, 3>;                // Hopper: 3 stages, 2 blocks per SM
+constexpr int kTileConfigs = 8;
 
 // The configurations of the row kernels (forward, backward dx) and of the dW kernel: MUE_EXPERT_TILE="r,w" when
-// set (read at every call, cheap next to a GEMM, so that tests can try them all), else 0 for the rows and 2 for
-// dW (128 x 64 tiles: twice the blocks of 0 over the same K = rows of the expert). Measured on the H100,
-// 2026-11-23, ms per step with r,w = 0,0 / 0,2: small-moe 23.77 / 22.80, dit-moe 100.19 / 93.07; every
-// configuration on both kernels of gpt2s-moe: 0 best for the rows (bench/RESULTS.md).
+// set (read at every call, cheap next to a GEMM, so that tests can try them all), else 6 for both. Measured on
+// the H100, 2026-11-23 (fifth session), gpt2s-moe ms per step with r,w = t,t (forward / backward expert GEMMs per step): mma.sync
+// 0: 66.79 (8.82 / 20.08), best of 1-4: 66.73 (3); wgmma 5: 64.75 (9.13 / 18.58), 6: 62.46 (8.03 / 16.97),
+// 7: 63.57 (7.88 / 17.36). Earlier (mma.sync only): 0 for the rows, 2 for dW (bench/RESULTS.md).
 struct TileChoice {
-  int rows = 0, dw = 2;
+  int rows = 6, dw = 6;
 };
 TileChoice tile_choice() {
   TileChoice t;
@@ -345,6 +461,9 @@ void with_tile(int i, F f) {
     case 2: return f(Tile2{});
     case 3: return f(Tile3{});
     case 4: return f(Tile4{});
+    case 5: return f(Tile5{});
+    case 6: return f(Tile6{});
+    case 7: return f(Tile7{});
     default: return f(Tile0{});
   }
 }
