@@ -1,5 +1,6 @@
 // Hopper warpgroup tensor-core building blocks (sm_90a): shared-memory matrix descriptors for 128-byte-swizzled
-// tiles, the wgmma.mma_async products bf16 x bf16 -> fp32 and their fences. Only included by .cu files.
+// tiles, the wgmma.mma_async products bf16 x bf16 -> fp32 and their fences; mbarriers, tensor-map copies (TMA)
+// and register reallocation for warp-specialized kernels. Only included by .cu files.
 //
 // A warpgroup is 4 consecutive warps starting at a multiple of 4. Its m64nN accumulator: warp w of the group owns
 // rows 16 w .. 16 w + 15; lane l (g = l / 4, q = l % 4) holds d[4 j + 0, 1] at row g, columns 8 j + 2 q, + 1 and
@@ -13,6 +14,8 @@
 //            b * 8192 + 128 r, its chunk c at c ^ (r % 8). Descriptor: leading byte offset 8192 (next 64 of
 //            M/N), stride byte offset 1024 (next 8 of k); the k16 step s starts 2048 s bytes further.
 #pragma once
+#include <cuda.h>  // CUtensorMap
+
 #include <cstdint>
 
 #include "core/mma.cuh"
@@ -100,6 +103,52 @@ __device__ inline void wgmma_m64n256k16(float (&d)[128], uint64_t desc_a, uint64
         "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
         "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
       : "l"(desc_a), "l"(desc_b), "r"(accumulate), "n"(kTA), "n"(kTB));
+}
+
+// ---- mbarriers, the tensor copy engine (TMA) and register reallocation, for warp-specialized kernels ----
+__device__ inline void mbar_init(uint64_t* bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+// Makes the initialized barriers visible to the async proxy (the copy engine) before first use.
+__device__ inline void mbar_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+// One arrival that also announces `bytes` to be delivered by copies completing on this barrier.
+__device__ inline void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(bytes)
+               : "memory");
+}
+__device__ inline void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+}
+// Spins until the phase with this parity (0, 1, 0, ...: the barrier's n-th completion has parity n % 2) is done.
+__device__ inline void mbar_wait(uint64_t* bar, int parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nWAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT;\n}\n" ::"r"(smem_addr(bar)),
+      "r"(parity)
+      : "memory");
+}
+// The box of a 2-D tensor map at coordinates (c0 innermost, c1) into shared memory (1024-byte aligned for the
+// 128-byte swizzle), completing on bar; elements outside the tensor arrive as zeros.
+__device__ inline void tma_load_2d(void* dst, const CUtensorMap* map, int c0, int c1, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+          smem_addr(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(smem_addr(bar))
+      : "memory");
+}
+// Moves registers between warpgroups (needs a register cap at entry: __launch_bounds__(threads, 1)).
+template <int N>
+__device__ inline void setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+template <int N>
+__device__ inline void setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+// Barrier `id` (1-15; 0 is __syncthreads) over `threads` threads (a multiple of 32).
+__device__ inline void named_barrier(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
 }  // namespace mue::cuda::detail

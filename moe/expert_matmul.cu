@@ -3,8 +3,9 @@
 //
 // When In and Out are multiples of 8, one hand-written grouped GEMM kernel per product reads the offsets on the
 // device (nothing about the routing has to reach the host). Two families of tile configurations:
-//  - Hopper (WgmmaCfg, the default): bf16 operands through a cp.async ring into 128-byte-swizzled tiles, read by
-//    wgmma.mma_async (A M-major or B N-major where the operand is not K-contiguous); two warpgroups of 64 x BN.
+//  - Hopper (WgmmaCfg): bf16 operands in 128-byte-swizzled shared-memory tiles, read by wgmma.mma_async (A
+//    M-major or B N-major where the operand is not K-contiguous); two warpgroups of 64 x BN. The tiles come
+//    through a cp.async ring, or (TmaCfg, the default) from the tensor copy engine driven by a third warpgroup.
 //  - mma.sync (TileCfg): padded tiles, ldmatrix (transposing where needed) and mma.sync m16n8k16.
 // Both accumulate in fp32; k steps of 64.
 //   forward  y_e  = alpha x_e W_e^T     (M = rows of e, N = Out, K = In)   one block per (row tile, col tile)
@@ -12,14 +13,16 @@
 //            dW_e += alpha dy_e^T x_e   (M = Out, N = In, K = rows of e)   one block per (tile, expert), fp32
 // Row tiles of all experts are numbered one after another (a small kernel maps each to its expert); the grid
 // covers rows / 128 + E of them (block = row tile * column tiles + column tile, so that the blocks sharing a
-// row tile run together and read it from L2), and a block past the last one returns at once. Traffic: each operand tile is read once per output tile that needs
-// it (x, dy rows: N / 128 times; W_e: once per row tile of e).
+// row tile run together and read it from L2), and a block past the last one returns at once. Traffic: each
+// operand tile is read once per output tile that needs it (x, dy rows: N / BN times; W_e: once per row tile of e).
 // Other widths go through cuBLAS (cublasGemmGroupedBatchedEx over the non-empty experts, with the pointer
 // arrays written by a kernel; MUE_GROUPED_GEMM=0: one cublasGemmEx per expert), which needs host offsets.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
+
+#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
 
 #include "core/cuda_util.cuh"
 #include "core/mma.cuh"
@@ -106,17 +109,20 @@ struct TileCfg {
   static constexpr int BM = BM_, BN = BN_, BK = BK_, kStages = kStages_, WM = WM_, WN = WN_;
   static constexpr int threads = 32 * WM * WN, warp_m = BM / WM, warp_n = BN / WN;
   static constexpr int MI = warp_m / 16, NJ = warp_n / 16;  // ldmatrix.x4 loads per k16 step: A, B
-  static constexpr bool kWgmma = false;
+  static constexpr bool kWgmma = false, kTma = false;
   static_assert(warp_m % 16 == 0 && warp_n % 16 == 0 && BK % 16 == 0);
 };
 // A Hopper configuration: 128 x BN output tiles of two warpgroups, each 64 x BN (one wgmma m64nBNk16 per 16 of
-// k), k steps of 64 through a kStages-deep cp.async ring of 128-byte-swizzled tiles (core/wgmma.cuh).
-template <int BN_, int kStages_>
+// k), k steps of 64 through a kStages-deep ring of 128-byte-swizzled tiles (core/wgmma.cuh), filled by cp.async
+// from the same threads, or (kTma) by the tensor copy engine from a third warpgroup (expert_tma_kernel).
+template <int BN_, int kStages_, bool kTma_ = false>
 struct WgmmaCfg {
-  static constexpr int BM = 128, BN = BN_, BK = 64, kStages = kStages_, threads = 256;
-  static constexpr bool kWgmma = true;
+  static constexpr int BM = 128, BN = BN_, BK = 64, kStages = kStages_, threads = kTma_ ? 384 : 256;
+  static constexpr bool kWgmma = true, kTma = kTma_;
   static_assert((BN == 128 || BN == 256) && kStages >= 3);
 };
+template <int BN, int kStages>
+using TmaCfg = WgmmaCfg<BN, kStages, true>;
 
 // An operand tile of kRows rows of M or N in shared memory: K-major ([kRows][BK + 8]) or MN-major
 // ([BK][kRows + 8]); the 16-byte pad keeps ldmatrix's eight row addresses on distinct banks.
@@ -157,7 +163,8 @@ constexpr int wgmma_stage_bytes() {
 }
 template <class Cfg, bool kAK, bool kBKmaj>
 constexpr size_t gemm_smem() {
-  if constexpr (Cfg::kWgmma) return size_t(Cfg::kStages) * wgmma_stage_bytes<Cfg>() + 1024;  // + 1024: alignment
+  // + 1024: alignment; TMA: a full and an empty barrier per stage
+  if constexpr (Cfg::kWgmma) return size_t(Cfg::kStages) * (wgmma_stage_bytes<Cfg>() + (Cfg::kTma ? 16 : 0)) + 1024;
   else return size_t(Cfg::kStages) *
          (OperandTile<kAK, Cfg::BM, Cfg::BK, Cfg::threads>::elems + OperandTile<kBKmaj, Cfg::BN, Cfg::BK, Cfg::threads>::elems) *
          sizeof(bf);
@@ -391,6 +398,131 @@ __global__ void __launch_bounds__(Cfg::threads) expert_dw_kernel(const bf* dy, c
   gemm_tile<Cfg, false, false, true>(p, alpha, smem);
 }
 
+// ---- the warp-specialized TMA kernel (TmaCfg) ----
+// Warpgroups 0 and 1 compute (as in wgmma_tile); warpgroup 2 gives up its registers and one of its threads
+// feeds a kStages-deep ring with the tensor copy engine: full[s] completes when stage s has landed, empty[s] when
+// all 8 computing warps have finished the products reading it. The copies fetch whole boxes whatever the
+// expert's extent; what lies beyond it is harmless: rows of A past the expert's last row and columns of B past N
+// only reach outputs that are not stored, k beyond K meets zeros (the tensor ends there: columns of x or dy,
+// rows of dy and x past the last row), and the dW kernel zeroes its A rows past the expert's last row (they
+// belong to the next expert) before multiplying.
+enum class ExpertGemm { forward, dx, dw };
+
+template <class Cfg, ExpertGemm kMode>
+__global__ void __launch_bounds__(384, 1)
+    expert_tma_kernel(const __grid_constant__ CUtensorMap tm_a, const __grid_constant__ CUtensorMap tm_b, void* c,
+                      const int32_t* off, const int2* map, int K, int N, int M_dw, float alpha) {
+  constexpr int BM = Cfg::BM, BN = Cfg::BN, kStages = Cfg::kStages, kStage = wgmma_stage_bytes<Cfg>();
+  constexpr bool kDw = kMode == ExpertGemm::dw, kAK = !kDw, kBK = kMode == ExpertGemm::forward;
+  extern __shared__ __align__(16) char smem_raw[];
+  char* smem = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + kStages * kStage);
+  uint64_t* empty = full + kStages;
+  // This block's problem: rows r0 .. r0 + M of the expert's (permuted) rows, output tile (m0, n0).
+  int e, r0, M, m0, n0;
+  if constexpr (kDw) {
+    e = blockIdx.z, r0 = off[e], K = off[e + 1] - r0, M = M_dw, m0 = int(blockIdx.y) * BM, n0 = int(blockIdx.x) * BN;
+    if (K == 0) return;
+  } else {
+    const int ncol = (N + BN - 1) / BN, tile = int(blockIdx.x) / ncol;
+    e = map[tile].x, m0 = map[tile].y, n0 = (int(blockIdx.x) % ncol) * BN;
+    if (e < 0) return;
+    r0 = off[e], M = off[e + 1] - r0;
+  }
+  const int ktiles = (K + 63) / 64;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) mbar_init(&full[s], 1), mbar_init(&empty[s], 8);
+    mbar_init_fence();
+  }
+  __syncthreads();
+  if (threadIdx.x >= 256) {  // the copying warpgroup
+    setmaxnreg_dec<40>();  // 40 x 128 + 232 x 256 registers: the 168 x 384 of the launch
+    if (threadIdx.x != 256) return;
+    for (int kt = 0; kt < ktiles; ++kt) {
+      const int s = kt % kStages;
+      if (kt >= kStages) mbar_wait(&empty[s], (kt / kStages - 1) & 1);
+      mbar_arrive_expect_tx(&full[s], kStage);
+      char* sa = smem + s * kStage;
+      char* sb = sa + BM * 64 * 2;
+      if constexpr (kDw) {  // A = dy (M-major), B = x (N-major): 64 x 64 boxes at (column, row)
+        for (int b = 0; b < BM / 64; ++b) tma_load_2d(sa + b * 8192, &tm_a, m0 + 64 * b, r0 + 64 * kt, &full[s]);
+        for (int b = 0; b < BN / 64; ++b) tma_load_2d(sb + b * 8192, &tm_b, n0 + 64 * b, r0 + 64 * kt, &full[s]);
+      } else {
+        tma_load_2d(sa, &tm_a, 64 * kt, r0 + m0, &full[s]);  // A = x or dy rows (K-major), one 64 x 128 box
+        if constexpr (kBK) {
+          tma_load_2d(sb, &tm_b, 64 * kt, e * N + n0, &full[s]);  // W_e rows n (K-major), one 64 x BN box
+        } else {
+          for (int b = 0; b < BN / 64; ++b)  // W_e rows k, columns n (N-major)
+            tma_load_2d(sb + b * 8192, &tm_b, n0 + 64 * b, e * K + 64 * kt, &full[s]);
+        }
+      }
+    }
+    return;
+  }
+  setmaxnreg_inc<232>();
+  const int g = threadIdx.x >> 7, w = (threadIdx.x >> 5) & 3, l = threadIdx.x & 31;
+  float acc[BN / 2];
+  #pragma unroll
+  for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
+  for (int kt = 0; kt < ktiles; ++kt) {
+    const int s = kt % kStages;
+    mbar_wait(&full[s], (kt / kStages) & 1);
+    char* sa = smem + s * kStage + g * 8192;  // this warpgroup's 64 rows of A
+    const char* sb = smem + s * kStage + BM * 64 * 2;
+    if constexpr (kDw) {
+      const int valid = K - 64 * kt;  // rows of this k step inside the expert
+      if (valid < 64) {
+        for (int i = (threadIdx.x & 127) + valid * 8; i < 64 * 8; i += 128)
+          *reinterpret_cast<uint4*>(sa + i * 16) = make_uint4(0, 0, 0, 0);
+        fence_proxy_async();
+        named_barrier(2 + g, 128);
+      }
+    }
+    fence_registers(acc);
+    wgmma_fence();
+    #pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const uint64_t da = kAK ? wgmma_desc(sa + 32 * k, 16, 1024) : wgmma_desc(sa + 2048 * k, 8192, 1024);
+      const uint64_t db = kBK ? wgmma_desc(sb + 32 * k, 16, 1024) : wgmma_desc(sb + 2048 * k, 8192, 1024);
+      wgmma_k16<BN, kAK ? 0 : 1, kBK ? 0 : 1>(acc, da, db, 1);
+    }
+    wgmma_commit();
+    fence_registers(acc);
+    wgmma_wait<1>();
+    if (kt > 0 && l == 0) mbar_arrive(&empty[(kt - 1) % kStages]);
+  }
+  wgmma_wait<0>();
+  fence_registers(acc);
+  if constexpr (kDw) {
+    const Problem p{nullptr, nullptr, static_cast<float*>(c) + size_t(e) * M * N, 0, 0, N, M, N, K, m0, n0};
+    #pragma unroll
+    for (int j = 0; j < BN / 8; ++j)
+      #pragma unroll
+      for (int h = 0; h < 2; ++h)
+        store_pair<true>(p, m0 + 64 * g + 16 * w + (l >> 2) + 8 * h, n0 + 8 * j + 2 * (l & 3),
+                         alpha * acc[4 * j + 2 * h], alpha * acc[4 * j + 2 * h + 1]);
+  } else {
+    // bf16 output through shared memory, so that each row leaves in 16-byte pieces: the warpgroup's 64 x BN
+    // tile at a pitch of BN + 8 elements (the pad puts a warp's 32 pair writes on 32 banks).
+    constexpr int kPitch = BN + 8;
+    named_barrier(1, 256);  // both warpgroups are done reading the stages
+    bf* st = reinterpret_cast<bf*>(smem) + g * 64 * kPitch;
+    #pragma unroll
+    for (int j = 0; j < BN / 8; ++j)
+      #pragma unroll
+      for (int h = 0; h < 2; ++h)
+        *reinterpret_cast<__nv_bfloat162*>(st + (16 * w + (l >> 2) + 8 * h) * kPitch + 8 * j + 2 * (l & 3)) =
+            __floats2bfloat162_rn(alpha * acc[4 * j + 2 * h], alpha * acc[4 * j + 2 * h + 1]);
+    named_barrier(2 + g, 128);
+    bf* out = static_cast<bf*>(c) + size_t(r0) * N;
+    for (int i = threadIdx.x & 127; i < 64 * BN / 8; i += 128) {
+      const int r = i / (BN / 8), n = n0 + 8 * (i % (BN / 8)), m = m0 + 64 * g + r;
+      if (m < M && n < N)
+        *reinterpret_cast<uint4*>(out + size_t(m) * N + n) = *reinterpret_cast<const uint4*>(st + r * kPitch + n - n0);
+    }
+  }
+}
+
 // The row-tile map of the offsets (in scratch slot 6) for row tiles of bm, and its length: rows / bm + E bounds
 // the tile count.
 const int2* row_tile_map(Context& ctx, const int32_t* off_dev, int rows, int E, int bm, unsigned& bound) {
@@ -403,27 +535,72 @@ const int2* row_tile_map(Context& ctx, const int32_t* off_dev, int rows, int E, 
   return map;
 }
 
-// expert_rows_kernel<Cfg, kWK> over the row tiles of all experts (see there for a, w, c, K, N).
+// A tensor map over a row-major bf16 array [outer x inner] (inner a multiple of 8, base 16-byte aligned) with
+// boxes of 64 (inner) x box_outer and the 128-byte swizzle; outside the array the copies deliver zeros. The map
+// is passed by value to the kernel, so a captured CUDA graph keeps it.
+CUtensorMap tensor_map(const void* base, int inner, int outer, int box_outer) {
+  static const auto encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    check(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q),
+               "cudaGetDriverEntryPointByVersion(cuTensorMapEncodeTiled)");
+    MUE_CHECK(fn && q == cudaDriverEntryPointSuccess, "the CUDA driver has no cuTensorMapEncodeTiled");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  CUtensorMap m;
+  const cuuint64_t dims[2] = {cuuint64_t(inner), cuuint64_t(outer)}, strides[1] = {cuuint64_t(inner) * 2};
+  const cuuint32_t box[2] = {64, cuuint32_t(box_outer)}, unit[2] = {1, 1};
+  const CUresult r = encode(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(base), dims, strides, box, unit,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  MUE_CHECK(r == CUDA_SUCCESS, "cuTensorMapEncodeTiled failed (CUresult ", int(r), ") for a ", outer, " x ", inner,
+            " bf16 array");
+  return m;
+}
+
+template <class Cfg, ExpertGemm kMode>
+void launch_tma(Context& ctx, dim3 grid, const CUtensorMap& a, const CUtensorMap& b, void* c, const int32_t* off_dev,
+                const int2* map, int K, int N, int M_dw, float alpha) {
+  constexpr size_t smem = gemm_smem<Cfg, true, true>();
+  allow_smem(reinterpret_cast<const void*>(expert_tma_kernel<Cfg, kMode>), smem, "expert_tma_kernel");
+  expert_tma_kernel<Cfg, kMode><<<grid, Cfg::threads, smem, ctx.stream>>>(a, b, c, off_dev, map, K, N, M_dw, alpha);
+  check_launch("expert_tma_kernel");
+}
+
+// expert_rows_kernel<Cfg, kWK> (or expert_tma_kernel) over the row tiles of all experts (see there for a, w, c,
+// K, N).
 template <class Cfg, bool kWK>
 void launch_expert_rows(Context& ctx, const bf16* a, const bf16* w, bf16* c, const int32_t* off_dev, int rows, int E,
                         int K, int N, float alpha) {
-  constexpr size_t smem = gemm_smem<Cfg, true, kWK>();
-  allow_smem(reinterpret_cast<const void*>(expert_rows_kernel<Cfg, kWK>), smem, "expert_rows_kernel");
   unsigned tiles;
   const int2* map = row_tile_map(ctx, off_dev, rows, E, Cfg::BM, tiles);
   const unsigned grid = tiles * unsigned((N + Cfg::BN - 1) / Cfg::BN);
-  expert_rows_kernel<Cfg, kWK><<<grid, Cfg::threads, smem, ctx.stream>>>(B(a), B(w), B(c), off_dev, map, K, N, alpha);
-  check_launch("expert_rows_kernel");
+  if constexpr (Cfg::kTma) {
+    const CUtensorMap ta = tensor_map(a, K, rows, Cfg::BM);
+    const CUtensorMap tb = kWK ? tensor_map(w, K, E * N, Cfg::BN) : tensor_map(w, N, E * K, 64);
+    constexpr ExpertGemm kMode = kWK ? ExpertGemm::forward : ExpertGemm::dx;
+    return launch_tma<Cfg, kMode>(ctx, dim3(grid), ta, tb, c, off_dev, map, K, N, 0, alpha);
+  } else {
+    constexpr size_t smem = gemm_smem<Cfg, true, kWK>();
+    allow_smem(reinterpret_cast<const void*>(expert_rows_kernel<Cfg, kWK>), smem, "expert_rows_kernel");
+    expert_rows_kernel<Cfg, kWK><<<grid, Cfg::threads, smem, ctx.stream>>>(B(a), B(w), B(c), off_dev, map, K, N, alpha);
+    check_launch("expert_rows_kernel");
+  }
 }
 
 template <class Cfg>
-void launch_expert_dw(Context& ctx, const bf16* dy, const bf16* x, float* dw, const int32_t* off_dev, int E, int In,
-                      int Out, float alpha) {
-  constexpr size_t smem = gemm_smem<Cfg, false, false>();
-  allow_smem(reinterpret_cast<const void*>(expert_dw_kernel<Cfg>), smem, "expert_dw_kernel");
+void launch_expert_dw(Context& ctx, const bf16* dy, const bf16* x, float* dw, const int32_t* off_dev, int rows, int E,
+                      int In, int Out, float alpha) {
   const dim3 grid((In + Cfg::BN - 1) / Cfg::BN, (Out + Cfg::BM - 1) / Cfg::BM, E);
-  expert_dw_kernel<Cfg><<<grid, Cfg::threads, smem, ctx.stream>>>(B(dy), B(x), dw, off_dev, In, Out, alpha);
-  check_launch("expert_dw_kernel");
+  if constexpr (Cfg::kTma) {
+    return launch_tma<Cfg, ExpertGemm::dw>(ctx, grid, tensor_map(dy, Out, rows, 64), tensor_map(x, In, rows, 64), dw,
+                                           off_dev, nullptr, 0, In, Out, alpha);
+  } else {
+    constexpr size_t smem = gemm_smem<Cfg, false, false>();
+    allow_smem(reinterpret_cast<const void*>(expert_dw_kernel<Cfg>), smem, "expert_dw_kernel");
+    expert_dw_kernel<Cfg><<<grid, Cfg::threads, smem, ctx.stream>>>(B(dy), B(x), dw, off_dev, In, Out, alpha);
+    check_launch("expert_dw_kernel");
+  }
 }
 
 // The compiled configurations. 0: 128 x 128 x 64, 3 stages, 2 x 2 warps of 64 x 64 (measured 2026-11-23).
@@ -435,15 +612,18 @@ using Tile4 = TileCfg<64, 128, 64, 4, 2, 2>;    // 4 warps of 32 x 64: less padd
 using Tile5 = WgmmaCfg<128, 4>;                // Hopper: 2 warpgroups of 64 x 128, 4 stages (1 block per SM)
 using Tile6 = WgmmaCfg<256, 4>;                // Hopper: 2 warpgroups of 64 x 256
 using Tile7 = WgmmaCfg<128, 3>;                // Hopper: 3 stages, 2 blocks per SM
-constexpr int kTileConfigs = 8;
+using Tile8 = TmaCfg<256, 4>;                  // Hopper, TMA-fed by a third warpgroup: 64 x 256 per warpgroup
+using Tile9 = TmaCfg<128, 6>;                  // 64 x 128 per warpgroup, 6 stages
+constexpr int kTileConfigs = 10;
 
 // The configurations of the row kernels (forward, backward dx) and of the dW kernel: MUE_EXPERT_TILE="r,w" when
-// set (read at every call, cheap next to a GEMM, so that tests can try them all), else 6 for both. Measured on
-// the H100, 2026-11-23 (fifth session), gpt2s-moe ms per step with r,w = t,t (forward / backward expert GEMMs per step): mma.sync
-// 0: 66.79 (8.82 / 20.08), best of 1-4: 66.73 (3); wgmma 5: 64.75 (9.13 / 18.58), 6: 62.46 (8.03 / 16.97),
-// 7: 63.57 (7.88 / 17.36). Earlier (mma.sync only): 0 for the rows, 2 for dW (bench/RESULTS.md).
+// set (read at every call, cheap next to a GEMM, so that tests can try them all), else 8 for the rows and 9 for
+// dW. Measured on the H100, 2026-11-23 (fifth session), gpt2s-moe ms per step (forward / backward expert GEMMs
+// per step) with r,w = t,t: mma.sync 0: 66.79 (8.82 / 20.08), best of 1-4: 66.73 (3); wgmma with cp.async
+// 5: 64.75 (9.13 / 18.58), 6: 62.46 (8.03 / 16.97), 7: 63.57 (7.88 / 17.36); TMA 8: 52.07 (4.66 / 10.33),
+// 9: 53.24 (5.47 / 10.60); r,w = 8,9: 51.85 (4.70 / 10.04), 9,8: 53.42.
 struct TileChoice {
-  int rows = 6, dw = 6;
+  int rows = 8, dw = 9;
 };
 TileChoice tile_choice() {
   TileChoice t;
@@ -464,6 +644,8 @@ void with_tile(int i, F f) {
     case 5: return f(Tile5{});
     case 6: return f(Tile6{});
     case 7: return f(Tile7{});
+    case 8: return f(Tile8{});
+    case 9: return f(Tile9{});
     default: return f(Tile0{});
   }
 }
@@ -514,7 +696,7 @@ void expert_matmul_backward(Context& ctx, const bf16* dy, const bf16* x, const b
       launch_expert_rows<decltype(cfg), false>(ctx, dy, w, dx, off_dev, rows, E, Out, In, alpha);
     });
     return with_tile(tc.dw, [&](auto cfg) {
-      launch_expert_dw<decltype(cfg)>(ctx, dy, x, dw, off_dev, E, In, Out, alpha);
+      launch_expert_dw<decltype(cfg)>(ctx, dy, x, dw, off_dev, rows, E, In, Out, alpha);
     });
   }
   std::vector<int32_t> buf;

@@ -57,7 +57,10 @@ __global__ void __launch_bounds__(kThreads) crossentropy_forward_kernel(const bf
   }
 }
 
-__device__ inline float crossentropy_grad(int j, float x, float lse, int V, int tg, float dloss);
+// dloss * (softmax_j - [j == target]) for j < V, 0 for the padding columns; lse NaN for a bad target.
+__device__ inline float crossentropy_grad(int j, float x, float lse, int V, int tg, float dloss) {
+  return j < V ? dloss * (__expf(x - lse) - (j == tg ? 1.f : 0.f)) : 0.f;
+}
 
 // dlogits[n, j] = dloss * (softmax_j - [j == target]) for j < V, 0 for V <= j < Vp (NaN rows for a bad target,
 // as their loss). In place is safe: the target's logit is read before a barrier, and every other element is
@@ -89,11 +92,6 @@ __global__ void __launch_bounds__(kThreads) crossentropy_backward_kernel(const b
     j0 = Vp;
   }
   for (int j = j0 + threadIdx.x; j < Vp; j += kThreads) d[j] = __float2bfloat16(grad(j, __bfloat162float(l[j])));
-}
-
-// dloss * (softmax_j - [j == target]) for j < V, 0 for the padding columns; lse NaN for a bad target.
-__device__ inline float crossentropy_grad(int j, float x, float lse, int V, int tg, float dloss) {
-  return j < V ? dloss * (__expf(x - lse) - (j == tg ? 1.f : 0.f)) : 0.f;
 }
 
 // Forward and backward of one row per block, the row held in shared memory (Vp bf16, Vp % 8 == 0):

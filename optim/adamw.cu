@@ -115,15 +115,19 @@ __global__ void adamw_all_dev_kernel(float* p, const float* g, float* m, float* 
                  vec4);
 }
 
-// Deterministic sum of squares in double: each block writes its partial (fixed grid for a given n), one block
-// adds the partials in a fixed order. traffic: read n fp32
-__global__ void sum_squares_part_kernel(const float* g, size_t n, double* part) {
+// This block's sum of g[i]^2 in double over its grid-stride slice (each thread sums its own, then the block).
+__device__ double block_sum_squares(const float* g, size_t n) {
   double s = 0.0;
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
     const double x = g[i];
     s += x * x;
   }
-  s = block_reduce(s, SumOp{}, 0.0);
+  return block_reduce(s, SumOp{}, 0.0);
+}
+// Deterministic sum of squares in double: each block writes its partial (fixed grid for a given n), one block
+// adds the partials in a fixed order. traffic: read n fp32
+__global__ void sum_squares_part_kernel(const float* g, size_t n, double* part) {
+  const double s = block_sum_squares(g, n);
   if (threadIdx.x == 0) part[blockIdx.x] = s;
 }
 __global__ void sum_parts_kernel(const double* part, int parts, double* out) {
@@ -146,15 +150,10 @@ __global__ void track_divergence_kernel(const StepInDev* in, StepOut* out) {
   if (bad && out->first_bad < 0) out->first_bad = in->step, out->bad_loss = loss;
 }
 
-// *out += sum g[i]^2: each thread sums in double over a grid-stride slice, the block reduces in double, and one
-// fp32 atomicAdd per block lands the block's part.   traffic: read n fp32, gridDim.x atomics
+// *out += sum g[i]^2: the block sums in double, and one fp32 atomicAdd per block lands the block's part.
+// traffic: read n fp32, gridDim.x atomics
 __global__ void sum_squares_kernel(const float* g, size_t n, float* out) {
-  double s = 0.0;
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
-    const double x = g[i];
-    s += x * x;
-  }
-  s = block_reduce(s, SumOp{}, 0.0);
+  const double s = block_sum_squares(g, n);
   if (threadIdx.x == 0) atomicAdd(out, float(s));
 }
 // The all-tensor kernels' 16-byte path: fp32 arrays 16-byte aligned, the bf16 shadow (if any) 8-byte aligned.

@@ -2,7 +2,8 @@
 # One call on the GPU machine: build, run the whole test suite (GPU tests included), bench the presets, and a
 # short real training run. Logs go to $OUT (or ./gpu-out).
 # Env: PRESETS (bench), PROFILE (presets to profile per op), TILE_SWEEP (presets to profile under every expert
-# GEMM tile configuration, MUE_EXPERT_TILE), NO_SWEEP, FLOW_STEPS.
+# GEMM tile configuration, MUE_EXPERT_TILE; TILE_LIST: which ones, default all), TESTS (a Catch2 filter, default
+# all), NO_SWEEP, FLOW_STEPS.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
@@ -13,7 +14,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release > "$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
 cmake --build build-gpu -j 16 > "$OUT/build.log" 2>&1 || { grep -E "error|Error" "$OUT/build.log" | head -40; exit 1; }
 echo "== tests"
-(cd build-gpu && timeout 300 ./mue_tests --durations yes > "$OUT/tests.log" 2>&1); echo "tests rc $?"
+(cd build-gpu && timeout 300 ./mue_tests --durations yes ${TESTS:-} > "$OUT/tests.log" 2>&1); echo "tests rc $?"
 grep -E "FAILED|failed|passed|No GPU|no GPU" "$OUT/tests.log" | tail -15
 grep -B2 -A12 "FAILED" "$OUT/tests.log" | head -80
 echo "== bench"
@@ -27,9 +28,9 @@ for p in ${PROFILE:-}; do
 done
 for p in ${TILE_SWEEP:-}; do
   echo "== expert GEMM tiles, $p (ms/step: forward, backward)"
-  n=${TILE_CONFIGS:-5}
-  for t in $(seq 0 $((n - 1))); do
-    MUE_EXPERT_TILE=$t,$t timeout 120 ./build-gpu/mue bench "$p" --steps 10 --profile > "$OUT/tiles-$p-$t.txt" 2>&1
+  for t in ${TILE_LIST:-$(seq 0 $((${TILE_CONFIGS:-10} - 1)))}; do
+    case $t in *,*) tt=$t ;; *) tt=$t,$t ;; esac  # "r,w" or one configuration for both
+    MUE_EXPERT_TILE=$tt timeout 120 ./build-gpu/mue bench "$p" --steps 10 --profile > "$OUT/tiles-$p-$t.txt" 2>&1
     echo "tile $t: $(grep -E "expert_matmul_(forward|backward)" "$OUT/tiles-$p-$t.txt" | awk '{printf "%s %s  ", $1, $3}')$(tail -1 "$OUT/tiles-$p-$t.txt" | awk '{print $(NF-5) " ms/step"}')"
   done
 done

@@ -187,7 +187,8 @@ TEST_CASE("CUDA expert GEMMs (grouped kernel and cuBLAS) match the CPU with unev
       for (size_t k = size_t(e) * Out * In; k < size_t(e + 1) * Out * In; ++k) REQUIRE(inc[k] == 0.0);
   }
   // A malformed or out-of-range MUE_EXPERT_TILE is a one-line error naming the variable.
-  for (const char* bad : {"9,0", "0", "a,b"}) {
+  const std::string past_last = std::to_string(cuda::expert_tile_configs()) + ",0";
+  for (const char* bad : {past_last.c_str(), "0", "a,b", "-1,0"}) {
     INFO("MUE_EXPERT_TILE = " << bad);
     ::setenv("MUE_EXPERT_TILE", bad, 1);
     Dev x(size_t(R) * 72 * 2), w(size_t(E) * 40 * 72 * 2), y(size_t(R) * 40 * 2);
