@@ -115,14 +115,14 @@ struct TileCfg {
 // A Hopper configuration: 128 x BN output tiles of two warpgroups, each 64 x BN (one wgmma m64nBNk16 per 16 of
 // k), k steps of 64 through a kStages-deep ring of 128-byte-swizzled tiles (core/wgmma.cuh), filled by cp.async
 // from the same threads, or (kTma) by the tensor copy engine from a third warpgroup (expert_tma_kernel).
-template <int BN_, int kStages_, bool kTma_ = false>
+template <int BN_, int kStages_, bool kTma_ = false, bool kPersistent_ = false>
 struct WgmmaCfg {
   static constexpr int BM = 128, BN = BN_, BK = 64, kStages = kStages_, threads = kTma_ ? 384 : 256;
-  static constexpr bool kWgmma = true, kTma = kTma_;
-  static_assert((BN == 128 || BN == 256) && kStages >= 3);
+  static constexpr bool kWgmma = true, kTma = kTma_, kPersistent = kPersistent_;
+  static_assert((BN == 128 || BN == 256) && kStages >= 3 && (kTma || !kPersistent));
 };
-template <int BN, int kStages>
-using TmaCfg = WgmmaCfg<BN, kStages, true>;
+template <int BN, int kStages, bool kPersistent = false>
+using TmaCfg = WgmmaCfg<BN, kStages, true, kPersistent>;
 
 // An operand tile of kRows rows of M or N in shared memory: K-major ([kRows][BK + 8]) or MN-major
 // ([BK][kRows + 8]); the 16-byte pad keeps ldmatrix's eight row addresses on distinct banks.
@@ -161,10 +161,17 @@ template <class Cfg>
 constexpr int wgmma_stage_bytes() {
   return (Cfg::BM + Cfg::BN) * Cfg::BK * 2;
 }
+// The TMA kernel's bf16 output tile in shared memory: 128 rows at a pitch of BN + 8 elements.
+template <class Cfg>
+constexpr int kPitch = Cfg::BN + 8;
+template <class Cfg>
+constexpr int kStagingBytes = Cfg::BM * kPitch<Cfg> * 2;
 template <class Cfg, bool kAK, bool kBKmaj>
 constexpr size_t gemm_smem() {
   // + 1024: alignment; TMA: a full and an empty barrier per stage
-  if constexpr (Cfg::kWgmma) return size_t(Cfg::kStages) * (wgmma_stage_bytes<Cfg>() + (Cfg::kTma ? 16 : 0)) + 1024;
+  if constexpr (Cfg::kWgmma)
+    return size_t(Cfg::kStages) * (wgmma_stage_bytes<Cfg>() + (Cfg::kTma ? 16 : 0)) +
+           (Cfg::kPersistent ? kStagingBytes<Cfg> : 0) + 1024;
   else return size_t(Cfg::kStages) *
          (OperandTile<kAK, Cfg::BM, Cfg::BK, Cfg::threads>::elems + OperandTile<kBKmaj, Cfg::BN, Cfg::BK, Cfg::threads>::elems) *
          sizeof(bf);
@@ -278,6 +285,21 @@ __device__ inline void wgmma_k16(float (&d)[BN / 2], uint64_t desc_a, uint64_t d
   else wgmma_m64n256k16<kTA, kTB>(d, desc_a, desc_b, accumulate);
 }
 
+// The products of one k step of 64 for warpgroup-local A (sa: its 64 rows) and B (sb), committed as one group.
+template <int BN, bool kAK, bool kBK>
+__device__ inline void wgmma_stage(float (&acc)[BN / 2], const char* sa, const char* sb) {
+  fence_registers(acc);
+  wgmma_fence();
+  #pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const uint64_t da = kAK ? wgmma_desc(sa + 32 * k, 16, 1024) : wgmma_desc(sa + 2048 * k, 8192, 1024);
+    const uint64_t db = kBK ? wgmma_desc(sb + 32 * k, 16, 1024) : wgmma_desc(sb + 2048 * k, 8192, 1024);
+    wgmma_k16<BN, kAK ? 0 : 1, kBK ? 0 : 1>(acc, da, db, 1);
+  }
+  wgmma_commit();
+  fence_registers(acc);
+}
+
 // gemm_tile for a WgmmaCfg: warpgroup g computes rows 64 g .. 64 g + 63 of the block's 128 x BN tile. Stages are
 // refilled two k steps ahead: the stage written at step kt was last read by the products of step kt - 2, which
 // every warpgroup has waited for (wgmma_wait<1> at the end of step kt - 1) before the barrier of step kt.
@@ -309,18 +331,8 @@ __device__ void wgmma_tile(const Problem& p, float alpha, char* smem_raw) {
     __syncthreads();
     if (kt + kStages - 2 < ktiles) load(kt + kStages - 2);
     cp_async_commit();
-    const char* sa = smem + (kt % kStages) * kStage + g * 8192;  // this warpgroup's 64 rows of A
-    const char* sb = smem + (kt % kStages) * kStage + TA::bytes;
-    fence_registers(acc);
-    wgmma_fence();
-    #pragma unroll
-    for (int s = 0; s < 4; ++s) {
-      const uint64_t da = kAK ? wgmma_desc(sa + 32 * s, 16, 1024) : wgmma_desc(sa + 2048 * s, 8192, 1024);
-      const uint64_t db = kBKmaj ? wgmma_desc(sb + 32 * s, 16, 1024) : wgmma_desc(sb + 2048 * s, 8192, 1024);
-      wgmma_k16<BN, kAK ? 0 : 1, kBKmaj ? 0 : 1>(acc, da, db, 1);
-    }
-    wgmma_commit();
-    fence_registers(acc);
+    const char* st = smem + (kt % kStages) * kStage;
+    wgmma_stage<BN, kAK, kBKmaj>(acc, st + g * 8192, st + TA::bytes);  // this warpgroup's 64 rows of A, all of B
     wgmma_wait<1>();
   }
   wgmma_wait<0>();
@@ -406,54 +418,76 @@ __global__ void __launch_bounds__(Cfg::threads) expert_dw_kernel(const bf* dy, c
 // only reach outputs that are not stored, k beyond K meets zeros (the tensor ends there: columns of x or dy,
 // rows of dy and x past the last row), and the dW kernel zeroes its A rows past the expert's last row (they
 // belong to the next expert) before multiplying.
+// A block works through output tiles blockIdx.x, + gridDim.x, ... of `tiles`: one each when the grid covers them
+// all, several when persistent (kPersistent: one block per SM), where the copier runs ahead into the next tile
+// while the computing warpgroups store the last one (from a shared-memory area of their own).
 enum class ExpertGemm { forward, dx, dw };
+
+// One output tile: rows r0 .. r0 + M of the expert's (permuted) rows, K deep, its corner (m0, n0).
+struct ExpertTile {
+  int e, r0, M, K, m0, n0;
+};
+// Tile t of the launch: 1 when it has work, 0 when it is empty (an expert without rows in dW), -1 past the last
+// row tile (the row kernels number their tiles in order, so no later one has work either).
+template <class Cfg, ExpertGemm kMode>
+__device__ inline int expert_tile(int t, const int32_t* off, const int2* map, int K, int N, int M_dw,
+                                  ExpertTile& tl) {
+  const int ncol = (N + Cfg::BN - 1) / Cfg::BN;
+  if constexpr (kMode == ExpertGemm::dw) {  // t = (expert * m tiles + m tile) * n tiles + n tile
+    const int mt = (M_dw + Cfg::BM - 1) / Cfg::BM, mn = t % (mt * ncol);
+    tl.e = t / (mt * ncol), tl.r0 = off[tl.e], tl.K = off[tl.e + 1] - tl.r0, tl.M = M_dw;
+    tl.m0 = mn / ncol * Cfg::BM, tl.n0 = mn % ncol * Cfg::BN;
+    return tl.K > 0;
+  } else {  // t = row tile * column tiles + column tile
+    const int2 rt = map[t / ncol];
+    if (rt.x < 0) return -1;
+    tl.e = rt.x, tl.r0 = off[tl.e], tl.M = off[tl.e + 1] - tl.r0, tl.K = K, tl.m0 = rt.y, tl.n0 = t % ncol * Cfg::BN;
+    return 1;
+  }
+}
 
 template <class Cfg, ExpertGemm kMode>
 __global__ void __launch_bounds__(384, 1)
     expert_tma_kernel(const __grid_constant__ CUtensorMap tm_a, const __grid_constant__ CUtensorMap tm_b, void* c,
-                      const int32_t* off, const int2* map, int K, int N, int M_dw, float alpha) {
+                      const int32_t* off, const int2* map, int K, int N, int M_dw, float alpha, int tiles) {
   constexpr int BM = Cfg::BM, BN = Cfg::BN, kStages = Cfg::kStages, kStage = wgmma_stage_bytes<Cfg>();
   constexpr bool kDw = kMode == ExpertGemm::dw, kAK = !kDw, kBK = kMode == ExpertGemm::forward;
   extern __shared__ __align__(16) char smem_raw[];
   char* smem = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
-  uint64_t* full = reinterpret_cast<uint64_t*>(smem + kStages * kStage);
+  char* staging = Cfg::kPersistent ? smem + kStages * kStage : smem;  // the bf16 output tile
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + kStages * kStage + (Cfg::kPersistent ? kStagingBytes<Cfg> : 0));
   uint64_t* empty = full + kStages;
-  // This block's problem: rows r0 .. r0 + M of the expert's (permuted) rows, output tile (m0, n0).
-  int e, r0, M, m0, n0;
-  if constexpr (kDw) {
-    e = blockIdx.z, r0 = off[e], K = off[e + 1] - r0, M = M_dw, m0 = int(blockIdx.y) * BM, n0 = int(blockIdx.x) * BN;
-    if (K == 0) return;
-  } else {
-    const int ncol = (N + BN - 1) / BN, tile = int(blockIdx.x) / ncol;
-    e = map[tile].x, m0 = map[tile].y, n0 = (int(blockIdx.x) % ncol) * BN;
-    if (e < 0) return;
-    r0 = off[e], M = off[e + 1] - r0;
-  }
-  const int ktiles = (K + 63) / 64;
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) mbar_init(&full[s], 1), mbar_init(&empty[s], 8);
     mbar_init_fence();
   }
   __syncthreads();
+  ExpertTile tl;
   if (threadIdx.x >= 256) {  // the copying warpgroup
-    setmaxnreg_dec<40>();  // 40 x 128 + 232 x 256 registers: the 168 x 384 of the launch
+    setmaxnreg_dec<40>();    // 40 x 128 + 232 x 256 registers: the 168 x 384 of the launch
     if (threadIdx.x != 256) return;
-    for (int kt = 0; kt < ktiles; ++kt) {
-      const int s = kt % kStages;
-      if (kt >= kStages) mbar_wait(&empty[s], (kt / kStages - 1) & 1);
-      mbar_arrive_expect_tx(&full[s], kStage);
-      char* sa = smem + s * kStage;
-      char* sb = sa + BM * 64 * 2;
-      if constexpr (kDw) {  // A = dy (M-major), B = x (N-major): 64 x 64 boxes at (column, row)
-        for (int b = 0; b < BM / 64; ++b) tma_load_2d(sa + b * 8192, &tm_a, m0 + 64 * b, r0 + 64 * kt, &full[s]);
-        for (int b = 0; b < BN / 64; ++b) tma_load_2d(sb + b * 8192, &tm_b, n0 + 64 * b, r0 + 64 * kt, &full[s]);
-      } else {
-        tma_load_2d(sa, &tm_a, 64 * kt, r0 + m0, &full[s]);  // A = x or dy rows (K-major), one 64 x 128 box
-        if constexpr (kBK) {
-          tma_load_2d(sb, &tm_b, 64 * kt, e * N + n0, &full[s]);  // W_e rows n (K-major), one 64 x BN box
+    int it = 0;  // k steps issued so far, over all tiles: stage it % kStages, its use number it / kStages
+    for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+      const int has = expert_tile<Cfg, kMode>(t, off, map, K, N, M_dw, tl);
+      if (has < 0) break;
+      for (int kt = 0; has && kt < (tl.K + 63) / 64; ++kt, ++it) {
+        const int s = it % kStages;
+        if (it >= kStages) mbar_wait(&empty[s], (it / kStages - 1) & 1);
+        mbar_arrive_expect_tx(&full[s], kStage);
+        char* sa = smem + s * kStage;
+        char* sb = sa + BM * 64 * 2;
+        const int k0 = 64 * kt;
+        if constexpr (kDw) {  // A = dy (M-major), B = x (N-major): 64 x 64 boxes at (column, row)
+          for (int b = 0; b < BM / 64; ++b) tma_load_2d(sa + b * 8192, &tm_a, tl.m0 + 64 * b, tl.r0 + k0, &full[s]);
+          for (int b = 0; b < BN / 64; ++b) tma_load_2d(sb + b * 8192, &tm_b, tl.n0 + 64 * b, tl.r0 + k0, &full[s]);
         } else {
-          for (int b = 0; b < BN / 64; ++b)  // W_e rows k, columns n (N-major)
-            tma_load_2d(sb + b * 8192, &tm_b, n0 + 64 * b, e * K + 64 * kt, &full[s]);
+          tma_load_2d(sa, &tm_a, k0, tl.r0 + tl.m0, &full[s]);  // A = x or dy rows (K-major), one 64 x 128 box
+          if constexpr (kBK) {
+            tma_load_2d(sb, &tm_b, k0, tl.e * N + tl.n0, &full[s]);  // W_e rows n (K-major), one 64 x BN box
+          } else {
+            for (int b = 0; b < BN / 64; ++b)  // W_e rows k, columns n (N-major)
+              tma_load_2d(sb + b * 8192, &tm_b, tl.n0 + 64 * b, tl.e * K + k0, &full[s]);
+          }
         }
       }
     }
@@ -461,64 +495,66 @@ __global__ void __launch_bounds__(384, 1)
   }
   setmaxnreg_inc<232>();
   const int g = threadIdx.x >> 7, w = (threadIdx.x >> 5) & 3, l = threadIdx.x & 31;
-  float acc[BN / 2];
-  #pragma unroll
-  for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
-  for (int kt = 0; kt < ktiles; ++kt) {
-    const int s = kt % kStages;
-    mbar_wait(&full[s], (kt / kStages) & 1);
-    char* sa = smem + s * kStage + g * 8192;  // this warpgroup's 64 rows of A
-    const char* sb = smem + s * kStage + BM * 64 * 2;
-    if constexpr (kDw) {
-      const int valid = K - 64 * kt;  // rows of this k step inside the expert
-      if (valid < 64) {
-        for (int i = (threadIdx.x & 127) + valid * 8; i < 64 * 8; i += 128)
-          *reinterpret_cast<uint4*>(sa + i * 16) = make_uint4(0, 0, 0, 0);
-        fence_proxy_async();
-        named_barrier(2 + g, 128);
+  int it = 0;  // k steps consumed so far, as the copier counts them
+  for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+    const int has = expert_tile<Cfg, kMode>(t, off, map, K, N, M_dw, tl);
+    if (has < 0) break;
+    if (!has) continue;
+    float acc[BN / 2];
+    #pragma unroll
+    for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
+    const int ktiles = (tl.K + 63) / 64;
+    for (int kt = 0; kt < ktiles; ++kt, ++it) {
+      const int s = it % kStages;
+      mbar_wait(&full[s], (it / kStages) & 1);
+      char* sa = smem + s * kStage + g * 8192;  // this warpgroup's 64 rows of A
+      if constexpr (kDw) {
+        const int valid = tl.K - 64 * kt;  // rows of this k step inside the expert
+        if (valid < 64) {
+          for (int i = (threadIdx.x & 127) + valid * 8; i < 64 * 8; i += 128)
+            *reinterpret_cast<uint4*>(sa + i * 16) = make_uint4(0, 0, 0, 0);
+          fence_proxy_async();
+          named_barrier(2 + g, 128);
+        }
       }
+      wgmma_stage<BN, kAK, kBK>(acc, sa, smem + s * kStage + BM * 64 * 2);
+      wgmma_wait<1>();
+      if (kt > 0 && l == 0) mbar_arrive(&empty[(it - 1) % kStages]);
     }
+    wgmma_wait<0>();
     fence_registers(acc);
-    wgmma_fence();
-    #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const uint64_t da = kAK ? wgmma_desc(sa + 32 * k, 16, 1024) : wgmma_desc(sa + 2048 * k, 8192, 1024);
-      const uint64_t db = kBK ? wgmma_desc(sb + 32 * k, 16, 1024) : wgmma_desc(sb + 2048 * k, 8192, 1024);
-      wgmma_k16<BN, kAK ? 0 : 1, kBK ? 0 : 1>(acc, da, db, 1);
-    }
-    wgmma_commit();
-    fence_registers(acc);
-    wgmma_wait<1>();
-    if (kt > 0 && l == 0) mbar_arrive(&empty[(kt - 1) % kStages]);
-  }
-  wgmma_wait<0>();
-  fence_registers(acc);
-  if constexpr (kDw) {
-    const Problem p{nullptr, nullptr, static_cast<float*>(c) + size_t(e) * M * N, 0, 0, N, M, N, K, m0, n0};
-    #pragma unroll
-    for (int j = 0; j < BN / 8; ++j)
+    if (l == 0) mbar_arrive(&empty[(it - 1) % kStages]);  // the tile's last stage (the copier may be waiting)
+    const int m_first = tl.m0 + 64 * g;  // this warpgroup's first output row
+    if constexpr (kDw) {
+      const Problem p{nullptr, nullptr, static_cast<float*>(c) + size_t(tl.e) * tl.M * N, 0, 0, N, tl.M, N, tl.K, 0, 0};
       #pragma unroll
-      for (int h = 0; h < 2; ++h)
-        store_pair<true>(p, m0 + 64 * g + 16 * w + (l >> 2) + 8 * h, n0 + 8 * j + 2 * (l & 3),
-                         alpha * acc[4 * j + 2 * h], alpha * acc[4 * j + 2 * h + 1]);
-  } else {
-    // bf16 output through shared memory, so that each row leaves in 16-byte pieces: the warpgroup's 64 x BN
-    // tile at a pitch of BN + 8 elements (the pad puts a warp's 32 pair writes on 32 banks).
-    constexpr int kPitch = BN + 8;
-    named_barrier(1, 256);  // both warpgroups are done reading the stages
-    bf* st = reinterpret_cast<bf*>(smem) + g * 64 * kPitch;
-    #pragma unroll
-    for (int j = 0; j < BN / 8; ++j)
+      for (int j = 0; j < BN / 8; ++j)
+        #pragma unroll
+        for (int h = 0; h < 2; ++h)
+          store_pair<true>(p, m_first + 16 * w + (l >> 2) + 8 * h, tl.n0 + 8 * j + 2 * (l & 3),
+                           alpha * acc[4 * j + 2 * h], alpha * acc[4 * j + 2 * h + 1]);
+    } else {
+      // bf16 output through shared memory, so that each row leaves in 16-byte pieces: the warpgroup's 64 x BN
+      // tile at a pitch of BN + 8 elements (the pad puts a warp's 32 pair writes on 32 banks). Persistent: the
+      // warpgroup's own area, free once all its threads have stored the last tile; else the stages, free once
+      // both warpgroups are done with them.
+      if constexpr (Cfg::kPersistent) named_barrier(2 + g, 128);
+      else named_barrier(1, 256);
+      bf* st = reinterpret_cast<bf*>(staging) + g * 64 * kPitch<Cfg>;
       #pragma unroll
-      for (int h = 0; h < 2; ++h)
-        *reinterpret_cast<__nv_bfloat162*>(st + (16 * w + (l >> 2) + 8 * h) * kPitch + 8 * j + 2 * (l & 3)) =
-            __floats2bfloat162_rn(alpha * acc[4 * j + 2 * h], alpha * acc[4 * j + 2 * h + 1]);
-    named_barrier(2 + g, 128);
-    bf* out = static_cast<bf*>(c) + size_t(r0) * N;
-    for (int i = threadIdx.x & 127; i < 64 * BN / 8; i += 128) {
-      const int r = i / (BN / 8), n = n0 + 8 * (i % (BN / 8)), m = m0 + 64 * g + r;
-      if (m < M && n < N)
-        *reinterpret_cast<uint4*>(out + size_t(m) * N + n) = *reinterpret_cast<const uint4*>(st + r * kPitch + n - n0);
+      for (int j = 0; j < BN / 8; ++j)
+        #pragma unroll
+        for (int h = 0; h < 2; ++h)
+          *reinterpret_cast<__nv_bfloat162*>(st + (16 * w + (l >> 2) + 8 * h) * kPitch<Cfg> + 8 * j + 2 * (l & 3)) =
+              __floats2bfloat162_rn(alpha * acc[4 * j + 2 * h], alpha * acc[4 * j + 2 * h + 1]);
+      named_barrier(2 + g, 128);
+      bf* out = static_cast<bf*>(c) + size_t(tl.r0) * N;
+      for (int i = threadIdx.x & 127; i < 64 * BN / 8; i += 128) {
+        const int r = i / (BN / 8), n = tl.n0 + 8 * (i % (BN / 8)), m = m_first + r;
+        if (m < tl.M && n < N)
+          *reinterpret_cast<uint4*>(out + size_t(m) * N + n) =
+              *reinterpret_cast<const uint4*>(st + r * kPitch<Cfg> + n - tl.n0);
+      }
     }
   }
 }
@@ -558,12 +594,15 @@ CUtensorMap tensor_map(const void* base, int inner, int outer, int box_outer) {
   return m;
 }
 
+// expert_tma_kernel over `tiles` output tiles: a block each, or one block per SM when persistent.
 template <class Cfg, ExpertGemm kMode>
-void launch_tma(Context& ctx, dim3 grid, const CUtensorMap& a, const CUtensorMap& b, void* c, const int32_t* off_dev,
+void launch_tma(Context& ctx, int tiles, const CUtensorMap& a, const CUtensorMap& b, void* c, const int32_t* off_dev,
                 const int2* map, int K, int N, int M_dw, float alpha) {
   constexpr size_t smem = gemm_smem<Cfg, true, true>();
   allow_smem(reinterpret_cast<const void*>(expert_tma_kernel<Cfg, kMode>), smem, "expert_tma_kernel");
-  expert_tma_kernel<Cfg, kMode><<<grid, Cfg::threads, smem, ctx.stream>>>(a, b, c, off_dev, map, K, N, M_dw, alpha);
+  const int grid = Cfg::kPersistent ? std::min(tiles, sm_count()) : tiles;
+  expert_tma_kernel<Cfg, kMode><<<grid, Cfg::threads, smem, ctx.stream>>>(a, b, c, off_dev, map, K, N, M_dw, alpha,
+                                                                           tiles);
   check_launch("expert_tma_kernel");
 }
 
@@ -579,7 +618,7 @@ void launch_expert_rows(Context& ctx, const bf16* a, const bf16* w, bf16* c, con
     const CUtensorMap ta = tensor_map(a, K, rows, Cfg::BM);
     const CUtensorMap tb = kWK ? tensor_map(w, K, E * N, Cfg::BN) : tensor_map(w, N, E * K, 64);
     constexpr ExpertGemm kMode = kWK ? ExpertGemm::forward : ExpertGemm::dx;
-    return launch_tma<Cfg, kMode>(ctx, dim3(grid), ta, tb, c, off_dev, map, K, N, 0, alpha);
+    return launch_tma<Cfg, kMode>(ctx, int(grid), ta, tb, c, off_dev, map, K, N, 0, alpha);
   } else {
     constexpr size_t smem = gemm_smem<Cfg, true, kWK>();
     allow_smem(reinterpret_cast<const void*>(expert_rows_kernel<Cfg, kWK>), smem, "expert_rows_kernel");
@@ -593,8 +632,8 @@ void launch_expert_dw(Context& ctx, const bf16* dy, const bf16* x, float* dw, co
                       int In, int Out, float alpha) {
   const dim3 grid((In + Cfg::BN - 1) / Cfg::BN, (Out + Cfg::BM - 1) / Cfg::BM, E);
   if constexpr (Cfg::kTma) {
-    return launch_tma<Cfg, ExpertGemm::dw>(ctx, grid, tensor_map(dy, Out, rows, 64), tensor_map(x, In, rows, 64), dw,
-                                           off_dev, nullptr, 0, In, Out, alpha);
+    return launch_tma<Cfg, ExpertGemm::dw>(ctx, int(grid.x * grid.y * grid.z), tensor_map(dy, Out, rows, 64),
+                                           tensor_map(x, In, rows, 64), dw, off_dev, nullptr, 0, In, Out, alpha);
   } else {
     constexpr size_t smem = gemm_smem<Cfg, false, false>();
     allow_smem(reinterpret_cast<const void*>(expert_dw_kernel<Cfg>), smem, "expert_dw_kernel");
@@ -614,16 +653,23 @@ using Tile6 = WgmmaCfg<256, 4>;                // Hopper: 2 warpgroups of 64 x 2
 using Tile7 = WgmmaCfg<128, 3>;                // Hopper: 3 stages, 2 blocks per SM
 using Tile8 = TmaCfg<256, 4>;                  // Hopper, TMA-fed by a third warpgroup: 64 x 256 per warpgroup
 using Tile9 = TmaCfg<128, 6>;                  // 64 x 128 per warpgroup, 6 stages
-constexpr int kTileConfigs = 10;
+using Tile10 = TmaCfg<256, 3, true>;           // as 8, persistent: one block per SM going through the tiles
+using Tile11 = TmaCfg<128, 5, true>;           // as 9, persistent
+constexpr int kTileConfigs = 12;
 
 // The configurations of the row kernels (forward, backward dx) and of the dW kernel: MUE_EXPERT_TILE="r,w" when
-// set (read at every call, cheap next to a GEMM, so that tests can try them all), else 8 for the rows and 9 for
-// dW. Measured on the H100, 2026-11-23 (fifth session), gpt2s-moe ms per step (forward / backward expert GEMMs
-// per step) with r,w = t,t: mma.sync 0: 66.79 (8.82 / 20.08), best of 1-4: 66.73 (3); wgmma with cp.async
-// 5: 64.75 (9.13 / 18.58), 6: 62.46 (8.03 / 16.97), 7: 63.57 (7.88 / 17.36); TMA 8: 52.07 (4.66 / 10.33),
-// 9: 53.24 (5.47 / 10.60); r,w = 8,9: 51.85 (4.70 / 10.04), 9,8: 53.42.
+// set (read at every call, cheap next to a GEMM, so that tests can try them all), else 10 for the rows and 9 for
+// dW. Measured on the H100, 2026-11-23 (fifth session), ms per step (forward / backward expert GEMMs per step):
+//   gpt2s-moe, r,w = t,t: mma.sync 0: 66.79 (8.82 / 20.08), best of 1-4: 66.73 (3); wgmma with cp.async
+//     5: 64.75 (9.13 / 18.58), 6: 62.46 (8.03 / 16.97), 7: 63.57 (7.88 / 17.36); TMA 8: 52.07 (4.66 / 10.33),
+//     9: 53.24 (5.47 / 10.60); r,w = 8,9: 51.85, 9,8: 53.42, 10,9: 50.82 (4.12 / 9.78), 11,9: 51.48,
+//     10,11: 52.55, 0,2: 66.63.
+//   small-moe: 8,9: 16.32, 10,9: 15.99, 11,9: 15.95, 10,11: 16.32, 0,2: 20.21.
+//   dit-moe:   8,9: 67.18, 10,9: 63.45, 11,9: 63.52, 10,11: 70.14, 0,2: 90.17.
+// Persistent blocks pay on the row kernels, whose tiles all cost the same; dW tiles vary with the expert's rows,
+// where one block per tile balances better.
 struct TileChoice {
-  int rows = 8, dw = 9;
+  int rows = 10, dw = 9;
 };
 TileChoice tile_choice() {
   TileChoice t;
@@ -646,6 +692,8 @@ void with_tile(int i, F f) {
     case 7: return f(Tile7{});
     case 8: return f(Tile8{});
     case 9: return f(Tile9{});
+    case 10: return f(Tile10{});
+    case 11: return f(Tile11{});
     default: return f(Tile0{});
   }
 }

@@ -30,8 +30,9 @@ for p in ${TILE_SWEEP:-}; do
   echo "== expert GEMM tiles, $p (ms/step: forward, backward)"
   for t in ${TILE_LIST:-$(seq 0 $((${TILE_CONFIGS:-10} - 1)))}; do
     case $t in *,*) tt=$t ;; *) tt=$t,$t ;; esac  # "r,w" or one configuration for both
-    MUE_EXPERT_TILE=$tt timeout 120 ./build-gpu/mue bench "$p" --steps 10 --profile > "$OUT/tiles-$p-$t.txt" 2>&1
-    echo "tile $t: $(grep -E "expert_matmul_(forward|backward)" "$OUT/tiles-$p-$t.txt" | awk '{printf "%s %s  ", $1, $3}')$(tail -1 "$OUT/tiles-$p-$t.txt" | awk '{print $(NF-5) " ms/step"}')"
+    f="$OUT/tiles-$p-${tt/,/-}.txt"  # no comma: the device tool does not bring such names back
+    MUE_EXPERT_TILE=$tt timeout 120 ./build-gpu/mue bench "$p" --steps 10 --profile > "$f" 2>&1
+    echo "tile $t: $(grep -E "expert_matmul_(forward|backward)" "$f" | awk '{printf "%s %s  ", $1, $3}')$(tail -1 "$f" | awk '{print $(NF-5) " ms/step"}')"
   done
 done
 if [ -f data-cache/linux-doc.tok ] && [ -z "${NO_SWEEP:-}" ]; then
