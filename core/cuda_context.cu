@@ -35,18 +35,30 @@ __global__ void cast_bf16_to_f32_kernel(const bf* in, float* out, size_t n) {
 }
 }  // namespace
 
-bool gpu_available() {
-  static const bool ok = [] {
+const std::string& gpu_unusable_reason() {
+  static const std::string why = []() -> std::string {
     int n = 0;
-    cudaError_t e = cudaGetDeviceCount(&n);
+    const cudaError_t e = cudaGetDeviceCount(&n);
     if (e != cudaSuccess) {
       (void)cudaGetLastError();
-      return false;
+      return std::string("no CUDA device (") + cudaGetErrorString(e) + ")";
     }
-    return n > 0;
+    if (n == 0) return "no CUDA device";
+    // The kernels are built for sm_90a (wgmma, TMA, setmaxnreg), whose code runs on compute capability 9.0 only.
+    cudaDeviceProp p{};
+    if (cudaGetDeviceProperties(&p, 0) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return "cannot read the properties of CUDA device 0";
+    }
+    if (p.major != 9 || p.minor != 0)
+      return "CUDA device 0 (" + std::string(p.name) + ") has compute capability " + std::to_string(p.major) + "." +
+             std::to_string(p.minor) + "; mue's kernels are built for sm_90a (H100, H200)";
+    return "";
   }();
-  return ok;
+  return why;
 }
+
+bool gpu_available() { return gpu_unusable_reason().empty(); }
 
 Context::Context(int device) : device_(device) {
   check(cudaSetDevice(device), "cudaSetDevice(", device, ")");

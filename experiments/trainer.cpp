@@ -245,13 +245,21 @@ std::string utc_now_iso() {
 std::string resolve_device(const std::string& requested) {
 #ifdef MUE_HAVE_CUDA
   const bool gpu = cuda::gpu_available();
+  const std::string why = gpu ? "" : cuda::gpu_unusable_reason();
 #else
   const bool gpu = false;
+  const std::string why = "mue was built without CUDA";
 #endif
   if (requested == "cpu") return "cpu";
   if (requested == "cuda") {
-    MUE_CHECK(gpu, "train.device=cuda but no usable CUDA GPU (or mue was built without CUDA)");
+    MUE_CHECK(gpu, "train.device=cuda but no usable CUDA GPU: ", why);
     return "cuda";
+  }
+  // A GPU this build cannot use is worth a word (none at all is the usual CPU machine).
+  static bool told = false;
+  if (!gpu && !told && why.rfind("no CUDA device", 0) != 0 && why.find("without CUDA") == std::string::npos) {
+    std::fprintf(stderr, "note: train.device=auto runs on the CPU: %s\n", why.c_str());
+    told = true;
   }
   return gpu ? "cuda" : "cpu";
 }

@@ -24,7 +24,8 @@ namespace mue::cuda {
 
 using mue::StepOut;
 
-bool gpu_available();  // at least one CUDA device can be used
+bool gpu_available();  // CUDA device 0 can run mue's kernels (compute capability 9.0)
+const std::string& gpu_unusable_reason();  // why not ("" when it can)
 
 class Context {
  public:

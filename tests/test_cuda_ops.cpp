@@ -17,10 +17,24 @@
 #include "nn/ops_cpu.h"
 #include "nn/backend.h"
 #include "nn/ops_cuda.h"
+#include "experiments/trainer.h"
 #include "tests/catch.h"
 
 #include "tests/cuda_check.h"
 
+
+TEST_CASE("whether the GPU is usable comes with the reason; train.device=cuda without one says why", "[cuda]") {
+  const std::string why = cuda::gpu_unusable_reason();
+  CHECK(cuda::gpu_available() == why.empty());
+  if (cuda::gpu_available()) {
+    CHECK(resolve_device("auto") == "cuda");
+    CHECK(resolve_device("cuda") == "cuda");
+  } else {
+    CHECK(resolve_device("auto") == "cpu");
+    CHECK_THROWS_WITH(resolve_device("cuda"), HasText("train.device=cuda but no usable CUDA GPU: " + why));
+  }
+  CHECK(resolve_device("cpu") == "cpu");
+}
 
 TEST_CASE("CUDA context, memory helpers and casts", "[cuda]") {
   if (!cuda::gpu_available()) {
