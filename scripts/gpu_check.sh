@@ -28,7 +28,7 @@ for p in ${PROFILE:-}; do
 done
 for p in ${TILE_SWEEP:-}; do
   echo "== expert GEMM tiles, $p (ms/step: forward, backward)"
-  for t in ${TILE_LIST:-$(seq 0 $((${TILE_CONFIGS:-10} - 1)))}; do
+  for t in ${TILE_LIST:-$(seq 0 $((${TILE_CONFIGS:-12} - 1)))}; do
     case $t in *,*) tt=$t ;; *) tt=$t,$t ;; esac  # "r,w" or one configuration for both
     f="$OUT/tiles-$p-${tt/,/-}.txt"  # no comma: the device tool does not bring such names back
     MUE_EXPERT_TILE=$tt timeout 120 ./build-gpu/mue bench "$p" --steps 10 --profile > "$f" 2>&1
