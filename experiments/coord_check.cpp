@@ -5,6 +5,7 @@
 #include <map>
 
 #include "core/h5log.h"
+#include "core/version.h"
 #include "experiments/trainer.h"
 #include "moe/moe_layer.h"
 
@@ -131,7 +132,7 @@ void write_coord_file(const std::string& path, const std::vector<CoordPoint>& po
   log.set_attr("config", config.dump(2));
   log.set_attr("rule", rule);
   log.set_attr("status", std::string("completed"));
-  log.set_attr("git_commit", std::string(MUE_GIT_COMMIT));
+  log.set_attr("git_commit", std::string(git_commit()));
   log.set_attr("device", std::string("cpu"));
   log.set_attr("started", utc_now_iso());
   log.set_attr("finished", utc_now_iso());

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "core/version.h"
 #include "data/images.h"
 #include "data/tokens.h"
 #include "experiments/bench.h"
@@ -41,6 +42,7 @@ usage:
   mue bench PRESET [key=value ...] [--steps N] [--device auto|cpu|cuda] [--profile]
                                                tok/s, MFU, ms/step, GPU memory; --profile: per-op times
   mue help | --help | COMMAND --help
+  mue --version                                the git commit this program was built from
 
 config keys (defaults shown; files and overrides may only use these):
 )";
@@ -302,6 +304,10 @@ int main(int argc, char** argv) {
   const std::string cmd = argv[1];
   if (cmd == "help" || cmd == "--help" || cmd == "-h") {
     usage(stdout);
+    return 0;
+  }
+  if (cmd == "--version" || cmd == "version") {
+    std::printf("mue %s\n", mue::git_commit());
     return 0;
   }
   for (int i = 2; i < argc; ++i)

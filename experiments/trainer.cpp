@@ -10,6 +10,7 @@
 #include <optional>
 
 #include "core/h5log.h"
+#include "core/version.h"
 #include "data/images.h"
 #include "data/tokens.h"
 #include "experiments/checkpoint.h"
@@ -129,7 +130,7 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
   log.set_attr("config", c.raw.dump(2));
   log.set_attr("rule", c.rule);
   log.set_attr("status", std::string("running"));
-  log.set_attr("git_commit", std::string(MUE_GIT_COMMIT));
+  log.set_attr("git_commit", std::string(git_commit()));
   log.set_attr("device", res.device);
   log.set_attr("started", utc_now_iso());
   log.set_attr("finished", std::string(""));

@@ -10,6 +10,7 @@
 #include <fstream>
 
 #include "core/h5log.h"
+#include "core/version.h"
 #include "data/tokens.h"
 #include "experiments/bench.h"
 #include "experiments/trainer.h"
@@ -56,7 +57,7 @@ TEST_CASE("train: a tiny run writes a complete, readable HDF5 log and learns", "
   const std::string f = d / "tiny.h5";
   CHECK(read_string_attr(f, "status").value() == "completed");
   CHECK(read_string_attr(f, "rule").value() == "mup");
-  CHECK(!read_string_attr(f, "git_commit").value().empty());
+  CHECK(read_string_attr(f, "git_commit").value() == git_commit());
   CHECK(read_string_attr(f, "device").value() == "cpu");
   CHECK(!read_string_attr(f, "finished").value().empty());
   CHECK(json::parse(read_string_attr(f, "config").value())["train"]["steps"] == 60);
@@ -171,6 +172,28 @@ TEST_CASE("the mue program: bad input gives one line and a non-zero exit", "[cli
   }
   CHECK(fs::last_write_time(kept) == before);
   CHECK(read_string_attr(kept, "status").value() == "completed");
+}
+
+TEST_CASE("the commit of the build: taken when it was built, printed by mue --version", "[cli]") {
+  const std::string out = "/tmp/mue_version_" + std::to_string(::getpid());
+  REQUIRE(WEXITSTATUS(std::system((std::string(MUE_BINARY) + " --version > " + out).c_str())) == 0);
+  std::ifstream in(out);
+  std::string line;
+  std::getline(in, line);
+  std::remove(out.c_str());
+  CHECK(line == std::string("mue ") + git_commit());
+  // In a checkout, the build's commit is the checkout's HEAD (tests run on what was just built).
+  const std::string head_file = out + "_head";
+  if (std::system(("git -C " + std::string(MUE_SOURCE_DIR) + " rev-parse --short HEAD > " + head_file +
+                   " 2> /dev/null").c_str()) == 0) {
+    std::ifstream h(head_file);
+    std::string head;
+    std::getline(h, head);
+    INFO("HEAD " << head << ", built from " << git_commit());
+    CHECK(!head.empty());
+    CHECK(std::string(git_commit()).rfind(head, 0) == 0);
+  }
+  std::remove(head_file.c_str());
 }
 
 TEST_CASE("transfer prints the table; --json parses", "[cli]") {
