@@ -148,9 +148,18 @@ std::string from_fixed(const char* s, size_t size, H5T_str_t pad) {
   return std::string(s, n);
 }
 
+// A root attribute, or with a path ("param_table/route_scale") an attribute of that group or dataset.
 std::optional<Hid> open_root_attr(hid_t f, const std::string& file, const std::string& attr) {
-  if (!check_tri(H5Aexists(f, attr.c_str()), "cannot look up attribute '" + attr + "'", file)) return std::nullopt;
-  return make(H5Aopen(f, attr.c_str(), H5P_DEFAULT), H5Aclose, "cannot open attribute '" + attr + "'", file);
+  const size_t slash = attr.rfind('/');
+  const std::string obj = slash == std::string::npos ? "." : attr.substr(0, slash);
+  const std::string name = slash == std::string::npos ? attr : attr.substr(slash + 1);
+  if (obj != "." && !check_tri(H5Lexists(f, obj.c_str(), H5P_DEFAULT), "cannot look up '" + obj + "'", file))
+    return std::nullopt;
+  if (!check_tri(H5Aexists_by_name(f, obj.c_str(), name.c_str(), H5P_DEFAULT),
+                 "cannot look up attribute '" + attr + "'", file))
+    return std::nullopt;
+  return make(H5Aopen_by_name(f, obj.c_str(), name.c_str(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose,
+              "cannot open attribute '" + attr + "'", file);
 }
 
 }  // namespace
@@ -330,7 +339,8 @@ void RunLog::set_attr(const std::string& name, double value) {
   check(H5Awrite(a, H5T_NATIVE_DOUBLE, &value), "cannot write " + what, m.path);
 }
 
-void RunLog::write_param_table(const std::vector<ParamTableRow>& rows) {
+void RunLog::write_param_table(const std::vector<ParamTableRow>& rows,
+                               const std::vector<std::pair<std::string, double>>& scalars) {
   Impl& m = live("write_param_table");
   MUE_CHECK(!m.param_table_written, "run log '", m.path, "': param_table written twice");
   Hid g = make(H5Gcreate2(m.file, "param_table", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose,
@@ -368,6 +378,14 @@ void RunLog::write_param_table(const std::vector<ParamTableRow>& rows) {
   doubles("lr", &ParamTableRow::lr);
   doubles("wd", &ParamTableRow::wd);
   doubles("eps", &ParamTableRow::eps);
+  doubles("forward_alpha", &ParamTableRow::forward_alpha);
+  for (const auto& [name, value] : scalars) {
+    const std::string what = "param_table attribute '" + name + "'";
+    Hid one = make(H5Screate(H5S_SCALAR), H5Sclose, "cannot create dataspace", m.path);
+    Hid a = make(H5Acreate2(g, name.c_str(), H5T_IEEE_F64LE, one, H5P_DEFAULT, H5P_DEFAULT), H5Aclose,
+                 "cannot create " + what, m.path);
+    check(H5Awrite(a, H5T_NATIVE_DOUBLE, &value), "cannot write " + what, m.path);
+  }
   m.param_table_written = true;
 }
 

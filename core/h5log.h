@@ -24,6 +24,7 @@ namespace mue {
 struct ParamTableRow {
   std::string name, shape, init;
   double init_std, multiplier, lr, wd, eps;
+  double forward_alpha = 1;  // what the forward applies: multiplier x the branch multiplier on residual outputs
 };
 
 class RunLog {
@@ -43,8 +44,10 @@ class RunLog {
   void set_attr(const std::string& name, const char* value) { set_attr(name, std::string(value)); }
   void set_attr(const std::string& name, double value);
 
-  // Writes /param_table once.
-  void write_param_table(const std::vector<ParamTableRow>& rows);
+  // Writes /param_table once: its rows as columns, and the table-wide scalars (attention scale, branch
+  // multiplier, route scale) as attributes of the group.
+  void write_param_table(const std::vector<ParamTableRow>& rows,
+                         const std::vector<std::pair<std::string, double>>& scalars = {});
 
   // Appends one row to the 1-D columns of `group` (e.g. "train" or "/train"), creating group and columns on first
   // use. Column names must be distinct and contain no '/'.
@@ -75,7 +78,7 @@ bool is_hdf5(const std::string& file);
 // nullopt if the file does not exist or has no such root attribute; error if it is not an HDF5 file or the
 // attribute is not a string.
 std::optional<std::string> read_string_attr(const std::string& file, const std::string& attr);
-// Same for a numeric root attribute (read as double).
+// Same for a numeric root attribute (read as double). Both take "group/name" for an attribute of a group.
 std::optional<double> read_double_attr(const std::string& file, const std::string& attr);
 
 // A numeric dataset as doubles, flattened in row-major order (see dataset_shape for the dims).

@@ -220,10 +220,11 @@ int cmd_transfer(int argc, char** argv) {
     json rows = json::array();
     for (const auto& r : t.rows)
       rows.push_back({{"name", r.tensor.name}, {"shape", r.tensor.shape()}, {"role", role_name(r.tensor.role)},
-                      {"init", r.init}, {"init_std", r.init_std}, {"multiplier", r.multiplier}, {"lr", r.lr},
-                      {"wd", r.wd}, {"eps", r.eps}, {"factors", r.why}});
+                      {"init", r.init}, {"init_std", r.init_std}, {"multiplier", r.multiplier},
+                      {"forward_alpha", t.forward_alpha(r.tensor.name)}, {"lr", r.lr}, {"wd", r.wd},
+                      {"eps", r.eps}, {"factors", r.why}});
     json out = {{"rule", t.rule}, {"attn_scale", t.attn_scale}, {"branch_multiplier", t.branch_multiplier},
-                {"global_lr", c.hp.lr}, {"global_wd", c.hp.wd}, {"rows", rows}};
+                {"route_scale", t.route_scale}, {"global_lr", c.hp.lr}, {"global_wd", c.hp.wd}, {"rows", rows}};
     std::printf("%s\n", out.dump(2).c_str());
   } else {
     std::printf("target d=%d L=%d H=%d heads=%d; reference d=%d L=%d H=%d heads=%d; hp lr=%g wd=%g\n",

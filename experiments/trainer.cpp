@@ -35,7 +35,8 @@ std::string fmt_duration(double s) {
 std::vector<ParamTableRow> table_rows(const ParamTable& t) {
   std::vector<ParamTableRow> rows;
   for (const auto& r : t.rows)
-    rows.push_back({r.tensor.name, r.tensor.shape(), r.init, r.init_std, r.multiplier, r.lr, r.wd, r.eps});
+    rows.push_back({r.tensor.name, r.tensor.shape(), r.init, r.init_std, r.multiplier, r.lr, r.wd, r.eps,
+                    t.forward_alpha(r.tensor.name)});
   return rows;
 }
 
@@ -135,7 +136,9 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
   log.set_attr("started", utc_now_iso());
   log.set_attr("finished", std::string(""));
   log.set_attr("data_sources", task.sources());
-  log.write_param_table(table_rows(table));
+  log.write_param_table(table_rows(table), {{"attn_scale", table.attn_scale},
+                                            {"branch_multiplier", table.branch_multiplier},
+                                            {"route_scale", table.route_scale}});
   log.flush();
 
   g_stop_signal = 0;

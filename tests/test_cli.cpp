@@ -14,6 +14,7 @@
 #include "data/tokens.h"
 #include "experiments/bench.h"
 #include "experiments/trainer.h"
+#include "optim/rules.h"
 #include "tests/catch.h"
 #include "tests/fixtures.h"
 
@@ -69,6 +70,13 @@ TEST_CASE("train: a tiny run writes a complete, readable HDF5 log and learns", "
   CHECK(names.size() == lm_tensors(c.model).size());
   CHECK(names.front() == "embed.wte");
   CHECK(read_doubles(f, "param_table/lr").size() == names.size());
+  // The table-wide scalars, and the multiplier the forward applies (mup: no branch multiplier, so the same).
+  CHECK(read_double_attr(f, "param_table/attn_scale").value() == Approx(make_param_table("mup", c.model, c.reference,
+                                                                                         c.hp).attn_scale));
+  CHECK(read_double_attr(f, "param_table/branch_multiplier").value() == 1.0);
+  CHECK(read_double_attr(f, "param_table/route_scale").value() == 1.0);
+  CHECK(!read_double_attr(f, "param_table/no_such_scalar"));
+  CHECK(read_doubles(f, "param_table/forward_alpha") == read_doubles(f, "param_table/multiplier"));
 
   SECTION("a completed run is not overwritten unless asked") {
     auto before = fs::last_write_time(f);
@@ -221,6 +229,23 @@ TEST_CASE("transfer prints the table; --json parses", "[cli]") {
   json k = json::parse(in2);
   for (auto& r : k["rows"])
     if (r["name"] == "layers.0.ffn.proj") CHECK(r["lr"].get<double>() == Approx(0.02 / 4));  // fan-in 1024 vs 256
+  CHECK(k["route_scale"] == 1.0);
+  // CompleteP at twice the depth: the residual outputs' forward_alpha carries the branch multiplier 1/2.
+  st = std::system((std::string(MUE_BINARY) +
+                    " transfer rule=completep model.n_layers=8 reference.n_layers=4 --json > " + out).c_str());
+  REQUIRE(WEXITSTATUS(st) == 0);
+  std::ifstream in3(out);
+  json p = json::parse(in3);
+  CHECK(p["branch_multiplier"].get<double>() == Approx(0.5));
+  int residual_outputs = 0;
+  for (auto& r : p["rows"])
+    if (r["name"] == "layers.0.attn.proj" || r["name"] == "layers.0.ffn.proj") {
+      ++residual_outputs;
+      CHECK(r["forward_alpha"].get<double>() == Approx(0.5 * r["multiplier"].get<double>()));
+    } else if (r["name"] == "layers.0.attn.qkv") {
+      CHECK(r["forward_alpha"] == r["multiplier"]);
+    }
+  CHECK(residual_outputs == 2);
   for (const auto& f : {out, ref, tgt}) std::remove(f.c_str());
 }
 

@@ -28,9 +28,9 @@ TEST_CASE("run log round-trips attributes, param table, columns and rows", "[h5]
   const std::string path = tmp.file("run.h5");
   const std::string config = "{\n  \"model\": {\"d\": 128},\n  \"name\": \"caf\xc3\xa9\"\n}";
   const std::vector<mue::ParamTableRow> table = {
-      {"embed.weight", "50257x768", "normal", 0.02, 1.0, 3e-3, 0.0, 1e-8},
-      {"blocks.0.ffn.w1", "768x3072", "normal", 0.0360844, 0.5, 1.5e-3, 0.1, 1e-8},
-      {"ln_f.gain", "768", "ones", 0.0, 1.0, 3e-3, 0.0, 1e-12},
+      {"embed.weight", "50257x768", "normal", 0.02, 1.0, 3e-3, 0.0, 1e-8, 1.0},
+      {"blocks.0.ffn.w1", "768x3072", "normal", 0.0360844, 0.5, 1.5e-3, 0.1, 1e-8, 0.25},
+      {"ln_f.gain", "768", "ones", 0.0, 1.0, 3e-3, 0.0, 1e-12, 1.0},
   };
   constexpr int kTrain = 2500;
   auto train_loss = [](int i) { return 10.0 / (1.0 + 0.01 * i) + 1e-13 * i; };
@@ -45,7 +45,7 @@ TEST_CASE("run log round-trips attributes, param table, columns and rows", "[h5]
     log.set_attr("started", std::string("2024-05-01T12:00:00Z"));
     log.set_attr("finished", std::string(""));
     log.set_attr("seed", 17.0);
-    log.write_param_table(table);
+    log.write_param_table(table, {{"attn_scale", 0.125}, {"route_scale", 8.0}});
     CHECK_THROWS_AS(log.write_param_table(table), mue::Error);
     for (int i = 0; i < kTrain; ++i) {
       log.append("train", {{"step", i + 1}, {"tokens", (i + 1) * 4096.0}, {"loss", train_loss(i)},
@@ -80,7 +80,13 @@ TEST_CASE("run log round-trips attributes, param table, columns and rows", "[h5]
 
   // param_table: equal-length columns.
   CHECK(mue::list_datasets(path, "param_table") ==
-        std::vector<std::string>{"eps", "init", "init_std", "lr", "multiplier", "name", "shape", "wd"});
+        std::vector<std::string>{"eps", "forward_alpha", "init", "init_std", "lr", "multiplier", "name", "shape",
+                                 "wd"});
+  CHECK(mue::read_doubles(path, "param_table/forward_alpha") == std::vector<double>{1.0, 0.25, 1.0});
+  CHECK(mue::read_double_attr(path, "param_table/attn_scale") == 0.125);
+  CHECK(mue::read_double_attr(path, "param_table/route_scale") == 8.0);
+  CHECK_FALSE(mue::read_double_attr(path, "param_table/branch_multiplier").has_value());
+  CHECK_FALSE(mue::read_double_attr(path, "no_such_group/x").has_value());
   std::vector<std::string> names, shapes, inits;
   std::vector<double> init_std, mult, lr, wd, eps;
   for (const auto& r : table) {
