@@ -315,7 +315,8 @@ TEST_CASE("sweep: every spec in experiments/sweeps/ loads, expands and validates
   // One spec per figure type of the paper (spec section 4), LM and diffusion where the spec asks for both.
   for (const char* want : {"act-experts-lm", "act-experts-flow", "total-experts-lm", "total-experts-flow",
                            "granularity-lm", "shared-experts-lm", "group-balanced-lm", "width-lm", "expert-width-lm",
-                           "batch-lm", "shape-fixed-hp-lm", "shape-fixed-hp-flow", "wd-lm"})
+                           "batch-lm", "shape-fixed-hp-lm", "shape-fixed-hp-flow", "wd-lm", "dense-proxy-lm",
+                           "rivals-lm"})
     CHECK(names.count(want) == 1);
   // The sweep prints the spec's expected H100 time when it starts.
   Res r = run_sweep_cli((dir / "act-experts-lm.json").string() + " --dry-run");

@@ -2,7 +2,7 @@
 """Markdown results table from a sweep index: final val loss per (rule, shape) x LR, the optimum LR per row,
 and how many octaves the optimum moved across shapes under each rule.
 
-usage: sweep_table.py INDEX.h5 [--lr-key hp.lr] [--x-key ffn.shape] [--group-key rule]
+usage: sweep_table.py INDEX.h5 [--lr-key hp.lr] [--x-key ffn.shape|none] [--group-key rule]
 """
 import argparse
 import math
@@ -18,7 +18,8 @@ def main():
     ap.add_argument("--group-key", default="rule")
     a = ap.parse_args()
     sw = Summary(a.index)
-    lr, x, grp = sw.column(a.lr_key), sw.column(a.x_key), sw.column(a.group_key)
+    lr, grp = sw.column(a.lr_key), sw.column(a.group_key)
+    x = ["-"] * len(lr) if a.x_key == "none" else sw.column(a.x_key)  # none: one row per group
     loss, status = sw.column("final_val_loss"), sw.status
     lrs = sorted(set(lr))
     groups = list(dict.fromkeys(grp))
@@ -44,7 +45,7 @@ def main():
                 opt.append(best[1])
             best_text = f"{best[1]:.3g}" if best[1] is not None else "-"
             print(f"| {g} | {xv} | " + " | ".join(row) + f" | {best_text} |")
-        if opt:
+        if len(opt) > 1:
             spread = math.log2(max(opt)) - math.log2(min(opt))
             print(f"\n{g}: optimum LR moved {spread:.1f} octaves across {len(opt)} shapes\n")
 
