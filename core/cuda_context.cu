@@ -6,7 +6,7 @@
 #include <string>
 
 #include "core/cuda_util.cuh"
-#include "nn/ops_cuda.h"
+#include "core/cuda_context.h"
 
 namespace mue::cuda {
 
