@@ -162,6 +162,15 @@ std::optional<Hid> open_root_attr(hid_t f, const std::string& file, const std::s
               "cannot open attribute '" + attr + "'", file);
 }
 
+// A new scalar float64 attribute `name` of the group or file `obj` (`what` names it in errors).
+void create_double_attr(hid_t obj, const std::string& name, double value, const std::string& what,
+                        const std::string& file) {
+  Hid space = make(H5Screate(H5S_SCALAR), H5Sclose, "cannot create dataspace", file);
+  Hid a = make(H5Acreate2(obj, name.c_str(), H5T_IEEE_F64LE, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose,
+               "cannot create " + what, file);
+  check(H5Awrite(a, H5T_NATIVE_DOUBLE, &value), "cannot write " + what, file);
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -333,10 +342,7 @@ void RunLog::set_attr(const std::string& name, double value) {
     a->reset();
     check(H5Adelete(m.file, name.c_str()), "cannot replace " + what, m.path);
   }
-  Hid space = make(H5Screate(H5S_SCALAR), H5Sclose, "cannot create dataspace", m.path);
-  Hid a = make(H5Acreate2(m.file, name.c_str(), H5T_IEEE_F64LE, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose,
-               "cannot create " + what, m.path);
-  check(H5Awrite(a, H5T_NATIVE_DOUBLE, &value), "cannot write " + what, m.path);
+  create_double_attr(m.file, name, value, what, m.path);
 }
 
 void RunLog::write_param_table(const std::vector<ParamTableRow>& rows,
@@ -379,13 +385,8 @@ void RunLog::write_param_table(const std::vector<ParamTableRow>& rows,
   doubles("wd", &ParamTableRow::wd);
   doubles("eps", &ParamTableRow::eps);
   doubles("forward_alpha", &ParamTableRow::forward_alpha);
-  for (const auto& [name, value] : scalars) {
-    const std::string what = "param_table attribute '" + name + "'";
-    Hid one = make(H5Screate(H5S_SCALAR), H5Sclose, "cannot create dataspace", m.path);
-    Hid a = make(H5Acreate2(g, name.c_str(), H5T_IEEE_F64LE, one, H5P_DEFAULT, H5P_DEFAULT), H5Aclose,
-                 "cannot create " + what, m.path);
-    check(H5Awrite(a, H5T_NATIVE_DOUBLE, &value), "cannot write " + what, m.path);
-  }
+  for (const auto& [name, value] : scalars)
+    create_double_attr(g, name, value, "param_table attribute '" + name + "'", m.path);
   m.param_table_written = true;
 }
 

@@ -221,7 +221,7 @@ int cmd_transfer(int argc, char** argv) {
     for (const auto& r : t.rows)
       rows.push_back({{"name", r.tensor.name}, {"shape", r.tensor.shape()}, {"role", role_name(r.tensor.role)},
                       {"init", r.init}, {"init_std", r.init_std}, {"multiplier", r.multiplier},
-                      {"forward_alpha", t.forward_alpha(r.tensor.name)}, {"lr", r.lr}, {"wd", r.wd},
+                      {"forward_alpha", t.forward_alpha(r)}, {"lr", r.lr}, {"wd", r.wd},
                       {"eps", r.eps}, {"factors", r.why}});
     json out = {{"rule", t.rule}, {"attn_scale", t.attn_scale}, {"branch_multiplier", t.branch_multiplier},
                 {"route_scale", t.route_scale}, {"global_lr", c.hp.lr}, {"global_wd", c.hp.wd}, {"rows", rows}};

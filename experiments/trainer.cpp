@@ -36,7 +36,7 @@ std::vector<ParamTableRow> table_rows(const ParamTable& t) {
   std::vector<ParamTableRow> rows;
   for (const auto& r : t.rows)
     rows.push_back({r.tensor.name, r.tensor.shape(), r.init, r.init_std, r.multiplier, r.lr, r.wd, r.eps,
-                    t.forward_alpha(r.tensor.name)});
+                    t.forward_alpha(r)});
   return rows;
 }
 

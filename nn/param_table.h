@@ -54,10 +54,10 @@ struct ParamTable {
     fail("parameter table has no tensor '", name, "'");
   }
   // The alpha a linear layer's forward uses: its multiplier, times the branch multiplier on residual outputs.
-  double forward_alpha(const std::string& name) const {
-    const auto& r = row(name);
+  double forward_alpha(const ParamRow& r) const {
     return r.multiplier * (r.tensor.residual_output ? branch_multiplier : 1.0);
   }
+  double forward_alpha(const std::string& name) const { return forward_alpha(row(name)); }
 };
 
 }  // namespace mue
