@@ -415,9 +415,9 @@ __global__ void __launch_bounds__(Cfg::threads) expert_dw_kernel(const bf* dy, c
 // feeds a kStages-deep ring with the tensor copy engine: full[s] completes when stage s has landed, empty[s] when
 // all 8 computing warps have finished the products reading it. The copies fetch whole boxes whatever the
 // expert's extent; what lies beyond it is harmless: rows of A past the expert's last row and columns of B past N
-// only reach outputs that are not stored, k beyond K meets zeros (the tensor ends there: columns of x or dy,
-// rows of dy and x past the last row), and the dW kernel zeroes its A rows past the expert's last row (they
-// belong to the next expert) before multiplying.
+// only reach outputs that are not stored, and k beyond K meets zeros where the tensor ends there (columns of x or
+// dy, rows past the last row); where it does not (dW: the next expert's rows of dy and x; dx: the next expert's
+// rows of W), the computing warps zero those k rows before multiplying.
 // A block works through output tiles blockIdx.x, + gridDim.x, ... of `tiles`: one each when the grid covers them
 // all, several when persistent (kPersistent: one block per SM), where the copier runs ahead into the next tile
 // while the computing warpgroups store the last one (from a shared-memory area of their own).
@@ -508,16 +508,24 @@ __global__ void __launch_bounds__(384, 1)
       const int s = it % kStages;
       mbar_wait(&full[s], (it / kStages) & 1);
       char* sa = smem + s * kStage + g * 8192;  // this warpgroup's 64 rows of A
-      if constexpr (kDw) {
-        const int valid = tl.K - 64 * kt;  // rows of this k step inside the expert
+      char* sb = smem + s * kStage + BM * 64 * 2;
+      if constexpr (kMode != ExpertGemm::forward) {
+        // A last k step reaching past the expert's k extent read the next expert's k rows: its token rows (dW:
+        // both operands) or its weight rows (dx: W_e+1 in B, against zero columns of dy). Zero them, so that an
+        // Inf or NaN there cannot reach this expert through 0 x Inf.
+        const int valid = tl.K - 64 * kt;
         if (valid < 64) {
-          for (int i = (threadIdx.x & 127) + valid * 8; i < 64 * 8; i += 128)
-            *reinterpret_cast<uint4*>(sa + i * 16) = make_uint4(0, 0, 0, 0);
+          const auto zero_rows = [&](char* block) {  // k rows valid .. 63 of a 64-row MN-major block
+            for (int i = (threadIdx.x & 127) + valid * 8; i < 64 * 8; i += 128)
+              *reinterpret_cast<uint4*>(block + i * 16) = make_uint4(0, 0, 0, 0);
+          };
+          if constexpr (kDw) zero_rows(sa);
+          for (int b = g; b < BN / 64; b += 2) zero_rows(sb + b * 8192);  // the warpgroups share B: half each
           fence_proxy_async();
-          named_barrier(2 + g, 128);
+          named_barrier(1, 256);
         }
       }
-      wgmma_stage<BN, kAK, kBK>(acc, sa, smem + s * kStage + BM * 64 * 2);
+      wgmma_stage<BN, kAK, kBK>(acc, sa, sb);
       wgmma_wait<1>();
       if (kt > 0 && l == 0) mbar_arrive(&empty[(it - 1) % kStages]);
     }
@@ -594,13 +602,24 @@ CUtensorMap tensor_map(const void* base, int inner, int outer, int box_outer) {
   return m;
 }
 
+// Blocks of a persistent launch: one per SM, or MUE_EXPERT_GRID when set (tests use few, so that every block
+// walks several tiles).
+int persistent_blocks() {
+  const char* v = std::getenv("MUE_EXPERT_GRID");
+  if (!v) return sm_count();
+  int n = 0;
+  MUE_CHECK(std::sscanf(v, "%d", &n) == 1 && n > 0, "MUE_EXPERT_GRID must be a positive block count, got \"", v, "\"");
+  return n;
+}
+
 // expert_tma_kernel over `tiles` output tiles: a block each, or one block per SM when persistent.
 template <class Cfg, ExpertGemm kMode>
 void launch_tma(Context& ctx, int tiles, const CUtensorMap& a, const CUtensorMap& b, void* c, const int32_t* off_dev,
                 const int2* map, int K, int N, int M_dw, float alpha) {
   constexpr size_t smem = gemm_smem<Cfg, true, true>();
+  static_assert(smem <= 232448, "over the H100's 227 KiB of shared memory per block");
   allow_smem(reinterpret_cast<const void*>(expert_tma_kernel<Cfg, kMode>), smem, "expert_tma_kernel");
-  const int grid = Cfg::kPersistent ? std::min(tiles, sm_count()) : tiles;
+  const int grid = Cfg::kPersistent ? std::min(tiles, persistent_blocks()) : tiles;
   expert_tma_kernel<Cfg, kMode><<<grid, Cfg::threads, smem, ctx.stream>>>(a, b, c, off_dev, map, K, N, M_dw, alpha,
                                                                            tiles);
   check_launch("expert_tma_kernel");
@@ -621,6 +640,7 @@ void launch_expert_rows(Context& ctx, const bf16* a, const bf16* w, bf16* c, con
     return launch_tma<Cfg, kMode>(ctx, int(grid), ta, tb, c, off_dev, map, K, N, 0, alpha);
   } else {
     constexpr size_t smem = gemm_smem<Cfg, true, kWK>();
+    static_assert(smem <= 232448);
     allow_smem(reinterpret_cast<const void*>(expert_rows_kernel<Cfg, kWK>), smem, "expert_rows_kernel");
     expert_rows_kernel<Cfg, kWK><<<grid, Cfg::threads, smem, ctx.stream>>>(B(a), B(w), B(c), off_dev, map, K, N, alpha);
     check_launch("expert_rows_kernel");
@@ -636,6 +656,7 @@ void launch_expert_dw(Context& ctx, const bf16* dy, const bf16* x, float* dw, co
                                            tensor_map(x, In, rows, 64), dw, off_dev, nullptr, 0, In, Out, alpha);
   } else {
     constexpr size_t smem = gemm_smem<Cfg, false, false>();
+    static_assert(smem <= 232448);
     allow_smem(reinterpret_cast<const void*>(expert_dw_kernel<Cfg>), smem, "expert_dw_kernel");
     expert_dw_kernel<Cfg><<<grid, Cfg::threads, smem, ctx.stream>>>(B(dy), B(x), dw, off_dev, In, Out, alpha);
     check_launch("expert_dw_kernel");
@@ -658,8 +679,8 @@ using Tile11 = TmaCfg<128, 5, true>;           // as 9, persistent
 constexpr int kTileConfigs = 12;
 
 // The configurations of the row kernels (forward, backward dx) and of the dW kernel: MUE_EXPERT_TILE="r,w" when
-// set (read at every call, cheap next to a GEMM, so that tests can try them all), else 8 for the rows and 9 for
-// dW. Measured on the H100, 2026-11-23 (fifth session), ms per step (forward / backward expert GEMMs per step):
+// set (read at every call, cheap next to a GEMM, so that tests can try them all), else 10 (persistent) for the
+// rows and 9 for dW. Measured on the H100, 2026-11-23 (fifth session), ms per step (forward / backward expert GEMMs per step):
 //   gpt2s-moe, r,w = t,t: mma.sync 0: 66.79 (8.82 / 20.08), best of 1-4: 66.73 (3); wgmma with cp.async
 //     5: 64.75 (9.13 / 18.58), 6: 62.46 (8.03 / 16.97), 7: 63.57 (7.88 / 17.36); TMA 8: 52.07 (4.66 / 10.33),
 //     9: 53.24 (5.47 / 10.60); r,w = 8,9: 51.85, 9,8: 53.42, 10,9: 50.82 (4.12 / 9.78), 11,9: 51.48,
@@ -667,10 +688,10 @@ constexpr int kTileConfigs = 12;
 //   small-moe: 8,9: 16.32, 10,9: 15.99, 11,9: 15.95, 10,11: 16.32, 0,2: 20.21.
 //   dit-moe:   8,9: 67.18, 10,9: 63.45, 11,9: 63.52, 10,11: 70.14, 0,2: 90.17.
 // Persistent blocks pay on the row kernels, whose tiles all cost the same; dW tiles vary with the expert's rows,
-// where one block per tile balances better. 10 is not the default yet: the expert GEMM test has fewer tiles than
-// SMs, so no block of it has walked two tiles on a GPU (branch tma-next adds MUE_EXPERT_GRID and that test).
+// where one block per tile balances better. The expert GEMM test runs 10 and 11 on 1 and 3 blocks
+// (MUE_EXPERT_GRID), so that each block walks many tiles.
 struct TileChoice {
-  int rows = 8, dw = 9;
+  int rows = 10, dw = 9;
 };
 TileChoice tile_choice() {
   TileChoice t;
@@ -719,6 +740,7 @@ const int32_t* host_offsets(Context& ctx, const int32_t* off, const int32_t* off
 
 void expert_matmul_forward(Context& ctx, const bf16* x, const bf16* w, bf16* y, const int32_t* off,
                            const int32_t* off_dev, int rows, int E, int In, int Out, float alpha) {
+  MUE_CHECK(In > 0 && Out > 0 && E > 0, "expert GEMM: In, Out and E must be positive, got ", In, ", ", Out, ", ", E);
   if (rows <= 0) return;
   if (off_dev && expert_gemm_kernel_fits(In, Out) && aligned16(x, w, y)) {
     return with_tile(tile_choice().rows, [&](auto cfg) {
@@ -738,6 +760,7 @@ void expert_matmul_forward(Context& ctx, const bf16* x, const bf16* w, bf16* y, 
 void expert_matmul_backward(Context& ctx, const bf16* dy, const bf16* x, const bf16* w, bf16* dx, float* dw,
                             const int32_t* off, const int32_t* off_dev, int rows, int E, int In, int Out,
                             float alpha) {
+  MUE_CHECK(In > 0 && Out > 0 && E > 0, "expert GEMM: In, Out and E must be positive, got ", In, ", ", Out, ", ", E);
   if (rows <= 0) return;
   if (off_dev && expert_gemm_kernel_fits(In, Out) && aligned16(dy, x, w, dx, dw)) {
     const TileChoice tc = tile_choice();

@@ -46,7 +46,7 @@ void expert_matmul_backward(Context& ctx, const bf16* dy, const bf16* x, const b
 bool grouped_gemm_enabled();
 bool expert_gemm_kernel_fits(int In, int Out);
 // Tile configurations compiled for the grouped kernel; MUE_EXPERT_TILE="r,w" picks the row kernels' and the dW
-// kernel's (default 8,9: see tile_choice in expert_matmul.cu).
+// kernel's (default 10,9: see tile_choice in expert_matmul.cu).
 int expert_tile_configs();
 }  // namespace mue::cuda
 #endif

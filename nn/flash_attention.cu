@@ -17,45 +17,28 @@
 //      dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - delta), dK += scale dS^T Q
 //   FLOPs 2 (QK^T) + 2 (dO V^T) + 3 (dV, dK, dQ) products of 2 B H T^2 hd each (x 1/2 causal); delta reads O once.
 // Streamed tiles are double-buffered: cp.async brings tile i + 1 while tile i is computed.
-// head dims 16, 32, 64, 128 (others, or MUE_FLASH_ATTENTION=0, use the materialized path of nn/attention.cu).
+// head dims 16, 32, 64, 128 (others, or MUE_FLASH_ATTENTION=0, use the materialized path of nn/attention.cu);
+// on head dims 64 and 128 the wgmma kernels of nn/flash_attention_sm90.cu run instead (MUE_FLASH_SM90=0: these).
 #include <cstdint>
 #include <cstdlib>
 #include <initializer_list>
 
-#include "core/cuda_util.cuh"
-#include "core/mma.cuh"
-#include "nn/ops_cuda.h"
-#include "nn/rope.cuh"
+#include "nn/flash_attention.cuh"
 
 namespace mue::cuda {
 
 using namespace detail;
+using namespace flash;
 
 namespace {
 constexpr int kTile = 64;         // queries and keys per tile
 constexpr int kWarps = 4;         // 16 rows per warp
 constexpr int kThreads = kWarps * 32;
-constexpr float kLog2e = 1.4426950408889634f;
 
 template <int HD>
 struct Tiles {
   static constexpr int ld = HD + 8;  // padded row: 8 consecutive rows start on 8 different 16-byte bank groups
 };
-
-// One head's rows: element (b, t, h, 0) of a [B, T, ...] tensor is head + t * stride.
-struct HeadRows {
-  const bf* head;
-  size_t stride;
-};
-// q, k, v of head h in sequence b of qkv [B, T, 3, H, hd]; the same of a [B, T, H, hd] tensor.
-__device__ inline HeadRows qkv_rows(const bf* qkv, int b, int T, int H, int h, int hd, int part) {
-  const size_t D = size_t(H) * hd;
-  return {qkv + size_t(b) * T * 3 * D + size_t(part) * D + size_t(h) * hd, 3 * D};
-}
-__device__ inline HeadRows head_rows(const bf* x, int b, int T, int H, int h, int hd) {
-  const size_t D = size_t(H) * hd;
-  return {x + size_t(b) * T * D + size_t(h) * hd, D};
-}
 
 // Rows [t0, t0 + 64) of `src` into a padded smem tile with cp.async, rows beyond T zero-filled (completes at
 // cp_async_wait). Each thread copies the same column of rows r, r + pass, ...: the index arithmetic is a few
@@ -149,56 +132,6 @@ __device__ void warp_pm(float (&acc)[HD / 8][4], const ScoreTile& p, const bf* m
   }
 }
 
-// Row (e / 2: 0 for g, 1 for g + 8) and column of accumulator element [n][e] within a 16 x 64 tile.
-__device__ inline int frag_row(int e) { return ((threadIdx.x & 31) >> 2) + 8 * (e >> 1); }
-__device__ inline int frag_col(int n, int e) { return 8 * n + 2 * (threadIdx.x & 3) + (e & 1); }
-// Max / sum over the 4 lanes that share a row.
-__device__ inline float quad_max(float v) {
-  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
-}
-__device__ inline float quad_sum(float v) {
-  v += __shfl_xor_sync(0xffffffffu, v, 1);
-  return v + __shfl_xor_sync(0xffffffffu, v, 2);
-}
-
-// Sets the masked scores of a tile to -inf: column c (a key, or with `keys_are_rows` a query) beyond T, or
-// causally a key after its query. Rows start at row0, columns at col0. Only called on tiles that cross the
-// diagonal or the end of the sequence, so that the other tiles do no index arithmetic at all.
-__device__ inline void mask_scores(ScoreTile& s, int row0, int col0, int T, bool causal, bool keys_are_rows) {
-  #pragma unroll
-  for (int n = 0; n < kTile / 8; ++n)
-    #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int r = row0 + frag_row(e), c = col0 + frag_col(n, e);
-      if (c >= T || (causal && (keys_are_rows ? r > c : c > r))) s[n][e] = -INFINITY;
-    }
-}
-
-// Writes a warp's 16 x HD accumulator (times `scale`) as bf16 rows of a [B, T, ...] tensor: row r of the tile
-// goes to dst + (t0 + r) * stride, rows >= T are skipped. With `rope`, each row is first rotated back by RoPE of
-// base 2^log2_theta (the transpose rotation of position t): a lane's two adjacent columns are one RoPE pair.
-template <int HD>
-__device__ void store_rows(bf* dst, size_t stride, int t0, int T, const float (&acc)[HD / 8][4], float scale,
-                           bool rope = false, float log2_theta = 0.f) {
-  #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int t = t0 + frag_row(2 * half);
-    if (t >= T) continue;
-    #pragma unroll
-    for (int n = 0; n < HD / 8; ++n) {
-      float x0 = acc[n][2 * half] * scale, x1 = acc[n][2 * half + 1] * scale;
-      if (rope) {
-        float c, s;
-        rope_cos_sin(t, frag_col(n, 0) / 2, HD, log2_theta, c, s);
-        const float r0 = x0 * c + x1 * s, r1 = x1 * c - x0 * s;
-        x0 = r0, x1 = r1;
-      }
-      *reinterpret_cast<__nv_bfloat162*>(dst + size_t(t) * stride + frag_col(n, 0)) = __floats2bfloat162_rn(x0, x1);
-    }
-  }
-}
-
 // Shared-memory layout: the block's own tiles own(0 .. Own-1); two stages of streamed tile pairs a(s), b(s); with
 // RowFloats (dK/dV) two stages of 2 x 64 per-row floats after them (the streamed rows' lse and delta).
 template <int HD, int Own, bool RowFloats = false>
@@ -214,30 +147,6 @@ struct Smem {
   }
   __device__ explicit Smem(char* base) : tiles(reinterpret_cast<bf*>(base)) {}
 };
-
-// Streams the 64-row tiles starting at rows first, first + 64, ... < end through the two stages, loading tile
-// i + 1 (cp.async) while tile i is computed: load(stage, row0) issues the copies of one tile, body(row0, stage)
-// computes on it.
-template <class Load, class Body>
-__device__ void stream_tiles(int first, int end, Load load, Body body) {
-  const int n = (end - first + kTile - 1) / kTile;
-  if (n <= 0) return;
-  load(0, first);
-  cp_async_commit();
-  for (int i = 0; i < n; ++i) {
-    const int s = i & 1;
-    if (i + 1 < n) {
-      load(1 - s, first + (i + 1) * kTile);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
-    body(first + i * kTile, s);
-    __syncthreads();  // before the next iteration's copies overwrite this stage
-  }
-}
 
 // Register budgets at head dim 64: 3 blocks per SM for dK/dV (168 registers; one more costs a third of its
 // blocks), 4 for dQ (128). Other head dims take what they need (0: no minimum).
@@ -263,7 +172,7 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const bf* qkv, 
   const auto load_kv = [&](int st, int r0) {
     load_tile_async<HD>(sm.a(st), krows, r0, T), load_tile_async<HD>(sm.b(st), vrows, r0, T);
   };
-  stream_tiles(0, kend, load_kv, [&](int k0, int st) {
+  stream_tiles<kTile>(0, kend, load_kv, [&](int k0, int st) {
     ScoreTile s;
     warp_abt<HD>(s, qf, sm.a(st));
     if (k0 + kTile > T || (causal && k0 + kTile - 1 > row0)) mask_scores(s, row0, k0, T, causal, false);
@@ -330,7 +239,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks_at_64(HD, 3))
     const int i = threadIdx.x & (kTile - 1), t = min(r0 + i, T - 1);  // threads 0-63: lse, 64-127: delta
     cp_async4(sm.row_floats(st) + threadIdx.x, (threadIdx.x < kTile ? lse_bh : delta_bh) + t, r0 + i < T);
   };
-  stream_tiles(causal ? k0 : 0, T, load_q_do, [&](int q0, int st) {
+  stream_tiles<kTile>(causal ? k0 : 0, T, load_q_do, [&](int q0, int st) {
     const bf *qt = sm.a(st), *dot = sm.b(st);
     const float *lse_t = sm.row_floats(st), *delta_t = lse_t + kTile;
     ScoreTile p;  // S^T [16 keys x 64 queries] = K_w Q^T, then P^T = exp(scale S^T - lse[q])
@@ -370,27 +279,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks_at_64(HD, 4))
   const int row0 = q0 + w * 16;
   const float sl2 = scale * kLog2e;
   float* delta_bh = delta + (size_t(b) * H + h) * T;
-  {  // delta of this warp's 16 rows, dO . O: each row's HD / 8 vectors on as many adjacent lanes
-    constexpr int vec = HD / 8, rows_per_pass = 32 / vec;
-    const int lane = threadIdx.x & 31;
-    const HeadRows dor = head_rows(dout, b, T, H, h, HD), orow = head_rows(out, b, T, H, h, HD);
-    #pragma unroll
-    for (int p = 0; p < 16 / rows_per_pass; ++p) {
-      const int t = row0 + p * rows_per_pass + lane / vec, c = (lane % vec) * 8;
-      float s = 0.f;
-      if (t < T) {
-        float g[8], o[8];
-        unpack8(*reinterpret_cast<const uint4*>(dor.head + size_t(t) * dor.stride + c), g);
-        unpack8(*reinterpret_cast<const uint4*>(orow.head + size_t(t) * orow.stride + c), o);
-        #pragma unroll
-        for (int k = 0; k < 8; ++k) s += g[k] * o[k];
-      }
-      #pragma unroll
-      for (int off = vec / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-      if (lane % vec == 0 && t < T) delta_bh[t] = s;
-    }
-    __syncwarp();  // the warp's lanes read each other's delta below
-  }
+  warp_delta<HD>(dout, out, delta_bh, b, T, H, h, row0);
   float lq[2], dlt[2];  // lse (log2 units) and delta of rows g, g + 8 (rows beyond T: never stored)
   #pragma unroll
   for (int i = 0; i < 2; ++i) {
@@ -403,7 +292,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks_at_64(HD, 4))
   const auto load_kv = [&](int st, int r0) {
     load_tile_async<HD>(sm.a(st), krows, r0, T), load_tile_async<HD>(sm.b(st), vrows, r0, T);
   };
-  stream_tiles(0, kend, load_kv, [&](int k0, int st) {
+  stream_tiles<kTile>(0, kend, load_kv, [&](int k0, int st) {
     const bf *kt = sm.a(st), *vt = sm.b(st);
     ScoreTile p;  // S = Q_w K^T, then P
     warp_abt<HD>(p, qw, kt);
@@ -480,6 +369,8 @@ void attention_forward(Context& ctx, const bf16* qkv, bf16* out, float* state, i
                        float scale, bool causal) {
   if (batch <= 0 || T <= 0 || H <= 0 || hd <= 0) return;
   if (flash_attention_enabled(hd)) check_flash_inputs(scale, {qkv, out});
+  if (flash_attention_enabled(hd) && flash_sm90_enabled(hd))
+    return flash_sm90_forward(ctx, B(qkv), B(out), state, batch, T, H, hd, scale, causal);
   switch (flash_attention_enabled(hd) ? hd : 0) {
     case 16: return flash_forward_hd<16>(ctx, B(qkv), B(out), state, batch, T, H, scale, causal);
     case 32: return flash_forward_hd<32>(ctx, B(qkv), B(out), state, batch, T, H, scale, causal);
@@ -498,6 +389,9 @@ void attention_backward(Context& ctx, const bf16* dout, const bf16* qkv, const b
   const auto flash = [&](auto run) {
     run(ctx, B(dout), B(qkv), B(out), state, B(dqkv), batch, T, H, scale, causal, rope, l2t);
   };
+  if (flash_attention_enabled(hd) && flash_sm90_enabled(hd))
+    return flash_sm90_backward(ctx, B(dout), B(qkv), B(out), state, B(dqkv), batch, T, H, hd, scale, causal, rope,
+                               l2t);
   switch (flash_attention_enabled(hd) ? hd : 0) {
     case 16: return flash(flash_backward_hd<16>);
     case 32: return flash(flash_backward_hd<32>);

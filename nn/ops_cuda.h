@@ -55,6 +55,8 @@ void rope_backward(Context& ctx, bf16* dqkv, int B, int T, int H, int hd, float 
 // [B, H, T] fp32; other head dims (or MUE_FLASH_ATTENTION=0) fall back to the materialized path, whose state
 // is the bf16 probs [B, H, T, T]. attention_state_floats says how many floats the state takes.
 bool flash_attention_enabled(int hd);
+// Whether head dim hd runs the Hopper (wgmma) kernels: 64 and 128, unless MUE_FLASH_SM90=0 (read at every call).
+bool flash_sm90_enabled(int hd);
 size_t attention_state_floats(int B, int T, int H, int hd);
 void attention_forward(Context& ctx, const bf16* qkv, bf16* out, float* state, int B, int T, int H, int hd,
                        float scale, bool causal);

@@ -2,6 +2,7 @@
 // some none), and an MoE LM training step. Skips without a GPU.
 #ifdef MUE_HAVE_CUDA
 #include <cstdlib>
+#include <limits>
 #include <string>
 
 #include "moe/moe_layer.h"
@@ -136,19 +137,27 @@ TEST_CASE("CUDA expert GEMMs (grouped kernel and cuBLAS) match the CPU with unev
   std::vector<Shape> shapes = {Shape{72, 40, true, false, true}, Shape{256, 136, true, false, false},
                                Shape{33, 20, false, false, true}, Shape{33, 20, false, false, false},
                                Shape{72, 40, true, true, true}};
-  std::vector<int> tiles = {0, 0, 0, 0, 0};
+  std::vector<int> tiles = {0, 0, 0, 0, 0}, grids = {0, 0, 0, 0, 0};
+  REQUIRE(cuda::expert_tile_configs() == 12);  // the persistent ones below are 10 and 11
   for (int t = 1; t < cuda::expert_tile_configs(); ++t)  // every other tile configuration on the kernel shapes
-    for (int s : {0, 1}) shapes.push_back(shapes[s]), tiles.push_back(t);
+    for (int s : {0, 1}) shapes.push_back(shapes[s]), tiles.push_back(t), grids.push_back(0);
+  // The persistent configurations on 1 and 3 blocks (MUE_EXPERT_GRID): each block walks many tiles, across
+  // experts, with the copier running ahead into the next tile.
+  for (int t : {10, 11})
+    for (int grid : {1, 3})
+      for (int s : {0, 1}) shapes.push_back(shapes[s]), tiles.push_back(t), grids.push_back(grid);
   struct Unset {
-    ~Unset() { ::unsetenv("MUE_EXPERT_TILE"); }  // also when a REQUIRE leaves early
+    ~Unset() { ::unsetenv("MUE_EXPERT_TILE"), ::unsetenv("MUE_EXPERT_GRID"); }  // also when a REQUIRE leaves early
   } unset;
   for (size_t s = 0; s < shapes.size(); ++s) {
     const Shape sh = shapes[s];
     const int In = sh.In, Out = sh.Out;
     const std::string tile = std::to_string(tiles[s]) + "," + std::to_string(tiles[s]);
     ::setenv("MUE_EXPERT_TILE", tile.c_str(), 1);
+    if (grids[s]) ::setenv("MUE_EXPERT_GRID", std::to_string(grids[s]).c_str(), 1);
+    else ::unsetenv("MUE_EXPERT_GRID");
     INFO("In = " << In << ", Out = " << Out << ", misaligned W = " << sh.misalign << ", host offsets = "
-                 << sh.host_off << ", MUE_EXPERT_TILE = " << tile);
+                 << sh.host_off << ", MUE_EXPERT_TILE = " << tile << ", MUE_EXPERT_GRID = " << grids[s]);
     REQUIRE(cuda::expert_gemm_kernel_fits(In, Out) == sh.kernel);
     const double alpha = 0.75;
     V x = randn(size_t(R) * In, 61), w = randn(size_t(E) * Out * In, 62, 0.2), dy = randn(size_t(R) * Out, 63),
@@ -194,6 +203,79 @@ TEST_CASE("CUDA expert GEMMs (grouped kernel and cuBLAS) match the CPU with unev
     Dev x(size_t(R) * 72 * 2), w(size_t(E) * 40 * 72 * 2), y(size_t(R) * 40 * 2);
     CHECK_THROWS_WITH(cuda::expert_matmul_forward(ctx, x.h(), w.h(), y.h(), nullptr, doff.i(), R, E, 72, 40, 1.f),
                       HasText("MUE_EXPERT_TILE must be"));
+  }
+  ::setenv("MUE_EXPERT_TILE", "10,10", 1);
+  for (const char* bad : {"0", "x", "-2"}) {
+    INFO("MUE_EXPERT_GRID = " << bad);
+    ::setenv("MUE_EXPERT_GRID", bad, 1);
+    Dev x(size_t(R) * 72 * 2), w(size_t(E) * 40 * 72 * 2), y(size_t(R) * 40 * 2);
+    CHECK_THROWS_WITH(cuda::expert_matmul_forward(ctx, x.h(), w.h(), y.h(), nullptr, doff.i(), R, E, 72, 40, 1.f),
+                      HasText("MUE_EXPERT_GRID must be"));
+  }
+  ::unsetenv("MUE_EXPERT_GRID");
+  // Empty shapes are an error, not a launch over nothing.
+  Dev x(size_t(R) * 8 * 2), w(size_t(E) * 8 * 8 * 2), y(size_t(R) * 8 * 2);
+  CHECK_THROWS_WITH(cuda::expert_matmul_forward(ctx, x.h(), w.h(), y.h(), nullptr, doff.i(), R, E, 0, 8, 1.f),
+                    HasText("must be positive"));
+}
+
+TEST_CASE("CUDA expert GEMMs: an Inf in one expert's rows or weights stays in that expert", "[cuda][moe]") {
+  if (!cuda::gpu_available()) {
+    WARN("no GPU: skipped");
+    return;
+  }
+  cuda::Context ctx;
+  // Expert 3's token rows (x and dy) and weights are Inf. Tiles of expert 2 (300 rows, Out = 40: ragged in rows
+  // and in k) reach into expert 3's rows and weights; nothing of them may reach expert 2's outputs.
+  const std::vector<int> count = {5, 0, 300, 129, 57};
+  const int E = int(count.size()), In = 72, Out = 40, bad = 3;
+  std::vector<int32_t> off(E + 1, 0);
+  for (int e = 0; e < E; ++e) off[e + 1] = off[e] + count[e];
+  const int R = off[E];
+  Dev doff((E + 1) * 4);
+  cuda::copy_to_device(doff.p, off.data(), (E + 1) * 4);
+  V x = randn(size_t(R) * In, 71), w = randn(size_t(E) * Out * In, 72, 0.2), dy = randn(size_t(R) * Out, 73);
+  for (V* v : {&x, &w, &dy}) round_bf16(*v);
+  V y(size_t(R) * Out), dx(x.size()), dw(w.size(), 0.0);
+  cpu::expert_matmul_forward(x.data(), w.data(), y.data(), off.data(), E, In, Out, 0.5);
+  cpu::expert_matmul_backward(dy.data(), x.data(), w.data(), dx.data(), dw.data(), off.data(), E, In, Out, 0.5);
+  const double inf = std::numeric_limits<double>::infinity();
+  V xi = x, wi = w, dyi = dy;
+  std::fill(xi.begin() + size_t(off[bad]) * In, xi.begin() + size_t(off[bad + 1]) * In, inf);
+  std::fill(dyi.begin() + size_t(off[bad]) * Out, dyi.begin() + size_t(off[bad + 1]) * Out, inf);
+  std::fill(wi.begin() + size_t(bad) * Out * In, wi.begin() + size_t(bad + 1) * Out * In, inf);
+  Dev dX(x.size() * 2), dW(w.size() * 2), dY(y.size() * 2), dDY(dy.size() * 2), dDX(x.size() * 2), dDW(w.size() * 4);
+  put(dX, xi), put(dW, wi), put(dDY, dyi);
+  // Rows (or weights) of the other experts: the range [begin, end) of a [R x width] or [E x width] array without
+  // expert `bad`'s part.
+  const auto others = [&](const V& v, size_t lo, size_t hi) {
+    V r(v.begin(), v.begin() + lo);
+    r.insert(r.end(), v.begin() + hi, v.end());
+    return r;
+  };
+  struct Unset {
+    ~Unset() { ::unsetenv("MUE_EXPERT_TILE"); }
+  } unset;
+  for (int t = 0; t < cuda::expert_tile_configs(); ++t) {
+    const std::string tile = std::to_string(t) + "," + std::to_string(t);
+    ::setenv("MUE_EXPERT_TILE", tile.c_str(), 1);
+    INFO("MUE_EXPERT_TILE = " << tile);
+    cuda::memset_zero(ctx, dDW.p, dDW.bytes);
+    cuda::expert_matmul_forward(ctx, dX.h(), dW.h(), dY.h(), nullptr, doff.i(), R, E, In, Out, 0.5f);
+    cuda::expert_matmul_backward(ctx, dDY.h(), dX.h(), dW.h(), dDX.h(), static_cast<float*>(dDW.p), nullptr, doff.i(),
+                                 R, E, In, Out, 0.5f);
+    std::vector<float> gdwf(w.size());
+    cuda::copy_to_host(gdwf.data(), dDW.p, gdwf.size() * 4);
+    const V gy = get(dY, y.size()), gdx = get(dDX, x.size()), gdw(gdwf.begin(), gdwf.end());
+    const size_t ry0 = size_t(off[bad]) * Out, ry1 = size_t(off[bad + 1]) * Out;
+    const size_t rx0 = size_t(off[bad]) * In, rx1 = size_t(off[bad + 1]) * In;
+    const size_t w0 = size_t(bad) * Out * In, w1 = size_t(bad + 1) * Out * In;
+    CHECK(all_finite(others(gy, ry0, ry1)));
+    CHECK(rel_error(others(gy, ry0, ry1), others(y, ry0, ry1)) < 1e-2);
+    CHECK(all_finite(others(gdx, rx0, rx1)));
+    CHECK(rel_error(others(gdx, rx0, rx1), others(dx, rx0, rx1)) < 1e-2);
+    CHECK(all_finite(others(gdw, w0, w1)));
+    CHECK(rel_error(others(gdw, w0, w1), others(dw, w0, w1)) < 1e-3);
   }
 }
 

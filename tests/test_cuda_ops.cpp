@@ -308,11 +308,25 @@ TEST_CASE("CUDA flash attention forward and backward (causal and bidirectional)"
   }
   cuda::Context ctx;
   const int B = 2, H = 3;
+  struct Unset {
+    ~Unset() { ::unsetenv("MUE_FLASH_SM90"); }
+  } unset;
+  // Head dims 64 and 128 run the wgmma kernels (nn/flash_attention_sm90.cu) and, with MUE_FLASH_SM90=0, the
+  // mma.sync ones; 16 and 32 only the latter.
+  struct Case {
+    int hd;
+    bool sm90;
+  };
+  const Case cases[] = {{16, false}, {32, false}, {64, true}, {64, false}, {128, true}, {128, false}};
   for (bool causal : {true, false})
-    for (int T : {1, 7, 64, 130, 257})
-      for (int hd : {16, 32, 64, 128}) {
-        INFO("causal = " << causal << ", T = " << T << ", hd = " << hd);
+    for (int T : {1, 7, 64, 130, 257, 300})
+      for (const Case cs : cases) {
+        const int hd = cs.hd;
+        if (cs.sm90) ::unsetenv("MUE_FLASH_SM90");
+        else ::setenv("MUE_FLASH_SM90", "0", 1);
+        INFO("causal = " << causal << ", T = " << T << ", hd = " << hd << ", wgmma kernels = " << cs.sm90);
         REQUIRE(cuda::flash_attention_enabled(hd));
+        REQUIRE(cuda::flash_sm90_enabled(hd) == cs.sm90);
         const size_t D = size_t(H) * hd, nqkv = size_t(B) * T * 3 * D, nout = size_t(B) * T * D;
         const size_t np = size_t(B) * H * T * T, nrows = size_t(B) * H * T;
         REQUIRE(cuda::attention_state_floats(B, T, H, hd) == nrows);

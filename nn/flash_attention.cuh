@@ -1,0 +1,146 @@
+// Device helpers shared by the flash-attention kernels (nn/flash_attention.cu: mma.sync, every head dim;
+// nn/flash_attention_sm90.cu: wgmma, head dims 64 and 128): head rows of the packed qkv, the accumulator
+// fragment layout (the mma.sync m16n8 one, which the wgmma m64nN accumulators repeat per warp), masking,
+// stores with the transpose RoPE rotation, the double-buffered tile stream and delta = dO . O. Only included by
+// .cu files.
+#pragma once
+#include "core/cuda_util.cuh"
+#include "core/mma.cuh"
+#include "core/wgmma.cuh"
+#include "nn/ops_cuda.h"
+#include "nn/rope.cuh"
+
+namespace mue::cuda::flash {
+
+using namespace detail;
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+// One head's rows: element (b, t, h, 0) of a [B, T, ...] tensor is head + t * stride.
+struct HeadRows {
+  const bf* head;
+  size_t stride;
+};
+// q, k, v of head h in sequence b of qkv [B, T, 3, H, hd]; the same of a [B, T, H, hd] tensor.
+__device__ inline HeadRows qkv_rows(const bf* qkv, int b, int T, int H, int h, int hd, int part) {
+  const size_t D = size_t(H) * hd;
+  return {qkv + size_t(b) * T * 3 * D + size_t(part) * D + size_t(h) * hd, 3 * D};
+}
+__device__ inline HeadRows head_rows(const bf* x, int b, int T, int H, int h, int hd) {
+  const size_t D = size_t(H) * hd;
+  return {x + size_t(b) * T * D + size_t(h) * hd, D};
+}
+
+// Row (e / 2: 0 for g, 1 for g + 8) and column of accumulator element [n][e] within a 16 x 64 tile.
+__device__ inline int frag_row(int e) { return ((threadIdx.x & 31) >> 2) + 8 * (e >> 1); }
+__device__ inline int frag_col(int n, int e) { return 8 * n + 2 * (threadIdx.x & 3) + (e & 1); }
+// Max / sum over the 4 lanes that share a row.
+__device__ inline float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ inline float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// Sets the masked scores of a tile (NB blocks of 8 columns) to -inf: column c (a key, or with `keys_are_rows` a query) beyond T, or
+// causally a key after its query. Rows start at row0, columns at col0. Only called on tiles that cross the
+// diagonal or the end of the sequence, so that the other tiles do no index arithmetic at all.
+template <int NB>
+__device__ inline void mask_scores(float (&s)[NB][4], int row0, int col0, int T, bool causal, bool keys_are_rows) {
+  #pragma unroll
+  for (int n = 0; n < NB; ++n)
+    #pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = row0 + frag_row(e), c = col0 + frag_col(n, e);
+      if (c >= T || (causal && (keys_are_rows ? r > c : c > r))) s[n][e] = -INFINITY;
+    }
+}
+
+// Writes a warp's 16 x HD accumulator (times `scale`) as bf16 rows of a [B, T, ...] tensor: row r of the tile
+// goes to dst + (t0 + r) * stride, rows >= T are skipped. With `rope`, each row is first rotated back by RoPE of
+// base 2^log2_theta (the transpose rotation of position t): a lane's two adjacent columns are one RoPE pair.
+template <int HD>
+__device__ void store_rows(bf* dst, size_t stride, int t0, int T, const float (&acc)[HD / 8][4], float scale,
+                           bool rope = false, float log2_theta = 0.f) {
+  #pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int t = t0 + frag_row(2 * half);
+    if (t >= T) continue;
+    #pragma unroll
+    for (int n = 0; n < HD / 8; ++n) {
+      float x0 = acc[n][2 * half] * scale, x1 = acc[n][2 * half + 1] * scale;
+      if (rope) {
+        float c, s;
+        rope_cos_sin(t, frag_col(n, 0) / 2, HD, log2_theta, c, s);
+        const float r0 = x0 * c + x1 * s, r1 = x1 * c - x0 * s;
+        x0 = r0, x1 = r1;
+      }
+      *reinterpret_cast<__nv_bfloat162*>(dst + size_t(t) * stride + frag_col(n, 0)) = __floats2bfloat162_rn(x0, x1);
+    }
+  }
+}
+
+// Streams the kRows-row tiles starting at rows first, first + kRows, ... < end through the two stages, loading
+// tile i + 1 (cp.async) while tile i is computed: load(stage, row0) issues the copies of one tile, body(row0,
+// stage) computes on it. kAsyncProxy: the body reads the tiles with wgmma (the async proxy), so each thread
+// fences its landed copies before the barrier.
+template <int kRows, bool kAsyncProxy = false, class Load, class Body>
+__device__ void stream_tiles(int first, int end, Load load, Body body) {
+  const int n = (end - first + kRows - 1) / kRows;
+  if (n <= 0) return;
+  load(0, first);
+  cp_async_commit();
+  for (int i = 0; i < n; ++i) {
+    const int s = i & 1;
+    if (i + 1 < n) {
+      load(1 - s, first + (i + 1) * kRows);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    if constexpr (kAsyncProxy) fence_proxy_async();
+    __syncthreads();
+    body(first + i * kRows, s);
+    __syncthreads();  // before the next iteration's copies overwrite this stage
+  }
+}
+
+// delta[t] = dO[t] . O[t] for this warp's 16 rows from row0 (rows < T): each row's HD / 8 vectors on as many
+// adjacent lanes. The warp's lanes may read each other's delta afterwards.
+template <int HD>
+__device__ void warp_delta(const bf* dout, const bf* out, float* delta_bh, int b, int T, int H, int h, int row0) {
+  constexpr int vec = HD / 8, rows_per_pass = 32 / vec;
+  const int lane = threadIdx.x & 31;
+  const HeadRows dor = head_rows(dout, b, T, H, h, HD), orow = head_rows(out, b, T, H, h, HD);
+  #pragma unroll
+  for (int p = 0; p < 16 / rows_per_pass; ++p) {
+    const int t = row0 + p * rows_per_pass + lane / vec, c = (lane % vec) * 8;
+    float s = 0.f;
+    if (t < T) {
+      float g[8], o[8];
+      unpack8(*reinterpret_cast<const uint4*>(dor.head + size_t(t) * dor.stride + c), g);
+      unpack8(*reinterpret_cast<const uint4*>(orow.head + size_t(t) * orow.stride + c), o);
+      #pragma unroll
+      for (int k = 0; k < 8; ++k) s += g[k] * o[k];
+    }
+    #pragma unroll
+    for (int off = vec / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    if (lane % vec == 0 && t < T) delta_bh[t] = s;
+  }
+  __syncwarp();
+}
+
+}  // namespace mue::cuda::flash
+
+namespace mue::cuda {
+// The wgmma kernels (nn/flash_attention_sm90.cu) for head dims 64 and 128, same arguments and results as the
+// mma.sync ones (flash_sm90_enabled in nn/ops_cuda.h says when they run).
+void flash_sm90_forward(Context& ctx, const detail::bf* qkv, detail::bf* out, float* lse, int batch, int T, int H,
+                        int hd, float scale, bool causal);
+void flash_sm90_backward(Context& ctx, const detail::bf* dout, const detail::bf* qkv, const detail::bf* out,
+                         const float* lse, detail::bf* dqkv, int batch, int T, int H, int hd, float scale, bool causal,
+                         bool rope, float log2_theta);
+}  // namespace mue::cuda

@@ -1,0 +1,356 @@
+// Flash attention on Hopper (sm_90a), head dims 64 and 128: the algorithm of nn/flash_attention.cu (online
+// softmax forward keeping lse; deterministic backward in two launches, dQ per query block and dK/dV per key
+// block, each recomputing P) with warpgroup products. A block is two warpgroups (256 threads); each owns 64 rows
+// of the block's 128 own rows (queries, or keys for dK/dV) and computes on them with wgmma.mma_async:
+//   scores        S[64 x N] = A B^T    both operands in shared memory, K-major (A: own rows, B: streamed rows)
+//   accumulation  C[64 x HD] += P M    P from registers (the scores' accumulator rounded to bf16 is the register
+//                                       A-fragment layout), M a streamed tile read N-major (its rows are k)
+// Tiles of rows x HD live in shared memory 128-byte swizzled in 64-column blocks (core/wgmma.cuh), one layout
+// that serves as K-major (rows = M or N) and as N-major (rows = K) operand; cp.async fills them (rows past T as
+// zeros), streamed tiles double-buffered through flash::stream_tiles.
+//   forward: per 128 queries, 128-key tiles: S = Q K^T, online softmax, O += P V         (2 products)
+//   dQ:      per 128 queries, 64-key tiles:  S = Q K^T, dP = dO V^T, dS, dQ += dS K     (3)
+//   dK, dV:  per 128 keys, 64-query tiles:   S^T = K Q^T, dP^T = V dO^T, dV += P^T dO, dK += dS^T Q   (4)
+// FLOPs and traffic as the mma.sync kernels (2 B H T^2 hd per product, x 1/2 causal); a warpgroup skips a
+// streamed tile that the causal mask hides from all its rows.
+#include <cstdlib>
+
+#include "nn/flash_attention.cuh"
+
+namespace mue::cuda {
+
+using namespace detail;
+using namespace flash;
+
+namespace {
+constexpr int kOwn = 128;  // own rows per block: two warpgroups of 64
+constexpr int kThreads = 256;
+
+// A kRows x HD bf16 tile, 128-byte swizzled in HD / 64 blocks of 64 columns (kRows x 128 bytes each).
+template <int kRows, int HD>
+struct SwTile {
+  static constexpr int block = kRows * 128, bytes = kRows * HD * 2;
+  // cp.async of rows [t0, t0 + kRows) of src (rows >= T as zeros), by all threads of the block.
+  __device__ static void load(char* dst, HeadRows src, int t0, int T) {
+    constexpr int chunks = HD / 8;  // 16-byte chunks per row
+    static_assert(kRows * chunks % kThreads == 0);
+    #pragma unroll
+    for (int j = 0; j < kRows * chunks / kThreads; ++j) {
+      const int i = threadIdx.x + j * kThreads, r = i / chunks, c = i % chunks, t = t0 + r;
+      cp_async16(dst + (c / 8) * block + r * 128 + (((c % 8) ^ (r & 7)) << 4),
+                 src.head + size_t(min(t, T - 1)) * src.stride + c * 8, t < T);
+    }
+  }
+  // As a K-major operand: rows row0 .. row0 + 63 (or all N rows) as M or N, the k16 step s of the columns.
+  __device__ static uint64_t kmajor(const char* t, int row0, int s) {
+    return wgmma_desc(t + (s / 4) * block + row0 * 128 + (s % 4) * 32, 16, 1024);
+  }
+  // As an N-major operand: rows are k (the k16 step s: rows 16 s ..), columns are N.
+  __device__ static uint64_t nmajor(const char* t, int s) { return wgmma_desc(t + s * 2048, block, 1024); }
+};
+
+template <int NB>
+__device__ inline float (&flat(float (&x)[NB][4]))[NB * 4] {
+  return reinterpret_cast<float(&)[NB * 4]>(x);
+}
+template <int N>
+__device__ inline void fence_u32(uint32_t (&v)[N][4]) {
+  #pragma unroll
+  for (int i = 0; i < N; ++i)
+    #pragma unroll
+    for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(v[i][j])::"memory");
+}
+
+// s[64 x N] = A B^T over HD, issued and committed (not waited for): A = rows row0 .. row0 + 63 of an own tile,
+// B = a streamed tile of N rows.
+template <int N, int HD>
+__device__ void issue_scores(float (&s)[N / 8][4], const char* a, int row0, const char* b) {
+  fence_registers(flat(s));
+  wgmma_fence();
+  #pragma unroll
+  for (int k = 0; k < HD / 16; ++k) {
+    const uint64_t da = SwTile<kOwn, HD>::kmajor(a, row0, k), db = SwTile<N, HD>::kmajor(b, 0, k);
+    if constexpr (N == 64) wgmma_m64n64k16<0, 0>(flat(s), da, db, k > 0);
+    else wgmma_m64n128k16<0, 0>(flat(s), da, db, k > 0);
+  }
+  wgmma_commit();
+}
+__device__ inline void wait_all() { wgmma_wait<0>(); }
+
+// acc[64 x HD] += P M: P [64 x K] a score tile in registers (rounded to bf16 here), M a streamed K x HD tile.
+// Returns when the products are done (P's registers and the tile are free again).
+template <int K, int HD>
+__device__ void accumulate_pm(float (&acc)[HD / 8][4], const float (&p)[K / 8][4], const char* m) {
+  uint32_t a[K / 16][4];
+  #pragma unroll
+  for (int k = 0; k < K / 16; ++k) {  // column blocks 2k, 2k + 1 of P: the A fragment of k step k
+    a[k][0] = pack_bf16(p[2 * k][0], p[2 * k][1]), a[k][1] = pack_bf16(p[2 * k][2], p[2 * k][3]);
+    a[k][2] = pack_bf16(p[2 * k + 1][0], p[2 * k + 1][1]), a[k][3] = pack_bf16(p[2 * k + 1][2], p[2 * k + 1][3]);
+  }
+  fence_registers(flat(acc));
+  wgmma_fence();
+  #pragma unroll
+  for (int k = 0; k < K / 16; ++k) {
+    if constexpr (HD == 64) wgmma_m64n64k16_rs<1>(flat(acc), a[k], SwTile<K, HD>::nmajor(m, k), 1);
+    else wgmma_m64n128k16_rs<1>(flat(acc), a[k], SwTile<K, HD>::nmajor(m, k), 1);
+  }
+  wgmma_commit();
+  wait_all();
+  fence_registers(flat(acc));
+  fence_u32(a);
+}
+
+// Shared memory rounded up to the 1024-byte alignment of the swizzled tiles.
+__device__ inline char* aligned_smem(char* raw) {
+  return reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(raw) + 1023) & ~uintptr_t(1023));
+}
+
+template <int HD>
+struct ForwardSmem {
+  static constexpr int BN = 128;
+  using Own = SwTile<kOwn, HD>;
+  using St = SwTile<BN, HD>;
+  static constexpr size_t bytes = Own::bytes + 4 * St::bytes + 1024;
+};
+
+template <int HD>
+__global__ void __launch_bounds__(kThreads) flash_forward_sm90_kernel(const bf* qkv, bf* out, float* lse, int T,
+                                                                      int H, float scale, bool causal) {
+  using S = ForwardSmem<HD>;
+  constexpr int BN = S::BN;
+  extern __shared__ __align__(16) char smem_raw[];
+  char* qt = aligned_smem(smem_raw);
+  const auto kt = [&](int st) { return qt + S::Own::bytes + st * 2 * S::St::bytes; };
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * kOwn, h = blockIdx.y, b = blockIdx.z;
+  const int g = threadIdx.x >> 7, w = (threadIdx.x >> 5) & 3;
+  S::Own::load(qt, qkv_rows(qkv, b, T, H, h, HD, 0), q0, T);
+  cp_async_commit();  // waited for with the first streamed tile
+  const int row0 = q0 + 64 * g + 16 * w;  // this warp's first query
+  const float sl2 = scale * kLog2e;
+  float o[HD / 8][4] = {};
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  const int kend = causal ? min(T, q0 + kOwn) : T;
+  const HeadRows krows = qkv_rows(qkv, b, T, H, h, HD, 1), vrows = qkv_rows(qkv, b, T, H, h, HD, 2);
+  const auto load_kv = [&](int st, int r0) {
+    S::St::load(kt(st), krows, r0, T), S::St::load(kt(st) + S::St::bytes, vrows, r0, T);
+  };
+  float s[BN / 8][4];
+  stream_tiles<BN, true>(0, kend, load_kv, [&](int k0, int st) {
+    issue_scores<BN, HD>(s, qt, 64 * g, kt(st));
+    wait_all();
+    fence_registers(flat(s));
+    if (k0 + BN > T || (causal && k0 + BN - 1 > row0)) mask_scores(s, row0, k0, T, causal, false);
+    float mx[2] = {-INFINITY, -INFINITY};
+    #pragma unroll
+    for (int n = 0; n < BN / 8; ++n)
+      #pragma unroll
+      for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
+    float base[2];
+    #pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const float mn = fmaxf(m[i], quad_max(mx[i]) * sl2);
+      base[i] = mn == -INFINITY ? 0.f : mn;
+      const float alpha = exp2f(m[i] - base[i]);
+      l[i] *= alpha, m[i] = mn;
+      #pragma unroll
+      for (int n = 0; n < HD / 8; ++n) o[n][2 * i] *= alpha, o[n][2 * i + 1] *= alpha;
+    }
+    #pragma unroll
+    for (int n = 0; n < BN / 8; ++n)
+      #pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[n][e] = exp2f(fmaf(s[n][e], sl2, -base[e >> 1]));
+        l[e >> 1] += s[n][e];
+      }
+    accumulate_pm<BN, HD>(o, s, kt(st) + S::St::bytes);
+  });
+  float inv[2];
+  #pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const float li = quad_sum(l[i]);
+    inv[i] = li > 0.f ? 1.f / li : 0.f;
+    const int t = row0 + frag_row(2 * i);
+    if ((threadIdx.x & 3) == 0 && t < T) lse[(size_t(b) * H + h) * T + t] = (m[i] + log2f(li)) / kLog2e;
+  }
+  #pragma unroll
+  for (int n = 0; n < HD / 8; ++n)
+    #pragma unroll
+    for (int e = 0; e < 4; ++e) o[n][e] *= inv[e >> 1];
+  store_rows<HD>(out + (size_t(b) * T * H + h) * HD, size_t(H) * HD, row0, T, o, 1.f);
+}
+
+// The backward kernels' shared memory: two own tiles, two stages of two streamed 64-row tiles, and (dK/dV) two
+// stages of the streamed rows' lse and delta.
+template <int HD>
+struct BackwardSmem {
+  static constexpr int BN = 64;
+  using Own = SwTile<kOwn, HD>;
+  using St = SwTile<BN, HD>;
+  static constexpr size_t bytes = 2 * Own::bytes + 4 * St::bytes + 4 * BN * sizeof(float) + 1024;
+  char* base;
+  __device__ char* own(int i) const { return base + i * Own::bytes; }
+  __device__ char* a(int st) const { return base + 2 * Own::bytes + 2 * st * St::bytes; }
+  __device__ char* b(int st) const { return a(st) + St::bytes; }
+  __device__ float* row_floats(int st) const {
+    return reinterpret_cast<float*>(base + 2 * Own::bytes + 4 * St::bytes) + 2 * BN * st;
+  }
+};
+
+// dQ for 128 queries (warpgroup g: rows 64 g ..); K and V stream through in 64-row tiles.
+template <int HD>
+__global__ void __launch_bounds__(kThreads) flash_dq_sm90_kernel(const bf* qkv, const bf* dout, const bf* out,
+                                                                 const float* lse, float* delta, bf* dqkv, int T,
+                                                                 int H, float scale, bool causal, bool rope,
+                                                                 float log2_theta) {
+  using S = BackwardSmem<HD>;
+  constexpr int BN = S::BN;
+  extern __shared__ __align__(16) char smem_raw[];
+  const S sm{aligned_smem(smem_raw)};
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * kOwn, h = blockIdx.y, b = blockIdx.z;
+  const int g = threadIdx.x >> 7, w = (threadIdx.x >> 5) & 3;
+  S::Own::load(sm.own(0), qkv_rows(qkv, b, T, H, h, HD, 0), q0, T);
+  S::Own::load(sm.own(1), head_rows(dout, b, T, H, h, HD), q0, T);
+  cp_async_commit();
+  const int row0 = q0 + 64 * g + 16 * w;
+  const float sl2 = scale * kLog2e;
+  float* delta_bh = delta + (size_t(b) * H + h) * T;
+  warp_delta<HD>(dout, out, delta_bh, b, T, H, h, row0);
+  float lq[2], dlt[2];
+  #pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int t = row0 + frag_row(2 * i);
+    lq[i] = lse[(size_t(b) * H + h) * T + min(t, T - 1)] * kLog2e, dlt[i] = t < T ? delta_bh[t] : 0.f;
+  }
+  float dq[HD / 8][4] = {};
+  float p[BN / 8][4], ds[BN / 8][4];
+  const int kend = causal ? min(T, q0 + kOwn) : T;
+  const HeadRows krows = qkv_rows(qkv, b, T, H, h, HD, 1), vrows = qkv_rows(qkv, b, T, H, h, HD, 2);
+  const auto load_kv = [&](int st, int r0) {
+    S::St::load(sm.a(st), krows, r0, T), S::St::load(sm.b(st), vrows, r0, T);
+  };
+  stream_tiles<BN, true>(0, kend, load_kv, [&](int k0, int st) {
+    if (causal && k0 > q0 + 64 * g + 63) return;  // every key after every query of this warpgroup
+    issue_scores<BN, HD>(p, sm.own(0), 64 * g, sm.a(st));   // S = Q K^T
+    issue_scores<BN, HD>(ds, sm.own(1), 64 * g, sm.b(st));  // dP = dO V^T
+    wait_all();
+    fence_registers(flat(p)), fence_registers(flat(ds));
+    if (k0 + BN > T || (causal && k0 + BN - 1 > row0)) mask_scores(p, row0, k0, T, causal, false);
+    #pragma unroll
+    for (int n = 0; n < BN / 8; ++n)
+      #pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        p[n][e] = exp2f(fmaf(p[n][e], sl2, -lq[e >> 1]));
+        ds[n][e] = p[n][e] * (ds[n][e] - dlt[e >> 1]);
+      }
+    accumulate_pm<BN, HD>(dq, ds, sm.a(st));  // dQ += dS K
+  });
+  store_rows<HD>(dqkv + size_t(b) * T * 3 * H * HD + size_t(h) * HD, 3 * size_t(H) * HD, row0, T, dq, scale, rope,
+                 log2_theta);
+}
+
+// dK, dV for 128 keys (warpgroup g: keys 64 g ..); Q and dO stream through in 64-row tiles with their rows' lse
+// and delta (staged in shared memory by cp.async).
+template <int HD>
+__global__ void __launch_bounds__(kThreads) flash_dkdv_sm90_kernel(const bf* qkv, const bf* dout, const float* lse,
+                                                                   const float* delta, bf* dqkv, int T, int H,
+                                                                   float scale, bool causal, bool rope,
+                                                                   float log2_theta) {
+  using S = BackwardSmem<HD>;
+  constexpr int BN = S::BN;
+  extern __shared__ __align__(16) char smem_raw[];
+  const S sm{aligned_smem(smem_raw)};
+  const int k0 = blockIdx.x * kOwn, h = blockIdx.y, b = blockIdx.z;
+  const int g = threadIdx.x >> 7, w = (threadIdx.x >> 5) & 3;
+  S::Own::load(sm.own(0), qkv_rows(qkv, b, T, H, h, HD, 1), k0, T);
+  S::Own::load(sm.own(1), qkv_rows(qkv, b, T, H, h, HD, 2), k0, T);
+  cp_async_commit();
+  const int key0 = k0 + 64 * g + 16 * w;  // this warp's first key
+  const float sl2 = scale * kLog2e;
+  float dk[HD / 8][4] = {}, dv[HD / 8][4] = {};
+  float p[BN / 8][4], ds[BN / 8][4];
+  const float* lse_bh = lse + (size_t(b) * H + h) * T;
+  const float* delta_bh = delta + (size_t(b) * H + h) * T;
+  const HeadRows qrows = qkv_rows(qkv, b, T, H, h, HD, 0), dorows = head_rows(dout, b, T, H, h, HD);
+  const auto load_q_do = [&](int st, int r0) {
+    S::St::load(sm.a(st), qrows, r0, T), S::St::load(sm.b(st), dorows, r0, T);
+    if (threadIdx.x < 2 * BN) {  // threads 0-63: lse, 64-127: delta
+      const int i = threadIdx.x & (BN - 1), t = min(r0 + i, T - 1);
+      cp_async4(sm.row_floats(st) + threadIdx.x, (threadIdx.x < BN ? lse_bh : delta_bh) + t, r0 + i < T);
+    }
+  };
+  stream_tiles<BN, true>(causal ? k0 : 0, T, load_q_do, [&](int q0, int st) {
+    if (causal && q0 + BN - 1 < k0 + 64 * g) return;  // every query before every key of this warpgroup
+    const float *lse_t = sm.row_floats(st), *delta_t = lse_t + BN;
+    issue_scores<BN, HD>(p, sm.own(0), 64 * g, sm.a(st));   // S^T = K Q^T
+    issue_scores<BN, HD>(ds, sm.own(1), 64 * g, sm.b(st));  // dP^T = V dO^T
+    wait_all();
+    fence_registers(flat(p)), fence_registers(flat(ds));
+    if (q0 + BN > T || (causal && q0 < key0 + 16)) mask_scores(p, key0, q0, T, causal, true);
+    #pragma unroll
+    for (int n = 0; n < BN / 8; ++n)
+      #pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int c = frag_col(n, e);
+        p[n][e] = exp2f(fmaf(p[n][e], sl2, -lse_t[c] * kLog2e));
+        ds[n][e] = p[n][e] * (ds[n][e] - delta_t[c]);
+      }
+    accumulate_pm<BN, HD>(dv, p, sm.b(st));   // dV += P^T dO
+    accumulate_pm<BN, HD>(dk, ds, sm.a(st));  // dK += dS^T Q
+  });
+  const size_t D = size_t(H) * HD;
+  bf* base = dqkv + size_t(b) * T * 3 * D + size_t(h) * HD;
+  store_rows<HD>(base + D, 3 * D, key0, T, dk, scale, rope, log2_theta);
+  store_rows<HD>(base + 2 * D, 3 * D, key0, T, dv, 1.f);
+}
+
+void check_grid(int batch, int H) {
+  MUE_CHECK(H <= 65535 && batch <= 65535, "flash attention: heads (", H, ") and batch (", batch,
+            ") must each be at most 65535");
+}
+
+template <int HD>
+void forward_hd(Context& ctx, const bf* qkv, bf* out, float* lse, int batch, int T, int H, float scale, bool causal) {
+  constexpr size_t smem = ForwardSmem<HD>::bytes;
+  allow_smem(reinterpret_cast<const void*>(flash_forward_sm90_kernel<HD>), smem, "flash_forward_sm90_kernel");
+  check_grid(batch, H);
+  const dim3 grid((T + kOwn - 1) / kOwn, H, batch);
+  flash_forward_sm90_kernel<HD><<<grid, kThreads, smem, ctx.stream>>>(qkv, out, lse, T, H, scale, causal);
+  check_launch("flash_forward_sm90_kernel");
+}
+
+template <int HD>
+void backward_hd(Context& ctx, const bf* dout, const bf* qkv, const bf* out, const float* lse, bf* dqkv, int batch,
+                 int T, int H, float scale, bool causal, bool rope, float log2_theta) {
+  float* delta = static_cast<float*>(ctx.scratch(0, sizeof(float) * size_t(batch) * H * T));
+  check_grid(batch, H);
+  const dim3 grid((T + kOwn - 1) / kOwn, H, batch);
+  constexpr size_t smem = BackwardSmem<HD>::bytes;
+  allow_smem(reinterpret_cast<const void*>(flash_dq_sm90_kernel<HD>), smem, "flash_dq_sm90_kernel");
+  flash_dq_sm90_kernel<HD><<<grid, kThreads, smem, ctx.stream>>>(qkv, dout, out, lse, delta, dqkv, T, H, scale,
+                                                                  causal, rope, log2_theta);
+  check_launch("flash_dq_sm90_kernel");
+  allow_smem(reinterpret_cast<const void*>(flash_dkdv_sm90_kernel<HD>), smem, "flash_dkdv_sm90_kernel");
+  flash_dkdv_sm90_kernel<HD><<<grid, kThreads, smem, ctx.stream>>>(qkv, dout, lse, delta, dqkv, T, H, scale, causal,
+                                                                    rope, log2_theta);
+  check_launch("flash_dkdv_sm90_kernel");
+}
+}  // namespace
+
+bool flash_sm90_enabled(int hd) {
+  const char* v = std::getenv("MUE_FLASH_SM90");  // read at every call, so that tests can compare both paths
+  return !(v && v[0] == '0') && (hd == 64 || hd == 128);
+}
+
+void flash_sm90_forward(Context& ctx, const bf* qkv, bf* out, float* lse, int batch, int T, int H, int hd,
+                        float scale, bool causal) {
+  if (hd == 64) forward_hd<64>(ctx, qkv, out, lse, batch, T, H, scale, causal);
+  else forward_hd<128>(ctx, qkv, out, lse, batch, T, H, scale, causal);
+}
+
+void flash_sm90_backward(Context& ctx, const bf* dout, const bf* qkv, const bf* out, const float* lse, bf* dqkv,
+                         int batch, int T, int H, int hd, float scale, bool causal, bool rope, float log2_theta) {
+  if (hd == 64) backward_hd<64>(ctx, dout, qkv, out, lse, dqkv, batch, T, H, scale, causal, rope, log2_theta);
+  else backward_hd<128>(ctx, dout, qkv, out, lse, dqkv, batch, T, H, scale, causal, rope, log2_theta);
+}
+
+}  // namespace mue::cuda
