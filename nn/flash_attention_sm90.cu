@@ -77,23 +77,33 @@ __device__ void issue_scores(float (&s)[N / 8][4], const char* a, int row0, cons
 }
 __device__ inline void wait_all() { wgmma_wait<0>(); }
 
-// acc[64 x HD] += P M: P [64 x K] a score tile in registers (rounded to bf16 here), M a streamed K x HD tile.
-// Returns when the products are done (P's registers and the tile are free again).
-template <int K, int HD>
-__device__ void accumulate_pm(float (&acc)[HD / 8][4], const float (&p)[K / 8][4], const char* m) {
-  uint32_t a[K / 16][4];
+// The A fragments of P [64 x K] (a score tile in registers) rounded to bf16: column blocks 2k, 2k + 1 are the
+// fragment of k step k.
+template <int K>
+__device__ void to_frags(uint32_t (&a)[K / 16][4], const float (&p)[K / 8][4]) {
   #pragma unroll
-  for (int k = 0; k < K / 16; ++k) {  // column blocks 2k, 2k + 1 of P: the A fragment of k step k
+  for (int k = 0; k < K / 16; ++k) {
     a[k][0] = pack_bf16(p[2 * k][0], p[2 * k][1]), a[k][1] = pack_bf16(p[2 * k][2], p[2 * k][3]);
     a[k][2] = pack_bf16(p[2 * k + 1][0], p[2 * k + 1][1]), a[k][3] = pack_bf16(p[2 * k + 1][2], p[2 * k + 1][3]);
   }
-  fence_registers(flat(acc));
-  wgmma_fence();
+}
+// Issues acc[64 x HD] += P M, P as fragments, M a streamed K x HD tile (between wgmma_fence and the commit).
+template <int K, int HD>
+__device__ void issue_pm(float (&acc)[HD / 8][4], const uint32_t (&a)[K / 16][4], const char* m) {
   #pragma unroll
   for (int k = 0; k < K / 16; ++k) {
     if constexpr (HD == 64) wgmma_m64n64k16_rs<1>(flat(acc), a[k], SwTile<K, HD>::nmajor(m, k), 1);
     else wgmma_m64n128k16_rs<1>(flat(acc), a[k], SwTile<K, HD>::nmajor(m, k), 1);
   }
+}
+// acc += P M, returning when the products are done (P's registers and the tile are free again).
+template <int K, int HD>
+__device__ void accumulate_pm(float (&acc)[HD / 8][4], const float (&p)[K / 8][4], const char* m) {
+  uint32_t a[K / 16][4];
+  to_frags<K>(a, p);
+  fence_registers(flat(acc));
+  wgmma_fence();
+  issue_pm<K, HD>(acc, a, m);
   wgmma_commit();
   wait_all();
   fence_registers(flat(acc));
@@ -294,8 +304,16 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_sm90_kernel(const bf* qkv
         p[n][e] = exp2f(fmaf(p[n][e], sl2, -lse_t[c] * kLog2e));
         ds[n][e] = p[n][e] * (ds[n][e] - delta_t[c]);
       }
-    accumulate_pm<BN, HD>(dv, p, sm.b(st));   // dV += P^T dO
-    accumulate_pm<BN, HD>(dk, ds, sm.a(st));  // dK += dS^T Q
+    uint32_t ap[BN / 16][4], ads[BN / 16][4];
+    to_frags<BN>(ap, p), to_frags<BN>(ads, ds);
+    fence_registers(flat(dv)), fence_registers(flat(dk));
+    wgmma_fence();
+    issue_pm<BN, HD>(dv, ap, sm.b(st));   // dV += P^T dO
+    issue_pm<BN, HD>(dk, ads, sm.a(st));  // dK += dS^T Q
+    wgmma_commit();
+    wait_all();
+    fence_registers(flat(dv)), fence_registers(flat(dk));
+    fence_u32(ap), fence_u32(ads);
   });
   const size_t D = size_t(H) * HD;
   bf* base = dqkv + size_t(b) * T * 3 * D + size_t(h) * HD;
