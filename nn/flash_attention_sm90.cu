@@ -11,8 +11,8 @@
 //   forward: per 128 queries, 128-key tiles: S = Q K^T, online softmax, O += P V         (2 products)
 //   dQ:      per 128 queries, 64-key tiles:  S = Q K^T, dP = dO V^T, dS, dQ += dS K     (3)
 //   dK, dV:  per 128 keys, 64-query tiles:   S^T = K Q^T, dP^T = V dO^T, dV += P^T dO, dK += dS^T Q   (4)
-// FLOPs and traffic as the mma.sync kernels (2 B H T^2 hd per product, x 1/2 causal); a warpgroup skips a
-// streamed tile that the causal mask hides from all its rows.
+// FLOPs and traffic as the mma.sync kernels (2 B H T^2 hd per product, x 1/2 causal); in the backward kernels a
+// warpgroup skips a streamed tile that the causal mask hides from all its rows.
 #include <cstdlib>
 
 #include "nn/flash_attention.cuh"
@@ -101,6 +101,7 @@ template <int K, int HD>
 __device__ void accumulate_pm(float (&acc)[HD / 8][4], const float (&p)[K / 8][4], const char* m) {
   uint32_t a[K / 16][4];
   to_frags<K>(a, p);
+  fence_u32(a);
   fence_registers(flat(acc));
   wgmma_fence();
   issue_pm<K, HD>(acc, a, m);
@@ -306,6 +307,7 @@ __global__ void __launch_bounds__(kThreads) flash_dkdv_sm90_kernel(const bf* qkv
       }
     uint32_t ap[BN / 16][4], ads[BN / 16][4];
     to_frags<BN>(ap, p), to_frags<BN>(ads, ds);
+    fence_u32(ap), fence_u32(ads);
     fence_registers(flat(dv)), fence_registers(flat(dk));
     wgmma_fence();
     issue_pm<BN, HD>(dv, ap, sm.b(st));   // dV += P^T dO
