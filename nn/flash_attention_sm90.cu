@@ -13,6 +13,7 @@
 //   dK, dV:  per 128 keys, 64-query tiles:   S^T = K Q^T, dP^T = V dO^T, dV += P^T dO, dK += dS^T Q   (4)
 // FLOPs and traffic as the mma.sync kernels (2 B H T^2 hd per product, x 1/2 causal); in the backward kernels a
 // warpgroup skips a streamed tile that the causal mask hides from all its rows.
+#include <cstdio>
 #include <cstdlib>
 
 #include "nn/flash_attention.cuh"
@@ -70,7 +71,8 @@ __device__ void issue_scores(float (&s)[N / 8][4], const char* a, int row0, cons
   #pragma unroll
   for (int k = 0; k < HD / 16; ++k) {
     const uint64_t da = SwTile<kOwn, HD>::kmajor(a, row0, k), db = SwTile<N, HD>::kmajor(b, 0, k);
-    if constexpr (N == 64) wgmma_m64n64k16<0, 0>(flat(s), da, db, k > 0);
+    if constexpr (N == 32) wgmma_m64n32k16<0, 0>(flat(s), da, db, k > 0);
+    else if constexpr (N == 64) wgmma_m64n64k16<0, 0>(flat(s), da, db, k > 0);
     else wgmma_m64n128k16<0, 0>(flat(s), da, db, k > 0);
   }
   wgmma_commit();
@@ -116,18 +118,21 @@ __device__ inline char* aligned_smem(char* raw) {
   return reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(raw) + 1023) & ~uintptr_t(1023));
 }
 
-template <int HD>
+// The forward's shared memory: the queries, then kStages stages of a key and a value tile.
+template <int HD, int BN_, int kStages>
 struct ForwardSmem {
-  static constexpr int BN = 128;
+  static constexpr int BN = BN_;
   using Own = SwTile<kOwn, HD>;
   using St = SwTile<BN, HD>;
-  static constexpr size_t bytes = Own::bytes + 4 * St::bytes + 1024;
+  static constexpr size_t bytes = Own::bytes + 2 * kStages * St::bytes + 1024;
 };
 
-template <int HD>
-__global__ void __launch_bounds__(kThreads) flash_forward_sm90_kernel(const bf* qkv, bf* out, float* lse, int T,
-                                                                      int H, float scale, bool causal) {
-  using S = ForwardSmem<HD>;
+// kPipelined: the scores of tile j + 1 run on the tensor cores while the softmax of tile j runs (three stages,
+// two score tiles in registers); else one tile at a time through two stages.
+template <int HD, int BN_, int kMinBlocks, bool kPipelined>
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
+    flash_forward_sm90_kernel(const bf* qkv, bf* out, float* lse, int T, int H, float scale, bool causal) {
+  using S = ForwardSmem<HD, BN_, kPipelined ? 3 : 2>;
   constexpr int BN = S::BN;
   extern __shared__ __align__(16) char smem_raw[];
   char* qt = aligned_smem(smem_raw);
@@ -145,11 +150,8 @@ __global__ void __launch_bounds__(kThreads) flash_forward_sm90_kernel(const bf* 
   const auto load_kv = [&](int st, int r0) {
     S::St::load(kt(st), krows, r0, T), S::St::load(kt(st) + S::St::bytes, vrows, r0, T);
   };
-  float s[BN / 8][4];
-  stream_tiles<BN, true>(0, kend, load_kv, [&](int k0, int st) {
-    issue_scores<BN, HD>(s, qt, 64 * g, kt(st));
-    wait_all();
-    fence_registers(flat(s));
+  // Masks the scores s of the tile at key k0 and turns them into P, updating m, l and rescaling o.
+  const auto softmax = [&](float (&s)[BN / 8][4], int k0) {
     if (k0 + BN > T || (causal && k0 + BN - 1 > row0)) mask_scores(s, row0, k0, T, causal, false);
     float mx[2] = {-INFINITY, -INFINITY};
     #pragma unroll
@@ -173,8 +175,53 @@ __global__ void __launch_bounds__(kThreads) flash_forward_sm90_kernel(const bf* 
         s[n][e] = exp2f(fmaf(s[n][e], sl2, -base[e >> 1]));
         l[e >> 1] += s[n][e];
       }
-    accumulate_pm<BN, HD>(o, s, kt(st) + S::St::bytes);
-  });
+  };
+  if constexpr (!kPipelined) {
+    float s[BN / 8][4];
+    stream_tiles<BN, true>(0, kend, load_kv, [&](int k0, int st) {
+      issue_scores<BN, HD>(s, qt, 64 * g, kt(st));
+      wait_all();
+      fence_registers(flat(s));
+      softmax(s, k0);
+      accumulate_pm<BN, HD>(o, s, kt(st) + S::St::bytes);
+    });
+  } else {
+    const int n = (kend + BN - 1) / BN;
+    load_kv(0, 0);
+    cp_async_commit();
+    if (n > 1) load_kv(1, BN);
+    cp_async_commit();
+    cp_async_wait<1>();  // the queries and tile 0
+    fence_proxy_async();
+    __syncthreads();
+    float sa[BN / 8][4], sb[BN / 8][4];
+    issue_scores<BN, HD>(sa, qt, 64 * g, kt(0));
+    // Tile j: its scores (issued one step earlier) in cur; the next tile's go to nxt while cur's softmax runs.
+    const auto step = [&](int j, float (&cur)[BN / 8][4], float (&nxt)[BN / 8][4]) {
+      if (j + 1 < n) {
+        cp_async_wait<0>();  // tile j + 1
+        fence_proxy_async();
+      }
+      __syncthreads();  // tile j + 1 is in; every warpgroup is done with tile j - 1, whose stage tile j + 2 takes
+      if (j + 2 < n) load_kv((j + 2) % 3, (j + 2) * BN);
+      cp_async_commit();
+      if (j + 1 < n) {
+        issue_scores<BN, HD>(nxt, qt, 64 * g, kt((j + 1) % 3));
+        wgmma_wait<1>();
+      } else {
+        wait_all();
+      }
+      fence_registers(flat(cur));
+      softmax(cur, j * BN);
+      accumulate_pm<BN, HD>(o, cur, kt(j % 3) + S::St::bytes);  // waits for the next scores too
+      fence_registers(flat(nxt));
+    };
+    for (int j = 0; j < n; j += 2) {
+      step(j, sa, sb);
+      if (j + 1 < n) step(j + 1, sb, sa);
+    }
+    cp_async_wait<0>();
+  }
   float inv[2];
   #pragma unroll
   for (int i = 0; i < 2; ++i) {
@@ -192,9 +239,9 @@ __global__ void __launch_bounds__(kThreads) flash_forward_sm90_kernel(const bf* 
 
 // The backward kernels' shared memory: two own tiles, two stages of two streamed 64-row tiles, and (dK/dV) two
 // stages of the streamed rows' lse and delta.
-template <int HD>
+template <int HD, int BN_ = 64>
 struct BackwardSmem {
-  static constexpr int BN = 64;
+  static constexpr int BN = BN_;
   using Own = SwTile<kOwn, HD>;
   using St = SwTile<BN, HD>;
   static constexpr size_t bytes = 2 * Own::bytes + 4 * St::bytes + 4 * BN * sizeof(float) + 1024;
@@ -261,12 +308,11 @@ __global__ void __launch_bounds__(kThreads) flash_dq_sm90_kernel(const bf* qkv, 
 
 // dK, dV for 128 keys (warpgroup g: keys 64 g ..); Q and dO stream through in 64-row tiles with their rows' lse
 // and delta (staged in shared memory by cp.async).
-template <int HD>
-__global__ void __launch_bounds__(kThreads) flash_dkdv_sm90_kernel(const bf* qkv, const bf* dout, const float* lse,
-                                                                   const float* delta, bf* dqkv, int T, int H,
-                                                                   float scale, bool causal, bool rope,
-                                                                   float log2_theta) {
-  using S = BackwardSmem<HD>;
+template <int HD, int BN_, int kMinBlocks>
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
+    flash_dkdv_sm90_kernel(const bf* qkv, const bf* dout, const float* lse, const float* delta, bf* dqkv, int T,
+                           int H, float scale, bool causal, bool rope, float log2_theta) {
+  using S = BackwardSmem<HD, BN_>;
   constexpr int BN = S::BN;
   extern __shared__ __align__(16) char smem_raw[];
   const S sm{aligned_smem(smem_raw)};
@@ -328,19 +374,49 @@ void check_grid(int batch, int H) {
             ") must each be at most 65535");
 }
 
-template <int HD>
-void forward_hd(Context& ctx, const bf* qkv, bf* out, float* lse, int batch, int T, int H, float scale, bool causal) {
-  constexpr size_t smem = ForwardSmem<HD>::bytes;
-  allow_smem(reinterpret_cast<const void*>(flash_forward_sm90_kernel<HD>), smem, "flash_forward_sm90_kernel");
+// Tile variants (streamed rows, minimum blocks per SM) of head dim 64, picked by MUE_FLASH_SM90_TILES="f,b" for
+// measuring them (read at every call; the test runs each): forward f 0: (128, 1), 1: (64, 2: it takes 114
+// registers), pipelined 2: (64, 1), 3: (128, 1); dK/dV b 0: (64, 1), 1: (32, 2), 2: (32, 1). Head dim 128
+// always takes 0, 0. (Forward (64, 3) spills.)
+struct Sm90Tiles {
+  int forward = 0, dkdv = 0;
+};
+Sm90Tiles sm90_tiles(int hd) {
+  Sm90Tiles t;
+  const char* v = std::getenv("MUE_FLASH_SM90_TILES");
+  if (!v) return t;
+  MUE_CHECK(std::sscanf(v, "%d,%d", &t.forward, &t.dkdv) == 2 && t.forward >= 0 && t.forward < 4 && t.dkdv >= 0 &&
+                t.dkdv < 3,
+            "MUE_FLASH_SM90_TILES must be \"f,b\" with f in [0, 4), b in [0, 3), got \"", v, "\"");
+  return hd == 64 ? t : Sm90Tiles{};
+}
+
+template <int HD, int BN, int kMinBlocks, bool kPipelined = false>
+void forward_variant(Context& ctx, const bf* qkv, bf* out, float* lse, int batch, int T, int H, float scale,
+                     bool causal) {
+  constexpr size_t smem = ForwardSmem<HD, BN, kPipelined ? 3 : 2>::bytes;
+  const auto kernel = flash_forward_sm90_kernel<HD, BN, kMinBlocks, kPipelined>;
+  allow_smem(reinterpret_cast<const void*>(kernel), smem, "flash_forward_sm90_kernel");
   check_grid(batch, H);
   const dim3 grid((T + kOwn - 1) / kOwn, H, batch);
-  flash_forward_sm90_kernel<HD><<<grid, kThreads, smem, ctx.stream>>>(qkv, out, lse, T, H, scale, causal);
+  kernel<<<grid, kThreads, smem, ctx.stream>>>(qkv, out, lse, T, H, scale, causal);
   check_launch("flash_forward_sm90_kernel");
+}
+
+template <int HD, int BN, int kMinBlocks>
+void dkdv_variant(Context& ctx, const bf* dout, const bf* qkv, const float* lse, const float* delta, bf* dqkv,
+                  int batch, int T, int H, float scale, bool causal, bool rope, float log2_theta) {
+  constexpr size_t smem = BackwardSmem<HD, BN>::bytes;
+  const auto kernel = flash_dkdv_sm90_kernel<HD, BN, kMinBlocks>;
+  allow_smem(reinterpret_cast<const void*>(kernel), smem, "flash_dkdv_sm90_kernel");
+  const dim3 grid((T + kOwn - 1) / kOwn, H, batch);
+  kernel<<<grid, kThreads, smem, ctx.stream>>>(qkv, dout, lse, delta, dqkv, T, H, scale, causal, rope, log2_theta);
+  check_launch("flash_dkdv_sm90_kernel");
 }
 
 template <int HD>
 void backward_hd(Context& ctx, const bf* dout, const bf* qkv, const bf* out, const float* lse, bf* dqkv, int batch,
-                 int T, int H, float scale, bool causal, bool rope, float log2_theta) {
+                 int T, int H, float scale, bool causal, bool rope, float log2_theta, int variant) {
   float* delta = static_cast<float*>(ctx.scratch(0, sizeof(float) * size_t(batch) * H * T));
   check_grid(batch, H);
   const dim3 grid((T + kOwn - 1) / kOwn, H, batch);
@@ -349,10 +425,12 @@ void backward_hd(Context& ctx, const bf* dout, const bf* qkv, const bf* out, con
   flash_dq_sm90_kernel<HD><<<grid, kThreads, smem, ctx.stream>>>(qkv, dout, out, lse, delta, dqkv, T, H, scale,
                                                                   causal, rope, log2_theta);
   check_launch("flash_dq_sm90_kernel");
-  allow_smem(reinterpret_cast<const void*>(flash_dkdv_sm90_kernel<HD>), smem, "flash_dkdv_sm90_kernel");
-  flash_dkdv_sm90_kernel<HD><<<grid, kThreads, smem, ctx.stream>>>(qkv, dout, lse, delta, dqkv, T, H, scale, causal,
-                                                                    rope, log2_theta);
-  check_launch("flash_dkdv_sm90_kernel");
+  const auto run = [&](auto dkdv) { dkdv(ctx, dout, qkv, lse, delta, dqkv, batch, T, H, scale, causal, rope, log2_theta); };
+  if constexpr (HD == 64) {
+    if (variant == 1) return run(dkdv_variant<HD, 32, 2>);
+    if (variant == 2) return run(dkdv_variant<HD, 32, 1>);
+  }
+  run(dkdv_variant<HD, 64, 1>);
 }
 }  // namespace
 
@@ -363,14 +441,19 @@ bool flash_sm90_enabled(int hd) {
 
 void flash_sm90_forward(Context& ctx, const bf* qkv, bf* out, float* lse, int batch, int T, int H, int hd,
                         float scale, bool causal) {
-  if (hd == 64) forward_hd<64>(ctx, qkv, out, lse, batch, T, H, scale, causal);
-  else forward_hd<128>(ctx, qkv, out, lse, batch, T, H, scale, causal);
+  const int f = sm90_tiles(hd).forward;
+  if (hd == 128) forward_variant<128, 128, 1>(ctx, qkv, out, lse, batch, T, H, scale, causal);
+  else if (f == 1) forward_variant<64, 64, 2>(ctx, qkv, out, lse, batch, T, H, scale, causal);
+  else if (f == 2) forward_variant<64, 64, 1, true>(ctx, qkv, out, lse, batch, T, H, scale, causal);
+  else if (f == 3) forward_variant<64, 128, 1, true>(ctx, qkv, out, lse, batch, T, H, scale, causal);
+  else forward_variant<64, 128, 1>(ctx, qkv, out, lse, batch, T, H, scale, causal);
 }
 
 void flash_sm90_backward(Context& ctx, const bf* dout, const bf* qkv, const bf* out, const float* lse, bf* dqkv,
                          int batch, int T, int H, int hd, float scale, bool causal, bool rope, float log2_theta) {
-  if (hd == 64) backward_hd<64>(ctx, dout, qkv, out, lse, dqkv, batch, T, H, scale, causal, rope, log2_theta);
-  else backward_hd<128>(ctx, dout, qkv, out, lse, dqkv, batch, T, H, scale, causal, rope, log2_theta);
+  const int b = sm90_tiles(hd).dkdv;
+  if (hd == 64) backward_hd<64>(ctx, dout, qkv, out, lse, dqkv, batch, T, H, scale, causal, rope, log2_theta, b);
+  else backward_hd<128>(ctx, dout, qkv, out, lse, dqkv, batch, T, H, scale, causal, rope, log2_theta, b);
 }
 
 }  // namespace mue::cuda
