@@ -205,12 +205,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
       __syncthreads();  // tile j + 1 is in; every warpgroup is done with tile j - 1, whose stage tile j + 2 takes
       if (j + 2 < n) load_kv((j + 2) % 3, (j + 2) * BN);
       cp_async_commit();
-      if (j + 1 < n) {
-        issue_scores<BN, HD>(nxt, qt, 64 * g, kt((j + 1) % 3));
-        wgmma_wait<1>();
-      } else {
-        wait_all();
-      }
+      // Issued for the last tile too (on a stale stage, its result unused): with the product conditional, ptxas
+      // serializes every wgmma of the kernel.
+      issue_scores<BN, HD>(nxt, qt, 64 * g, kt((j + 1) % 3));
+      wgmma_wait<1>();
       fence_registers(flat(cur));
       softmax(cur, j * BN);
       accumulate_pm<BN, HD>(o, cur, kt(j % 3) + S::St::bytes);  // waits for the next scores too
