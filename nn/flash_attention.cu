@@ -165,8 +165,7 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const bf* qkv, 
   load_a<HD>(qf, sm.own(0) + w * 16 * Tiles<HD>::ld);
   const int row0 = q0 + w * 16;  // this warp's first query
   const float sl2 = scale * kLog2e;  // scores in log2 units
-  float o[HD / 8][4] = {};
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};  // per row g, g + 8 (log2 units, times sl2 applied)
+  OnlineSoftmax<HD> softmax;
   const int kend = causal ? min(T, q0 + kTile) : T;
   const HeadRows krows = qkv_rows(qkv, b, T, H, h, HD, 1), vrows = qkv_rows(qkv, b, T, H, h, HD, 2);
   const auto load_kv = [&](int st, int r0) {
@@ -175,44 +174,10 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const bf* qkv, 
   stream_tiles<kTile>(0, kend, load_kv, [&](int k0, int st) {
     ScoreTile s;
     warp_abt<HD>(s, qf, sm.a(st));
-    if (k0 + kTile > T || (causal && k0 + kTile - 1 > row0)) mask_scores(s, row0, k0, T, causal, false);
-    float mx[2] = {-INFINITY, -INFINITY};
-    #pragma unroll
-    for (int n = 0; n < kTile / 8; ++n)
-      #pragma unroll
-      for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
-    float base[2];
-    #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const float mn = fmaxf(m[i], quad_max(mx[i]) * sl2);
-      base[i] = mn == -INFINITY ? 0.f : mn;  // a fully masked row so far: exp2(-inf - 0) = 0
-      const float alpha = exp2f(m[i] - base[i]);
-      l[i] *= alpha, m[i] = mn;
-      #pragma unroll
-      for (int n = 0; n < HD / 8; ++n) o[n][2 * i] *= alpha, o[n][2 * i + 1] *= alpha;
-    }
-    #pragma unroll
-    for (int n = 0; n < kTile / 8; ++n)
-      #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[n][e] = exp2f(fmaf(s[n][e], sl2, -base[e >> 1]));
-        l[e >> 1] += s[n][e];
-      }
-    warp_pm<HD>(o, s, sm.b(st));
+    softmax.tile(s, row0, k0, T, causal, sl2);
+    warp_pm<HD>(softmax.o, s, sm.b(st));
   });
-  float inv[2];
-  #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const float li = quad_sum(l[i]);
-    inv[i] = li > 0.f ? 1.f / li : 0.f;
-    const int t = row0 + frag_row(2 * i);
-    if ((threadIdx.x & 3) == 0 && t < T) lse[(size_t(b) * H + h) * T + t] = (m[i] + log2f(li)) / kLog2e;
-  }
-  #pragma unroll
-  for (int n = 0; n < HD / 8; ++n)
-    #pragma unroll
-    for (int e = 0; e < 4; ++e) o[n][e] *= inv[e >> 1];
-  store_rows<HD>(out + (size_t(b) * T * H + h) * HD, size_t(H) * HD, row0, T, o, 1.f);
+  softmax.finish(row0, T, lse + (size_t(b) * H + h) * T, out + (size_t(b) * T * H + h) * HD, size_t(H) * HD);
 }
 
 // dK, dV for 64 keys (each warp 16 keys: rows of the K and V tiles own(0), own(1)); Q and dO stream through,

@@ -82,6 +82,59 @@ __device__ void store_rows(bf* dst, size_t stride, int t0, int T, const float (&
   }
 }
 
+// The forward's running softmax state of a warp's rows g and g + 8: max m and sum l (base-2 units of the scaled
+// scores), and the output accumulator o [16 x HD] of the mma.sync layout.
+template <int HD>
+struct OnlineSoftmax {
+  float o[HD / 8][4] = {};
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+
+  // One tile of scores s (NB blocks of 8 keys from k0; the warp's queries from row0), masked where needed and
+  // turned into P = exp2(sl2 s - running max) in place; m and l updated and o rescaled.
+  template <int NB>
+  __device__ void tile(float (&s)[NB][4], int row0, int k0, int T, bool causal, float sl2) {
+    if (k0 + 8 * NB > T || (causal && k0 + 8 * NB - 1 > row0)) mask_scores(s, row0, k0, T, causal, false);
+    float mx[2] = {-INFINITY, -INFINITY};
+    #pragma unroll
+    for (int n = 0; n < NB; ++n)
+      #pragma unroll
+      for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
+    float base[2];
+    #pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const float mn = fmaxf(m[i], quad_max(mx[i]) * sl2);
+      base[i] = mn == -INFINITY ? 0.f : mn;  // a fully masked row so far: exp2(-inf - 0) = 0
+      const float alpha = exp2f(m[i] - base[i]);
+      l[i] *= alpha, m[i] = mn;
+      #pragma unroll
+      for (int n = 0; n < HD / 8; ++n) o[n][2 * i] *= alpha, o[n][2 * i + 1] *= alpha;
+    }
+    #pragma unroll
+    for (int n = 0; n < NB; ++n)
+      #pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[n][e] = exp2f(fmaf(s[n][e], sl2, -base[e >> 1]));
+        l[e >> 1] += s[n][e];
+      }
+  }
+  // Writes the lse of rows < T (lse_bh: this (b, h)'s [T]) and O = o / l as bf16 rows of out_head (stride).
+  __device__ void finish(int row0, int T, float* lse_bh, bf* out_head, size_t stride) {
+    float inv[2];
+    #pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const float li = quad_sum(l[i]);
+      inv[i] = li > 0.f ? 1.f / li : 0.f;
+      const int t = row0 + frag_row(2 * i);
+      if ((threadIdx.x & 3) == 0 && t < T) lse_bh[t] = (m[i] + log2f(li)) / kLog2e;
+    }
+    #pragma unroll
+    for (int n = 0; n < HD / 8; ++n)
+      #pragma unroll
+      for (int e = 0; e < 4; ++e) o[n][e] *= inv[e >> 1];
+    store_rows<HD>(out_head, stride, row0, T, o, 1.f);
+  }
+};
+
 // Streams the kRows-row tiles starting at rows first, first + kRows, ... < end through the two stages, loading
 // tile i + 1 (cp.async) while tile i is computed: load(stage, row0) issues the copies of one tile, body(row0,
 // stage) computes on it. kAsyncProxy: the body reads the tiles with wgmma (the async proxy), so each thread

@@ -118,21 +118,19 @@ __device__ inline char* aligned_smem(char* raw) {
   return reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(raw) + 1023) & ~uintptr_t(1023));
 }
 
-// The forward's shared memory: the queries, then kStages stages of a key and a value tile.
-template <int HD, int BN_, int kStages>
+// The forward's shared memory: the queries, then two stages of a key and a value tile.
+template <int HD, int BN_>
 struct ForwardSmem {
   static constexpr int BN = BN_;
   using Own = SwTile<kOwn, HD>;
   using St = SwTile<BN, HD>;
-  static constexpr size_t bytes = Own::bytes + 2 * kStages * St::bytes + 1024;
+  static constexpr size_t bytes = Own::bytes + 4 * St::bytes + 1024;
 };
 
-// kPipelined: the scores of tile j + 1 run on the tensor cores while the softmax of tile j runs (three stages,
-// two score tiles in registers); else one tile at a time through two stages.
-template <int HD, int BN_, int kMinBlocks, bool kPipelined>
+template <int HD, int BN_, int kMinBlocks>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
     flash_forward_sm90_kernel(const bf* qkv, bf* out, float* lse, int T, int H, float scale, bool causal) {
-  using S = ForwardSmem<HD, BN_, kPipelined ? 3 : 2>;
+  using S = ForwardSmem<HD, BN_>;
   constexpr int BN = S::BN;
   extern __shared__ __align__(16) char smem_raw[];
   char* qt = aligned_smem(smem_raw);
@@ -143,96 +141,21 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   cp_async_commit();  // waited for with the first streamed tile
   const int row0 = q0 + 64 * g + 16 * w;  // this warp's first query
   const float sl2 = scale * kLog2e;
-  float o[HD / 8][4] = {};
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  OnlineSoftmax<HD> softmax;
   const int kend = causal ? min(T, q0 + kOwn) : T;
   const HeadRows krows = qkv_rows(qkv, b, T, H, h, HD, 1), vrows = qkv_rows(qkv, b, T, H, h, HD, 2);
   const auto load_kv = [&](int st, int r0) {
     S::St::load(kt(st), krows, r0, T), S::St::load(kt(st) + S::St::bytes, vrows, r0, T);
   };
-  // Masks the scores s of the tile at key k0 and turns them into P, updating m, l and rescaling o.
-  const auto softmax = [&](float (&s)[BN / 8][4], int k0) {
-    if (k0 + BN > T || (causal && k0 + BN - 1 > row0)) mask_scores(s, row0, k0, T, causal, false);
-    float mx[2] = {-INFINITY, -INFINITY};
-    #pragma unroll
-    for (int n = 0; n < BN / 8; ++n)
-      #pragma unroll
-      for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
-    float base[2];
-    #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const float mn = fmaxf(m[i], quad_max(mx[i]) * sl2);
-      base[i] = mn == -INFINITY ? 0.f : mn;
-      const float alpha = exp2f(m[i] - base[i]);
-      l[i] *= alpha, m[i] = mn;
-      #pragma unroll
-      for (int n = 0; n < HD / 8; ++n) o[n][2 * i] *= alpha, o[n][2 * i + 1] *= alpha;
-    }
-    #pragma unroll
-    for (int n = 0; n < BN / 8; ++n)
-      #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[n][e] = exp2f(fmaf(s[n][e], sl2, -base[e >> 1]));
-        l[e >> 1] += s[n][e];
-      }
-  };
-  if constexpr (!kPipelined) {
-    float s[BN / 8][4];
-    stream_tiles<BN, true>(0, kend, load_kv, [&](int k0, int st) {
-      issue_scores<BN, HD>(s, qt, 64 * g, kt(st));
-      wait_all();
-      fence_registers(flat(s));
-      softmax(s, k0);
-      accumulate_pm<BN, HD>(o, s, kt(st) + S::St::bytes);
-    });
-  } else {
-    const int n = (kend + BN - 1) / BN;
-    load_kv(0, 0);
-    cp_async_commit();
-    if (n > 1) load_kv(1, BN);
-    cp_async_commit();
-    cp_async_wait<1>();  // the queries and tile 0
-    fence_proxy_async();
-    __syncthreads();
-    float sa[BN / 8][4], sb[BN / 8][4];
-    issue_scores<BN, HD>(sa, qt, 64 * g, kt(0));
-    // Tile j: its scores (issued one step earlier) in cur; the next tile's go to nxt while cur's softmax runs.
-    const auto step = [&](int j, float (&cur)[BN / 8][4], float (&nxt)[BN / 8][4]) {
-      if (j + 1 < n) {
-        cp_async_wait<0>();  // tile j + 1
-        fence_proxy_async();
-      }
-      __syncthreads();  // tile j + 1 is in; every warpgroup is done with tile j - 1, whose stage tile j + 2 takes
-      if (j + 2 < n) load_kv((j + 2) % 3, (j + 2) * BN);
-      cp_async_commit();
-      // Issued for the last tile too (on a stale stage, its result unused): with the product conditional, ptxas
-      // serializes every wgmma of the kernel.
-      issue_scores<BN, HD>(nxt, qt, 64 * g, kt((j + 1) % 3));
-      wgmma_wait<1>();
-      fence_registers(flat(cur));
-      softmax(cur, j * BN);
-      accumulate_pm<BN, HD>(o, cur, kt(j % 3) + S::St::bytes);  // waits for the next scores too
-      fence_registers(flat(nxt));
-    };
-    for (int j = 0; j < n; j += 2) {
-      step(j, sa, sb);
-      if (j + 1 < n) step(j + 1, sb, sa);
-    }
-    cp_async_wait<0>();
-  }
-  float inv[2];
-  #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const float li = quad_sum(l[i]);
-    inv[i] = li > 0.f ? 1.f / li : 0.f;
-    const int t = row0 + frag_row(2 * i);
-    if ((threadIdx.x & 3) == 0 && t < T) lse[(size_t(b) * H + h) * T + t] = (m[i] + log2f(li)) / kLog2e;
-  }
-  #pragma unroll
-  for (int n = 0; n < HD / 8; ++n)
-    #pragma unroll
-    for (int e = 0; e < 4; ++e) o[n][e] *= inv[e >> 1];
-  store_rows<HD>(out + (size_t(b) * T * H + h) * HD, size_t(H) * HD, row0, T, o, 1.f);
+  float s[BN / 8][4];
+  stream_tiles<BN, true>(0, kend, load_kv, [&](int k0, int st) {
+    issue_scores<BN, HD>(s, qt, 64 * g, kt(st));
+    wait_all();
+    fence_registers(flat(s));
+    softmax.tile(s, row0, k0, T, causal, sl2);
+    accumulate_pm<BN, HD>(softmax.o, s, kt(st) + S::St::bytes);
+  });
+  softmax.finish(row0, T, lse + (size_t(b) * H + h) * T, out + (size_t(b) * T * H + h) * HD, size_t(H) * HD);
 }
 
 // The backward kernels' shared memory: two own tiles, two stages of two streamed 64-row tiles, and (dK/dV) two
@@ -374,8 +297,8 @@ void check_grid(int batch, int H) {
 
 // Tile variants (streamed rows, minimum blocks per SM) of head dim 64, picked by MUE_FLASH_SM90_TILES="f,b" for
 // measuring them (read at every call; the test runs each): forward f 0: (128, 1), 1: (64, 2: it takes 114
-// registers), pipelined 2: (64, 1), 3: (128, 1); dK/dV b 0: (64, 1), 1: (32, 2), 2: (32, 1). Head dim 128
-// always takes 0, 0. (Forward (64, 3) spills.)
+// registers); dK/dV b 0: (64, 1), 1: (32, 2), 2: (32, 1). Head dim 128 always takes 0, 0. (Forward (64, 3)
+// spills; a forward that issues the next tile's scores before the softmax got its wgmma serialized by ptxas.)
 struct Sm90Tiles {
   int forward = 0, dkdv = 0;
 };
@@ -383,17 +306,17 @@ Sm90Tiles sm90_tiles(int hd) {
   Sm90Tiles t;
   const char* v = std::getenv("MUE_FLASH_SM90_TILES");
   if (!v) return t;
-  MUE_CHECK(std::sscanf(v, "%d,%d", &t.forward, &t.dkdv) == 2 && t.forward >= 0 && t.forward < 4 && t.dkdv >= 0 &&
+  MUE_CHECK(std::sscanf(v, "%d,%d", &t.forward, &t.dkdv) == 2 && t.forward >= 0 && t.forward < 2 && t.dkdv >= 0 &&
                 t.dkdv < 3,
-            "MUE_FLASH_SM90_TILES must be \"f,b\" with f in [0, 4), b in [0, 3), got \"", v, "\"");
+            "MUE_FLASH_SM90_TILES must be \"f,b\" with f in [0, 2), b in [0, 3), got \"", v, "\"");
   return hd == 64 ? t : Sm90Tiles{};
 }
 
-template <int HD, int BN, int kMinBlocks, bool kPipelined = false>
+template <int HD, int BN, int kMinBlocks>
 void forward_variant(Context& ctx, const bf* qkv, bf* out, float* lse, int batch, int T, int H, float scale,
                      bool causal) {
-  constexpr size_t smem = ForwardSmem<HD, BN, kPipelined ? 3 : 2>::bytes;
-  const auto kernel = flash_forward_sm90_kernel<HD, BN, kMinBlocks, kPipelined>;
+  constexpr size_t smem = ForwardSmem<HD, BN>::bytes;
+  const auto kernel = flash_forward_sm90_kernel<HD, BN, kMinBlocks>;
   allow_smem(reinterpret_cast<const void*>(kernel), smem, "flash_forward_sm90_kernel");
   check_grid(batch, H);
   const dim3 grid((T + kOwn - 1) / kOwn, H, batch);
@@ -442,8 +365,6 @@ void flash_sm90_forward(Context& ctx, const bf* qkv, bf* out, float* lse, int ba
   const int f = sm90_tiles(hd).forward;
   if (hd == 128) forward_variant<128, 128, 1>(ctx, qkv, out, lse, batch, T, H, scale, causal);
   else if (f == 1) forward_variant<64, 64, 2>(ctx, qkv, out, lse, batch, T, H, scale, causal);
-  else if (f == 2) forward_variant<64, 64, 1, true>(ctx, qkv, out, lse, batch, T, H, scale, causal);
-  else if (f == 3) forward_variant<64, 128, 1, true>(ctx, qkv, out, lse, batch, T, H, scale, causal);
   else forward_variant<64, 128, 1>(ctx, qkv, out, lse, batch, T, H, scale, causal);
 }
 
