@@ -64,9 +64,34 @@ __device__ inline void fence_u32(uint32_t (&v)[N][4]) {
 
 // s[64 x N] = A B^T over HD, issued and committed (not waited for): A = rows row0 .. row0 + 63 of an own tile,
 // B = a streamed tile of N rows.
-template <int N, int HD>
-__device__ void issue_scores(float (&s)[N / 8][4], const char* a, int row0, const char* b) {
+// Ping-pong between the block's two warpgroups (the schedule of FlashAttention-3): a warpgroup issues products
+// only in its turn (barrier 1 + g) and hands the turn over once they are issued, so that one warpgroup's
+// softmax runs while the other's products do. Off: no barriers.
+template <bool kOn>
+struct PingPong {
+  int g;
+  __device__ void start() const {  // warpgroup 0 has the first turn
+    if constexpr (kOn)
+      if (g == 1) named_barrier_arrive(1, kThreads);
+  }
+  __device__ void turn() const {
+    if constexpr (kOn) named_barrier(1 + g, kThreads);
+  }
+  __device__ void pass() const {
+    if constexpr (kOn) named_barrier_arrive(2 - g, kThreads);
+  }
+  __device__ void finish() const {  // takes warpgroup 1's last hand-over
+    if constexpr (kOn)
+      if (g == 0) named_barrier(1, kThreads);
+  }
+};
+using NoPingPong = PingPong<false>;
+
+template <int N, int HD, bool kPP = false>
+__device__ void issue_scores(float (&s)[N / 8][4], const char* a, int row0, const char* b,
+                             PingPong<kPP> pp = {0}) {
   fence_registers(flat(s));
+  pp.turn();
   wgmma_fence();
   #pragma unroll
   for (int k = 0; k < HD / 16; ++k) {
@@ -76,6 +101,7 @@ __device__ void issue_scores(float (&s)[N / 8][4], const char* a, int row0, cons
     else wgmma_m64n128k16<0, 0>(flat(s), da, db, k > 0);
   }
   wgmma_commit();
+  pp.pass();
 }
 __device__ inline void wait_all() { wgmma_wait<0>(); }
 
@@ -99,15 +125,18 @@ __device__ void issue_pm(float (&acc)[HD / 8][4], const uint32_t (&a)[K / 16][4]
   }
 }
 // acc += P M, returning when the products are done (P's registers and the tile are free again).
-template <int K, int HD>
-__device__ void accumulate_pm(float (&acc)[HD / 8][4], const float (&p)[K / 8][4], const char* m) {
+template <int K, int HD, bool kPP = false>
+__device__ void accumulate_pm(float (&acc)[HD / 8][4], const float (&p)[K / 8][4], const char* m,
+                              PingPong<kPP> pp = {0}) {
   uint32_t a[K / 16][4];
   to_frags<K>(a, p);
   fence_u32(a);
   fence_registers(flat(acc));
+  pp.turn();
   wgmma_fence();
   issue_pm<K, HD>(acc, a, m);
   wgmma_commit();
+  pp.pass();
   wait_all();
   fence_registers(flat(acc));
   fence_u32(a);
@@ -127,7 +156,7 @@ struct ForwardSmem {
   static constexpr size_t bytes = Own::bytes + 4 * St::bytes + 1024;
 };
 
-template <int HD, int BN_, int kMinBlocks>
+template <int HD, int BN_, int kMinBlocks, bool kPP>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
     flash_forward_sm90_kernel(const bf* qkv, bf* out, float* lse, int T, int H, float scale, bool causal) {
   using S = ForwardSmem<HD, BN_>;
@@ -148,13 +177,16 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     S::St::load(kt(st), krows, r0, T), S::St::load(kt(st) + S::St::bytes, vrows, r0, T);
   };
   float s[BN / 8][4];
+  const PingPong<kPP> pp{g};
+  pp.start();
   stream_tiles<BN, true>(0, kend, load_kv, [&](int k0, int st) {
-    issue_scores<BN, HD>(s, qt, 64 * g, kt(st));
+    issue_scores<BN, HD>(s, qt, 64 * g, kt(st), pp);
     wait_all();
     fence_registers(flat(s));
     softmax.tile(s, row0, k0, T, causal, sl2);
-    accumulate_pm<BN, HD>(softmax.o, s, kt(st) + S::St::bytes);
+    accumulate_pm<BN, HD>(softmax.o, s, kt(st) + S::St::bytes, pp);
   });
+  pp.finish();
   softmax.finish(row0, T, lse + (size_t(b) * H + h) * T, out + (size_t(b) * T * H + h) * HD, size_t(H) * HD);
 }
 
@@ -229,7 +261,7 @@ __global__ void __launch_bounds__(kThreads) flash_dq_sm90_kernel(const bf* qkv, 
 
 // dK, dV for 128 keys (warpgroup g: keys 64 g ..); Q and dO stream through in 64-row tiles with their rows' lse
 // and delta (staged in shared memory by cp.async).
-template <int HD, int BN_, int kMinBlocks>
+template <int HD, int BN_, int kMinBlocks, bool kPP>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
     flash_dkdv_sm90_kernel(const bf* qkv, const bf* dout, const float* lse, const float* delta, bf* dqkv, int T,
                            int H, float scale, bool causal, bool rope, float log2_theta) {
@@ -256,11 +288,18 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
       cp_async4(sm.row_floats(st) + threadIdx.x, (threadIdx.x < BN ? lse_bh : delta_bh) + t, r0 + i < T);
     }
   };
+  const PingPong<kPP> pp{g};
+  pp.start();
   stream_tiles<BN, true>(causal ? k0 : 0, T, load_q_do, [&](int q0, int st) {
-    if (causal && q0 + BN - 1 < k0 + 64 * g) return;  // every query before every key of this warpgroup
+    if (causal && q0 + BN - 1 < k0 + 64 * g) {  // every query before every key of this warpgroup
+      pp.turn(), pp.pass(), pp.turn(), pp.pass();  // its two turns, without products
+      return;
+    }
     const float *lse_t = sm.row_floats(st), *delta_t = lse_t + BN;
+    pp.turn();
     issue_scores<BN, HD>(p, sm.own(0), 64 * g, sm.a(st));   // S^T = K Q^T
     issue_scores<BN, HD>(ds, sm.own(1), 64 * g, sm.b(st));  // dP^T = V dO^T
+    pp.pass();
     wait_all();
     fence_registers(flat(p)), fence_registers(flat(ds));
     if (q0 + BN > T || (causal && q0 < key0 + 16)) mask_scores(p, key0, q0, T, causal, true);
@@ -276,14 +315,17 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     to_frags<BN>(ap, p), to_frags<BN>(ads, ds);
     fence_u32(ap), fence_u32(ads);
     fence_registers(flat(dv)), fence_registers(flat(dk));
+    pp.turn();
     wgmma_fence();
     issue_pm<BN, HD>(dv, ap, sm.b(st));   // dV += P^T dO
     issue_pm<BN, HD>(dk, ads, sm.a(st));  // dK += dS^T Q
     wgmma_commit();
+    pp.pass();
     wait_all();
     fence_registers(flat(dv)), fence_registers(flat(dk));
     fence_u32(ap), fence_u32(ads);
   });
+  pp.finish();
   const size_t D = size_t(H) * HD;
   bf* base = dqkv + size_t(b) * T * 3 * D + size_t(h) * HD;
   store_rows<HD>(base + D, 3 * D, key0, T, dk, scale, rope, log2_theta);
@@ -295,10 +337,12 @@ void check_grid(int batch, int H) {
             ") must each be at most 65535");
 }
 
-// Tile variants (streamed rows, minimum blocks per SM) of head dim 64, picked by MUE_FLASH_SM90_TILES="f,b" for
-// measuring them (read at every call; the test runs each): forward f 0: (128, 1), 1: (64, 2: it takes 114
-// registers); dK/dV b 0: (64, 1), 1: (32, 2), 2: (32, 1). Head dim 128 always takes 0, 0. (Forward (64, 3)
-// spills; a forward that issues the next tile's scores before the softmax got its wgmma serialized by ptxas.)
+// Tile variants (streamed rows, minimum blocks per SM, ping-pong) of head dim 64, picked by
+// MUE_FLASH_SM90_TILES="f,b" for measuring them (read at every call; the test runs each): forward f 0: (128, 1),
+// 1: (64, 2: it takes 114 registers), 2: (128, 1, ping-pong), 3: (64, 2, ping-pong); dK/dV b 0: (64, 1),
+// 1: (32, 2), 2: (32, 1), 3: (64, 1, ping-pong), 4: (32, 2, ping-pong). Head dim 128 always takes 0, 0.
+// (Forward (64, 3) spills; a forward that issues the next tile's scores before the softmax got its wgmma
+// serialized by ptxas.)
 struct Sm90Tiles {
   int forward = 0, dkdv = 0;
 };
@@ -306,17 +350,17 @@ Sm90Tiles sm90_tiles(int hd) {
   Sm90Tiles t;
   const char* v = std::getenv("MUE_FLASH_SM90_TILES");
   if (!v) return t;
-  MUE_CHECK(std::sscanf(v, "%d,%d", &t.forward, &t.dkdv) == 2 && t.forward >= 0 && t.forward < 2 && t.dkdv >= 0 &&
-                t.dkdv < 3,
-            "MUE_FLASH_SM90_TILES must be \"f,b\" with f in [0, 2), b in [0, 3), got \"", v, "\"");
+  MUE_CHECK(std::sscanf(v, "%d,%d", &t.forward, &t.dkdv) == 2 && t.forward >= 0 && t.forward < 4 && t.dkdv >= 0 &&
+                t.dkdv < 5,
+            "MUE_FLASH_SM90_TILES must be \"f,b\" with f in [0, 4), b in [0, 5), got \"", v, "\"");
   return hd == 64 ? t : Sm90Tiles{};
 }
 
-template <int HD, int BN, int kMinBlocks>
+template <int HD, int BN, int kMinBlocks, bool kPP = false>
 void forward_variant(Context& ctx, const bf* qkv, bf* out, float* lse, int batch, int T, int H, float scale,
                      bool causal) {
   constexpr size_t smem = ForwardSmem<HD, BN>::bytes;
-  const auto kernel = flash_forward_sm90_kernel<HD, BN, kMinBlocks>;
+  const auto kernel = flash_forward_sm90_kernel<HD, BN, kMinBlocks, kPP>;
   allow_smem(reinterpret_cast<const void*>(kernel), smem, "flash_forward_sm90_kernel");
   check_grid(batch, H);
   const dim3 grid((T + kOwn - 1) / kOwn, H, batch);
@@ -324,11 +368,11 @@ void forward_variant(Context& ctx, const bf* qkv, bf* out, float* lse, int batch
   check_launch("flash_forward_sm90_kernel");
 }
 
-template <int HD, int BN, int kMinBlocks>
+template <int HD, int BN, int kMinBlocks, bool kPP = false>
 void dkdv_variant(Context& ctx, const bf* dout, const bf* qkv, const float* lse, const float* delta, bf* dqkv,
                   int batch, int T, int H, float scale, bool causal, bool rope, float log2_theta) {
   constexpr size_t smem = BackwardSmem<HD, BN>::bytes;
-  const auto kernel = flash_dkdv_sm90_kernel<HD, BN, kMinBlocks>;
+  const auto kernel = flash_dkdv_sm90_kernel<HD, BN, kMinBlocks, kPP>;
   allow_smem(reinterpret_cast<const void*>(kernel), smem, "flash_dkdv_sm90_kernel");
   const dim3 grid((T + kOwn - 1) / kOwn, H, batch);
   kernel<<<grid, kThreads, smem, ctx.stream>>>(qkv, dout, lse, delta, dqkv, T, H, scale, causal, rope, log2_theta);
@@ -350,6 +394,8 @@ void backward_hd(Context& ctx, const bf* dout, const bf* qkv, const bf* out, con
   if constexpr (HD == 64) {
     if (variant == 1) return run(dkdv_variant<HD, 32, 2>);
     if (variant == 2) return run(dkdv_variant<HD, 32, 1>);
+    if (variant == 3) return run(dkdv_variant<HD, 64, 1, true>);
+    if (variant == 4) return run(dkdv_variant<HD, 32, 2, true>);
   }
   run(dkdv_variant<HD, 64, 1>);
 }
@@ -365,6 +411,8 @@ void flash_sm90_forward(Context& ctx, const bf* qkv, bf* out, float* lse, int ba
   const int f = sm90_tiles(hd).forward;
   if (hd == 128) forward_variant<128, 128, 1>(ctx, qkv, out, lse, batch, T, H, scale, causal);
   else if (f == 1) forward_variant<64, 64, 2>(ctx, qkv, out, lse, batch, T, H, scale, causal);
+  else if (f == 2) forward_variant<64, 128, 1, true>(ctx, qkv, out, lse, batch, T, H, scale, causal);
+  else if (f == 3) forward_variant<64, 64, 2, true>(ctx, qkv, out, lse, batch, T, H, scale, causal);
   else forward_variant<64, 128, 1>(ctx, qkv, out, lse, batch, T, H, scale, causal);
 }
 

@@ -319,7 +319,8 @@ TEST_CASE("CUDA flash attention forward and backward (causal and bidirectional)"
     const char* tiles;
   };
   const Case cases[] = {{16, false, "0,0"}, {32, false, "0,0"}, {64, true, "0,0"}, {64, true, "1,1"},
-                        {64, true, "1,2"},  {64, false, "0,0"}, {128, true, "0,0"}, {128, false, "0,0"}};
+                        {64, true, "1,2"},  {64, true, "2,3"},  {64, true, "3,4"},  {64, false, "0,0"},
+                        {128, true, "0,0"}, {128, false, "0,0"}};
   for (bool causal : {true, false})
     for (int T : {1, 7, 64, 130, 257, 300})
       for (const Case cs : cases) {
@@ -396,7 +397,7 @@ TEST_CASE("CUDA flash attention forward and backward (causal and bidirectional)"
   CHECK_THROWS_WITH(cuda::attention_forward(ctx, q.h(), misaligned, static_cast<float*>(st.p), B, T, H, hd, 0.125f,
                                             true),
                     HasText("16-byte aligned"));
-  for (const char* bad : {"2,0", "0,3", "x", "1"}) {
+  for (const char* bad : {"4,0", "0,5", "-1,0", "x", "1"}) {
     INFO("MUE_FLASH_SM90_TILES = " << bad);
     ::setenv("MUE_FLASH_SM90_TILES", bad, 1);
     CHECK_THROWS_WITH(cuda::attention_forward(ctx, q.h(), o.h(), static_cast<float*>(st.p), B, T, H, hd, 0.125f, true),
