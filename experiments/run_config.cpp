@@ -23,6 +23,7 @@ const KeyDoc kDocs[] = {
     {"model.seq_len", "context length T"},
     {"model.rope_theta", "RoPE base"},
     {"model.norm_eps", "RMSNorm epsilon"},
+    {"model.qk_norm", "RMSNorm over each head's q and k (learned gains [2, head dim]) before RoPE and attention"},
     {"ffn.type", "dense | moe"},
     {"ffn.hidden", "dense SwiGLU hidden width H"},
     {"ffn.shape", "MoE shape name NeAa, e.g. \"64e8a\" (sets ffn.experts and ffn.active)"},
@@ -87,7 +88,8 @@ json default_config() {
     "name": "default",
     "task": "lm",
     "model": {"vocab": 50257, "vocab_pad": 50304, "d_model": 64, "n_layers": 2, "n_heads": 2,
-              "seq_len": 64, "rope_theta": 10000.0, "norm_eps": 1e-5},
+              "seq_len": 64, "rope_theta": 10000.0, "norm_eps": 1e-5,
+              "qk_norm": false},
     "ffn": {"type": "dense", "hidden": 256, "shape": null, "experts": 8, "active": 2, "expert_hidden": 64,
             "granularity": 1, "shared": 0, "shared_hidden": 0, "groups": 1, "score": "softmax",
             "balance_coef": 0.01, "z_coef": 0.0},
@@ -178,6 +180,7 @@ RunConfig parse_config(const json& j) {
   m.seq_len = get_int(j, "model", "seq_len");
   m.rope_theta = get<double>(j, "model", "rope_theta");
   m.norm_eps = get<double>(j, "model", "norm_eps");
+  m.qk_norm = get<bool>(j, "model", "qk_norm");
   ImageConfig& im = m.image;
   im.channels = get_int(j, "image", "channels");
   im.size = get_int(j, "image", "size");

@@ -26,6 +26,7 @@ inline std::vector<TensorSpec> dit_tensors(const ModelConfig& c) {
     std::string p = "layers." + std::to_string(l) + ".";
     t.push_back({p + "ada.w", "ada.w", 6 * D, D, TensorRole::hidden});
     t.push_back({p + "attn.qkv", "attn.qkv", 3 * D, D, TensorRole::hidden});
+    if (c.qk_norm) t.push_back({p + "attn.qk_norm.w", "attn.qk_norm.w", 2, c.head_dim(), TensorRole::norm});
     t.push_back({p + "attn.proj", "attn.proj", D, D, TensorRole::hidden, true});
     if (!c.ffn.moe()) {
       t.push_back({p + "ffn.fc", "ffn.fc", 2 * H, D, TensorRole::hidden});
@@ -140,11 +141,14 @@ class DiT : public ParamStore<Backend> {
     be_.add_rows(res_[0], pos_, B, Tn, D);
     for (int l = 0; l < cfg_.n_layers; ++l) {
       Layer& a = layers_[l];
-      const Param *ada = &params_[a.first], *qkv = ada + 1, *o = ada + 2;
+      const Param *ada = &params_[a.ada], *qkv = &params_[a.qkv], *o = &params_[a.proj];
       be_.matmul_forward(conds_, ada->weight, a.mod, B, D, 6 * D, ada->alpha);
       be_.modulate_forward(res_[l], a.mod, a.xn1, a.rstd1, B, Tn, D, 6, 0, 1, cfg_.norm_eps);
-      be_.matmul_forward(a.xn1, qkv->weight, a.qkv, N, D, 3 * D, qkv->alpha);
-      be_.attention_forward(a.qkv, a.att, a.attn_state, B, Tn, cfg_.n_heads, cfg_.head_dim(), table_.attn_scale, false);
+      be_.matmul_forward(a.xn1, qkv->weight, a.qkv_out, N, D, 3 * D, qkv->alpha);
+      if (a.qk_norm)
+        be_.qk_norm_forward(a.qkv_out, params_[a.qk_norm].weight, a.qk_pre, a.qk_rstd, N, cfg_.n_heads, cfg_.head_dim(),
+                            cfg_.norm_eps);
+      be_.attention_forward(a.qkv_out, a.att, a.attn_state, B, Tn, cfg_.n_heads, cfg_.head_dim(), table_.attn_scale, false);
       be_.matmul_forward(a.att, o->weight, a.attn_out, N, D, D, o->alpha);
       be_.gated_residual_forward(a.mid, res_[l], a.attn_out, a.mod, B, Tn, D, 6, 2);
       be_.modulate_forward(a.mid, a.mod, a.xn2, a.rstd2, B, Tn, D, 6, 3, 4, cfg_.norm_eps);
@@ -182,17 +186,21 @@ class DiT : public ParamStore<Backend> {
     be_.residual_forward(dconds_, dconds_, dtmp_, size_t(B) * D);
     for (int l = cfg_.n_layers - 1; l >= 0; --l) {
       Layer& a = layers_[l];
-      Param *ada = &params_[a.first], *qkv = ada + 1, *o = ada + 2;
+      Param *ada = &params_[a.ada], *qkv = &params_[a.qkv], *o = &params_[a.proj];
       be_.zero(dmod_, sizeof(A) * size_t(B) * 6 * D);
       // FFN: res[l+1] = mid + gate2 * FFN(modulate(mid))
       be_.gated_residual_backward(dres_, a.ffn_out, a.mod, dbranch_, dmod_, B, Tn, D, 6, 5);
       a.ffn->backward(a.xn2, dbranch_, dx_);
       be_.modulate_backward(dx_, a.mid, a.mod, a.rstd2, dres_, dmod_, B, Tn, D, 6, 3, 4);  // dres = d(mid)
-      // attention: mid = res[l] + gate1 * proj(attn(qkv(modulate(res[l]))))
+      // attention: mid = res[l] + gate1 * proj(attn(qk_norm(qkv(modulate(res[l])))))
       be_.gated_residual_backward(dres_, a.attn_out, a.mod, dbranch_, dmod_, B, Tn, D, 6, 2);
       be_.matmul_backward(dbranch_, a.att, o->weight, datt_, o->grad, N, D, D, o->alpha);
-      be_.attention_backward(datt_, a.qkv, a.att, a.attn_state, dqkv_, B, Tn, cfg_.n_heads, cfg_.head_dim(),
+      be_.attention_backward(datt_, a.qkv_out, a.att, a.attn_state, dqkv_, B, Tn, cfg_.n_heads, cfg_.head_dim(),
                              table_.attn_scale, false, 0.0);  // no RoPE in the DiT
+      if (a.qk_norm) {
+        Param& qn = params_[a.qk_norm];
+        be_.qk_norm_backward(dqkv_, a.qk_pre, qn.weight, a.qk_rstd, qn.grad, N, cfg_.n_heads, cfg_.head_dim());
+      }
       be_.matmul_backward(dqkv_, a.xn1, qkv->weight, dx_, qkv->grad, N, D, 3 * D, qkv->alpha);
       be_.modulate_backward(dx_, res_[l], a.mod, a.rstd1, dres_, dmod_, B, Tn, D, 6, 0, 1);  // dres = d(res[l])
       be_.matmul_backward(dmod_, conds_, ada->weight, dtmp_, ada->grad, B, D, 6 * D, ada->alpha);
@@ -217,9 +225,11 @@ class DiT : public ParamStore<Backend> {
 
  private:
   struct Layer {
-    size_t first = 0;  // index of its ada.w
-    A *mod, *xn1, *qkv, *att, *attn_out, *mid, *xn2, *ffn_out;
+    size_t ada = 0, qkv = 0, qk_norm = 0, proj = 0;  // indices of its tensors in params_ (qk_norm: 0 when off)
+    A *mod, *xn1, *qkv_out, *att, *attn_out, *mid, *xn2, *ffn_out;
+    A* qk_pre = nullptr;            // q, k before QK-norm [N, 2D]
     S *rstd1, *rstd2, *attn_state;  // attn_state: what attention keeps for its backward (backend's choice)
+    S* qk_rstd = nullptr;           // [N, 2H]
     std::unique_ptr<FfnBranch<Backend>> ffn;
   };
 
@@ -243,14 +253,18 @@ class DiT : public ParamStore<Backend> {
         if (params_[i].row.tensor.kind == "ada.w") firsts.push_back(i);
       for (int l = 0; l < cfg_.n_layers; ++l) {
         Layer& L = layers_[l];
-        L.first = firsts[l];
-        L.mod = a.take<A>(B * 6 * D), L.xn1 = a.take<A>(N * D), L.qkv = a.take<A>(N * 3 * D);
+        // ada.w, attn.qkv, [attn.qk_norm.w,] attn.proj, then the FFN's own tensors
+        size_t i = firsts[l];
+        L.ada = i++, L.qkv = i++;
+        if (cfg_.qk_norm) L.qk_norm = i++;
+        L.proj = i++;
+        L.mod = a.take<A>(B * 6 * D), L.xn1 = a.take<A>(N * D), L.qkv_out = a.take<A>(N * 3 * D);
+        if (cfg_.qk_norm) L.qk_pre = a.take<A>(N * 2 * D), L.qk_rstd = a.take<S>(N * 2 * cfg_.n_heads);
         L.attn_state = a.take<S>(be_.attention_state_size(B_, T_, cfg_.n_heads, cfg_.head_dim()));
         L.att = a.take<A>(N * D), L.attn_out = a.take<A>(N * D);
         L.mid = a.take<A>(N * D), L.xn2 = a.take<A>(N * D), L.ffn_out = a.take<A>(N * D);
         L.rstd1 = a.take<S>(N), L.rstd2 = a.take<S>(N);
-        // after ada.w, attn.qkv, attn.proj come the FFN's own tensors
-        L.ffn = make_ffn_(cfg_, be_, l, &params_[L.first + 3], int(N), a, table_);
+        L.ffn = make_ffn_(cfg_, be_, l, &params_[i], int(N), a, table_);
       }
       xo_ = a.take<A>(N * D), rstdo_ = a.take<S>(N), branch_ = a.take<A>(B * D);
       dres_ = a.take<A>(N * D), dx_ = a.take<A>(N * D), dbranch_ = a.take<A>(N * D), datt_ = a.take<A>(N * D);

@@ -1,6 +1,7 @@
 // The language model, written once for both backends (nn/backend.h):
 //   tokens -> embedding -> L x [ x += Attn(RMSNorm(x)) ; x += FFN(RMSNorm(x)) ] -> RMSNorm -> head -> cross-entropy
-// Attention is causal with RoPE; FFN is a dense SwiGLU. Every multiplier (output head, residual branches,
+// Attention is causal with RoPE (and, with model.qk_norm, every head's q and k RMS-normalized before it); FFN is
+// a dense SwiGLU or an MoE layer. Every multiplier (output head, residual branches,
 // attention scale) and every init comes from the ParamTable; nothing here scales on its own.
 #pragma once
 #include <algorithm>
@@ -55,6 +56,7 @@ struct ModelConfig {
   int vocab = 50257, vocab_pad = 50304;
   int d_model = 128, n_layers = 4, n_heads = 4, ffn_hidden = 512, seq_len = 256;
   double rope_theta = 10000, norm_eps = 1e-5;
+  bool qk_norm = false;  // RMSNorm over each head's q and k (gains attn.qk_norm.w [2, hd]) before RoPE
   FfnConfig ffn;
   ImageConfig image;
   int head_dim() const { return d_model / n_heads; }
@@ -88,6 +90,7 @@ inline std::vector<TensorSpec> lm_tensors(const ModelConfig& c) {
     std::string p = "layers." + std::to_string(l) + ".";
     t.push_back({p + "attn_norm.w", "attn_norm.w", 1, D, TensorRole::norm});
     t.push_back({p + "attn.qkv", "attn.qkv", 3 * D, D, TensorRole::hidden});
+    if (c.qk_norm) t.push_back({p + "attn.qk_norm.w", "attn.qk_norm.w", 2, c.head_dim(), TensorRole::norm});
     t.push_back({p + "attn.proj", "attn.proj", D, D, TensorRole::hidden, true});
     t.push_back({p + "ffn_norm.w", "ffn_norm.w", 1, D, TensorRole::norm});
     if (!c.ffn.moe()) {
@@ -335,7 +338,7 @@ class LM : public ParamStore<Backend> {
     // The norm that reads res[l]: layer l's attention norm, or after the last layer the final one.
     const auto norm_of = [&](int l) {
       const bool last = l == cfg_.n_layers;
-      const Param& p = last ? params_[params_.size() - 2] : params_[layers_[l].first];
+      const Param& p = params_[last ? params_.size() - 2 : layers_[l].attn_norm];
       return std::tuple{p.weight, last ? lnf_ : layers_[l].ln1, last ? rstdf_ : layers_[l].rstd1};
     };
     be_.embedding_forward(tok_, params_[0].weight, res_[0], N, D);
@@ -343,10 +346,11 @@ class LM : public ParamStore<Backend> {
     be_.rmsnorm_forward(res_[0], w0, y0, r0, N, D, cfg_.norm_eps);
     for (int l = 0; l < cfg_.n_layers; ++l) {
       Layer& a = layers_[l];
-      const Param *n1 = &params_[a.first], *qkv = n1 + 1, *o = n1 + 2, *n2 = n1 + 3;
-      be_.matmul_forward(a.ln1, qkv->weight, a.qkv, N, D, 3 * D, qkv->alpha);
-      be_.rope_forward(a.qkv, B_, T_, nh, hd, cfg_.rope_theta);
-      be_.attention_forward(a.qkv, a.att, a.attn_state, B_, T_, nh, hd, table_.attn_scale, true);
+      const Param *qkv = &params_[a.qkv], *o = &params_[a.proj], *n2 = &params_[a.ffn_norm];
+      be_.matmul_forward(a.ln1, qkv->weight, a.qkv_out, N, D, 3 * D, qkv->alpha);
+      if (a.qk_norm) be_.qk_norm_forward(a.qkv_out, params_[a.qk_norm].weight, a.qk_pre, a.qk_rstd, N, nh, hd, cfg_.norm_eps);
+      be_.rope_forward(a.qkv_out, B_, T_, nh, hd, cfg_.rope_theta);
+      be_.attention_forward(a.qkv_out, a.att, a.attn_state, B_, T_, nh, hd, table_.attn_scale, true);
       be_.matmul_forward(a.att, o->weight, branch_, N, D, D, o->alpha);
       // Each residual add runs with the norm that reads its sum (same bits as the two ops).
       be_.residual_rmsnorm_forward(a.mid, res_[l], branch_, n2->weight, a.ln2, a.rstd2, N, D, cfg_.norm_eps);
@@ -369,14 +373,18 @@ class LM : public ParamStore<Backend> {
     be_.rmsnorm_backward(dx_, res_[cfg_.n_layers], nf.weight, rstdf_, dres_, nf.grad, N, D);
     for (int l = cfg_.n_layers - 1; l >= 0; --l) {
       Layer& a = layers_[l];
-      Param *n1 = &params_[a.first], *qkv = n1 + 1, *o = n1 + 2, *n2 = n1 + 3;
+      Param *n1 = &params_[a.attn_norm], *qkv = &params_[a.qkv], *o = &params_[a.proj], *n2 = &params_[a.ffn_norm];
       // FFN branch: res[l+1] = mid + FFN(norm(mid))
       a.ffn->backward(a.ln2, dres_, dx_);
       be_.rmsnorm_backward(dx_, a.mid, n2->weight, a.rstd2, dres_, n2->grad, N, D);  // dres is now d(mid)
-      // attention branch: mid = res[l] + proj(attn(rope(qkv(norm(res[l])))))
+      // attention branch: mid = res[l] + proj(attn(rope(qk_norm(qkv(norm(res[l]))))))
       be_.matmul_backward(dres_, a.att, o->weight, datt_, o->grad, N, D, D, o->alpha);
-      be_.attention_backward(datt_, a.qkv, a.att, a.attn_state, dqkv_, B_, T_, nh, hd, table_.attn_scale, true,
+      be_.attention_backward(datt_, a.qkv_out, a.att, a.attn_state, dqkv_, B_, T_, nh, hd, table_.attn_scale, true,
                              cfg_.rope_theta);  // also rotates d(q, k) back through RoPE
+      if (a.qk_norm) {
+        Param& qn = params_[a.qk_norm];
+        be_.qk_norm_backward(dqkv_, a.qk_pre, qn.weight, a.qk_rstd, qn.grad, N, nh, hd);
+      }
       be_.matmul_backward(dqkv_, a.ln1, qkv->weight, dx_, qkv->grad, N, D, 3 * D, qkv->alpha);
       be_.rmsnorm_backward(dx_, res_[l], n1->weight, a.rstd1, dres_, n1->grad, N, D);  // dres is now d(res[l])
     }
@@ -449,9 +457,12 @@ class LM : public ParamStore<Backend> {
   }
 
   struct Layer {
-    size_t first = 0;  // index of its attn_norm.w in params_
-    A *ln1, *qkv, *att, *mid, *ln2;
+    // indices of its tensors in params_ (qk_norm: 0 when off)
+    size_t attn_norm = 0, qkv = 0, qk_norm = 0, proj = 0, ffn_norm = 0;
+    A *ln1, *qkv_out, *att, *mid, *ln2;
+    A* qk_pre = nullptr;  // q, k before QK-norm [N, 2D]
     S *rstd1, *rstd2, *attn_state;  // attn_state: what attention keeps for its backward (backend's choice)
+    S* qk_rstd = nullptr;           // [N, 2H]
     std::unique_ptr<FfnBranch<Backend>> ffn;
   };
 
@@ -469,13 +480,17 @@ class LM : public ParamStore<Backend> {
         if (params_[i].row.tensor.kind == "attn_norm.w") firsts.push_back(i);
       for (int l = 0; l < cfg_.n_layers; ++l) {
         Layer& L = layers_[l];
-        L.first = firsts[l];
-        L.ln1 = a.take<A>(N * D), L.qkv = a.take<A>(N * 3 * D), L.att = a.take<A>(N * D);
+        // attn_norm.w, attn.qkv, [attn.qk_norm.w,] attn.proj, ffn_norm.w, then the FFN's own tensors
+        size_t i = firsts[l];
+        L.attn_norm = i++, L.qkv = i++;
+        if (cfg_.qk_norm) L.qk_norm = i++;
+        L.proj = i++, L.ffn_norm = i++;
+        L.ln1 = a.take<A>(N * D), L.qkv_out = a.take<A>(N * 3 * D), L.att = a.take<A>(N * D);
+        if (cfg_.qk_norm) L.qk_pre = a.take<A>(N * 2 * D), L.qk_rstd = a.take<S>(N * 2 * cfg_.n_heads);
         L.attn_state = a.take<S>(be_.attention_state_size(B_, T_, cfg_.n_heads, cfg_.head_dim()));
         L.mid = a.take<A>(N * D), L.ln2 = a.take<A>(N * D);
         L.rstd1 = a.take<S>(N), L.rstd2 = a.take<S>(N);
-        // after attn_norm.w, attn.qkv, attn.proj, ffn_norm.w come the FFN's own tensors
-        L.ffn = make_ffn_(cfg_, be_, l, &params_[L.first + 4], int(N), a, table_);
+        L.ffn = make_ffn_(cfg_, be_, l, &params_[i], int(N), a, table_);
       }
       branch_ = a.take<A>(N * D), lnf_ = a.take<A>(N * D), rstdf_ = a.take<S>(N);
       // Chunks of at most about 2^28 logits (512 MiB in bf16), as even as multiples of 128 rows allow: chunks of

@@ -59,6 +59,35 @@ void rmsnorm_backward(const T* dy, const T* x, const T* w, const T* rstd, T* dx,
   }
 }
 
+// ---- QK-norm: each head's q and k (rows of hd inside qkv [N, 3, H, hd]) RMS-normalized in place with gains
+// w [2, hd] (row 0 for every q head, row 1 for every k head); v untouched. The pre-norm q, k are saved in
+// pre [N, 2, H, hd] and the statistics in rstd [N, 2H] (row r = n*2H + j: j < H is q head j, else k head j-H). ----
+template <class T>
+void qk_norm_forward(T* qkv, const T* w, T* pre, T* rstd, int N, int H, int hd, double eps) {
+  const int D = H * hd;
+  for (int n = 0; n < N; ++n)
+    for (int j = 0; j < 2 * H; ++j) {
+      T* x = qkv + size_t(n) * 3 * D + size_t(j) * hd;
+      T* p = pre + (size_t(n) * 2 * H + j) * hd;
+      std::copy(x, x + hd, p);
+      rmsnorm_forward(p, w + (j / H) * hd, x, rstd + size_t(n) * 2 * H + j, 1, hd, eps);
+    }
+}
+// In place on the q, k parts of dqkv: d(normalized q, k) in, d(pre-norm q, k) out (overwritten); dw accumulates.
+template <class T>
+void qk_norm_backward(T* dqkv, const T* pre, const T* w, const T* rstd, T* dw, int N, int H, int hd) {
+  const int D = H * hd;
+  std::vector<T> dy(hd);
+  for (int n = 0; n < N; ++n)
+    for (int j = 0; j < 2 * H; ++j) {
+      T* g = dqkv + size_t(n) * 3 * D + size_t(j) * hd;
+      std::copy(g, g + hd, dy.begin());
+      std::fill(g, g + hd, T(0));
+      const size_t r = size_t(n) * 2 * H + j;
+      rmsnorm_backward(dy.data(), pre + r * hd, w + (j / H) * hd, rstd + r, g, dw + (j / H) * hd, 1, hd);
+    }
+}
+
 // ---- linear: y = alpha * x W^T ----
 template <class T>
 void matmul_forward(const T* x, const T* w, T* y, int N, int In, int Out, double alpha) {

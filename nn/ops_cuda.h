@@ -35,6 +35,17 @@ void residual_rmsnorm_forward(Context& ctx, bf16* sum, const bf16* a, const bf16
 void rmsnorm_backward(Context& ctx, const bf16* dy, const bf16* x, const bf16* w, const float* rstd, bf16* dx,
                       float* dw, int N, int D);
 
+// out[j] += sum over p of part[p, j] (part [parts, cols] fp32), in a fixed order: how the norms' backwards add
+// their per-block weight-gradient partials without atomics.
+void add_column_sums(Context& ctx, const float* part, float* out, int parts, int cols);
+
+// QK-norm, in place on the q and k parts of qkv [N, 3, H, hd]: every head's q (k) RMS-normalized over hd with
+// gains w[0, :] (w[1, :]); the pre-norm q, k saved in pre [N, 2, H, hd], rstd [N, 2H]. hd <= 256.
+void qk_norm_forward(Context& ctx, bf16* qkv, const bf16* w, bf16* pre, float* rstd, int N, int H, int hd, float eps);
+// In place on dq, dk of dqkv (d of the normalized q, k in; d of the pre-norm q, k out); dw [2, hd] accumulates.
+void qk_norm_backward(Context& ctx, bf16* dqkv, const bf16* pre, const bf16* w, const float* rstd, float* dw, int N,
+                      int H, int hd);
+
 // y[N,Out] = alpha * x[N,In] W[Out,In]^T   (cuBLAS, bf16 in, fp32 accumulate)
 void matmul_forward(Context& ctx, const bf16* x, const bf16* w, bf16* y, int N, int In, int Out, float alpha);
 // dx = alpha * dy W (skipped if dx == nullptr); dw += alpha * dy^T x

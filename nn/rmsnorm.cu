@@ -196,6 +196,12 @@ void with_vectors_per_lane(int D, F f) {
 }
 }  // namespace
 
+void add_column_sums(Context& ctx, const float* part, float* out, int parts, int cols) {
+  if (parts <= 0 || cols <= 0) return;
+  rmsnorm_dw_reduce_kernel<<<(cols + 31) / 32, kRowWarps * 32, 0, ctx.stream>>>(part, out, parts, cols);
+  check_launch("rmsnorm_dw_reduce_kernel");
+}
+
 void rmsnorm_forward(Context& ctx, const bf16* x, const bf16* w, bf16* y, float* rstd, int N, int D, float eps) {
   if (N <= 0 || D <= 0) return;
   if (rmsnorm_vec_ok(D) && aligned16(x, w, y)) {
@@ -234,9 +240,9 @@ void rmsnorm_backward(Context& ctx, const bf16* dy, const bf16* x, const bf16* w
       rmsnorm_backward_vec_kernel<v.value><<<grid, kRowWarps * 32, 0, ctx.stream>>>(B(dy), B(x), B(w), rstd, B(dx),
                                                                                    part, N, D);
       check_launch("rmsnorm_backward_vec_kernel");
-      rmsnorm_dw_reduce_kernel<<<(D + 31) / 32, kRowWarps * 32, 0, ctx.stream>>>(part, dw, grid, D);
+      add_column_sums(ctx, part, dw, grid, D);
     });
-    return check_launch("rmsnorm_dw_reduce_kernel");
+    return;
   }
   const size_t smem = size_t(D) * sizeof(float);
   if (smem > 48 * 1024) {

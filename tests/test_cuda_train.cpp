@@ -33,14 +33,16 @@ void markov_batch(uint64_t step, int B, int T, int vocab, std::vector<int32_t>& 
 }
 }  // namespace
 
-TEST_CASE("CUDA LM: one training step matches the CPU reference", "[cuda][lm]") {
+TEST_CASE("CUDA LM: one training step matches the CPU reference (sp, mup, QK-norm)", "[cuda][lm]") {
   if (!cuda::gpu_available()) {
     WARN("no GPU: skipped");
     return;
   }
-  for (const char* rule : {"sp", "mup"}) {
-    INFO("rule " << rule);
-    ModelConfig c = small_config(), ref = c;
+  for (auto [rule, qk_norm] : {std::pair{"sp", false}, std::pair{"mup", false}, std::pair{"mup", true}}) {
+    INFO("rule " << rule << ", qk_norm " << qk_norm);
+    ModelConfig c = small_config();
+    c.qk_norm = qk_norm;
+    ModelConfig ref = c;
     ref.d_model = 32, ref.ffn_hidden = 64;
     Hyper hp;
     hp.lr = 1e-3;
@@ -149,14 +151,15 @@ ModelConfig small_dit(bool moe) {
 }
 }  // namespace
 
-TEST_CASE("CUDA DiT: one training step matches the CPU reference (dense and MoE)", "[cuda][dit]") {
+TEST_CASE("CUDA DiT: one training step matches the CPU reference (dense, MoE, QK-norm)", "[cuda][dit]") {
   if (!cuda::gpu_available()) {
     WARN("no GPU: skipped");
     return;
   }
-  for (bool moe : {false, true}) {
-    INFO("moe " << moe);
-    const ModelConfig c = small_dit(moe);
+  for (auto [moe, qk_norm] : {std::pair{false, false}, std::pair{true, false}, std::pair{false, true}}) {
+    INFO("moe " << moe << ", qk_norm " << qk_norm);
+    ModelConfig c = small_dit(moe);
+    c.qk_norm = qk_norm;
     ParamTable t = make_param_table("mup", c, c, Hyper{});
     for (auto& r : t.rows)  // zero inits would make most gradients vanish: give every tensor signal
       if (r.init == "zeros") r.init = "normal", r.init_std = 0.05;

@@ -73,10 +73,11 @@ ModelConfig tiny_dit(bool moe) {
 }
 }  // namespace
 
-TEST_CASE("DiT gradient matches finite differences for every tensor (dense and MoE FFN)", "[dit]") {
-  for (bool moe : {false, true}) {
-    INFO("moe " << moe);
+TEST_CASE("DiT gradient matches finite differences for every tensor (dense and MoE FFN, QK-norm)", "[dit]") {
+  for (auto [moe, qk_norm] : {std::pair{false, false}, std::pair{true, false}, std::pair{false, true}}) {
+    INFO("moe " << moe << ", qk_norm " << qk_norm);
     ModelConfig c = tiny_dit(moe);
+    c.qk_norm = qk_norm;
     Hyper hp;
     hp.init_std = 0.5, hp.emb_init_std = 1.0;
     ParamTable t = make_param_table("mup", c, c, hp);

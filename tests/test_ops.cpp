@@ -64,6 +64,41 @@ TEST_CASE("rmsnorm: forward vs naive, backward vs finite differences", "[ops]") 
   CHECK(rel_error(dw, numeric_grad(w, loss)) < kTol);
 }
 
+TEST_CASE("qk_norm: each head's q and k normalized with its gains, v untouched; backward vs finite differences", "[ops]") {
+  const int N = 3, H = 2, hd = 4, D = H * hd;
+  const double eps = 1e-5;
+  const V in = randn(N * 3 * D, 21), w = randn(2 * hd, 22), R = randn(N * 3 * D, 23);
+  V qkv = in, pre(N * 2 * D), rstd(N * 2 * H);
+  cpu::qk_norm_forward(qkv.data(), w.data(), pre.data(), rstd.data(), N, H, hd, eps);
+  for (int n = 0; n < N; ++n)
+    for (int part = 0; part < 3; ++part)
+      for (int h = 0; h < H; ++h) {
+        const size_t o = size_t(n) * 3 * D + part * D + h * hd;
+        double ms = 0;
+        for (int i = 0; i < hd; ++i) ms += in[o + i] * in[o + i] / hd;
+        for (int i = 0; i < hd; ++i) {
+          if (part == 2) {
+            REQUIRE(qkv[o + i] == in[o + i]);
+            continue;
+          }
+          REQUIRE(pre[(size_t(n) * 2 * H + part * H + h) * hd + i] == in[o + i]);
+          REQUIRE(qkv[o + i] == Approx(in[o + i] / std::sqrt(ms + eps) * w[part * hd + i]).epsilon(1e-12));
+        }
+      }
+  V x = in, wv = w;
+  auto loss = [&] {
+    qkv = x;
+    cpu::qk_norm_forward(qkv.data(), wv.data(), pre.data(), rstd.data(), N, H, hd, eps);
+    return dot(qkv, R);
+  };
+  loss();
+  V dqkv = R, dw(2 * hd, 0.5);
+  cpu::qk_norm_backward(dqkv.data(), pre.data(), wv.data(), rstd.data(), dw.data(), N, H, hd);
+  for (auto& v : dw) v -= 0.5;  // dw accumulates
+  CHECK(rel_error(dqkv, numeric_grad(x, loss)) < kTol);  // v's gradient passes through unchanged
+  CHECK(rel_error(dw, numeric_grad(wv, loss)) < kTol);
+}
+
 TEST_CASE("rope: rotation matches complex multiplication; backward is its transpose", "[ops]") {
   const int B = 2, T = 5, H = 2, hd = 4, D = H * hd;
   const double theta = 100.0;
