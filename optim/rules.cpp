@@ -1,9 +1,11 @@
 #include "optim/rules.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <map>
 #include <sstream>
+#include <vector>
 
 namespace mue {
 
@@ -327,10 +329,9 @@ std::string format_table(const ParamTable& t, bool collapse_layers) {
   std::snprintf(line, sizeof line, "rule %s: attention scale %.6g, residual branch multiplier %.6g, route scale %.6g\n",
                 t.rule.c_str(), t.attn_scale, t.branch_multiplier, t.route_scale);
   os << line;
-  std::snprintf(line, sizeof line, "%-22s %-12s %-6s %10s %10s %10s %10s %9s  %s\n", "tensor", "shape", "init",
-                "init_std", "mult", "lr", "wd", "eps", "factors");
-  os << line;
   std::map<std::string, bool> seen;
+  std::vector<std::pair<std::string, const ParamRow*>> shown;  // (printed name, row)
+  size_t width = 22;                                           // the name column fits the longest name
   for (const auto& r : t.rows) {
     std::string name = r.tensor.name;
     if (collapse_layers && name.rfind("layers.", 0) == 0) {
@@ -338,9 +339,17 @@ std::string format_table(const ParamTable& t, bool collapse_layers) {
       seen[r.tensor.kind] = true;
       name = "layers.*." + r.tensor.kind;
     }
-    std::snprintf(line, sizeof line, "%-22s %-12s %-6s %10.4g %10.4g %10.4g %10.4g %9.2g  ", name.c_str(),
-                  r.tensor.shape().c_str(), r.init.c_str(), r.init_std, r.multiplier, r.lr, r.wd, r.eps);
-    os << line << r.why << "\n";  // the factors can be long: not through the fixed buffer
+    width = std::max(width, name.size());
+    shown.push_back({name, &r});
+  }
+  const int w = int(width);
+  std::snprintf(line, sizeof line, "%-*s %-12s %-6s %10s %10s %10s %10s %9s  %s\n", w, "tensor", "shape", "init",
+                "init_std", "mult", "lr", "wd", "eps", "factors");
+  os << line;
+  for (const auto& [name, r] : shown) {
+    std::snprintf(line, sizeof line, "%-*s %-12s %-6s %10.4g %10.4g %10.4g %10.4g %9.2g  ", w, name.c_str(),
+                  r->tensor.shape().c_str(), r->init.c_str(), r->init_std, r->multiplier, r->lr, r->wd, r->eps);
+    os << line << r->why << "\n";  // the factors can be long: not through the fixed buffer
   }
   return os.str();
 }

@@ -19,6 +19,8 @@ TEST_CASE("defaults resolve; file and overrides layer on top", "[config]") {
   RunConfig d = resolve_config("", {});
   CHECK(d.model.d_model == 64);
   CHECK(d.reference.d_model == d.model.d_model);  // null reference = the model itself
+  CHECK(!d.model.qk_norm);
+  CHECK(resolve_config("", {"model.qk_norm=true"}).model.qk_norm);
   std::string f = write_temp("a.json", R"({"model": {"d_model": 96, "n_heads": 3}, "hp": {"lr": 0.02}})");
   RunConfig c = resolve_config(f, {"hp.lr=0.05", "reference.d_model=48", "optim.schedule=wsd", "train.device=cpu"});
   CHECK(c.model.d_model == 96);
@@ -44,6 +46,7 @@ TEST_CASE("bad configs give one clear line naming the problem", "[config]") {
       {R"({"model": {"d_model": 64,}})", {}, "malformed JSON"},
       {"", {"model.d_model=100", "model.n_heads=3"}, "not divisible by model.n_heads"},
       {"", {"model.rope_theta=0"}, "model.rope_theta must be positive"},
+      {"", {"model.qk_norm=1"}, "'model.qk_norm' must be a boolean"},
       {"", {"model.d_model=\"big\""}, "'model.d_model' must be a number"},
       {"", {"model.d_model=64.5"}, "'model.d_model' must be an integer"},
       {"", {"rule=mu-p"}, "unknown rule 'mu-p'"},

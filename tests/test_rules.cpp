@@ -70,6 +70,29 @@ TEST_CASE("rule_names lists every rule; format_table shows the factors", "[rules
                     HasText("unknown rule") && HasText("complete-mue") && HasText("jiang-dmft"));
 }
 
+TEST_CASE("QK-norm gains are in-block norm rows under every rule; the other rows do not change", "[rules]") {
+  for (const std::string& rule : rule_names()) {
+    INFO(rule);
+    ModelConfig tgt = moe(128, 4, 4, 64, 8, 64), ref = reference();
+    const ParamTable off = make_param_table(rule, tgt, ref, tuned());
+    tgt.qk_norm = ref.qk_norm = true;
+    ParamTable on = make_param_table(rule, tgt, ref, tuned());
+    for (int l = 0; l < tgt.n_layers; ++l) {
+      const std::string p = "layers." + std::to_string(l) + ".";
+      const ParamRow &q = R(on, p + "attn.qk_norm.w"), &n = R(on, p + "attn_norm.w");
+      CHECK(q.tensor.rows == 2);
+      CHECK(q.tensor.cols == 32);
+      CHECK(q.init == "ones");
+      CHECK(q.wd == 0.0);
+      CHECK(q.lr == Approx(n.lr).epsilon(1e-12));
+      CHECK(q.eps == Approx(n.eps).epsilon(1e-12));
+    }
+    std::erase_if(on.rows, [](const ParamRow& r) { return r.tensor.kind == "attn.qk_norm.w"; });
+    on.rule = off.rule;
+    check_same_values(on, off);
+  }
+}
+
 TEST_CASE("every rule except the complete-mue family is the proxy's own sp table at the reference", "[rules]") {
   const ModelConfig ref = reference();
   const ParamTable sp = make_param_table("sp", ref, ref, tuned());
