@@ -14,7 +14,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release > "$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
 cmake --build build-gpu -j 16 > "$OUT/build.log" 2>&1 || { grep -E "error|Error" "$OUT/build.log" | head -40; exit 1; }
 echo "== tests"
-(cd build-gpu && timeout 300 ./mue_tests --durations yes ${TESTS:-} > "$OUT/tests.log" 2>&1); echo "tests rc $?"
+(cd build-gpu && timeout ${TEST_TIMEOUT:-300} ./mue_tests --durations yes ${TESTS:-} > "$OUT/tests.log" 2>&1); echo "tests rc $?"
 grep -E "FAILED|failed|passed|No GPU|no GPU" "$OUT/tests.log" | tail -15
 grep -B2 -A12 "FAILED" "$OUT/tests.log" | head -80
 echo "== bench"
