@@ -55,7 +55,11 @@ struct CpuBackend {
     residual_forward(sum, a, b, size_t(N) * D);
     rmsnorm_forward(sum, w, y, rstd, N, D, eps);
   }
-  void qk_norm_forward(T* qkv, const T* w, T* pre, T* rstd, int N, int H, int hd, double eps) { cpu::qk_norm_forward(qkv, w, pre, rstd, N, H, hd, eps); }
+  // QK-norm, then RoPE when rope_theta > 0 (one kernel on CUDA)
+  void qk_norm_forward(T* qkv, const T* w, T* pre, T* rstd, int B, int T_, int H, int hd, double eps, double rope_theta) {
+    cpu::qk_norm_forward(qkv, w, pre, rstd, B * T_, H, hd, eps);
+    if (rope_theta > 0) cpu::rope_forward(qkv, B, T_, H, hd, rope_theta);
+  }
   void qk_norm_backward(T* dqkv, const T* pre, const T* w, const T* rstd, T* dw, int N, int H, int hd) { cpu::qk_norm_backward(dqkv, pre, w, rstd, dw, N, H, hd); }
   void rope_forward(T* qkv, int B, int T_, int H, int hd, double th) { cpu::rope_forward(qkv, B, T_, H, hd, th); }
   void rope_backward(T* dqkv, int B, int T_, int H, int hd, double th) { cpu::rope_backward(dqkv, B, T_, H, hd, th); }
@@ -178,7 +182,7 @@ struct CudaBackend {
   void matmul_backward(const bf16* dy, const bf16* x, const bf16* w, bf16* dx, float* dw, int N, int In, int Out, double a) { auto op_ = ctx.op("matmul_backward"); cuda::matmul_backward(ctx, dy, x, w, dx, dw, N, In, Out, float(a)); }
   void residual_forward(bf16* out, const bf16* a, const bf16* b, size_t n) { auto op_ = ctx.op("residual_forward"); cuda::residual_forward(ctx, out, a, b, n); }
   void residual_rmsnorm_forward(bf16* sum, const bf16* a, const bf16* b, const bf16* w, bf16* y, float* rstd, int N, int D, double eps) { auto op_ = ctx.op("residual_rmsnorm_forward"); cuda::residual_rmsnorm_forward(ctx, sum, a, b, w, y, rstd, N, D, float(eps)); }
-  void qk_norm_forward(bf16* qkv, const bf16* w, bf16* pre, float* rstd, int N, int H, int hd, double eps) { auto op_ = ctx.op("qk_norm_forward"); cuda::qk_norm_forward(ctx, qkv, w, pre, rstd, N, H, hd, float(eps)); }
+  void qk_norm_forward(bf16* qkv, const bf16* w, bf16* pre, float* rstd, int B, int T_, int H, int hd, double eps, double rope_theta) { auto op_ = ctx.op("qk_norm_forward"); cuda::qk_norm_forward(ctx, qkv, w, pre, rstd, B, T_, H, hd, float(eps), float(rope_theta)); }
   void qk_norm_backward(bf16* dqkv, const bf16* pre, const bf16* w, const float* rstd, float* dw, int N, int H, int hd) { auto op_ = ctx.op("qk_norm_backward"); cuda::qk_norm_backward(ctx, dqkv, pre, w, rstd, dw, N, H, hd); }
   void rope_forward(bf16* qkv, int B, int T_, int H, int hd, double th) { auto op_ = ctx.op("rope_forward"); cuda::rope_forward(ctx, qkv, B, T_, H, hd, float(th)); }
   void rope_backward(bf16* dqkv, int B, int T_, int H, int hd, double th) { auto op_ = ctx.op("rope_backward"); cuda::rope_backward(ctx, dqkv, B, T_, H, hd, float(th)); }

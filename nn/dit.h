@@ -146,8 +146,8 @@ class DiT : public ParamStore<Backend> {
       be_.modulate_forward(res_[l], a.mod, a.xn1, a.rstd1, B, Tn, D, 6, 0, 1, cfg_.norm_eps);
       be_.matmul_forward(a.xn1, qkv->weight, a.qkv_out, N, D, 3 * D, qkv->alpha);
       if (a.qk_norm)
-        be_.qk_norm_forward(a.qkv_out, params_[a.qk_norm].weight, a.qk_pre, a.qk_rstd, N, cfg_.n_heads, cfg_.head_dim(),
-                            cfg_.norm_eps);
+        be_.qk_norm_forward(a.qkv_out, params_[a.qk_norm].weight, a.qk_pre, a.qk_rstd, B, Tn, cfg_.n_heads,
+                            cfg_.head_dim(), cfg_.norm_eps, 0.0);  // no RoPE in the DiT
       be_.attention_forward(a.qkv_out, a.att, a.attn_state, B, Tn, cfg_.n_heads, cfg_.head_dim(), table_.attn_scale, false);
       be_.matmul_forward(a.att, o->weight, a.attn_out, N, D, D, o->alpha);
       be_.gated_residual_forward(a.mid, res_[l], a.attn_out, a.mod, B, Tn, D, 6, 2);

@@ -348,8 +348,11 @@ class LM : public ParamStore<Backend> {
       Layer& a = layers_[l];
       const Param *qkv = &params_[a.qkv], *o = &params_[a.proj], *n2 = &params_[a.ffn_norm];
       be_.matmul_forward(a.ln1, qkv->weight, a.qkv_out, N, D, 3 * D, qkv->alpha);
-      if (a.qk_norm) be_.qk_norm_forward(a.qkv_out, params_[a.qk_norm].weight, a.qk_pre, a.qk_rstd, N, nh, hd, cfg_.norm_eps);
-      be_.rope_forward(a.qkv_out, B_, T_, nh, hd, cfg_.rope_theta);
+      if (a.qk_norm)  // and RoPE
+        be_.qk_norm_forward(a.qkv_out, params_[a.qk_norm].weight, a.qk_pre, a.qk_rstd, B_, T_, nh, hd, cfg_.norm_eps,
+                            cfg_.rope_theta);
+      else
+        be_.rope_forward(a.qkv_out, B_, T_, nh, hd, cfg_.rope_theta);
       be_.attention_forward(a.qkv_out, a.att, a.attn_state, B_, T_, nh, hd, table_.attn_scale, true);
       be_.matmul_forward(a.att, o->weight, branch_, N, D, D, o->alpha);
       // Each residual add runs with the norm that reads its sum (same bits as the two ops).

@@ -39,10 +39,13 @@ void rmsnorm_backward(Context& ctx, const bf16* dy, const bf16* x, const bf16* w
 // their per-block weight-gradient partials without atomics.
 void add_column_sums(Context& ctx, const float* part, float* out, int parts, int cols);
 
-// QK-norm, in place on the q and k parts of qkv [N, 3, H, hd]: every head's q (k) RMS-normalized over hd with
-// gains w[0, :] (w[1, :]); the pre-norm q, k saved in pre [N, 2, H, hd], rstd [N, 2H]. hd <= 256.
-void qk_norm_forward(Context& ctx, bf16* qkv, const bf16* w, bf16* pre, float* rstd, int N, int H, int hd, float eps);
-// In place on dq, dk of dqkv (d of the normalized q, k in; d of the pre-norm q, k out); dw [2, hd] accumulates.
+// QK-norm, in place on the q and k parts of qkv [B, T, 3, H, hd]: every head's q (k) RMS-normalized over hd with
+// gains w[0, :] (w[1, :]), then rotated by RoPE when rope_theta > 0 (rope_forward fused); the pre-norm q, k saved
+// in pre [B*T, 2, H, hd], rstd [B*T, 2H]. hd <= 256.
+void qk_norm_forward(Context& ctx, bf16* qkv, const bf16* w, bf16* pre, float* rstd, int B, int T, int H, int hd,
+                     float eps, float rope_theta);
+// In place on dq, dk of dqkv (d of the normalized q, k in, RoPE already rotated back; d of the pre-norm q, k
+// out); dw [2, hd] accumulates.
 void qk_norm_backward(Context& ctx, bf16* dqkv, const bf16* pre, const bf16* w, const float* rstd, float* dw, int N,
                       int H, int hd);
 

@@ -44,17 +44,10 @@ __global__ void rope_vec_kernel(bf* qkv, int T, int H, int hd, float log2_theta,
     const size_t D = size_t(H) * hd;
     uint4* q = reinterpret_cast<uint4*>(qkv + bt * 3 * D + size_t(h) * hd + 8 * v);
     uint4* kk = reinterpret_cast<uint4*>(reinterpret_cast<bf*>(q) + D);
-    float fq[8], fk[8];
+    float fq[8], fk[8], c[4], s[4];
     unpack8(*q, fq), unpack8(*kk, fk);
-    #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      float c, s;
-      rope_cos_sin(t, 4 * v + j, hd, log2_theta, c, s);
-      s *= sign;
-      const float q0 = fq[2 * j], q1 = fq[2 * j + 1], k0 = fk[2 * j], k1 = fk[2 * j + 1];
-      fq[2 * j] = q0 * c - q1 * s, fq[2 * j + 1] = q0 * s + q1 * c;
-      fk[2 * j] = k0 * c - k1 * s, fk[2 * j + 1] = k0 * s + k1 * c;
-    }
+    rope_cos_sin4(t, v, hd, log2_theta, c, s);
+    rope_rotate8(fq, c, s, sign), rope_rotate8(fk, c, s, sign);
     *q = pack8(fq), *kk = pack8(fk);
   }
 }

@@ -227,19 +227,27 @@ TEST_CASE("CUDA qk_norm forward and backward", "[cuda]") {
   }
   cuda::Context ctx;
   const double eps = 1e-5;
-  // hd 6 and 40: columns that do not fill the lanes evenly; 1000 tokens: more rows than the backward's warps
-  for (auto [N, H, hd] : {std::tuple{7, 3, 6}, std::tuple{1000, 4, 64}, std::tuple{300, 2, 128}, std::tuple{50, 5, 40},
-                          std::tuple{20, 2, 256}}) {
-    INFO("N = " << N << ", H = " << H << ", hd = " << hd);
+  // hd 6 and 40: one warp per row (columns that do not fill the lanes evenly) and RoPE as its own op; 8 to 256:
+  // 16-byte vectors with RoPE fused (1 to 32 lanes per row); 1000 tokens: more rows than the backward's slots.
+  struct Case {
+    int B, T, H, hd;
+    double theta;
+  };
+  for (const Case c : {Case{1, 7, 3, 6, 10000.0}, Case{4, 250, 4, 64, 10000.0}, Case{3, 100, 2, 128, 0.0},
+                       Case{2, 25, 5, 40, 10000.0}, Case{1, 20, 2, 256, 10000.0}, Case{2, 9, 3, 8, 100.0},
+                       Case{1, 33, 2, 16, 0.0}, Case{2, 17, 3, 32, 500.0}}) {
+    const int N = c.B * c.T, H = c.H, hd = c.hd;
+    INFO("B = " << c.B << ", T = " << c.T << ", H = " << H << ", hd = " << hd << ", rope theta = " << c.theta);
     const size_t D = size_t(H) * hd, n = size_t(N) * 3 * D;
     const V qkv = randn_bf16(n, 2.0), w = randn_bf16(2 * hd, 0.1, 1.0);
     Dev d = put_bf16(qkv), dw = put_bf16(w), dpre = poisoned(size_t(N) * 2 * D * sizeof(bf16)),
         drs = poisoned(size_t(N) * 2 * H * sizeof(float));
-    cuda::qk_norm_forward(ctx, d.h(), dw.h(), dpre.h(), drs.f(), N, H, int(hd), float(eps));
+    cuda::qk_norm_forward(ctx, d.h(), dw.h(), dpre.h(), drs.f(), c.B, c.T, H, hd, float(eps), float(c.theta));
     V ref = qkv, pre(size_t(N) * 2 * D), rstd(size_t(N) * 2 * H);
-    cpu::qk_norm_forward(ref.data(), w.data(), pre.data(), rstd.data(), N, H, int(hd), eps);
+    cpu::qk_norm_forward(ref.data(), w.data(), pre.data(), rstd.data(), N, H, hd, eps);
+    if (c.theta > 0) cpu::rope_forward(ref.data(), c.B, c.T, H, hd, c.theta);
     const V out = get_bf16(ctx, d, n);
-    expect_close(part(out, 3 * D, 0, 2 * D), part(ref, 3 * D, 0, 2 * D), kTolBf16, "qk_norm q, k");
+    expect_close(part(out, 3 * D, 0, 2 * D), part(ref, 3 * D, 0, 2 * D), kTolBf16, "qk_norm (+ rope) q, k");
     expect_close(part(out, 3 * D, 2 * D, D), part(qkv, 3 * D, 2 * D, D), 0.0, "qk_norm v (untouched)");
     expect_close(get_bf16(ctx, dpre, pre.size()), pre, 0.0, "qk_norm pre");
     expect_close(get_f32(ctx, drs, rstd.size()), rstd, 1e-5, "qk_norm rstd");
@@ -249,15 +257,15 @@ TEST_CASE("CUDA qk_norm forward and backward", "[cuda]") {
     for (size_t i = 0; i < rs.size(); ++i) rs[i] = float(rstd[i]);
     const V g = randn_bf16(n), dw0 = randn_f32(2 * hd);
     Dev dg = put_bf16(g), drs2 = put_f32(rs), ddw = put_f32(dw0);
-    cuda::qk_norm_backward(ctx, dg.h(), dpre.h(), dw.h(), drs2.f(), ddw.f(), N, H, int(hd));
+    cuda::qk_norm_backward(ctx, dg.h(), dpre.h(), dw.h(), drs2.f(), ddw.f(), N, H, hd);
     V rg = g, rdw = dw0;
-    cpu::qk_norm_backward(rg.data(), pre.data(), w.data(), rs.data(), rdw.data(), N, H, int(hd));
+    cpu::qk_norm_backward(rg.data(), pre.data(), w.data(), rs.data(), rdw.data(), N, H, hd);
     const V gout = get_bf16(ctx, dg, n), dw1 = get_f32(ctx, ddw, 2 * hd);
     expect_close(part(gout, 3 * D, 0, 2 * D), part(rg, 3 * D, 0, 2 * D), kTolBf16, "qk_norm dq, dk");
     expect_close(part(gout, 3 * D, 2 * D, D), part(g, 3 * D, 2 * D, D), 0.0, "qk_norm dv (untouched)");
     expect_close(minus(dw1, dw0), minus(rdw, dw0), 1e-4, "qk_norm dw increment");
     Dev dg2 = put_bf16(g), ddw2 = put_f32(dw0);
-    cuda::qk_norm_backward(ctx, dg2.h(), dpre.h(), dw.h(), drs2.f(), ddw2.f(), N, H, int(hd));
+    cuda::qk_norm_backward(ctx, dg2.h(), dpre.h(), dw.h(), drs2.f(), ddw2.f(), N, H, hd);
     CHECK(rel_err(get_f32(ctx, ddw2, 2 * hd), dw1) == 0.0);
   }
 }
