@@ -201,11 +201,12 @@ TEST_CASE("CUDA graph step: replays track op-by-op steps (dense, MoE); a step th
     return;
   }
   // 0: dense; 1: MoE on the grouped kernel; 2: MoE of expert width 12, whose cuBLAS fallback reads the expert
-  // offsets on the host (a sync inside the step: no graph, the steps run op by op).
-  for (int variant : {0, 1, 2}) {
+  // offsets on the host (a sync inside the step: no graph, the steps run op by op); 3: dense with QK-norm.
+  for (int variant : {0, 1, 2, 3}) {
     INFO("variant " << variant);
     ModelConfig c = small_config();
-    if (variant > 0) c.ffn.type = "moe", c.ffn.experts = 4, c.ffn.active = 2, c.ffn.expert_hidden = variant == 1 ? 32 : 12;
+    c.qk_norm = variant == 3;
+    if (variant == 1 || variant == 2) c.ffn.type = "moe", c.ffn.experts = 4, c.ffn.active = 2, c.ffn.expert_hidden = variant == 1 ? 32 : 12;
     Hyper hp;
     hp.lr = 3e-3;
     ParamTable table = make_param_table("mup", c, c, hp);
@@ -227,7 +228,7 @@ TEST_CASE("CUDA graph step: replays track op-by-op steps (dense, MoE); a step th
       // The same kernels; only the fp32 atomics of a few weight gradients may add in another order.
       CHECK(std::abs(ob.loss - oa.loss) <= 1e-3 * oa.loss);
       CHECK(std::abs(std::sqrt(ob.norm_sq) - std::sqrt(oa.norm_sq)) <= 1e-2 * std::sqrt(oa.norm_sq));
-      if (variant > 0)  // the router's statistics follow the replays (host copies dropped after each)
+      if (variant == 1 || variant == 2)  // the router's statistics follow the replays (host copies dropped after each)
         CHECK(std::abs(b.aux_loss() - a.aux_loss()) <= 1e-2 * std::abs(a.aux_loss()) + 1e-6);
     }
     CHECK(graph.graph() == (variant != 2));
