@@ -22,6 +22,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include <cub/block/block_scan.cuh>
 #include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
 
 #include "core/cuda_util.cuh"
@@ -354,16 +355,25 @@ __device__ void gemm_tile(const Problem& p, float alpha, char* smem) {
 }
 
 // map[t] = (expert, first row within the expert) of row tile t (bm rows), row tiles of all experts numbered in
-// order; (-1, 0) past the last tile. One block: thread 0 numbers the experts' first tiles (E + 1 ints in shared
-// memory), then every thread binary-searches its tiles. Run before each grouped launch, so that a GEMM block
-// finds its work in one load.
+// order; (-1, 0) past the last tile. One block of kMapThreads: the experts' first tiles (E + 1 ints in shared
+// memory) by a block-wide scan, then every thread binary-searches its tiles. Run before each grouped launch, so
+// that a GEMM block finds its work in one load.
+constexpr int kMapThreads = 1024;
 __global__ void row_tile_map_kernel(const int32_t* off, int E, int bm, int2* map, int bound) {
   extern __shared__ int first[];
-  if (threadIdx.x == 0) {
-    int f = 0;
-    for (int e = 0; e < E; ++e) first[e] = f, f += (off[e + 1] - off[e] + bm - 1) / bm;
-    first[E] = f;
+  using Scan = cub::BlockScan<int, kMapThreads>;
+  __shared__ typename Scan::TempStorage scan;
+  int carry = 0;
+  for (int e0 = 0; e0 < E; e0 += kMapThreads) {
+    const int e = e0 + int(threadIdx.x);
+    const int tiles = e < E ? (off[e + 1] - off[e] + bm - 1) / bm : 0;
+    int before, total;
+    Scan(scan).ExclusiveSum(tiles, before, total);
+    if (e < E) first[e] = carry + before;
+    carry += total;
+    __syncthreads();  // the scan's storage is used again
   }
+  if (threadIdx.x == 0) first[E] = carry;
   __syncthreads();
   for (int t = threadIdx.x; t < bound; t += blockDim.x) {
     if (t >= first[E]) {
@@ -574,7 +584,7 @@ const int2* row_tile_map(Context& ctx, const int32_t* off_dev, int rows, int E, 
   int2* map = static_cast<int2*>(ctx.scratch(6, sizeof(int2) * bound));
   const size_t smem = sizeof(int) * (size_t(E) + 1);
   if (smem > 48 * 1024) allow_smem(reinterpret_cast<const void*>(row_tile_map_kernel), smem, "row_tile_map_kernel");
-  row_tile_map_kernel<<<1, 1024, smem, ctx.stream>>>(off_dev, E, bm, map, int(bound));
+  row_tile_map_kernel<<<1, kMapThreads, smem, ctx.stream>>>(off_dev, E, bm, map, int(bound));
   check_launch("row_tile_map_kernel");
   return map;
 }

@@ -11,7 +11,7 @@
 //      (warp match on the expert ids, in (token, slot) order) and its score column sums.
 //      traffic: read N*E fp32 (coalesced rows) + N*a int32, write 2 * chunks * E
 //   3. router_plan_kernel, one block: per expert, the chunks' counts turned into exclusive bases (in place) and
-//      their column sums added in chunk order; offsets = exclusive scan of the counts; the layer's statistics
+//      their column sums added in a fixed order (lanes over runs of chunks, then across the lanes); offsets = exclusive scan of the counts; the layer's statistics
 //      (balance loss, z loss, mean entropy, logits RMS), every sum in a fixed order (deterministic).
 //   4. dispatch_rows_kernel, one warp per chunk again: assignment i of expert e gets row offset[e] + the chunk's
 //      base + its rank among e's assignments before it in the chunk -> src_token, slot_row (stable, like the CPU).
@@ -93,7 +93,7 @@ __global__ void router_forward_kernel(const bf* logits, float* scores, int32_t* 
   }
 }
 
-constexpr int kChunkTokens = 128;  // tokens per chunk of the counting and dispatch passes
+constexpr int kChunkTokens = 32;  // tokens per chunk of the counting and dispatch passes
 __host__ __device__ int chunk_count(int N) { return (N + kChunkTokens - 1) / kChunkTokens; }
 
 // Walks chunk c's assignments (tokens c*kChunkTokens.., every slot, in order) 32 at a time with one warp:
@@ -129,6 +129,7 @@ __global__ void router_chunks_kernel(const float* scores, const int32_t* idx, in
   const int n0 = c * kChunkTokens, n1 = min(d.N, n0 + kChunkTokens);
   for (int e = lane; e < d.E; e += 32) {
     float p = 0.f;
+    #pragma unroll 8
     for (int n = n0; n < n1; ++n) p += scores[size_t(n) * d.E + e];
     ccount[size_t(c) * d.E + e] = cnt[e];
     ccolsum[size_t(c) * d.E + e] = p;
@@ -137,21 +138,43 @@ __global__ void router_chunks_kernel(const float* scores, const int32_t* idx, in
 
 // plan: [0, E] offsets, then the bits of 4 floats: balance loss, z loss, mean entropy, logits RMS. ccount
 // becomes, per expert, the exclusive sum over the chunks before (the chunk's base within the expert's rows).
+// P consecutive lanes share an expert (P a power of two, P * E <= blockDim when E allows), each over its own
+// run of chunks: sums per run, a scan across the P lanes, then the bases written per run. Fixed order
+// throughout (the column sums' butterfly gives every lane the same bits).
 __global__ void router_plan_kernel(const float* rowstat, int32_t* ccount, const float* ccolsum, int32_t* plan,
                                    RouterDims d) {
   __shared__ int32_t count[1024];
   __shared__ float colsum[1024];
   const int C = chunk_count(d.N);
-  for (int e = threadIdx.x; e < d.E; e += blockDim.x) {
+  int P = 32;
+  while (P > 1 && P * d.E > int(blockDim.x)) P >>= 1;
+  const int per = (C + P - 1) / P, part = threadIdx.x % P;
+  const int c0 = min(C, part * per), c1 = min(C, c0 + per);
+  for (int e0 = 0; e0 < d.E; e0 += blockDim.x / P) {  // uniform over the block: every lane shuffles
+    const int e = e0 + threadIdx.x / P;
+    const bool on = e < d.E;
     int32_t run = 0;
     float cs = 0.f;
-    #pragma unroll 8
-    for (int c = 0; c < C; ++c) {
-      const size_t k = size_t(c) * d.E + e;
-      const int32_t n = ccount[k];
-      ccount[k] = run, run += n, cs += ccolsum[k];
+    if (on) {
+      #pragma unroll 8
+      for (int c = c0; c < c1; ++c) run += ccount[size_t(c) * d.E + e], cs += ccolsum[size_t(c) * d.E + e];
     }
-    count[e] = run, colsum[e] = cs;
+    int32_t incl = run;
+    for (int o = 1; o < P; o <<= 1) {
+      const int32_t v = __shfl_up_sync(0xffffffffu, incl, o, P);
+      if (part >= o) incl += v;
+    }
+    for (int o = P / 2; o > 0; o >>= 1) cs += __shfl_xor_sync(0xffffffffu, cs, o, P);
+    const int32_t total = __shfl_sync(0xffffffffu, incl, P - 1, P);
+    if (on) {
+      int32_t base = incl - run;
+      for (int c = c0; c < c1; ++c) {
+        const size_t k = size_t(c) * d.E + e;
+        const int32_t n = ccount[k];
+        ccount[k] = base, base += n;
+      }
+      if (part == 0) count[e] = total, colsum[e] = cs;
+    }
   }
   float ent = 0.f, ss = 0.f, lse2 = 0.f;
   for (int n = threadIdx.x; n < d.N; n += blockDim.x)

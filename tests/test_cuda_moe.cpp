@@ -287,9 +287,11 @@ TEST_CASE("CUDA router: top-a, gates, dispatch plan, statistics and backward mat
   cuda::Context ctx;
   struct Case { int N, E, a, groups; bool sigmoid; double z; };
   // Odd token counts, groups, sigmoid scores, z-loss on and off, E above one warp's width and not a multiple;
-  // 1000 tokens span 8 chunks of the counting pass over two blocks, the last one partial.
+  // 1000 tokens span 32 chunks of the counting pass (32 tokens each) over 8 blocks, the last one partial; 5000
+  // tokens make 157 chunks, so that each of the plan kernel's lanes sums a run of several (10 for E = 64).
   const Case cases[] = {{203, 8, 2, 1, false, 1e-3}, {130, 64, 8, 4, true, 0.0}, {77, 96, 6, 2, false, 2e-3},
-                        {33, 40, 40, 1, false, 0.0}, {1000, 64, 8, 1, false, 1e-3}};
+                        {33, 40, 40, 1, false, 0.0}, {1000, 64, 8, 1, false, 1e-3}, {5000, 64, 8, 1, false, 0.0},
+                        {5000, 24, 4, 2, true, 1e-3}};
   for (const Case& k : cases) {
     INFO("N=" << k.N << " E=" << k.E << " a=" << k.a << " groups=" << k.groups << " sigmoid=" << k.sigmoid);
     RouterDims d;
