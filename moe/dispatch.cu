@@ -1,7 +1,6 @@
 // MoE data movement on the GPU: permute tokens into expert-contiguous rows, gather them back, and combine the
 // expert outputs with the gates. All are pure bandwidth: each reads and writes R*D (or N*a*D) bf16 once.
-// Threads stride over a row's D (16-byte vectors of 8 when D % 8 == 0), fp32 math; a block holds several rows
-// (threadIdx.y), one per block where a row's threads reduce together (combine_backward).
+// One thread block per output row; threads stride over D (16-byte vectors of 8 when D % 8 == 0), fp32 math.
 #include "core/cuda_util.cuh"
 #include "moe/moe_cuda.h"
 
@@ -26,12 +25,9 @@ __device__ inline void store_w(bf* p, const float (&f)[W]) {
 }
 
 // xp[r, :] = x[src[r], :]   traffic: read R*D, write R*D
-__device__ inline int block_row() { return int(blockIdx.x * blockDim.y + threadIdx.y); }
-
 template <int W>
-__global__ void permute_rows_kernel(const bf* x, const int32_t* src, bf* xp, int rows, int D) {
-  const int r = block_row();
-  if (r >= rows) return;
+__global__ void permute_rows_kernel(const bf* x, const int32_t* src, bf* xp, int D) {
+  const int r = blockIdx.x;
   const bf* in = x + size_t(src[r]) * D;
   bf* out = xp + size_t(r) * D;
   for (int i = threadIdx.x * W; i < D; i += blockDim.x * W) {
@@ -42,9 +38,8 @@ __global__ void permute_rows_kernel(const bf* x, const int32_t* src, bf* xp, int
 
 // dx[n, :] += sum_k dxp[slot[n*a+k], :]   traffic: read (a+1)*N*D, write N*D
 template <int W>
-__global__ void unpermute_add_kernel(const bf* dxp, const int32_t* slot, bf* dx, int N, int a, int D) {
-  const int n = block_row();
-  if (n >= N) return;
+__global__ void unpermute_add_kernel(const bf* dxp, const int32_t* slot, bf* dx, int a, int D) {
+  const int n = blockIdx.x;
   for (int i = threadIdx.x * W; i < D; i += blockDim.x * W) {
     float acc[W], v[W];
     load_w<W>(dx + size_t(n) * D + i, acc);
@@ -59,10 +54,8 @@ __global__ void unpermute_add_kernel(const bf* dxp, const int32_t* slot, bf* dx,
 
 // out[n, :] = sum_k g[n,k] yp[slot[n*a+k], :]   traffic: read a*N*D, write N*D
 template <int W>
-__global__ void combine_forward_kernel(const bf* yp, const int32_t* slot, const bf* g, bf* out, int N, int a,
-                                       int D) {
-  const int n = block_row();
-  if (n >= N) return;
+__global__ void combine_forward_kernel(const bf* yp, const int32_t* slot, const bf* g, bf* out, int a, int D) {
+  const int n = blockIdx.x;
   for (int i = threadIdx.x * W; i < D; i += blockDim.x * W) {
     float acc[W] = {}, v[W];
     for (int k = 0; k < a; ++k) {
@@ -94,42 +87,37 @@ __global__ void combine_backward_kernel(const bf* dout, const bf* yp, const int3
   if (threadIdx.x == 0) dg[nk] = __float2bfloat16(dot);
 }
 
-// Launches kernel<8> (16-byte vectors) when D % 8 == 0 and the row arrays are 16-byte aligned, else kernel<1>;
-// threads cover a row's chunks, 32 to 256 (x), and a block holds up to 512 / x rows (y) unless one_row: blocks
-// of a single row of 96 threads (D = 768) left the permutation at about 2 TB/s.
+// Launches kernel<8> (16-byte vectors) when D % 8 == 0 and the row arrays are 16-byte aligned, else kernel<1>; threads cover a row's chunks, 32 to 256.
 template <class K8, class K1, class... Args>
-void launch_rows(Context& ctx, K8 k8, K1 k1, int rows, int D, bool aligned, bool one_row, const char* name,
-                 Args... args) {
+void launch_rows(Context& ctx, K8 k8, K1 k1, int blocks, int D, bool aligned, const char* name, Args... args) {
   const int W = D % 8 == 0 && aligned ? 8 : 1, chunks = D / W;
-  const int threads = chunks >= 256 ? 256 : (chunks + 31) / 32 * 32, per = one_row ? 1 : 512 / threads;
-  const dim3 block(threads, per);
-  const unsigned blocks = unsigned((rows + per - 1) / per);
-  if (W == 8) k8<<<blocks, block, 0, ctx.stream>>>(args...);
-  else k1<<<blocks, block, 0, ctx.stream>>>(args...);
+  const int threads = chunks >= 256 ? 256 : (chunks + 31) / 32 * 32;
+  if (W == 8) k8<<<blocks, threads, 0, ctx.stream>>>(args...);
+  else k1<<<blocks, threads, 0, ctx.stream>>>(args...);
   check_launch(name);
 }
 }  // namespace
 
 void permute_rows(Context& ctx, const bf16* x, const int32_t* src_token, bf16* xp, int rows, int D) {
   if (rows == 0) return;
-  launch_rows(ctx, permute_rows_kernel<8>, permute_rows_kernel<1>, rows, D, aligned16(x, xp), false, "permute_rows",
-              B(x), src_token, B(xp), rows, D);
+  launch_rows(ctx, permute_rows_kernel<8>, permute_rows_kernel<1>, rows, D, aligned16(x, xp), "permute_rows", B(x),
+              src_token, B(xp), D);
 }
 void unpermute_add(Context& ctx, const bf16* dxp, const int32_t* slot_row, bf16* dx, int N, int a, int D) {
   if (N == 0) return;
-  launch_rows(ctx, unpermute_add_kernel<8>, unpermute_add_kernel<1>, N, D, aligned16(dxp, dx), false, "unpermute_add",
-              B(dxp), slot_row, B(dx), N, a, D);
+  launch_rows(ctx, unpermute_add_kernel<8>, unpermute_add_kernel<1>, N, D, aligned16(dxp, dx), "unpermute_add",
+              B(dxp), slot_row, B(dx), a, D);
 }
 void combine_forward(Context& ctx, const bf16* yp, const int32_t* slot_row, const bf16* gates, bf16* out, int N, int a,
                      int D) {
   if (N == 0) return;
-  launch_rows(ctx, combine_forward_kernel<8>, combine_forward_kernel<1>, N, D, aligned16(yp, out), false,
-              "combine_forward", B(yp), slot_row, B(gates), B(out), N, a, D);
+  launch_rows(ctx, combine_forward_kernel<8>, combine_forward_kernel<1>, N, D, aligned16(yp, out), "combine_forward",
+              B(yp), slot_row, B(gates), B(out), a, D);
 }
 void combine_backward(Context& ctx, const bf16* dout, const bf16* yp, const int32_t* slot_row, const bf16* gates,
                       bf16* dyp, bf16* dgates, int N, int a, int D) {
   if (N == 0) return;
-  launch_rows(ctx, combine_backward_kernel<8>, combine_backward_kernel<1>, N * a, D, aligned16(dout, yp, dyp), true,
+  launch_rows(ctx, combine_backward_kernel<8>, combine_backward_kernel<1>, N * a, D, aligned16(dout, yp, dyp),
               "combine_backward", B(dout), B(yp), slot_row, B(gates), B(dyp), B(dgates), a, D);
 }
 

@@ -2,18 +2,20 @@
 // router_forward, dispatch_plan, balance_loss, z_loss, router_backward). Nothing of size [N, E] leaves the
 // device; the host reads one small plan (E+1 offsets and 4 statistics) per layer and step.
 //
-// Forward, four launches:
+// Forward, five launches (the plan used to be one block's serial walk over the chunks: 54 us of gpt2s-moe's
+// 111 us per layer under ncu, 2026-12-05):
 //   1. router_forward_kernel, one warp per token: scores (softmax or sigmoid, fp32), top-a per group on the
 //      logits (the order of the scores, and exact in bf16, so the choice matches the CPU reference bit for bit;
 //      ties to the lower index), gates r * s_k / sum_chosen s, per-token entropy, sum l^2 and lse^2.
 //      traffic: read N*E bf16, write N*E fp32 + N*a (idx, gates) + 3N fp32
 //   2. router_chunks_kernel, one warp per chunk of kChunkTokens tokens: the chunk's assignment count per expert
-//      (warp match on the expert ids, in (token, slot) order) and its score column sums.
-//      traffic: read N*E fp32 (coalesced rows) + N*a int32, write 2 * chunks * E
-//   3. router_plan_kernel, one block: per expert, the chunks' counts turned into exclusive bases (in place) and
-//      their column sums added in a fixed order (lanes over runs of chunks, then across the lanes); offsets = exclusive scan of the counts; the layer's statistics
-//      (balance loss, z loss, mean entropy, logits RMS), every sum in a fixed order (deterministic).
-//   4. dispatch_rows_kernel, one warp per chunk again: assignment i of expert e gets row offset[e] + the chunk's
+//      (warp match on the expert ids, in (token, slot) order), its score column sums and statistics sums.
+//      traffic: read N*E fp32 (coalesced rows) + N*a int32 + 3N, write 2 * chunks * E + 3 * chunks
+//   3. router_columns_kernel, one block per expert: the chunks' counts turned into exclusive bases (in place),
+//      the expert's total count and score sum (block scan and reduction).
+//   4. router_plan_kernel, one block: offsets = exclusive scan of the counts; the layer's statistics (balance
+//      loss, z loss, mean entropy, logits RMS). Every sum runs in a fixed order (deterministic).
+//   5. dispatch_rows_kernel, one warp per chunk again: assignment i of expert e gets row offset[e] + the chunk's
 //      base + its rank among e's assignments before it in the chunk -> src_token, slot_row (stable, like the CPU).
 //      traffic: read N*a int32 + chunks * E, write 2 N*a int32
 // Every pass over the assignments runs on all chunks at once (no block walks all N*a of them).
@@ -21,6 +23,9 @@
 // balance term coef*E*f_e/N) -> logits gradients through softmax or sigmoid (+ the z-loss term).
 //      traffic: read N*E (scores fp32, logits bf16 when z_coef > 0) + N*a, write N*E bf16
 #include <climits>
+
+#include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
 
 #include "core/cuda_util.cuh"
 #include "moe/moe_cuda.h"
@@ -32,7 +37,17 @@ using namespace detail;
 namespace {
 constexpr int kWarps = 4;  // tokens per block in the per-token kernels
 
-// Per-warp shared row: E floats of logits (chosen ones marked NaN during top-a) and E floats of scores.
+// The top-a key of logit x of expert e (E <= 1024 < 2^16): the bf16 bits mapped so that unsigned order is the
+// value's order (-0 as +0), expert index inverted in the low half; 0 for NaN, which never wins.
+__device__ inline unsigned topk_key(bf x, int e) {
+  unsigned u = __bfloat16_as_ushort(x);
+  if (u == 0x8000u) u = 0;
+  if ((u & 0x7FFFu) > 0x7F80u) return 0;
+  const unsigned ordered = (u & 0x8000u) ? (~u & 0xFFFFu) : (u | 0x8000u);
+  return ordered << 16 | (0xFFFFu - unsigned(e));
+}
+
+// Per-warp shared row: E floats of logits (then their top-a keys, chosen ones zeroed) and E floats of scores.
 __global__ void router_forward_kernel(const bf* logits, float* scores, int32_t* idx, bf* gates, float* rowstat,
                                       RouterDims d) {
   extern __shared__ float smem[];
@@ -62,27 +77,25 @@ __global__ void router_forward_kernel(const bf* logits, float* scores, int32_t* 
   }
   ent = warp_reduce(ent, SumOp{});
   __syncwarp();
-  // Top-a: a/G from each group; every lane ends each round with the same winner.
+  // Top-a: a/G from each group; every lane ends each round with the same winner. The logits become 32-bit keys
+  // (the bf16 bits made orderable, then 0xFFFF - e: larger logit first, ties to the lower index, as the float
+  // comparison of the CPU reference), so that one warp max per round finds the winner.
+  unsigned* key = reinterpret_cast<unsigned*>(lg);
+  for (int e = lane; e < E; e += 32) key[e] = topk_key(l[e], e);  // each lane its own entries: no sync needed
+  __syncwarp();
   const int per_group = E / d.groups, take = a / d.groups;
   int32_t* my_idx = idx + size_t(n) * a;
   float S = 0.f;
   for (int g = 0; g < d.groups; ++g)
     for (int k = 0; k < take; ++k) {
-      float best = -INFINITY;
-      int bi = INT_MAX;
-      for (int e = g * per_group + lane; e < (g + 1) * per_group; e += 32) {
-        const float v = lg[e];  // NaN (already chosen) never wins
-        if (v > best || (v == best && e < bi)) best = v, bi = e;
-      }
-      for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ov > best || (ov == best && oi < bi)) best = ov, bi = oi;
-      }
-      if (bi == INT_MAX) bi = g * per_group + k;  // only when the logits are NaN: the run is diverging anyway
+      unsigned best = 0;
+      for (int e = g * per_group + lane; e < (g + 1) * per_group; e += 32) best = max(best, key[e]);
+      best = __reduce_max_sync(0xffffffffu, best);
+      // best == 0: every logit left is NaN (the run is diverging anyway)
+      const int bi = best ? int(0xFFFFu - (best & 0xFFFFu)) : g * per_group + k;
       S += sc[bi];
       __syncwarp();
-      if (lane == 0) my_idx[g * take + k] = bi, lg[bi] = NAN;
+      if (lane == 0) my_idx[g * take + k] = bi, key[bi] = 0;  // chosen: never wins again
       __syncwarp();
     }
   for (int k = lane; k < a; k += 32) gates[size_t(n) * a + k] = __float2bfloat16(float(d.route_scale) * sc[my_idx[k]] / S);
@@ -118,9 +131,10 @@ __device__ void walk_chunk(const int32_t* idx, int c, const RouterDims& d, int* 
   }
 }
 
-// ccount[c][e] = assignments of expert e in chunk c, ccolsum[c][e] = sum of the chunk's scores[n][e].
-__global__ void router_chunks_kernel(const float* scores, const int32_t* idx, int32_t* ccount, float* ccolsum,
-                                     RouterDims d) {
+// ccount[c][e] = assignments of expert e in chunk c, ccolsum[c][e] = sum of the chunk's scores[n][e], cstat[c]
+// = the chunk's sums of the per-token statistics (entropy, sum l^2, lse^2).
+__global__ void router_chunks_kernel(const float* scores, const int32_t* idx, const float* rowstat, int32_t* ccount,
+                                     float* ccolsum, float* cstat, RouterDims d) {
   extern __shared__ int cnt_smem[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, c = blockIdx.x * kWarps + warp;
   if (c >= chunk_count(d.N)) return;
@@ -134,51 +148,53 @@ __global__ void router_chunks_kernel(const float* scores, const int32_t* idx, in
     ccount[size_t(c) * d.E + e] = cnt[e];
     ccolsum[size_t(c) * d.E + e] = p;
   }
+  static_assert(kChunkTokens == 32, "a lane per token of the chunk");
+  const int n = n0 + lane;
+  for (int k = 0; k < 3; ++k) {
+    const float v = warp_reduce(n < n1 ? rowstat[size_t(n) * 3 + k] : 0.f, SumOp{});
+    if (lane == 0) cstat[size_t(c) * 3 + k] = v;
+  }
 }
 
-// plan: [0, E] offsets, then the bits of 4 floats: balance loss, z loss, mean entropy, logits RMS. ccount
-// becomes, per expert, the exclusive sum over the chunks before (the chunk's base within the expert's rows).
-// P consecutive lanes share an expert (P a power of two, P * E <= blockDim when E allows), each over its own
-// run of chunks: sums per run, a scan across the P lanes, then the bases written per run. Fixed order
-// throughout (the column sums' butterfly gives every lane the same bits).
-__global__ void router_plan_kernel(const float* rowstat, int32_t* ccount, const float* ccolsum, int32_t* plan,
+// One block per expert e: ccount's column e becomes the exclusive sums over the chunks before (each chunk's base
+// within e's rows); ecount[e], ecolsum[e] = the column's totals. Each thread takes a run of chunks; block scan
+// and reduction in a fixed order.
+constexpr int kColumnThreads = 256;
+__global__ void router_columns_kernel(int32_t* ccount, const float* ccolsum, int32_t* ecount, float* ecolsum,
+                                      RouterDims d) {
+  using Scan = cub::BlockScan<int32_t, kColumnThreads>;
+  using Reduce = cub::BlockReduce<float, kColumnThreads>;
+  __shared__ union {
+    typename Scan::TempStorage scan;
+    typename Reduce::TempStorage reduce;
+  } tmp;
+  const int e = blockIdx.x, C = chunk_count(d.N), per = (C + kColumnThreads - 1) / kColumnThreads;
+  const int c0 = min(C, int(threadIdx.x) * per), c1 = min(C, c0 + per);
+  int32_t run = 0;
+  float cs = 0.f;
+  for (int c = c0; c < c1; ++c) run += ccount[size_t(c) * d.E + e], cs += ccolsum[size_t(c) * d.E + e];
+  int32_t base, total;
+  Scan(tmp.scan).ExclusiveSum(run, base, total);
+  __syncthreads();  // tmp is reused
+  const float colsum = Reduce(tmp.reduce).Sum(cs);
+  for (int c = c0; c < c1; ++c) {
+    const size_t k = size_t(c) * d.E + e;
+    const int32_t n = ccount[k];
+    ccount[k] = base, base += n;
+  }
+  if (threadIdx.x == 0) ecount[e] = total, ecolsum[e] = colsum;
+}
+
+// plan: [0, E] offsets, then the bits of 4 floats: balance loss, z loss, mean entropy, logits RMS; every sum in
+// a fixed order (deterministic).
+__global__ void router_plan_kernel(const float* cstat, const int32_t* ecount, const float* ecolsum, int32_t* plan,
                                    RouterDims d) {
   __shared__ int32_t count[1024];
   __shared__ float colsum[1024];
-  const int C = chunk_count(d.N);
-  int P = 32;
-  while (P > 1 && P * d.E > int(blockDim.x)) P >>= 1;
-  const int per = (C + P - 1) / P, part = threadIdx.x % P;
-  const int c0 = min(C, part * per), c1 = min(C, c0 + per);
-  for (int e0 = 0; e0 < d.E; e0 += blockDim.x / P) {  // uniform over the block: every lane shuffles
-    const int e = e0 + threadIdx.x / P;
-    const bool on = e < d.E;
-    int32_t run = 0;
-    float cs = 0.f;
-    if (on) {
-      #pragma unroll 8
-      for (int c = c0; c < c1; ++c) run += ccount[size_t(c) * d.E + e], cs += ccolsum[size_t(c) * d.E + e];
-    }
-    int32_t incl = run;
-    for (int o = 1; o < P; o <<= 1) {
-      const int32_t v = __shfl_up_sync(0xffffffffu, incl, o, P);
-      if (part >= o) incl += v;
-    }
-    for (int o = P / 2; o > 0; o >>= 1) cs += __shfl_xor_sync(0xffffffffu, cs, o, P);
-    const int32_t total = __shfl_sync(0xffffffffu, incl, P - 1, P);
-    if (on) {
-      int32_t base = incl - run;
-      for (int c = c0; c < c1; ++c) {
-        const size_t k = size_t(c) * d.E + e;
-        const int32_t n = ccount[k];
-        ccount[k] = base, base += n;
-      }
-      if (part == 0) count[e] = total, colsum[e] = cs;
-    }
-  }
+  for (int e = threadIdx.x; e < d.E; e += blockDim.x) count[e] = ecount[e], colsum[e] = ecolsum[e];
   float ent = 0.f, ss = 0.f, lse2 = 0.f;
-  for (int n = threadIdx.x; n < d.N; n += blockDim.x)
-    ent += rowstat[size_t(n) * 3], ss += rowstat[size_t(n) * 3 + 1], lse2 += rowstat[size_t(n) * 3 + 2];
+  for (int c = threadIdx.x; c < chunk_count(d.N); c += blockDim.x)
+    ent += cstat[size_t(c) * 3], ss += cstat[size_t(c) * 3 + 1], lse2 += cstat[size_t(c) * 3 + 2];
   ent = block_reduce(ent, SumOp{}, 0.f);  // block_reduce synchronizes the block: count, colsum are complete
   ss = block_reduce(ss, SumOp{}, 0.f);
   lse2 = block_reduce(lse2, SumOp{}, 0.f);
@@ -268,20 +284,26 @@ void router_forward(Context& ctx, const RouterDims& d, const bf16* logits, float
   MUE_CHECK(d.N > 0 && d.E > 0 && d.active > 0 && d.groups > 0 && d.E % d.groups == 0 && d.active % d.groups == 0 &&
                 d.active <= d.E && d.E <= 1024,
             "router_forward: bad dims N=", d.N, " E=", d.E, " a=", d.active, " groups=", d.groups);
-  const size_t rowstat_bytes = sizeof(float) * 3 * size_t(d.N);
-  const size_t table = size_t(chunk_count(d.N)) * d.E;  // per chunk and expert: count (then base), column sum
-  char* tmp = static_cast<char*>(ctx.scratch(6, rowstat_bytes + table * (sizeof(int32_t) + sizeof(float))));
+  const size_t C = size_t(chunk_count(d.N)), table = C * d.E;  // per chunk and expert: count (then base), sum
+  const size_t floats = 3 * size_t(d.N) + table + 3 * C + d.E, ints = table + d.E;
+  char* tmp = static_cast<char*>(ctx.scratch(6, sizeof(float) * floats + sizeof(int32_t) * ints));
   float* rowstat = reinterpret_cast<float*>(tmp);
-  int32_t* ccount = reinterpret_cast<int32_t*>(tmp + rowstat_bytes);
-  float* ccolsum = reinterpret_cast<float*>(ccount + table);
+  float* ccolsum = rowstat + 3 * size_t(d.N);
+  float* cstat = ccolsum + table;
+  float* ecolsum = cstat + 3 * C;
+  int32_t* ccount = reinterpret_cast<int32_t*>(ecolsum + d.E);
+  int32_t* ecount = ccount + table;
   router_forward_kernel<<<token_blocks(d.N), kWarps * 32, sizeof(float) * 2 * d.E * kWarps, ctx.stream>>>(
       B(logits), scores, idx, B(gates), rowstat, d);
   check_launch("router_forward_kernel");
-  const unsigned chunk_blocks = unsigned((chunk_count(d.N) + kWarps - 1) / kWarps);
+  const unsigned chunk_blocks = unsigned((C + kWarps - 1) / kWarps);
   const size_t cnt_smem = sizeof(int) * size_t(d.E) * kWarps;
-  router_chunks_kernel<<<chunk_blocks, kWarps * 32, cnt_smem, ctx.stream>>>(scores, idx, ccount, ccolsum, d);
+  router_chunks_kernel<<<chunk_blocks, kWarps * 32, cnt_smem, ctx.stream>>>(scores, idx, rowstat, ccount, ccolsum,
+                                                                           cstat, d);
   check_launch("router_chunks_kernel");
-  router_plan_kernel<<<1, 1024, 0, ctx.stream>>>(rowstat, ccount, ccolsum, plan, d);
+  router_columns_kernel<<<d.E, kColumnThreads, 0, ctx.stream>>>(ccount, ccolsum, ecount, ecolsum, d);
+  check_launch("router_columns_kernel");
+  router_plan_kernel<<<1, 1024, 0, ctx.stream>>>(cstat, ecount, ecolsum, plan, d);
   check_launch("router_plan_kernel");
   dispatch_rows_kernel<<<chunk_blocks, kWarps * 32, cnt_smem, ctx.stream>>>(idx, plan, ccount, src_token, slot_row,
                                                                            d);

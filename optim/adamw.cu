@@ -116,9 +116,21 @@ __global__ void adamw_all_dev_kernel(float* p, const float* g, float* m, float* 
 }
 
 // This block's sum of g[i]^2 in double over its grid-stride slice (each thread sums its own, then the block).
+// A 16-byte-aligned g is read four floats a load (scalar loads kept too few bytes in flight: 2.1 TB/s on the
+// H100), the tail of n % 4 after them.
 __device__ double block_sum_squares(const float* g, size_t n) {
   double s = 0.0;
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+  const size_t first = blockIdx.x * size_t(blockDim.x) + threadIdx.x, stride = size_t(gridDim.x) * blockDim.x;
+  size_t done = 0;
+  if ((reinterpret_cast<uintptr_t>(g) & 15) == 0) {
+    const float4* g4 = reinterpret_cast<const float4*>(g);
+    for (size_t i = first; i < n / 4; i += stride) {
+      const float4 x = g4[i];
+      s += double(x.x) * x.x + double(x.y) * x.y + double(x.z) * x.z + double(x.w) * x.w;
+    }
+    done = n / 4 * 4;
+  }
+  for (size_t i = done + first; i < n; i += stride) {
     const double x = g[i];
     s += x * x;
   }

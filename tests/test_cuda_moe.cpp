@@ -1,6 +1,7 @@
 // MoE on CUDA against the CPU reference: the data-movement ops with uneven loads (one expert takes most tokens,
 // some none), and an MoE LM training step. Skips without a GPU.
 #ifdef MUE_HAVE_CUDA
+#include <array>
 #include <cstdlib>
 #include <limits>
 #include <string>
@@ -285,13 +286,13 @@ TEST_CASE("CUDA router: top-a, gates, dispatch plan, statistics and backward mat
     return;
   }
   cuda::Context ctx;
-  struct Case { int N, E, a, groups; bool sigmoid; double z; };
+  struct Case { int N, E, a, groups; bool sigmoid; double z; bool ties = false; };
   // Odd token counts, groups, sigmoid scores, z-loss on and off, E above one warp's width and not a multiple;
   // 1000 tokens span 32 chunks of the counting pass (32 tokens each) over 8 blocks, the last one partial; 5000
   // tokens make 157 chunks, so that each of the plan kernel's lanes sums a run of several (10 for E = 64).
   const Case cases[] = {{203, 8, 2, 1, false, 1e-3}, {130, 64, 8, 4, true, 0.0}, {77, 96, 6, 2, false, 2e-3},
                         {33, 40, 40, 1, false, 0.0}, {1000, 64, 8, 1, false, 1e-3}, {5000, 64, 8, 1, false, 0.0},
-                        {5000, 24, 4, 2, true, 1e-3}};
+                        {5000, 24, 4, 2, true, 1e-3}, {300, 64, 8, 2, false, 1e-3, true}};
   for (const Case& k : cases) {
     INFO("N=" << k.N << " E=" << k.E << " a=" << k.a << " groups=" << k.groups << " sigmoid=" << k.sigmoid);
     RouterDims d;
@@ -299,6 +300,8 @@ TEST_CASE("CUDA router: top-a, gates, dispatch plan, statistics and backward mat
     d.balance_coef = 0.01, d.z_coef = k.z;
     const int N = k.N, E = k.E, a = k.a, R = N * a;
     V logits = randn(size_t(N) * E, 71 + E, 2.0), dgates = randn(R, 72 + E);
+    if (k.ties)  // few distinct values, -0 among them: the choice's ties go to the lower index on both sides
+      for (size_t i = 0; i < logits.size(); ++i) logits[i] = std::array{-0.0, 0.0, 0.5, -1.0, 2.0}[rng_index(9, 0, i, 5)];
     round_bf16(logits), round_bf16(dgates);
     // CPU reference in double.
     CpuBackend<double> cb;

@@ -658,6 +658,11 @@ TEST_CASE("CUDA step scalars: grad norm, loss mean, divergence and AdamW read on
   CHECK(be.read_step_out().norm_sq == nsq);
   std::vector<float> h(g.begin(), g.end());
   CHECK(std::abs(nsq - cpu::sum_squares(h.data(), n)) <= 1e-12 * nsq);
+  be.reset_step_out();
+  be.grad_norm_sq(dg.f() + 1, n - 1);  // not 16-byte aligned: the scalar path
+  const double nsq1 = be.read_step_out().norm_sq;
+  CHECK(std::abs(nsq1 - cpu::sum_squares(h.data() + 1, n - 1)) <= 1e-12 * nsq1);
+  CHECK(nsq1 != nsq);
   // Mean loss of 1000 rows.
   V losses = randn_f32(1000);
   Dev dl = put_f32(losses);
