@@ -57,6 +57,17 @@ __device__ __forceinline__ uint4 pack8(const float (&f)[8]) {
   for (int k = 0; k < 4; ++k) v.h[k] = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
   return v.u;
 }
+// W consecutive bf16 as floats: W = 8 is one 16-byte vector (rows with a length % 8 == 0), W = 1 a scalar.
+template <int W>
+__device__ __forceinline__ void load_w(const __nv_bfloat16* p, float (&f)[W]) {
+  if constexpr (W == 8) unpack8(*reinterpret_cast<const uint4*>(p), f);
+  else f[0] = __bfloat162float(*p);
+}
+template <int W>
+__device__ __forceinline__ void store_w(__nv_bfloat16* p, const float (&f)[W]) {
+  if constexpr (W == 8) *reinterpret_cast<uint4*>(p) = pack8(f);
+  else *p = __float2bfloat16(f[0]);
+}
 
 // True when every pointer is 16-byte aligned (the vector kernels' precondition; activations always are,
 // parameter views are as long as every tensor before them has a size that is a multiple of 8).

@@ -1,5 +1,6 @@
 // MoE data movement on the GPU: permute tokens into expert-contiguous rows, gather them back, and combine the
-// expert outputs with the gates. All are pure bandwidth: each reads and writes R*D (or N*a*D) bf16 once.
+// expert outputs (already gate-weighted: moe/gate_swiglu.cu). All are pure bandwidth: each reads and writes R*D
+// (or N*a*D) bf16 once.
 // One thread block per output row; threads stride over D (16-byte vectors of 8 when D % 8 == 0), fp32 math.
 #include "core/cuda_util.cuh"
 #include "moe/moe_cuda.h"
@@ -11,18 +12,8 @@ using detail::B;
 using detail::bf;
 using detail::aligned16;
 using detail::check_launch;
-
-// W consecutive elements of a row as floats: W = 8 is one 16-byte vector (rows with D % 8 == 0), W = 1 a scalar.
-template <int W>
-__device__ inline void load_w(const bf* p, float (&f)[W]) {
-  if constexpr (W == 8) detail::unpack8(*reinterpret_cast<const uint4*>(p), f);
-  else f[0] = __bfloat162float(*p);
-}
-template <int W>
-__device__ inline void store_w(bf* p, const float (&f)[W]) {
-  if constexpr (W == 8) *reinterpret_cast<uint4*>(p) = detail::pack8(f);
-  else *p = __float2bfloat16(f[0]);
-}
+using detail::load_w;
+using detail::store_w;
 
 // xp[r, :] = x[src[r], :]   traffic: read R*D, write R*D
 template <int W>
@@ -36,55 +27,21 @@ __global__ void permute_rows_kernel(const bf* x, const int32_t* src, bf* xp, int
   }
 }
 
-// dx[n, :] += sum_k dxp[slot[n*a+k], :]   traffic: read (a+1)*N*D, write N*D
-template <int W>
-__global__ void unpermute_add_kernel(const bf* dxp, const int32_t* slot, bf* dx, int a, int D) {
-  const int n = blockIdx.x;
-  for (int i = threadIdx.x * W; i < D; i += blockDim.x * W) {
-    float acc[W], v[W];
-    load_w<W>(dx + size_t(n) * D + i, acc);
-    for (int k = 0; k < a; ++k) {
-      load_w<W>(dxp + size_t(slot[size_t(n) * a + k]) * D + i, v);
-      #pragma unroll
-      for (int j = 0; j < W; ++j) acc[j] += v[j];
-    }
-    store_w<W>(dx + size_t(n) * D + i, acc);
-  }
-}
-
-// out[n, :] = sum_k g[n,k] yp[slot[n*a+k], :]   traffic: read a*N*D, write N*D
-template <int W>
-__global__ void combine_forward_kernel(const bf* yp, const int32_t* slot, const bf* g, bf* out, int a, int D) {
+// out[n, :] (+)= sum_k yp[slot[n*a+k], :]: the combine (kAdd false) and the unpermutation of the gradients (kAdd).
+// traffic: read a*N*D (+ N*D with kAdd), write N*D
+template <int W, bool kAdd>
+__global__ void sum_expert_rows_kernel(const bf* yp, const int32_t* slot, bf* out, int a, int D) {
   const int n = blockIdx.x;
   for (int i = threadIdx.x * W; i < D; i += blockDim.x * W) {
     float acc[W] = {}, v[W];
+    if constexpr (kAdd) load_w<W>(out + size_t(n) * D + i, acc);
     for (int k = 0; k < a; ++k) {
-      const float gk = __bfloat162float(g[size_t(n) * a + k]);
       load_w<W>(yp + size_t(slot[size_t(n) * a + k]) * D + i, v);
       #pragma unroll
-      for (int j = 0; j < W; ++j) acc[j] += gk * v[j];
+      for (int j = 0; j < W; ++j) acc[j] += v[j];
     }
     store_w<W>(out + size_t(n) * D + i, acc);
   }
-}
-
-// One block per (n, k): dyp[row] = g dout[n]; dg[n,k] = dout[n] . yp[row]   traffic: read 2*N*a*D, write N*a*D
-template <int W>
-__global__ void combine_backward_kernel(const bf* dout, const bf* yp, const int32_t* slot, const bf* g, bf* dyp,
-                                        bf* dg, int a, int D) {
-  const int nk = blockIdx.x, n = nk / a;
-  const size_t row = size_t(slot[nk]);
-  const float gate = __bfloat162float(g[nk]);
-  float dot = 0.f;
-  for (int i = threadIdx.x * W; i < D; i += blockDim.x * W) {
-    float d[W], y[W];
-    load_w<W>(dout + size_t(n) * D + i, d), load_w<W>(yp + row * D + i, y);
-    #pragma unroll
-    for (int j = 0; j < W; ++j) dot += d[j] * y[j], d[j] *= gate;
-    store_w<W>(dyp + row * D + i, d);
-  }
-  dot = detail::block_reduce(dot, detail::SumOp{}, 0.f);
-  if (threadIdx.x == 0) dg[nk] = __float2bfloat16(dot);
 }
 
 // Launches kernel<8> (16-byte vectors) when D % 8 == 0 and the row arrays are 16-byte aligned, else kernel<1>; threads cover a row's chunks, 32 to 256.
@@ -105,20 +62,13 @@ void permute_rows(Context& ctx, const bf16* x, const int32_t* src_token, bf16* x
 }
 void unpermute_add(Context& ctx, const bf16* dxp, const int32_t* slot_row, bf16* dx, int N, int a, int D) {
   if (N == 0) return;
-  launch_rows(ctx, unpermute_add_kernel<8>, unpermute_add_kernel<1>, N, D, aligned16(dxp, dx), "unpermute_add",
-              B(dxp), slot_row, B(dx), a, D);
+  launch_rows(ctx, sum_expert_rows_kernel<8, true>, sum_expert_rows_kernel<1, true>, N, D, aligned16(dxp, dx),
+              "unpermute_add", B(dxp), slot_row, B(dx), a, D);
 }
-void combine_forward(Context& ctx, const bf16* yp, const int32_t* slot_row, const bf16* gates, bf16* out, int N, int a,
-                     int D) {
+void combine_forward(Context& ctx, const bf16* yp, const int32_t* slot_row, bf16* out, int N, int a, int D) {
   if (N == 0) return;
-  launch_rows(ctx, combine_forward_kernel<8>, combine_forward_kernel<1>, N, D, aligned16(yp, out), "combine_forward",
-              B(yp), slot_row, B(gates), B(out), a, D);
-}
-void combine_backward(Context& ctx, const bf16* dout, const bf16* yp, const int32_t* slot_row, const bf16* gates,
-                      bf16* dyp, bf16* dgates, int N, int a, int D) {
-  if (N == 0) return;
-  launch_rows(ctx, combine_backward_kernel<8>, combine_backward_kernel<1>, N * a, D, aligned16(dout, yp, dyp),
-              "combine_backward", B(dout), B(yp), slot_row, B(gates), B(dyp), B(dgates), a, D);
+  launch_rows(ctx, sum_expert_rows_kernel<8, false>, sum_expert_rows_kernel<1, false>, N, D, aligned16(yp, out),
+              "combine_forward", B(yp), slot_row, B(out), a, D);
 }
 
 }  // namespace mue::cuda

@@ -73,9 +73,14 @@ void permute_rows(CpuBackend<T>&, const T* x, const int32_t* src, T* xp, int row
 template <class T>
 void unpermute_add(CpuBackend<T>&, const T* dxp, const int32_t* slot, T* dx, int N, int a, int D) { cpu::unpermute_add(dxp, slot, dx, N, a, D); }
 template <class T>
-void combine_forward(CpuBackend<T>&, const T* yp, const int32_t* slot, const T* g, T* out, int N, int a, int D) { cpu::combine_forward(yp, slot, g, out, N, a, D); }
+void combine_forward(CpuBackend<T>&, const T* yp, const int32_t* slot, T* out, int N, int a, int D) { cpu::combine_forward(yp, slot, out, N, a, D); }
+// The combine's backward: dyp[r] = dout[src_token[r]] (the gates' part is in gate_swiglu_backward).
 template <class T>
-void combine_backward(CpuBackend<T>&, const T* dout, const T* yp, const int32_t* slot, const T* g, T* dyp, T* dg, int N, int a, int D) { cpu::combine_backward(dout, yp, slot, g, dyp, dg, N, a, D); }
+void combine_backward(CpuBackend<T>&, const T* dout, const int32_t* src, T* dyp, int rows, int D) { cpu::permute_rows(dout, src, dyp, rows, D); }
+template <class T>
+void gate_swiglu_forward(CpuBackend<T>&, const T* hfc, const T* g, const int32_t* slot, T* hsw, int N, int a, int h) { cpu::gate_swiglu_forward(hfc, g, slot, hsw, N, a, h); }
+template <class T>
+void gate_swiglu_backward(CpuBackend<T>&, const T* dhsw, const T* hfc, const T* g, const int32_t* slot, T* dhfc, T* dg, int N, int a, int h) { cpu::gate_swiglu_backward(dhsw, hfc, g, slot, dhfc, dg, N, a, h); }
 
 // off: the expert offsets on the host, or null where only the device has them; plan: the router's plan in
 // backend memory (offsets first), which the CUDA kernels read instead.
@@ -116,8 +121,10 @@ inline void expert_matmul_forward(CudaBackend& be, const bf16* x, const bf16* w,
 inline void expert_matmul_backward(CudaBackend& be, const bf16* dy, const bf16* x, const bf16* w, bf16* dx, float* dw, const int32_t* off, const int32_t* plan, int rows, int E, int In, int Out, double a) { auto op_ = be.ctx.op("expert_matmul_backward"); cuda::expert_matmul_backward(be.ctx, dy, x, w, dx, dw, off, plan, rows, E, In, Out, float(a)); }
 inline void permute_rows(CudaBackend& be, const bf16* x, const int32_t* src, bf16* xp, int rows, int D) { auto op_ = be.ctx.op("permute_rows"); cuda::permute_rows(be.ctx, x, src, xp, rows, D); }
 inline void unpermute_add(CudaBackend& be, const bf16* dxp, const int32_t* slot, bf16* dx, int N, int a, int D) { auto op_ = be.ctx.op("unpermute_add"); cuda::unpermute_add(be.ctx, dxp, slot, dx, N, a, D); }
-inline void combine_forward(CudaBackend& be, const bf16* yp, const int32_t* slot, const bf16* g, bf16* out, int N, int a, int D) { auto op_ = be.ctx.op("combine_forward"); cuda::combine_forward(be.ctx, yp, slot, g, out, N, a, D); }
-inline void combine_backward(CudaBackend& be, const bf16* dout, const bf16* yp, const int32_t* slot, const bf16* g, bf16* dyp, bf16* dg, int N, int a, int D) { auto op_ = be.ctx.op("combine_backward"); cuda::combine_backward(be.ctx, dout, yp, slot, g, dyp, dg, N, a, D); }
+inline void combine_forward(CudaBackend& be, const bf16* yp, const int32_t* slot, bf16* out, int N, int a, int D) { auto op_ = be.ctx.op("combine_forward"); cuda::combine_forward(be.ctx, yp, slot, out, N, a, D); }
+inline void combine_backward(CudaBackend& be, const bf16* dout, const int32_t* src, bf16* dyp, int rows, int D) { auto op_ = be.ctx.op("combine_backward"); cuda::permute_rows(be.ctx, dout, src, dyp, rows, D); }
+inline void gate_swiglu_forward(CudaBackend& be, const bf16* hfc, const bf16* g, const int32_t* slot, bf16* hsw, int N, int a, int h) { auto op_ = be.ctx.op("gate_swiglu_forward"); cuda::gate_swiglu_forward(be.ctx, hfc, g, slot, hsw, N, a, h); }
+inline void gate_swiglu_backward(CudaBackend& be, const bf16* dhsw, const bf16* hfc, const bf16* g, const int32_t* slot, bf16* dhfc, bf16* dg, int N, int a, int h) { auto op_ = be.ctx.op("gate_swiglu_backward"); cuda::gate_swiglu_backward(be.ctx, dhsw, hfc, g, slot, dhfc, dg, N, a, h); }
 #endif
 
 }  // namespace mue

@@ -2,7 +2,8 @@
 // Token-choice, dropless routing:
 //   logits = x W_r^T [N,E] -> scores (softmax over E, or sigmoid) -> top-a experts per token (a/G from each of
 //   G groups; ties to the lower index) -> gates g = s / sum_chosen(s), times the route scale r
-//   -> tokens permuted by expert (counting sort) -> each expert a SwiGLU -> combine: out[n] = sum_k w[n,k] y[n,k].
+//   -> tokens permuted by expert (counting sort) -> each expert a SwiGLU -> combine: out[n] = sum_k w[n,k] y[n,k]
+//   (w[n,k] applied inside the expert, before its down-projection: gate_swiglu_forward).
 // The choice of experts is not differentiated; gates, router, experts and inputs are.
 #pragma once
 #include <algorithm>
@@ -117,35 +118,41 @@ void unpermute_add(const T* dxp, const int32_t* slot_row, T* dx, int N, int a, i
     }
 }
 
-// out[n] = sum_k gates[n,k] * yp[slot_row[n*a+k]]   (overwrites out)
+// out[n] = sum_k yp[slot_row[n*a+k]]   (overwrites out; the gates are already in yp, see gate_swiglu_forward)
 template <class T>
-void combine_forward(const T* yp, const int32_t* slot_row, const T* gates, T* out, int N, int a, int D) {
-  for (int n = 0; n < N; ++n) {
-    T* o = out + size_t(n) * D;
-    std::fill(o, o + D, T(0));
-    for (int k = 0; k < a; ++k) {
-      const T g = gates[size_t(n) * a + k];
-      const T* y = yp + size_t(slot_row[size_t(n) * a + k]) * D;
-      for (int i = 0; i < D; ++i) o[i] += g * y[i];
-    }
+void combine_forward(const T* yp, const int32_t* slot_row, T* out, int N, int a, int D) {
+  std::fill(out, out + size_t(N) * D, T(0));
+  unpermute_add(yp, slot_row, out, N, a, D);
+}
+// The experts' SwiGLU with the gate folded in: for assignment i = (n, k) and its row r = slot_row[i], hfc[r] =
+// (x | y), h each: hsw[r] = gates[i] * silu(x) * y. An expert's output is linear in hsw, so scaling it before the
+// down-projection gives the gate-weighted sum, and the combine becomes a plain sum (its backward a plain gather:
+// no pass that reads the expert outputs again for the gates' gradient).
+template <class T>
+void gate_swiglu_forward(const T* hfc, const T* gates, const int32_t* slot_row, T* hsw, int N, int a, int h) {
+  for (size_t i = 0; i < size_t(N) * a; ++i) {
+    const size_t r = size_t(slot_row[i]);
+    const T* in = hfc + r * 2 * h;
+    for (int j = 0; j < h; ++j) hsw[r * h + j] = gates[i] * (in[j] / (T(1) + std::exp(-in[j])) * in[h + j]);
   }
 }
-// dyp[row(n,k)] = gates[n,k] dout[n];  dgates[n,k] = dout[n] . yp[row(n,k)]   (both overwritten)
+// Its backward, from dhsw: dhfc[r] (overwritten) and dgates[i] = sum_j dhsw[r,j] silu(x_j) y_j.
 template <class T>
-void combine_backward(const T* dout, const T* yp, const int32_t* slot_row, const T* gates, T* dyp, T* dgates, int N,
-                      int a, int D) {
-  for (int n = 0; n < N; ++n) {
-    const T* d = dout + size_t(n) * D;
-    for (int k = 0; k < a; ++k) {
-      const size_t row = size_t(slot_row[size_t(n) * a + k]);
-      const T g = gates[size_t(n) * a + k];
-      T dot = 0;
-      for (int i = 0; i < D; ++i) dot += d[i] * yp[row * D + i], dyp[row * D + i] = g * d[i];
-      dgates[size_t(n) * a + k] = dot;
+void gate_swiglu_backward(const T* dhsw, const T* hfc, const T* gates, const int32_t* slot_row, T* dhfc, T* dgates,
+                          int N, int a, int h) {
+  for (size_t i = 0; i < size_t(N) * a; ++i) {
+    const size_t r = size_t(slot_row[i]);
+    const T *in = hfc + r * 2 * h, *d = dhsw + r * h, g = gates[i];
+    T dot = 0;
+    for (int j = 0; j < h; ++j) {
+      const T x = in[j], y = in[h + j], sig = T(1) / (T(1) + std::exp(-x));
+      dot += d[j] * x * sig * y;
+      dhfc[r * 2 * h + j] = g * d[j] * y * sig * (T(1) + x * (T(1) - sig));
+      dhfc[r * 2 * h + h + j] = g * d[j] * x * sig;
     }
+    dgates[i] = dot;
   }
 }
-
 // Switch-Transformer load balancing: loss = coef * E * sum_e f_e P_e with f_e the fraction of the N*a
 // assignments that went to e (not differentiated) and P_e the mean score of e. Returns the loss; writes
 // dscores [N,E] = coef * E * f_e / N (overwritten) when dscores != nullptr; load[E] = f_e.

@@ -21,12 +21,15 @@ void router_backward(Context& ctx, const RouterDims& d, const bf16* dgates, cons
 void permute_rows(Context& ctx, const bf16* x, const int32_t* src_token, bf16* xp, int rows, int D);
 // dx[n] += sum_k dxp[slot_row[n*a+k]]   (gathered per token: no atomics, deterministic)
 void unpermute_add(Context& ctx, const bf16* dxp, const int32_t* slot_row, bf16* dx, int N, int a, int D);
-// out[n] = sum_k gates[n,k] yp[slot_row[n*a+k]]
-void combine_forward(Context& ctx, const bf16* yp, const int32_t* slot_row, const bf16* gates, bf16* out, int N, int a,
-                     int D);
-// dyp[row(n,k)] = gates[n,k] dout[n]; dgates[n,k] = dout[n] . yp[row(n,k)]
-void combine_backward(Context& ctx, const bf16* dout, const bf16* yp, const int32_t* slot_row, const bf16* gates,
-                      bf16* dyp, bf16* dgates, int N, int a, int D);
+// out[n] = sum_k yp[slot_row[n*a+k]]   (the combine: the gates are already in yp)
+void combine_forward(Context& ctx, const bf16* yp, const int32_t* slot_row, bf16* out, int N, int a, int D);
+// The experts' SwiGLU with the gate folded in (moe/gate_swiglu.cu; see cpu::gate_swiglu_forward): per assignment
+// i, row r = slot_row[i]: hsw[r] = gates[i] * silu(x) * y with hfc[r] = (x | y), h each.
+void gate_swiglu_forward(Context& ctx, const bf16* hfc, const bf16* gates, const int32_t* slot_row, bf16* hsw, int N,
+                         int a, int h);
+// Its backward: dhfc[r] (overwritten) and dgates[i] = dhsw[r] . (silu(x) * y).
+void gate_swiglu_backward(Context& ctx, const bf16* dhsw, const bf16* hfc, const bf16* gates, const int32_t* slot_row,
+                          bf16* dhfc, bf16* dgates, int N, int a, int h);
 
 }  // namespace mue::cuda
 #endif

@@ -1,7 +1,8 @@
 // The MoE FFN branch of a block, written once for both backends:
 //   logits = route(x) -> router (scores, top-a, gates, dispatch plan, balance / z losses, statistics; on the
 //   device for CUDA, where the plan comes back to the host only when its statistics are asked for)
-//   -> permute tokens by expert -> per expert: SwiGLU(x W1_e^T) W2_e^T * c -> combine with gates (+ shared experts).
+//   -> permute tokens by expert -> per expert: (g * SwiGLU(x W1_e^T)) W2_e^T, the gate g folded into the activation
+//   -> combine: the sum over a token's experts (+ shared experts).
 #pragma once
 #include <cmath>
 #include <string>
@@ -28,8 +29,11 @@ class MoeFfn : public FfnBranch<Backend> {
     dims_.route_scale = route_scale, dims_.balance_coef = s.balance_coef, dims_.z_coef = s.z_coef;
     logits_ = acts.take<A>(size_t(N) * E), dlogits_ = acts.take<A>(size_t(N) * E);
     scores_ = acts.take<S>(size_t(N) * E), idx_ = acts.take<int32_t>(R), plan_ = acts.take<int32_t>(dims_.plan_size());
-    xp_ = acts.take<A>(R * D), hfc_ = acts.take<A>(R * 2 * h), hsw_ = acts.take<A>(R * h), yp_ = acts.take<A>(R * D);
-    dxp_ = acts.take<A>(R * D), dhfc_ = acts.take<A>(R * 2 * h), dhsw_ = acts.take<A>(R * h), dyp_ = acts.take<A>(R * D);
+    xp_ = acts.take<A>(R * D), hfc_ = acts.take<A>(R * 2 * h), hsw_ = acts.take<A>(R * h);
+    dhfc_ = acts.take<A>(R * 2 * h), dhsw_ = acts.take<A>(R * h);
+    // One [R, D] buffer for three lives: yp (the forward's expert outputs, summed by the combine at once), dyp (the
+    // combine's backward, read by the down-projection's backward) and dxp (written after that).
+    yp_ = dyp_ = dxp_ = acts.take<A>(R * D);
     tmp_ = acts.take<A>(size_t(N) * D);
     src_token_ = acts.take<int32_t>(R), slot_row_ = acts.take<int32_t>(R);
     gates_ = acts.take<A>(R), dgates_ = acts.take<A>(R);
@@ -51,9 +55,9 @@ class MoeFfn : public FfnBranch<Backend> {
     // Experts on their contiguous row blocks.
     permute_rows(be_, xn, src_token_, xp_, R, D);
     expert_matmul_forward(be_, xp_, fc.weight, hfc_, off, plan_, R, E, D, 2 * h, fc.alpha);
-    be_.swiglu_forward(hfc_, hsw_, R, h);
+    gate_swiglu_forward(be_, hfc_, gates_, slot_row_, hsw_, N, a, h);
     expert_matmul_forward(be_, hsw_, proj.weight, yp_, off, plan_, R, E, h, D, proj.alpha);
-    combine_forward(be_, yp_, slot_row_, gates_, out, N, a, D);
+    combine_forward(be_, yp_, slot_row_, out, N, a, D);
     if (s_.shared > 0) {
       Param &sfc = router_[3], &sproj = router_[4];
       const int Hs = s_.shared * s_.shared_hidden;
@@ -69,9 +73,9 @@ class MoeFfn : public FfnBranch<Backend> {
     const int N = dims_.N, D = D_, E = s_.experts, a = s_.active, h = s_.expert_hidden, R = N * a;
     Param &router = router_[0], &fc = router_[1], &proj = router_[2];
     const int32_t* off = host_offsets();
-    combine_backward(be_, dout, yp_, slot_row_, gates_, dyp_, dgates_, N, a, D);
+    combine_backward(be_, dout, src_token_, dyp_, R, D);
     expert_matmul_backward(be_, dyp_, hsw_, proj.weight, dhsw_, proj.grad, off, plan_, R, E, h, D, proj.alpha);
-    be_.swiglu_backward(dhsw_, hfc_, dhfc_, R, h);
+    gate_swiglu_backward(be_, dhsw_, hfc_, gates_, slot_row_, dhfc_, dgates_, N, a, h);
     expert_matmul_backward(be_, dhfc_, xp_, fc.weight, dxp_, fc.grad, off, plan_, R, E, D, 2 * h, fc.alpha);
     route_backward(be_, dims_, dgates_, logits_, scores_, idx_, plan_, dlogits_);
     be_.matmul_backward(dlogits_, xn, router.weight, dxn, router.grad, N, D, E, router.alpha);

@@ -71,12 +71,12 @@ TEST_CASE("CUDA MoE dispatch and combine match the CPU with uneven loads", "[cud
   cuda::copy_to_device(dsrc.p, src.data(), R * 4);
   cuda::copy_to_device(dslot.p, slot.data(), R * 4);
 
-  V x = randn(N * D, 51), yp = randn(R * D, 52), g = randn(R, 53), dout = randn(N * D, 54), dxp = randn(R * D, 55),
+  V x = randn(N * D, 51), yp = randn(R * D, 52), g = randn(R, 53), dxp = randn(R * D, 55),
     dx0 = randn(N * D, 56);
-  for (V* v : {&x, &yp, &g, &dout, &dxp, &dx0}) round_bf16(*v);
-  Dev dX(N * D * 2), dYP(R * D * 2), dG(R * 2), dDO(N * D * 2), dDXP(R * D * 2), dDX(N * D * 2), dOut(R * D * 2),
+  for (V* v : {&x, &yp, &g, &dxp, &dx0}) round_bf16(*v);
+  Dev dX(N * D * 2), dYP(R * D * 2), dG(R * 2), dDXP(R * D * 2), dDX(N * D * 2), dOut(R * D * 2),
       dOut2(R * 2);
-  put(dX, x), put(dYP, yp), put(dG, g), put(dDO, dout), put(dDXP, dxp), put(dDX, dx0);
+  put(dX, x), put(dYP, yp), put(dG, g), put(dDXP, dxp), put(dDX, dx0);
 
   SECTION("permute") {
     poison(dOut);
@@ -93,22 +93,32 @@ TEST_CASE("CUDA MoE dispatch and combine match the CPU with uneven loads", "[cud
     cpu::unpermute_add(dxp.data(), slot.data(), ref.data(), N, a, D);
     CHECK(rel_error(get(dDX, N * D), ref) < 1e-2);
   }
-  SECTION("combine forward and backward") {
+  SECTION("combine (a plain sum of the rows)") {
     poison(dOut);
-    cuda::combine_forward(ctx, dYP.h(), dslot.i(), dG.h(), dOut.h(), N, a, D);
+    cuda::combine_forward(ctx, dYP.h(), dslot.i(), dOut.h(), N, a, D);
     V ref(N * D);
-    cpu::combine_forward(yp.data(), slot.data(), g.data(), ref.data(), N, a, D);
+    cpu::combine_forward(yp.data(), slot.data(), ref.data(), N, a, D);
     V got = get(dOut, N * D);
     CHECK(all_finite(got));
     CHECK(rel_error(got, ref) < 1e-2);
-    poison(dOut), poison(dOut2);
-    cuda::combine_backward(ctx, dDO.h(), dYP.h(), dslot.i(), dG.h(), dOut.h(), dOut2.h(), N, a, D);
-    V rdyp(R * D), rdg(R);
-    cpu::combine_backward(dout.data(), yp.data(), slot.data(), g.data(), rdyp.data(), rdg.data(), N, a, D);
-    V gdyp = get(dOut, R * D), gdg = get(dOut2, R);
-    CHECK(all_finite(gdyp));
+  }
+  SECTION("gate_swiglu forward and backward (h = D)") {
+    const int h = D;
+    V hfc = randn(size_t(R) * 2 * h, 57), dhsw = randn(size_t(R) * h, 58);
+    round_bf16(hfc), round_bf16(dhsw);
+    Dev dH(hfc.size() * 2), dDH(dhsw.size() * 2), dHsw(dhsw.size() * 2), dDHfc(hfc.size() * 2);
+    put(dH, hfc), put(dDH, dhsw), poison(dHsw), poison(dDHfc), poison(dOut2);
+    cuda::gate_swiglu_forward(ctx, dH.h(), dG.h(), dslot.i(), dHsw.h(), N, a, h);
+    cuda::gate_swiglu_backward(ctx, dDH.h(), dH.h(), dG.h(), dslot.i(), dDHfc.h(), dOut2.h(), N, a, h);
+    V rhsw(dhsw.size()), rdhfc(hfc.size()), rdg(R);
+    cpu::gate_swiglu_forward(hfc.data(), g.data(), slot.data(), rhsw.data(), N, a, h);
+    cpu::gate_swiglu_backward(dhsw.data(), hfc.data(), g.data(), slot.data(), rdhfc.data(), rdg.data(), N, a, h);
+    const V ghsw = get(dHsw, rhsw.size()), gdhfc = get(dDHfc, rdhfc.size()), gdg = get(dOut2, R);
+    CHECK(all_finite(ghsw));
+    CHECK(all_finite(gdhfc));
     CHECK(all_finite(gdg));
-    CHECK(rel_error(gdyp, rdyp) < 1e-2);
+    CHECK(rel_error(ghsw, rhsw) < 1e-2);
+    CHECK(rel_error(gdhfc, rdhfc) < 1e-2);
     CHECK(rel_error(gdg, rdg) < 1e-2);
   }
 }

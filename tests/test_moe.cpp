@@ -49,7 +49,7 @@ TEST_CASE("router: gates, and backward through scores (softmax and sigmoid) with
   }
 }
 
-TEST_CASE("dispatch: permutation and un-permutation are inverse; combine backward", "[moe]") {
+TEST_CASE("dispatch: permutation and un-permutation are inverse; combine; gate_swiglu backward", "[moe]") {
   const int N = 6, E = 4, a = 2, D = 3;
   std::vector<int32_t> idx = {0, 3, 3, 1, 0, 1, 2, 3, 3, 0, 1, 0};
   std::vector<int32_t> off(E + 1), src(N * a), slot(N * a);
@@ -64,13 +64,27 @@ TEST_CASE("dispatch: permutation and un-permutation are inverse; combine backwar
   cpu::permute_rows(x.data(), src.data(), xp.data(), N * a, D);
   cpu::unpermute_add(xp.data(), slot.data(), back.data(), N, a, D);
   for (int i = 0; i < N * D; ++i) CHECK(back[i] == Approx(a * x[i]));  // each token was sent a times
-  // combine: out = sum_k g * yp[row]; gradients w.r.t. yp and gates
-  V yp = randn(N * a * D, 32), g = randn(N * a, 33), R = randn(N * D, 34), out(N * D);
-  auto loss = [&] { cpu::combine_forward(yp.data(), slot.data(), g.data(), out.data(), N, a, D); return dot(out, R); };
-  V dyp(yp.size()), dg(g.size());
-  cpu::combine_backward(R.data(), yp.data(), slot.data(), g.data(), dyp.data(), dg.data(), N, a, D);
-  CHECK(rel_error(dyp, numeric_grad(yp, loss)) < 1e-6);
+  // combine: out = sum_k yp[row] (the gates are inside yp), the same as un-permuting onto zeros
+  V yp = randn(N * a * D, 32), out(N * D, 7.0), sum(N * D, 0.0);
+  cpu::combine_forward(yp.data(), slot.data(), out.data(), N, a, D);
+  cpu::unpermute_add(yp.data(), slot.data(), sum.data(), N, a, D);
+  CHECK(out == sum);
+  // gate_swiglu: hsw[row(i)] = g_i * silu(x) * y; gradients w.r.t. hfc and the gates
+  const int h = 5;
+  V hfc = randn(N * a * 2 * h, 35), g = randn(N * a, 36), Rh = randn(N * a * h, 37), hsw(N * a * h);
+  auto loss = [&] {
+    cpu::gate_swiglu_forward(hfc.data(), g.data(), slot.data(), hsw.data(), N, a, h);
+    return dot(hsw, Rh);
+  };
+  V dhfc(hfc.size()), dg(g.size());
+  cpu::gate_swiglu_backward(Rh.data(), hfc.data(), g.data(), slot.data(), dhfc.data(), dg.data(), N, a, h);
+  CHECK(rel_error(dhfc, numeric_grad(hfc, loss)) < 1e-6);
   CHECK(rel_error(dg, numeric_grad(g, loss)) < 1e-6);
+  V plain(N * a * h);  // ... which is the gate times the plain SwiGLU of the row
+  cpu::swiglu_forward(hfc.data(), plain.data(), N * a, h);
+  loss();
+  for (int i = 0; i < N * a; ++i)
+    for (int j = 0; j < h; ++j) CHECK(hsw[size_t(slot[i]) * h + j] == Approx(g[i] * plain[size_t(slot[i]) * h + j]));
 }
 
 TEST_CASE("balance loss matches a hand computation", "[moe]") {
