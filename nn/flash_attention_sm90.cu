@@ -350,11 +350,10 @@ struct Sm90Tiles {
 };
 Sm90Tiles sm90_tiles(int hd) {
   Sm90Tiles t;
-  const char* v = std::getenv("MUE_FLASH_SM90_TILES");
-  if (!v) return hd == 64 ? t : Sm90Tiles{0, 0};
-  MUE_CHECK(std::sscanf(v, "%d,%d", &t.forward, &t.dkdv) == 2 && t.forward >= 0 && t.forward < 4 && t.dkdv >= 0 &&
-                t.dkdv < 5,
-            "MUE_FLASH_SM90_TILES must be \"f,b\" with f in [0, 4), b in [0, 5), got \"", v, "\"");
+  if (const char* v = std::getenv("MUE_FLASH_SM90_TILES"))
+    MUE_CHECK(std::sscanf(v, "%d,%d", &t.forward, &t.dkdv) == 2 && t.forward >= 0 && t.forward < 4 && t.dkdv >= 0 &&
+                  t.dkdv < 5,
+              "MUE_FLASH_SM90_TILES must be \"f,b\" with f in [0, 4), b in [0, 5), got \"", v, "\"");
   return hd == 64 ? t : Sm90Tiles{0, 0};
 }
 

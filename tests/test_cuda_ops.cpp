@@ -268,6 +268,13 @@ TEST_CASE("CUDA qk_norm forward and backward", "[cuda]") {
     cuda::qk_norm_backward(ctx, dg2.h(), dpre.h(), dw.h(), drs2.f(), ddw2.f(), N, H, hd);
     CHECK(rel_err(get_f32(ctx, ddw2, 2 * hd), dw1) == 0.0);
   }
+  // Head dims above 256: a one-line error before any launch, both ways.
+  Dev big = poisoned(size_t(3) * 512 * sizeof(bf16)), wbig = poisoned(2 * 512 * sizeof(bf16)),
+      pbig = poisoned(size_t(2) * 512 * sizeof(bf16)), rbig = poisoned(2 * sizeof(float)), dwbig = poisoned(2 * 512 * 4);
+  CHECK_THROWS_WITH(cuda::qk_norm_forward(ctx, big.h(), wbig.h(), pbig.h(), rbig.f(), 1, 1, 1, 512, 1e-5f, 0.f),
+                    HasText("head dims up to 256"));
+  CHECK_THROWS_WITH(cuda::qk_norm_backward(ctx, big.h(), pbig.h(), wbig.h(), rbig.f(), dwbig.f(), 1, 1, 512),
+                    HasText("head dims up to 256"));
 }
 
 TEST_CASE("CUDA rope forward and backward", "[cuda]") {
