@@ -131,25 +131,24 @@ void combine_forward(const T* yp, const int32_t* slot_row, T* out, int N, int a,
 template <class T>
 void gate_swiglu_forward(const T* hfc, const T* gates, const int32_t* slot_row, T* hsw, int N, int a, int h) {
   for (size_t i = 0; i < size_t(N) * a; ++i) {
-    const size_t r = size_t(slot_row[i]);
-    const T* in = hfc + r * 2 * h;
-    for (int j = 0; j < h; ++j) hsw[r * h + j] = gates[i] * (in[j] / (T(1) + std::exp(-in[j])) * in[h + j]);
+    T* out = hsw + size_t(slot_row[i]) * h;
+    swiglu_forward(hfc + size_t(slot_row[i]) * 2 * h, out, 1, h);
+    for (int j = 0; j < h; ++j) out[j] *= gates[i];
   }
 }
-// Its backward, from dhsw: dhfc[r] (overwritten) and dgates[i] = sum_j dhsw[r,j] silu(x_j) y_j.
+// Its backward, from dhsw: dhfc[r] (overwritten; the plain SwiGLU's backward of gates[i] * dhsw[r]) and dgates[i]
+// = dhsw[r] . SwiGLU(hfc[r]).
 template <class T>
 void gate_swiglu_backward(const T* dhsw, const T* hfc, const T* gates, const int32_t* slot_row, T* dhfc, T* dgates,
                           int N, int a, int h) {
+  std::vector<T> scaled(h), plain(h);
   for (size_t i = 0; i < size_t(N) * a; ++i) {
     const size_t r = size_t(slot_row[i]);
-    const T *in = hfc + r * 2 * h, *d = dhsw + r * h, g = gates[i];
+    const T* d = dhsw + r * h;
+    swiglu_forward(hfc + r * 2 * h, plain.data(), 1, h);
     T dot = 0;
-    for (int j = 0; j < h; ++j) {
-      const T x = in[j], y = in[h + j], sig = T(1) / (T(1) + std::exp(-x));
-      dot += d[j] * x * sig * y;
-      dhfc[r * 2 * h + j] = g * d[j] * y * sig * (T(1) + x * (T(1) - sig));
-      dhfc[r * 2 * h + h + j] = g * d[j] * x * sig;
-    }
+    for (int j = 0; j < h; ++j) dot += d[j] * plain[j], scaled[j] = gates[i] * d[j];
+    swiglu_backward(scaled.data(), hfc + r * 2 * h, dhfc + r * 2 * h, 1, h);
     dgates[i] = dot;
   }
 }
