@@ -18,6 +18,10 @@ template <class T>
 using MatMap = Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
 template <class T>
 using CMatMap = Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
+template <class T>
+using RowMap = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>;
+template <class T>
+using CRowMap = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>;
 
 // ---- embedding: out[n,:] = wte[tok[n],:] ----
 template <class T>
@@ -234,9 +238,8 @@ template <class T>
 void crossentropy_forward(const T* logits, const int32_t* targets, T* losses, int N, int V, int Vp) {
 #pragma omp parallel for schedule(static)
   for (int n = 0; n < N; ++n) {
-    const T* l = logits + size_t(n) * Vp;
-    T mx = *std::max_element(l, l + V), sum = 0;
-    for (int j = 0; j < V; ++j) sum += std::exp(l[j] - mx);
+    const auto l = CRowMap<T>(logits + size_t(n) * Vp, V);
+    const T mx = l.maxCoeff(), sum = (l - mx).exp().sum();  // Eigen's exp is vectorized; std::exp is not
     losses[n] = std::log(sum) + mx - l[targets[n]];
   }
 }
@@ -247,12 +250,12 @@ void crossentropy_backward(const T* logits, const int32_t* targets, const T* los
                            double dloss) {
 #pragma omp parallel for schedule(static)
   for (int n = 0; n < N; ++n) {
-    const T* l = logits + size_t(n) * Vp;
-    T* d = dlogits + size_t(n) * Vp;
     const int tg = targets[n];
-    const T lse = losses[n] + l[tg];
-    for (int j = 0; j < V; ++j) d[j] = T(dloss) * (std::exp(l[j] - lse) - (j == tg ? T(1) : T(0)));
-    for (int j = V; j < Vp; ++j) d[j] = 0;
+    const T lse = losses[n] + logits[size_t(n) * Vp + tg];
+    auto d = RowMap<T>(dlogits + size_t(n) * Vp, Vp);
+    d.head(V) = T(dloss) * (CRowMap<T>(logits + size_t(n) * Vp, V) - lse).exp();  // d may alias the logits
+    d[tg] -= T(dloss);
+    d.tail(Vp - V).setZero();
   }
 }
 
@@ -261,6 +264,7 @@ template <class T>
 void adamw_step(T* p, const T* g, T* m, T* v, size_t n, double lr, double b1, double b2, double eps, double wd,
                 int t, double grad_scale) {
   const double c1 = 1.0 - std::pow(b1, t), c2 = 1.0 - std::pow(b2, t);
+#pragma omp parallel for schedule(static) if (n > (size_t(1) << 16))  // elementwise: the same result on any thread count
   for (size_t i = 0; i < n; ++i) {
     double gi = double(g[i]) * grad_scale;
     m[i] = T(b1 * m[i] + (1 - b1) * gi);
