@@ -49,7 +49,7 @@ const KeyDoc kDocs[] = {
     {"reference.d_model", "reference (tuned proxy) width; null = same as model"},
     {"reference.n_layers", "reference depth; null = same as model"},
     {"reference.n_heads", "reference heads; null = same as model"},
-    {"reference.ffn_hidden", "reference FFN width; null = same as model"},
+    {"reference.ffn_hidden", "reference (dense proxy) FFN width H; null = the model's ffn.hidden, also for an MoE model, whose experts are scaled against it"},
     {"reference.batch", "reference sequences (images) per step; null = train.batch"},
     {"reference.steps", "reference steps; null = train.steps"},
     {"rule", "parameterization rule: sp | mup | completep | complete-mue | jiang-dmft | mup-moe | mup-total-width | mup-no-route-scale"},
@@ -63,7 +63,7 @@ const KeyDoc kDocs[] = {
     {"optim.grad_clip", "global grad-norm clip (<= 0: off)"},
     {"optim.schedule", "constant | cosine (linear warmup + cosine) | wsd (warmup-stable-decay)"},
     {"optim.warmup", "warmup steps"},
-    {"optim.min_lr_factor", "final LR as a fraction of the peak (cosine, wsd)"},
+    {"optim.min_lr_factor", "LR floor as a fraction of the peak: wsd's last step; cosine's end, one step after the last (as PyTorch's CosineAnnealingLR)"},
     {"optim.decay_fraction", "wsd: fraction of steps spent decaying"},
     {"train.batch", "sequences per step (tokens per step = batch * seq_len)"},
     {"train.steps", "optimizer steps"},
@@ -257,6 +257,18 @@ RunConfig parse_config(const json& j) {
   const json& ck = j.at("out").at("checkpoint");
   c.checkpoint = ck.is_null() ? c.task == "flow" : ck.get<bool>();
   make_param_table(c.rule, c.model, c.reference, c.hp);  // validates the rule name and hyperparameters now
+  // The stored config says what ran: the shape's N and a (keys before granularity), the reference's values
+  // where they were null, and whether checkpoints are written. Parsing it again gives the same run.
+  if (!j.at("ffn").at("shape").is_null()) {
+    const int g = get_int(j, "ffn", "granularity");
+    c.raw["ffn"]["experts"] = m.ffn.experts / g, c.raw["ffn"]["active"] = m.ffn.active / g;
+  }
+  json& rr = c.raw["reference"];
+  rr["d_model"] = c.reference.d_model, rr["n_layers"] = c.reference.n_layers, rr["n_heads"] = c.reference.n_heads;
+  rr["ffn_hidden"] = c.reference.ffn_hidden;
+  if (rb.is_null()) rr["batch"] = t.batch;
+  if (rsteps.is_null()) rr["steps"] = t.steps;
+  c.raw["out"]["checkpoint"] = c.checkpoint;
   return c;
 }
 

@@ -11,7 +11,7 @@ struct Schedule {
   std::string kind = "cosine";  // constant | cosine (linear warmup + cosine) | wsd (warmup, stable, linear decay)
   int warmup = 0;               // steps of linear warmup from 0
   int total = 1;                // total steps
-  double min_factor = 0.1;      // floor at the end of cosine / wsd decay
+  double min_factor = 0.1;      // floor: wsd's last step; cosine reaches it at s = total, one past the last step
   double decay_fraction = 0.2;  // wsd: fraction of the run spent decaying
 
   void validate() const {

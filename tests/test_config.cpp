@@ -34,6 +34,27 @@ TEST_CASE("defaults resolve; file and overrides layer on top", "[config]") {
   std::remove(f.c_str());
 }
 
+TEST_CASE("the stored config is resolved: shape, null references and checkpoint spelled out, same run on re-parse", "[config]") {
+  RunConfig c = resolve_config("", {"ffn.type=moe", "ffn.shape=16e4a", "ffn.granularity=2", "ffn.expert_hidden=8",
+                                    "reference.n_layers=1", "train.batch=3", "train.steps=7"});
+  CHECK(c.model.ffn.experts == 32);
+  CHECK(c.model.ffn.active == 8);
+  CHECK(c.raw["ffn"]["experts"] == 16);  // keys before granularity, as the config reads them
+  CHECK(c.raw["ffn"]["active"] == 4);
+  CHECK(c.raw["reference"]["d_model"] == c.model.d_model);
+  CHECK(c.raw["reference"]["n_layers"] == 1);
+  CHECK(c.raw["reference"]["ffn_hidden"] == c.model.ffn_hidden);
+  CHECK(c.raw["reference"]["batch"] == 3);
+  CHECK(c.raw["reference"]["steps"] == 7);
+  CHECK(c.raw["out"]["checkpoint"] == false);
+  RunConfig again = parse_config(c.raw);
+  CHECK(again.raw == c.raw);
+  CHECK(again.model.ffn.experts == 32);
+  CHECK(again.model.ffn.expert_hidden == 4);
+  CHECK(again.reference.n_layers == 1);
+  CHECK(again.hp.ref_batch_tokens == c.hp.ref_batch_tokens);
+}
+
 TEST_CASE("bad configs give one clear line naming the problem", "[config]") {
   struct Case {
     std::string file_text;

@@ -73,14 +73,24 @@ ModelConfig tiny_dit(bool moe) {
 }
 }  // namespace
 
-TEST_CASE("DiT gradient matches finite differences for every tensor (dense and MoE FFN, QK-norm)", "[dit]") {
-  for (auto [moe, qk_norm] : {std::pair{false, false}, std::pair{true, false}, std::pair{false, true}}) {
-    INFO("moe " << moe << ", qk_norm " << qk_norm);
+// The complete-mue case has a reference of half the depth: branch multiplier 0.5, experts' c = d/(a*h) = 2/3, r = a.
+TEST_CASE("DiT gradient matches finite differences for every tensor (dense and MoE FFN, QK-norm, complete-mue)", "[dit]") {
+  for (auto [moe, qk_norm, rule] : {std::tuple{false, false, "mup"}, std::tuple{true, false, "mup"},
+                                    std::tuple{false, true, "mup"}, std::tuple{true, false, "complete-mue"}}) {
+    INFO("moe " << moe << ", qk_norm " << qk_norm << ", rule " << rule);
     ModelConfig c = tiny_dit(moe);
     c.qk_norm = qk_norm;
     Hyper hp;
     hp.init_std = 0.5, hp.emb_init_std = 1.0;
-    ParamTable t = make_param_table("mup", c, c, hp);
+    if (std::string(rule) == "complete-mue") c.ffn.expert_hidden = 6;  // c = d/(a*h) = 2/3
+    ModelConfig ref = c;
+    ref.n_layers = c.n_layers / 2;
+    ParamTable t = make_param_table(rule, c, ref, hp);
+    if (std::string(rule) == "complete-mue") {
+      REQUIRE(t.route_scale == 2);
+      REQUIRE(t.forward_alpha("layers.1.moe.experts.proj") == Approx(0.5 * 8.0 / (2 * 6)));
+      REQUIRE(t.forward_alpha("layers.1.attn.proj") == Approx(0.5));
+    }
     for (auto& r : t.rows) r.init = "normal", r.init_std = r.init_std > 0 ? r.init_std : 0.3;  // no zero inits here
     CpuBackend<double> be;
     const int B = 2;

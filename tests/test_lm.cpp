@@ -25,16 +25,23 @@ std::vector<int32_t> random_tokens(size_t n, int vocab, uint64_t seed) {
 
 // sp: the head in one chunk, its gradient computed again in backward(); mup: the head in chunks of 3 rows (the
 // last one ragged) with its gradient taken in the forward (forward(..., true)).
-TEST_CASE("LM gradient matches finite differences for every tensor (sp and mup tables, QK-norm)", "[lm]") {
-  for (auto [rule, qk_norm] : {std::pair{"sp", false}, std::pair{"mup", false}, std::pair{"mup", true}}) {
+// completep and complete-mue: a reference of half the depth gives the residual branches m = L_ref/L = 0.5, and
+// complete-mue's down-projection carries c = d/H = 2/3, so the backward must carry every forward multiplier.
+TEST_CASE("LM gradient matches finite differences for every tensor (sp, mup, completep, complete-mue, QK-norm)", "[lm]") {
+  for (auto [rule, qk_norm] : {std::pair{"sp", false}, std::pair{"mup", false}, std::pair{"mup", true},
+                               std::pair{"completep", false}, std::pair{"complete-mue", true}}) {
     INFO("rule " << rule << ", qk_norm " << qk_norm);
     ModelConfig c = tiny_config();
     c.qk_norm = qk_norm;
     ModelConfig ref = c;
-    ref.d_model = 4, ref.n_heads = 1, ref.ffn_hidden = 6;  // non-trivial multipliers under mup
+    ref.d_model = 4, ref.n_heads = 1, ref.ffn_hidden = 6, ref.n_layers = 1;  // non-trivial multipliers
     Hyper hp;
     hp.init_std = 0.5, hp.emb_init_std = 1.0;  // large enough that every path carries signal
     ParamTable table = make_param_table(rule, c, ref, hp);
+    if (std::string(rule).starts_with("complete")) {
+      REQUIRE(table.forward_alpha("layers.0.attn.proj") == Approx(0.5));
+      REQUIRE(table.forward_alpha("layers.1.ffn.proj") == Approx(rule == std::string("completep") ? 0.5 : 0.5 * 8 / 12.0));
+    }
     CpuBackend<double> be;
     const int B = 2;
     LM<CpuBackend<double>> model(c, table, be, B);

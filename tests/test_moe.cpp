@@ -120,16 +120,27 @@ std::vector<int32_t> toks(size_t n, int vocab, uint64_t seed) {
 using DLM = LM<CpuBackend<double>>;
 }  // namespace
 
-TEST_CASE("MoE LM gradient matches finite differences (softmax/sigmoid, groups, shared experts)", "[moe]") {
-  struct Case { int E, a, G, shared; bool sigmoid; };
-  for (Case k : {Case{4, 2, 1, 0, false}, Case{4, 2, 2, 1, true}, Case{3, 3, 1, 0, false}}) {
-    INFO("E " << k.E << " a " << k.a << " G " << k.G << " shared " << k.shared << " sigmoid " << k.sigmoid);
+// The complete-mue cases take a reference of half the depth, so the table has branch multiplier 0.5, expert and
+// shared down-projections c = d/H_a and route scale r = a: every forward multiplier is in the gradient.
+TEST_CASE("MoE LM gradient matches finite differences (softmax/sigmoid, groups, shared experts, complete-mue)", "[moe]") {
+  struct Case { int E, a, G, shared; bool sigmoid; const char* rule; };
+  for (Case k : {Case{4, 2, 1, 0, false, "mup"}, Case{4, 2, 2, 1, true, "mup"}, Case{3, 3, 1, 0, false, "mup"},
+                 Case{4, 2, 1, 1, false, "complete-mue"}, Case{4, 2, 2, 0, true, "complete-mue"}}) {
+    INFO("E " << k.E << " a " << k.a << " G " << k.G << " shared " << k.shared << " sigmoid " << k.sigmoid
+              << " rule " << k.rule);
     ModelConfig c = tiny_moe(k.E, k.a, 6, k.G, k.shared);
     c.ffn.sigmoid = k.sigmoid;
     Hyper hp;
     hp.init_std = 0.5, hp.emb_init_std = 1.0;
-    ParamTable t = make_param_table("mup", c, c, hp);
-    t.route_scale = 1.5;
+    ModelConfig ref = c;
+    ref.n_layers = c.n_layers / 2;
+    ParamTable t = make_param_table(k.rule, c, ref, hp);
+    if (std::string(k.rule) == "mup") {
+      t.route_scale = 1.5;
+    } else {
+      REQUIRE(t.route_scale == k.a);
+      REQUIRE(t.forward_alpha("layers.0.moe.experts.proj") == Approx(0.5 * 8.0 / (k.a * 6 + k.shared * 4)));
+    }
     CpuBackend<double> be;
     DLM m(c, t, be, 2, make_ffn<CpuBackend<double>>);
     m.init_weights(4);
