@@ -16,6 +16,8 @@ json load_json_file(const std::string& path) {
     return json::parse(ss.str());
   } catch (const json::parse_error& e) {
     fail("malformed JSON in '", path, "' at byte ", e.byte, ": ", e.what());
+  } catch (const json::exception& e) {  // e.g. a number beyond double's range
+    fail("unreadable JSON in '", path, "': ", e.what());
   }
 }
 
@@ -28,8 +30,9 @@ const char* type_word(const json& v) {
   if (v.is_object()) return "an object";
   return "null";
 }
+// Only keys whose default is null (optional values) take null; any other key keeps its default's type.
 bool compatible(const json& base, const json& v) {
-  if (base.is_null() || v.is_null()) return true;
+  if (base.is_null()) return true;
   if (base.is_number()) return v.is_number();
   if (base.is_boolean()) return v.is_boolean();
   if (base.is_string()) return v.is_string();
@@ -65,6 +68,8 @@ void apply_override(json& cfg, const std::string& assignment) {
     value = json::parse(text);
   } catch (const json::parse_error&) {
     value = text;
+  } catch (const json::exception& e) {  // e.g. 1e999
+    fail("override '", assignment, "': ", e.what());
   }
   // Build {"a": {"b": value}} and merge it, so overrides get the same checks as files.
   json patch = value;
@@ -72,6 +77,10 @@ void apply_override(json& cfg, const std::string& assignment) {
   std::vector<std::string> parts;
   for (size_t p; (p = rest.find('.')) != std::string::npos; rest = rest.substr(p + 1)) parts.push_back(rest.substr(0, p));
   parts.push_back(rest);
+  // A key whose default is a string takes the text as it is (name=123, ffn.score=1e3 stay strings).
+  const json* base = &cfg;
+  for (const auto& part : parts) base = base && base->is_object() && base->contains(part) ? &(*base)[part] : nullptr;
+  if (base && base->is_string() && !value.is_string()) patch = text;
   for (auto it = parts.rbegin(); it != parts.rend(); ++it) {
     MUE_CHECK(!it->empty(), "override key '", key, "' has an empty part");
     patch = json{{*it, patch}};

@@ -2,6 +2,7 @@
 
 #include <hdf5.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -41,7 +42,8 @@ std::string hdf5_detail() {
 }
 
 [[noreturn]] void h5fail(const std::string& what, const std::string& file) {
-  const std::string d = hdf5_detail();
+  std::string d = hdf5_detail();
+  std::replace(d.begin(), d.end(), '\n', ' ');  // some messages embed a ctime() date with its newline
   if (d.empty()) fail("HDF5: ", what, " in '", file, "'");
   fail("HDF5: ", what, " in '", file, "' (", d, ")");
 }

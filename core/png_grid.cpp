@@ -10,6 +10,7 @@
 #include <system_error>
 
 #include "core/error.h"
+#include "core/output_file.h"
 
 namespace mue {
 
@@ -24,6 +25,7 @@ uint8_t to_u8(float v) {
 void write_png_grid(const std::string& path, const std::vector<float>& images, int n, int C, int S, int cols,
                     int pad) {
   MUE_CHECK(n > 0, "PNG grid '", path, "': need at least one image (n = ", n, ")");
+  check_replaceable(path, "a PNG image", [](const std::string& p) { return file_starts_with(p, "\x89PNG\r\n\x1a\n"); });
   MUE_CHECK(C == 1 || C == 3, "PNG grid '", path, "': channels must be 1 or 3, not ", C);
   MUE_CHECK(S > 0 && cols > 0 && pad >= 0, "PNG grid '", path, "': bad geometry (S = ", S, ", cols = ", cols,
             ", pad = ", pad, ")");

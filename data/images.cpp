@@ -16,6 +16,8 @@
 #include <tuple>
 
 #include "core/error.h"
+#include "core/h5log.h"
+#include "core/output_file.h"
 #include "core/rng.h"
 
 namespace mue {
@@ -335,6 +337,14 @@ ImagePrepStats prepare_images(const ImagePrepOptions& opt) {
   MUE_CHECK(opt.val_fraction >= 0 && opt.val_fraction < 1, "val_fraction must be in [0, 1), not ",
             opt.val_fraction);
   MUE_CHECK(!opt.out.empty(), "prepare-images: no output path given");
+  check_replaceable(opt.out, "a mue image set", [](const std::string& p) {
+    try {  // an image set: the root attributes kind and format_version, and not a run's status
+      return is_hdf5(p) && read_string_attr(p, "kind") && read_double_attr(p, "format_version") &&
+             !read_string_attr(p, "status");
+    } catch (const Error&) {
+      return false;
+    }
+  });
   std::error_code ec;
   const fs::path root(opt.source_dir);
   MUE_CHECK(!opt.source_dir.empty() && fs::is_directory(root, ec), "image source folder '", opt.source_dir,
@@ -393,6 +403,8 @@ ImagePrepStats prepare_images(const ImagePrepOptions& opt) {
   std::sort(train.begin(), train.end(), order);
   std::sort(val.begin(), val.end(), order);
   MUE_CHECK(!train.empty(), "no training images left for '", opt.out, "'");
+  MUE_CHECK(!val.empty() || opt.val_fraction == 0, "no validation images for '", opt.out, "': val_fraction ",
+            opt.val_fraction, " of each class rounds to none");
   st.n_train = int64_t(train.size());
   st.n_val = int64_t(val.size());
 

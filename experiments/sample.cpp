@@ -1,5 +1,7 @@
 #include "experiments/sample.h"
 
+#include <filesystem>
+
 #include "core/h5log.h"
 #include "core/png_grid.h"
 #include "experiments/checkpoint.h"
@@ -12,9 +14,10 @@ namespace mue {
 
 std::vector<double> sample_grid(const SampleOptions& o) {
   MUE_CHECK(o.per_class > 0, "--per-class must be positive");
+  MUE_CHECK(std::filesystem::is_regular_file(o.run), "run file '", o.run, "' does not exist or is not a file");
   auto cfg = read_string_attr(o.run, "config");
   MUE_CHECK(cfg, "'", o.run, "' has no config attribute (is it a mue run file?)");
-  RunConfig c = parse_config(json::parse(*cfg));
+  RunConfig c = stored_config(*cfg, o.run);
   MUE_CHECK(c.task == "flow", "'", o.run, "' is a ", c.task, " run; sample needs a flow run");
   const int K = o.per_class, classes = c.model.image.classes;
   const int steps = o.steps > 0 ? o.steps : c.sample_steps;

@@ -18,6 +18,8 @@
 
 #include "core/error.h"
 #include "core/h5log.h"
+#include "data/images.h"
+#include "data/tokens.h"
 #include "experiments/run_config.h"
 
 namespace mue {
@@ -151,11 +153,17 @@ std::vector<SweepPoint> expand_grid(const SweepSpec& s) {
   return pts;
 }
 
-void validate_points(const SweepSpec& s, const std::vector<SweepPoint>& pts) {
+void validate_points(const SweepSpec& s, const std::vector<SweepPoint>& pts, bool open_data) {
+  std::set<std::string> data_files;  // each opened (and so checked) once, before any point runs
   for (auto& p : pts) {
     try {
-      (void)resolve_config(s.base, p.overrides);
-    } catch (const Error& e) {
+      const RunConfig c = resolve_config(s.base, p.overrides);
+      const std::string& data = c.task == "lm" ? c.data_tokens : c.data_images;
+      if (open_data && data_files.insert(data).second) {
+        if (c.task == "lm") (void)TokenFile::open(data);
+        else (void)ImageSet::open(data);
+      }
+    } catch (const std::exception& e) {
       fail("sweep point ", p.index, " (", p.name, "): ", e.what());
     }
   }

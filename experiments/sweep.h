@@ -48,8 +48,9 @@ struct SweepPoint {
 SweepSpec parse_sweep_spec(const nlohmann::ordered_json& j, const std::string& spec_dir);
 SweepSpec load_sweep_spec(const std::string& path);
 std::vector<SweepPoint> expand_grid(const SweepSpec& s);
-// resolve_config on every point; the first bad one throws a one-line error naming the point.
-void validate_points(const SweepSpec& s, const std::vector<SweepPoint>& pts);
+// resolve_config on every point, and (open_data) opens each point's token or image file once; the first bad
+// one throws a one-line error naming the point.
+void validate_points(const SweepSpec& s, const std::vector<SweepPoint>& pts, bool open_data = true);
 
 // Indices i in [0, n) with i % size == rank.
 std::vector<int> rank_indices(int n, int rank, int size);

@@ -1,5 +1,6 @@
 #include "experiments/trainer.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -193,8 +194,10 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
                            {"tok_per_s", tps}, {"wall_s", wall}});
       for (int l = 0; l < c.model.n_layers; ++l)
         if (const BranchStats* rs = model.ffn_stats(l)) {
+          const auto [min_load, max_load] = std::minmax_element(rs->load.begin(), rs->load.end());
           log.append("router", {{"step", step + 1}, {"layer", l}, {"entropy", rs->entropy},
-                                {"balance_loss", rs->balance_loss}, {"z_loss", rs->z_loss}});
+                                {"balance_loss", rs->balance_loss}, {"z_loss", rs->z_loss},
+                                {"max_load", *max_load}, {"min_load", *min_load}});
           log.append_row("router/load", rs->load);
         }
       if (verbose) {
@@ -287,8 +290,16 @@ RunResult train_run(const RunConfig& c, bool verbose) {
     }
     MUE_CHECK(unreadable.empty() || c.overwrite, "'", path, "' cannot be read (a run killed while writing it?): ",
               "pass out.overwrite=true to replace it (", unreadable, ")");
-    MUE_CHECK(!(status && *status == "completed") || c.overwrite, "'", path,
-              "' holds a completed run; choose another name or pass out.overwrite=true");
+    MUE_CHECK(!unreadable.empty() || status, "'", path, "' is an HDF5 file but not a mue run file; not overwriting it");
+    // A killed (running) or failed run is started again; a finished one is a result.
+    MUE_CHECK(!status || *status == "running" || *status == "failed" || c.overwrite, "'", path, "' holds a ", *status,
+              " run; choose another name or pass out.overwrite=true");
+  }
+  if (c.checkpoint) {
+    const std::string ckpt = checkpoint_path(path);
+    std::error_code ec;
+    MUE_CHECK(!std::filesystem::exists(ckpt, ec) || (std::filesystem::is_regular_file(ckpt, ec) && is_checkpoint(ckpt)),
+              "'", ckpt, "' exists and is not a mue checkpoint; not overwriting it");
   }
   std::optional<TokenFile> tokens;
   std::optional<ImageSet> images;
@@ -298,6 +309,9 @@ RunResult train_run(const RunConfig& c, bool verbose) {
               tokens->vocab_size(), " > model.vocab ", c.model.vocab);
     MUE_CHECK(int64_t(tokens->n_train()) > c.model.seq_len + 1, "token file '", c.data_tokens,
               "' has too few training tokens for seq_len ", c.model.seq_len);
+    MUE_CHECK(int64_t(tokens->n_val()) >= int64_t(c.train.batch) * c.model.seq_len + 1, "token file '",
+              c.data_tokens, "' has ", tokens->n_val(), " validation tokens, fewer than one evaluation batch of ",
+              c.train.batch, " x ", c.model.seq_len, " (+1)");
   } else {
     images = ImageSet::open(c.data_images);
     const ImageConfig& im = c.model.image;
@@ -305,6 +319,7 @@ RunResult train_run(const RunConfig& c, bool verbose) {
               "image file '", c.data_images, "' holds ", images->channels(), "x", images->size(), "x", images->size(),
               " images of ", images->classes(), " classes; the config says ", im.channels, "x", im.size, "x", im.size,
               " and ", im.classes);
+    MUE_CHECK(images->n_val() > 0, "image file '", c.data_images, "' has no validation images");
   }
   std::error_code ec;
   std::filesystem::create_directories(c.out_dir, ec);

@@ -63,7 +63,8 @@ struct ModelConfig {
   void validate() const {
     MUE_CHECK(task == "lm" || task == "flow", "unknown task '", task, "' (known: lm, flow)");
     if (task == "flow") {
-      MUE_CHECK(image.channels > 0 && image.size > 0 && image.patch > 0 && image.size % image.patch == 0,
+      MUE_CHECK(image.channels > 0, "image.channels must be positive, got ", image.channels);
+      MUE_CHECK(image.size > 0 && image.patch > 0 && image.size % image.patch == 0,
                 "image.size (", image.size, ") must be a positive multiple of image.patch (", image.patch, ")");
       MUE_CHECK(image.classes > 0 && image.time_freq > 0 && image.time_freq % 2 == 0,
                 "image.classes must be positive and image.time_freq even");
@@ -78,6 +79,7 @@ struct ModelConfig {
     MUE_CHECK(d_model % n_heads == 0, "model.d_model (", d_model, ") is not divisible by model.n_heads (", n_heads, ")");
     MUE_CHECK(head_dim() % 2 == 0, "head dimension d_model/n_heads = ", head_dim(), " must be even for RoPE");
     MUE_CHECK(rope_theta > 0, "model.rope_theta must be positive, got ", rope_theta);
+    MUE_CHECK(norm_eps > 0 && std::isfinite(norm_eps), "model.norm_eps must be positive, got ", norm_eps);
   }
 };
 

@@ -10,6 +10,7 @@
 #include <fstream>
 
 #include "core/h5log.h"
+#include "core/png_grid.h"
 #include "core/version.h"
 #include "data/tokens.h"
 #include "experiments/bench.h"
@@ -35,6 +36,20 @@ Result run_mue(const std::string& args) {
   std::string err((std::istreambuf_iterator<char>(in)), {});
   std::remove(errfile.c_str());
   return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, err};
+}
+
+// `mue ARGS` fails (non-zero exit) with one line on stderr that contains `expect`.
+struct BadInput {
+  std::string args, expect;
+};
+void expect_one_line_errors(const std::vector<BadInput>& cases) {
+  for (const auto& c : cases) {
+    INFO("mue " << c.args);
+    Result r = run_mue(c.args);
+    CHECK(r.rc != 0);
+    CHECK(r.err.find(c.expect) != std::string::npos);
+    CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);  // one line
+  }
 }
 
 std::string tiny_args(const TempDir& d, const std::string& tok) {
@@ -113,6 +128,13 @@ TEST_CASE("train with an MoE FFN logs router statistics", "[cli][moe]") {
   double s = 0;
   for (int e = 0; e < 8; ++e) s += load[e];
   CHECK(s == Approx(1.0));
+  const auto max_load = read_doubles(f, "router/max_load"), min_load = read_doubles(f, "router/min_load");
+  REQUIRE(max_load.size() == 4);
+  REQUIRE(min_load.size() == 4);
+  for (int r = 0; r < 4; ++r) {
+    CHECK(max_load[r] == *std::max_element(load.begin() + 8 * r, load.begin() + 8 * r + 8));
+    CHECK(min_load[r] == *std::min_element(load.begin() + 8 * r, load.begin() + 8 * r + 8));
+  }
 }
 
 TEST_CASE("diverging run stops and is marked diverged", "[cli]") {
@@ -143,13 +165,12 @@ TEST_CASE("the mue program: bad input gives one line and a non-zero exit", "[cli
   fs::resize_file(trunc, fs::file_size(tok) / 2);
   std::string cfg_unknown = d / "unknown.json";
   std::ofstream(cfg_unknown) << R"({"model": {"d_modle": 64}})";
+  std::string cfg_null_name = d / "null-name.json";
+  std::ofstream(cfg_null_name) << R"({"name": null})";
   std::string cfg_bad = d / "bad.json";
   std::ofstream(cfg_bad) << R"({"model": {"d_model": 64)";
 
-  struct Case {
-    std::string args, expect;
-  };
-  std::vector<Case> cases = {
+  std::vector<BadInput> cases = {
       {"train " + cfg_unknown, "unknown config key 'model.d_modle'"},
       {"train " + cfg_bad, "malformed JSON"},
       {"train /nonexistent/x.json", "cannot open config file"},
@@ -170,16 +191,75 @@ TEST_CASE("the mue program: bad input gives one line and a non-zero exit", "[cli
       {"bench small-dense --device cpu model.d_modle=64", "unknown config key 'model.d_modle'"},
       {"sweep " + base, "sweep needs --lr"},
       {"train " + base + " --fast", "unknown option '--fast'"},
+      {"train " + base + " train.seed=4294967297", "'train.seed' = 4294967297 is out of range"},
+      {"train " + base + " train.seed=-3", "train.seed and train.data_seed must be >= 0"},
+      {"train " + base + " ffn.type=moe ffn.shape=4294967304e2a", "not of the form NeAa"},
+      {"train " + base + " ffn.type=moe ffn.shape=64e8", "'ffn.shape' has the wrong type (number)"},
+      {"train " + base + " model.norm_eps=-1", "model.norm_eps must be positive"},
+      {"train " + cfg_null_name + " " + base, "config key 'name' must be a string, got null"},
+      {"train " + base + " model=null", "config key 'model' must be an object, got null"},
+      {"train " + base + " hp.lr=1e999", "override 'hp.lr=1e999'"},
+      {"train " + base + " out.checkpoint=yes", "'out.checkpoint' must be true, false or null"},
+      {"train " + base + " task=flow image.eval_t=[]", "image.eval_t must list at least one t"},
+      {"train " + base + " train.batch=500", "fewer than one evaluation batch"},
+      {"sample /nonexistent.h5", "run file '/nonexistent.h5' does not exist"},
+      {"sample /nonexistent.h5 --steps -5", "option --steps must be an integer in [1, "},
+      {"sample /nonexistent.h5 --guidance nan", "option --guidance must be a number"},
+      {"sample /nonexistent.h5 --device bogus", "option --device must be auto, cpu or cuda"},
+      {"sample /nonexistent.h5 --seed 2 --seed 3", "option --seed given twice"},
+      {"tokenize --val-fraction 1", "option --val-fraction must be"},
+      {"coord-check " + base + " --shapes 4e2a,8e2a", "at least two different activated-expert counts"},
   };
-  for (const auto& c : cases) {
-    INFO("mue " << c.args);
-    Result r = run_mue(c.args);
-    CHECK(r.rc != 0);
-    CHECK(r.err.find(c.expect) != std::string::npos);
-    CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);  // one line
-  }
+  expect_one_line_errors(cases);
   CHECK(fs::last_write_time(kept) == before);
   CHECK(read_string_attr(kept, "status").value() == "completed");
+}
+
+// Every command that writes a file replaces only an earlier output of its own kind (a run of the same name that
+// was killed or failed; a coordinate-check file with out.overwrite=true; a PNG, token file, image set or
+// checkpoint): runs, indexes and data sets survive a mistyped name or --out byte for byte.
+TEST_CASE("no command writes over a file that is not its own kind of output", "[cli]") {
+  TempDir d("cli");
+  std::string tok = mue::test::make_toy_tokens(d);
+  std::string base = tiny_args(d, tok);
+  REQUIRE(run_mue("train name=keep " + base).rc == 0);
+  {
+    RunLog div = RunLog::create(d / "div.h5");
+    div.set_attr("status", "diverged");
+    RunLog other = RunLog::create(d / "other.h5");  // an HDF5 file that is no run (an index, an image set ...)
+    other.set_attr("kind", "something else");
+  }
+  std::ofstream(d / "fresh.ckpt") << "precious notes";
+  const std::vector<std::string> files = {d / "keep.h5", d / "div.h5", d / "other.h5", d / "fresh.ckpt", tok};
+  auto bytes = [](const std::string& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), {});
+  };
+  std::vector<std::string> before;
+  for (const auto& f : files) before.push_back(bytes(f));
+
+  const std::string keep = d / "keep.h5";
+  std::vector<BadInput> cases = {
+      {"train name=div " + base, "holds a diverged run"},
+      {"train name=other " + base, "is an HDF5 file but not a mue run file"},
+      {"train name=fresh out.checkpoint=true " + base, "is not a mue checkpoint"},
+      {"coord-check " + base + " --widths 16,32 --out " + keep, "exists; choose another --out"},
+      {"coord-check " + base + " out.overwrite=true --widths 16,32 --out " + keep, "is not a coordinate-check file"},
+      {"prepare-images --source /nonexistent --out " + keep, "exists and is not a mue image set"},
+      {"prepare-images --source /nonexistent --out " + tok, "exists and is not a mue image set"},
+  };
+  expect_one_line_errors(cases);
+  CHECK_THROWS_WITH(write_png_grid(keep, std::vector<float>(4, 0.f), 1, 1, 2, 1, 0), HasText("exists and is not a PNG image"));
+  CHECK_THROWS_WITH(write_token_file(keep, std::vector<uint16_t>(4, 1), std::vector<uint16_t>(4, 1), "{}", 97),
+                    HasText("exists and is not a mue token file"));
+  for (size_t i = 0; i < files.size(); ++i) {
+    INFO(files[i]);
+    CHECK(bytes(files[i]) == before[i]);
+  }
+  CHECK(!fs::exists(d / "fresh.h5"));
+  // Their own kind is replaced: a completed run with out.overwrite=true, a token file by a token file.
+  CHECK(run_mue("train name=keep out.overwrite=true " + base).rc == 0);
+  CHECK_NOTHROW(write_token_file(tok, std::vector<uint16_t>(40, 1), std::vector<uint16_t>(40, 2), "{}", 97));
 }
 
 TEST_CASE("the commit of the build: taken when it was built, printed by mue --version", "[cli]") {
@@ -225,6 +305,12 @@ TEST_CASE("transfer prints the table; --json parses", "[cli]") {
   std::ofstream(tgt) << R"({"model": {"d_model": 256, "n_heads": 4}, "ffn": {"hidden": 1024}})";
   st = std::system((std::string(MUE_BINARY) + " transfer " + ref + " " + tgt + " --rule mup --json > " + out).c_str());
   REQUIRE(WEXITSTATUS(st) == 0);
+  std::string order = out + "_order";  // --rule before the files: its value is not taken for a file
+  st = std::system((std::string(MUE_BINARY) + " transfer --rule mup " + ref + " " + tgt + " --json > " + order).c_str());
+  REQUIRE(WEXITSTATUS(st) == 0);
+  std::ifstream a(out), b(order);
+  CHECK(std::string(std::istreambuf_iterator<char>(a), {}) == std::string(std::istreambuf_iterator<char>(b), {}));
+  std::remove(order.c_str());
   std::ifstream in2(out);
   json k = json::parse(in2);
   for (auto& r : k["rows"])

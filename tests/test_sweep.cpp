@@ -141,6 +141,9 @@ TEST_CASE("sweep: bad specs are one-line errors before anything runs", "[sweep]"
   CHECK(err(R"({"name": "x", "expected_h100_minutes": -1})").find("non-negative number") != std::string::npos);
   CHECK(err(R"({"name": "x", "expected_h100_minutes": "5"})").find("non-negative number") != std::string::npos);
   CHECK(err(R"({"name": "x", "comment": 3})").find("'comment' must be a string") != std::string::npos);
+  CHECK(err(R"({"name": "x", "axes": {"rule": [null]}})").find("sweep point 0") != std::string::npos);
+  // The data file is opened before any point runs.
+  CHECK(err(R"({"name": "x", "overrides": ["data.tokens=/nonexistent.tok"]})").find("sweep point 0 (x-0000): token file /nonexistent.tok: cannot open") != std::string::npos);
   SweepSpec ok = parse_sweep_spec(ojson::parse(R"({"name": "x", "comment": "c", "expected_h100_minutes": 7.5})"), "");
   CHECK(ok.expected_h100_minutes == 7.5);
   CHECK(ok.comment == "c");
@@ -302,7 +305,7 @@ TEST_CASE("sweep: every spec in experiments/sweeps/ loads, expands and validates
     CHECK(!s.comment.empty());
     std::vector<SweepPoint> pts = expand_grid(s);
     CHECK(pts.size() <= 64);
-    CHECK_NOTHROW(validate_points(s, pts));
+    CHECK_NOTHROW(validate_points(s, pts, false));  // the data files need not exist here
     // complete-mue against at least one rival, on every spec.
     auto rule_axis = std::find_if(s.axes.begin(), s.axes.end(), [](auto& a) { return a.first == "rule"; });
     REQUIRE(rule_axis != s.axes.end());
