@@ -53,6 +53,7 @@ TEST_CASE("DiT ops: silu, modulate, gated residual, mse against finite differenc
     cpu::gated_residual_backward(R.data(), y.data(), mod.data(), dy.data(), dmod.data(), B, Tn, D, M, 1);
     CHECK(rel_error(dy, numeric_grad(y, loss)) < 1e-6);
     CHECK(rel_error(dmod, numeric_grad(mod, loss)) < 1e-6);
+    CHECK(rel_error(R, numeric_grad(x, loss)) < 1e-6);  // x passes through: the model adds dout to dx itself
   }
   SECTION("mse") {
     V p = randn(12, 71), t = randn(12, 72), d(12);
@@ -60,6 +61,23 @@ TEST_CASE("DiT ops: silu, modulate, gated residual, mse against finite differenc
     cpu::mse_backward(p.data(), t.data(), d.data(), 12);
     CHECK(rel_error(d, numeric_grad(p, loss)) < 1e-6);
   }
+}
+
+TEST_CASE("fixed embeddings: 2-D sin-cos positions and timestep features, by hand", "[dit]") {
+  // G = 2, D = 8: two frequencies per axis and function, 1 and 10000^(-1/2) = 0.01; row of (gy, gx) = (1, 0).
+  const std::vector<double> e = cpu::sincos_2d(2, 8);
+  REQUIRE(e.size() == 4 * 8);
+  const double want[8] = {std::sin(1.0), std::sin(0.01), std::cos(1.0), std::cos(0.01), 0, 0, 1, 1};
+  for (int i = 0; i < 8; ++i) CHECK(e[2 * 8 + i] == Approx(want[i]).margin(1e-15));
+  for (int i = 0; i < 8; ++i) CHECK(e[i] == (i % 4 < 2 ? 0.0 : 1.0));  // (0, 0): sines 0, cosines 1
+  // t = 0.5, F = 4: angles 1000 * 0.5 * (1, 0.01) = (500, 5); cosines first, then sines.
+  const double t = 0.5;
+  double f[4];
+  cpu::timestep_features(&t, f, 1, 4);
+  CHECK(f[0] == Approx(std::cos(500.0)));
+  CHECK(f[1] == Approx(std::cos(5.0)));
+  CHECK(f[2] == Approx(std::sin(500.0)));
+  CHECK(f[3] == Approx(std::sin(5.0)));
 }
 
 namespace {
@@ -127,6 +145,27 @@ TEST_CASE("adaLN-Zero: at init every block is the identity and the prediction is
   const double loss = m.forward(x.data(), v.data(), tt.data(), y.data());
   for (double p : m.prediction()) CHECK(p == 0.0);
   CHECK(loss == Approx(dot(v, v) / 32).epsilon(1e-12));  // v_hat = 0
+  // The blocks themselves: with a non-zero output layer, a model of 1 block and one of 3 blocks that share every
+  // other weight predict the same (each zero-gated block passes its input through), and not zero.
+  ModelConfig c3 = c;
+  c3.n_layers = 3, c.n_layers = 1;
+  DiT<CpuBackend<double>> one(c, make_param_table("sp", c, c, Hyper{}), be, 2),
+      three(c3, make_param_table("sp", c3, c3, Hyper{}), be, 2);
+  one.init_weights(5), three.init_weights(6);
+  for (auto& p : one.params()) {
+    V w = one.host_values(p);
+    if (p.row.tensor.name == "final.w") {
+      w = randn(w.size(), 85);
+      one.set_values(p, w);
+    }
+    for (auto& q : three.params())
+      if (q.row.tensor.name == p.row.tensor.name) three.set_values(q, w);
+  }
+  one.forward(x.data(), v.data(), tt.data(), y.data());
+  three.forward(x.data(), v.data(), tt.data(), y.data());
+  const std::vector<double> p1 = one.prediction(), p3 = three.prediction();
+  CHECK(dot(p1, p1) > 0);
+  CHECK(rel_error(p3, p1) < 1e-12);
 }
 
 TEST_CASE("DiT device step (scalars on the backend) equals the host step, dense and MoE", "[dit][optim]") {

@@ -23,6 +23,8 @@ TEST_CASE("top-k: per group, ties to the lower index", "[moe]") {
   std::vector<int32_t> one(2);
   cpu::topk_select(t.data(), one.data(), 1, 4, 2, 2);
   CHECK(one == std::vector<int32_t>{0, 3});
+  cpu::topk_select(t.data(), one.data(), 1, 4, 2, 1);  // ungrouped, the same row takes the two largest
+  CHECK(one == std::vector<int32_t>{0, 1});
 }
 
 TEST_CASE("router: gates, and backward through scores (softmax and sigmoid) with aux terms", "[moe]") {
@@ -64,11 +66,15 @@ TEST_CASE("dispatch: permutation and un-permutation are inverse; combine; gate_s
   cpu::permute_rows(x.data(), src.data(), xp.data(), N * a, D);
   cpu::unpermute_add(xp.data(), slot.data(), back.data(), N, a, D);
   for (int i = 0; i < N * D; ++i) CHECK(back[i] == Approx(a * x[i]));  // each token was sent a times
-  // combine: out = sum_k yp[row] (the gates are inside yp), the same as un-permuting onto zeros
-  V yp = randn(N * a * D, 32), out(N * D, 7.0), sum(N * D, 0.0);
+  // combine: out[n] = sum_k yp[slot[n*a+k]] (the gates are inside yp), overwriting out
+  V yp = randn(N * a * D, 32), out(N * D, 7.0);
   cpu::combine_forward(yp.data(), slot.data(), out.data(), N, a, D);
-  cpu::unpermute_add(yp.data(), slot.data(), sum.data(), N, a, D);
-  CHECK(out == sum);
+  for (int n = 0; n < N; ++n)
+    for (int j = 0; j < D; ++j) {
+      double want = 0;
+      for (int k = 0; k < a; ++k) want += yp[size_t(slot[n * a + k]) * D + j];
+      CHECK(out[n * D + j] == Approx(want));
+    }
   // gate_swiglu: hsw[row(i)] = g_i * silu(x) * y; gradients w.r.t. hfc and the gates
   const int h = 5;
   V hfc = randn(N * a * 2 * h, 35), g = randn(N * a, 36), Rh = randn(N * a * h, 37), hsw(N * a * h);
@@ -97,6 +103,23 @@ TEST_CASE("balance loss matches a hand computation", "[moe]") {
   CHECK(cpu::balance_loss(s.data(), idx.data(), 2, 2, 1, 0.01, ds.data(), load) == Approx(0.01));
   CHECK(load[0] == 0.5);
   CHECK(ds[0] == Approx(0.01 * 2 * 0.5 / 2));
+  // N=3, E=3, a=2 with uneven loads: assignments {0,1}, {0,2}, {0,1}: f = (3/6, 2/6, 1/6);
+  // P = ((0.5+0.6+0.45)/3, (0.3+0.1+0.35)/3, (0.2+0.3+0.2)/3) = (1.55/3, 0.25, 0.7/3);
+  // loss = 0.01 * 3 * (0.5*1.55/3 + 0.25/3 + 0.7/18); dscores[n,e] = 0.01 * 3 * f_e / 3 = 0.01 f_e.
+  V s3 = {0.5, 0.3, 0.2, 0.6, 0.1, 0.3, 0.45, 0.35, 0.2};
+  std::vector<int32_t> i3 = {0, 1, 0, 2, 0, 1};
+  double load3[3];
+  V ds3(9);
+  CHECK(cpu::balance_loss(s3.data(), i3.data(), 3, 3, 2, 0.01, ds3.data(), load3) ==
+        Approx(0.03 * (0.5 * 1.55 / 3 + 0.25 / 3 + 0.7 / 18)));
+  CHECK(load3[0] == Approx(0.5));
+  CHECK(load3[1] == Approx(1.0 / 3));
+  CHECK(load3[2] == Approx(1.0 / 6));
+  for (int n = 0; n < 3; ++n) {
+    CHECK(ds3[n * 3 + 0] == Approx(0.005));
+    CHECK(ds3[n * 3 + 1] == Approx(0.01 / 3));
+    CHECK(ds3[n * 3 + 2] == Approx(0.01 / 6));
+  }
   // All tokens on expert 0 with scores (1, 0): f = (1, 0), P = (1, 0): loss = coef * E.
   V s2 = {1, 0, 1, 0};
   std::vector<int32_t> i2 = {0, 0};

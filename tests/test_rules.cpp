@@ -369,3 +369,67 @@ TEST_CASE("mup-moe: muP with the router as a readout layer, worked by hand", "[r
   CHECK(R(s, "layers.0.moe.router").init_std == Approx(0.02));
   CHECK(R(s, "layers.0.moe.experts.proj").lr == Approx(0.04));  // mup: 0.01 * 256/64
 }
+
+// Each named factor on its own, so that a factor changed in one place fails here by name, not only through the
+// tables above.
+TEST_CASE("every rule factor, pinned by hand", "[rules]") {
+  CHECK(fan_in_init_std(0.02, 512, 128) == Approx(0.01));            // 0.02 * sqrt(128/512)
+  CHECK(mup_hidden_lr(0.01, 512, 128) == Approx(0.0025));            // 0.01 * 128/512
+  CHECK(mup_output_multiplier(512, 128) == Approx(0.25));
+  CHECK(mup_attention_scale(64, 16) == Approx(0.0625));              // 1/sqrt(16) * 16/64
+  CHECK(mup_attention_scale(16, 16) == Approx(0.25));                // = SP at the reference head dim
+  CHECK(sp_attention_scale(64) == Approx(0.125));
+  CHECK(completep_branch_multiplier(8, 2) == Approx(0.25));
+  CHECK(completep_block_eps(1e-8, 512, 128, 8, 2) == Approx(6.25e-10));  // 1e-8 * (1/4) * (1/4)
+  CHECK(completep_outer_eps(1e-8, 512, 128) == Approx(2.5e-9));
+  CHECK(timescale_preserving_wd(0.1, 0.01, 0.0025) == Approx(0.4));  // lr * wd stays 1e-3
+  ModelConfig m = moe(64, 2, 2, 64, 8, 32, 1, 16);
+  CHECK(mue_active_width(m) == 8 * 32 + 16);
+  CHECK(mue_total_width(m) == 64 * 32 + 16);
+  CHECK(mue_active_width(dense(64, 2, 2, 300)) == 300);
+  CHECK(mue_total_width(dense(64, 2, 2, 300)) == 300);
+  CHECK(mue_down_multiplier(128, 256) == Approx(0.5));
+  CHECK(mue_down_init_std(0.02, 128, 512) == Approx(0.04));          // sqrt(512/128) * 0.02
+  CHECK(mue_route_scale(8) == 8);
+  CHECK(sqrt_batch_lr(0.01, 4096, 1024) == Approx(0.02));
+  CHECK(sqrt_batch_lr(0.01, 0, 1024) == 0.01);                        // unset size: factor 1
+  CHECK(duration_wd(0.1, 0.01, 0.02, 2000, 1000) == Approx(0.025));  // 0.1 * (0.01/0.02) * (1000/2000)
+  CHECK(duration_wd(0.1, 0.01, 0.02, 0, 1000) == Approx(0.05));
+  CHECK(jiang_down_init_std(0.02, 512, 128, 64, 256) == Approx(0.16));  // 0.02 * sqrt(4) * 256/64
+  CHECK(jiang_down_lr(0.01, 64, 256) == Approx(0.04));
+  CHECK(jiang_router_init_std(0.02, 512, 128) == Approx(0.005));
+  CHECK(mup_readout_init_std(0.02, 512, 128) == Approx(0.005));
+}
+
+// The DiT's own rows under mup at twice the reference width: the patch and class embeddings and the timestep
+// MLP's first layer (fixed fan-in: time_freq) keep their LR; the adaLN and hidden matrices are muP hidden
+// matrices; the output layer is the head (multiplier d_ref/d), zero-initialised for adaLN-Zero.
+TEST_CASE("DiT table under mup at twice the width, worked by hand", "[rules][dit]") {
+  ModelConfig ref;
+  ref.task = "flow", ref.d_model = 64, ref.n_layers = 1, ref.n_heads = 2, ref.ffn_hidden = 128, ref.seq_len = 196;
+  ref.vocab = ref.vocab_pad = 1;
+  ModelConfig tgt = ref;
+  tgt.d_model = 128, tgt.n_heads = 4, tgt.ffn_hidden = 256;
+  const Hyper hp = tuned();
+  const ParamTable t = make_param_table("mup", tgt, ref, hp);
+  for (const char* emb : {"patch.w", "class.emb"}) {
+    INFO(emb);
+    CHECK(R(t, emb).lr == Approx(0.01));
+    CHECK(R(t, emb).init_std == Approx(0.5));  // emb_init_std
+  }
+  CHECK(R(t, "time.fc1").lr == Approx(0.01));
+  CHECK(R(t, "time.fc1").init_std == Approx(0.02));
+  for (const char* hidden : {"time.fc2", "layers.0.ada.w", "layers.0.attn.qkv", "layers.0.ffn.fc", "final.ada"}) {
+    INFO(hidden);
+    CHECK(R(t, hidden).lr == Approx(0.005));
+    CHECK(R(t, hidden).multiplier == 1);
+  }
+  CHECK(R(t, "layers.0.attn.qkv").init_std == Approx(0.02 / std::sqrt(2.0)));
+  CHECK(R(t, "layers.0.ffn.proj").lr == Approx(0.005));  // fan-in 256 against the reference's 128
+  CHECK(R(t, "layers.0.ada.w").init == "zeros");
+  CHECK(R(t, "final.ada").init == "zeros");
+  CHECK(R(t, "final.w").init == "zeros");
+  CHECK(R(t, "final.w").multiplier == Approx(0.5));
+  CHECK(R(t, "final.w").lr == Approx(0.01));
+  CHECK(t.attn_scale == Approx(1 / std::sqrt(32.0) * 32 / 32));  // head dim 32 at both widths
+}
