@@ -331,7 +331,7 @@ void write_sweep_index(const SweepSpec& s, const std::vector<SweepPoint>& pts) {
 
 SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
   std::vector<SweepPoint> pts = expand_grid(s);
-  validate_points(s, pts);
+  validate_points(s, pts, !o.dry_run);  // a dry run plans without the data
   auto [rank, size] = rank_from_env();
   const int parallel = o.parallel > 0 ? o.parallel : s.parallel;
   auto run_file = [&](const SweepPoint& p) { return (fs::path(s.out_dir) / (p.name + ".h5")).string(); };

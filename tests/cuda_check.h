@@ -59,6 +59,15 @@ V part(const V& v, size_t stride, size_t off, size_t len) {
   return out;
 }
 
+// The rows of tokens t >= t0 of every sequence of v ([B, T, row] flattened): a part small enough (a ragged last
+// tile, say) that an error confined to it would hide in the norm of the whole tensor.
+V token_rows_from(const V& v, int B, int T, size_t row, int t0) {
+  V out;
+  for (int b = 0; b < B; ++b)
+    out.insert(out.end(), v.begin() + (size_t(b) * T + t0) * row, v.begin() + (size_t(b) + 1) * T * row);
+  return out;
+}
+
 // ---- device buffers ----
 struct Dev {
   void* p = nullptr;

@@ -92,6 +92,9 @@ TEST_CASE("CUDA MoE dispatch and combine match the CPU with uneven loads", "[cud
     V ref = dx0;
     cpu::unpermute_add(dxp.data(), slot.data(), ref.data(), N, a, D);
     CHECK(rel_error(get(dDX, N * D), ref) < 1e-2);
+    V got_inc = get(dDX, N * D), ref_inc = ref;  // the increments alone, without the starting values
+    for (size_t i = 0; i < got_inc.size(); ++i) got_inc[i] -= dx0[i], ref_inc[i] -= dx0[i];
+    CHECK(rel_error(got_inc, ref_inc) < 1e-2);
   }
   SECTION("combine (a plain sum of the rows)") {
     poison(dOut);
@@ -353,6 +356,17 @@ TEST_CASE("CUDA router: top-a, gates, dispatch plan, statistics and backward mat
     const V gdl = get(gDL, size_t(N) * E);
     CHECK(all_finite(gdl));
     CHECK(rel_error(gdl, dlogits) < 1e-2);
+    // The balance and z losses' gradient alone (dgates = 0): a few per mille of the total above, too little for
+    // that comparison to see it.
+    const V no_dgates(R, 0.0);
+    V aux(size_t(N) * E);
+    route_backward(cb, d, no_dgates.data(), logits.data(), scores.data(), idx.data(), plan.data(), aux.data());
+    put(gDG, no_dgates), poison(gDL);
+    route_backward(gb, d, gDG.h(), gL.h(), static_cast<float*>(gS.p), gI.i(), gPlan.i(), gDL.h());
+    gb.synchronize();
+    const V gaux = get(gDL, size_t(N) * E);
+    CHECK(all_finite(gaux));
+    CHECK(rel_error(gaux, aux) < 1e-2);
   }
 }
 
@@ -360,8 +374,14 @@ TEST_CASE("CUDA MoE LM: one training step matches the CPU reference", "[cuda][mo
   ModelConfig c;
   c.vocab = 200, c.vocab_pad = 256, c.d_model = 64, c.n_layers = 2, c.n_heads = 4, c.seq_len = 16;
   c.ffn.type = "moe", c.ffn.experts = 8, c.ffn.active = 2, c.ffn.expert_hidden = 32, c.ffn.shared = 1,
-  c.ffn.shared_hidden = 32;
-  ParamTable t = make_param_table("mup", c, c, Hyper{});
+  c.ffn.shared_hidden = 32, c.ffn.z_coef = 1e-3;
+  // complete-mue against a reference of half the depth: branch multiplier 1/2, down-projections c = d/H_a = 2/3,
+  // route scale r = a = 2, so every forward multiplier is in the step (mup's table has them all 1 here).
+  ModelConfig ref = c;
+  ref.n_layers = 1;
+  ParamTable t = make_param_table("complete-mue", c, ref, Hyper{});
+  REQUIRE(t.forward_alpha("layers.0.moe.experts.proj") == Approx(0.5 * 64 / (2 * 32 + 32)));
+  REQUIRE(t.route_scale == 2);
   CpuBackend<double> cb;
   const int B = 2, N = B * c.seq_len;
   LM<CpuBackend<double>> cm(c, t, cb, B, make_ffn<CpuBackend<double>>);

@@ -38,12 +38,14 @@ TEST_CASE("CUDA LM: one training step matches the CPU reference (sp, mup, QK-nor
     WARN("no GPU: skipped");
     return;
   }
-  for (auto [rule, qk_norm] : {std::pair{"sp", false}, std::pair{"mup", false}, std::pair{"mup", true}}) {
+  // complete-mue: a reference of half the depth gives branch multiplier 1/2 and the FFN's c = d/H on top.
+  for (auto [rule, qk_norm] : {std::pair{"sp", false}, std::pair{"mup", false}, std::pair{"mup", true},
+                               std::pair{"complete-mue", false}}) {
     INFO("rule " << rule << ", qk_norm " << qk_norm);
     ModelConfig c = small_config();
     c.qk_norm = qk_norm;
     ModelConfig ref = c;
-    ref.d_model = 32, ref.ffn_hidden = 64;
+    ref.d_model = 32, ref.ffn_hidden = 64, ref.n_layers = c.n_layers / 2;
     Hyper hp;
     hp.lr = 1e-3;
     ParamTable table = make_param_table(rule, c, ref, hp);
@@ -194,6 +196,19 @@ TEST_CASE("CUDA DiT: one training step matches the CPU reference (dense, MoE, QK
 #ifdef MUE_HAVE_CUDA
 #include "experiments/device_step.h"
 
+namespace {
+// After the same steps, op by op and by graph replays: every tensor's weights and last gradients agree (the same
+// kernels; only the fp32 atomics of a few weight gradients may add in another order).
+template <class Model>
+void expect_same_weights(Model& a, Model& b) {
+  for (size_t i = 0; i < a.params().size(); ++i) {
+    INFO("tensor " << a.params()[i].row.tensor.name);
+    CHECK(rel_error(b.host_values(b.params()[i]), a.host_values(a.params()[i])) < 1e-3);
+    CHECK(rel_error(b.host_grads(b.params()[i]), a.host_grads(a.params()[i])) < 1e-2);
+  }
+}
+}  // namespace
+
 TEST_CASE("CUDA graph step: replays track op-by-op steps (dense, MoE); a step that syncs is not captured",
           "[cuda][lm]") {
   if (!cuda::gpu_available()) {
@@ -233,6 +248,7 @@ TEST_CASE("CUDA graph step: replays track op-by-op steps (dense, MoE); a step th
     }
     CHECK(graph.graph() == (variant != 2));
     CHECK(graph.capture_failed() == (variant == 2));
+    expect_same_weights(a, b);
   }
 }
 
@@ -264,6 +280,7 @@ TEST_CASE("CUDA graph step: DiT replays track op-by-op steps (dense, MoE)", "[cu
       CHECK(std::abs(ob.loss - oa.loss) <= 1e-3 * oa.loss);
     }
     CHECK(graph.graph());
+    expect_same_weights(a, b);
   }
 }
 #endif
