@@ -22,7 +22,6 @@
 // Backward, one launch: router_backward_kernel, one warp per token: gate gradients -> score gradients (+ the
 // balance term coef*E*f_e/N) -> logits gradients through softmax or sigmoid (+ the z-loss term).
 //      traffic: read N*E (scores fp32, logits bf16 when z_coef > 0) + N*a, write N*E bf16
-#include <climits>
 
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>

@@ -357,7 +357,8 @@ TEST_CASE("CUDA router: top-a, gates, dispatch plan, statistics and backward mat
     CHECK(all_finite(gdl));
     CHECK(rel_error(gdl, dlogits) < 1e-2);
     // The balance and z losses' gradient alone (dgates = 0): a few per mille of the total above, too little for
-    // that comparison to see it.
+    // that comparison to see it. (With a = E every expert has the same load, the balance loss is the constant
+    // coef and its gradient 0: there both sides are rounding noise, bounded against the whole gradient.)
     const V no_dgates(R, 0.0);
     V aux(size_t(N) * E);
     route_backward(cb, d, no_dgates.data(), logits.data(), scores.data(), idx.data(), plan.data(), aux.data());
@@ -366,7 +367,11 @@ TEST_CASE("CUDA router: top-a, gates, dispatch plan, statistics and backward mat
     gb.synchronize();
     const V gaux = get(gDL, size_t(N) * E);
     CHECK(all_finite(gaux));
-    CHECK(rel_error(gaux, aux) < 1e-2);
+    V diff = gaux;
+    for (size_t i = 0; i < diff.size(); ++i) diff[i] -= aux[i];
+    const double err = std::sqrt(dot(diff, diff)), aux_norm = std::sqrt(dot(aux, aux));
+    INFO("||aux gradient|| " << aux_norm << ", ||error|| " << err << ", ||whole gradient|| " << std::sqrt(dot(dlogits, dlogits)));
+    CHECK(err <= 1e-2 * aux_norm + 1e-6 * std::sqrt(dot(dlogits, dlogits)));
   }
 }
 

@@ -65,8 +65,8 @@ TEST_CASE("CUDA LM: one training step matches the CPU reference (sp, mup, QK-nor
       INFO("grad of " << cm.P(i).row.tensor.name);
       CHECK(rel_error(gm.host_grads(gm.P(i)), cm.host_grads(cm.P(i))) < 3e-2);
     }
-    std::vector<std::vector<double>> before;
-    for (auto& p : cm.params()) before.push_back(cm.host_values(p));
+    std::vector<std::vector<double>> before, grads;
+    for (auto& p : cm.params()) before.push_back(cm.host_values(p)), grads.push_back(cm.host_grads(p));
     AdamWConfig opt;
     adamw_update(cm, opt, 1, 1.0);
     adamw_update(gm, opt, 1, 1.0);
@@ -74,8 +74,17 @@ TEST_CASE("CUDA LM: one training step matches the CPU reference (sp, mup, QK-nor
       INFO("update of " << cm.P(i).row.tensor.name);
       auto a = cm.host_values(cm.P(i)), g = gm.host_values(gm.P(i));
       for (size_t k = 0; k < a.size(); ++k) a[k] -= before[i][k], g[k] -= before[i][k];
-      // Adam's first step is lr * sign(g): entries whose gradient is ~0 may flip sign under bf16 rounding.
-      CHECK(rel_error(g, a) < 0.15);
+      // Adam's first step is lr * sign(grad): entries whose gradient is ~0 may flip sign under bf16 rounding (one
+      // flip among a norm's 64 entries is a relative error of 1/4), so the whole tensor is held to 15% under sp
+      // and mup, where no small tensor has such an entry, and under every rule the entries whose gradient is
+      // clear of the noise (over 0.2 of its RMS; the gradients agree to 3% above) must take the same step.
+      if (std::string(rule) != "complete-mue") CHECK(rel_error(g, a) < 0.15);
+      const double rms = std::sqrt(dot(grads[i], grads[i]) / double(grads[i].size()));
+      std::vector<double> a_clear, g_clear;
+      for (size_t k = 0; k < a.size(); ++k)
+        if (std::abs(grads[i][k]) > 0.2 * rms) a_clear.push_back(a[k]), g_clear.push_back(g[k]);
+      CHECK(a_clear.size() > a.size() / 4);
+      CHECK(rel_error(g_clear, a_clear) < 1e-3);
     }
   }
 }
