@@ -142,9 +142,12 @@ void write_coord_file(const std::string& path, const std::vector<CoordPoint>& po
   json labels = json::array();
   for (const auto& p : points) labels.push_back(p.label);
   log.set_attr("points", labels.dump());
-  for (const auto& p : points) log.append("coord/points", {{"x", p.x}, {"d_model", double(p.model.d_model)},
-                                                           {"experts", double(p.model.ffn.experts)},
-                                                           {"active", double(p.model.ffn.active)}});
+  for (const auto& p : points) {  // experts and active are 0 for a dense FFN
+    const bool moe = p.model.ffn.moe();
+    log.append("coord/points", {{"x", p.x}, {"d_model", double(p.model.d_model)},
+                                {"experts", moe ? double(p.model.ffn.experts) : 0.0},
+                                {"active", moe ? double(p.model.ffn.active) : 0.0}});
+  }
   for (const auto& r : rows)
     log.append("coord/" + r.quantity, {{"point", r.point}, {"x", points[r.point].x}, {"step", r.step},
                                        {"layer", r.layer}, {"rms", r.rms}, {"delta_rms", r.delta_rms}});
