@@ -129,6 +129,14 @@ double coord_slope(const std::vector<CoordPoint>& points, const std::vector<Coor
   return loglog_slope(xs, ys);
 }
 
+bool is_coord_file(const std::string& path) {
+  try {
+    return is_hdf5(path) && !list_datasets(path, "coord/points").empty();
+  } catch (const Error&) {
+    return false;
+  }
+}
+
 void write_coord_file(const std::string& path, const std::vector<CoordPoint>& points, const std::vector<CoordRow>& rows,
                       const std::string& rule, const json& config) {
   RunLog log = RunLog::create(path);

@@ -37,6 +37,8 @@ double loglog_slope(const std::vector<double>& x, const std::vector<double>& y);
 double coord_slope(const std::vector<CoordPoint>& points, const std::vector<CoordRow>& rows,
                    const std::string& quantity, int step, bool delta);
 
+// Whether `path` is a coordinate-check file (it has /coord/points), which no other command may replace.
+bool is_coord_file(const std::string& path);
 void write_coord_file(const std::string& path, const std::vector<CoordPoint>& points, const std::vector<CoordRow>& rows,
                       const std::string& rule, const json& config);
 

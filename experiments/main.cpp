@@ -283,13 +283,7 @@ int cmd_coord_check(int argc, char** argv) {
   std::error_code ec;
   MUE_CHECK(!std::filesystem::exists(out, ec) || c.overwrite, "'", out,
             "' exists; choose another --out or pass out.overwrite=true");
-  check_replaceable(out, "a coordinate-check file", [](const std::string& p) {
-    try {
-      return is_hdf5(p) && !list_datasets(p, "coord/points").empty();
-    } catch (const Error&) {
-      return false;
-    }
-  });
+  check_replaceable(out, "a coordinate-check file", is_coord_file);
   auto rows = coord_check(pts, c.rule, c.reference, c.hp, c.adamw, steps, c.train.batch, c.train.seed);
   write_coord_file(out, pts, rows, c.rule, c.raw);
   std::printf("coordinate check, rule %s, %zu points, %d steps -> %s\n", c.rule.c_str(), pts.size(), steps, out.c_str());

@@ -15,6 +15,7 @@
 #include "data/images.h"
 #include "data/tokens.h"
 #include "experiments/checkpoint.h"
+#include "experiments/coord_check.h"
 #include "experiments/device_step.h"
 #include "experiments/flow.h"
 #include "moe/moe_layer.h"
@@ -291,6 +292,7 @@ RunResult train_run(const RunConfig& c, bool verbose) {
     MUE_CHECK(unreadable.empty() || c.overwrite, "'", path, "' cannot be read (a run killed while writing it?): ",
               "pass out.overwrite=true to replace it (", unreadable, ")");
     MUE_CHECK(!unreadable.empty() || status, "'", path, "' is an HDF5 file but not a mue run file; not overwriting it");
+    MUE_CHECK(!is_coord_file(path), "'", path, "' is a coordinate-check file, not a run; not overwriting it");
     // A killed (running) or failed run is started again; a finished one is a result.
     MUE_CHECK(!status || *status == "running" || *status == "failed" || c.overwrite, "'", path, "' holds a ", *status,
               " run; choose another name or pass out.overwrite=true");

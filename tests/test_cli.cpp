@@ -230,7 +230,9 @@ TEST_CASE("no command writes over a file that is not its own kind of output", "[
     other.set_attr("kind", "something else");
   }
   std::ofstream(d / "fresh.ckpt") << "precious notes";
-  const std::vector<std::string> files = {d / "keep.h5", d / "div.h5", d / "other.h5", d / "fresh.ckpt", tok};
+  REQUIRE(run_mue("coord-check " + base + " --widths 16,32 --steps 1 --out " + (d / "coord.h5")).rc == 0);
+  const std::vector<std::string> files = {d / "keep.h5", d / "div.h5", d / "other.h5", d / "fresh.ckpt", tok,
+                                          d / "coord.h5"};
   auto bytes = [](const std::string& p) {
     std::ifstream in(p, std::ios::binary);
     return std::string((std::istreambuf_iterator<char>(in)), {});
@@ -247,6 +249,7 @@ TEST_CASE("no command writes over a file that is not its own kind of output", "[
       {"coord-check " + base + " out.overwrite=true --widths 16,32 --out " + keep, "is not a coordinate-check file"},
       {"prepare-images --source /nonexistent --out " + keep, "exists and is not a mue image set"},
       {"prepare-images --source /nonexistent --out " + tok, "exists and is not a mue image set"},
+      {"train name=coord out.overwrite=true " + base, "is a coordinate-check file, not a run"},  // even so
   };
   expect_one_line_errors(cases);
   CHECK_THROWS_WITH(write_png_grid(keep, std::vector<float>(4, 0.f), 1, 1, 2, 1, 0), HasText("exists and is not a PNG image"));
