@@ -1,7 +1,10 @@
 // MoE data movement on the GPU: permute tokens into expert-contiguous rows, gather them back, and combine the
 // expert outputs (already gate-weighted: moe/gate_swiglu.cu). All are pure bandwidth: each reads and writes R*D
 // (or N*a*D) bf16 once.
-// One thread block per output row; threads stride over D (16-byte vectors of 8 when D % 8 == 0), fp32 math.
+// One thread block per output row (kGatherRows rows for the gather, MUE_GATHER_ROWS); threads stride over D
+// (16-byte vectors of 8 when D % 8 == 0), fp32 math.
+#include <cstdlib>
+
 #include "core/cuda_util.cuh"
 #include "moe/moe_cuda.h"
 
@@ -15,15 +18,24 @@ using detail::check_launch;
 using detail::load_w;
 using detail::store_w;
 
-// xp[r, :] = x[src[r], :]   traffic: read R*D, write R*D
-template <int W>
-__global__ void permute_rows_kernel(const bf* x, const int32_t* src, bf* xp, int D) {
-  const int r = blockIdx.x;
-  const bf* in = x + size_t(src[r]) * D;
-  bf* out = xp + size_t(r) * D;
+// xp[r, :] = x[src[r], :]   traffic: read R*D (x itself, N*D, mostly from L2), write R*D
+// kGatherRows rows per block: each thread issues its loads of all of them before it stores any, so it has that
+// many loads in flight instead of one (a row of gpt2s is 96 threads of 16 bytes: too few bytes in flight per SM
+// with one row per block to cover the memory latency). kGatherRows = gather_rows(): MUE_GATHER_ROWS (1, 2, 4, 8),
+// default 1 (the kernel as measured so far) until the others have been timed on the GPU.
+template <int W, int kGatherRows>
+__global__ void permute_rows_kernel(const bf* x, const int32_t* src, bf* xp, int rows, int D) {
+  const int r0 = blockIdx.x * kGatherRows, nr = min(kGatherRows, rows - r0);
+  const bf* in[kGatherRows];
+  #pragma unroll
+  for (int k = 0; k < kGatherRows; ++k) in[k] = x + size_t(src[r0 + min(k, nr - 1)]) * D;  // past the end: again
   for (int i = threadIdx.x * W; i < D; i += blockDim.x * W) {
-    float v[W];
-    load_w<W>(in + i, v), store_w<W>(out + i, v);
+    float v[kGatherRows][W];
+    #pragma unroll
+    for (int k = 0; k < kGatherRows; ++k) load_w<W>(in[k] + i, v[k]);
+    #pragma unroll
+    for (int k = 0; k < kGatherRows; ++k)
+      if (k < nr) store_w<W>(xp + size_t(r0 + k) * D + i, v[k]);
   }
 }
 
@@ -53,12 +65,27 @@ void launch_rows(Context& ctx, K8 k8, K1 k1, int blocks, int D, bool aligned, co
   else k1<<<blocks, threads, 0, ctx.stream>>>(args...);
   check_launch(name);
 }
+
+int gather_rows() {  // read at every launch (a captured graph keeps what it saw), so a test can vary it
+  const char* v = std::getenv("MUE_GATHER_ROWS");
+  const int k = v ? std::atoi(v) : 1;
+  return k == 2 || k == 4 || k == 8 ? k : 1;
+}
+template <int kRows>
+void permute_rows_by(Context& ctx, const bf16* x, const int32_t* src_token, bf16* xp, int rows, int D) {
+  launch_rows(ctx, permute_rows_kernel<8, kRows>, permute_rows_kernel<1, kRows>, (rows + kRows - 1) / kRows, D,
+              aligned16(x, xp), "permute_rows", B(x), src_token, B(xp), rows, D);
+}
 }  // namespace
 
 void permute_rows(Context& ctx, const bf16* x, const int32_t* src_token, bf16* xp, int rows, int D) {
   if (rows == 0) return;
-  launch_rows(ctx, permute_rows_kernel<8>, permute_rows_kernel<1>, rows, D, aligned16(x, xp), "permute_rows", B(x),
-              src_token, B(xp), D);
+  switch (gather_rows()) {
+    case 2: return permute_rows_by<2>(ctx, x, src_token, xp, rows, D);
+    case 4: return permute_rows_by<4>(ctx, x, src_token, xp, rows, D);
+    case 8: return permute_rows_by<8>(ctx, x, src_token, xp, rows, D);
+    default: return permute_rows_by<1>(ctx, x, src_token, xp, rows, D);
+  }
 }
 void unpermute_add(Context& ctx, const bf16* dxp, const int32_t* slot_row, bf16* dx, int N, int a, int D) {
   if (N == 0) return;

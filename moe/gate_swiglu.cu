@@ -1,10 +1,14 @@
-// The experts' SwiGLU with the router's gate folded in (see cpu::gate_swiglu_forward): one warp per assignment
-// i = (n, k), its row r = slot_row[i] of the expert rows, lanes over 16-byte vectors of 8 (h % 8 == 0 and
-// aligned), else over scalars; fp32 math.
+// The experts' SwiGLU with the router's gate folded in (see cpu::gate_swiglu_forward): 4 to 32 lanes per
+// assignment i = (n, k) (MUE_GATE_LANES, default 32), its row r = slot_row[i] of the expert rows, lanes over
+// 16-byte vectors of 8 (h % 8 == 0 and aligned), else over scalars; fp32 math.
 //   forward  hsw[r] = g_i * silu(x) * y, hfc[r] = (x | y)             traffic: read 2*R*h, write R*h bf16
 //   backward dhfc[r] from dhsw[r]; dgates[i] = dhsw[r] . silu(x) * y  traffic: read 3*R*h, write 2*R*h bf16
 // With the gate here the combine is a plain sum and its backward a plain gather, instead of a pass that reads
 // the expert outputs again for the gates' gradient (gpt2s-moe: 427 MB a layer, 1.9 ms per step on the H100).
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
+
 #include "core/cuda_util.cuh"
 #include "moe/moe_cuda.h"
 
@@ -13,17 +17,20 @@ namespace mue::cuda {
 namespace {
 using namespace detail;
 
-constexpr int kWarps = 8;  // assignments per block
+constexpr int kWarps = 8;  // warps per block
 
-template <int W>
+// kLanes lanes per assignment (32 / kLanes assignments per warp), so that a row of fewer than 32 vectors (h = 128:
+// 16) does not leave lanes idle; lanes_for(h / W) picks it.
+template <int W, int kLanes>
 __global__ void gate_swiglu_forward_kernel(const bf* hfc, const bf* gates, const int32_t* slot_row, bf* hsw, int R,
                                            int h) {
-  const int i = blockIdx.x * kWarps + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+  const int lane = threadIdx.x & 31, sub = lane % kLanes;
+  const int i = (blockIdx.x * kWarps + (threadIdx.x >> 5)) * (32 / kLanes) + lane / kLanes;
   if (i >= R) return;
   const size_t r = size_t(slot_row[i]);
   const float g = __bfloat162float(gates[i]);
   const bf* in = hfc + r * 2 * h;
-  for (int j = lane * W; j < h; j += 32 * W) {
+  for (int j = sub * W; j < h; j += kLanes * W) {
     float x[W], y[W];
     load_w<W>(in + j, x), load_w<W>(in + h + j, y);
     #pragma unroll
@@ -32,16 +39,17 @@ __global__ void gate_swiglu_forward_kernel(const bf* hfc, const bf* gates, const
   }
 }
 
-template <int W>
+template <int W, int kLanes>
 __global__ void gate_swiglu_backward_kernel(const bf* dhsw, const bf* hfc, const bf* gates, const int32_t* slot_row,
                                             bf* dhfc, bf* dgates, int R, int h) {
-  const int i = blockIdx.x * kWarps + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-  if (i >= R) return;
+  const int lane = threadIdx.x & 31, sub = lane % kLanes;
+  const int i = (blockIdx.x * kWarps + (threadIdx.x >> 5)) * (32 / kLanes) + lane / kLanes;
+  if (i >= R) return;  // whole groups leave together: the shuffles below involve only this assignment's lanes
   const size_t r = size_t(slot_row[i]);
   const float g = __bfloat162float(gates[i]);
   const bf* in = hfc + r * 2 * h;
   float dot = 0.f;
-  for (int j = lane * W; j < h; j += 32 * W) {
+  for (int j = sub * W; j < h; j += kLanes * W) {
     float x[W], y[W], d[W];
     load_w<W>(in + j, x), load_w<W>(in + h + j, y), load_w<W>(dhsw + r * h + j, d);
     #pragma unroll
@@ -53,23 +61,55 @@ __global__ void gate_swiglu_backward_kernel(const bf* dhsw, const bf* hfc, const
     }
     store_w<W>(dhfc + r * 2 * h + j, x), store_w<W>(dhfc + r * 2 * h + h + j, y);
   }
-  dot = warp_reduce(dot, SumOp{});
-  if (lane == 0) dgates[i] = __float2bfloat16(dot);
+  const unsigned group = kLanes == 32 ? 0xffffffffu : ((1u << kLanes) - 1) << (lane / kLanes * kLanes);
+  #pragma unroll
+  for (int o = kLanes / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(group, dot, o);
+  if (sub == 0) dgates[i] = __float2bfloat16(dot);
 }
 
-unsigned assignment_blocks(int R) { return unsigned((R + kWarps - 1) / kWarps); }
+// Lanes per assignment: MUE_GATE_LANES = 4, 8, 16 or 32, or "fit" for the smallest power of two from 4 to 32
+// that covers the row's `vectors` (h = 128: 16); default 32, a warp per assignment (the kernel as measured so far),
+// until the others have been timed on the GPU. The kernels loop over any row.
+int lanes_for(int vectors) {
+  const char* v = std::getenv("MUE_GATE_LANES");
+  if (!v || std::strcmp(v, "fit") != 0) {
+    const int k = v ? std::atoi(v) : 32;
+    return k == 4 || k == 8 || k == 16 ? k : 32;
+  }
+  int lanes = 4;
+  while (lanes < 32 && lanes < vectors) lanes *= 2;
+  return lanes;
+}
+// Calls f(std::integral_constant<int, lanes>) for the compile-time lanes.
+template <class F>
+void with_lanes(int lanes, F f) {
+  switch (lanes) {
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 8: return f(std::integral_constant<int, 8>{});
+    case 16: return f(std::integral_constant<int, 16>{});
+    default: return f(std::integral_constant<int, 32>{});
+  }
+}
+unsigned assignment_blocks(int R, int lanes) {
+  const int per_block = kWarps * (32 / lanes);
+  return unsigned((R + per_block - 1) / per_block);
+}
 }  // namespace
 
 void gate_swiglu_forward(Context& ctx, const bf16* hfc, const bf16* gates, const int32_t* slot_row, bf16* hsw, int N,
                          int a, int h) {
   const int R = N * a;
   if (R == 0 || h <= 0) return;
-  if (h % 8 == 0 && aligned16(hfc, hsw))
-    gate_swiglu_forward_kernel<8><<<assignment_blocks(R), kWarps * 32, 0, ctx.stream>>>(B(hfc), B(gates), slot_row,
-                                                                                       B(hsw), R, h);
-  else
-    gate_swiglu_forward_kernel<1><<<assignment_blocks(R), kWarps * 32, 0, ctx.stream>>>(B(hfc), B(gates), slot_row,
-                                                                                       B(hsw), R, h);
+  const bool vec = h % 8 == 0 && aligned16(hfc, hsw);
+  const int lanes = lanes_for(vec ? h / 8 : h);
+  with_lanes(lanes, [&](auto L) {
+    if (vec)
+      gate_swiglu_forward_kernel<8, L()><<<assignment_blocks(R, L()), kWarps * 32, 0, ctx.stream>>>(
+          B(hfc), B(gates), slot_row, B(hsw), R, h);
+    else
+      gate_swiglu_forward_kernel<1, L()><<<assignment_blocks(R, L()), kWarps * 32, 0, ctx.stream>>>(
+          B(hfc), B(gates), slot_row, B(hsw), R, h);
+  });
   check_launch("gate_swiglu_forward_kernel");
 }
 
@@ -77,12 +117,16 @@ void gate_swiglu_backward(Context& ctx, const bf16* dhsw, const bf16* hfc, const
                           bf16* dhfc, bf16* dgates, int N, int a, int h) {
   const int R = N * a;
   if (R == 0 || h <= 0) return;
-  if (h % 8 == 0 && aligned16(dhsw, hfc, dhfc))
-    gate_swiglu_backward_kernel<8><<<assignment_blocks(R), kWarps * 32, 0, ctx.stream>>>(
-        B(dhsw), B(hfc), B(gates), slot_row, B(dhfc), B(dgates), R, h);
-  else
-    gate_swiglu_backward_kernel<1><<<assignment_blocks(R), kWarps * 32, 0, ctx.stream>>>(
-        B(dhsw), B(hfc), B(gates), slot_row, B(dhfc), B(dgates), R, h);
+  const bool vec = h % 8 == 0 && aligned16(dhsw, hfc, dhfc);
+  const int lanes = lanes_for(vec ? h / 8 : h);
+  with_lanes(lanes, [&](auto L) {
+    if (vec)
+      gate_swiglu_backward_kernel<8, L()><<<assignment_blocks(R, L()), kWarps * 32, 0, ctx.stream>>>(
+          B(dhsw), B(hfc), B(gates), slot_row, B(dhfc), B(dgates), R, h);
+    else
+      gate_swiglu_backward_kernel<1, L()><<<assignment_blocks(R, L()), kWarps * 32, 0, ctx.stream>>>(
+          B(dhsw), B(hfc), B(gates), slot_row, B(dhfc), B(dgates), R, h);
+  });
   check_launch("gate_swiglu_backward_kernel");
 }
 

@@ -54,7 +54,9 @@ TEST_CASE("CUDA MoE dispatch and combine match the CPU with uneven loads", "[cud
     return;
   }
   cuda::Context ctx;
-  const int D = GENERATE(72, 37, 4096);  // 16-byte vector and scalar kernels; 4096: threads loop over a row
+  // 16-byte vector and scalar kernels; 4096: threads loop over a row; 128 and 32: the gate's SwiGLU (h = D) fits
+  // 16 and 4 lanes per row ("fit").
+  const int D = GENERATE(72, 37, 4096, 128, 32);
   INFO("D = " << D);
   const int N = 97, E = 8, a = 2, R = N * a;
   // Expert 0 takes most assignments, experts 5..7 none.
@@ -79,13 +81,20 @@ TEST_CASE("CUDA MoE dispatch and combine match the CPU with uneven loads", "[cud
   put(dX, x), put(dYP, yp), put(dG, g), put(dDXP, dxp), put(dDX, dx0);
 
   SECTION("permute") {
-    poison(dOut);
-    cuda::permute_rows(ctx, dX.h(), dsrc.i(), dOut.h(), R, D);
-    V ref(R * D);
-    cpu::permute_rows(x.data(), src.data(), ref.data(), R, D);
-    V got = get(dOut, R * D);
-    CHECK(all_finite(got));
-    CHECK(rel_error(got, ref) == 0.0);  // pure copy
+    struct Unset {
+      ~Unset() { ::unsetenv("MUE_GATHER_ROWS"); }
+    } unset;
+    for (const char* rows_per_block : {"1", "2", "4", "8"}) {  // R = 194: a ragged last block for 4 and 8
+      INFO("MUE_GATHER_ROWS = " << rows_per_block);
+      ::setenv("MUE_GATHER_ROWS", rows_per_block, 1);
+      poison(dOut);
+      cuda::permute_rows(ctx, dX.h(), dsrc.i(), dOut.h(), R, D);
+      V ref(R * D);
+      cpu::permute_rows(x.data(), src.data(), ref.data(), R, D);
+      V got = get(dOut, R * D);
+      CHECK(all_finite(got));
+      CHECK(rel_error(got, ref) == 0.0);  // pure copy
+    }
   }
   SECTION("unpermute_add accumulates") {
     cuda::unpermute_add(ctx, dDXP.h(), dslot.i(), dDX.h(), N, a, D);
@@ -106,23 +115,32 @@ TEST_CASE("CUDA MoE dispatch and combine match the CPU with uneven loads", "[cud
     CHECK(rel_error(got, ref) < 1e-2);
   }
   SECTION("gate_swiglu forward and backward (h = D)") {
+    struct Unset {
+      ~Unset() { ::unsetenv("MUE_GATE_LANES"); }
+    } unset;
     const int h = D;
     V hfc = randn(size_t(R) * 2 * h, 57), dhsw = randn(size_t(R) * h, 58);
     round_bf16(hfc), round_bf16(dhsw);
-    Dev dH(hfc.size() * 2), dDH(dhsw.size() * 2), dHsw(dhsw.size() * 2), dDHfc(hfc.size() * 2);
-    put(dH, hfc), put(dDH, dhsw), poison(dHsw), poison(dDHfc), poison(dOut2);
-    cuda::gate_swiglu_forward(ctx, dH.h(), dG.h(), dslot.i(), dHsw.h(), N, a, h);
-    cuda::gate_swiglu_backward(ctx, dDH.h(), dH.h(), dG.h(), dslot.i(), dDHfc.h(), dOut2.h(), N, a, h);
     V rhsw(dhsw.size()), rdhfc(hfc.size()), rdg(R);
     cpu::gate_swiglu_forward(hfc.data(), g.data(), slot.data(), rhsw.data(), N, a, h);
     cpu::gate_swiglu_backward(dhsw.data(), hfc.data(), g.data(), slot.data(), rdhfc.data(), rdg.data(), N, a, h);
-    const V ghsw = get(dHsw, rhsw.size()), gdhfc = get(dDHfc, rdhfc.size()), gdg = get(dOut2, R);
-    CHECK(all_finite(ghsw));
-    CHECK(all_finite(gdhfc));
-    CHECK(all_finite(gdg));
-    CHECK(rel_error(ghsw, rhsw) < 1e-2);
-    CHECK(rel_error(gdhfc, rdhfc) < 1e-2);
-    CHECK(rel_error(gdg, rdg) < 1e-2);
+    Dev dH(hfc.size() * 2), dDH(dhsw.size() * 2), dHsw(dhsw.size() * 2), dDHfc(hfc.size() * 2);
+    put(dH, hfc), put(dDH, dhsw);
+    // R = 194 assignments: with fewer than 32 lanes each, the last warp holds a partial set of groups.
+    for (const char* lanes : {"32", "16", "8", "4", "fit"}) {
+      INFO("MUE_GATE_LANES = " << lanes);
+      ::setenv("MUE_GATE_LANES", lanes, 1);
+      poison(dHsw), poison(dDHfc), poison(dOut2);
+      cuda::gate_swiglu_forward(ctx, dH.h(), dG.h(), dslot.i(), dHsw.h(), N, a, h);
+      cuda::gate_swiglu_backward(ctx, dDH.h(), dH.h(), dG.h(), dslot.i(), dDHfc.h(), dOut2.h(), N, a, h);
+      const V ghsw = get(dHsw, rhsw.size()), gdhfc = get(dDHfc, rdhfc.size()), gdg = get(dOut2, R);
+      CHECK(all_finite(ghsw));
+      CHECK(all_finite(gdhfc));
+      CHECK(all_finite(gdg));
+      CHECK(rel_error(ghsw, rhsw) < 1e-2);
+      CHECK(rel_error(gdhfc, rdhfc) < 1e-2);
+      CHECK(rel_error(gdg, rdg) < 1e-2);
+    }
   }
 }
 
