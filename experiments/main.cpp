@@ -7,7 +7,6 @@
 #include <string>
 #include <vector>
 
-#include "core/h5log.h"
 #include "core/output_file.h"
 #include "core/version.h"
 #include "data/images.h"
@@ -118,7 +117,6 @@ double flag_number(const Args& a, const char* flag, double def, double lo, doubl
             " must be ", integer ? "an integer" : "a number", " in [", lo, ", ", hi, "], got '", a.get(flag, ""), "'");
   return x;
 }
-constexpr double kMaxInt = 2147483647.0;
 
 int cmd_train(int argc, char** argv) {
   Args a = parse_args(argc, argv, 2, {}, {});

@@ -167,7 +167,6 @@ std::string get_top_string(const json& j, const char* key) {
   return v.get<std::string>();
 }
 
-
 void parse_ffn(const json& j, FfnConfig& f) {
   f.type = get<std::string>(j, "ffn", "type");
   int experts = get_int(j, "ffn", "experts"), active = get_int(j, "ffn", "active");
