@@ -83,7 +83,7 @@ TEST_CASE("CUDA LM: one training step matches the CPU reference (sp, mup, QK-nor
       std::vector<double> a_clear, g_clear;
       for (size_t k = 0; k < a.size(); ++k)
         if (std::abs(grads[i][k]) > 0.2 * rms) a_clear.push_back(a[k]), g_clear.push_back(g[k]);
-      CHECK(a_clear.size() > a.size() / 4);
+      CHECK(a_clear.size() >= std::min<size_t>(16, a.size() / 2));  // embed.wte, head.w: most rows' gradient is 0
       CHECK(rel_error(g_clear, a_clear) < 1e-3);
     }
   }
