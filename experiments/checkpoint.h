@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/output_file.h"
 
 namespace mue {
 
@@ -19,15 +20,8 @@ inline std::string checkpoint_path(const std::string& run_h5) {
   return p + ".ckpt";
 }
 
-// Whether `path` starts with the checkpoint magic (a file this program wrote, which it may replace).
-inline bool is_checkpoint(const std::string& path) {
-  char magic[8] = {};
-  FILE* f = std::fopen(path.c_str(), "rb");
-  if (!f) return false;
-  const bool ok = std::fread(magic, 1, 8, f) == 8 && std::memcmp(magic, "MUECKPT1", 8) == 0;
-  std::fclose(f);
-  return ok;
-}
+// Whether `path` is a checkpoint (a file this program wrote, which it may replace).
+inline bool is_checkpoint(const std::string& path) { return file_starts_with(path, "MUECKPT1"); }
 
 template <class Model>
 void save_checkpoint(Model& model, const std::string& path, uint64_t step) {

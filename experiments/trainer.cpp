@@ -297,12 +297,7 @@ RunResult train_run(const RunConfig& c, bool verbose) {
     MUE_CHECK(!status || *status == "running" || *status == "failed" || c.overwrite, "'", path, "' holds a ", *status,
               " run; choose another name or pass out.overwrite=true");
   }
-  if (c.checkpoint) {
-    const std::string ckpt = checkpoint_path(path);
-    std::error_code ec;
-    MUE_CHECK(!std::filesystem::exists(ckpt, ec) || (std::filesystem::is_regular_file(ckpt, ec) && is_checkpoint(ckpt)),
-              "'", ckpt, "' exists and is not a mue checkpoint; not overwriting it");
-  }
+  if (c.checkpoint) check_replaceable(checkpoint_path(path), "a mue checkpoint", is_checkpoint);
   std::optional<TokenFile> tokens;
   std::optional<ImageSet> images;
   if (c.task == "lm") {
