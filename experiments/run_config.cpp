@@ -253,10 +253,9 @@ RunConfig parse_config(const json& j) {
   TrainConfig& t = c.train;
   t.batch = get_int(j, "train", "batch");
   t.steps = get_int(j, "train", "steps");
-  MUE_CHECK(get_int(j, "train", "seed") >= 0 && get_int(j, "train", "data_seed") >= 0,
-            "train.seed and train.data_seed must be >= 0");
-  t.seed = uint64_t(get_int(j, "train", "seed"));
-  t.data_seed = uint64_t(get_int(j, "train", "data_seed"));
+  const int seed = get_int(j, "train", "seed"), data_seed = get_int(j, "train", "data_seed");
+  MUE_CHECK(seed >= 0 && data_seed >= 0, "train.seed and train.data_seed must be >= 0");
+  t.seed = uint64_t(seed), t.data_seed = uint64_t(data_seed);
   t.log_every = get_int(j, "train", "log_every");
   t.eval_every = get_int(j, "train", "eval_every");
   t.eval_batches = get_int(j, "train", "eval_batches");
