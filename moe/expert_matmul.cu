@@ -459,7 +459,8 @@ __device__ inline int expert_tile(int t, const int32_t* off, const int2* map, in
 template <class Cfg, ExpertGemm kMode>
 __global__ void __launch_bounds__(384, 1)
     expert_tma_kernel(const __grid_constant__ CUtensorMap tm_a, const __grid_constant__ CUtensorMap tm_b, void* c,
-                      const int32_t* off, const int2* map, int K, int N, int M_dw, float alpha, int tiles) {
+                      const int32_t* off, const int2* map, int K, int N, int M_dw, float alpha, int tiles,
+                      bool dw_overwrite) {
   constexpr int BM = Cfg::BM, BN = Cfg::BN, kStages = Cfg::kStages, kStage = wgmma_stage_bytes<Cfg>();
   constexpr bool kDw = kMode == ExpertGemm::dw, kAK = !kDw, kBK = kMode == ExpertGemm::forward;
   extern __shared__ __align__(16) char smem_raw[];
@@ -509,7 +510,7 @@ __global__ void __launch_bounds__(384, 1)
   for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
     const int has = expert_tile<Cfg, kMode>(t, off, map, K, N, M_dw, tl);
     if (has < 0) break;
-    if (!has) continue;
+    if (!has && !dw_overwrite) continue;  // (overwriting dW, an expert without rows stores its zeros)
     float acc[BN / 2];
     #pragma unroll
     for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
@@ -541,16 +542,24 @@ __global__ void __launch_bounds__(384, 1)
     }
     wgmma_wait<0>();
     fence_registers(acc);
-    if (l == 0) mbar_arrive(&empty[(it - 1) % kStages]);  // the tile's last stage (the copier may be waiting)
+    if (ktiles > 0 && l == 0) mbar_arrive(&empty[(it - 1) % kStages]);  // the tile's last stage (the copier may wait)
     const int m_first = tl.m0 + 64 * g;  // this warpgroup's first output row
     if constexpr (kDw) {
-      const Problem p{nullptr, nullptr, static_cast<float*>(c) + size_t(tl.e) * tl.M * N, 0, 0, N, tl.M, N, tl.K, 0, 0};
+      float* dw = static_cast<float*>(c) + size_t(tl.e) * tl.M * N;
       #pragma unroll
       for (int j = 0; j < BN / 8; ++j)
         #pragma unroll
-        for (int h = 0; h < 2; ++h)
-          store_pair<true>(p, m_first + 16 * w + (l >> 2) + 8 * h, tl.n0 + 8 * j + 2 * (l & 3),
-                           alpha * acc[4 * j + 2 * h], alpha * acc[4 * j + 2 * h + 1]);
+        for (int h = 0; h < 2; ++h) {
+          const int m = m_first + 16 * w + (l >> 2) + 8 * h, n = tl.n0 + 8 * j + 2 * (l & 3);
+          if (m >= tl.M || n >= N) continue;
+          float2* out = reinterpret_cast<float2*>(dw + size_t(m) * N + n);
+          float2 v = make_float2(alpha * acc[4 * j + 2 * h], alpha * acc[4 * j + 2 * h + 1]);
+          if (!dw_overwrite) {  // uniform over the launch
+            const float2 old = *out;
+            v.x += old.x, v.y += old.y;
+          }
+          *out = v;
+        }
     } else {
       // bf16 output through shared memory, so that each row leaves in 16-byte pieces: the warpgroup's 64 x BN
       // tile at a pitch of BN + 8 elements (the pad puts a warp's 32 pair writes on 32 banks). Persistent: the
@@ -625,13 +634,13 @@ int persistent_blocks() {
 // expert_tma_kernel over `tiles` output tiles: a block each, or one block per SM when persistent.
 template <class Cfg, ExpertGemm kMode>
 void launch_tma(Context& ctx, int tiles, const CUtensorMap& a, const CUtensorMap& b, void* c, const int32_t* off_dev,
-                const int2* map, int K, int N, int M_dw, float alpha) {
+                const int2* map, int K, int N, int M_dw, float alpha, bool dw_overwrite = false) {
   constexpr size_t smem = gemm_smem<Cfg, true, true>();
   static_assert(smem <= 232448, "over the H100's 227 KiB of shared memory per block");
   allow_smem(reinterpret_cast<const void*>(expert_tma_kernel<Cfg, kMode>), smem, "expert_tma_kernel");
   const int grid = Cfg::kPersistent ? std::min(tiles, persistent_blocks()) : tiles;
   expert_tma_kernel<Cfg, kMode><<<grid, Cfg::threads, smem, ctx.stream>>>(a, b, c, off_dev, map, K, N, M_dw, alpha,
-                                                                           tiles);
+                                                                           tiles, dw_overwrite);
   check_launch("expert_tma_kernel");
 }
 
@@ -657,14 +666,18 @@ void launch_expert_rows(Context& ctx, const bf16* a, const bf16* w, bf16* c, con
   }
 }
 
+// dW_e += alpha dy_e^T x_e, or (accumulate false) dW_e = that, zero for an expert without rows: the TMA kernel
+// stores instead of adding (no memset, no read of dW); the other configurations add to a zeroed dW.
 template <class Cfg>
 void launch_expert_dw(Context& ctx, const bf16* dy, const bf16* x, float* dw, const int32_t* off_dev, int rows, int E,
-                      int In, int Out, float alpha) {
+                      int In, int Out, float alpha, bool accumulate) {
   const dim3 grid((In + Cfg::BN - 1) / Cfg::BN, (Out + Cfg::BM - 1) / Cfg::BM, E);
   if constexpr (Cfg::kTma) {
     return launch_tma<Cfg, ExpertGemm::dw>(ctx, int(grid.x * grid.y * grid.z), tensor_map(dy, Out, rows, 64),
-                                           tensor_map(x, In, rows, 64), dw, off_dev, nullptr, 0, In, Out, alpha);
+                                           tensor_map(x, In, rows, 64), dw, off_dev, nullptr, 0, In, Out, alpha,
+                                           !accumulate);
   } else {
+    if (!accumulate) memset_zero(ctx, dw, sizeof(float) * size_t(E) * Out * In);
     constexpr size_t smem = gemm_smem<Cfg, false, false>();
     static_assert(smem <= 232448);
     allow_smem(reinterpret_cast<const void*>(expert_dw_kernel<Cfg>), smem, "expert_dw_kernel");
@@ -769,20 +782,25 @@ void expert_matmul_forward(Context& ctx, const bf16* x, const bf16* w, bf16* y, 
 
 void expert_matmul_backward(Context& ctx, const bf16* dy, const bf16* x, const bf16* w, bf16* dx, float* dw,
                             const int32_t* off, const int32_t* off_dev, int rows, int E, int In, int Out,
-                            float alpha) {
+                            float alpha, bool accumulate) {
   MUE_CHECK(In > 0 && Out > 0 && E > 0, "expert GEMM: In, Out and E must be positive, got ", In, ", ", Out, ", ", E);
-  if (rows <= 0) return;
+  const auto zero_dw = [&] { memset_zero(ctx, dw, sizeof(float) * size_t(E) * Out * In); };
+  if (rows <= 0) {
+    if (!accumulate) zero_dw();
+    return;
+  }
   if (off_dev && expert_gemm_kernel_fits(In, Out) && aligned16(dy, x, w, dx, dw)) {
     const TileChoice tc = tile_choice();
     with_tile(tc.rows, [&](auto cfg) {
       launch_expert_rows<decltype(cfg), false>(ctx, dy, w, dx, off_dev, rows, E, Out, In, alpha);
     });
     return with_tile(tc.dw, [&](auto cfg) {
-      launch_expert_dw<decltype(cfg)>(ctx, dy, x, dw, off_dev, rows, E, In, Out, alpha);
+      launch_expert_dw<decltype(cfg)>(ctx, dy, x, dw, off_dev, rows, E, In, Out, alpha, accumulate);
     });
   }
   std::vector<int32_t> buf;
   off = host_offsets(ctx, off, off_dev, E, buf);
+  if (!accumulate) zero_dw();  // the grouped call adds, and skips experts without rows
   Groups gdx, gdw;
   for (int e = 0; e < E; ++e)
     if (const int n = off[e + 1] - off[e]) {

@@ -87,7 +87,7 @@ void gate_swiglu_backward(CpuBackend<T>&, const T* dhsw, const T* hfc, const T* 
 template <class T>
 void expert_matmul_forward(CpuBackend<T>&, const T* x, const T* w, T* y, const int32_t* off, const int32_t*, int, int E, int In, int Out, double a) { cpu::expert_matmul_forward(x, w, y, off, E, In, Out, a); }
 template <class T>
-void expert_matmul_backward(CpuBackend<T>&, const T* dy, const T* x, const T* w, T* dx, T* dw, const int32_t* off, const int32_t*, int, int E, int In, int Out, double a) { cpu::expert_matmul_backward(dy, x, w, dx, dw, off, E, In, Out, a); }
+void expert_matmul_backward(CpuBackend<T>&, const T* dy, const T* x, const T* w, T* dx, T* dw, const int32_t* off, const int32_t*, int, int E, int In, int Out, double a, bool accumulate = true) { cpu::expert_matmul_backward(dy, x, w, dx, dw, off, E, In, Out, a, accumulate); }
 
 #ifdef MUE_HAVE_CUDA
 // The router runs on the device and leaves its plan (E+1 offsets and 4 statistics) there: the expert GEMM
@@ -118,7 +118,7 @@ inline void route_backward(CudaBackend& be, const RouterDims& d, const bf16* dga
   cuda::router_backward(be.ctx, d, dgates, logits, scores, idx, plan, dlogits);
 }
 inline void expert_matmul_forward(CudaBackend& be, const bf16* x, const bf16* w, bf16* y, const int32_t* off, const int32_t* plan, int rows, int E, int In, int Out, double a) { auto op_ = be.ctx.op("expert_matmul_forward"); cuda::expert_matmul_forward(be.ctx, x, w, y, off, plan, rows, E, In, Out, float(a)); }
-inline void expert_matmul_backward(CudaBackend& be, const bf16* dy, const bf16* x, const bf16* w, bf16* dx, float* dw, const int32_t* off, const int32_t* plan, int rows, int E, int In, int Out, double a) { auto op_ = be.ctx.op("expert_matmul_backward"); cuda::expert_matmul_backward(be.ctx, dy, x, w, dx, dw, off, plan, rows, E, In, Out, float(a)); }
+inline void expert_matmul_backward(CudaBackend& be, const bf16* dy, const bf16* x, const bf16* w, bf16* dx, float* dw, const int32_t* off, const int32_t* plan, int rows, int E, int In, int Out, double a, bool accumulate = true) { auto op_ = be.ctx.op("expert_matmul_backward"); cuda::expert_matmul_backward(be.ctx, dy, x, w, dx, dw, off, plan, rows, E, In, Out, float(a), accumulate); }
 inline void permute_rows(CudaBackend& be, const bf16* x, const int32_t* src, bf16* xp, int rows, int D) { auto op_ = be.ctx.op("permute_rows"); cuda::permute_rows(be.ctx, x, src, xp, rows, D); }
 inline void unpermute_add(CudaBackend& be, const bf16* dxp, const int32_t* slot, bf16* dx, int N, int a, int D) { auto op_ = be.ctx.op("unpermute_add"); cuda::unpermute_add(be.ctx, dxp, slot, dx, N, a, D); }
 inline void combine_forward(CudaBackend& be, const bf16* yp, const int32_t* slot, bf16* out, int N, int a, int D) { auto op_ = be.ctx.op("combine_forward"); cuda::combine_forward(be.ctx, yp, slot, out, N, a, D); }

@@ -201,10 +201,14 @@ void expert_matmul_forward(const T* x, const T* w, T* y, const int32_t* off, int
 }
 template <class T>
 void expert_matmul_backward(const T* dy, const T* x, const T* w, T* dx, T* dw, const int32_t* off, int E, int In,
-                            int Out, double alpha) {
-  for (int e = 0; e < E; ++e)
+                            int Out, double alpha, bool accumulate = true) {
+  for (int e = 0; e < E; ++e) {
+    T* dw_e = dw + size_t(e) * Out * In;
     if (const int n = off[e + 1] - off[e])
       matmul_backward(dy + size_t(off[e]) * Out, x + size_t(off[e]) * In, w + size_t(e) * Out * In,
-                      dx + size_t(off[e]) * In, dw + size_t(e) * Out * In, n, In, Out, alpha);
+                      dx + size_t(off[e]) * In, dw_e, n, In, Out, alpha, accumulate);
+    else if (!accumulate)
+      std::fill(dw_e, dw_e + size_t(Out) * In, T(0));  // an expert without rows: its gradient is zero
+  }
 }
 }  // namespace mue::cpu

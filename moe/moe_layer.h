@@ -68,24 +68,27 @@ class MoeFfn : public FfnBranch<Backend> {
     }
   }
 
-  // dxn (overwritten) from dout; parameter gradients accumulate.
+  // dxn (overwritten) from dout; parameter gradients accumulate (or overwrite a stale one: LMParam::accumulate).
   void backward(const A* xn, const A* dout, A* dxn) override {
     const int N = dims_.N, D = D_, E = s_.experts, a = s_.active, h = s_.expert_hidden, R = N * a;
     Param &router = router_[0], &fc = router_[1], &proj = router_[2];
     const int32_t* off = host_offsets();
     combine_backward(be_, dout, src_token_, dyp_, R, D);
-    expert_matmul_backward(be_, dyp_, hsw_, proj.weight, dhsw_, proj.grad, off, plan_, R, E, h, D, proj.alpha);
+    expert_matmul_backward(be_, dyp_, hsw_, proj.weight, dhsw_, proj.grad, off, plan_, R, E, h, D, proj.alpha,
+                           proj.accumulate());
     gate_swiglu_backward(be_, dhsw_, hfc_, gates_, slot_row_, dhfc_, dgates_, N, a, h);
-    expert_matmul_backward(be_, dhfc_, xp_, fc.weight, dxp_, fc.grad, off, plan_, R, E, D, 2 * h, fc.alpha);
+    expert_matmul_backward(be_, dhfc_, xp_, fc.weight, dxp_, fc.grad, off, plan_, R, E, D, 2 * h, fc.alpha,
+                           fc.accumulate());
     route_backward(be_, dims_, dgates_, logits_, scores_, idx_, plan_, dlogits_);
-    be_.matmul_backward(dlogits_, xn, router.weight, dxn, router.grad, N, D, E, router.alpha);
+    be_.matmul_backward(dlogits_, xn, router.weight, dxn, router.grad, N, D, E, router.alpha, router.accumulate());
     unpermute_add(be_, dxp_, slot_row_, dxn, N, a, D);
     if (s_.shared > 0) {
       Param &sfc = router_[3], &sproj = router_[4];
       const int Hs = s_.shared * s_.shared_hidden;
-      be_.matmul_backward(dout, ssw_, sproj.weight, dssw_, sproj.grad, N, Hs, D, sproj.alpha);
+      be_.matmul_backward(dout, ssw_, sproj.weight, dssw_, sproj.grad, N, Hs, D, sproj.alpha,
+                          sproj.accumulate());
       be_.swiglu_backward(dssw_, sfc_, dsfc_, N, Hs);
-      be_.matmul_backward(dsfc_, xn, sfc.weight, tmp_, sfc.grad, N, D, 2 * Hs, sfc.alpha);
+      be_.matmul_backward(dsfc_, xn, sfc.weight, tmp_, sfc.grad, N, D, 2 * Hs, sfc.alpha, sfc.accumulate());
       be_.residual_forward(dxn, dxn, tmp_, size_t(N) * D);
     }
   }

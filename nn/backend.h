@@ -49,7 +49,7 @@ struct CpuBackend {
   void rmsnorm_forward(const T* x, const T* w, T* y, T* rstd, int N, int D, double eps) { cpu::rmsnorm_forward(x, w, y, rstd, N, D, eps); }
   void rmsnorm_backward(const T* dy, const T* x, const T* w, const T* rstd, T* dx, T* dw, int N, int D) { cpu::rmsnorm_backward(dy, x, w, rstd, dx, dw, N, D); }
   void matmul_forward(const T* x, const T* w, T* y, int N, int In, int Out, double a) { cpu::matmul_forward(x, w, y, N, In, Out, a); }
-  void matmul_backward(const T* dy, const T* x, const T* w, T* dx, T* dw, int N, int In, int Out, double a) { cpu::matmul_backward(dy, x, w, dx, dw, N, In, Out, a); }
+  void matmul_backward(const T* dy, const T* x, const T* w, T* dx, T* dw, int N, int In, int Out, double a, bool accumulate = true) { cpu::matmul_backward(dy, x, w, dx, dw, N, In, Out, a, accumulate); }
   void residual_forward(T* out, const T* a, const T* b, size_t n) { cpu::residual_forward(out, a, b, n); }
   void residual_rmsnorm_forward(T* sum, const T* a, const T* b, const T* w, T* y, T* rstd, int N, int D, double eps) {
     residual_forward(sum, a, b, size_t(N) * D);
@@ -179,7 +179,7 @@ struct CudaBackend {
   void rmsnorm_forward(const bf16* x, const bf16* w, bf16* y, float* rstd, int N, int D, double eps) { auto op_ = ctx.op("rmsnorm_forward"); cuda::rmsnorm_forward(ctx, x, w, y, rstd, N, D, float(eps)); }
   void rmsnorm_backward(const bf16* dy, const bf16* x, const bf16* w, const float* rstd, bf16* dx, float* dw, int N, int D) { auto op_ = ctx.op("rmsnorm_backward"); cuda::rmsnorm_backward(ctx, dy, x, w, rstd, dx, dw, N, D); }
   void matmul_forward(const bf16* x, const bf16* w, bf16* y, int N, int In, int Out, double a) { auto op_ = ctx.op("matmul_forward"); cuda::matmul_forward(ctx, x, w, y, N, In, Out, float(a)); }
-  void matmul_backward(const bf16* dy, const bf16* x, const bf16* w, bf16* dx, float* dw, int N, int In, int Out, double a) { auto op_ = ctx.op("matmul_backward"); cuda::matmul_backward(ctx, dy, x, w, dx, dw, N, In, Out, float(a)); }
+  void matmul_backward(const bf16* dy, const bf16* x, const bf16* w, bf16* dx, float* dw, int N, int In, int Out, double a, bool accumulate = true) { auto op_ = ctx.op("matmul_backward"); cuda::matmul_backward(ctx, dy, x, w, dx, dw, N, In, Out, float(a), accumulate); }
   void residual_forward(bf16* out, const bf16* a, const bf16* b, size_t n) { auto op_ = ctx.op("residual_forward"); cuda::residual_forward(ctx, out, a, b, n); }
   void residual_rmsnorm_forward(bf16* sum, const bf16* a, const bf16* b, const bf16* w, bf16* y, float* rstd, int N, int D, double eps) { auto op_ = ctx.op("residual_rmsnorm_forward"); cuda::residual_rmsnorm_forward(ctx, sum, a, b, w, y, rstd, N, D, float(eps)); }
   void qk_norm_forward(bf16* qkv, const bf16* w, bf16* pre, float* rstd, int B, int T_, int H, int hd, double eps, double rope_theta) { auto op_ = ctx.op("qk_norm_forward"); cuda::qk_norm_forward(ctx, qkv, w, pre, rstd, B, T_, H, hd, float(eps), float(rope_theta)); }

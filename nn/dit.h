@@ -178,11 +178,11 @@ class DiT : public ParamStore<Backend> {
     be_.zero(dconds_, sizeof(A) * size_t(B) * D);
     be_.zero(dmod_, sizeof(A) * size_t(B) * 6 * D);
     be_.mse_backward(out_, target_, dout_, size_t(N) * P);
-    be_.matmul_backward(dout_, xo_, fw.weight, dx_, fw.grad, N, D, P, fw.alpha);
+    be_.matmul_backward(dout_, xo_, fw.weight, dx_, fw.grad, N, D, P, fw.alpha, fw.accumulate());
     be_.zero(dres_, sizeof(A) * size_t(N) * D);
     be_.zero(dfmod_, sizeof(A) * size_t(B) * 2 * D);
     be_.modulate_backward(dx_, res_[cfg_.n_layers], fmod_, rstdo_, dres_, dfmod_, B, Tn, D, 2, 0, 1);
-    be_.matmul_backward(dfmod_, conds_, fada.weight, dtmp_, fada.grad, B, D, 2 * D, fada.alpha);
+    be_.matmul_backward(dfmod_, conds_, fada.weight, dtmp_, fada.grad, B, D, 2 * D, fada.alpha, fada.accumulate());
     be_.residual_forward(dconds_, dconds_, dtmp_, size_t(B) * D);
     for (int l = cfg_.n_layers - 1; l >= 0; --l) {
       Layer& a = layers_[l];
@@ -194,28 +194,30 @@ class DiT : public ParamStore<Backend> {
       be_.modulate_backward(dx_, a.mid, a.mod, a.rstd2, dres_, dmod_, B, Tn, D, 6, 3, 4);  // dres = d(mid)
       // attention: mid = res[l] + gate1 * proj(attn(qk_norm(qkv(modulate(res[l])))))
       be_.gated_residual_backward(dres_, a.attn_out, a.mod, dbranch_, dmod_, B, Tn, D, 6, 2);
-      be_.matmul_backward(dbranch_, a.att, o->weight, datt_, o->grad, N, D, D, o->alpha);
+      be_.matmul_backward(dbranch_, a.att, o->weight, datt_, o->grad, N, D, D, o->alpha, o->accumulate());
       be_.attention_backward(datt_, a.qkv_out, a.att, a.attn_state, dqkv_, B, Tn, cfg_.n_heads, cfg_.head_dim(),
                              table_.attn_scale, false, 0.0);  // no RoPE in the DiT
       if (a.qk_norm) {
         Param& qn = params_[a.qk_norm];
-        be_.qk_norm_backward(dqkv_, a.qk_pre, qn.weight, a.qk_rstd, qn.grad, N, cfg_.n_heads, cfg_.head_dim());
+        be_.qk_norm_backward(dqkv_, a.qk_pre, qn.weight, a.qk_rstd, this->accumulating_grad(qn), N, cfg_.n_heads,
+                             cfg_.head_dim());
       }
-      be_.matmul_backward(dqkv_, a.xn1, qkv->weight, dx_, qkv->grad, N, D, 3 * D, qkv->alpha);
+      be_.matmul_backward(dqkv_, a.xn1, qkv->weight, dx_, qkv->grad, N, D, 3 * D, qkv->alpha, qkv->accumulate());
       be_.modulate_backward(dx_, res_[l], a.mod, a.rstd1, dres_, dmod_, B, Tn, D, 6, 0, 1);  // dres = d(res[l])
-      be_.matmul_backward(dmod_, conds_, ada->weight, dtmp_, ada->grad, B, D, 6 * D, ada->alpha);
+      be_.matmul_backward(dmod_, conds_, ada->weight, dtmp_, ada->grad, B, D, 6 * D, ada->alpha, ada->accumulate());
       be_.residual_forward(dconds_, dconds_, dtmp_, size_t(B) * D);
     }
     // token input: res[0] = xin W_patch^T + pos
     Param& pw = P_("patch.w");
-    be_.matmul_backward(dres_, xin_, pw.weight, nullptr, pw.grad, N, P, D, pw.alpha);
+    be_.matmul_backward(dres_, xin_, pw.weight, nullptr, pw.grad, N, P, D, pw.alpha, pw.accumulate());
     // conditioning: conds = silu(cond), cond = fc2(silu(fc1(tfeat))) + class_emb[label]
     be_.silu_backward(dconds_, cond_, dcond_, size_t(B) * D);
-    be_.embedding_backward(labels_, dcond_, P_("class.emb").grad, B, D);
+    be_.embedding_backward(labels_, dcond_, this->accumulating_grad(P_("class.emb")), B, D);
     Param &f1 = P_("time.fc1"), &f2 = P_("time.fc2");
-    be_.matmul_backward(dcond_, t1s_, f2.weight, dtmp_, f2.grad, B, D, D, f2.alpha);
+    be_.matmul_backward(dcond_, t1s_, f2.weight, dtmp_, f2.grad, B, D, D, f2.alpha, f2.accumulate());
     be_.silu_backward(dtmp_, t1_, dt1_, size_t(B) * D);
-    be_.matmul_backward(dt1_, tfeat_, f1.weight, nullptr, f1.grad, B, F, D, f1.alpha);
+    be_.matmul_backward(dt1_, tfeat_, f1.weight, nullptr, f1.grad, B, F, D, f1.alpha, f1.accumulate());
+    this->zero_stale_grads();
   }
 
   const ModelConfig& config() const { return cfg_; }

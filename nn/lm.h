@@ -10,6 +10,7 @@
 #include <memory>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "core/arena.h"
@@ -124,6 +125,11 @@ struct LMParam {
   typename Backend::master_t *value, *grad, *adam_m, *adam_v;
   typename Backend::w_t* weight;  // what the forward reads (bf16 shadow on CUDA, == value on CPU)
   double alpha;                   // forward multiplier (table multiplier x branch multiplier on residual outputs)
+  // zero_grad does not clear grad: it marks it stale, and the step's first write overwrites it (a GEMM with
+  // beta = 0 instead of a memset and a read-modify-write). Ops that can overwrite ask accumulate() (false for
+  // that first write); ops that only add go through ParamStore::accumulating_grad, which zeroes a stale grad.
+  bool grad_stale = false;
+  bool accumulate() { return !std::exchange(grad_stale, false); }
 };
 
 // Statistics a branch may report after its forward (MoE routers do).
@@ -142,7 +148,7 @@ struct FfnBranch {
   using A = typename Backend::act_t;
   virtual ~FfnBranch() = default;
   virtual void forward(const A* xn, A* out) = 0;
-  virtual void backward(const A* xn, const A* dout, A* dxn) = 0;  // dxn overwritten; parameter grads accumulate
+  virtual void backward(const A* xn, const A* dout, A* dxn) = 0;  // dxn overwritten; param grads as LMParam says
   // The auxiliary loss and statistics of the last forward. They may wait for the device, so the models ask for
   // them only after the step's own loss has come back (no host sync inside the forward).
   virtual double aux_loss() const { return 0; }
@@ -166,9 +172,9 @@ class DenseFfn : public FfnBranch<Backend> {
     be_.matmul_forward(sw_, p_[1].weight, out, N_, H_, D_, p_[1].alpha);
   }
   void backward(const A* xn, const A* dout, A* dxn) override {
-    be_.matmul_backward(dout, sw_, p_[1].weight, dsw_, p_[1].grad, N_, H_, D_, p_[1].alpha);
+    be_.matmul_backward(dout, sw_, p_[1].weight, dsw_, p_[1].grad, N_, H_, D_, p_[1].alpha, p_[1].accumulate());
     be_.swiglu_backward(dsw_, fc_, dfc_, N_, H_);
-    be_.matmul_backward(dfc_, xn, p_[0].weight, dxn, p_[0].grad, N_, D_, 2 * H_, p_[0].alpha);
+    be_.matmul_backward(dfc_, xn, p_[0].weight, dxn, p_[0].grad, N_, D_, 2 * H_, p_[0].alpha, p_[0].accumulate());
   }
 
  private:
@@ -241,7 +247,19 @@ class ParamStore {
   void refresh_weights() {
     if constexpr (!std::is_same_v<W, M>) be_.sync_weights(params_.front().value, params_.front().weight, n_params_);
   }
-  void zero_grad() { be_.zero(grads_.data(), grads_.bytes()); }
+  // Gradients restart at zero (lazily: see LMParam::grad_stale). A backward ends with zero_stale_grads().
+  void zero_grad() {
+    for (auto& p : params_) p.grad_stale = true;
+  }
+  // p's gradient for an op that adds into it: zeroed first when stale.
+  M* accumulating_grad(Param& p) {
+    if (p.grad_stale) be_.zero(p.grad, sizeof(M) * p.row.tensor.size()), p.grad_stale = false;
+    return p.grad;
+  }
+  // After a backward: the gradients of tensors it did not reach are zero.
+  void zero_stale_grads() {
+    for (auto& p : params_) accumulating_grad(p);
+  }
 
   std::vector<Param>& params() { return params_; }
   const std::vector<Param>& params() const { return params_; }
@@ -257,7 +275,9 @@ class ParamStore {
 
   // Host copies of master values / gradients (in double, for tests, checkpoints and logging).
   std::vector<double> host_values(const Param& p) const { return to_host(p.value, p.row.tensor.size()); }
-  std::vector<double> host_grads(const Param& p) const { return to_host(p.grad, p.row.tensor.size()); }
+  std::vector<double> host_grads(const Param& p) const {
+    return p.grad_stale ? std::vector<double>(p.row.tensor.size()) : to_host(p.grad, p.row.tensor.size());
+  }
   void set_values(Param& p, const std::vector<double>& v) {
     std::vector<M> h(v.begin(), v.end());
     be_.upload(p.value, h.data(), h.size() * sizeof(M));
@@ -375,25 +395,28 @@ class LM : public ParamStore<Backend> {
     if (!head_grad_done_) head_loss(true);
     head_grad_done_ = false;
     be_.zero(dres_, sizeof(A) * size_t(N) * D);
-    be_.rmsnorm_backward(dx_, res_[cfg_.n_layers], nf.weight, rstdf_, dres_, nf.grad, N, D);
+    be_.rmsnorm_backward(dx_, res_[cfg_.n_layers], nf.weight, rstdf_, dres_, this->accumulating_grad(nf), N, D);
     for (int l = cfg_.n_layers - 1; l >= 0; --l) {
       Layer& a = layers_[l];
       Param *n1 = &params_[a.attn_norm], *qkv = &params_[a.qkv], *o = &params_[a.proj], *n2 = &params_[a.ffn_norm];
       // FFN branch: res[l+1] = mid + FFN(norm(mid))
       a.ffn->backward(a.ln2, dres_, dx_);
-      be_.rmsnorm_backward(dx_, a.mid, n2->weight, a.rstd2, dres_, n2->grad, N, D);  // dres is now d(mid)
+      be_.rmsnorm_backward(dx_, a.mid, n2->weight, a.rstd2, dres_, this->accumulating_grad(*n2), N,
+                           D);  // dres is now d(mid)
       // attention branch: mid = res[l] + proj(attn(rope(qk_norm(qkv(norm(res[l]))))))
-      be_.matmul_backward(dres_, a.att, o->weight, datt_, o->grad, N, D, D, o->alpha);
+      be_.matmul_backward(dres_, a.att, o->weight, datt_, o->grad, N, D, D, o->alpha, o->accumulate());
       be_.attention_backward(datt_, a.qkv_out, a.att, a.attn_state, dqkv_, B_, T_, nh, hd, table_.attn_scale, true,
                              cfg_.rope_theta);  // also rotates d(q, k) back through RoPE
       if (a.qk_norm) {
         Param& qn = params_[a.qk_norm];
-        be_.qk_norm_backward(dqkv_, a.qk_pre, qn.weight, a.qk_rstd, qn.grad, N, nh, hd);
+        be_.qk_norm_backward(dqkv_, a.qk_pre, qn.weight, a.qk_rstd, this->accumulating_grad(qn), N, nh, hd);
       }
-      be_.matmul_backward(dqkv_, a.ln1, qkv->weight, dx_, qkv->grad, N, D, 3 * D, qkv->alpha);
-      be_.rmsnorm_backward(dx_, res_[l], n1->weight, a.rstd1, dres_, n1->grad, N, D);  // dres is now d(res[l])
+      be_.matmul_backward(dqkv_, a.ln1, qkv->weight, dx_, qkv->grad, N, D, 3 * D, qkv->alpha, qkv->accumulate());
+      be_.rmsnorm_backward(dx_, res_[l], n1->weight, a.rstd1, dres_, this->accumulating_grad(*n1), N,
+                           D);  // dres is now d(res[l])
     }
-    be_.embedding_backward(tok_, dres_, params_[0].grad, N, D);
+    be_.embedding_backward(tok_, dres_, this->accumulating_grad(params_[0]), N, D);
+    this->zero_stale_grads();
   }
 
   const ModelConfig& config() const { return cfg_; }
@@ -456,7 +479,8 @@ class LM : public ParamStore<Backend> {
         continue;
       }
       be_.crossentropy_forward_backward(logits_, tgt_ + r0, losses_ + r0, logits_, rows, cfg_.vocab, Vp, 1.0 / N);
-      be_.matmul_backward(logits_, x, head.weight, dx_ + size_t(r0) * D, head.grad, rows, D, Vp, head.alpha);
+      be_.matmul_backward(logits_, x, head.weight, dx_ + size_t(r0) * D, head.grad, rows, D, Vp, head.alpha,
+                          head.accumulate());
     }
     head_grad_done_ = grad;
   }

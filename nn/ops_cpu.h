@@ -99,10 +99,12 @@ void matmul_forward(const T* x, const T* w, T* y, int N, int In, int Out, double
 }
 // dx = alpha * dy W (skipped if dx == nullptr), dW += alpha * dy^T x
 template <class T>
-void matmul_backward(const T* dy, const T* x, const T* w, T* dx, T* dw, int N, int In, int Out, double alpha) {
+void matmul_backward(const T* dy, const T* x, const T* w, T* dx, T* dw, int N, int In, int Out, double alpha,
+                     bool accumulate = true) {
   CMatMap<T> DY(dy, N, Out);
   if (dx) MatMap<T>(dx, N, In).noalias() = T(alpha) * (DY * CMatMap<T>(w, Out, In));
-  MatMap<T>(dw, Out, In).noalias() += T(alpha) * (DY.transpose() * CMatMap<T>(x, N, In));
+  if (accumulate) MatMap<T>(dw, Out, In).noalias() += T(alpha) * (DY.transpose() * CMatMap<T>(x, N, In));
+  else MatMap<T>(dw, Out, In).noalias() = T(alpha) * (DY.transpose() * CMatMap<T>(x, N, In));
 }
 
 // ---- residual: out = a + b ----

@@ -51,9 +51,9 @@ void qk_norm_backward(Context& ctx, bf16* dqkv, const bf16* pre, const bf16* w, 
 
 // y[N,Out] = alpha * x[N,In] W[Out,In]^T   (cuBLAS, bf16 in, fp32 accumulate)
 void matmul_forward(Context& ctx, const bf16* x, const bf16* w, bf16* y, int N, int In, int Out, float alpha);
-// dx = alpha * dy W (skipped if dx == nullptr); dw += alpha * dy^T x
+// dx = alpha * dy W (skipped if dx == nullptr); dw += alpha * dy^T x (accumulate) or dw = alpha * dy^T x
 void matmul_backward(Context& ctx, const bf16* dy, const bf16* x, const bf16* w, bf16* dx, float* dw, int N,
-                     int In, int Out, float alpha);
+                     int In, int Out, float alpha, bool accumulate = true);
 
 // out = a + b (n elements)
 void residual_forward(Context& ctx, bf16* out, const bf16* a, const bf16* b, size_t n);

@@ -1,7 +1,9 @@
 // Central finite differences in double precision, for checking hand-written backward passes.
 #pragma once
 #include <cmath>
+#include <algorithm>
 #include <functional>
+#include <limits>
 #include <vector>
 
 #include "core/rng.h"
@@ -40,6 +42,36 @@ inline double dot(const std::vector<double>& a, const std::vector<double>& b) {
   double s = 0;
   for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
   return s;
+}
+
+// zero_grad only marks the gradients stale (LMParam::grad_stale): a step's first write of each gradient must
+// replace whatever the arena held. `step` runs zero_grad, a forward and backward on a CPU (double) model; the
+// gradients it gives over a NaN-filled arena must be those of a clean run bit for bit, a stale gradient must
+// read as zero, and a second backward without zero_grad must add (twice the gradients).
+template <class Model, class Step>
+void check_stale_grads_replaced(Model& m, Step step) {
+  step();
+  std::vector<std::vector<double>> ref;
+  for (auto& p : m.params()) ref.push_back(m.host_grads(p));
+  for (auto& p : m.params()) std::fill_n(p.grad, p.row.tensor.size(), std::numeric_limits<double>::quiet_NaN());
+  m.zero_grad();
+  for (auto& p : m.params()) {
+    const std::vector<double> g = m.host_grads(p);
+    REQUIRE(std::all_of(g.begin(), g.end(), [](double v) { return v == 0; }));
+  }
+  step();
+  for (size_t i = 0; i < ref.size(); ++i) {
+    INFO("tensor " << m.params()[i].row.tensor.name);
+    const std::vector<double> g = m.host_grads(m.params()[i]);
+    REQUIRE(g == ref[i]);
+  }
+  m.backward();
+  for (size_t i = 0; i < ref.size(); ++i) {
+    INFO("tensor " << m.params()[i].row.tensor.name << ", second backward");
+    std::vector<double> twice = ref[i];
+    for (double& v : twice) v *= 2;
+    CHECK(rel_error(m.host_grads(m.params()[i]), twice) < 1e-12);
+  }
 }
 
 }  // namespace mue::test

@@ -1,6 +1,7 @@
 // MoE on CUDA against the CPU reference: the data-movement ops with uneven loads (one expert takes most tokens,
 // some none), and an MoE LM training step. Skips without a GPU.
 #ifdef MUE_HAVE_CUDA
+#include <algorithm>
 #include <array>
 #include <cstdlib>
 #include <limits>
@@ -226,6 +227,29 @@ TEST_CASE("CUDA expert GEMMs (grouped kernel and cuBLAS) match the CPU with unev
     // Empty experts' weights get no increment at all.
     for (int e : {0, 4, 8})
       for (size_t k = size_t(e) * Out * In; k < size_t(e + 1) * Out * In; ++k) REQUIRE(inc[k] == 0.0);
+    // Overwriting (the step's first write of a gradient): dW = the increment over a poisoned (NaN) dW, exactly
+    // zero for the empty experts.
+    poison(dDW);
+    cuda::expert_matmul_backward(ctx, dDY.h(), dX.h(), wp, dDX.h(), static_cast<float*>(dDW.p), hoff, doff.i(), R,
+                                 E, In, Out, float(alpha), false);
+    cuda::copy_to_host(gdwf.data(), dDW.p, gdwf.size() * 4);
+    V over(gdwf.begin(), gdwf.end());
+    CHECK(all_finite(over));
+    CHECK(rel_error(over, rinc) < 1e-3);
+    for (int e : {0, 4, 8})
+      for (size_t k = size_t(e) * Out * In; k < size_t(e + 1) * Out * In; ++k) REQUIRE(over[k] == 0.0);
+  }
+  {  // no rows at all: overwriting leaves a zero dW, accumulating leaves it alone
+    Dev dy0(16), x0(16), w0(size_t(E) * 40 * 72 * 2), dx0(16), dw0(size_t(E) * 40 * 72 * 4);
+    std::vector<int32_t> zoff(E + 1, 0);
+    Dev dzoff((E + 1) * 4);
+    cuda::copy_to_device(dzoff.p, zoff.data(), (E + 1) * 4);
+    poison(dw0);
+    cuda::expert_matmul_backward(ctx, dy0.h(), x0.h(), w0.h(), dx0.h(), static_cast<float*>(dw0.p), nullptr,
+                                 dzoff.i(), 0, E, 72, 40, 1.f, false);
+    std::vector<float> h(size_t(E) * 40 * 72);
+    cuda::copy_to_host(h.data(), dw0.p, h.size() * 4);
+    CHECK(std::all_of(h.begin(), h.end(), [](float v) { return v == 0.f; }));
   }
   // A malformed or out-of-range MUE_EXPERT_TILE is a one-line error naming the variable.
   const std::string past_last = std::to_string(cuda::expert_tile_configs()) + ",0";

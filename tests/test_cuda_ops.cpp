@@ -198,6 +198,13 @@ TEST_CASE("CUDA matmul forward and backward (odd sizes, alpha)", "[cuda]") {
     V gw2 = gw;
     cpu::matmul_backward<double>(g.data(), x.data(), w.data(), nullptr, gw2.data(), c.N, c.In, c.Out, c.alpha);
     expect_close(minus(get_f32(ctx, dgw, nw), gw0), minus(gw2, gw0), 1e-4, "matmul dw after two backwards");
+
+    // accumulate = false (a step's first write of a gradient): dw = the increment, over a poisoned dw.
+    Dev dgw3 = poisoned(nw * sizeof(float));
+    cuda::matmul_backward(ctx, dg.h(), dx.h(), dw.h(), nullptr, dgw3.f(), c.N, c.In, c.Out, float(c.alpha), false);
+    V gw3(nw, std::nan(""));
+    cpu::matmul_backward<double>(g.data(), x.data(), w.data(), nullptr, gw3.data(), c.N, c.In, c.Out, c.alpha, false);
+    expect_close(get_f32(ctx, dgw3, nw), gw3, 1e-4, "matmul dw overwritten");
   }
 }
 

@@ -131,6 +131,24 @@ TEST_CASE("DiT gradient matches finite differences for every tensor (dense and M
   }
 }
 
+TEST_CASE("DiT: a step's first write of each gradient replaces the arena's old values (lazy zero_grad)", "[dit]") {
+  ModelConfig c = tiny_dit(true);
+  c.qk_norm = true;
+  ParamTable t = make_param_table("mup", c, c, Hyper{});
+  for (auto& r : t.rows) r.init = "normal", r.init_std = r.init_std > 0 ? r.init_std : 0.3;
+  CpuBackend<double> be;
+  DiT<CpuBackend<double>> m(c, t, be, 2, make_ffn<CpuBackend<double>>);
+  m.init_weights(5);
+  V x = randn(2 * 16, 83), v = randn(2 * 16, 84), tt = {0.2, 0.9};
+  std::vector<int32_t> y = {0, 3};
+  check_stale_grads_replaced(m, [&] {
+    m.zero_grad();
+    m.forward(x.data(), v.data(), tt.data(), y.data());
+    m.aux_loss();
+    m.backward();
+  });
+}
+
 TEST_CASE("adaLN-Zero: at init every block is the identity and the prediction is zero", "[dit]") {
   ModelConfig c = tiny_dit(false);
   ParamTable t = make_param_table("sp", c, c, Hyper{});

@@ -108,6 +108,24 @@ TEST_CASE("LM head in chunks: loss and gradients do not depend on the chunking o
   CHECK_THROWS(model.set_head_rows(model.head_rows() + 1000000));
 }
 
+TEST_CASE("LM: a step's first write of each gradient replaces the arena's old values (lazy zero_grad)", "[lm]") {
+  for (bool fused : {false, true}) {
+    INFO("head's gradient in the forward " << fused);
+    ModelConfig c = tiny_config();
+    c.qk_norm = true;  // its weights' gradient is a sum over rows (zeroed before the op adds)
+    CpuBackend<double> be;
+    LM<CpuBackend<double>> model(c, make_param_table("mup", c, c, Hyper{}), be, 2);
+    model.init_weights(8);
+    model.set_head_rows(3);  // chunks: the head's gradient is overwritten once, then added to
+    auto x = random_tokens(2 * c.seq_len, c.vocab, 5), y = random_tokens(2 * c.seq_len, c.vocab, 6);
+    check_stale_grads_replaced(model, [&] {
+      model.zero_grad();
+      model.forward(x.data(), y.data(), fused);
+      model.backward();
+    });
+  }
+}
+
 TEST_CASE("tiny LM overfits one fixed batch (loss falls by >= 90%)", "[lm]") {
   ModelConfig c;
   c.vocab = 64, c.vocab_pad = 64, c.d_model = 32, c.n_layers = 2, c.n_heads = 2, c.ffn_hidden = 64, c.seq_len = 16;

@@ -184,6 +184,22 @@ TEST_CASE("MoE LM gradient matches finite differences (softmax/sigmoid, groups, 
   }
 }
 
+TEST_CASE("MoE LM: a step's first write of each gradient replaces old values, empty experts' included", "[moe]") {
+  ModelConfig c = tiny_moe(16, 1, 6, 1, 1);  // 8 tokens, 16 experts: most get no rows; a shared expert too
+  CpuBackend<double> be;
+  DLM m(c, make_param_table("mup", c, c, Hyper{}), be, 2, make_ffn<CpuBackend<double>>);
+  m.init_weights(6);
+  auto x = toks(8, c.vocab, 3), y = toks(8, c.vocab, 4);
+  check_stale_grads_replaced(m, [&] {
+    m.zero_grad();
+    m.forward(x.data(), y.data(), true);
+    m.aux_loss();
+    m.backward();
+  });
+  const auto load = m.ffn_stats(0)->load;
+  REQUIRE(std::count(load.begin(), load.end(), 0.0) > 0);  // some experts were empty
+}
+
 TEST_CASE("MoE with N = a = 1 (r = 1) is the dense SwiGLU of the same weights", "[moe]") {
   ModelConfig dense = tiny_moe(1, 1, 12);
   dense.ffn = FfnConfig{};
