@@ -6,6 +6,8 @@
 #pragma once
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <string>
@@ -248,7 +250,10 @@ class ParamStore {
     if constexpr (!std::is_same_v<W, M>) be_.sync_weights(params_.front().value, params_.front().weight, n_params_);
   }
   // Gradients restart at zero (lazily: see LMParam::grad_stale). A backward ends with zero_stale_grads().
+  // MUE_EAGER_ZERO_GRAD=1 clears the whole arena instead and every write adds: the older way, kept so that
+  // the two can be timed against each other on one card and a suspect overwrite ruled out.
   void zero_grad() {
+    if (eager_zero_grad_) return be_.zero(grads_.data(), grads_.bytes());
     for (auto& p : params_) p.grad_stale = true;
   }
   // p's gradient for an op that adds into it: zeroed first when stale.
@@ -296,6 +301,10 @@ class ParamStore {
   }
   size_t n_params_ = 0;
   Arena values_, grads_, adam_m_, adam_v_, shadow_;
+  const bool eager_zero_grad_ = [] {
+    const char* v = std::getenv("MUE_EAGER_ZERO_GRAD");
+    return v && std::strcmp(v, "0") != 0;
+  }();
 };
 
 template <class Backend>

@@ -124,6 +124,26 @@ TEST_CASE("LM: a step's first write of each gradient replaces the arena's old va
       model.backward();
     });
   }
+  SECTION("MUE_EAGER_ZERO_GRAD=1 (memset, every write adds) gives the same gradients bit for bit") {
+    ModelConfig c = tiny_config();
+    auto x = random_tokens(2 * c.seq_len, c.vocab, 5), y = random_tokens(2 * c.seq_len, c.vocab, 6);
+    std::vector<std::vector<double>> grads[2];
+    for (int eager : {0, 1}) {
+      setenv("MUE_EAGER_ZERO_GRAD", eager ? "1" : "0", 1);  // read when the model is built
+      CpuBackend<double> be;
+      LM<CpuBackend<double>> model(c, make_param_table("mup", c, c, Hyper{}), be, 2);
+      unsetenv("MUE_EAGER_ZERO_GRAD");
+      model.init_weights(8);
+      model.set_head_rows(3);
+      for (int step = 0; step < 2; ++step) {  // the second step starts from the first one's gradients
+        model.zero_grad();
+        model.forward(x.data(), y.data());
+        model.backward();
+      }
+      for (auto& p : model.params()) grads[eager].push_back(model.host_grads(p));
+    }
+    CHECK(grads[0] == grads[1]);
+  }
 }
 
 TEST_CASE("tiny LM overfits one fixed batch (loss falls by >= 90%)", "[lm]") {
