@@ -20,10 +20,11 @@ using detail::store_w;
 
 // xp[r, :] = x[src[r], :]   traffic: read R*D (x itself, N*D, mostly from L2), write R*D
 // kGatherRows rows per block: each thread issues its loads of all of them before it stores any, so it has that
-// many loads in flight instead of one (a row of gpt2s is 96 threads of 16 bytes: too few bytes in flight per SM
-// with one row per block to cover the memory latency). kGatherRows = gather_rows(): MUE_GATHER_ROWS (1, 2, 4, 8),
-// default 1: on gpt2s-moe (H100) 4 rows took permute_rows 1.64 -> 1.58 ms and combine_backward 1.66 -> 1.60 ms
-// per step, but the step itself 48.43 -> 48.49 ms, no gain.
+// many loads in flight instead of one. With one row per block a short row leaves too few bytes in flight per SM to
+// cover the memory latency: at D = 256 a block is one warp of 16-byte loads, and an SM holds at most 32 blocks
+// (16 KB in flight). kGatherRows = gather_rows(D): MUE_GATHER_ROWS (1, 2, 4, 8) when set, else the fewest rows
+// that make a block move at least 4 KB (8 at D = 256, 4 at D = 768). On gpt2s-moe (H100, 2026-12-05) 4 rows took
+// permute_rows 1.64 -> 1.58 ms and combine_backward 1.66 -> 1.60 ms per step (the step within its spread).
 template <int W, int kGatherRows>
 __global__ void permute_rows_kernel(const bf* x, const int32_t* src, bf* xp, int rows, int D) {
   const int r0 = blockIdx.x * kGatherRows, nr = min(kGatherRows, rows - r0);
@@ -67,10 +68,14 @@ void launch_rows(Context& ctx, K8 k8, K1 k1, int blocks, int D, bool aligned, co
   check_launch(name);
 }
 
-int gather_rows() {  // read at every launch (a captured graph keeps what it saw), so a test can vary it
-  const char* v = std::getenv("MUE_GATHER_ROWS");
-  const int k = v ? std::atoi(v) : 1;
-  return k == 2 || k == 4 || k == 8 ? k : 1;
+int gather_rows(int D) {  // read at every launch (a captured graph keeps what it saw), so a test can vary it
+  if (const char* v = std::getenv("MUE_GATHER_ROWS")) {
+    const int k = std::atoi(v);
+    return k == 2 || k == 4 || k == 8 ? k : 1;
+  }
+  int k = 1;
+  while (k < 8 && size_t(k) * D * sizeof(bf16) < 4096) k *= 2;
+  return k;
 }
 template <int kRows>
 void permute_rows_by(Context& ctx, const bf16* x, const int32_t* src_token, bf16* xp, int rows, int D) {
@@ -81,7 +86,7 @@ void permute_rows_by(Context& ctx, const bf16* x, const int32_t* src_token, bf16
 
 void permute_rows(Context& ctx, const bf16* x, const int32_t* src_token, bf16* xp, int rows, int D) {
   if (rows == 0) return;
-  switch (gather_rows()) {
+  switch (gather_rows(D)) {
     case 2: return permute_rows_by<2>(ctx, x, src_token, xp, rows, D);
     case 4: return permute_rows_by<4>(ctx, x, src_token, xp, rows, D);
     case 8: return permute_rows_by<8>(ctx, x, src_token, xp, rows, D);

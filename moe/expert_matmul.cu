@@ -713,11 +713,14 @@ constexpr int kTileConfigs = 12;
 // Persistent blocks pay on the row kernels, whose tiles all cost the same; dW tiles vary with the expert's rows,
 // where one block per tile balances better. The expert GEMM test runs 10 and 11 on 1 and 3 blocks
 // (MUE_EXPERT_GRID), so that each block walks many tiles.
+// Unset, an output at most 128 columns wide (small-moe's dx of the down-projection, N = h = 128) takes 11, whose
+// 128-column tile does not compute a second, empty half.
 struct TileChoice {
   int rows = 10, dw = 9;
 };
-TileChoice tile_choice() {
+TileChoice tile_choice(int n_out) {
   TileChoice t;
+  if (n_out <= 128) t.rows = 11;
   if (const char* v = std::getenv("MUE_EXPERT_TILE")) {
     MUE_CHECK(std::sscanf(v, "%d,%d", &t.rows, &t.dw) == 2 && t.rows >= 0 && t.rows < kTileConfigs && t.dw >= 0 &&
                   t.dw < kTileConfigs,
@@ -766,7 +769,7 @@ void expert_matmul_forward(Context& ctx, const bf16* x, const bf16* w, bf16* y, 
   MUE_CHECK(In > 0 && Out > 0 && E > 0, "expert GEMM: In, Out and E must be positive, got ", In, ", ", Out, ", ", E);
   if (rows <= 0) return;
   if (off_dev && expert_gemm_kernel_fits(In, Out) && aligned16(x, w, y)) {
-    return with_tile(tile_choice().rows, [&](auto cfg) {
+    return with_tile(tile_choice(Out).rows, [&](auto cfg) {
       launch_expert_rows<decltype(cfg), true>(ctx, x, w, y, off_dev, rows, E, In, Out, alpha);
     });
   }
@@ -790,7 +793,7 @@ void expert_matmul_backward(Context& ctx, const bf16* dy, const bf16* x, const b
     return;
   }
   if (off_dev && expert_gemm_kernel_fits(In, Out) && aligned16(dy, x, w, dx, dw)) {
-    const TileChoice tc = tile_choice();
+    const TileChoice tc = tile_choice(In);  // dx is In wide
     with_tile(tc.rows, [&](auto cfg) {
       launch_expert_rows<decltype(cfg), false>(ctx, dy, w, dx, off_dev, rows, E, Out, In, alpha);
     });

@@ -85,9 +85,11 @@ TEST_CASE("CUDA MoE dispatch and combine match the CPU with uneven loads", "[cud
     struct Unset {
       ~Unset() { ::unsetenv("MUE_GATHER_ROWS"); }
     } unset;
-    for (const char* rows_per_block : {"1", "2", "4", "8"}) {  // R = 194: a ragged last block for 4 and 8
+    // R = 194: a ragged last block for 4 and 8; "" is the default, rows by D (8 at D = 32, 1 at D = 4096)
+    for (const char* rows_per_block : {"1", "2", "4", "8", ""}) {
       INFO("MUE_GATHER_ROWS = " << rows_per_block);
-      ::setenv("MUE_GATHER_ROWS", rows_per_block, 1);
+      if (*rows_per_block) ::setenv("MUE_GATHER_ROWS", rows_per_block, 1);
+      else ::unsetenv("MUE_GATHER_ROWS");
       poison(dOut);
       cuda::permute_rows(ctx, dX.h(), dsrc.i(), dOut.h(), R, D);
       V ref(R * D);
