@@ -24,8 +24,8 @@ using detail::store_w;
 // cover the memory latency: at D = 256 a block is one warp of 16-byte loads, and an SM holds at most 32 blocks
 // (16 KB in flight). kGatherRows = gather_rows(D): MUE_GATHER_ROWS (1, 2, 4, 8) when set, else the fewest rows
 // that make a block move at least 4 KB (8 at D = 256, 4 at D = 768). H100, 2026-12-06, one call: small-moe
-// permute_rows 0.65 -> 0.29 and combine_backward 0.65 -> 0.28 ms per step, the step 14.87 -> 14.16 ms against
-// MUE_GATHER_ROWS=1; gpt2s-moe 46.38 -> 46.25 ms.
+// took 14.87 -> 14.16 ms against MUE_GATHER_ROWS=1 (permute_rows and combine_backward 0.65 -> 0.29 ms each,
+// against a profile of one row a block on another H100 that day); gpt2s-moe 46.38 -> 46.25 ms.
 template <int W, int kGatherRows>
 __global__ void permute_rows_kernel(const bf* x, const int32_t* src, bf* xp, int rows, int D) {
   const int r0 = blockIdx.x * kGatherRows, nr = min(kGatherRows, rows - r0);

@@ -715,8 +715,8 @@ constexpr int kTileConfigs = 12;
 // (MUE_EXPERT_GRID), so that each block walks many tiles.
 // Without MUE_EXPERT_TILE, a row GEMM at most 128 columns wide (small-moe's dx of the down-projection, N = h = 128)
 // takes 11, whose 128-column tile does not compute a second, empty half: small-moe 14.23 -> 14.16 ms per step
-// (H100, 2026-12-06; expert backward 1.89 -> 1.81 ms); the others there: 11,9 14.17, 11,11 14.43, 8,9 14.55,
-// 10,8 14.79.
+// (H100, 2026-12-06; expert backward 1.89 -> 1.81 ms against a profile on another H100); the others there:
+// 11,9 14.17, 11,11 14.43, 8,9 14.55, 10,8 14.79.
 struct TileChoice {
   int rows = 10, dw = 9;
 };
