@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -95,6 +96,10 @@ SweepSpec parse_sweep_spec(const ojson& j, const std::string& spec_dir) {
     for (auto& [k, v] : j["axes"].items()) {
       MUE_CHECK(k != "name" && k != "out.dir", "sweep axis '", k, "' is set by the sweep itself");
       MUE_CHECK(v.is_array() && !v.empty(), "sweep axis '", k, "' must be a non-empty list of values");
+      if (k == "seed")
+        for (auto& x : v)
+          MUE_CHECK(x.is_number_integer() && x.get<long long>() >= 0 && x.get<long long>() <= INT32_MAX,
+                    "sweep axis 'seed' takes integers >= 0 (each sets train.seed and train.data_seed), got ", x.dump());
       std::vector<ojson> vals(v.begin(), v.end());
       s.axes.push_back({k, vals});
     }
@@ -145,7 +150,14 @@ std::vector<SweepPoint> expand_grid(const SweepSpec& s) {
     std::snprintf(idx, sizeof idx, "%04zu", i);
     p.name = sanitize(s.name + "-" + idx + (label.empty() ? "" : "-" + label));
     p.overrides = s.overrides;
-    for (auto& [k, v] : p.coords) p.overrides.push_back(k + "=" + v.dump());
+    for (auto& [k, v] : p.coords) {
+      if (k == "seed") {  // one replicate: new initial weights and a new batch order together
+        p.overrides.push_back("train.seed=" + v.dump());
+        p.overrides.push_back("train.data_seed=" + v.dump());
+      } else {
+        p.overrides.push_back(k + "=" + v.dump());
+      }
+    }
     p.overrides.push_back("name=" + p.name);
     p.overrides.push_back("out.dir=" + s.out_dir);
     pts.push_back(std::move(p));

@@ -7,6 +7,8 @@
 //    "overrides": ["key=value", ...],          applied to every point (before the axes)
 //    "axes": {"hp.lr": [0.001, 0.002], "rule": ["sp", "mup"], ...},   config keys -> JSON values; grid is the
 //                                              cartesian product, first axis slowest, in the file's order
+//                                              axis "seed": [1, 2] sets train.seed and train.data_seed both
+//                                              (a replicate: new weights and a new batch order)
 //    "parallel": 1,                            runs at a time on this machine (mue sweep --parallel overrides)
 //    "out_dir": "runs/act-experts-lm",         out.dir of every point (default runs/NAME), relative to cwd
 //    "expected_h100_minutes": 5}               optional: wall time of the whole grid on one H100 (number >= 0),

@@ -121,6 +121,31 @@ TEST_CASE("sweep: grid expands in the file's axis order with stable names", "[sw
   CHECK(expand_grid(parse_sweep_spec(ojson::parse(R"({"name": "one"})"), "")).size() == 1);
 }
 
+TEST_CASE("sweep: the seed axis sets both seeds of a replicate", "[sweep]") {
+  SweepSpec s = parse_sweep_spec(ojson::parse(R"({"name": "r", "axes": {"seed": [1, 7], "hp.lr": [0.01]}})"), "");
+  auto pts = expand_grid(s);
+  REQUIRE(pts.size() == 2);
+  CHECK(pts[1].name == "r-0001-seed-7_lr-0.01");
+  auto has = [](const SweepPoint& p, const std::string& o) {
+    return std::find(p.overrides.begin(), p.overrides.end(), o) != p.overrides.end();
+  };
+  CHECK(has(pts[1], "train.seed=7"));
+  CHECK(has(pts[1], "train.data_seed=7"));
+  CHECK(!has(pts[1], "seed=7"));
+  const RunConfig c = resolve_config("", pts[1].overrides);
+  CHECK(c.train.seed == 7);
+  CHECK(c.train.data_seed == 7);
+  for (const char* bad : {R"({"name": "r", "axes": {"seed": [1.5]}})", R"({"name": "r", "axes": {"seed": [-1]}})",
+                          R"({"name": "r", "axes": {"seed": ["a"]}})"}) {
+    try {
+      parse_sweep_spec(ojson::parse(bad), "");
+      FAIL("accepted " << bad);
+    } catch (const Error& e) {
+      CHECK(std::string(e.what()).find("sweep axis 'seed' takes integers") != std::string::npos);
+    }
+  }
+}
+
 TEST_CASE("sweep: bad specs are one-line errors before anything runs", "[sweep]") {
   auto err = [](const std::string& text) {
     try {

@@ -35,12 +35,22 @@ def fmt(v):
 
 
 class Summary:
-    """The /summary table of one sweep index, rows in sweep order (first axis slowest)."""
+    """The /summary table of one sweep, rows in sweep order (first axis slowest), read from a sweep index
+    (NAME-index.h5) or from a compact results file (NAME.json, results_bundle.py). A results file also gives
+    each point's curves and config in `points` (None for an index)."""
 
     def __init__(self, path):
         self.path = path
+        self.points = None
         if not os.path.isfile(path):
             raise SystemExit(f"{path}: no such file (a sweep writes out_dir/NAME-index.h5)")
+        if path.endswith(".json"):
+            self._read_results(path)
+        else:
+            self._read_index(path)
+        self.status = self.columns["status"]
+
+    def _read_index(self, path):
         try:
             with h5py.File(path, "r") as f:
                 self.name = _text_attr(f, "name")
@@ -50,7 +60,25 @@ class Summary:
                 self.columns = {k: read_column(group, k) for k in group.keys()}
         except (OSError, KeyError) as e:
             raise SystemExit(f"{path}: not a sweep index file ({e})")
-        self.status = self.columns["status"]
+
+    def _read_results(self, path):
+        try:
+            with open(path) as f:
+                b = json.load(f)
+            if not str(b.get("format", "")).startswith("mue-sweep-results/"):
+                raise KeyError("format")
+            self.name, self.axes, self.spec, self.points = b["name"], b["axes"], b["spec"], b["points"]
+        except (OSError, ValueError, KeyError) as e:
+            raise SystemExit(f"{path}: not a sweep results file ({e})")
+
+        def value(p, k):
+            v = p["coords"][k] if k in self.axes else p.get(k)
+            if isinstance(v, str):
+                return v
+            return float("nan") if v is None else float(v)
+
+        keys = ["index", "name", *self.axes, "status", "final_train_loss", "final_val_loss", "best_val_loss", "steps"]
+        self.columns = {k: [value(p, k) for p in self.points] for k in keys}
 
     def __len__(self):
         return len(self.status)
@@ -104,7 +132,7 @@ def save_figure(fig, path):
 def figure_arguments(doc):
     """The arguments every figure script takes: INDEX.h5, --out PREFIX, --metric."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("index", help="sweep index file, out_dir/NAME-index.h5")
+    ap.add_argument("index", help="sweep index file (out_dir/NAME-index.h5) or results file (NAME.json)")
     ap.add_argument("--out", default=None, help="output prefix (default: the index path without .h5)")
     ap.add_argument("--metric", default="final_val_loss", choices=METRICS)
     return ap
@@ -115,7 +143,10 @@ def label(keys, values, default=""):
 
 
 def output_prefix(index_path, out):
-    """--out if given, else the index path without .h5."""
+    """--out if given, else the index (or results) path without .h5 (.json)."""
     if out:
         return out
-    return index_path[:-3] if index_path.endswith(".h5") else index_path
+    for ext in (".h5", ".json"):
+        if index_path.endswith(ext):
+            return index_path[: -len(ext)]
+    return index_path

@@ -1,20 +1,23 @@
 #!/usr/bin/env python3
-"""LR-transfer figures from a sweep index file (mue sweep -> out_dir/NAME-index.h5).
+"""LR-transfer figures from a sweep index (NAME-index.h5) or results file (NAME.json), in the paper's style.
 
-(a) final val loss vs log2(LR), one curve per combination of the other axes (e.g. ffn.shape x rule), optimum
-    marked; (b) optimum LR vs shape (or the first other axis) per rule with a +-1/2-octave band.
+(a) PREFIX-loss.png: one panel per rule with a shared y-axis; one curve per configuration (the axes other than
+    the rule, the LR and the seed), coloured in the spec's order on a sequential colormap; seeds averaged, their
+    range as error bars; each curve's fitted optimum (optimum.py) marked with a star.
+(b) PREFIX-optimum.png: the fitted optimum LR against the configuration axis, one curve per rule, a +-1/2-octave
+    band around the mean, seed range as error bars; with --proxy, the dense proxy's fitted optimum per rule as a
+    dashed line.
 
-usage: sweep_lr.py INDEX.h5 [--out PREFIX] [--lr-key hp.lr] [--x-key ffn.shape] [--group-key rule]
-                            [--metric final_val_loss|best_val_loss]
-writes PREFIX-loss.png and PREFIX-optimum.png (PREFIX defaults to the index path without .h5).
-Needs h5py, numpy and matplotlib.
+usage: sweep_lr.py SWEEP [--proxy PROXY] [--out PREFIX] [--lr-key hp.lr] [--x-key ffn.shape]
+                         [--metric final_val_loss|best_val_loss|final_train_loss]
+Needs numpy and matplotlib (h5py for index files).
 """
 import math
-from collections import OrderedDict
 
 import numpy as np
 
-from sweep_index import Summary, figure_arguments, fmt, label, output_prefix, pyplot, save_figure
+from sweep_index import Summary, figure_arguments, fmt, output_prefix, pyplot, save_figure
+from transfer_table import optima, proxy_optima
 
 plt = pyplot()
 
@@ -22,82 +25,89 @@ plt = pyplot()
 def main():
     ap = figure_arguments(__doc__)
     ap.add_argument("--lr-key", default="hp.lr")
-    ap.add_argument("--x-key", default=None, help="axis for panel (b)'s x (default ffn.shape, else first other axis)")
-    ap.add_argument("--group-key", default=None, help="axis for panel (b)'s curves (default rule if an axis)")
+    ap.add_argument("--x-key", default=None, help="configuration axis for panel (b)'s x (default: the first)")
+    ap.add_argument("--proxy", default=None, help="the dense proxy's sweep (index or results file)")
     a = ap.parse_args()
 
     sw = Summary(a.index)
-    sw.require_axis(a.lr_key)
-    axes, name = sw.axes, sw.name
-    cols = {k: sw.column(k) for k in axes}
-    loss = sw.loss(a.metric)
-    others = [k for k in axes if k != a.lr_key]
-    ok = sw.completed(a.metric)
-    lrs = np.array(cols[a.lr_key], dtype=float)
-
-    # Curves: one per combination of the other axes, in the sweep's order.
-    curves = sw.rows_by(others)
-
+    conf_keys, table = optima(sw, a.lr_key, a.metric)
     prefix = output_prefix(a.index, a.out)
+    rules = list(table)
+    confs = list(dict.fromkeys(c for r in rules for c in table[r]))
+    cmap = plt.get_cmap("viridis")
+    colour = {c: cmap(i / max(1, len(confs) - 1) * 0.9) for i, c in enumerate(confs)}
+    metric = a.metric.replace("_", " ")
 
-    # (a) loss vs log2 LR.
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    optimum = {}  # combination -> (lr at min, min loss)
-    for key, idx in curves.items():
-        idx = [i for i in sorted(idx, key=lambda i: lrs[i]) if ok[i]]
-        if not idx:
-            continue
-        x = np.log2(lrs[idx])
-        y = loss[idx]
-        line, = ax.plot(x, y, "o-", ms=3, label=label(others, key, name))
-        j = int(np.argmin(y))
-        optimum[key] = (lrs[idx][j], y[j])
-        ax.plot([x[j]], [y[j]], marker="*", ms=12, color=line.get_color(), markeredgecolor="k")
-    ax.set_xlabel(f"log2 {a.lr_key}")
-    ax.set_ylabel(a.metric.replace("_", " "))
-    ax.set_title(f"{name}: {a.metric.replace('_', ' ')} vs learning rate (* = optimum)")
-    ax.grid(alpha=0.3)
-    if len(curves) > 1:
-        ax.legend(fontsize=7, ncol=2 if len(curves) > 8 else 1)
+    # (a) loss vs log2 LR, one panel per rule.
+    fig, axs = plt.subplots(1, len(rules), figsize=(3.6 * len(rules) + 1.2, 3.6), sharey=True, squeeze=False)
+    for ax, rule in zip(axs[0], rules):
+        for conf, per_seed in table[rule].items():
+            if not per_seed:
+                continue
+            xs = np.log2(per_seed[0][2])
+            ys = np.array([y for _, _, _, y in per_seed])
+            with np.errstate(all="ignore"):
+                mean = np.nanmean(ys, axis=0) if len(ys) > 1 else ys[0]
+                lo, hi = np.nanmin(ys, axis=0), np.nanmax(ys, axis=0)
+            lab = ", ".join(fmt(v) for v in conf) or sw.name
+            ax.errorbar(xs, mean, yerr=[mean - lo, hi - mean] if len(ys) > 1 else None, fmt="o-", ms=3, lw=1.2,
+                        capsize=2, color=colour[conf], label=lab)
+            fx = np.mean([o.log2_x for _, o, _, _ in per_seed])
+            fy = np.mean([o.loss for _, o, _, _ in per_seed])
+            ax.plot([fx], [fy], marker="*", ms=11, color=colour[conf], markeredgecolor="k", zorder=5)
+        ax.set_title(rule)
+        ax.set_xlabel(f"log2 {a.lr_key}")
+        ax.grid(alpha=0.3)
+    axs[0][0].set_ylabel(metric)
+    finite = sw.loss(a.metric)[sw.completed(a.metric)]
+    if len(finite):  # the interesting part: from the best loss to a little above the median
+        top = min(np.nanmax(finite), np.nanmedian(finite) + 2 * (np.nanmedian(finite) - np.nanmin(finite)) + 0.05)
+        axs[0][0].set_ylim(np.nanmin(finite) - 0.02, top)
+    axs[0][0].legend(fontsize=7, title=", ".join(conf_keys) or None, title_fontsize=7)
+    seeds = len(set(sw.column("seed"))) if "seed" in sw.axes else 1
+    fig.suptitle(f"{sw.name}: {metric} vs learning rate (* fitted optimum; {seeds} seed{'s' * (seeds > 1)})", fontsize=10)
     fig.tight_layout()
     save_figure(fig, prefix + "-loss.png")
 
-    # (b) optimum LR vs x axis, one curve per group (rule), +-1/2 octave band.
-    if not others or not optimum:
+    # (b) fitted optimum vs the configuration axis, one curve per rule.
+    if not conf_keys:
         return
-    x_key = a.x_key or ("ffn.shape" if "ffn.shape" in others else [k for k in others if k != "rule"][:1] or [None])
-    if isinstance(x_key, list):
-        x_key = x_key[0]
-    if x_key is None:  # only a rule axis: x is the rule itself
-        x_key = others[0]
-    group_key = a.group_key or ("rule" if "rule" in others and x_key != "rule" else None)
-    xi = others.index(x_key)
-    gi = others.index(group_key) if group_key else None
-    # Other axes beyond x and group (e.g. seeds) are averaged in log2 space.
+    x_key = a.x_key or conf_keys[0]
+    if x_key not in conf_keys:
+        raise SystemExit(f"--x-key {x_key}: not a configuration axis ({', '.join(conf_keys)})")
+    xi = conf_keys.index(x_key)
     x_values = sw.values(x_key)
-    groups = OrderedDict()
-    for key, (lr, _) in optimum.items():
-        g = key[gi] if gi is not None else ""
-        groups.setdefault(g, {}).setdefault(key[xi], []).append(math.log2(lr))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    numeric_x = all(isinstance(v, float) for v in x_values)
-    pos = {v: (v if numeric_x else p) for p, v in enumerate(x_values)}
-    for g, by_x in groups.items():
-        xs = [v for v in x_values if v in by_x]
-        px = np.array([pos[v] for v in xs], dtype=float)
-        py = np.array([np.mean(by_x[v]) for v in xs])
-        line, = ax.plot(px, py, "o-", label=f"{group_key}={fmt(g)}" if group_key else name)
-        ax.fill_between(px, py - 0.5, py + 0.5, color=line.get_color(), alpha=0.15)
-    if numeric_x:
+    numeric = all(isinstance(v, float) for v in x_values)
+    pos = {v: (v if numeric else p) for p, v in enumerate(x_values)}
+    proxy = proxy_optima(a.proxy, a.lr_key, a.metric) if a.proxy else {}
+    rule_colours = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for k, rule in enumerate(rules):
+        xs, ys, lo, hi = [], [], [], []
+        for conf, per_seed in table[rule].items():
+            if not per_seed:
+                continue
+            fits = [o.log2_x for _, o, _, _ in per_seed]
+            xs.append(pos[conf[xi]]), ys.append(np.mean(fits)), lo.append(min(fits)), hi.append(max(fits))
+        if not xs:
+            continue
+        order = np.argsort(xs)
+        xs, ys, lo, hi = (np.array(v, dtype=float)[order] for v in (xs, ys, lo, hi))
+        c = rule_colours(k % 10)
+        ax.errorbar(xs, ys, yerr=[ys - lo, hi - ys], fmt="o-", capsize=3, color=c, label=rule)
+        ax.fill_between(xs, ys - 0.5, ys + 0.5, color=c, alpha=0.12)
+        if rule in proxy:
+            ax.axhline(math.log2(proxy[rule]), color=c, ls="--", lw=1, label=f"{rule}: dense proxy")
+    if numeric:
         ax.set_xscale("log", base=2)
     else:
         ax.set_xticks(range(len(x_values)))
         ax.set_xticklabels([fmt(v) for v in x_values])
     ax.set_xlabel(x_key)
-    ax.set_ylabel(f"log2 optimal {a.lr_key}")
-    ax.set_title(f"{name}: optimal LR (band: +-1/2 octave)")
+    ax.set_ylabel(f"log2 fitted optimal {a.lr_key}")
+    ax.set_title(f"{sw.name}: fitted optimum (band +-1/2 octave, bars: seed range)", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, prefix + "-optimum.png")
 

@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""Transfer table of an LR sweep: the fitted optimum per rule and shape, its spread across shapes, the seed
+spread, and the loss penalty of using the dense proxy's LR.
+
+usage: transfer_table.py SWEEP [--proxy PROXY] [--lr-key hp.lr] [--metric final_val_loss] [--brief] [--md OUT.md]
+  SWEEP, PROXY: a sweep index (NAME-index.h5) or results file (NAME.json). PROXY is the dense proxy's LR sweep
+  (same rules); without it the penalty column is left out.
+
+Per rule and configuration (every axis but the rule, the LR and the seed): each seed's grid optimum and fitted
+optimum (optimum.py), their mean in log2(LR), the seed spread (largest minus smallest fitted log2 LR, octaves),
+the mean best loss, and the penalty: the configuration's loss at the proxy's fitted optimum (linear in log2 LR
+between the two grid points around it, seeds averaged) minus its best grid loss (seeds averaged).
+Per rule: the spread of the fitted optimum across configurations (max - min of the seed means, octaves), the
+largest seed spread, and the largest penalty. `edge` marks a best point at the grid's edge (the fit is the grid
+value there: extend the grid).
+"""
+import argparse
+import math
+from collections import OrderedDict
+
+import numpy as np
+
+from optimum import fit_optimum, interpolate_log2
+from sweep_index import Summary, fmt
+
+
+def optima(sw, lr_key, metric):
+    """OrderedDict rule -> OrderedDict config tuple -> list of (seed, Optimum, lrs, losses) per seed."""
+    sw.require_axis(lr_key)
+    loss = sw.loss(metric)
+    ok = sw.completed(metric)
+    seeds = sw.column("seed") if "seed" in sw.axes else [1.0] * len(sw)
+    conf_keys = [k for k in sw.axes if k not in ("rule", "seed", lr_key)]
+    lrs = np.array(sw.column(lr_key), dtype=float)
+    out = OrderedDict()
+    groups = sw.rows_by(["rule"]) if "rule" in sw.axes else OrderedDict({("(spec)",): list(range(len(sw)))})
+    for (rule,), idx in groups.items():
+        by_conf = OrderedDict()
+        for i in idx:
+            conf = tuple(sw.column(k)[i] for k in conf_keys)
+            by_conf.setdefault(conf, OrderedDict()).setdefault(seeds[i], []).append(i)
+        out[rule] = OrderedDict()
+        for conf, by_seed in by_conf.items():
+            per_seed = []
+            for seed, rows in by_seed.items():
+                x = lrs[rows]
+                y = np.where(ok[rows], loss[rows], np.nan)
+                o = fit_optimum(x, y)
+                if o is not None:
+                    per_seed.append((seed, o, x, y))
+            out[rule][conf] = per_seed
+    return conf_keys, out
+
+
+def summarize(conf_keys, table, proxy_lr=None):
+    """Rows and per-rule summaries as plain data (also used by the campaign's REPRODUCTION table)."""
+    rows, rules = [], OrderedDict()
+    for rule, confs in table.items():
+        means, spreads, penalties, edges = [], [], [], 0
+        for conf, per_seed in confs.items():
+            if not per_seed:
+                continue
+            fits = [o.log2_x for _, o, _, _ in per_seed]
+            mean = float(np.mean(fits))
+            spread = max(fits) - min(fits)
+            best = float(np.mean([o.grid_loss for _, o, _, _ in per_seed]))
+            edge = ",".join(sorted({o.edge for _, o, _, _ in per_seed if o.edge}))
+            edges += bool(edge)
+            pen = None
+            plr = (proxy_lr or {}).get(rule)
+            if plr is not None:
+                at = [interpolate_log2(x, y, plr) for _, _, x, y in per_seed]
+                if all(v is not None for v in at):
+                    pen = float(np.mean(at)) - best
+            means.append(mean), spreads.append(spread)
+            if pen is not None:
+                penalties.append(pen)
+            rows.append(dict(rule=rule, conf=conf, seeds=[s for s, _, _, _ in per_seed],
+                             grid=[o.grid_x for _, o, _, _ in per_seed], fitted=fits, mean=mean, spread=spread,
+                             best=best, edge=edge, penalty=pen))
+        if means:
+            rules[rule] = dict(spread=max(means) - min(means), seed_spread=max(spreads), n=len(means),
+                               max_penalty=max(penalties) if penalties else None, edges=edges,
+                               low=min(means), high=max(means))
+    return rows, rules
+
+
+def proxy_optima(path, lr_key, metric):
+    """rule -> the proxy's fitted optimum LR (seeds averaged in log2)."""
+    _, table = optima(Summary(path), lr_key, metric)
+    out = {}
+    for rule, confs in table.items():
+        fits = [o.log2_x for per_seed in confs.values() for _, o, _, _ in per_seed]
+        if fits:
+            out[rule] = 2.0 ** float(np.mean(fits))
+    return out
+
+
+def markdown(name, conf_keys, rows, rules, proxy_lr):
+    conf_label = ", ".join(conf_keys) or "config"
+    lines = [f"| rule | {conf_label} | grid optimum per seed | fitted log2 LR per seed | mean | seed spread (oct) "
+             f"| best loss | penalty at proxy LR | edge |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        pen = "" if r["penalty"] is None else f"{r['penalty']:+.4f}"
+        lines.append(f"| {r['rule']} | {', '.join(fmt(v) for v in r['conf']) or '-'} | "
+                     f"{', '.join(f'2^{math.log2(g):.0f}' for g in r['grid'])} | "
+                     f"{', '.join(f'{f:.2f}' for f in r['fitted'])} | {r['mean']:.2f} | {r['spread']:.2f} | "
+                     f"{r['best']:.4f} | {pen} | {r['edge']} |")
+    lines.append("")
+    for rule, s in rules.items():
+        plr = proxy_lr.get(rule)
+        extra = f"; proxy's fitted LR 2^{math.log2(plr):.2f}, largest penalty {s['max_penalty']:+.4f}" \
+            if plr is not None and s["max_penalty"] is not None else ""
+        edge = f"; {s['edges']} at the grid's edge" if s["edges"] else ""
+        lines.append(f"- **{rule}**: fitted optimum spans {s['spread']:.2f} octaves across {s['n']} configurations "
+                     f"(log2 LR {s['low']:.2f} ... {s['high']:.2f}); largest seed spread {s['seed_spread']:.2f}"
+                     f"{extra}{edge}")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("sweep")
+    ap.add_argument("--proxy", default=None)
+    ap.add_argument("--lr-key", default="hp.lr")
+    ap.add_argument("--metric", default="final_val_loss", choices=["final_val_loss", "best_val_loss", "final_train_loss"])
+    ap.add_argument("--brief", action="store_true", help="only the per-rule lines")
+    ap.add_argument("--md", default=None, help="also write the table to this Markdown file")
+    a = ap.parse_args()
+    sw = Summary(a.sweep)
+    conf_keys, table = optima(sw, a.lr_key, a.metric)
+    proxy_lr = proxy_optima(a.proxy, a.lr_key, a.metric) if a.proxy else {}
+    rows, rules = summarize(conf_keys, table, proxy_lr)
+    text = markdown(sw.name, conf_keys, rows, rules, proxy_lr)
+    done = sum(s == "completed" for s in sw.status)
+    head = f"{sw.name}: {done}/{len(sw)} points completed, metric {a.metric}"
+    print(head)
+    print("\n".join(l for l in text.splitlines() if l.startswith("- ")) if a.brief else text)
+    if a.md:
+        with open(a.md, "w") as f:
+            f.write(f"{head}\n\n{text}\n")
+
+
+if __name__ == "__main__":
+    main()

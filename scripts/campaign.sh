@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# One device call of the reproduction campaign: build mue, run sweep specs one after another until a deadline,
+# then write each spec's compact results file (experiments/figures/results_bundle.py) and an archive of its run
+# files (to resume the sweep in a later call: unpack it into runs/ and name runs/NAME in the call's carry).
+#
+# usage: DEADLINE_S=560 bash scripts/campaign.sh NAME[:PARALLEL[:SECONDS]] ...
+#   NAME       a spec in experiments/sweeps/NAME.json (its out_dir must be runs/NAME)
+#   PARALLEL   runs at a time (default: the spec's)
+#   SECONDS    stop this spec after so many seconds (SIGINT: running points stop, the index is rewritten,
+#              completed points stay completed); the next NAME starts then. Default: until the deadline.
+# The whole call stops starting work DEADLINE_S seconds after it began (default 540) and keeps 25 s for packing.
+# Output under $OUT (default ./campaign-out): NAME.json, NAME-runs.tgz, campaign.log (one line a finished point).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-campaign-out}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+t0=$(date +%s)
+deadline=$((t0 + ${DEADLINE_S:-540} - 25))
+log="$OUT/campaign.log"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$log"
+echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u +%FT%TZ)" | tee -a "$log"
+
+build=${BUILD_DIR:-build-gpu}
+gen=""
+command -v ninja >/dev/null && gen="-G Ninja"
+if [ ! -x "$build/mue" ] || [ -n "${REBUILD:-}" ]; then
+  cmake -S . -B "$build" $gen -DCMAKE_BUILD_TYPE=Release > "$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
+  cmake --build "$build" --target mue -j "$(nproc)" > "$OUT/build.log" 2>&1 || { grep -E "error" "$OUT/build.log" | head -40; exit 1; }
+  echo "built in $(( $(date +%s) - t0 )) s" | tee -a "$log"
+fi
+
+names=()
+for arg in "$@"; do
+  IFS=: read -r name par secs <<< "$arg"
+  names+=("$name")
+  now=$(date +%s)
+  left=$((deadline - now))
+  [ -n "${secs:-}" ] && [ "$secs" -lt "$left" ] && left=$secs
+  if [ "$left" -le 5 ]; then echo "== $name: no time left, not started" | tee -a "$log"; continue; fi
+  echo "== $name (parallel ${par:-spec}, at most $left s)" | tee -a "$log"
+  s0=$(date +%s)
+  timeout -s INT -k 20 "$left" "$build/mue" sweep "experiments/sweeps/$name.json" ${par:+--parallel $par} \
+    2>&1 | grep -E "^\[|^sweep" >> "$log"
+  echo "== $name: $(( $(date +%s) - s0 )) s" | tee -a "$log"
+done
+
+for name in "${names[@]}"; do
+  index="runs/$name/$name-index.h5"
+  [ -f "$index" ] || continue
+  python3 experiments/figures/results_bundle.py "$index" --out "$OUT/$name.json" 2>&1 | tail -3
+  tar czf "$OUT/$name-runs.tgz" -C runs "$name"
+done
+grep -E "^== |^sweep .* completed" "$log"
+for name in "${names[@]}"; do
+  [ -f "$OUT/$name.json" ] && python3 experiments/figures/transfer_table.py "$OUT/$name.json" --brief 2>&1 | tail -40
+done

@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+"""experiments/figures/optimum.py: the fitted optimum every figure and table uses (run by ctest)."""
+import math
+import os
+import sys
+import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments", "figures"))
+from optimum import fit_optimum, interpolate_log2, parabola_vertex  # noqa: E402
+
+
+class FitOptimum(unittest.TestCase):
+    def test_exact_parabola(self):
+        # loss = (log2 lr + 8.3)^2 + 3 on a grid 2^-12 .. 2^-6: the vertex is found exactly from the best three.
+        xs = [2.0 ** k for k in range(-12, -5)]
+        ys = [(math.log2(x) + 8.3) ** 2 + 3 for x in xs]
+        o = fit_optimum(xs, ys)
+        self.assertTrue(o.fitted)
+        self.assertEqual(o.grid_x, 2.0 ** -8)
+        self.assertAlmostEqual(o.log2_x, -8.3, places=12)
+        self.assertAlmostEqual(o.loss, 3.0, places=12)
+        self.assertEqual(o.edge, "")
+
+    def test_order_and_gaps(self):
+        xs = [2.0 ** -6, 2.0 ** -9, 2.0 ** -7, 2.0 ** -8, 2.0 ** -10]
+        ys = [float("nan"), 4.0, 3.5, 3.0, 5.0]  # unsorted; the diverged 2^-6 is a gap
+        o = fit_optimum(xs, ys)
+        self.assertEqual(o.grid_x, 2.0 ** -8)
+        self.assertTrue(o.fitted)
+        self.assertAlmostEqual(o.log2_x, -8 + 0.5 * (4.0 - 3.5) / (4.0 - 2 * 3.0 + 3.5), places=12)
+        # A missing neighbour: no fit, the grid value.
+        o = fit_optimum(xs, [4.0, 3.9, float("nan"), 3.0, 5.0])
+        self.assertFalse(o.fitted)
+        self.assertEqual(o.log2_x, -8)
+
+    def test_edges(self):
+        xs = [2.0 ** k for k in range(-12, -5)]
+        low = fit_optimum(xs, [1, 2, 3, 4, 5, 6, 7])
+        high = fit_optimum(xs, [7, 6, 5, 4, 3, 2, 1])
+        self.assertEqual((low.edge, low.fitted, low.log2_x), ("low", False, -12))
+        self.assertEqual((high.edge, high.fitted, high.log2_x), ("high", False, -6))
+        self.assertIsNone(fit_optimum(xs, [float("nan")] * 7))
+
+    def test_flat_and_collinear(self):
+        self.assertEqual(parabola_vertex((0, 1), (1, 1), (2, 1)), (1, 1))
+        o = fit_optimum([1, 2, 4], [2.0, 1.0, 2.0])
+        self.assertAlmostEqual(o.log2_x, 1.0)
+
+    def test_interpolate(self):
+        xs, ys = [0.25, 0.5, 1.0], [3.0, 1.0, 2.0]
+        self.assertAlmostEqual(interpolate_log2(xs, ys, 2 ** -1.5), 2.0)
+        self.assertAlmostEqual(interpolate_log2(xs, ys, 0.25), 3.0)
+        self.assertIsNone(interpolate_log2(xs, ys, 2.0))
+
+
+if __name__ == "__main__":
+    unittest.main()
