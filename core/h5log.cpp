@@ -105,11 +105,13 @@ std::string strip_slashes(const std::string& p) {
   return p.substr(a, b - a);
 }
 
-Hid file_access_plist(const std::string& file) {
+bool g_read_locking = true;  // set_read_locking
+
+Hid file_access_plist(const std::string& file, bool lock = true) {
   Hid fapl = make(H5Pcreate(H5P_FILE_ACCESS), H5Pclose, "cannot create file access property list", file);
 #if H5_VERSION_GE(1, 10, 7)
   // Lock where the filesystem supports it, but do not fail where it does not (NFS, Lustre).
-  check(H5Pset_file_locking(fapl, 1, 1), "cannot set file locking", file);
+  check(H5Pset_file_locking(fapl, lock, 1), "cannot set file locking", file);
 #endif
   return fapl;
 }
@@ -121,7 +123,7 @@ Hid open_ro(const std::string& file) {
   const htri_t h = H5Fis_hdf5(file.c_str());
   if (h < 0) h5fail("cannot read file", file);
   MUE_CHECK(h > 0, "'", file, "' is not an HDF5 file");
-  Hid fapl = file_access_plist(file);
+  Hid fapl = file_access_plist(file, g_read_locking);
   return make(H5Fopen(file.c_str(), H5F_ACC_RDONLY, fapl), H5Fclose, "cannot open file for reading", file);
 }
 
@@ -460,6 +462,8 @@ void RunLog::close() {
 
 // ---------------------------------------------------------------------------------------------------------------
 // Reading
+
+void set_read_locking(bool lock) { g_read_locking = lock; }
 
 bool is_hdf5(const std::string& file) {
   quiet_hdf5();

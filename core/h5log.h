@@ -72,6 +72,10 @@ class RunLog {
 
 // ---- Reading (tests, the trainer's overwrite check, tools) ----
 
+// Whether the readers below take the file's lock (default true: a file being written is refused). `mue show`
+// turns it off to read a live run; where the HDF5 library has no file-locking switch (< 1.10.7) it changes nothing.
+void set_read_locking(bool lock);
+
 // True iff `file` exists and carries the HDF5 signature. Never throws.
 bool is_hdf5(const std::string& file);
 

@@ -1,4 +1,4 @@
-// mue: the command-line program. Subcommands: train, sweep, tokenize, transfer, bench.
+// mue: the command-line program. Subcommands: train, sweep, show, tokenize, transfer, bench, ...
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -15,6 +15,7 @@
 #include "experiments/coord_check.h"
 #include "experiments/run_config.h"
 #include "experiments/sample.h"
+#include "experiments/show.h"
 #include "experiments/sweep.h"
 #include "experiments/trainer.h"
 
@@ -31,6 +32,9 @@ usage:
                                                index out_dir/NAME-index.h5 (spec format: experiments/sweep.h)
   mue sweep [CONFIG.json] --lr A,B,C [key=value ...] [--parallel N]
                                                shortcut: one-axis grid over hp.lr (names NAME-000i-lr-X)
+  mue show PATH [--json] [--rows N]            what a run file, sweep index, checkpoint or coordinate-check file
+                                               holds (status, config, losses, parameter table, last N rows);
+                                               works on a live run
   mue tokenize [--root DIR] [--vocab DIR] [--out FILE] [--val-fraction F] [--corpus NAME]
                                                text tree -> token file (default: linux-doc-6.1 Documentation)
   mue prepare-images [--source DIR] [--kind fashion-mnist|mnist] [--out FILE.h5]
@@ -153,6 +157,13 @@ int cmd_sweep(int argc, char** argv) {
   SweepTotals t = run_sweep(spec, o);
   if (t.interrupted) return 130;
   return t.failed ? 3 : 0;
+}
+
+int cmd_show(int argc, char** argv) {
+  Args a = parse_args(argc, argv, 2, {"--rows"}, {"--json"});
+  MUE_CHECK(!a.config.empty() && a.overrides.empty(), "show needs exactly one PATH (a run file, sweep index, checkpoint or coordinate-check file)");
+  show_file(a.config, a.has("--json"), int(flag_number(a, "--rows", 10, 0, 1e9)), stdout);
+  return 0;
 }
 
 int cmd_tokenize(int argc, char** argv) {
@@ -345,6 +356,7 @@ int main(int argc, char** argv) {
   try {
     if (cmd == "train") return cmd_train(argc, argv);
     if (cmd == "sweep") return cmd_sweep(argc, argv);
+    if (cmd == "show") return cmd_show(argc, argv);
     if (cmd == "tokenize") return cmd_tokenize(argc, argv);
     if (cmd == "transfer") return cmd_transfer(argc, argv);
     if (cmd == "prepare-images") return cmd_prepare_images(argc, argv);
