@@ -25,7 +25,8 @@ from sweep_index import Summary, fmt
 
 
 def optima(sw, lr_key, metric):
-    """OrderedDict rule -> OrderedDict config tuple -> list of (seed, Optimum, lrs, losses) per seed."""
+    """OrderedDict rule -> OrderedDict config tuple -> list of (seed, Optimum, lrs, losses) per seed. Only whole
+    curves count: every LR of that seed completed or diverged (a diverged point is a gap in the fit)."""
     sw.require_axis(lr_key)
     loss = sw.loss(metric)
     ok = sw.completed(metric)
@@ -43,6 +44,8 @@ def optima(sw, lr_key, metric):
         for conf, by_seed in by_conf.items():
             per_seed = []
             for seed, rows in by_seed.items():
+                if any(sw.status[i] not in ("completed", "diverged") for i in rows):
+                    continue  # a curve with points not yet run (or failed) gives no optimum
                 x = lrs[rows]
                 y = np.where(ok[rows], loss[rows], np.nan)
                 o = fit_optimum(x, y)
@@ -62,7 +65,7 @@ def summarize(conf_keys, table, proxy_lr=None):
                 continue
             fits = [o.log2_x for _, o, _, _ in per_seed]
             mean = float(np.mean(fits))
-            spread = max(fits) - min(fits)
+            spread = max(fits) - min(fits) if len(fits) > 1 else None  # one seed: no spread to report
             best = float(np.mean([o.grid_loss for _, o, _, _ in per_seed]))
             edge = ",".join(sorted({o.edge for _, o, _, _ in per_seed if o.edge}))
             edges += bool(edge)
@@ -72,14 +75,17 @@ def summarize(conf_keys, table, proxy_lr=None):
                 at = [interpolate_log2(x, y, plr) for _, _, x, y in per_seed]
                 if all(v is not None for v in at):
                     pen = float(np.mean(at)) - best
-            means.append(mean), spreads.append(spread)
+            means.append(mean)
+            if spread is not None:
+                spreads.append(spread)
             if pen is not None:
                 penalties.append(pen)
             rows.append(dict(rule=rule, conf=conf, seeds=[s for s, _, _, _ in per_seed],
                              grid=[o.grid_x for _, o, _, _ in per_seed], fitted=fits, mean=mean, spread=spread,
                              best=best, edge=edge, penalty=pen))
         if means:
-            rules[rule] = dict(spread=max(means) - min(means), seed_spread=max(spreads), n=len(means),
+            rules[rule] = dict(spread=max(means) - min(means), seed_spread=max(spreads) if spreads else None,
+                               n=len(means), n_seeded=len(spreads),
                                max_penalty=max(penalties) if penalties else None, edges=edges,
                                low=min(means), high=max(means))
     return rows, rules
@@ -104,7 +110,8 @@ def markdown(name, conf_keys, rows, rules, proxy_lr):
         pen = "" if r["penalty"] is None else f"{r['penalty']:+.4f}"
         lines.append(f"| {r['rule']} | {', '.join(fmt(v) for v in r['conf']) or '-'} | "
                      f"{', '.join(f'2^{math.log2(g):.0f}' for g in r['grid'])} | "
-                     f"{', '.join(f'{f:.2f}' for f in r['fitted'])} | {r['mean']:.2f} | {r['spread']:.2f} | "
+                     f"{', '.join(f'{f:.2f}' for f in r['fitted'])} | {r['mean']:.2f} | "
+                     f"{'-' if r['spread'] is None else format(r['spread'], '.2f')} | "
                      f"{r['best']:.4f} | {pen} | {r['edge']} |")
     lines.append("")
     for rule, s in rules.items():
@@ -112,9 +119,10 @@ def markdown(name, conf_keys, rows, rules, proxy_lr):
         extra = f"; proxy's fitted LR 2^{math.log2(plr):.2f}, largest penalty {s['max_penalty']:+.4f}" \
             if plr is not None and s["max_penalty"] is not None else ""
         edge = f"; {s['edges']} at the grid's edge" if s["edges"] else ""
+        seeds = "no configuration has two seeds yet" if s["seed_spread"] is None else \
+            f"largest seed spread {s['seed_spread']:.2f} ({s['n_seeded']} of {s['n']} with two or more seeds)"
         lines.append(f"- **{rule}**: fitted optimum spans {s['spread']:.2f} octaves across {s['n']} configurations "
-                     f"(log2 LR {s['low']:.2f} ... {s['high']:.2f}); largest seed spread {s['seed_spread']:.2f}"
-                     f"{extra}{edge}")
+                     f"(log2 LR {s['low']:.2f} ... {s['high']:.2f}); {seeds}{extra}{edge}")
     return "\n".join(lines)
 
 
