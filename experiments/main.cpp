@@ -27,9 +27,10 @@ const char* kUsage = R"(mue: hyperparameter-transfer trainer for dense and MoE t
 
 usage:
   mue train [CONFIG.json] [key=value ...]      train one run; log to out.dir/NAME.h5
-  mue sweep SPEC.json [--parallel N] [--dry-run]
+  mue sweep SPEC.json [--parallel N] [--dry-run] [--only 3,7-9]
                                                grid sweep, one `mue train` process per point, resumable;
-                                               index out_dir/NAME-index.h5 (spec format: experiments/sweep.h)
+                                               index out_dir/NAME-index.h5 (spec format: experiments/sweep.h);
+                                               --only: just these point indices
   mue sweep [CONFIG.json] --lr A,B,C [key=value ...] [--parallel N]
                                                shortcut: one-axis grid over hp.lr (names NAME-000i-lr-X)
   mue show PATH [--json] [--rows N]            what a run file, sweep index, checkpoint or coordinate-check file
@@ -111,6 +112,28 @@ std::vector<double> parse_list(const std::string& s, const char* what) {
   return v;
 }
 
+// "3,7-9,12" -> {3, 7, 8, 9, 12}: non-negative point indices and inclusive ranges.
+std::vector<int> parse_index_list(const std::string& s) {
+  std::vector<int> v;
+  size_t p = 0;
+  while (p <= s.size()) {
+    size_t q = s.find(',', p);
+    const std::string item = s.substr(p, q == std::string::npos ? std::string::npos : q - p);
+    const size_t dash = item.find('-');
+    auto index = [&](const std::string& t) {
+      MUE_CHECK(!t.empty() && t.size() < 10 && t.find_first_not_of("0123456789") == std::string::npos,
+                "option --only takes point indices and ranges like 3,7-9, got '", s, "'");
+      return std::stoi(t);
+    };
+    const int lo = index(item.substr(0, dash)), hi = dash == std::string::npos ? lo : index(item.substr(dash + 1));
+    MUE_CHECK(lo <= hi, "option --only: range '", item, "' runs backwards");
+    for (int i = lo; i <= hi; ++i) v.push_back(i);
+    if (q == std::string::npos) break;
+    p = q + 1;
+  }
+  return v;
+}
+
 // One number of an option, which must be one value (no list) within [lo, hi]; integers when `integer`.
 double flag_number(const Args& a, const char* flag, double def, double lo, double hi, bool integer = true) {
   if (!a.has(flag)) return def;
@@ -132,7 +155,7 @@ int cmd_train(int argc, char** argv) {
 }
 
 int cmd_sweep(int argc, char** argv) {
-  Args a = parse_args(argc, argv, 2, {"--lr", "--parallel"}, {"--dry-run"});
+  Args a = parse_args(argc, argv, 2, {"--lr", "--parallel", "--only"}, {"--dry-run"});
   SweepSpec spec;
   if (a.has("--lr")) {
     // Shortcut: CONFIG.json --lr A,B,C [key=value ...] is a one-axis grid over hp.lr.
@@ -154,6 +177,7 @@ int cmd_sweep(int argc, char** argv) {
   if (a.has("--parallel")) {
     o.parallel = int(flag_number(a, "--parallel", 1, 1, 4096));
   }
+  if (a.has("--only")) o.only = parse_index_list(a.get("--only", ""));
   SweepTotals t = run_sweep(spec, o);
   if (t.interrupted) return 130;
   return t.failed ? 3 : 0;

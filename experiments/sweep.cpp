@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -355,7 +356,9 @@ SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
 
   SweepTotals tot;
   std::vector<int> todo;
+  for (int i : o.only) MUE_CHECK(i >= 0 && i < int(pts.size()), "--only: sweep ", s.name, " has no point ", i, " (0 to ", pts.size() - 1, ")");
   for (int i : rank_indices(int(pts.size()), rank, size)) {
+    if (!o.only.empty() && std::find(o.only.begin(), o.only.end(), i) == o.only.end()) continue;
     PointResult r = read_point_result(run_file(pts[i]));
     if (r.status == "completed" || r.status == "diverged") {
       ++tot.skipped;

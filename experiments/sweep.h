@@ -71,13 +71,15 @@ std::string sweep_index_path(const SweepSpec& s);
 struct SweepOptions {
   int parallel = 0;  // 0: the spec's
   bool dry_run = false;
+  std::vector<int> only;  // point indices to consider (empty: all); the others are neither run nor counted
   std::string exe = "/proc/self/exe";
 };
 struct SweepTotals {
   int run = 0, skipped = 0, completed = 0, diverged = 0, failed = 0;
   bool interrupted = false;
 };
-// Runs this rank's points that are not yet completed/diverged, `parallel` child processes at a time.
+// Runs this rank's points (of `only`, when given) that are not yet completed/diverged, `parallel` child processes
+// at a time.
 SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o);
 
 }  // namespace mue

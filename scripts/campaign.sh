@@ -9,6 +9,9 @@
 #   SECONDS    stop this spec after so many seconds (SIGINT: running points stop, the index is rewritten,
 #              completed points stay completed); the next NAME starts then. Default: until the deadline.
 # The whole call stops starting work DEADLINE_S seconds after it began (default 540) and keeps 25 s for packing.
+# Across sessions: where experiments/results/NAME.json exists, only its unfinished points run (mue sweep --only)
+# and the new results file merges the finished ones from it (results_bundle.py --merge): copy the NAME.json that
+# comes back over experiments/results/NAME.json and commit it.
 # Output under $OUT (default ./campaign-out): NAME.json, NAME-runs.tgz, campaign.log (one line a finished point).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -38,17 +41,24 @@ for arg in "$@"; do
   left=$((deadline - now))
   [ -n "${secs:-}" ] && [ "$secs" -lt "$left" ] && left=$secs
   if [ "$left" -le 5 ]; then echo "== $name: no time left, not started" | tee -a "$log"; continue; fi
-  echo "== $name (parallel ${par:-spec}, at most $left s)" | tee -a "$log"
+  only=""
+  if [ -f "experiments/results/$name.json" ]; then
+    only=$(python3 experiments/figures/results_bundle.py --missing "experiments/results/$name.json")
+    if [ -z "$only" ]; then echo "== $name: every point finished in experiments/results/$name.json" | tee -a "$log"; continue; fi
+  fi
+  echo "== $name (parallel ${par:-spec}, at most $left s${only:+, points $only})" | tee -a "$log"
   s0=$(date +%s)
   timeout -s INT -k 20 "$left" "$build/mue" sweep "experiments/sweeps/$name.json" ${par:+--parallel $par} \
-    2>&1 | grep -E "^\[|^sweep" >> "$log"
+    ${only:+--only $only} 2>&1 | grep -E "^\[|^sweep" >> "$log"
   echo "== $name: $(( $(date +%s) - s0 )) s" | tee -a "$log"
 done
 
 for name in "${names[@]}"; do
   index="runs/$name/$name-index.h5"
   [ -f "$index" ] || continue
-  python3 experiments/figures/results_bundle.py "$index" --out "$OUT/$name.json" 2>&1 | tail -3
+  prev="experiments/results/$name.json"
+  python3 experiments/figures/results_bundle.py "$index" --out "$OUT/$name.json" \
+    $( [ -f "$prev" ] && echo --merge "$prev" ) 2>&1 | tail -3
   tar czf "$OUT/$name-runs.tgz" -C runs "$name"
 done
 grep -E "^== |^sweep .* completed" "$log"

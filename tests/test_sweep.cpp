@@ -390,6 +390,28 @@ TEST_CASE("sweep: a huge LR diverges while the others complete; --lr shortcut", 
   CHECK(status_of(d / "lr/quick-0001-lr-0.02.h5") == "completed");
 }
 
+TEST_CASE("sweep: --only runs just the listed points; bad lists are one-line errors", "[sweep]") {
+  TempDir d("sweep");
+  std::string tok = mue::test::make_toy_tokens(d);
+  ojson j = tiny_spec(d, tok, "only");
+  j["axes"] = ojson::parse(R"({"hp.lr": [0.001, 0.002, 0.004, 0.008]})");
+  std::string spec = write_spec(d, j);
+  Res r = run_sweep_cli(spec + " --only 1,3-3");
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  CHECK(r.out.find("rank 0/1 has 2, 0 done, 2 to run") != std::string::npos);
+  CHECK(read_strings(d / "runs/only-index.h5", "/summary/status") ==
+        std::vector<std::string>{"missing", "completed", "missing", "completed"});
+  r = run_sweep_cli(spec + " --only 0-1 --dry-run");
+  CHECK(r.out.find("rank 0/1 has 2, 1 done, 1 to run") != std::string::npos);
+  for (const char* bad : {"4", "2-1", "x", "1,,2", "-1"}) {
+    r = run_sweep_cli(spec + " --only " + bad);
+    INFO(bad << ": " << r.out);
+    CHECK(r.rc != 0);
+    CHECK(r.out.find("--only") != std::string::npos);
+  }
+}
+
 TEST_CASE("sweep: SIGINT is forwarded to the running child, which stops as failed", "[sweep]") {
   TempDir d("sweep");
   std::string tok = mue::test::make_toy_tokens(d);

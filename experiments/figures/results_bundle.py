@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
 """A sweep's compact results file: one JSON file that travels in the repository instead of the raw run files.
 
-usage: results_bundle.py INDEX.h5 [--out NAME.json] [--max-rows 60]
+usage: results_bundle.py INDEX.h5 [--out NAME.json] [--max-rows 60] [--merge OLD.json]
+       results_bundle.py --missing NAME.json     (the indices of its points not yet completed or diverged,
+                                                   comma-separated, for `mue sweep SPEC --only`)
 
 For every point of the sweep index (mue sweep -> out_dir/NAME-index.h5) it keeps the point's axis values,
 status, resolved config, device, commit and times, the final numbers of the /summary table, the validation
 curve (every row) and the training curve (at most --max-rows rows, evenly spaced, the last row always kept), and
 the point's wall time and median tokens/s. The figure and table scripts read such a file exactly as they read
 the index (sweep_index.Summary). A point whose run file is missing keeps its summary row and no curves.
+With --merge, a point that the index has not finished (missing, failed, running) is taken from OLD.json where
+it finished there: a sweep continued in a later session with `--only` (its earlier run files gone) ends in one
+results file. OLD.json must come from the same spec.
 """
 import argparse
 import json
@@ -90,13 +95,47 @@ def bundle(index_path, max_rows=60):
     return {"format": FORMAT, "name": sw.name, "axes": sw.axes, "spec": sw.spec, "points": points}
 
 
+DONE = ("completed", "diverged")
+
+
+def merge(new, old):
+    """Points of `new` not finished there, taken from `old` where they are finished."""
+    if old.get("spec") != new.get("spec"):
+        raise SystemExit(f"--merge: the old results file comes from another spec than {new['name']}'s index")
+    by_name = {p["name"]: p for p in old["points"]}
+    taken = 0
+    for i, p in enumerate(new["points"]):
+        o = by_name.get(p["name"])
+        if p["status"] not in DONE and o is not None and o["status"] in DONE:
+            new["points"][i] = o
+            taken += 1
+    return taken
+
+
+def missing(path):
+    with open(path) as f:
+        b = json.load(f)
+    return [p["index"] for p in b["points"] if p["status"] not in DONE]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("index", help="sweep index file, out_dir/NAME-index.h5")
+    ap.add_argument("index", nargs="?", help="sweep index file, out_dir/NAME-index.h5")
     ap.add_argument("--out", default=None, help="output file (default: NAME.json next to the index)")
     ap.add_argument("--max-rows", type=int, default=60, help="training-curve rows kept per point (0: all)")
+    ap.add_argument("--merge", default=None, help="earlier results file of the same spec")
+    ap.add_argument("--missing", default=None, metavar="RESULTS", help="print the unfinished point indices")
     a = ap.parse_args()
+    if a.missing:
+        print(",".join(str(i) for i in missing(a.missing)))
+        return
+    if not a.index:
+        ap.error("give a sweep index (or --missing RESULTS)")
     b = bundle(a.index, a.max_rows)
+    taken = 0
+    if a.merge:
+        with open(a.merge) as f:
+            taken = merge(b, json.load(f))
     out = a.out or os.path.join(os.path.dirname(a.index), b["name"] + ".json")
     tmp = out + ".tmp"
     with open(tmp, "w") as f:
@@ -104,7 +143,8 @@ def main():
         f.write("\n")
     os.replace(tmp, out)
     done = sum(p["status"] == "completed" for p in b["points"])
-    print(f"wrote {out}: {len(b['points'])} points ({done} completed), {os.path.getsize(out) // 1024} KB")
+    merged = f", {taken} of them from {a.merge}" if a.merge else ""
+    print(f"wrote {out}: {len(b['points'])} points ({done} completed{merged}), {os.path.getsize(out) // 1024} KB")
 
 
 if __name__ == "__main__":
