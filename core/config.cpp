@@ -1,5 +1,7 @@
 #include "core/config.h"
 
+#include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -7,18 +9,48 @@
 
 namespace mue {
 
+std::string json_error_text(const std::exception& e) {
+  std::string t = e.what();  // "[json.exception.parse_error.101] parse error at line 1, column 5: syntax error ..."
+  if (t.rfind("[json.exception.", 0) == 0 && t.find("] ") != std::string::npos) t = t.substr(t.find("] ") + 2);
+  return t;
+}
+
+json parse_json_text(const std::string& text, const std::string& what) {
+  // Object keys seen so far, one set per open object; a repeated key is remembered and reported after the
+  // parse (nlohmann keeps the last value silently, which would drop the first object without a word).
+  std::vector<std::vector<std::string>> open;
+  std::string duplicate;
+  auto note = [&](int, json::parse_event_t ev, json& parsed) {
+    if (ev == json::parse_event_t::object_start) open.emplace_back();
+    else if (ev == json::parse_event_t::object_end && !open.empty()) open.pop_back();
+    else if (ev == json::parse_event_t::key && !open.empty()) {
+      const std::string k = parsed.get<std::string>();
+      auto& keys = open.back();
+      if (duplicate.empty() && std::find(keys.begin(), keys.end(), k) != keys.end()) duplicate = k;
+      keys.push_back(k);
+    }
+    return true;
+  };
+  json j;
+  try {
+    j = json::parse(text, note);
+  } catch (const json::parse_error& e) {
+    fail("malformed JSON in ", what, " at byte ", e.byte, ": ", json_error_text(e));
+  } catch (const json::exception& e) {  // e.g. a number beyond double's range
+    fail("unreadable JSON in ", what, ": ", json_error_text(e));
+  }
+  MUE_CHECK(duplicate.empty(), "duplicate key '", duplicate, "' in ", what, " (each key may appear once per object)");
+  return j;
+}
+
 json load_json_file(const std::string& path) {
+  std::error_code ec;
+  MUE_CHECK(!std::filesystem::is_directory(path, ec), "config '", path, "' is a directory, not a JSON file");
   std::ifstream in(path);
   MUE_CHECK(in, "cannot open config file '", path, "'");
   std::stringstream ss;
   ss << in.rdbuf();
-  try {
-    return json::parse(ss.str());
-  } catch (const json::parse_error& e) {
-    fail("malformed JSON in '", path, "' at byte ", e.byte, ": ", e.what());
-  } catch (const json::exception& e) {  // e.g. a number beyond double's range
-    fail("unreadable JSON in '", path, "': ", e.what());
-  }
+  return parse_json_text(ss.str(), "'" + path + "'");
 }
 
 namespace {
@@ -69,8 +101,9 @@ void apply_override(json& cfg, const std::string& assignment) {
   } catch (const json::parse_error&) {
     value = text;
   } catch (const json::exception& e) {  // e.g. 1e999
-    fail("override '", assignment, "': ", e.what());
+    fail("override '", assignment, "': ", json_error_text(e));
   }
+  if (value.is_structured()) value = parse_json_text(text, "override '" + assignment + "'");  // repeated keys
   // Build {"a": {"b": value}} and merge it, so overrides get the same checks as files.
   json patch = value;
   std::string rest = key;

@@ -17,7 +17,9 @@
 #include <fstream>
 #include <limits>
 #include <set>
+#include <sstream>
 
+#include "core/config.h"
 #include "core/error.h"
 #include "core/h5log.h"
 #include "data/images.h"
@@ -119,15 +121,14 @@ SweepSpec parse_sweep_spec(const ojson& j, const std::string& spec_dir) {
 }
 
 SweepSpec load_sweep_spec(const std::string& path) {
+  std::error_code ec;
+  MUE_CHECK(!fs::is_directory(path, ec), "sweep spec '", path, "' is a directory, not a JSON file");
   std::ifstream in(path);
   MUE_CHECK(in.good(), "cannot open sweep spec '", path, "'");
-  ojson j;
-  try {
-    j = ojson::parse(in);
-  } catch (const std::exception& e) {
-    fail("sweep spec '", path, "' is not valid JSON: ", e.what());
-  }
-  return parse_sweep_spec(j, fs::path(path).parent_path().string());
+  std::stringstream text;
+  text << in.rdbuf();
+  (void)parse_json_text(text.str(), "sweep spec '" + path + "'");  // malformed text or a repeated key: one line
+  return parse_sweep_spec(ojson::parse(text.str()), fs::path(path).parent_path().string());  // keeps axis order
 }
 
 std::vector<SweepPoint> expand_grid(const SweepSpec& s) {
@@ -150,7 +151,8 @@ std::vector<SweepPoint> expand_grid(const SweepSpec& s) {
     char idx[16];
     std::snprintf(idx, sizeof idx, "%04zu", i);
     p.name = sanitize(s.name + "-" + idx + (label.empty() ? "" : "-" + label));
-    p.overrides = s.overrides;
+    for (auto& o : s.overrides)  // the sweep names each point and its folder itself
+      if (o.rfind("name=", 0) != 0 && o.rfind("out.dir=", 0) != 0) p.overrides.push_back(o);
     for (auto& [k, v] : p.coords) {
       if (k == "seed") {  // one replicate: new initial weights and a new batch order together
         p.overrides.push_back("train.seed=" + v.dump());
@@ -432,8 +434,9 @@ SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
       }
       std::vector<std::string> args = {"mue", "train"};
       if (!s.base.empty()) args.push_back(s.base);
-      for (auto& ov : p.overrides) args.push_back(ov);
-      args.push_back("out.overwrite=true");
+      for (auto& ov : p.overrides)
+        if (ov.rfind("out.overwrite=", 0) != 0) args.push_back(ov);
+      args.push_back("out.overwrite=true");  // a killed or failed point starts again
       const std::string log = (fs::path(s.out_dir) / (p.name + ".log")).string();
       std::fflush(stdout);
       std::fflush(stderr);

@@ -49,6 +49,7 @@ void expect_one_line_errors(const std::vector<BadInput>& cases) {
     CHECK(r.rc != 0);
     CHECK(r.err.find(c.expect) != std::string::npos);
     CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);  // one line
+    CHECK(r.err.find("[json.exception") == std::string::npos);  // our words, not the JSON library's
   }
 }
 
@@ -169,10 +170,25 @@ TEST_CASE("the mue program: bad input gives one line and a non-zero exit", "[cli
   std::ofstream(cfg_null_name) << R"({"name": null})";
   std::string cfg_bad = d / "bad.json";
   std::ofstream(cfg_bad) << R"({"model": {"d_model": 64)";
+  std::string cfg_dup = d / "dup.json";
+  std::ofstream(cfg_dup) << R"({"model": {"d_model": 64}, "model": {"n_layers": 1}})";
+  std::string cfg_dup_inner = d / "dup-inner.json";
+  std::ofstream(cfg_dup_inner) << R"({"model": {"d_model": 64, "n_layers": 1, "d_model": 32}, "train": {"d_model": 1}})";
+  std::string spec_dup = d / "spec-dup.json";
+  std::ofstream(spec_dup) << R"({"name": "s", "axes": {"hp.lr": [0.1]}, "axes": {"hp.lr": [0.2]}})";
+  std::string spec_bad = d / "spec-bad.json";
+  std::ofstream(spec_bad) << R"({"name": "s",, })";
 
   std::vector<BadInput> cases = {
       {"train " + cfg_unknown, "unknown config key 'model.d_modle'"},
       {"train " + cfg_bad, "malformed JSON"},
+      {"train " + cfg_dup, "duplicate key 'model' in '" + cfg_dup + "'"},
+      {"train " + cfg_dup_inner, "duplicate key 'd_model'"},
+      {"train " + d.path.string(), "is a directory, not a JSON file"},
+      {"train " + base + R"( 'model={"d_model": 64, "d_model": 32}')", "duplicate key 'd_model' in override 'model="},
+      {"sweep " + spec_dup, "duplicate key 'axes' in sweep spec"},
+      {"sweep " + spec_bad, "malformed JSON in sweep spec"},
+      {"sweep " + d.path.string(), "is a directory, not a JSON file"},
       {"train /nonexistent/x.json", "cannot open config file"},
       {"train " + base + " model.n_heads=3", "not divisible by model.n_heads"},
       {"train " + base + " ffn.type=moe ffn.shape=8e9a", "ffn.active (9) exceeds ffn.experts (8)"},
