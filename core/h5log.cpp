@@ -5,11 +5,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <limits>
 #include <map>
 #include <set>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include "core/error.h"
@@ -196,6 +199,7 @@ struct Columns {  // the append() columns of one group
 struct RunLog::Impl {
   std::string path;
   hid_t file = -1;
+  int lock_fd = -1;  // our exclusive flock on the file, held from before the truncation until close
   std::map<std::string, Series> series;  // key: dataset path without leading '/'
   std::map<std::string, Columns> groups;
   bool param_table_written = false;
@@ -212,6 +216,8 @@ struct RunLog::Impl {
     groups.clear();
     const herr_t r = H5Fclose(file);
     file = -1;
+    if (lock_fd >= 0) ::close(lock_fd);  // releases the lock
+    lock_fd = -1;
     if (r < 0 && err.empty()) err = "cannot close file";
     if (!err.empty()) h5fail(err, path);
   }
@@ -301,8 +307,22 @@ RunLog RunLog::create(const std::string& path) {
             "' is not writable");
   auto impl = std::make_unique<Impl>();
   impl->path = path;
-  Hid fapl = file_access_plist(path);
-  impl->file = check_id(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl), "cannot create file", path);
+  // H5Fcreate truncates before it locks, so a second writer would empty a live run's file and only then find
+  // it locked. Take the lock first, on a descriptor of our own that does not truncate, and keep it to the end;
+  // HDF5's own lock is then off for this file (it would conflict with ours). Readers that lock still see the
+  // file as busy. Filesystems without flock (some NFS) go on unlocked, as HDF5 does.
+  impl->lock_fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  MUE_CHECK(impl->lock_fd >= 0, "cannot create run log '", path, "': ", std::strerror(errno));
+  if (::flock(impl->lock_fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
+    ::close(impl->lock_fd);
+    fail("'", path, "' is in use by another process (a run still writing it); not touching it");
+  }
+  Hid fapl = file_access_plist(path, false);
+  impl->file = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+  if (impl->file < 0) {
+    ::close(impl->lock_fd);
+    check_id(impl->file, "cannot create file", path);
+  }
   return RunLog(std::move(impl));
 }
 
@@ -464,6 +484,14 @@ void RunLog::close() {
 // Reading
 
 void set_read_locking(bool lock) { g_read_locking = lock; }
+
+bool file_in_use(const std::string& file) {
+  const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  const bool busy = ::flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+  ::close(fd);
+  return busy;
+}
 
 bool is_hdf5(const std::string& file) {
   quiet_hdf5();

@@ -30,7 +30,8 @@ struct ParamTableRow {
 class RunLog {
  public:
   // Creates (truncating any existing file: the caller decides the overwrite policy). Fails with a clear error if
-  // the folder is missing or the file cannot be created.
+  // the folder is missing, the file cannot be created, or another process holds it (it is locked before it is
+  // truncated, and stays locked until close).
   static RunLog create(const std::string& path);
 
   RunLog(RunLog&&) noexcept;
@@ -75,6 +76,9 @@ class RunLog {
 // Whether the readers below take the file's lock (default true: a file being written is refused). `mue show`
 // turns it off to read a live run; where the HDF5 library has no file-locking switch (< 1.10.7) it changes nothing.
 void set_read_locking(bool lock);
+
+// True iff another process holds `file` locked for writing (a RunLog still open, or an HDF5 writer). Never throws.
+bool file_in_use(const std::string& file);
 
 // True iff `file` exists and carries the HDF5 signature. Never throws.
 bool is_hdf5(const std::string& file);

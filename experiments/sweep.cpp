@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <hdf5.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -361,6 +362,11 @@ SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
   for (int i : o.only) MUE_CHECK(i >= 0 && i < int(pts.size()), "--only: sweep ", s.name, " has no point ", i, " (0 to ", pts.size() - 1, ")");
   for (int i : rank_indices(int(pts.size()), rank, size)) {
     if (!o.only.empty() && std::find(o.only.begin(), o.only.end(), i) == o.only.end()) continue;
+    if (file_in_use(run_file(pts[i]))) {  // another sweep or train still writes it: leave it alone
+      ++tot.busy;
+      std::printf("%04d %-40s skip (in use by another process)\n", i, coords_text(pts[i]).c_str());
+      continue;
+    }
     PointResult r = read_point_result(run_file(pts[i]));
     if (r.status == "completed" || r.status == "diverged") {
       ++tot.skipped;
@@ -373,8 +379,11 @@ SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
     }
   }
   std::printf("sweep %s: %zu points, rank %d/%d has %zu, %d done, %zu to run, %d at a time -> %s\n", s.name.c_str(),
-              pts.size(), rank, size, todo.size() + tot.skipped, tot.skipped, todo.size(), parallel,
+              pts.size(), rank, size, todo.size() + tot.skipped + tot.busy, tot.skipped, todo.size(), parallel,
               sweep_index_path(s).c_str());
+  if (tot.busy)
+    std::printf("sweep %s: %d point(s) in use by another process left alone (rerun the sweep once they end)\n",
+                s.name.c_str(), tot.busy);
   if (s.expected_h100_minutes >= 0)
     std::printf("sweep %s: the spec expects about %g min for all %zu points on one H100\n", s.name.c_str(),
                 s.expected_h100_minutes, pts.size());
@@ -440,11 +449,16 @@ SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
       const std::string log = (fs::path(s.out_dir) / (p.name + ".log")).string();
       std::fflush(stdout);
       std::fflush(stderr);
+      const pid_t parent = ::getpid();
       pid_t pid = ::fork();
       MUE_CHECK(pid >= 0, "fork failed: ", std::strerror(errno));
       if (pid == 0) {
         ::signal(SIGINT, SIG_DFL);
         ::signal(SIGTERM, SIG_DFL);
+        // A sweep killed outright (SIGKILL, OOM) takes its children with it: they stop as `failed` on SIGTERM
+        // instead of training on, orphaned, against files a restarted sweep would run again.
+        ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (::getppid() != parent) ::_exit(1);  // the parent died before the line above
         int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
         if (fd >= 0) {
           ::dup2(fd, 1);

@@ -76,6 +76,7 @@ struct SweepOptions {
 };
 struct SweepTotals {
   int run = 0, skipped = 0, completed = 0, diverged = 0, failed = 0;
+  int busy = 0;  // points whose run file another process holds (left alone)
   bool interrupted = false;
 };
 // Runs this rank's points (of `only`, when given) that are not yet completed/diverged, `parallel` child processes

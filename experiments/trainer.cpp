@@ -275,6 +275,7 @@ std::string resolve_device(const std::string& requested) {
 RunResult train_run(const RunConfig& c, bool verbose) {
   // All checks before any file is touched.
   const std::string path = (std::filesystem::path(c.out_dir) / (c.name + ".h5")).string();
+  MUE_CHECK(!file_in_use(path), "'", path, "' is in use by another process (a run still writing it); not touching it");
   if (std::filesystem::exists(path)) {
     // A process killed while creating its file leaves it empty or truncated; it holds no completed run.
     std::optional<std::string> status;

@@ -269,3 +269,25 @@ TEST_CASE("run log errors name the problem and the file", "[h5]") {
     CHECK(mue::read_doubles(path, "val/loss") == std::vector<double>{2.5});
   }
 }
+
+TEST_CASE("a second writer of a live run file is refused before it truncates anything", "[h5]") {
+  TempDir d("h5");
+  const std::string p = d / "live.h5";
+  mue::RunLog first = mue::RunLog::create(p);
+  first.set_attr("status", "running");
+  first.append("train", {{"step", 1}, {"loss", 2.5}});
+  first.flush();
+  const auto size = std::filesystem::file_size(p);
+  CHECK(mue::file_in_use(p));
+  CHECK(error_of([&] { mue::RunLog::create(p); }).find("is in use by another process") != std::string::npos);
+  CHECK(std::filesystem::file_size(p) == size);  // not truncated
+  first.append("train", {{"step", 2}, {"loss", 2.0}});
+  first.set_attr("status", "completed");
+  first.close();
+  CHECK(!mue::file_in_use(p));
+  CHECK(mue::read_doubles(p, "train/step") == std::vector<double>{1, 2});
+  CHECK(mue::read_string_attr(p, "status").value() == "completed");
+  mue::RunLog again = mue::RunLog::create(p);  // free once the first writer closed
+  again.close();
+  CHECK(!mue::file_in_use(d / "nothing.h5"));
+}

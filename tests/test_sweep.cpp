@@ -316,6 +316,57 @@ TEST_CASE("sweep: a child killed with SIGKILL mid-run is restarted; finished run
   CHECK(read_strings(idx, "/summary/status") == std::vector<std::string>(3, "completed"));
 }
 
+TEST_CASE("sweep: a sweep killed with SIGKILL takes its children with it; a point in use is left alone", "[sweep]") {
+  TempDir d("sweep");
+  std::string tok = mue::test::make_toy_tokens(d);
+  ojson j = tiny_spec(d, tok, "orphan");
+  j["overrides"].push_back("train.steps=1000000");  // runs until stopped
+  j["overrides"].push_back("train.eval_every=1000000");
+  j["axes"] = ojson::parse(R"({"hp.lr": [0.01, 0.02]})");
+  std::string spec = write_spec(d, j);
+  auto pts = expand_grid(load_sweep_spec(spec));
+  const std::string run0 = d / ("runs/" + pts[0].name + ".h5"), run1 = d / ("runs/" + pts[1].name + ".h5");
+
+  pid_t sweep = start_sweep_process(d, spec);
+  REQUIRE(sweep > 0);
+  std::vector<pid_t> kids;
+  for (int i = 0; i < 2000 && !(kids.size() == 1 && file_in_use(run0)); ++i) ::usleep(5000), kids = children_of(sweep);
+  INFO(file_text(d / "sweep.out"));
+  REQUIRE(kids.size() == 1);
+  REQUIRE(::kill(sweep, SIGKILL) == 0);
+  int st = 0;
+  REQUIRE(::waitpid(sweep, &st, 0) == sweep);
+  // The orphaned child got SIGTERM from the kernel (PR_SET_PDEATHSIG) and stops as failed.
+  bool gone = false;
+  for (int i = 0; i < 1000 && !gone; ++i) gone = ::kill(kids[0], 0) != 0, ::usleep(10000);
+  CHECK(gone);
+  CHECK(status_of(run0) == "failed");
+
+  // A point whose file another process holds is skipped, its file untouched; the other points run.
+  j["overrides"].push_back("train.steps=20");  // later overrides win: short runs now
+  j["overrides"].push_back("train.eval_every=10");
+  spec = write_spec(d, j);
+  {
+    RunLog holder = RunLog::create(run0);  // e.g. a point still trained by a sweep started elsewhere
+    holder.set_attr("status", "running");
+    holder.flush();
+    Res r = run_sweep_cli(spec);
+    INFO(r.out);
+    CHECK(r.rc == 0);
+    CHECK(r.out.find("skip (in use by another process)") != std::string::npos);
+    CHECK(r.out.find("1 point(s) in use by another process left alone") != std::string::npos);
+    CHECK(status_of(run1) == "completed");
+    // And `mue train` of that name is refused before it touches the file, even with out.overwrite=true.
+    std::string args;
+    for (auto& o : pts[0].overrides) args += " '" + o + "'";
+    std::string cmd = std::string(MUE_BINARY) + " train" + args + " out.overwrite=true > " + (d / "t.out") + " 2>&1";
+    CHECK(WEXITSTATUS(std::system(cmd.c_str())) != 0);
+    CHECK(file_text(d / "t.out").find("is in use by another process") != std::string::npos);
+    holder.append("train", {{"step", 7}});
+  }
+  CHECK(read_doubles(run0, "/train/step") == std::vector<double>{7});  // the holder's file, intact
+}
+
 TEST_CASE("sweep: every spec in experiments/sweeps/ loads, expands and validates", "[sweep]") {
   const fs::path dir = fs::path(MUE_SOURCE_DIR) / "experiments/sweeps";
   const std::set<std::string> campaign_scale = {"dense-proxy-lm", "act-experts-lm"};
