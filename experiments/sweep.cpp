@@ -411,6 +411,8 @@ SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
     std::chrono::steady_clock::time_point start;
   };
   std::vector<Child> running;
+  const long cores = std::max(1L, ::sysconf(_SC_NPROCESSORS_ONLN));
+  const long threads_per_child = std::max(1L, cores / std::max(1, parallel));
   std::vector<int> device_load(devices.size(), 0);
 
   struct sigaction sa {}, old_int{}, old_term{};
@@ -466,6 +468,10 @@ SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
           ::close(fd);
         }
         if (dev >= 0) ::setenv("CUDA_VISIBLE_DEVICES", devices[dev].c_str(), 1);
+        // CPU threads: the cores shared out among the children, and threads that sleep instead of spinning
+        // while they wait (a spinning team on a busy core slows every process on it). The user's settings win.
+        ::setenv("OMP_NUM_THREADS", std::to_string(threads_per_child).c_str(), 0);
+        ::setenv("OMP_WAIT_POLICY", "PASSIVE", 0);
         std::vector<char*> av;
         for (auto& a : args) av.push_back(const_cast<char*>(a.c_str()));
         av.push_back(nullptr);

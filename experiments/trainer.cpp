@@ -1,3 +1,6 @@
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include "experiments/trainer.h"
 
 #include <algorithm>
@@ -138,6 +141,11 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
   log.set_attr("started", utc_now_iso());
   log.set_attr("finished", std::string(""));
   log.set_attr("data_sources", task.sources());
+#ifdef _OPENMP
+  log.set_attr("cpu_threads", double(omp_get_max_threads()));  // what the CPU ops (and host-side work) may use
+#else
+  log.set_attr("cpu_threads", 1.0);
+#endif
   log.write_param_table(table_rows(table), {{"attn_scale", table.attn_scale},
                                             {"branch_multiplier", table.branch_multiplier},
                                             {"route_scale", table.route_scale}});

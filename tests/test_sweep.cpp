@@ -367,6 +367,26 @@ TEST_CASE("sweep: a sweep killed with SIGKILL takes its children with it; a poin
   CHECK(read_doubles(run0, "/train/step") == std::vector<double>{7});  // the holder's file, intact
 }
 
+TEST_CASE("sweep: CPU children share the cores and wait passively unless told otherwise", "[sweep]") {
+  TempDir d("sweep");
+  std::string tok = mue::test::make_toy_tokens(d);
+  ojson j = tiny_spec(d, tok, "threads");
+  j["axes"] = ojson::parse(R"({"hp.lr": [0.01, 0.02]})");
+  std::string spec = write_spec(d, j);
+  auto pts = expand_grid(load_sweep_spec(spec));
+  const long cores = std::max(1L, ::sysconf(_SC_NPROCESSORS_ONLN));
+  auto threads = [&](const std::string& env) {
+    std::string cmd = "env -u OMP_NUM_THREADS -u OMP_WAIT_POLICY " + env + " " + std::string(MUE_BINARY) + " sweep " +
+                      spec + " --parallel 2 > /dev/null 2>&1";
+    REQUIRE(WEXITSTATUS(std::system(cmd.c_str())) == 0);
+    const double t = read_double_attr(d / ("runs/" + pts[1].name + ".h5"), "cpu_threads").value();
+    fs::remove_all(d / "runs");
+    return t;
+  };
+  CHECK(threads("") == double(std::max(1L, cores / 2)));
+  CHECK(threads("OMP_NUM_THREADS=3") == 3);  // the user's setting wins
+}
+
 TEST_CASE("sweep: every spec in experiments/sweeps/ loads, expands and validates", "[sweep]") {
   const fs::path dir = fs::path(MUE_SOURCE_DIR) / "experiments/sweeps";
   const std::set<std::string> campaign_scale = {"dense-proxy-lm", "act-experts-lm"};
