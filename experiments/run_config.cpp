@@ -1,5 +1,8 @@
 #include "experiments/run_config.h"
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <charconv>
 #include <climits>
 #include <cmath>
@@ -285,6 +288,9 @@ RunConfig parse_config(const json& j) {
   const json& ck = j.at("out").at("checkpoint");
   MUE_CHECK(ck.is_null() || ck.is_boolean(), "config key 'out.checkpoint' must be true, false or null, got ", ck.dump());
   c.checkpoint = ck.is_null() ? c.task == "flow" : ck.get<bool>();
+  // Absurd sizes stop here, before the table below (a row per tensor) is built: the host part of the estimate
+  // (all of it for train.device=cpu); train and bench check again on the device they resolve.
+  check_memory_fits(c, c.train.device == "cpu" ? "cpu" : "cuda");
   make_param_table(c.rule, c.model, c.reference, c.hp);  // validates the rule name and hyperparameters now
   // The stored config says what ran: the shape's N and a (keys before granularity), the reference's values
   // where they were null, and whether checkpoints are written. Parsing it again gives the same run.
@@ -314,6 +320,58 @@ std::string config_keys_help() {
     os << "  " << key << std::string(key.size() < 22 ? 22 - key.size() : 1, ' ') << v.dump() << "  " << k.help << "\n";
   }
   return os.str();
+}
+
+MemoryEstimate estimate_memory(const RunConfig& c) {
+  const ModelConfig& m = c.model;
+  const double D = m.d_model, L = m.n_layers, N = double(c.train.batch) * m.seq_len;
+  const FfnConfig& f = m.ffn;
+  // Per layer: attention (qkv, proj, norms) and the FFN; MoE counts every expert's weights, the active ones'
+  // activations.
+  double layer = 4 * D * D + 2 * D + (m.qk_norm ? 2.0 * m.head_dim() : 0.0), ffn_act = 3.0 * m.ffn_hidden;
+  if (f.moe()) {
+    const double Hs = double(f.shared) * f.shared_hidden;
+    layer += f.experts * D + 3.0 * D * f.expert_hidden * f.experts + 3 * D * Hs;
+    ffn_act = 3.0 * f.active_width() + double(f.active) * D + f.experts;
+  } else {
+    layer += 3 * D * m.ffn_hidden;
+  }
+  double outer = 0, head_act = 0;
+  if (m.task == "lm") {
+    outer = 2.0 * m.vocab_pad * D + D;
+    head_act = std::min(N * m.vocab_pad, double(1 << 28));  // the logits exist a chunk of about 2^28 at a time
+  } else {  // DiT: adaLN modulation per block, patch embedding, timestep MLP, class table, final layer
+    const ImageConfig& im = m.image;
+    const double patch = double(im.channels) * im.patch * im.patch;
+    layer += 6 * D * (D + 1);
+    outer = 2 * patch * D + double(im.time_freq) * D + D * D + (im.classes + 1) * D + 2 * D * (D + 1);
+    head_act = N * patch;
+  }
+  MemoryEstimate e;
+  e.params = L * layer + outer;
+  e.state_bytes = 16 * e.params;  // value, gradient, Adam m and v in fp32
+  // The CPU attention keeps its probabilities (batch x heads x T x T a layer); the GPU's flash attention does not.
+  const double scores = double(c.train.batch) * m.n_heads * double(m.seq_len) * m.seq_len;
+  e.activation_bytes = 4 * (N * L * (10 * D + ffn_act) + L * scores + head_act);
+  return e;
+}
+
+std::string format_memory(const MemoryEstimate& m) {
+  char b[160];
+  std::snprintf(b, sizeof b, "about %.3g M parameters, %.3g GiB of weights, gradients and Adam state, %.3g GiB of "
+                "activations", m.params / 1e6, m.state_bytes / 1073741824.0, m.activation_bytes / 1073741824.0);
+  return b;
+}
+
+void check_memory_fits(const RunConfig& c, const std::string& device) {
+  const MemoryEstimate e = estimate_memory(c);
+  const double page = double(::sysconf(_SC_PAGESIZE)), pages = double(::sysconf(_SC_PHYS_PAGES));
+  const double host = page > 0 && pages > 0 ? page * pages : 0;
+  // On the GPU the host still builds the parameter table (a row of strings per tensor) and stages the weights.
+  const double host_need = device == "cpu" ? e.total() : 4 * e.params + 512.0 * (c.model.n_layers + 2) * 8;
+  MUE_CHECK(host == 0 || host_need <= host, "the model needs ", format_memory(e), " (", device,
+            "), more than this machine's ", host / 1073741824.0, " GiB of memory: make model.n_layers, d_model, "
+            "the FFN or train.batch smaller");
 }
 
 }  // namespace mue

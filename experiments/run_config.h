@@ -45,6 +45,20 @@ RunConfig parse_config(const json& resolved);
 void parse_shape(const std::string& name, int& experts, int& active);
 // A run file's stored config text (defaults <- it), checked as a config file is; errors name `where`.
 RunConfig stored_config(const std::string& text, const std::string& where);
+// What a run will hold in memory, from the config alone (before anything is allocated): the parameter count,
+// their fp32 value, gradient and two Adam moments, and the activations one training step keeps (a rough upper
+// estimate: every saved tensor of every layer in fp32 as the CPU path keeps them, attention probabilities
+// included, plus one chunk of the head's logits).
+struct MemoryEstimate {
+  double params = 0, state_bytes = 0, activation_bytes = 0;
+  double total() const { return state_bytes + activation_bytes; }
+};
+MemoryEstimate estimate_memory(const RunConfig& c);
+// Refuses, in one line, a run whose estimate cannot fit this machine's physical memory: on the CPU the whole
+// estimate, on the GPU what the host holds of it (the parameter table, staged weights).
+void check_memory_fits(const RunConfig& c, const std::string& device);
+std::string format_memory(const MemoryEstimate& m);
+
 // Documentation of every key, for --help and the README.
 std::string config_keys_help();
 

@@ -332,6 +332,8 @@ RunResult train_run(const RunConfig& c, bool verbose) {
   MUE_CHECK(!ec && std::filesystem::is_directory(c.out_dir), "cannot create output folder '", c.out_dir, "'");
 
   const std::string device = resolve_device(c.train.device);
+  check_memory_fits(c, device);  // before anything the size of the model is built
+  if (verbose) std::printf("memory estimate: %s\n", format_memory(estimate_memory(c)).c_str());
   const ParamTable table = make_param_table(c.rule, c.model, c.reference, c.hp);
   auto run = [&](auto& be) {
     using Backend = std::remove_reference_t<decltype(be)>;

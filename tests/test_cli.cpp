@@ -182,6 +182,8 @@ TEST_CASE("the mue program: bad input gives one line and a non-zero exit", "[cli
   std::vector<BadInput> cases = {
       {"train " + cfg_unknown, "unknown config key 'model.d_modle'"},
       {"train " + cfg_bad, "malformed JSON"},
+      {"train " + base + " model.n_layers=100000000", "the model needs about"},
+      {"bench small-dense --device cpu model.n_layers=100000000", "the model needs about"},
       {"train " + cfg_dup, "duplicate key 'model' in '" + cfg_dup + "'"},
       {"train " + cfg_dup_inner, "duplicate key 'd_model'"},
       {"train " + d.path.string(), "is a directory, not a JSON file"},

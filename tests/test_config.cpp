@@ -96,3 +96,20 @@ TEST_CASE("config help lists every default key", "[config]") {
   for (const char* k : {"model.d_model", "hp.lr", "train.steps", "optim.schedule", "data.tokens", "out.overwrite"})
     CHECK(h.find(k) != std::string::npos);
 }
+
+TEST_CASE("memory estimate: the LM's parameter count exactly, and absurd sizes refused before anything is built", "[config]") {
+  for (auto ov : std::vector<std::vector<std::string>>{
+           {"model.d_model=64", "model.n_layers=3", "ffn.hidden=96"},
+           {"model.d_model=64", "model.n_heads=4", "model.qk_norm=true", "ffn.type=moe", "ffn.shape=16e4a",
+            "ffn.expert_hidden=8", "ffn.granularity=2", "ffn.shared=1", "ffn.shared_hidden=24"}}) {
+    RunConfig c = resolve_config("", ov);
+    double exact = 0;
+    for (auto& t : lm_tensors(c.model)) exact += double(t.rows) * t.cols;
+    CHECK(estimate_memory(c).params == exact);
+    CHECK(estimate_memory(c).state_bytes == 16 * exact);
+  }
+  // 10^8 layers: one line at once (the parameter table alone would not fit), whatever the device.
+  for (const char* dev : {"train.device=cpu", "train.device=auto"})
+    CHECK_THROWS_WITH(resolve_config("", {"model.n_layers=100000000", dev}), HasText("the model needs about") &&
+                      HasText("more than this machine's"));
+}
