@@ -160,7 +160,7 @@ BenchResult run_bench(const std::string& preset, int steps, const std::string& d
   RunConfig c = resolve_config(bench_preset_path(preset), over);
   const std::string dev = resolve_device(c.train.device);
   check_memory_fits(c, dev);
-  std::fprintf(stderr, "bench %s: memory estimate %s\n", preset.c_str(), format_memory(estimate_memory(c)).c_str());
+  std::printf("bench %s: memory estimate %s\n", preset.c_str(), format_memory(estimate_memory(c)).c_str());
   BenchResult r;
 #ifdef MUE_HAVE_CUDA
   if (dev == "cuda") {
