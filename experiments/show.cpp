@@ -115,6 +115,19 @@ ojson rows_json(const std::map<std::string, std::vector<double>>& cols, int rows
   return a;
 }
 
+// n rows of string and number columns as a list of objects.
+ojson table_json(const std::map<std::string, std::vector<std::string>>& strings,
+                 const std::map<std::string, std::vector<double>>& numbers, size_t n) {
+  ojson rows = ojson::array();
+  for (size_t i = 0; i < n; ++i) {
+    ojson r;
+    for (auto& [k, v] : strings) r[k] = i < v.size() ? v[i] : "";
+    for (auto& [k, v] : numbers) r[k] = jnum(i < v.size() ? v[i] : NAN);
+    rows.push_back(r);
+  }
+  return rows;
+}
+
 void show_run(const std::string& f, bool as_json, int rows, std::FILE* out) {
   ojson cfg;
   try {
@@ -148,14 +161,7 @@ void show_run(const std::string& f, bool as_json, int rows, std::FILE* out) {
                        {"best_step", jnum(tl.best_step)}};
     j["val_loss"] = {{"last", jnum(vl.last)}, {"last_step", jnum(vl.last_step)}, {"best", jnum(vl.best)},
                      {"best_step", jnum(vl.best_step)}};
-    ojson pt = ojson::array();
-    for (size_t i = 0; i < n_params; ++i) {
-      ojson r;
-      for (auto& [k, v] : pt_s) r[k] = i < v.size() ? v[i] : "";
-      for (auto& [k, v] : pt_d) r[k] = jnum(i < v.size() ? v[i] : NAN);
-      pt.push_back(r);
-    }
-    j["param_table"] = pt;
+    j["param_table"] = table_json(pt_s, pt_d, n_params);
     j["train_rows"] = rows_json(train, rows);
     j["val_rows"] = rows_json(val, 0);
     std::fprintf(out, "%s\n", j.dump(1).c_str());
@@ -244,14 +250,7 @@ void show_index(const std::string& f, bool as_json, int rows, std::FILE* out) {
       j["spec"] = nullptr;
     }
     j["status_counts"] = counts;
-    ojson pts = ojson::array();
-    for (size_t i = 0; i < n; ++i) {
-      ojson r;
-      for (auto& [k, v] : s) r[k] = i < v.size() ? v[i] : "";
-      for (auto& [k, v] : d) r[k] = jnum(i < v.size() ? v[i] : NAN);
-      pts.push_back(r);
-    }
-    j["points"] = pts;
+    j["points"] = table_json(s, d, n);
     ojson b = ojson::array();
     for (auto& g : group_order)
       b.push_back({{"group", g}, {"best", best[g] == SIZE_MAX ? ojson(nullptr) : ojson(s["name"][best[g]])}});
