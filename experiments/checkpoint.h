@@ -23,6 +23,19 @@ inline std::string checkpoint_path(const std::string& run_h5) {
 // Whether `path` is a checkpoint (a file this program wrote, which it may replace).
 inline bool is_checkpoint(const std::string& path) { return file_starts_with(path, "MUECKPT1"); }
 
+// The step a checkpoint was written at (its header); errors for anything that is not a whole header.
+inline uint64_t checkpoint_step(const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  MUE_CHECK(f, "cannot open checkpoint '", path, "'");
+  char head[16];
+  const bool whole = std::fread(head, 1, 16, f) == 16;
+  std::fclose(f);
+  MUE_CHECK(whole && std::memcmp(head, "MUECKPT1", 8) == 0, "'", path, "' is not a whole mue checkpoint");
+  uint64_t step = 0;
+  std::memcpy(&step, head + 8, 8);
+  return step;
+}
+
 template <class Model>
 void save_checkpoint(Model& model, const std::string& path, uint64_t step) {
   auto& be = model.backend();

@@ -86,6 +86,9 @@ const KeyDoc kDocs[] = {
     {"out.dir", "folder for run files"},
     {"out.overwrite", "replace an existing completed run of the same name"},
     {"out.checkpoint", "write out.dir/NAME.ckpt at every evaluation (null: only for task flow, which `sample` needs)"},
+    {"out.checkpoint_every", "also write NAME.ckpt every this many steps (0: not by steps)"},
+    {"out.checkpoint_minutes", "also write NAME.ckpt once this many minutes have passed since the last (0: never)"},
+    {"out.resume", "a killed or failed run with a checkpoint continues from it (false: start over)"},
 };
 }  // namespace
 
@@ -110,7 +113,8 @@ json default_config() {
     "train": {"batch": 8, "steps": 150, "seed": 1, "data_seed": 1, "log_every": 10, "eval_every": 50,
               "eval_batches": 8, "device": "auto", "diverge_factor": 0.0, "cuda_graph": true},
     "data": {"tokens": "data-cache/linux-doc.tok", "images": "data-cache/fashion-mnist.h5"},
-    "out": {"dir": "runs", "overwrite": false, "checkpoint": null}
+    "out": {"dir": "runs", "overwrite": false, "checkpoint": null, "checkpoint_every": 0, "checkpoint_minutes": 10,
+            "resume": true}
   })");
 }
 
@@ -288,6 +292,11 @@ RunConfig parse_config(const json& j) {
   const json& ck = j.at("out").at("checkpoint");
   MUE_CHECK(ck.is_null() || ck.is_boolean(), "config key 'out.checkpoint' must be true, false or null, got ", ck.dump());
   c.checkpoint = ck.is_null() ? c.task == "flow" : ck.get<bool>();
+  c.checkpoint_every = get_int(j, "out", "checkpoint_every");
+  c.checkpoint_minutes = get<double>(j, "out", "checkpoint_minutes");
+  MUE_CHECK(c.checkpoint_every >= 0 && c.checkpoint_minutes >= 0 && std::isfinite(c.checkpoint_minutes),
+            "out.checkpoint_every and out.checkpoint_minutes must be >= 0 (0: off)");
+  c.resume = get<bool>(j, "out", "resume");
   // Absurd sizes stop here, before the table below (a row per tensor) is built: the host part of the estimate
   // (all of it for train.device=cpu); train and bench check again on the device they resolve.
   check_memory_fits(c, c.train.device == "cpu" ? "cpu" : "cuda");

@@ -33,7 +33,10 @@ struct RunConfig {
   double guidance = 1.5;
   std::string out_dir;
   bool overwrite = false;
-  bool checkpoint = false;
+  bool checkpoint = false;    // at every evaluation
+  int checkpoint_every = 0;   // steps (0: off)
+  double checkpoint_minutes = 10;  // wall minutes since the last checkpoint (0: off)
+  bool resume = true;         // continue a killed or failed run from its checkpoint
   json raw;  // the fully resolved JSON (stored in the run's HDF5 file)
 };
 

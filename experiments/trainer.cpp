@@ -1,7 +1,8 @@
+#include "experiments/trainer.h"
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#include "experiments/trainer.h"
 
 #include <algorithm>
 #include <atomic>
@@ -11,6 +12,7 @@
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
+#include <map>
 #include <optional>
 
 #include "core/h5log.h"
@@ -35,6 +37,67 @@ std::string fmt_duration(double s) {
   else if (s < 3600) std::snprintf(b, sizeof b, "%dm%02ds", int(s) / 60, int(s) % 60);
   else std::snprintf(b, sizeof b, "%dh%02dm", int(s) / 3600, (int(s) % 3600) / 60);
   return b;
+}
+
+// What a resumed run takes over from the run file of the killed one: the rows up to the checkpoint's step and
+// the attributes that are not re-derived.
+struct ResumeState {
+  int step = 0;  // the checkpoint's: steps already done
+  double first_loss = NAN, wall_s = 0;
+  std::string started;
+  std::vector<std::pair<std::string, std::map<std::string, std::vector<double>>>> groups;  // train, val, router
+  std::vector<std::vector<double>> router_load;  // rows of router/load, one per router row kept
+};
+
+std::map<std::string, std::vector<double>> read_columns(const std::string& f, const std::string& g) {
+  std::map<std::string, std::vector<double>> cols;
+  try {
+    for (auto& c : list_datasets(f, g))
+      if (dataset_shape(f, g + "/" + c).size() == 1) cols[c] = read_doubles(f, g + "/" + c);
+  } catch (const Error&) {  // no such group (no router in a dense run)
+  }
+  return cols;
+}
+
+// The resume point of `path`, whose checkpoint exists and whose run was killed or failed. A run of another
+// config is refused (its checkpoint is never loaded).
+ResumeState read_resume_state(const RunConfig& c, const std::string& path, const std::string& ckpt) {
+  json stored;
+  try {
+    stored = json::parse(read_string_attr(path, "config").value_or("{}"));
+  } catch (const std::exception&) {
+    fail("'", path, "' holds no readable config; pass out.resume=false to start over");
+  }
+  for (auto& [k, v] : c.raw.items())  // everything but the output options must be the same run
+    if (k != "out" && (!stored.contains(k) || stored[k] != v))
+      fail("'", ckpt, "' belongs to a run of another config (", k, " differs); not loading it: pass "
+           "out.resume=false to start over, or choose another name");
+  ResumeState r;
+  r.step = int(checkpoint_step(ckpt));
+  MUE_CHECK(r.step > 0 && r.step <= c.train.steps, "checkpoint '", ckpt, "' is at step ", r.step, ", outside 1..",
+            c.train.steps, "; pass out.resume=false to start over");
+  r.first_loss = read_double_attr(path, "first_loss").value_or(NAN);
+  r.started = read_string_attr(path, "started").value_or("");
+  for (const char* g : {"train", "val", "router"}) {
+    auto cols = read_columns(path, g);
+    if (cols.empty() || !cols.count("step")) continue;
+    const std::vector<double> steps = cols["step"];
+    for (auto& [k, v] : cols) {
+      std::vector<double> kept;
+      for (size_t i = 0; i < v.size() && i < steps.size(); ++i)
+        if (steps[i] <= r.step) kept.push_back(v[i]);
+      v = kept;
+    }
+    if (std::string(g) == "router") {
+      const auto shape = dataset_shape(path, "router/load");
+      const auto load = read_doubles(path, "router/load");
+      for (size_t i = 0; i < steps.size() && i < shape[0]; ++i)
+        if (steps[i] <= r.step) r.router_load.emplace_back(load.begin() + long(i * shape[1]), load.begin() + long((i + 1) * shape[1]));
+    }
+    if (std::string(g) == "train" && cols.count("wall_s") && !cols["wall_s"].empty()) r.wall_s = cols["wall_s"].back();
+    r.groups.push_back({g, std::move(cols)});
+  }
+  return r;
 }
 
 std::vector<ParamTableRow> table_rows(const ParamTable& t) {
@@ -119,12 +182,18 @@ struct FlowTask {
 
 template <class Backend, class Task>
 RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTable& table, const std::string& path,
-                     bool verbose) {
+                     bool verbose, const ResumeState* resume) {
   RunResult res;
   res.path = path;
   res.device = be.device_name();
   auto& model = task.model;
   model.init_weights(c.train.seed);
+  const std::string ckpt = checkpoint_path(path);
+  const int first_step = resume ? resume->step : 0;
+  if (resume) {
+    MUE_CHECK(int(load_checkpoint(model, ckpt)) == first_step, "checkpoint '", ckpt, "' changed while loading");
+    if (verbose) std::printf("resuming %s from its checkpoint at step %d\n", path.c_str(), first_step);
+  }
   if (verbose) {
     std::printf("%s", format_table(table).c_str());
     std::printf("model: %zu parameters, activations %.1f MiB, device %s\n", model.n_params(),
@@ -138,7 +207,7 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
   log.set_attr("status", std::string("running"));
   log.set_attr("git_commit", std::string(git_commit()));
   log.set_attr("device", res.device);
-  log.set_attr("started", utc_now_iso());
+  log.set_attr("started", resume && !resume->started.empty() ? resume->started : utc_now_iso());
   log.set_attr("finished", std::string(""));
   log.set_attr("data_sources", task.sources());
 #ifdef _OPENMP
@@ -149,6 +218,22 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
   log.write_param_table(table_rows(table), {{"attn_scale", table.attn_scale},
                                             {"branch_multiplier", table.branch_multiplier},
                                             {"route_scale", table.route_scale}});
+  res.best_val_loss = INFINITY;
+  if (resume) {  // the killed run's rows up to the checkpoint, then on as if it had never stopped
+    log.set_attr("resumed_at_step", double(first_step));
+    for (auto& [g, cols] : resume->groups) {
+      const size_t n = cols.at("step").size();
+      for (size_t i = 0; i < n; ++i) {
+        std::vector<std::pair<std::string, double>> row;
+        for (auto& [k, v] : cols) row.push_back({k, v[i]});
+        log.append(g, row);
+        if (g == "val") res.best_val_loss = std::min(res.best_val_loss, cols.at("loss")[i]), res.final_val_loss = cols.at("loss")[i];
+      }
+    }
+    for (auto& r : resume->router_load) log.append_row("router/load", r);
+    res.first_loss = resume->first_loss;
+    if (std::isfinite(res.first_loss)) log.set_attr("first_loss", res.first_loss);
+  }
   log.flush();
 
   g_stop_signal = 0;
@@ -157,17 +242,20 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
   const double tokens_per_step = task.items_per_step();  // tokens (lm) or images (flow)
   const char* unit = c.task == "flow" ? "img/s" : "tok/s";
   std::string status = "completed";
-  auto t0 = std::chrono::steady_clock::now();
-  double window_start = 0, loss = 0, gnorm = 0;
+  // Wall time continues from the killed run's last row; checkpoints by steps and by minutes.
+  const double wall0 = resume ? resume->wall_s : 0;
+  auto t0 = std::chrono::steady_clock::now() - std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                                   std::chrono::duration<double>(wall0));
+  auto last_ckpt = std::chrono::steady_clock::now();
+  double window_start = wall0, loss = 0, gnorm = 0;
   int window_steps = 0;
-  res.best_val_loss = INFINITY;
   // A step never waits for the device: the loss, the grad norm and the divergence check stay on the device
   // (nn/step_scalars.h) and are read every kCheckEvery steps, at log and evaluation steps and at the last step
   // (on the CPU at every step); a diverged step is found at the next read (the run stops there and reports the
   // step that diverged).
   constexpr int kCheckEvery = 16;
   be.reset_step_out();
-  for (int step = 0; step < c.train.steps; ++step) {
+  for (int step = first_step; step < c.train.steps; ++step) {
     const double lr_factor = c.schedule.factor(step);
     bool diverged = false;
     int bad_step = step;  // the first diverged step, and its loss
@@ -182,12 +270,15 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
     // costs nothing (the CPU), at every step.
     const bool log_step = (step + 1) % c.train.log_every == 0 || step + 1 == c.train.steps;
     const bool eval_step = (step + 1) % c.train.eval_every == 0;
-    if (step == 0 || log_step || eval_step || (step + 1) % kCheckEvery == 0 || g_stop_signal ||
+    const bool ckpt_step = c.checkpoint_every > 0 && (step + 1) % c.checkpoint_every == 0;
+    bool read = false;  // whether this step's loss and divergence are known (a checkpoint needs them)
+    if (step == 0 || log_step || eval_step || ckpt_step || (step + 1) % kCheckEvery == 0 || g_stop_signal ||
         !Backend::on_device) {
       const StepOut o = be.read_step_out();
       loss = o.loss, gnorm = std::sqrt(o.norm_sq);
-      if (step == 0) res.first_loss = loss;
+      if (step == 0) res.first_loss = loss, log.set_attr("first_loss", loss);  // the divergence reference
       if (o.first_bad >= 0) diverged = true, bad_step = o.first_bad, bad_loss = o.bad_loss;
+      read = true;
     }
     ++window_steps;
     res.steps_done = step + 1;
@@ -229,8 +320,19 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
       res.best_val_loss = std::min(res.best_val_loss, vl);
       cols.insert(cols.begin(), {{"step", step + 1}, {"loss", vl}});
       log.append("val", cols);
-      if (c.checkpoint) save_checkpoint(model, checkpoint_path(path), uint64_t(step + 1));
+      if (c.checkpoint) {
+        log.flush();  // the rows a resume from this checkpoint keeps are on disk first
+        save_checkpoint(model, ckpt, uint64_t(step + 1));
+        last_ckpt = std::chrono::steady_clock::now();
+      }
       if (verbose) std::printf("step %5d | val loss %.4f\n", step + 1, vl), std::fflush(stdout);
+    }
+    const double since = std::chrono::duration<double>(std::chrono::steady_clock::now() - last_ckpt).count();
+    if (step + 1 < c.train.steps && read && !(c.checkpoint && eval_step) &&
+        (ckpt_step || (c.checkpoint_minutes > 0 && since >= 60 * c.checkpoint_minutes))) {
+      log.flush();  // the rows up to here are on disk before the checkpoint that a resume keeps them for
+      save_checkpoint(model, ckpt, uint64_t(step + 1));
+      last_ckpt = std::chrono::steady_clock::now();
     }
     log.flush();
     if (g_stop_signal) {
@@ -284,9 +386,9 @@ RunResult train_run(const RunConfig& c, bool verbose) {
   // All checks before any file is touched.
   const std::string path = (std::filesystem::path(c.out_dir) / (c.name + ".h5")).string();
   MUE_CHECK(!file_in_use(path), "'", path, "' is in use by another process (a run still writing it); not touching it");
+  std::optional<std::string> status;
   if (std::filesystem::exists(path)) {
     // A process killed while creating its file leaves it empty or truncated; it holds no completed run.
-    std::optional<std::string> status;
     std::string unreadable;
     if (std::filesystem::file_size(path) == 0) {
       unreadable = "empty file";
@@ -306,7 +408,12 @@ RunResult train_run(const RunConfig& c, bool verbose) {
     MUE_CHECK(!status || *status == "running" || *status == "failed" || c.overwrite, "'", path, "' holds a ", *status,
               " run; choose another name or pass out.overwrite=true");
   }
-  if (c.checkpoint) check_replaceable(checkpoint_path(path), "a mue checkpoint", is_checkpoint);
+  const bool checkpoints = c.checkpoint || c.checkpoint_every > 0 || c.checkpoint_minutes > 0;
+  if (checkpoints) check_replaceable(checkpoint_path(path), "a mue checkpoint", is_checkpoint);
+  // A killed or failed run whose checkpoint is there continues from it (same config, else a one-line refusal).
+  std::optional<ResumeState> resume;
+  if (c.resume && status && (*status == "running" || *status == "failed") && is_checkpoint(checkpoint_path(path)))
+    resume = read_resume_state(c, path, checkpoint_path(path));
   std::optional<TokenFile> tokens;
   std::optional<ImageSet> images;
   if (c.task == "lm") {
@@ -339,10 +446,10 @@ RunResult train_run(const RunConfig& c, bool verbose) {
     using Backend = std::remove_reference_t<decltype(be)>;
     if (c.task == "flow") {
       FlowTask<Backend> task(c, be, table, *images);
-      return train_with(c, be, task, table, path, verbose);
+      return train_with(c, be, task, table, path, verbose, resume ? &*resume : nullptr);
     }
     LmTask<Backend> task(c, be, table, *tokens);
-    return train_with(c, be, task, table, path, verbose);
+    return train_with(c, be, task, table, path, verbose, resume ? &*resume : nullptr);
   };
 #ifdef MUE_HAVE_CUDA
   if (device == "cuda") {

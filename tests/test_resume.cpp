@@ -1,0 +1,146 @@
+// Resume: a run killed mid-way and started again with the same command continues from its checkpoint and ends
+// with the very losses of a run that was never stopped (CPU, bit for bit); checkpoints of another config are
+// refused; a half-written checkpoint never replaces the last whole one.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/h5log.h"
+#include "experiments/checkpoint.h"
+#include "tests/catch.h"
+#include "tests/fixtures.h"
+
+using namespace mue;
+using mue::test::TempDir;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::vector<std::string> tiny(const TempDir& d, const std::string& tok, const std::string& extra) {
+  std::vector<std::string> a = {"model.vocab=97", "model.vocab_pad=128", "model.d_model=32", "model.n_heads=2",
+                                "model.seq_len=16", "ffn.hidden=64", "train.batch=4", "train.steps=1500",
+                                "train.log_every=10", "train.eval_every=500", "train.eval_batches=2",
+                                "train.device=cpu", "train.diverge_factor=4", "out.checkpoint_every=100",
+                                "data.tokens=" + tok, "out.dir=" + d.path.string()};
+  if (!extra.empty()) a.push_back(extra);
+  return a;
+}
+
+int run_cli(const std::vector<std::string>& args, const std::string& out) {
+  std::string cmd = "OMP_NUM_THREADS=1 " + std::string(MUE_BINARY);
+  for (auto& a : args) cmd += " '" + a + "'";
+  cmd += " > " + out + " 2>&1";
+  const int st = std::system(cmd.c_str());
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+// `mue train ARGS` in a child, killed with `sig` once its run file shows at least `step` steps.
+void train_and_kill(const std::vector<std::string>& args, const std::string& run, int step, int sig) {
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    std::freopen("/dev/null", "w", stdout), std::freopen("/dev/null", "w", stderr);
+    ::setenv("OMP_NUM_THREADS", "1", 1);
+    std::vector<std::string> all = {MUE_BINARY};
+    all.insert(all.end(), args.begin(), args.end());
+    std::vector<char*> av;
+    for (auto& a : all) av.push_back(a.data());
+    av.push_back(nullptr);
+    ::execv(MUE_BINARY, av.data());
+    ::_exit(127);
+  }
+  set_read_locking(false);
+  double seen = 0;
+  for (int i = 0; i < 6000 && seen < step; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    try {
+      const auto s = read_doubles(run, "train/step");
+      if (!s.empty()) seen = s.back();
+    } catch (const Error&) {
+    }
+  }
+  ::kill(pid, sig);
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  set_read_locking(true);
+  REQUIRE(seen >= step);
+}
+
+void check_resumes_bit_for_bit(const std::string& extra) {
+  TempDir d("resume");
+  const std::string tok = mue::test::make_toy_tokens(d);
+  std::vector<std::string> whole = {"train", "name=whole"}, cut = {"train", "name=cut"};
+  for (auto& a : tiny(d, tok, extra)) whole.push_back(a), cut.push_back(a);
+  REQUIRE(run_cli(whole, d / "whole.out") == 0);
+
+  train_and_kill(cut, d / "cut.h5", 230, SIGKILL);  // killed outright: no status written, file says running
+  CHECK(read_string_attr(d / "cut.h5", "status").value() != "completed");
+  const uint64_t at = checkpoint_step(d / "cut.ckpt");
+  CHECK(at >= 200);
+  CHECK(at % 100 == 0);
+  // A half-written checkpoint (killed while writing) is a stray .tmp: the last whole one stays.
+  std::ofstream(d / "cut.ckpt.tmp") << "MUECKPT1";
+  REQUIRE(run_cli(cut, d / "cut.out") == 0);
+  std::ifstream in(d / "cut.out");
+  const std::string out((std::istreambuf_iterator<char>(in)), {});
+  INFO(out);
+  CHECK(out.find("resuming") != std::string::npos);
+  CHECK(read_double_attr(d / "cut.h5", "resumed_at_step").value() == double(at));
+  CHECK(read_string_attr(d / "cut.h5", "status").value() == "completed");
+  for (const char* ds : {"train/step", "train/loss", "train/grad_norm", "train/lr", "val/step", "val/loss"}) {
+    INFO(ds);
+    CHECK(read_doubles(d / "cut.h5", ds) == read_doubles(d / "whole.h5", ds));  // bit for bit
+  }
+  if (extra.find("moe") != std::string::npos) {
+    CHECK(read_doubles(d / "cut.h5", "router/entropy") == read_doubles(d / "whole.h5", "router/entropy"));
+    CHECK(read_doubles(d / "cut.h5", "router/load") == read_doubles(d / "whole.h5", "router/load"));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("resume: a killed dense LM run continues from its checkpoint, bit for bit", "[resume]") {
+  check_resumes_bit_for_bit("");
+}
+
+TEST_CASE("resume: a killed MoE LM run continues from its checkpoint, bit for bit", "[resume]") {
+  check_resumes_bit_for_bit("ffn.type=moe");
+}
+
+TEST_CASE("resume: a checkpoint of another config is refused; out.resume=false starts over", "[resume]") {
+  TempDir d("resume");
+  const std::string tok = mue::test::make_toy_tokens(d);
+  std::vector<std::string> cut = {"train", "name=cut"};
+  for (auto& a : tiny(d, tok, "")) cut.push_back(a);
+  train_and_kill(cut, d / "cut.h5", 150, SIGTERM);  // stopped cleanly: status failed
+  CHECK(read_string_attr(d / "cut.h5", "status").value() == "failed");
+  const std::string ckpt_before = [&] {
+    std::ifstream in(d / "cut.ckpt", std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), {});
+  }();
+  std::vector<std::string> other = cut;
+  other.push_back("train.batch=8");
+  REQUIRE(run_cli(other, d / "other.out") != 0);
+  std::ifstream in(d / "other.out");
+  const std::string out((std::istreambuf_iterator<char>(in)), {});
+  INFO(out);
+  CHECK(out.find("belongs to a run of another config (") != std::string::npos);
+  CHECK(std::count(out.begin(), out.end(), '\n') == 1);
+  {
+    std::ifstream now(d / "cut.ckpt", std::ios::binary);
+    CHECK(std::string((std::istreambuf_iterator<char>(now)), {}) == ckpt_before);  // untouched
+  }
+  other.push_back("out.resume=false");
+  other.push_back("train.steps=120");
+  REQUIRE(run_cli(other, d / "fresh.out") == 0);
+  CHECK(!read_double_attr(d / "cut.h5", "resumed_at_step"));
+  CHECK(read_doubles(d / "cut.h5", "train/step").front() == 10);
+}
