@@ -14,7 +14,11 @@
 #include <vector>
 
 #include "core/h5log.h"
+#include "data/images.h"
 #include "experiments/checkpoint.h"
+#ifdef MUE_HAVE_CUDA
+#include "core/cuda_context.h"
+#endif
 #include "tests/catch.h"
 #include "tests/fixtures.h"
 
@@ -74,11 +78,12 @@ void train_and_kill(const std::vector<std::string>& args, const std::string& run
   REQUIRE(seen >= step);
 }
 
-void check_resumes_bit_for_bit(const std::string& extra) {
+void check_resumes_bit_for_bit(const std::string& extra, const std::string& device = "") {
   TempDir d("resume");
   const std::string tok = mue::test::make_toy_tokens(d);
   std::vector<std::string> whole = {"train", "name=whole"}, cut = {"train", "name=cut"};
   for (auto& a : tiny(d, tok, extra)) whole.push_back(a), cut.push_back(a);
+  if (!device.empty()) whole.push_back(device), cut.push_back(device);  // after tiny's train.device=cpu: wins
   REQUIRE(run_cli(whole, d / "whole.out") == 0);
 
   train_and_kill(cut, d / "cut.h5", 230, SIGKILL);  // killed outright: no status written, file says running
@@ -105,7 +110,44 @@ void check_resumes_bit_for_bit(const std::string& extra) {
   }
 }
 
+// A tiny mnist-layout package (10 classes of 12 28x28 images of simple stripes) prepared into d/img.h5.
+std::string toy_images(const TempDir& d) {
+  const fs::path root = d.path / "mnist";
+  fs::create_directories(root / "src" / "digits");
+  for (int c = 0; c < 10; ++c) {
+    std::ofstream o(root / "src" / "digits" / (std::to_string(c) + ".json"));
+    o << "{\"data\": [";
+    for (int i = 0; i < 12; ++i)
+      for (int p = 0; p < 784; ++p) o << ((i || p) ? "," : "") << ((p / 28 + c + i) % 10 < 5 ? 1 : 0);
+    o << "]}";
+  }
+  ImagePrepOptions opt;
+  opt.kind = "mnist", opt.source_dir = root.string(), opt.out = d / "img.h5";
+  prepare_images(opt);
+  return opt.out;
+}
+
 }  // namespace
+
+TEST_CASE("resume: a killed DiT run continues from its checkpoint, bit for bit", "[resume]") {
+  TempDir d("resume");
+  const std::string img = toy_images(d);
+  std::vector<std::string> common = {"task=flow", "model.d_model=32", "model.n_heads=2", "model.n_layers=1",
+                                     "ffn.hidden=64", "image.patch=7", "train.batch=8", "train.steps=1200",
+                                     "train.log_every=10", "train.eval_every=400", "train.eval_batches=1",
+                                     "train.device=cpu", "out.checkpoint=false", "out.checkpoint_every=100",
+                                     "data.images=" + img, "out.dir=" + d.path.string()};
+  std::vector<std::string> whole = {"train", "name=whole"}, cut = {"train", "name=cut"};
+  for (auto& a : common) whole.push_back(a), cut.push_back(a);
+  REQUIRE(run_cli(whole, d / "whole.out") == 0);
+  train_and_kill(cut, d / "cut.h5", 230, SIGKILL);
+  REQUIRE(run_cli(cut, d / "cut.out") == 0);
+  CHECK(read_double_attr(d / "cut.h5", "resumed_at_step").value() >= 200);
+  for (const char* ds : {"train/step", "train/loss", "val/loss"}) {
+    INFO(ds);
+    CHECK(read_doubles(d / "cut.h5", ds) == read_doubles(d / "whole.h5", ds));
+  }
+}
 
 TEST_CASE("resume: a killed dense LM run continues from its checkpoint, bit for bit", "[resume]") {
   check_resumes_bit_for_bit("");
@@ -143,4 +185,16 @@ TEST_CASE("resume: a checkpoint of another config is refused; out.resume=false s
   REQUIRE(run_cli(other, d / "fresh.out") == 0);
   CHECK(!read_double_attr(d / "cut.h5", "resumed_at_step"));
   CHECK(read_doubles(d / "cut.h5", "train/step").front() == 10);
+}
+
+TEST_CASE("resume: on the GPU with CUDA graphs, a killed MoE run continues bit for bit", "[resume][cuda]") {
+#ifdef MUE_HAVE_CUDA
+  if (!cuda::gpu_available()) {
+    WARN("no GPU: skipped");
+    return;
+  }
+  check_resumes_bit_for_bit("ffn.type=moe", "train.device=cuda");
+#else
+  WARN("built without CUDA: skipped");
+#endif
 }
