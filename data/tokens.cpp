@@ -72,11 +72,12 @@ void write_token_file(const std::string& path, std::span<const uint16_t> train, 
   const std::string tmp = path + ".tmp";
   FILE* f = std::fopen(tmp.c_str(), "wb");
   MUE_CHECK(f, "token file: cannot create ", tmp, ": ", std::strerror(errno));
-  bool ok = std::fwrite(header.data(), 1, header.size(), f) == header.size() &&
-            std::fwrite(sources.data(), 1, sources.size(), f) == sources.size() &&
-            std::fwrite(train.data(), sizeof(uint16_t), train.size(), f) == train.size() &&
-            std::fwrite(val.data(), sizeof(uint16_t), val.size(), f) == val.size() && std::fflush(f) == 0 &&
-            ::fsync(fileno(f)) == 0;
+  auto write = [&](const void* p, size_t size, size_t n) {  // an empty span may have no data pointer at all
+    return n == 0 || std::fwrite(p, size, n, f) == n;
+  };
+  bool ok = write(header.data(), 1, header.size()) && write(sources.data(), 1, sources.size()) &&
+            write(train.data(), sizeof(uint16_t), train.size()) && write(val.data(), sizeof(uint16_t), val.size()) &&
+            std::fflush(f) == 0 && ::fsync(fileno(f)) == 0;
   const int err = errno;
   ok = (std::fclose(f) == 0) && ok;
   if (!ok) {

@@ -75,7 +75,8 @@ struct ModelConfig {
       MUE_CHECK(image.label_dropout >= 0 && image.label_dropout <= 1, "image.label_dropout must be in [0, 1]");
       MUE_CHECK(seq_len == image.grid() * image.grid(), "internal: seq_len must be (size/patch)^2 for flow");
     }
-    MUE_CHECK(vocab > 0 && vocab_pad >= vocab, "model.vocab_pad (", vocab_pad, ") must be >= model.vocab (", vocab, ")");
+    MUE_CHECK(vocab > 0, "model.vocab must be positive, got ", vocab);
+    MUE_CHECK(vocab_pad >= vocab, "model.vocab_pad (", vocab_pad, ") must be >= model.vocab (", vocab, ")");
     MUE_CHECK(d_model > 0 && n_layers > 0 && n_heads > 0 && ffn_hidden > 0 && seq_len > 0,
               "model sizes must be positive");
     ffn.validate();
