@@ -92,7 +92,8 @@ ResumeState read_resume_state(const RunConfig& c, const std::string& path, const
       const auto shape = dataset_shape(path, "router/load");
       const auto load = read_doubles(path, "router/load");
       for (size_t i = 0; i < steps.size() && i < shape[0]; ++i)
-        if (steps[i] <= r.step) r.router_load.emplace_back(load.begin() + long(i * shape[1]), load.begin() + long((i + 1) * shape[1]));
+        if (steps[i] <= r.step)
+          r.router_load.emplace_back(load.begin() + long(i * shape[1]), load.begin() + long((i + 1) * shape[1]));
     }
     if (std::string(g) == "train" && cols.count("wall_s") && !cols["wall_s"].empty()) r.wall_s = cols["wall_s"].back();
     r.groups.push_back({g, std::move(cols)});
@@ -227,7 +228,7 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
         std::vector<std::pair<std::string, double>> row;
         for (auto& [k, v] : cols) row.push_back({k, v[i]});
         log.append(g, row);
-        if (g == "val") res.best_val_loss = std::min(res.best_val_loss, cols.at("loss")[i]), res.final_val_loss = cols.at("loss")[i];
+        if (g == "val") res.final_val_loss = cols.at("loss")[i], res.best_val_loss = std::min(res.best_val_loss, res.final_val_loss);
       }
     }
     for (auto& r : resume->router_load) log.append_row("router/load", r);
@@ -328,8 +329,10 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
       if (verbose) std::printf("step %5d | val loss %.4f\n", step + 1, vl), std::fflush(stdout);
     }
     const double since = std::chrono::duration<double>(std::chrono::steady_clock::now() - last_ckpt).count();
+    // A clean stop (SIGTERM from a scheduler, Ctrl-C) writes one too, so that a resume loses nothing.
+    const bool stopping = g_stop_signal && (c.checkpoint || c.checkpoint_every > 0 || c.checkpoint_minutes > 0);
     if (step + 1 < c.train.steps && read && !(c.checkpoint && eval_step) &&
-        (ckpt_step || (c.checkpoint_minutes > 0 && since >= 60 * c.checkpoint_minutes))) {
+        (ckpt_step || stopping || (c.checkpoint_minutes > 0 && since >= 60 * c.checkpoint_minutes))) {
       log.flush();  // the rows up to here are on disk before the checkpoint that a resume keeps them for
       save_checkpoint(model, ckpt, uint64_t(step + 1));
       last_ckpt = std::chrono::steady_clock::now();

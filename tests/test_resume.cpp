@@ -164,6 +164,8 @@ TEST_CASE("resume: a checkpoint of another config is refused; out.resume=false s
   for (auto& a : tiny(d, tok, "")) cut.push_back(a);
   train_and_kill(cut, d / "cut.h5", 150, SIGTERM);  // stopped cleanly: status failed
   CHECK(read_string_attr(d / "cut.h5", "status").value() == "failed");
+  // A clean stop checkpoints where it stopped, so a resume loses nothing.
+  CHECK(double(checkpoint_step(d / "cut.ckpt")) == read_doubles(d / "cut.h5", "train/step").back());
   const std::string ckpt_before = [&] {
     std::ifstream in(d / "cut.ckpt", std::ios::binary);
     return std::string((std::istreambuf_iterator<char>(in)), {});
