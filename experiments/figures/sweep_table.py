@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Markdown results table from a sweep index: final val loss per (rule, shape) x LR, the optimum LR per row,
-and how many octaves the optimum moved across shapes under each rule.
+"""Markdown results table from a sweep index or results file: final val loss per (rule, shape) x LR, the grid and
+fitted optimum LR per row (optimum.py), and how many octaves the fitted optimum moved across shapes under each rule.
+With a seed axis each cell is the first seed's point; transfer_table.py averages the seeds.
 
 usage: sweep_table.py INDEX.h5 [--lr-key hp.lr] [--x-key ffn.shape|none] [--group-key rule]
 """
 import argparse
 import math
 
+from optimum import fit_optimum
 from sweep_index import Summary
 
 
@@ -24,12 +26,12 @@ def main():
     lrs = sorted(set(lr))
     groups = list(dict.fromkeys(grp))
     xs = list(dict.fromkeys(x))
-    print(f"| {a.group_key} | {a.x_key} | " + " | ".join(f"{v:.3g}" for v in lrs) + " | best LR |")
-    print("|---|---|" + "---|" * (len(lrs) + 1))
+    print(f"| {a.group_key} | {a.x_key} | " + " | ".join(f"{v:.3g}" for v in lrs) + " | best LR | fitted log2 LR |")
+    print("|---|---|" + "---|" * (len(lrs) + 2))
     for g in groups:
         opt = []
         for xv in xs:
-            row, best = [], (math.inf, None)
+            row, best, curve = [], (math.inf, None), []
             for v in lrs:
                 k = [i for i in range(len(lr)) if grp[i] == g and x[i] == xv and lr[i] == v]
                 if not k:
@@ -39,15 +41,18 @@ def main():
                 if status[i] == "completed" and math.isfinite(loss[i]):
                     row.append(f"{loss[i]:.3f}")
                     best = min(best, (loss[i], v))
+                    curve.append((v, loss[i]))
                 else:
                     row.append(status[i])
-            if best[1] is not None:
-                opt.append(best[1])
+                    curve.append((v, math.nan))
+            fit = fit_optimum([c[0] for c in curve], [c[1] for c in curve]) if curve else None
+            if fit is not None:
+                opt.append(fit.log2_x)
             best_text = f"{best[1]:.3g}" if best[1] is not None else "-"
-            print(f"| {g} | {xv} | " + " | ".join(row) + f" | {best_text} |")
+            fit_text = "-" if fit is None else f"{fit.log2_x:.2f}" + (f" ({fit.edge} edge)" if fit.edge else "")
+            print(f"| {g} | {xv} | " + " | ".join(row) + f" | {best_text} | {fit_text} |")
         if len(opt) > 1:
-            spread = math.log2(max(opt)) - math.log2(min(opt))
-            print(f"\n{g}: optimum LR moved {spread:.1f} octaves across {len(opt)} shapes\n")
+            print(f"\n{g}: fitted optimum LR moved {max(opt) - min(opt):.2f} octaves across {len(opt)} rows\n")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 """Weight-decay figure (c) from a sweep index file (mue sweep -> out_dir/NAME-index.h5) with an LR and a WD axis.
 
 One panel per combination of the other axes: rows by --group-key (default: rule, if an axis), columns by the rest
-(e.g. ffn.shape). In each panel: final val loss vs log2(WD), one curve per LR, the panel's optimum (LR, WD) marked
-with a star. The optimum of every panel is printed too. WD values <= 0 cannot go on a log axis and are left off.
+(e.g. ffn.shape). In each panel: final val loss vs log2(WD), one curve per LR, the fitted WD optimum on the best
+LR's curve (optimum.py) marked with a star. The optimum of every panel is printed too. WD values <= 0 cannot go on a log axis and are left off.
 
 usage: sweep_wd.py INDEX.h5 [--out PREFIX] [--lr-key hp.lr] [--wd-key hp.wd] [--group-key rule]
                             [--metric final_val_loss|best_val_loss|final_train_loss]
@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from optimum import fit_optimum
 from sweep_index import Summary, figure_arguments, fmt, label, output_prefix, pyplot, save_figure
 
 plt = pyplot()
@@ -68,9 +69,13 @@ def main():
                     ax.plot(np.log2(wd[idx]), loss[idx], "o-", ms=3, color=colors[li],
                             label=f"{lr_key}={fmt(v)}" if lr_key else None)
             best = min(in_panel, key=lambda i: loss[i])
-            ax.plot([math.log2(wd[best])], [loss[best]], marker="*", ms=13, color="gold", markeredgecolor="k")
+            # The fitted WD optimum on the best LR's curve (optimum.py: parabola in log2 WD, or the grid at an edge).
+            on_curve = [i for i in in_panel if not lr_key or lr[i] == lr[best]]
+            fit = fit_optimum([wd[i] for i in on_curve], [loss[i] for i in on_curve])
+            ax.plot([fit.log2_x], [fit.loss], marker="*", ms=13, color="gold", markeredgecolor="k")
             print(f"{title}: optimum {a.wd_key}={fmt(float(wd[best]))}"
-                  + (f" {lr_key}={fmt(float(lr[best]))}" if lr_key else "") + f", {a.metric} {loss[best]:.4f}")
+                  + (f" {lr_key}={fmt(float(lr[best]))}" if lr_key else "") + f", {a.metric} {loss[best]:.4f}; "
+                  + f"fitted log2 {a.wd_key} {fit.log2_x:.2f}" + (f" (at the grid's {fit.edge} edge)" if fit.edge else ""))
             if r == len(rows) - 1:
                 ax.set_xlabel(f"log2 {a.wd_key}")
             if c == 0:
