@@ -3,7 +3,8 @@
 # short real training run. Logs go to $OUT (or ./gpu-out).
 # Env: PRESETS (bench), PROFILE (presets to profile per op), TILE_SWEEP (presets to profile under every expert
 # GEMM tile configuration, MUE_EXPERT_TILE; TILE_LIST: which ones, default all), TESTS (a Catch2 filter, default
-# all), NO_SWEEP, FLOW_STEPS.
+# all), NO_SWEEP, FLOW_STEPS, SANITIZE (1: compute-sanitizer memcheck and synccheck on the [cuda] tests, racecheck on
+# the attention, expert-GEMM and router tests; logs in $OUT/sanitize-*.log).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
@@ -17,6 +18,19 @@ echo "== tests"
 (cd build-gpu && timeout ${TEST_TIMEOUT:-300} ./mue_tests --durations yes ${TESTS:-} > "$OUT/tests.log" 2>&1); echo "tests rc $?"
 grep -E "FAILED|failed|passed|No GPU|no GPU" "$OUT/tests.log" | tail -15
 grep -B2 -A12 "FAILED" "$OUT/tests.log" | head -80
+if [ -n "${SANITIZE:-}" ]; then
+  echo "== compute-sanitizer"
+  for tool in memcheck synccheck; do
+    (cd build-gpu && timeout ${SANITIZE_TIMEOUT:-900} compute-sanitizer --tool $tool --error-exitcode 99 \
+      ./mue_tests "[cuda]" > "$OUT/sanitize-$tool.log" 2>&1); echo "$tool rc $?"
+    grep -E "ERROR SUMMARY|test cases" "$OUT/sanitize-$tool.log" | tail -2
+  done
+  for t in "CUDA flash attention forward and backward*" "CUDA expert GEMMs (grouped*" "CUDA router:*"; do
+    (cd build-gpu && timeout ${SANITIZE_TIMEOUT:-900} compute-sanitizer --tool racecheck --error-exitcode 99 \
+      ./mue_tests "$t" > "$OUT/sanitize-racecheck.log" 2>&1); echo "racecheck '$t' rc $?"
+    grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/sanitize-racecheck.log" | tail -2
+  done
+fi
 echo "== bench"
 for p in $presets; do
   timeout 120 ./build-gpu/mue bench "$p" --steps 20 2>&1 | tail -1 | tee -a "$OUT/bench.txt"
