@@ -25,10 +25,12 @@ if [ -n "${SANITIZE:-}" ]; then
       ./mue_tests "[cuda]" > "$OUT/sanitize-$tool.log" 2>&1); echo "$tool rc $?"
     grep -E "ERROR SUMMARY|test cases" "$OUT/sanitize-$tool.log" | tail -2
   done
+  i=0
   for t in "CUDA flash attention forward and backward*" "CUDA expert GEMMs (grouped*" "CUDA router:*"; do
+    i=$((i + 1))
     (cd build-gpu && timeout ${SANITIZE_TIMEOUT:-900} compute-sanitizer --tool racecheck --error-exitcode 99 \
-      ./mue_tests "$t" > "$OUT/sanitize-racecheck.log" 2>&1); echo "racecheck '$t' rc $?"
-    grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/sanitize-racecheck.log" | tail -2
+      ./mue_tests "$t" > "$OUT/sanitize-racecheck-$i.log" 2>&1); echo "racecheck '$t' rc $?"
+    grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/sanitize-racecheck-$i.log" | tail -2
   done
 fi
 echo "== bench"
