@@ -389,7 +389,7 @@ TEST_CASE("sweep: CPU children share the cores and wait passively unless told ot
 
 TEST_CASE("sweep: every spec in experiments/sweeps/ loads, expands and validates", "[sweep]") {
   const fs::path dir = fs::path(MUE_SOURCE_DIR) / "experiments/sweeps";
-  const std::set<std::string> campaign_scale = {"dense-proxy-lm", "act-experts-lm"};
+  const std::set<std::string> two_seeds = {"dense-proxy-lm", "act-experts-lm", "total-experts-lm"};
   std::set<std::string> names;
   for (auto& e : fs::directory_iterator(dir)) {
     if (e.path().extension() != ".json") continue;
@@ -408,15 +408,17 @@ TEST_CASE("sweep: every spec in experiments/sweeps/ loads, expands and validates
     REQUIRE(rule_axis != s.axes.end());
     CHECK(rule_axis->second.size() >= 2);
     CHECK(std::count(rule_axis->second.begin(), rule_axis->second.end(), "complete-mue") == 1);
-    // Comparable points: the specs moved to the campaign's scale (issue 23) train >= 2000 steps of >= 8K
-    // tokens with two seeds; the others are still the 300-step small scale.
+    // Comparable points: every LM spec is at the campaign's scale (issue 23), >= 2000 steps of >= 8K tokens,
+    // and the proxy, activated- and total-experts specs have two seeds; the diffusion specs are still 300 steps.
     RunConfig c = resolve_config(s.base, pts.front().overrides);
-    if (campaign_scale.count(s.name)) {
-      CHECK(c.train.steps >= 2000);
-      CHECK(int64_t(c.train.batch) * c.model.seq_len >= 8192);
-      auto seed_axis = std::find_if(s.axes.begin(), s.axes.end(), [](auto& a) { return a.first == "seed"; });
-      REQUIRE(seed_axis != s.axes.end());
-      CHECK(seed_axis->second.size() == 2);
+    auto seed_axis = std::find_if(s.axes.begin(), s.axes.end(), [](auto& a) { return a.first == "seed"; });
+    if (c.task == "lm") {
+      for (auto& p : pts) {
+        RunConfig pc = resolve_config(s.base, p.overrides);
+        CHECK(pc.train.steps >= 2000);
+        CHECK(int64_t(pc.train.batch) * pc.model.seq_len >= 8192);
+      }
+      CHECK((seed_axis != s.axes.end() && seed_axis->second.size() == 2) == bool(two_seeds.count(s.name)));
     } else {
       CHECK(c.train.steps == 300);
     }
