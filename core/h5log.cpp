@@ -311,6 +311,7 @@ RunLog RunLog::create(const std::string& path) {
   // it locked. Take the lock first, on a descriptor of our own that does not truncate, and keep it to the end;
   // HDF5's own lock is then off for this file (it would conflict with ours). Readers that lock still see the
   // file as busy. Filesystems without flock (some NFS) go on unlocked, as HDF5 does.
+  const bool existed = fs::exists(p, ec);
   impl->lock_fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   MUE_CHECK(impl->lock_fd >= 0, "cannot create run log '", path, "': ", std::strerror(errno));
   if (::flock(impl->lock_fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
@@ -321,6 +322,7 @@ RunLog RunLog::create(const std::string& path) {
   impl->file = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
   if (impl->file < 0) {
     ::close(impl->lock_fd);
+    if (!existed) ::unlink(path.c_str());  // leave no empty file of our own behind
     check_id(impl->file, "cannot create file", path);
   }
   return RunLog(std::move(impl));
