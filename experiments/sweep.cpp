@@ -359,7 +359,8 @@ SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
 
   SweepTotals tot;
   std::vector<int> todo;
-  for (int i : o.only) MUE_CHECK(i >= 0 && i < int(pts.size()), "--only: sweep ", s.name, " has no point ", i, " (0 to ", pts.size() - 1, ")");
+  for (int i : o.only)
+    MUE_CHECK(i >= 0 && i < int(pts.size()), "--only: sweep ", s.name, " has no point ", i, " (0 to ", pts.size() - 1, ")");
   for (int i : rank_indices(int(pts.size()), rank, size)) {
     if (!o.only.empty() && std::find(o.only.begin(), o.only.end(), i) == o.only.end()) continue;
     if (file_in_use(run_file(pts[i]))) {  // another sweep or train still writes it: leave it alone
