@@ -25,6 +25,10 @@ namespace {
 
 const char* kUsage = R"(mue: hyperparameter-transfer trainer for dense and MoE transformers
 
+start here:
+  bash scripts/quickstart.sh                   the default job (set up, tokenize, a small LR sweep)
+  mue show runs/quickstart-index.h5            what a sweep, run, checkpoint or coordinate-check file holds
+
 usage:
   mue train [CONFIG.json] [key=value ...]      train one run; log to out.dir/NAME.h5
   mue sweep SPEC.json [--parallel N] [--dry-run] [--only 3,7-9]

