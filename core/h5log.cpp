@@ -639,4 +639,15 @@ std::vector<std::string> list_datasets(const std::string& file, const std::strin
   return out;
 }
 
+std::map<std::string, std::vector<double>> read_columns(const std::string& file, const std::string& group) {
+  {
+    Hid f = open_ro(file);
+    if (!link_exists(f, strip_slashes(group), file)) return {};
+  }
+  std::map<std::string, std::vector<double>> cols;
+  for (auto& c : list_datasets(file, group))
+    if (dataset_shape(file, group + "/" + c).size() == 1) cols[c] = read_doubles(file, group + "/" + c);
+  return cols;
+}
+
 }  // namespace mue

@@ -13,6 +13,7 @@
 // Every HDF5 failure becomes a mue::Error naming the operation and the file.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -96,5 +97,7 @@ std::vector<uint64_t> dataset_shape(const std::string& file, const std::string& 
 std::vector<std::string> read_strings(const std::string& file, const std::string& dataset);
 // Names of the datasets directly inside `group` ("/" for the root), sorted by name; subgroups are left out.
 std::vector<std::string> list_datasets(const std::string& file, const std::string& group);
+// The 1-D columns of `group` (e.g. "train": step, loss, ...) by name; empty when the file has no such group.
+std::map<std::string, std::vector<double>> read_columns(const std::string& file, const std::string& group);
 
 }  // namespace mue

@@ -37,6 +37,7 @@ struct RunConfig {
   int checkpoint_every = 0;   // steps (0: off)
   double checkpoint_minutes = 10;  // wall minutes since the last checkpoint (0: off)
   bool resume = true;         // continue a killed or failed run from its checkpoint
+  bool writes_checkpoints() const { return checkpoint || checkpoint_every > 0 || checkpoint_minutes > 0; }
   json raw;  // the fully resolved JSON (stored in the run's HDF5 file)
 };
 

@@ -27,14 +27,6 @@ std::string num(double x, const char* f = "%.6g") {
 }
 ojson jnum(double x) { return std::isfinite(x) ? ojson(x) : ojson(nullptr); }
 
-// The 1-D columns of a group ("train"), all of one length; empty when the group is missing.
-std::map<std::string, std::vector<double>> read_group(const std::string& f, const std::string& g) {
-  std::map<std::string, std::vector<double>> cols;
-  for (auto& c : list_datasets(f, g))
-    if (dataset_shape(f, g + "/" + c).size() == 1) cols[c] = read_doubles(f, g + "/" + c);
-  return cols;
-}
-
 // (last finite value, its step) and (smallest finite value, its step) of a column.
 struct LastBest {
   double last = NAN, last_step = NAN, best = NAN, best_step = NAN;
@@ -135,7 +127,7 @@ void show_run(const std::string& f, bool as_json, int rows, std::FILE* out) {
   } catch (const std::exception&) {
     fail("'", f, "': its config attribute is not JSON (a damaged run file?)");
   }
-  const auto train = read_group(f, "train"), val = read_group(f, "val");
+  const auto train = read_columns(f, "train"), val = read_columns(f, "val");
   const LastBest tl = last_best(train, "loss"), vl = last_best(val, "loss");
   const double steps = cfg.contains("train") ? cfg["train"].value("steps", 0.0) : 0.0;
   const double wall = train.count("wall_s") && !train.at("wall_s").empty() ? train.at("wall_s").back() : NAN;
@@ -286,7 +278,7 @@ void show_index(const std::string& f, bool as_json, int rows, std::FILE* out) {
 }
 
 void show_coord(const std::string& f, bool as_json, std::FILE* out) {
-  const auto pts = read_group(f, "coord/points");
+  const auto pts = read_columns(f, "coord/points");
   std::vector<std::string> quantities;  // groups under /coord beside points, one row per point, step and layer
   for (const char* q : {"attn_out", "ffn_out", "block_out", "logits", "router_logits"}) {
     try {

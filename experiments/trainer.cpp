@@ -49,16 +49,6 @@ struct ResumeState {
   std::vector<std::vector<double>> router_load;  // rows of router/load, one per router row kept
 };
 
-std::map<std::string, std::vector<double>> read_columns(const std::string& f, const std::string& g) {
-  std::map<std::string, std::vector<double>> cols;
-  try {
-    for (auto& c : list_datasets(f, g))
-      if (dataset_shape(f, g + "/" + c).size() == 1) cols[c] = read_doubles(f, g + "/" + c);
-  } catch (const Error&) {  // no such group (no router in a dense run)
-  }
-  return cols;
-}
-
 // The resume point of `path`, whose checkpoint exists and whose run was killed or failed. A run of another
 // config is refused (its checkpoint is never loaded).
 ResumeState read_resume_state(const RunConfig& c, const std::string& path, const std::string& ckpt) {
@@ -79,7 +69,7 @@ ResumeState read_resume_state(const RunConfig& c, const std::string& path, const
   r.first_loss = read_double_attr(path, "first_loss").value_or(NAN);
   r.started = read_string_attr(path, "started").value_or("");
   for (const char* g : {"train", "val", "router"}) {
-    auto cols = read_columns(path, g);
+    auto cols = read_columns(path, g);  // empty for a group the run has none of (no router in a dense run)
     if (cols.empty() || !cols.count("step")) continue;
     const std::vector<double> steps = cols["step"];
     for (auto& [k, v] : cols) {
@@ -330,7 +320,7 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
     }
     const double since = std::chrono::duration<double>(std::chrono::steady_clock::now() - last_ckpt).count();
     // A clean stop (SIGTERM from a scheduler, Ctrl-C) writes one too, so that a resume loses nothing.
-    const bool stopping = g_stop_signal && (c.checkpoint || c.checkpoint_every > 0 || c.checkpoint_minutes > 0);
+    const bool stopping = g_stop_signal && c.writes_checkpoints();
     if (step + 1 < c.train.steps && read && !(c.checkpoint && eval_step) &&
         (ckpt_step || stopping || (c.checkpoint_minutes > 0 && since >= 60 * c.checkpoint_minutes))) {
       log.flush();  // the rows up to here are on disk before the checkpoint that a resume keeps them for
@@ -411,8 +401,7 @@ RunResult train_run(const RunConfig& c, bool verbose) {
     MUE_CHECK(!status || *status == "running" || *status == "failed" || c.overwrite, "'", path, "' holds a ", *status,
               " run; choose another name or pass out.overwrite=true");
   }
-  const bool checkpoints = c.checkpoint || c.checkpoint_every > 0 || c.checkpoint_minutes > 0;
-  if (checkpoints) check_replaceable(checkpoint_path(path), "a mue checkpoint", is_checkpoint);
+  if (c.writes_checkpoints()) check_replaceable(checkpoint_path(path), "a mue checkpoint", is_checkpoint);
   // A killed or failed run whose checkpoint is there continues from it (same config, else a one-line refusal).
   std::optional<ResumeState> resume;
   if (c.resume && status && (*status == "running" || *status == "failed") && is_checkpoint(checkpoint_path(path)))
