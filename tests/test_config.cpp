@@ -76,6 +76,8 @@ TEST_CASE("bad configs give one clear line naming the problem", "[config]") {
       {"", {"hp.lr=-1"}, "hp.lr must be positive"},
       {"", {"model.vocab_pad=100"}, "model.vocab_pad (100) must be >= model.vocab"},
       {"", {"model.vocab=0"}, "model.vocab must be positive, got 0"},
+      {"", {"out.checkpoint_every=-1"}, "out.checkpoint_every and out.checkpoint_minutes must be >= 0"},
+      {"", {"out.checkpoint_minutes=-0.5"}, "out.checkpoint_every and out.checkpoint_minutes must be >= 0"},
       {"", {"train.batch=0"}, "train.batch must be positive"},
       {"", {"optim.beta2=1.5"}, "optim.beta1 and optim.beta2 must be in [0, 1)"},
       {"", {"model"}, "not of the form key=value"},
