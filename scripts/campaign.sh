@@ -12,6 +12,7 @@
 # Across sessions: where experiments/results/NAME.json exists, only its unfinished points run (mue sweep --only)
 # and the new results file merges the finished ones from it (results_bundle.py --merge): copy the NAME.json that
 # comes back over experiments/results/NAME.json and commit it.
+# MPS=1: the sweeps run under CUDA MPS (scripts/mps.sh), so that the processes' kernels share the GPU at once.
 # Output under $OUT (default ./campaign-out): NAME.json, NAME-runs.tgz, campaign.log (one line a finished point).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +33,9 @@ if [ ! -x "$build/mue" ] || [ -n "${REBUILD:-}" ]; then
   cmake --build "$build" --target mue -j "$(nproc)" > "$OUT/build.log" 2>&1 || { grep -E "error" "$OUT/build.log" | head -40; exit 1; }
   echo "built in $(( $(date +%s) - t0 )) s" | tee -a "$log"
 fi
+
+source scripts/mps.sh
+if [ -n "${MPS:-}" ]; then mps_start | tee -a "$log"; trap mps_stop EXIT; fi
 
 names=()
 for arg in "$@"; do
