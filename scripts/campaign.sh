@@ -63,7 +63,7 @@ for name in "${names[@]}"; do
   prev="experiments/results/$name.json"
   python3 experiments/figures/results_bundle.py "$index" --out "$OUT/$name.json" \
     $( [ -f "$prev" ] && echo --merge "$prev" ) 2>&1 | tail -3
-  tar czf "$OUT/$name-runs.tgz" -C runs "$name"
+  [ -n "${TGZ:-}" ] && tar czf "$OUT/$name-runs.tgz" -C runs "$name"
 done
 grep -E "^== |^sweep .* completed" "$log"
 for name in "${names[@]}"; do

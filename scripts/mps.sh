@@ -6,6 +6,9 @@ mps_start() {
   command -v nvidia-cuda-mps-control >/dev/null || { echo "mps: nvidia-cuda-mps-control not found"; return 1; }
   export CUDA_MPS_PIPE_DIRECTORY=/tmp/mue-mps/pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mue-mps/log
   mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  if [ -S "$CUDA_MPS_PIPE_DIRECTORY/control" ] && pgrep -x nvidia-cuda-mps-control >/dev/null; then
+    echo "mps: on (daemon already running)"; return 0
+  fi
   nvidia-cuda-mps-control -d || { echo "mps: the control daemon did not start"; unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY; return 1; }
   echo "mps: on"
 }

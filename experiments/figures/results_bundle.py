@@ -100,7 +100,11 @@ DONE = ("completed", "diverged")
 
 def merge(new, old):
     """Points of `new` not finished there, taken from `old` where they are finished."""
-    if old.get("spec") != new.get("spec"):
+    # What decides the points' results; a reworded comment, a new time estimate or --parallel do not.
+    def decisive(spec):
+        return {k: v for k, v in (spec or {}).items() if k not in ("comment", "expected_h100_minutes", "parallel")}
+
+    if decisive(old.get("spec")) != decisive(new.get("spec")):
         raise SystemExit(f"--merge: the old results file comes from another spec than {new['name']}'s index")
     by_name = {p["name"]: p for p in old["points"]}
     taken = 0
