@@ -226,7 +226,7 @@ std::vector<uint64_t> Node::shape(const std::string& dataset) const {
   Id space = own(H5Dget_space(d), H5Sclose, "cannot get dataspace of '" + dataset + "'", file_);
   const int rank = H5Sget_simple_extent_ndims(space);
   if (rank < 0) fail("cannot get rank of '" + dataset + "'", file_);
-  std::vector<hsize_t> dims(size_t(rank));
+  std::vector<hsize_t> dims(static_cast<size_t>(rank));
   if (rank)
     check(H5Sget_simple_extent_dims(space, dims.data(), nullptr), "cannot get dims of '" + dataset + "'", file_);
   return std::vector<uint64_t>(dims.begin(), dims.end());

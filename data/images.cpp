@@ -56,8 +56,6 @@ const std::array<float, 256>& pixel_lut() {
 
 }  // namespace
 
-}  // namespace
-
 ImageSet ImageSet::open(const std::string& path) {
   const h5::Node f = h5::open_file_read(path);
 
