@@ -71,6 +71,22 @@ void create_column(hid_t group, const std::string& name, hid_t stored, hid_t mem
   if (n) check(H5Dwrite(d, memory, H5S_ALL, H5S_ALL, H5P_DEFAULT, values), "cannot write '" + name + "'", file);
 }
 
+// Reads the scalar numeric attribute `a` (named `attr` in errors) as `memory` into *out; `integer_only` refuses a
+// float. False when there is no such attribute.
+bool read_number_attr(const std::optional<Id>& a, const std::string& attr, const std::string& file,
+                      bool integer_only, hid_t memory, void* out) {
+  if (!a) return false;
+  const std::string what = "attribute '" + attr + "'";
+  Id type = own(H5Aget_type(*a), H5Tclose, "cannot get type of " + what, file);
+  const H5T_class_t c = H5Tget_class(type);
+  if (integer_only) MUE_CHECK(c == H5T_INTEGER, what, " in '", file, "' is not an integer");
+  MUE_CHECK(c == H5T_FLOAT || c == H5T_INTEGER, what, " in '", file, "' is not a number");
+  Id space = own(H5Aget_space(*a), H5Sclose, "cannot get dataspace of " + what, file);
+  MUE_CHECK(H5Sget_simple_extent_npoints(space) == 1, what, " in '", file, "' is not a single number");
+  check(H5Aread(*a, memory, out), "cannot read " + what, file);
+  return true;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -339,29 +355,14 @@ std::optional<std::string> Node::string_attr(const std::string& attr) const {
 }
 
 std::optional<double> Node::number_attr(const std::string& attr) const {
-  auto a = open_attr(attr);
-  if (!a) return std::nullopt;
-  const std::string what = "attribute '" + attr + "'";
-  Id type = own(H5Aget_type(*a), H5Tclose, "cannot get type of " + what, file_);
-  const H5T_class_t c = H5Tget_class(type);
-  MUE_CHECK(c == H5T_FLOAT || c == H5T_INTEGER, what, " in '", file_, "' is not a number");
-  Id space = own(H5Aget_space(*a), H5Sclose, "cannot get dataspace of " + what, file_);
-  MUE_CHECK(H5Sget_simple_extent_npoints(space) == 1, what, " in '", file_, "' is not a single number");
   double v = 0;
-  check(H5Aread(*a, H5T_NATIVE_DOUBLE, &v), "cannot read " + what, file_);
+  if (!read_number_attr(open_attr(attr), attr, file_, false, H5T_NATIVE_DOUBLE, &v)) return std::nullopt;
   return v;
 }
 
 std::optional<int64_t> Node::int_attr(const std::string& attr) const {
-  auto a = open_attr(attr);
-  if (!a) return std::nullopt;
-  const std::string what = "attribute '" + attr + "'";
-  Id type = own(H5Aget_type(*a), H5Tclose, "cannot get type of " + what, file_);
-  MUE_CHECK(H5Tget_class(type) == H5T_INTEGER, what, " in '", file_, "' is not an integer");
-  Id space = own(H5Aget_space(*a), H5Sclose, "cannot get dataspace of " + what, file_);
-  MUE_CHECK(H5Sget_simple_extent_npoints(space) == 1, what, " in '", file_, "' is not a single integer");
   int64_t v = 0;
-  check(H5Aread(*a, H5T_NATIVE_INT64, &v), "cannot read " + what, file_);
+  if (!read_number_attr(open_attr(attr), attr, file_, true, H5T_NATIVE_INT64, &v)) return std::nullopt;
   return v;
 }
 
