@@ -1,4 +1,5 @@
-// Token files: a tokenized corpus with a train and a validation split, memory-mapped for sampling.
+// Token files: a tokenized corpus with a train and a validation split, memory-mapped for sampling; the format, its
+// writer and its reader (data/tokenize.h builds one from a documentation tree).
 //
 // Layout (little-endian):
 //   offset 0   magic "MUETOKS1"       8 bytes
