@@ -9,8 +9,8 @@
 
 #include "core/output_file.h"
 #include "core/version.h"
-#include "data/images.h"
-#include "data/tokens.h"
+#include "data/prepare_images.h"
+#include "data/tokenize.h"
 #include "experiments/bench.h"
 #include "experiments/coord_check.h"
 #include "experiments/run_config.h"

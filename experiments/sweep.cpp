@@ -1,7 +1,6 @@
 #include "experiments/sweep.h"
 
 #include <fcntl.h>
-#include <hdf5.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -22,6 +21,7 @@
 
 #include "core/config.h"
 #include "core/error.h"
+#include "core/h5.h"
 #include "core/h5log.h"
 #include "data/images.h"
 #include "data/tokens.h"
@@ -236,78 +236,24 @@ PointResult read_point_result(const std::string& f) {
 
 std::string sweep_index_path(const SweepSpec& s) { return (fs::path(s.out_dir) / (s.name + "-index.h5")).string(); }
 
-namespace {
-struct H5Id {
-  hid_t id;
-  herr_t (*close)(hid_t);
-  ~H5Id() {
-    if (id >= 0) close(id);
-  }
-};
-#define SWEEP_H5CHECK(x, what) MUE_CHECK((x) >= 0, "HDF5: ", what, " failed writing sweep index '", tmp, "'")
-
-void write_str_attr(hid_t loc, const char* name, const std::string& v, const std::string& tmp) {
-  H5Id t{H5Tcopy(H5T_C_S1), H5Tclose};
-  H5Tset_size(t.id, H5T_VARIABLE);
-  H5Tset_cset(t.id, H5T_CSET_UTF8);
-  H5Id sp{H5Screate(H5S_SCALAR), H5Sclose};
-  H5Id a{H5Acreate2(loc, name, t.id, sp.id, H5P_DEFAULT, H5P_DEFAULT), H5Aclose};
-  SWEEP_H5CHECK(a.id, name);
-  const char* p = v.c_str();
-  SWEEP_H5CHECK(H5Awrite(a.id, t.id, &p), name);
-}
-void write_doubles(hid_t g, const std::string& name, const std::vector<double>& v, const std::string& tmp) {
-  hsize_t n = v.size();
-  H5Id sp{H5Screate_simple(1, &n, nullptr), H5Sclose};
-  H5Id d{H5Dcreate2(g, name.c_str(), H5T_IEEE_F64LE, sp.id, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose};
-  SWEEP_H5CHECK(d.id, name);
-  SWEEP_H5CHECK(H5Dwrite(d.id, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data()), name);
-}
-void write_ints(hid_t g, const std::string& name, const std::vector<int64_t>& v, const std::string& tmp) {
-  hsize_t n = v.size();
-  H5Id sp{H5Screate_simple(1, &n, nullptr), H5Sclose};
-  H5Id d{H5Dcreate2(g, name.c_str(), H5T_STD_I64LE, sp.id, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose};
-  SWEEP_H5CHECK(d.id, name);
-  SWEEP_H5CHECK(H5Dwrite(d.id, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data()), name);
-}
-void write_strings(hid_t g, const std::string& name, const std::vector<std::string>& v, const std::string& tmp) {
-  hsize_t n = v.size();
-  H5Id t{H5Tcopy(H5T_C_S1), H5Tclose};
-  H5Tset_size(t.id, H5T_VARIABLE);
-  H5Tset_cset(t.id, H5T_CSET_UTF8);
-  H5Id sp{H5Screate_simple(1, &n, nullptr), H5Sclose};
-  H5Id d{H5Dcreate2(g, name.c_str(), t.id, sp.id, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose};
-  SWEEP_H5CHECK(d.id, name);
-  std::vector<const char*> p;
-  for (auto& s : v) p.push_back(s.c_str());
-  SWEEP_H5CHECK(H5Dwrite(d.id, t.id, H5S_ALL, H5S_ALL, H5P_DEFAULT, p.data()), name);
-}
-}  // namespace
-
 void write_sweep_index(const SweepSpec& s, const std::vector<SweepPoint>& pts) {
-  (void)H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
   fs::create_directories(s.out_dir);
   const std::string final_path = sweep_index_path(s);
   const std::string tmp = final_path + ".tmp" + std::to_string(::getpid());
   std::vector<PointResult> res;
   for (auto& p : pts) res.push_back(read_point_result((fs::path(s.out_dir) / (p.name + ".h5")).string()));
   {
-    H5Id f{H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose};
-    SWEEP_H5CHECK(f.id, "create");
-    write_str_attr(f.id, "spec", s.raw.dump(), tmp);
-    write_str_attr(f.id, "name", s.name, tmp);
+    h5::Node f = h5::create_file(tmp);
+    f.set_attr("spec", s.raw.dump());
+    f.set_attr("name", s.name);
     ojson axes = ojson::array();
     for (auto& [k, v] : s.axes) axes.push_back(k);
-    write_str_attr(f.id, "axes", axes.dump(), tmp);
+    f.set_attr("axes", axes.dump());
     {
-      H5Id runs{H5Gcreate2(f.id, "runs", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose};
-      SWEEP_H5CHECK(runs.id, "group /runs");
-      for (auto& p : pts)
-        SWEEP_H5CHECK(H5Lcreate_external((p.name + ".h5").c_str(), "/", runs.id, p.name.c_str(), H5P_DEFAULT, H5P_DEFAULT),
-                "external link");
+      const h5::Node runs = f.create_group("runs");
+      for (auto& p : pts) runs.link_external(p.name, p.name + ".h5", "/");
     }
-    H5Id g{H5Gcreate2(f.id, "summary", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose};
-    SWEEP_H5CHECK(g.id, "group /summary");
+    h5::Node g = f.create_group("summary");
     std::vector<int64_t> idx;
     std::vector<std::string> names, status;
     std::vector<double> ftl, fvl, bvl, steps;
@@ -316,8 +262,8 @@ void write_sweep_index(const SweepSpec& s, const std::vector<SweepPoint>& pts) {
       ftl.push_back(res[i].final_train_loss), fvl.push_back(res[i].final_val_loss);
       bvl.push_back(res[i].best_val_loss), steps.push_back(res[i].steps);
     }
-    write_ints(g.id, "index", idx, tmp);
-    write_strings(g.id, "name", names, tmp);
+    g.write_column("index", idx);
+    g.write_column("name", names);
     for (size_t a = 0; a < s.axes.size(); ++a) {
       const std::string& key = s.axes[a].first;
       MUE_CHECK(key != "index" && key != "name" && key != "status" && key.find('/') == std::string::npos,
@@ -327,18 +273,20 @@ void write_sweep_index(const SweepSpec& s, const std::vector<SweepPoint>& pts) {
       if (numeric) {
         std::vector<double> col;
         for (auto& p : pts) col.push_back(p.coords[a].second.get<double>());
-        write_doubles(g.id, key, col, tmp);
+        g.write_column(key, col);
       } else {
         std::vector<std::string> col;
         for (auto& p : pts) col.push_back(value_text(p.coords[a].second));
-        write_strings(g.id, key, col, tmp);
+        g.write_column(key, col);
       }
     }
-    write_strings(g.id, "status", status, tmp);
-    write_doubles(g.id, "final_train_loss", ftl, tmp);
-    write_doubles(g.id, "final_val_loss", fvl, tmp);
-    write_doubles(g.id, "best_val_loss", bvl, tmp);
-    write_doubles(g.id, "steps", steps, tmp);
+    g.write_column("status", status);
+    g.write_column("final_train_loss", ftl);
+    g.write_column("final_val_loss", fvl);
+    g.write_column("best_val_loss", bvl);
+    g.write_column("steps", steps);
+    (void)g.close();
+    h5::check(f.close(), "cannot finish writing the sweep index", tmp);  // where the data reaches the disk
   }
   std::error_code ec;
   fs::rename(tmp, final_path, ec);

@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "data/tokenizer.h"
+#include "data/tokenize.h"
 #include "data/tokens.h"
 #include "tests/catch.h"
 

@@ -18,6 +18,7 @@
 #include "core/error.h"
 #include "core/png_grid.h"
 #include "data/images.h"
+#include "data/prepare_images.h"
 #include "tests/catch.h"
 #include "tests/fixtures.h"
 

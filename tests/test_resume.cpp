@@ -15,6 +15,7 @@
 
 #include "core/h5log.h"
 #include "data/images.h"
+#include "data/prepare_images.h"
 #include "experiments/checkpoint.h"
 #ifdef MUE_HAVE_CUDA
 #include "core/cuda_context.h"
