@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "core/error.h"
 #include "core/kernel_variants.h"
@@ -50,8 +51,8 @@ TEST_CASE("kernel variants: a bad item is a one-line error naming it", "[variant
                       HasText("MUE_KERNEL_VARIANTS: ") && HasText(text));
   };
   const std::string past_last = std::to_string(KernelVariants::kExpertTileConfigs);
-  for (const std::string bad : {past_last + ",0", "0," + past_last, "0", "a,b", "-1,0", "1,2,3", ""})
-    fails_with("expert_tile=" + bad, "expert_tile must be");
+  const std::vector<std::string> bad_tiles = {past_last + ",0", "0," + past_last, "0", "a,b", "-1,0", "1,2,3", ""};
+  for (const std::string& bad : bad_tiles) fails_with("expert_tile=" + bad, "expert_tile must be");
   for (const char* bad : {"0", "x", "-2", "3x", ""}) fails_with(std::string("expert_grid=") + bad, "expert_grid must be");
   for (const char* bad : {"4,0", "0,5", "-1,0", "x", "1"})
     fails_with(std::string("flash_sm90_tiles=") + bad, "flash_sm90_tiles must be");
