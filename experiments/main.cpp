@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "core/kernel_variants.h"
 #include "core/output_file.h"
 #include "core/version.h"
 #include "data/prepare_images.h"
@@ -382,6 +383,9 @@ int main(int argc, char** argv) {
       return 0;
     }
   try {
+    // MUE_KERNEL_VARIANTS (and the variables it replaced) checked before any work; the kernels read it later.
+    if (cmd == "train" || cmd == "sweep" || cmd == "bench" || cmd == "sample" || cmd == "coord-check")
+      (void)mue::kernel_variants();
     if (cmd == "train") return cmd_train(argc, argv);
     if (cmd == "sweep") return cmd_sweep(argc, argv);
     if (cmd == "show") return cmd_show(argc, argv);

@@ -1,11 +1,10 @@
 // MoE data movement on the GPU: permute tokens into expert-contiguous rows, gather them back, and combine the
 // expert outputs (already gate-weighted: moe/gate_swiglu.cu). All are pure bandwidth: each reads and writes R*D
 // (or N*a*D) bf16 once.
-// One thread block per output row (kGatherRows rows for the gather, MUE_GATHER_ROWS); threads stride over D
-// (16-byte vectors of 8 when D % 8 == 0), fp32 math.
-#include <cstdlib>
-
+// One thread block per output row (kGatherRows rows for the gather); threads stride over D (16-byte vectors of 8
+// when D % 8 == 0), fp32 math.
 #include "core/cuda_util.cuh"
+#include "core/kernel_variants.h"
 #include "moe/moe_cuda.h"
 
 namespace mue::cuda {
@@ -22,10 +21,9 @@ using detail::store_w;
 // kGatherRows rows per block: each thread issues its loads of all of them before it stores any, so it has that
 // many loads in flight instead of one. With one row per block a short row leaves too few bytes in flight per SM to
 // cover the memory latency: at D = 256 a block is one warp of 16-byte loads, and an SM holds at most 32 blocks
-// (16 KB in flight). kGatherRows = gather_rows(D): MUE_GATHER_ROWS (1, 2, 4, 8) when set, else the fewest rows
-// that make a block move at least 4 KB (8 at D = 256, 4 at D = 768). H100, 2026-12-06, one call: small-moe
-// took 14.87 -> 14.16 ms against MUE_GATHER_ROWS=1 (permute_rows and combine_backward 0.65 -> 0.29 ms each,
-// against a profile of one row a block on another H100 that day); gpt2s-moe 46.38 -> 46.25 ms.
+// (16 KB in flight). kGatherRows = gather_rows(D): the kernel variant gather_rows (1, 2, 4, 8) when set, else
+// the fewest rows that make a block move at least 4 KB (8 at D = 256, 4 at D = 768; bench/RESULTS.md has the
+// gain).
 template <int W, int kGatherRows>
 __global__ void permute_rows_kernel(const bf* x, const int32_t* src, bf* xp, int rows, int D) {
   const int r0 = blockIdx.x * kGatherRows, nr = min(kGatherRows, rows - r0);
@@ -70,10 +68,7 @@ void launch_rows(Context& ctx, K8 k8, K1 k1, int blocks, int D, bool aligned, co
 }
 
 int gather_rows(int D) {  // read at every launch (a captured graph keeps what it saw), so a test can vary it
-  if (const char* v = std::getenv("MUE_GATHER_ROWS")) {
-    const int k = std::atoi(v);
-    return k == 2 || k == 4 || k == 8 ? k : 1;
-  }
+  if (const int forced = kernel_variants().gather_rows) return forced;
   int k = 1;
   while (k < 8 && size_t(k) * D * sizeof(bf16) < 4096) k *= 2;
   return k;

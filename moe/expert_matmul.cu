@@ -16,16 +16,16 @@
 // row tile run together and read it from L2), and a block past the last one returns at once. Traffic: each
 // operand tile is read once per output tile that needs it (x, dy rows: N / BN times; W_e: once per row tile of e).
 // Other widths go through cuBLAS (cublasGemmGroupedBatchedEx over the non-empty experts, with the pointer
-// arrays written by a kernel; MUE_GROUPED_GEMM=0: one cublasGemmEx per expert), which needs host offsets.
+// arrays written by a kernel; one cublasGemmEx per expert for operands off a 16-byte boundary), which needs host
+// offsets.
 #include <algorithm>
-#include <cstdio>
-#include <cstdlib>
 #include <vector>
 
 #include <cub/block/block_scan.cuh>
 #include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
 
 #include "core/cuda_util.cuh"
+#include "core/kernel_variants.h"
 #include "core/mma.cuh"
 #include "core/wgmma.cuh"
 #include "moe/moe_cuda.h"
@@ -33,11 +33,6 @@
 namespace mue::cuda {
 
 using namespace detail;
-
-bool grouped_gemm_enabled() {
-  const char* v = std::getenv("MUE_GROUPED_GEMM");
-  return !(v && v[0] == '0');
-}
 
 namespace {
 // Up to kSize groups' pointers, passed by value as a kernel parameter (3 KiB, under the 4 KiB limit).
@@ -75,7 +70,7 @@ struct Groups {
     // (seen on the H100 with W 2 bytes off), so those take the per-expert loop, where cuBLAS sees each pointer.
     bool aligned = true;
     for (int g = 0; g < G; ++g) aligned = aligned && aligned16(A[g], B[g], C[g]);
-    if (grouped_gemm_enabled() && aligned) {
+    if (aligned) {
       // Device copies of the pointer arrays (A, B, C back to back) in scratch slot 7, written by kernels that
       // take them as launch parameters: stream-ordered, no host sync, nothing on the host to keep alive.
       void** dev = static_cast<void**>(ctx.scratch(7, sizeof(void*) * 3 * G));
@@ -104,7 +99,8 @@ struct Groups {
 
 // ---- the grouped GEMM kernel ----
 // A tile configuration: BM x BN output tiles, k steps of BK, kStages-deep cp.async pipeline, WM x WN warps (each
-// owns a (BM / WM) x (BN / WN) piece). Several are compiled; MUE_EXPERT_TILE picks one for measuring them.
+// owns a (BM / WM) x (BN / WN) piece). Several are compiled; the kernel variant expert_tile picks one for
+// measuring them (core/kernel_variants.h).
 template <int BM_, int BN_, int BK_, int kStages_, int WM_, int WN_>
 struct TileCfg {
   static constexpr int BM = BM_, BN = BN_, BK = BK_, kStages = kStages_, WM = WM_, WN = WN_;
@@ -621,14 +617,11 @@ CUtensorMap tensor_map(const void* base, int inner, int outer, int box_outer) {
   return m;
 }
 
-// Blocks of a persistent launch: one per SM, or MUE_EXPERT_GRID when set (tests use few, so that every block
-// walks several tiles).
+// Blocks of a persistent launch: one per SM, or the kernel variant expert_grid (tests use few, so that every
+// block walks several tiles).
 int persistent_blocks() {
-  const char* v = std::getenv("MUE_EXPERT_GRID");
-  if (!v) return sm_count();
-  int n = 0;
-  MUE_CHECK(std::sscanf(v, "%d", &n) == 1 && n > 0, "MUE_EXPERT_GRID must be a positive block count, got \"", v, "\"");
-  return n;
+  const int n = kernel_variants().expert_grid;
+  return n > 0 ? n : sm_count();
 }
 
 // expert_tma_kernel over `tiles` output tiles: a block each, or one block per SM when persistent.
@@ -686,7 +679,7 @@ void launch_expert_dw(Context& ctx, const bf16* dy, const bf16* x, float* dw, co
   }
 }
 
-// The compiled configurations. 0: 128 x 128 x 64, 3 stages, 2 x 2 warps of 64 x 64 (measured 2026-11-23).
+// The compiled configurations. 0: 128 x 128 x 64, 3 stages, 2 x 2 warps of 64 x 64.
 using Tile0 = TileCfg<128, 128, 64, 3, 2, 2>;
 using Tile1 = TileCfg<128, 128, 32, 4, 2, 4>;   // 8 warps of 64 x 32
 using Tile2 = TileCfg<128, 64, 64, 4, 2, 2>;    // 4 warps of 64 x 32, narrow column tiles
@@ -701,33 +694,25 @@ using Tile10 = TmaCfg<256, 3, true>;           // as 8, persistent: one block pe
 using Tile11 = TmaCfg<128, 5, true>;           // as 9, persistent
 constexpr int kTileConfigs = 12;
 
-// The configurations of the row kernels (forward, backward dx) and of the dW kernel: MUE_EXPERT_TILE="r,w" when
-// set (read at every call, cheap next to a GEMM, so that tests can try them all), else 10 (persistent) for the
-// rows and 9 for dW. Measured on the H100, 2026-11-23 (fifth session), ms per step (forward / backward expert GEMMs per step):
-//   gpt2s-moe, r,w = t,t: mma.sync 0: 66.79 (8.82 / 20.08), best of 1-4: 66.73 (3); wgmma with cp.async
-//     5: 64.75 (9.13 / 18.58), 6: 62.46 (8.03 / 16.97), 7: 63.57 (7.88 / 17.36); TMA 8: 52.07 (4.66 / 10.33),
-//     9: 53.24 (5.47 / 10.60); r,w = 8,9: 51.85, 9,8: 53.42, 10,9: 50.82 (4.12 / 9.78), 11,9: 51.48,
-//     10,11: 52.55, 0,2: 66.63.
-//   small-moe: 8,9: 16.32, 10,9: 15.99, 11,9: 15.95, 10,11: 16.32, 0,2: 20.21.
-//   dit-moe:   8,9: 67.18, 10,9: 63.45, 11,9: 63.52, 10,11: 70.14, 0,2: 90.17.
-// Persistent blocks pay on the row kernels, whose tiles all cost the same; dW tiles vary with the expert's rows,
-// where one block per tile balances better. The expert GEMM test runs 10 and 11 on 1 and 3 blocks
-// (MUE_EXPERT_GRID), so that each block walks many tiles.
-// Without MUE_EXPERT_TILE, a row GEMM at most 128 columns wide (small-moe's dx of the down-projection, N = h = 128)
-// takes 11, whose 128-column tile does not compute a second, empty half: small-moe 14.23 -> 14.16 ms per step
-// (H100, 2026-12-06; expert backward 1.89 -> 1.81 ms against a profile on another H100); the others there:
-// 11,9 14.17, 11,11 14.43, 8,9 14.55, 10,8 14.79.
+static_assert(kTileConfigs == KernelVariants::kExpertTileConfigs, "the configurations core/kernel_variants.h accepts");
+
+// The configurations of the row kernels (forward, backward dx) and of the dW kernel: the kernel variant
+// expert_tile=r,w when set (read at every call, cheap next to a GEMM, so that tests can try them all), else 10
+// (persistent) for the rows and 9 for dW, the fastest on the MoE presets (bench/RESULTS.md). TMA feeding is what
+// made the Hopper kernels fast (the mma.sync and cp.async ones lose to it on every preset). Persistent blocks pay
+// on the row kernels, whose tiles all cost the same; dW tiles vary with the expert's rows, where one block per
+// tile balances better. The expert GEMM test runs 10 and 11 on 1 and 3 blocks (expert_grid), so that each block
+// walks many tiles.
+// By default a row GEMM at most 128 columns wide (small-moe's dx of the down-projection, N = h = 128) takes 11,
+// whose 128-column tile does not compute a second, empty half.
 struct TileChoice {
   int rows = 10, dw = 9;
 };
 TileChoice tile_choice(int n_out) {
   TileChoice t;
   if (n_out <= 128) t.rows = 11;
-  if (const char* v = std::getenv("MUE_EXPERT_TILE")) {
-    MUE_CHECK(std::sscanf(v, "%d,%d", &t.rows, &t.dw) == 2 && t.rows >= 0 && t.rows < kTileConfigs && t.dw >= 0 &&
-                  t.dw < kTileConfigs,
-              "MUE_EXPERT_TILE must be \"r,w\" with r, w in [0, ", kTileConfigs, "), got \"", v, "\"");
-  }
+  const KernelVariants& v = kernel_variants();
+  if (v.expert_tile_rows >= 0) t.rows = v.expert_tile_rows, t.dw = v.expert_tile_dw;
   return t;
 }
 template <class F>

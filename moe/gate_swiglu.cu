@@ -4,12 +4,11 @@
 //   forward  hsw[r] = g_i * silu(x) * y, hfc[r] = (x | y)             traffic: read 2*R*h, write R*h bf16
 //   backward dhfc[r] from dhsw[r]; dgates[i] = dhsw[r] . silu(x) * y  traffic: read 3*R*h, write 2*R*h bf16
 // With the gate here the combine is a plain sum and its backward a plain gather, instead of a pass that reads
-// the expert outputs again for the gates' gradient (gpt2s-moe: 427 MB a layer, 1.9 ms per step on the H100).
-#include <cstdlib>
-#include <cstring>
+// the expert outputs again for the gates' gradient.
 #include <type_traits>
 
 #include "core/cuda_util.cuh"
+#include "core/kernel_variants.h"
 #include "moe/moe_cuda.h"
 
 namespace mue::cuda {
@@ -68,13 +67,10 @@ __global__ void gate_swiglu_backward_kernel(const bf* dhsw, const bf* hfc, const
 }
 
 // Lanes per assignment: the smallest power of two from 4 to 32 that covers the row's `vectors` (h = 128: 16,
-// small-moe 15.60 -> 15.27 ms per step on the H100 against a warp per assignment; h = 256: 32); MUE_GATE_LANES =
-// 4, 8, 16 or 32 forces one, for measuring. The kernels loop over any row.
+// two rows a warp, where a warp per assignment would leave half of it idle; h = 256: 32); the kernel variant
+// gate_lanes = 4, 8, 16 or 32 forces one, for measuring and testing. The kernels loop over any row.
 int lanes_for(int vectors) {
-  if (const char* v = std::getenv("MUE_GATE_LANES"); v && std::strcmp(v, "fit") != 0) {
-    const int k = std::atoi(v);
-    if (k == 4 || k == 8 || k == 16 || k == 32) return k;
-  }
+  if (const int forced = kernel_variants().gate_lanes) return forced;
   int lanes = 4;
   while (lanes < 32 && lanes < vectors) lanes *= 2;
   return lanes;

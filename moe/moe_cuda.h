@@ -40,17 +40,16 @@ namespace mue::cuda {
 // backward dx_e = alpha dy_e W_e, dW_e += alpha dy_e^T x_e (or, accumulate false, dW_e = that: zero for an
 // expert without rows). With In, Out multiples of 8 and the offsets on the
 // device (off_dev) and 16-byte aligned matrices, our grouped GEMM kernel runs and the host offsets `off` are not
-// read; otherwise cuBLAS does (one cublasGemmGroupedBatchedEx over the non-empty experts, or with
-// MUE_GROUPED_GEMM=0 one cublasGemmEx each), with `off`, or when it is null the offsets read from off_dev.
+// read; otherwise cuBLAS does (one cublasGemmGroupedBatchedEx over the non-empty experts, or one cublasGemmEx
+// each for operands off a 16-byte boundary), with `off`, or when it is null the offsets read from off_dev.
 void expert_matmul_forward(Context& ctx, const bf16* x, const bf16* w, bf16* y, const int32_t* off,
                            const int32_t* off_dev, int rows, int E, int In, int Out, float alpha);
 void expert_matmul_backward(Context& ctx, const bf16* dy, const bf16* x, const bf16* w, bf16* dx, float* dw,
                             const int32_t* off, const int32_t* off_dev, int rows, int E, int In, int Out,
                             float alpha, bool accumulate = true);
-bool grouped_gemm_enabled();
 bool expert_gemm_kernel_fits(int In, int Out);
-// Tile configurations compiled for the grouped kernel; MUE_EXPERT_TILE="r,w" picks the row kernels' and the dW
-// kernel's (default 10,9: see tile_choice in expert_matmul.cu).
+// Tile configurations compiled for the grouped kernel; the kernel variant expert_tile=r,w picks the row kernels'
+// and the dW kernel's (core/kernel_variants.h; the default: tile_choice in expert_matmul.cu).
 int expert_tile_configs();
 }  // namespace mue::cuda
 #endif

@@ -2,8 +2,8 @@
 // router_forward, dispatch_plan, balance_loss, z_loss, router_backward). Nothing of size [N, E] leaves the
 // device; the host reads one small plan (E+1 offsets and 4 statistics) per layer and step.
 //
-// Forward, five launches (the plan used to be one block's serial walk over the chunks: 54 us of gpt2s-moe's
-// 111 us per layer under ncu, 2026-12-05):
+// Forward, five launches (the plan is split in a block per expert and one block for the totals: one block
+// walking all chunks serially was the slowest of the router's passes):
 //   1. router_forward_kernel, one warp per token: scores (softmax or sigmoid, fp32), top-a per group on the
 //      logits (the order of the scores, and exact in bf16, so the choice matches the CPU reference bit for bit;
 //      ties to the lower index), gates r * s_k / sum_chosen s, per-token entropy, sum l^2 and lse^2.

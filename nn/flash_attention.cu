@@ -9,7 +9,7 @@
 //   FLOPs 4 B H T^2 hd (x 1/2 causal); traffic: Q, O once, K, V once per query tile (from L2 mostly).
 // Only tiles that cross the diagonal or the end of the sequence run the masking code; the forward keeps its
 // queries' mma fragments in registers; the dK/dV kernel stages the streamed rows' lse and delta in shared memory
-// (read per element from global memory they stalled it on L2 latency: 642 -> 315 us per gpt2s layer).
+// (read per element from global memory, they stalled it on L2 latency).
 // Backward, deterministic (no atomics), two launches:
 //   1. per 64-query tile: delta[t] = dO[t] . O[t] of its rows (written for launch 2); for each key tile,
 //      recompute P, dP = dO V^T, dS = P (dP - delta), dQ += scale dS K
@@ -17,10 +17,9 @@
 //      dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - delta), dK += scale dS^T Q
 //   FLOPs 2 (QK^T) + 2 (dO V^T) + 3 (dV, dK, dQ) products of 2 B H T^2 hd each (x 1/2 causal); delta reads O once.
 // Streamed tiles are double-buffered: cp.async brings tile i + 1 while tile i is computed.
-// head dims 16, 32, 64, 128 (others, or MUE_FLASH_ATTENTION=0, use the materialized path of nn/attention.cu);
-// on head dims 64 and 128 the wgmma kernels of nn/flash_attention_sm90.cu run instead (MUE_FLASH_SM90=0: these).
+// head dims 16, 32, 64, 128 (others use the materialized path of nn/attention.cu); on head dims 64 and 128 the
+// wgmma kernels of nn/flash_attention_sm90.cu run instead (kernel variant flash_sm90=0: these; core/kernel_variants.h).
 #include <cstdint>
-#include <cstdlib>
 #include <initializer_list>
 
 #include "nn/flash_attention.cuh"
@@ -309,13 +308,7 @@ void flash_backward_hd(Context& ctx, const bf* dout, const bf* qkv, const bf* ou
 }
 }  // namespace
 
-bool flash_attention_enabled(int hd) {
-  static const bool off = [] {
-    const char* v = std::getenv("MUE_FLASH_ATTENTION");
-    return v && v[0] == '0';
-  }();
-  return !off && (hd == 16 || hd == 32 || hd == 64 || hd == 128);
-}
+bool flash_attention_enabled(int hd) { return hd == 16 || hd == 32 || hd == 64 || hd == 128; }
 
 size_t attention_state_floats(int batch, int T, int H, int hd) {
   const size_t rows = size_t(batch) * H * T;

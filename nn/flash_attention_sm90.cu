@@ -13,9 +13,7 @@
 //   dK, dV:  per 128 keys, 64-query tiles:   S^T = K Q^T, dP^T = V dO^T, dV += P^T dO, dK += dS^T Q   (4)
 // FLOPs and traffic as the mma.sync kernels (2 B H T^2 hd per product, x 1/2 causal); in the backward kernels a
 // warpgroup skips a streamed tile that the causal mask hides from all its rows.
-#include <cstdio>
-#include <cstdlib>
-
+#include "core/kernel_variants.h"
 #include "nn/flash_attention.cuh"
 
 namespace mue::cuda {
@@ -337,24 +335,24 @@ void check_grid(int batch, int H) {
             ") must each be at most 65535");
 }
 
-// Tile variants (streamed rows, minimum blocks per SM, ping-pong) of head dim 64, picked by
-// MUE_FLASH_SM90_TILES="f,b" for measuring them (read at every call; the test runs each): forward f 0: (128, 1),
+// Tile variants (streamed rows, minimum blocks per SM, ping-pong) of head dim 64, picked by the kernel variant
+// flash_sm90_tiles=f,b for measuring them (core/kernel_variants.h; the test runs each): forward f 0: (128, 1),
 // 1: (64, 2: it takes 112 registers), 2: (128, 1, ping-pong), 3: (64, 2, ping-pong); dK/dV b 0: (64, 1),
 // 1: (32, 2), 2: (32, 1), 3: (64, 1, ping-pong), 4: (32, 2, ping-pong). Head dim 128 always takes 0, 0.
-// Default 1, 1: the fastest forward and dK/dV on gpt2s-dense and small-dense (H200, 2026-12-05: forward 1.59 ms
-// against 1.83 for 0, dK/dV + dQ 4.59 against 4.89; ping-pong gained nothing over the same tiles without it).
-// (Forward (64, 3) spills; a forward that issues the next tile's scores before the softmax got its wgmma
-// serialized by ptxas.)
+// Default 1, 1: two blocks per SM gave the fastest forward and dK/dV; ping-pong gained nothing over the same
+// tiles without it (bench/RESULTS.md). (Forward (64, 3) spills; a forward that issues the next tile's scores
+// before the softmax got its wgmma serialized by ptxas.)
+static_assert(KernelVariants::kFlashSm90ForwardTiles == 4 && KernelVariants::kFlashSm90DkdvTiles == 5,
+              "the tile variants below and those core/kernel_variants.h accepts");
 struct Sm90Tiles {
   int forward = 1, dkdv = 1;
 };
 Sm90Tiles sm90_tiles(int hd) {
+  if (hd != 64) return Sm90Tiles{0, 0};
   Sm90Tiles t;
-  if (const char* v = std::getenv("MUE_FLASH_SM90_TILES"))
-    MUE_CHECK(std::sscanf(v, "%d,%d", &t.forward, &t.dkdv) == 2 && t.forward >= 0 && t.forward < 4 && t.dkdv >= 0 &&
-                  t.dkdv < 5,
-              "MUE_FLASH_SM90_TILES must be \"f,b\" with f in [0, 4), b in [0, 5), got \"", v, "\"");
-  return hd == 64 ? t : Sm90Tiles{0, 0};
+  const KernelVariants& v = kernel_variants();
+  if (v.flash_sm90_forward >= 0) t.forward = v.flash_sm90_forward, t.dkdv = v.flash_sm90_dkdv;
+  return t;
 }
 
 template <int HD, int BN, int kMinBlocks, bool kPP = false>
@@ -402,10 +400,7 @@ void backward_hd(Context& ctx, const bf* dout, const bf* qkv, const bf* out, con
 }
 }  // namespace
 
-bool flash_sm90_enabled(int hd) {
-  const char* v = std::getenv("MUE_FLASH_SM90");  // read at every call, so that tests can compare both paths
-  return !(v && v[0] == '0') && (hd == 64 || hd == 128);
-}
+bool flash_sm90_enabled(int hd) { return kernel_variants().flash_sm90 && (hd == 64 || hd == 128); }
 
 void flash_sm90_forward(Context& ctx, const bf* qkv, bf* out, float* lse, int batch, int T, int H, int hd,
                         float scale, bool causal) {

@@ -66,10 +66,11 @@ void rope_backward(Context& ctx, bf16* dqkv, int B, int T, int H, int hd, float 
 
 // Multi-head attention on qkv [B, T, 3, H, hd] (RoPE already applied): out [B, T, H*hd]. scale multiplies q.k.
 // Fused flash kernels (nn/flash_attention.cu) for head dims 16/32/64/128: `state` is the log-sum-exp
-// [B, H, T] fp32; other head dims (or MUE_FLASH_ATTENTION=0) fall back to the materialized path, whose state
-// is the bf16 probs [B, H, T, T]. attention_state_floats says how many floats the state takes.
+// [B, H, T] fp32; other head dims fall back to the materialized path, whose state is the bf16 probs
+// [B, H, T, T]. attention_state_floats says how many floats the state takes.
 bool flash_attention_enabled(int hd);
-// Whether head dim hd runs the Hopper (wgmma) kernels: 64 and 128, unless MUE_FLASH_SM90=0 (read at every call).
+// Whether head dim hd runs the Hopper (wgmma) kernels: 64 and 128, unless the kernel variant flash_sm90=0
+// (core/kernel_variants.h; read at every call).
 bool flash_sm90_enabled(int hd);
 size_t attention_state_floats(int B, int T, int H, int hd);
 void attention_forward(Context& ctx, const bf16* qkv, bf16* out, float* state, int B, int T, int H, int hd,

@@ -2,7 +2,8 @@
 # One call on the GPU machine: build, run the whole test suite (GPU tests included), bench the presets, and a
 # short real training run. Logs go to $OUT (or ./gpu-out).
 # Env: PRESETS (bench), PROFILE (presets to profile per op), TILE_SWEEP (presets to profile under every expert
-# GEMM tile configuration, MUE_EXPERT_TILE; TILE_LIST: which ones, default all), TESTS (a Catch2 filter, default
+# GEMM tile configuration, the kernel variant expert_tile of core/kernel_variants.h; TILE_LIST: which ones, "t" for
+# both kernels or "r,w", default all), TESTS (a Catch2 filter, default
 # all), NO_SWEEP, FLOW_STEPS, SANITIZE (1: compute-sanitizer memcheck and synccheck on the [cuda] tests, racecheck on
 # the attention, expert-GEMM and router tests; logs in $OUT/sanitize-*.log).
 set -uo pipefail
@@ -47,7 +48,7 @@ for p in ${TILE_SWEEP:-}; do
   for t in ${TILE_LIST:-$(seq 0 $((${TILE_CONFIGS:-12} - 1)))}; do
     case $t in *,*) tt=$t ;; *) tt=$t,$t ;; esac  # "r,w" or one configuration for both
     f="$OUT/tiles-$p-${tt/,/-}.txt"  # no comma: the device tool does not bring such names back
-    MUE_EXPERT_TILE=$tt timeout 120 ./build-gpu/mue bench "$p" --steps 10 --profile > "$f" 2>&1
+    MUE_KERNEL_VARIANTS="expert_tile=$tt" timeout 120 ./build-gpu/mue bench "$p" --steps 10 --profile > "$f" 2>&1
     echo "tile $t: $(grep -E "expert_matmul_(forward|backward)" "$f" | awk '{printf "%s %s  ", $1, $3}')$(tail -1 "$f" | awk '{print $(NF-5) " ms/step"}')"
   done
 done

@@ -7,6 +7,7 @@
 #include <limits>
 #include <string>
 
+#include "core/kernel_variants.h"
 #include "moe/moe_layer.h"
 #include "optim/adamw.h"
 #include "optim/rules.h"
@@ -82,14 +83,10 @@ TEST_CASE("CUDA MoE dispatch and combine match the CPU with uneven loads", "[cud
   put(dX, x), put(dYP, yp), put(dG, g), put(dDXP, dxp), put(dDX, dx0);
 
   SECTION("permute") {
-    struct Unset {
-      ~Unset() { ::unsetenv("MUE_GATHER_ROWS"); }
-    } unset;
     // R = 194: a ragged last block for 4 and 8; "" is the default, rows by D (8 at D = 32, 1 at D = 4096)
-    for (const char* rows_per_block : {"1", "2", "4", "8", ""}) {
-      INFO("MUE_GATHER_ROWS = " << rows_per_block);
-      if (*rows_per_block) ::setenv("MUE_GATHER_ROWS", rows_per_block, 1);
-      else ::unsetenv("MUE_GATHER_ROWS");
+    for (const char* variant : {"gather_rows=1", "gather_rows=2", "gather_rows=4", "gather_rows=8", ""}) {
+      INFO("kernel variants: " << variant);
+      const ScopedKernelVariants scoped(variant);
       poison(dOut);
       cuda::permute_rows(ctx, dX.h(), dsrc.i(), dOut.h(), R, D);
       V ref(R * D);
@@ -118,9 +115,6 @@ TEST_CASE("CUDA MoE dispatch and combine match the CPU with uneven loads", "[cud
     CHECK(rel_error(got, ref) < 1e-2);
   }
   SECTION("gate_swiglu forward and backward (h = D)") {
-    struct Unset {
-      ~Unset() { ::unsetenv("MUE_GATE_LANES"); }
-    } unset;
     const int h = D;
     V hfc = randn(size_t(R) * 2 * h, 57), dhsw = randn(size_t(R) * h, 58);
     round_bf16(hfc), round_bf16(dhsw);
@@ -131,8 +125,8 @@ TEST_CASE("CUDA MoE dispatch and combine match the CPU with uneven loads", "[cud
     put(dH, hfc), put(dDH, dhsw);
     // R = 194 assignments: with fewer than 32 lanes each, the last warp holds a partial set of groups.
     for (const char* lanes : {"32", "16", "8", "4", "fit"}) {
-      INFO("MUE_GATE_LANES = " << lanes);
-      ::setenv("MUE_GATE_LANES", lanes, 1);
+      INFO("gate_lanes = " << lanes);
+      const ScopedKernelVariants scoped(std::string("gate_lanes=") + lanes);
       poison(dHsw), poison(dDHfc), poison(dOut2);
       cuda::gate_swiglu_forward(ctx, dH.h(), dG.h(), dslot.i(), dHsw.h(), N, a, h);
       cuda::gate_swiglu_backward(ctx, dDH.h(), dH.h(), dG.h(), dslot.i(), dDHfc.h(), dOut2.h(), N, a, h);
@@ -176,23 +170,19 @@ TEST_CASE("CUDA expert GEMMs (grouped kernel and cuBLAS) match the CPU with unev
   REQUIRE(cuda::expert_tile_configs() == 12);  // the persistent ones below are 10 and 11
   for (int t = 1; t < cuda::expert_tile_configs(); ++t)  // every other tile configuration on the kernel shapes
     for (int s : {0, 1}) shapes.push_back(shapes[s]), tiles.push_back(t), grids.push_back(0);
-  // The persistent configurations on 1 and 3 blocks (MUE_EXPERT_GRID): each block walks many tiles, across
+  // The persistent configurations on 1 and 3 blocks (expert_grid): each block walks many tiles, across
   // experts, with the copier running ahead into the next tile.
   for (int t : {10, 11})
     for (int grid : {1, 3})
       for (int s : {0, 1}) shapes.push_back(shapes[s]), tiles.push_back(t), grids.push_back(grid);
-  struct Unset {
-    ~Unset() { ::unsetenv("MUE_EXPERT_TILE"), ::unsetenv("MUE_EXPERT_GRID"); }  // also when a REQUIRE leaves early
-  } unset;
   for (size_t s = 0; s < shapes.size(); ++s) {
     const Shape sh = shapes[s];
     const int In = sh.In, Out = sh.Out;
-    const std::string tile = std::to_string(tiles[s]) + "," + std::to_string(tiles[s]);
-    ::setenv("MUE_EXPERT_TILE", tile.c_str(), 1);
-    if (grids[s]) ::setenv("MUE_EXPERT_GRID", std::to_string(grids[s]).c_str(), 1);
-    else ::unsetenv("MUE_EXPERT_GRID");
+    const std::string variant = "expert_tile=" + std::to_string(tiles[s]) + "," + std::to_string(tiles[s]) +
+                                (grids[s] ? " expert_grid=" + std::to_string(grids[s]) : "");
+    const ScopedKernelVariants scoped(variant);
     INFO("In = " << In << ", Out = " << Out << ", misaligned W = " << sh.misalign << ", host offsets = "
-                 << sh.host_off << ", MUE_EXPERT_TILE = " << tile << ", MUE_EXPERT_GRID = " << grids[s]);
+                 << sh.host_off << ", kernel variants: " << variant);
     REQUIRE(cuda::expert_gemm_kernel_fits(In, Out) == sh.kernel);
     const double alpha = 0.75;
     V x = randn(size_t(R) * In, 61), w = randn(size_t(E) * Out * In, 62, 0.2), dy = randn(size_t(R) * Out, 63),
@@ -253,24 +243,7 @@ TEST_CASE("CUDA expert GEMMs (grouped kernel and cuBLAS) match the CPU with unev
     cuda::copy_to_host(h.data(), dw0.p, h.size() * 4);
     CHECK(std::all_of(h.begin(), h.end(), [](float v) { return v == 0.f; }));
   }
-  // A malformed or out-of-range MUE_EXPERT_TILE is a one-line error naming the variable.
-  const std::string past_last = std::to_string(cuda::expert_tile_configs()) + ",0";
-  for (const char* bad : {past_last.c_str(), "0", "a,b", "-1,0"}) {
-    INFO("MUE_EXPERT_TILE = " << bad);
-    ::setenv("MUE_EXPERT_TILE", bad, 1);
-    Dev x(size_t(R) * 72 * 2), w(size_t(E) * 40 * 72 * 2), y(size_t(R) * 40 * 2);
-    CHECK_THROWS_WITH(cuda::expert_matmul_forward(ctx, x.h(), w.h(), y.h(), nullptr, doff.i(), R, E, 72, 40, 1.f),
-                      HasText("MUE_EXPERT_TILE must be"));
-  }
-  ::setenv("MUE_EXPERT_TILE", "10,10", 1);
-  for (const char* bad : {"0", "x", "-2"}) {
-    INFO("MUE_EXPERT_GRID = " << bad);
-    ::setenv("MUE_EXPERT_GRID", bad, 1);
-    Dev x(size_t(R) * 72 * 2), w(size_t(E) * 40 * 72 * 2), y(size_t(R) * 40 * 2);
-    CHECK_THROWS_WITH(cuda::expert_matmul_forward(ctx, x.h(), w.h(), y.h(), nullptr, doff.i(), R, E, 72, 40, 1.f),
-                      HasText("MUE_EXPERT_GRID must be"));
-  }
-  ::unsetenv("MUE_EXPERT_GRID");
+  // (Malformed expert_tile and expert_grid values: the CPU test of core/kernel_variants.h.)
   // Empty shapes are an error, not a launch over nothing.
   Dev x(size_t(R) * 8 * 2), w(size_t(E) * 8 * 8 * 2), y(size_t(R) * 8 * 2);
   CHECK_THROWS_WITH(cuda::expert_matmul_forward(ctx, x.h(), w.h(), y.h(), nullptr, doff.i(), R, E, 0, 8, 1.f),
@@ -311,13 +284,10 @@ TEST_CASE("CUDA expert GEMMs: an Inf in one expert's rows or weights stays in th
     r.insert(r.end(), v.begin() + hi, v.end());
     return r;
   };
-  struct Unset {
-    ~Unset() { ::unsetenv("MUE_EXPERT_TILE"); }
-  } unset;
   for (int t = 0; t < cuda::expert_tile_configs(); ++t) {
-    const std::string tile = std::to_string(t) + "," + std::to_string(t);
-    ::setenv("MUE_EXPERT_TILE", tile.c_str(), 1);
-    INFO("MUE_EXPERT_TILE = " << tile);
+    const std::string variant = "expert_tile=" + std::to_string(t) + "," + std::to_string(t);
+    const ScopedKernelVariants scoped(variant);
+    INFO("kernel variants: " << variant);
     cuda::memset_zero(ctx, dDW.p, dDW.bytes);
     cuda::expert_matmul_forward(ctx, dX.h(), dW.h(), dY.h(), nullptr, doff.i(), R, E, In, Out, 0.5f);
     cuda::expert_matmul_backward(ctx, dDY.h(), dX.h(), dW.h(), dDX.h(), static_cast<float*>(dDW.p), nullptr, doff.i(),

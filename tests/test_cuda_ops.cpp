@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/kernel_variants.h"
 #include "core/rng.h"
 #include "nn/ops_cpu.h"
 #include "nn/backend.h"
@@ -372,11 +373,8 @@ TEST_CASE("CUDA flash attention forward and backward (causal and bidirectional)"
   }
   cuda::Context ctx;
   const int B = 2, H = 3;
-  struct Unset {
-    ~Unset() { ::unsetenv("MUE_FLASH_SM90"), ::unsetenv("MUE_FLASH_SM90_TILES"); }
-  } unset;
   // Head dims 64 and 128 run the wgmma kernels (nn/flash_attention_sm90.cu; at 64 each tile variant,
-  // MUE_FLASH_SM90_TILES) and, with MUE_FLASH_SM90=0, the mma.sync ones; 16 and 32 only the latter.
+  // flash_sm90_tiles) and, with the kernel variant flash_sm90=0, the mma.sync ones; 16 and 32 only the latter.
   struct Case {
     int hd;
     bool sm90;
@@ -389,11 +387,10 @@ TEST_CASE("CUDA flash attention forward and backward (causal and bidirectional)"
     for (int T : {1, 7, 64, 130, 257, 300})
       for (const Case cs : cases) {
         const int hd = cs.hd;
-        if (cs.sm90) ::unsetenv("MUE_FLASH_SM90");
-        else ::setenv("MUE_FLASH_SM90", "0", 1);
-        ::setenv("MUE_FLASH_SM90_TILES", cs.tiles, 1);
+        const std::string variant = std::string(cs.sm90 ? "" : "flash_sm90=0 ") + "flash_sm90_tiles=" + cs.tiles;
+        const ScopedKernelVariants scoped(variant);
         INFO("causal = " << causal << ", T = " << T << ", hd = " << hd << ", wgmma kernels = " << cs.sm90
-                         << ", MUE_FLASH_SM90_TILES = " << cs.tiles);
+                         << ", kernel variants: " << variant);
         REQUIRE(cuda::flash_attention_enabled(hd));
         REQUIRE(cuda::flash_sm90_enabled(hd) == cs.sm90);
         const size_t D = size_t(H) * hd, nqkv = size_t(B) * T * 3 * D, nout = size_t(B) * T * D;
@@ -460,7 +457,6 @@ TEST_CASE("CUDA flash attention forward and backward (causal and bidirectional)"
         expect_close(part(got, 3 * D, 2 * D, D), part(dqkv, 3 * D, 2 * D, D), kTolBf16, "flash attention dv, RoPE");
       }
   // Preconditions of the fused kernels are one-line errors, not wrong numbers.
-  ::unsetenv("MUE_FLASH_SM90");
   const int T = 64, hd = 64;
   Dev q = put_bf16(randn_bf16(size_t(B) * T * 3 * H * hd)), o = poisoned(size_t(B) * T * H * hd * sizeof(bf16) + 16),
       st = poisoned(size_t(B) * H * T * sizeof(float));
@@ -470,12 +466,7 @@ TEST_CASE("CUDA flash attention forward and backward (causal and bidirectional)"
   CHECK_THROWS_WITH(cuda::attention_forward(ctx, q.h(), misaligned, static_cast<float*>(st.p), B, T, H, hd, 0.125f,
                                             true),
                     HasText("16-byte aligned"));
-  for (const char* bad : {"4,0", "0,5", "-1,0", "x", "1"}) {
-    INFO("MUE_FLASH_SM90_TILES = " << bad);
-    ::setenv("MUE_FLASH_SM90_TILES", bad, 1);
-    CHECK_THROWS_WITH(cuda::attention_forward(ctx, q.h(), o.h(), static_cast<float*>(st.p), B, T, H, hd, 0.125f, true),
-                      HasText("MUE_FLASH_SM90_TILES must be"));
-  }
+  // (Malformed flash_sm90_tiles values: the CPU test of core/kernel_variants.h.)
 }
 
 TEST_CASE("CUDA swiglu forward and backward", "[cuda]") {
