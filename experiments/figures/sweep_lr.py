@@ -41,7 +41,9 @@ def main():
     proxy_table = optima(Summary(a.proxy), a.lr_key, a.metric)[1] if a.proxy else {}
 
     # (a) loss vs log2 LR, one panel per rule.
-    fig, axs = plt.subplots(1, len(rules), figsize=(3.6 * len(rules) + 1.2, 3.6), sharey=True, squeeze=False)
+    # At least 6 inches wide, so that one panel has room for the title.
+    fig, axs = plt.subplots(1, len(rules), figsize=(max(6.0, 3.6 * len(rules) + 1.2), 3.6), sharey=True, squeeze=False)
+    star_losses = []
     for ax, rule in zip(axs[0], rules):
         proxy_curves = [("dense proxy", p) for p in proxy_table.get(rule, {}).values()]
         for conf, per_seed in proxy_curves + list(table[rule].items()):
@@ -60,6 +62,7 @@ def main():
             fx = np.mean([o.log2_x for _, o, _, _ in per_seed])
             fy = np.mean([o.loss for _, o, _, _ in per_seed])
             ax.plot([fx], [fy], marker="*", ms=11, color=c, markeredgecolor="k", zorder=5)
+            star_losses.append(fy)
         ax.set_title(rule)
         ax.set_xlabel(f"log2 {a.lr_key}")
         ax.grid(alpha=0.3)
@@ -70,7 +73,7 @@ def main():
         finite = np.concatenate([finite, proxy_sw.loss(a.metric)[proxy_sw.completed(a.metric)]])
     if len(finite):  # the interesting part: from the best loss to a little above the median
         top = min(np.nanmax(finite), np.nanmedian(finite) + 2 * (np.nanmedian(finite) - np.nanmin(finite)) + 0.05)
-        axs[0][0].set_ylim(np.nanmin(finite) - 0.02, top)
+        axs[0][0].set_ylim(min([np.nanmin(finite), *star_losses]) - 0.02, top)  # a fitted vertex can lie below the grid
     axs[0][0].legend(fontsize=7, title=", ".join(conf_keys) or None, title_fontsize=7)
     seeds = len(set(sw.column("seed"))) if "seed" in sw.axes else 1
     fig.suptitle(f"{sw.name}: {metric} vs learning rate (* fitted optimum; {seeds} seed{'s' * (seeds > 1)})", fontsize=10)
