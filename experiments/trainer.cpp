@@ -30,6 +30,20 @@ namespace mue {
 namespace {
 std::atomic<int> g_stop_signal{0};
 void on_signal(int sig) { g_stop_signal = sig; }
+// SIGINT and SIGTERM set g_stop_signal while it lives (the training loop stops cleanly at the next step); the
+// previous handlers come back when it ends, an error on the way included.
+struct CatchStopSignals {
+  CatchStopSignals() {
+    g_stop_signal = 0;  // before the handlers: a signal from now on is kept
+    old_int = std::signal(SIGINT, on_signal);
+    old_term = std::signal(SIGTERM, on_signal);
+  }
+  ~CatchStopSignals() { std::signal(SIGINT, old_int), std::signal(SIGTERM, old_term); }
+  CatchStopSignals(const CatchStopSignals&) = delete;
+  CatchStopSignals& operator=(const CatchStopSignals&) = delete;
+  void (*old_int)(int) = nullptr;
+  void (*old_term)(int) = nullptr;
+};
 
 std::string fmt_duration(double s) {
   char b[32];
@@ -191,7 +205,10 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
                 model.activation_bytes() / 1048576.0, res.device.c_str());
   }
 
-  // Everything is validated and built: only now is the output file created.
+  // Everything is validated and built: only now is the output file created. The stop signals are caught from
+  // here on, so that a SIGTERM (a scheduler, a killed sweep's PR_SET_PDEATHSIG) arriving while the file is being
+  // set up still ends in a readable file marked failed, not in a half-written one.
+  const CatchStopSignals catching;
   RunLog log = RunLog::create(path);
   log.set_attr("config", c.raw.dump(2));
   log.set_attr("rule", c.rule);
@@ -227,9 +244,6 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
   }
   log.flush();
 
-  g_stop_signal = 0;
-  auto old_int = std::signal(SIGINT, on_signal), old_term = std::signal(SIGTERM, on_signal);
-
   const double tokens_per_step = task.items_per_step();  // tokens (lm) or images (flow)
   const char* unit = c.task == "flow" ? "img/s" : "tok/s";
   std::string status = "completed";
@@ -255,6 +269,7 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
     if (c.train.diverge_factor > 0 && step >= c.schedule.warmup && step > 0)
       in.loss_bound = c.train.diverge_factor * res.first_loss;
     task.train_step_device(in);
+    const int stop = g_stop_signal;  // read once: every decision of this step sees the same value
     if (verbose && step == 1 && task.stepper->capture_failed())
       std::printf("note: the step could not be captured as a CUDA graph; running it op by op\n");
     // Read also before an evaluation (so a diverged run is not evaluated or checkpointed) and, where reading
@@ -263,7 +278,7 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
     const bool eval_step = (step + 1) % c.train.eval_every == 0;
     const bool ckpt_step = c.checkpoint_every > 0 && (step + 1) % c.checkpoint_every == 0;
     bool read = false;  // whether this step's loss and divergence are known (a checkpoint needs them)
-    if (step == 0 || log_step || eval_step || ckpt_step || (step + 1) % kCheckEvery == 0 || g_stop_signal ||
+    if (step == 0 || log_step || eval_step || ckpt_step || (step + 1) % kCheckEvery == 0 || stop ||
         !Backend::on_device) {
       const StepOut o = be.read_step_out();
       loss = o.loss, gnorm = std::sqrt(o.norm_sq);
@@ -273,7 +288,7 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
     }
     ++window_steps;
     res.steps_done = step + 1;
-    const bool last = step + 1 == c.train.steps || diverged || g_stop_signal;
+    const bool last = step + 1 == c.train.steps || diverged || stop;
     if ((step + 1) % c.train.log_every == 0 || last) {
       be.synchronize();
       const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -320,7 +335,7 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
     }
     const double since = std::chrono::duration<double>(std::chrono::steady_clock::now() - last_ckpt).count();
     // A clean stop (SIGTERM from a scheduler, Ctrl-C) writes one too, so that a resume loses nothing.
-    const bool stopping = g_stop_signal && c.writes_checkpoints();
+    const bool stopping = stop && c.writes_checkpoints();
     if (step + 1 < c.train.steps && read && !(c.checkpoint && eval_step) &&
         (ckpt_step || stopping || (c.checkpoint_minutes > 0 && since >= 60 * c.checkpoint_minutes))) {
       log.flush();  // the rows up to here are on disk before the checkpoint that a resume keeps them for
@@ -328,15 +343,13 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
       last_ckpt = std::chrono::steady_clock::now();
     }
     log.flush();
-    if (g_stop_signal) {
+    if (stop) {
       status = "failed";
-      log.set_attr("failure", std::string("stopped by signal ") + std::to_string(int(g_stop_signal)));
-      if (verbose) std::printf("stopped by signal %d\n", int(g_stop_signal));
+      log.set_attr("failure", std::string("stopped by signal ") + std::to_string(stop));
+      if (verbose) std::printf("stopped by signal %d\n", stop);
       break;
     }
   }
-  std::signal(SIGINT, old_int);
-  std::signal(SIGTERM, old_term);
   res.final_train_loss = loss;
   res.status = status;
   log.set_attr("status", status);
