@@ -229,10 +229,10 @@ TEST_CASE("Dense MoE (a = N) is the gate-weighted sum of all experts", "[moe]") 
   CpuBackend<double> be;
   DLM m(c, t, be, 1, make_ffn<CpuBackend<double>>);  // only for the parameter views
   m.init_weights(8);
-  std::vector<LMParam<CpuBackend<double>>> p(m.params().begin() + 5, m.params().begin() + 8);  // router, fc, proj
+  std::vector<ModelParam<CpuBackend<double>>> p(m.params().begin() + 5, m.params().begin() + 8);  // router, fc, proj
   Arena acts;
   for (int pass = 0; pass < 2; ++pass) {
-    MoeFfn<CpuBackend<double>> layer(c.ffn, N, D, be, acts, p.data(), t.route_scale);
+    MoeFfn<CpuBackend<double>> layer(c.ffn, N, D, be, acts, {&p[0], &p[1], &p[2]}, t.route_scale);
     if (pass == 0) {
       acts.allocate(false);
       continue;
