@@ -81,14 +81,14 @@ class DiT : public ParamStore<Backend> {
     return s;
   }
   // A training step's forward without a host round trip (as LM::upload_batch / forward_device): the inputs go
-  // up through the backend's upload queue, the mean squared error stays in the backend's StepOut.
+  // up through the backend's upload queue, the mean squared error is left at `loss` (where the backend computes).
   void upload_batch(const double* xt, const double* v, const double* t, const int32_t* labels) {
     MUE_CHECK(v, "DiT::upload_batch needs the target velocity");
     stage_inputs(xt, v, t, labels, true);
   }
-  void forward_device() {
+  void forward_device(double* loss) {
     forward_kernels();
-    be_.mse_mean(out_, target_, size_t(B_) * T_ * cfg_.image.patch_dim());
+    be_.mse_mean(out_, target_, size_t(B_) * T_ * cfg_.image.patch_dim(), loss);
   }
   void forget_host_copies() {
     for (Layer& a : layers_) a.ffn->forget_host_copies();

@@ -77,15 +77,16 @@ class LM : public ParamStore<Backend> {
 
   // A training step's forward without a host round trip: upload_batch queues the batch on the backend's upload
   // queue (begin_uploads once per step first), forward_device runs the forward with the head's gradient (as
-  // forward(..., true)) and leaves the mean loss in the backend's StepOut. backward() follows.
+  // forward(..., true)) and leaves the mean loss at `loss`, a scalar where the backend computes (the optimizer's
+  // StepOut::loss). backward() follows.
   void upload_batch(const int32_t* tokens, const int32_t* targets) {
     const size_t bytes = sizeof(int32_t) * size_t(B_) * T_;
     be_.upload_async(tok_, tokens, bytes);
     be_.upload_async(tgt_, targets, bytes);
   }
-  void forward_device() {
+  void forward_device(double* loss) {
     forward_kernels(true);
-    be_.loss_mean(losses_, B_ * T_);
+    be_.loss_mean(losses_, B_ * T_, loss);
   }
   // After a replayed step (CUDA graph): the layers' host copies of the last forward's results are stale.
   void forget_host_copies() {

@@ -1,5 +1,5 @@
-// The parameters of a model: one packed arena each for master values, gradients, Adam moments and (on CUDA)
-// the bf16 weights the forward reads, laid out in the order of the model's tensor list and checked against the
+// The parameters of a model: one packed arena each for master values, gradients and (on CUDA) the bf16 weights
+// the forward reads (the optimizer keeps its own state: optim/adamw.h), laid out in the order of the model's tensor list and checked against the
 // ParamTable. Both models (LM, DiT) are a ParamStore plus their activations; they hold named handles into it.
 #pragma once
 #include <cstdlib>
@@ -19,7 +19,7 @@ namespace mue {
 template <class Backend>
 struct ModelParam {
   ParamRow row;
-  typename Backend::master_t *value, *grad, *adam_m, *adam_v;
+  typename Backend::master_t *value, *grad;
   typename Backend::w_t* weight;  // what the forward reads (bf16 shadow on CUDA, == value on CPU)
   double alpha;                   // forward multiplier (table multiplier x branch multiplier on residual outputs)
   // zero_grad does not clear grad: it marks it stale, and the step's first write overwrites it (a GEMM with
@@ -48,14 +48,14 @@ class ParamStore {
                   " is '", r.tensor.name, "', the model expects '", specs[i].name, "'");
         const size_t n = specs[i].size();
         // Packed views: each arena is one contiguous vector, so one kernel can sweep it (grad norm, refresh).
-        params_.push_back({r, values_.take<M>(n, true), grads_.take<M>(n, true), adam_m_.take<M>(n, true),
-                           adam_v_.take<M>(n, true), nullptr, table.forward_alpha(r.tensor.name)});
+        params_.push_back({r, values_.take<M>(n, true), grads_.take<M>(n, true), nullptr,
+                           table.forward_alpha(r.tensor.name)});
         if constexpr (std::is_same_v<W, M>) params_.back().weight = params_.back().value;
         else params_.back().weight = shadow_.take<W>(n, true);
         n_params_ += n;
       }
       if (pass == 0)
-        for (Arena* a : {&values_, &grads_, &adam_m_, &adam_v_, &shadow_}) a->allocate(Backend::on_device);
+        for (Arena* a : {&values_, &grads_, &shadow_}) a->allocate(Backend::on_device);
     }
   }
   // The models hold pointers into params_.
@@ -133,7 +133,7 @@ class ParamStore {
   }
   std::vector<Param> params_;
   size_t n_params_ = 0;
-  Arena values_, grads_, adam_m_, adam_v_, shadow_;
+  Arena values_, grads_, shadow_;
   const bool eager_zero_grad_ = [] {
     const char* v = std::getenv("MUE_EAGER_ZERO_GRAD");
     return v && std::strcmp(v, "0") != 0;
