@@ -89,8 +89,9 @@ BenchResult bench_with(const RunConfig& c, Backend& be, int steps, bool profile)
   // The trainer's step (experiments/device_step.h): a CUDA graph from the second step on where train.cuda_graph;
   // the per-op profile runs it op by op.
   const auto step_in = [&](int s) { return bench_step_in(c, s); };
-  be.reset_step_out();
-  DeviceStep<LM<Backend>> graph_step(model, c.train.cuda_graph), op_step(model, false);
+  AdamW<Backend> opt(model, c.adamw);
+  opt.reset_step_out();
+  DeviceStep<LM<Backend>> graph_step(model, opt, c.train.cuda_graph), op_step(model, opt, false);
   r.ms_per_step = median_step_ms(be, steps, [&](int s) {
     for (int i = 0; i < N; ++i) x[i] = int32_t(rng_index(7, uint64_t(s), uint64_t(i), uint64_t(c.model.vocab)));
     for (int i = 0; i < N; ++i) y[i] = int32_t(rng_index(8, uint64_t(s), uint64_t(i), uint64_t(c.model.vocab)));
@@ -118,8 +119,9 @@ BenchResult bench_flow_with(const RunConfig& c, Backend& be, int steps, bool pro
   std::vector<float> x(size_t(B) * npix);
   std::vector<int32_t> y(B);
   r.steps = steps;
-  be.reset_step_out();
-  DeviceStep<DiT<Backend>> graph_step(model, c.train.cuda_graph), op_step(model, false);
+  AdamW<Backend> opt(model, c.adamw);
+  opt.reset_step_out();
+  DeviceStep<DiT<Backend>> graph_step(model, opt, c.train.cuda_graph), op_step(model, opt, false);
   const auto upload = [&](const FlowBatch& fb) {
     return [&] { model.upload_batch(fb.xt.data(), fb.v.data(), fb.t.data(), fb.labels.data()); };
   };

@@ -1,4 +1,4 @@
-// Checkpoints: master weights, Adam moments and the step, one binary file next to the run's HDF5 log
+// Checkpoints: master weights, Adam moments (the optimizer's, optim/adamw.h) and the step, one binary file next to the run's HDF5 log
 // (runs/NAME.ckpt). The batch order and the noise are counter-based functions of (seed, step), so (config, step)
 // is the whole RNG state. Format: "MUECKPT1", u64 step, u64 n_tensors, then per tensor: u32 name length, name,
 // u64 count, count f32 values, count f32 m, count f32 v. Written to NAME.ckpt.tmp and renamed.
@@ -36,8 +36,8 @@ inline uint64_t checkpoint_step(const std::string& path) {
   return step;
 }
 
-template <class Model>
-void save_checkpoint(Model& model, const std::string& path, uint64_t step) {
+template <class Model, class Optimizer>
+void save_checkpoint(Model& model, Optimizer& opt, const std::string& path, uint64_t step) {
   auto& be = model.backend();
   using Mt = typename std::remove_reference_t<decltype(be)>::master_t;
   const std::string tmp = path + ".tmp";
@@ -51,15 +51,16 @@ void save_checkpoint(Model& model, const std::string& path, uint64_t step) {
   };
   const uint64_t n = model.params().size();
   put("MUECKPT1", 8), put(&step, 8), put(&n, 8);
-  for (auto& p : model.params()) {
+  for (size_t i = 0; i < model.params().size(); ++i) {
+    const auto& p = model.params()[i];
     const uint32_t len = uint32_t(p.row.tensor.name.size());
     const uint64_t cnt = p.row.tensor.size();
     put(&len, 4), put(p.row.tensor.name.data(), len), put(&cnt, 8);
     std::vector<Mt> h(cnt);
     std::vector<float> out(cnt);
-    for (const Mt* src : {p.value, p.adam_m, p.adam_v}) {
+    for (const Mt* src : {p.value, opt.m(i), opt.v(i)}) {
       be.download(h.data(), src, cnt * sizeof(Mt));
-      for (size_t i = 0; i < cnt; ++i) out[i] = float(h[i]);
+      for (size_t k = 0; k < cnt; ++k) out[k] = float(h[k]);
       put(out.data(), cnt * 4);
     }
   }
@@ -69,9 +70,11 @@ void save_checkpoint(Model& model, const std::string& path, uint64_t step) {
   MUE_CHECK(renamed, "cannot rename '", tmp, "' to '", path, "'");
 }
 
-// Loads into a model of the same shape; returns the step. Names and sizes must match.
-template <class Model>
-uint64_t load_checkpoint(Model& model, const std::string& path) {
+namespace detail {
+// Loads the weights into a model of the same shape and hands each tensor's moments to moments(i, m, v) (host
+// arrays of its size); returns the step. Names and sizes must match.
+template <class Model, class Moments>
+uint64_t load_checkpoint(Model& model, const std::string& path, Moments moments) {
   auto& be = model.backend();
   using Mt = typename std::remove_reference_t<decltype(be)>::master_t;
   FILE* f = std::fopen(path.c_str(), "rb");
@@ -89,7 +92,8 @@ uint64_t load_checkpoint(Model& model, const std::string& path) {
   get(&step, 8), get(&n, 8);
   if (n != model.params().size())
     std::fclose(f), fail("checkpoint '", path, "' has ", n, " tensors, the model has ", model.params().size());
-  for (auto& p : model.params()) {
+  for (size_t i = 0; i < model.params().size(); ++i) {
+    auto& p = model.params()[i];
     uint32_t len = 0;
     uint64_t cnt = 0;
     get(&len, 4);
@@ -99,16 +103,33 @@ uint64_t load_checkpoint(Model& model, const std::string& path) {
       std::fclose(f), fail("checkpoint '", path, "' holds '", name, "' of ", cnt, " values where the model has '",
                            p.row.tensor.name, "' of ", p.row.tensor.size());
     std::vector<float> in(cnt);
-    std::vector<Mt> h(cnt);
-    for (Mt* dst : {p.value, p.adam_m, p.adam_v}) {
+    std::vector<Mt> h[3];
+    for (auto& dst : h) {
       get(in.data(), cnt * 4);
-      for (size_t i = 0; i < cnt; ++i) h[i] = Mt(in[i]);
-      be.upload(dst, h.data(), cnt * sizeof(Mt));
+      dst.assign(in.begin(), in.end());
     }
+    be.upload(p.value, h[0].data(), cnt * sizeof(Mt));
+    moments(i, h[1], h[2]);
   }
   std::fclose(f);
   model.refresh_weights();
   return step;
+}
+}  // namespace detail
+
+// Loads weights and moments into a model of the same shape and its optimizer; returns the step.
+template <class Model, class Optimizer>
+uint64_t load_checkpoint(Model& model, Optimizer& opt, const std::string& path) {
+  auto& be = model.backend();
+  return detail::load_checkpoint(model, path, [&](size_t i, const auto& m, const auto& v) {
+    be.upload(opt.m(i), m.data(), m.size() * sizeof(m[0]));
+    be.upload(opt.v(i), v.data(), v.size() * sizeof(v[0]));
+  });
+}
+// The weights alone (sampling needs no optimizer); the moments are read past.
+template <class Model>
+uint64_t load_checkpoint(Model& model, const std::string& path) {
+  return detail::load_checkpoint(model, path, [](size_t, const auto&, const auto&) {});
 }
 
 }  // namespace mue

@@ -69,6 +69,7 @@ std::vector<CoordRow> coord_check(const std::vector<CoordPoint>& points, const s
     CpuBackend<float> be;
     LM<CpuBackend<float>> model(m, table, be, batch, make_ffn<CpuBackend<float>>);
     model.init_weights(seed);
+    AdamW<CpuBackend<float>> adam(model, opt);
     const int N = batch * m.seq_len;
     std::vector<int32_t> x(N), y(N);  // one fixed batch of random tokens, the same for every point
     for (int i = 0; i < N; ++i) x[i] = int32_t(rng_index(seed, 77, i, m.vocab)), y[i] = int32_t(rng_index(seed, 78, i, m.vocab));
@@ -96,7 +97,7 @@ std::vector<CoordRow> coord_check(const std::vector<CoordPoint>& points, const s
         }
       if (step == steps) break;
       model.backward();
-      adamw_update(model, opt, step + 1, 1.0);
+      adam.update(step + 1, 1.0);
     }
   }
   return rows;

@@ -1,14 +1,15 @@
-// The training step (LM or DiT) on the device's step scalars (nn/step_scalars.h): the host uploads the batch and the
-// step's scalars and queues the step; nothing in it waits for the device. Where the backend has CUDA graphs
+// The training step (LM or DiT) on the device's step scalars (optim/step_scalars.h, kept by the optimizer): the
+// host uploads the batch and the step's scalars and queues the step; nothing in it waits for the device. Where the backend has CUDA graphs
 // (and use_graph), the second step is recorded once as a graph and every later step replays it, so the launches
 // of hundreds of ops cost one. The first step always runs op by op: it sizes every scratch buffer the graph
 // then reuses (should one grow later, e.g. in an evaluation, the graph is dropped and recorded again). Should the capture fail (an op that waits for the device, e.g. the cuBLAS fallback of expert
 // widths that are not multiples of 8), the steps keep running op by op.
 #pragma once
 #include <type_traits>
+#include <utility>
 
-#include "nn/step_scalars.h"
 #include "optim/adamw.h"
+#include "optim/step_scalars.h"
 
 namespace mue {
 
@@ -16,16 +17,17 @@ namespace mue {
 template <class Model>
 class DeviceStep {
  public:
-  DeviceStep(Model& model, bool use_graph)
-      : model_(model), try_graph_(use_graph && std::remove_reference_t<decltype(model.backend())>::graphs) {}
+  using Backend = std::remove_reference_t<decltype(std::declval<Model&>().backend())>;
+  DeviceStep(Model& model, AdamW<Backend>& opt, bool use_graph)
+      : model_(model), opt_(opt), try_graph_(use_graph && Backend::graphs) {}
 
-  // Queues step in.step (in.t etc. as for adamw_update_dev); upload() queues its batch with the model's
+  // Queues step in.step (in.t etc. as for AdamW::update_dev); upload() queues its batch with the model's
   // upload_batch (LM: tokens, targets; DiT: x_t, v, t, labels).
   template <class Upload>
   void run(const StepIn& in, Upload upload) {
     auto& be = model_.backend();
     be.begin_uploads();
-    be.set_step_in(in);
+    opt_.set_step_in(in);
     upload();
     if (graph_ && !be.graph_ready()) graph_ = false, try_graph_ = true, eager_runs_ = 0;  // dropped: record again
     if (!graph_ && try_graph_ && eager_runs_ >= 1) {  // after a step op by op has sized every buffer
@@ -47,11 +49,12 @@ class DeviceStep {
  private:
   void body() {
     model_.zero_grad();
-    model_.forward_device();
+    model_.forward_device(opt_.loss_out());
     model_.backward();
-    adamw_update_dev(model_);
+    opt_.update_dev();
   }
   Model& model_;
+  AdamW<Backend>& opt_;
   bool try_graph_, graph_ = false, capture_failed_ = false;
   int eager_runs_ = 0;
 };

@@ -120,15 +120,16 @@ struct LmTask {
   const RunConfig& c;
   const TokenFile& data;
   Model model;
+  AdamW<Backend> opt;
   std::vector<int32_t> x, y;
   LmTask(const RunConfig& c_, Backend& be, const ParamTable& t, const TokenFile& d)
-      : c(c_), data(d), model(c_.model, t, be, c_.train.batch, make_ffn<Backend>),
+      : c(c_), data(d), model(c_.model, t, be, c_.train.batch, make_ffn<Backend>), opt(model, c_.adamw),
         x(size_t(c_.train.batch) * c_.model.seq_len), y(x.size()) {}
   double items_per_step() const { return double(c.train.batch) * c.model.seq_len; }  // tokens
   // The whole step on the device scalars (experiments/device_step.h); the mean loss stays on the device.
   std::optional<DeviceStep<Model>> stepper;
   void train_step_device(const StepIn& in) {
-    if (!stepper) stepper.emplace(model, c.train.cuda_graph);
+    if (!stepper) stepper.emplace(model, opt, c.train.cuda_graph);
     data.sample_batch(c.train.data_seed, uint64_t(in.step), c.train.batch, c.model.seq_len, x.data(), y.data());
     stepper->run(in, [&] { model.upload_batch(x.data(), y.data()); });
   }
@@ -154,17 +155,18 @@ struct FlowTask {
   const RunConfig& c;
   const ImageSet& data;
   Model model;
+  AdamW<Backend> opt;
   std::vector<float> x;
   std::vector<int32_t> y;
   FlowTask(const RunConfig& c_, Backend& be, const ParamTable& t, const ImageSet& d)
-      : c(c_), data(d), model(c_.model, t, be, c_.train.batch, make_ffn<Backend>),
+      : c(c_), data(d), model(c_.model, t, be, c_.train.batch, make_ffn<Backend>), opt(model, c_.adamw),
         x(size_t(c_.train.batch) * npix()), y(c_.train.batch) {}
   int npix() const { return c.model.image.channels * c.model.image.size * c.model.image.size; }
   double items_per_step() const { return double(c.train.batch); }  // images
   // The whole step on the device scalars (experiments/device_step.h); the mean squared error stays there.
   std::optional<DeviceStep<Model>> stepper;
   void train_step_device(const StepIn& in) {
-    if (!stepper) stepper.emplace(model, c.train.cuda_graph);
+    if (!stepper) stepper.emplace(model, opt, c.train.cuda_graph);
     data.sample_batch(c.train.data_seed, uint64_t(in.step), c.train.batch, x.data(), y.data());
     const FlowBatch fb = make_flow_batch(x, y, c.train.batch, npix(), c.train.data_seed, uint64_t(in.step),
                                          c.model.image.label_dropout, c.model.image.classes);
@@ -192,11 +194,12 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
   res.path = path;
   res.device = be.device_name();
   auto& model = task.model;
+  auto& opt = task.opt;
   model.init_weights(c.train.seed);
   const std::string ckpt = checkpoint_path(path);
   const int first_step = resume ? resume->step : 0;
   if (resume) {
-    MUE_CHECK(int(load_checkpoint(model, ckpt)) == first_step, "checkpoint '", ckpt, "' changed while loading");
+    MUE_CHECK(int(load_checkpoint(model, opt, ckpt)) == first_step, "checkpoint '", ckpt, "' changed while loading");
     if (verbose) std::printf("resuming %s from its checkpoint at step %d\n", path.c_str(), first_step);
   }
   if (verbose) {
@@ -255,11 +258,11 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
   double window_start = wall0, loss = 0, gnorm = 0;
   int window_steps = 0;
   // A step never waits for the device: the loss, the grad norm and the divergence check stay on the device
-  // (nn/step_scalars.h) and are read every kCheckEvery steps, at log and evaluation steps and at the last step
+  // (optim/step_scalars.h) and are read every kCheckEvery steps, at log and evaluation steps and at the last step
   // (on the CPU at every step); a diverged step is found at the next read (the run stops there and reports the
   // step that diverged).
   constexpr int kCheckEvery = 16;
-  be.reset_step_out();
+  opt.reset_step_out();
   for (int step = first_step; step < c.train.steps; ++step) {
     const double lr_factor = c.schedule.factor(step);
     bool diverged = false;
@@ -280,7 +283,7 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
     bool read = false;  // whether this step's loss and divergence are known (a checkpoint needs them)
     if (step == 0 || log_step || eval_step || ckpt_step || (step + 1) % kCheckEvery == 0 || stop ||
         !Backend::on_device) {
-      const StepOut o = be.read_step_out();
+      const StepOut o = opt.read_step_out();
       loss = o.loss, gnorm = std::sqrt(o.norm_sq);
       if (step == 0) res.first_loss = loss, log.set_attr("first_loss", loss);  // the divergence reference
       if (o.first_bad >= 0) diverged = true, bad_step = o.first_bad, bad_loss = o.bad_loss;
@@ -328,7 +331,7 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
       log.append("val", cols);
       if (c.checkpoint) {
         log.flush();  // the rows a resume from this checkpoint keeps are on disk first
-        save_checkpoint(model, ckpt, uint64_t(step + 1));
+        save_checkpoint(model, opt, ckpt, uint64_t(step + 1));
         last_ckpt = std::chrono::steady_clock::now();
       }
       if (verbose) std::printf("step %5d | val loss %.4f\n", step + 1, vl), std::fflush(stdout);
@@ -339,7 +342,7 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
     if (step + 1 < c.train.steps && read && !(c.checkpoint && eval_step) &&
         (ckpt_step || stopping || (c.checkpoint_minutes > 0 && since >= 60 * c.checkpoint_minutes))) {
       log.flush();  // the rows up to here are on disk before the checkpoint that a resume keeps them for
-      save_checkpoint(model, ckpt, uint64_t(step + 1));
+      save_checkpoint(model, opt, ckpt, uint64_t(step + 1));
       last_ckpt = std::chrono::steady_clock::now();
     }
     log.flush();

@@ -7,7 +7,7 @@
 
 #include "moe/moe_cpu.h"
 #include "moe/router_dims.h"
-#include "nn/lm.h"
+#include "nn/ffn.h"
 #include "nn/backend.h"
 #ifdef MUE_HAVE_CUDA
 #include "moe/moe_cuda.h"

@@ -10,7 +10,7 @@
 
 #include "core/arena.h"
 #include "moe/moe_backend.h"
-#include "nn/lm.h"
+#include "nn/ffn.h"
 
 namespace mue {
 
@@ -19,11 +19,15 @@ class MoeFfn : public FfnBranch<Backend> {
  public:
   using A = typename Backend::act_t;
   using S = typename Backend::stat_t;
-  using Param = LMParam<Backend>;
+  using Param = ModelParam<Backend>;
+  // The layer's tensors (push_ffn_tensors); the shared experts' only with ffn.shared > 0.
+  struct Params {
+    Param *router, *fc, *proj, *shared_fc = nullptr, *shared_proj = nullptr;
+  };
 
-  // Params in order: router, experts.fc, experts.proj, [shared.fc, shared.proj]
-  MoeFfn(const FfnConfig& s, int N, int D, Backend& be, Arena& acts, Param* router, double route_scale)
-      : s_(s), D_(D), be_(be), router_(router) {
+  MoeFfn(const FfnConfig& s, int N, int D, Backend& be, Arena& acts, const Params& p, double route_scale)
+      : s_(s), D_(D), be_(be), p_(p) {
+    MUE_CHECK(s.shared == 0 || (p.shared_fc && p.shared_proj), "MoeFfn: shared experts without their tensors");
     const size_t E = s.experts, R = size_t(N) * s.active, h = s.expert_hidden;
     dims_.N = N, dims_.E = s.experts, dims_.active = s.active, dims_.groups = s.groups, dims_.sigmoid = s.sigmoid;
     dims_.route_scale = route_scale, dims_.balance_coef = s.balance_coef, dims_.z_coef = s.z_coef;
@@ -47,7 +51,7 @@ class MoeFfn : public FfnBranch<Backend> {
   // out = MoE(xn); the auxiliary loss (balance + z) of this layer is in aux_loss().
   void forward(const A* xn, A* out) override {
     const int N = dims_.N, D = D_, E = s_.experts, a = s_.active, h = s_.expert_hidden, R = N * a;
-    Param &router = router_[0], &fc = router_[1], &proj = router_[2];
+    Param &router = *p_.router, &fc = *p_.fc, &proj = *p_.proj;
     be_.matmul_forward(xn, router.weight, logits_, N, D, E, router.alpha);
     plan_on_host_ = route_forward(be_, dims_, logits_, scores_, idx_, gates_, src_token_, slot_row_, plan_, offsets_,
                                   stats_);
@@ -59,7 +63,7 @@ class MoeFfn : public FfnBranch<Backend> {
     expert_matmul_forward(be_, hsw_, proj.weight, yp_, off, plan_, R, E, h, D, proj.alpha);
     combine_forward(be_, yp_, slot_row_, out, N, a, D);
     if (s_.shared > 0) {
-      Param &sfc = router_[3], &sproj = router_[4];
+      Param &sfc = *p_.shared_fc, &sproj = *p_.shared_proj;
       const int Hs = s_.shared * s_.shared_hidden;
       be_.matmul_forward(xn, sfc.weight, sfc_, N, D, 2 * Hs, sfc.alpha);
       be_.swiglu_forward(sfc_, ssw_, N, Hs);
@@ -68,10 +72,10 @@ class MoeFfn : public FfnBranch<Backend> {
     }
   }
 
-  // dxn (overwritten) from dout; parameter gradients accumulate (or overwrite a stale one: LMParam::accumulate).
+  // dxn (overwritten) from dout; parameter gradients accumulate (or overwrite a stale one: ModelParam::accumulate).
   void backward(const A* xn, const A* dout, A* dxn) override {
     const int N = dims_.N, D = D_, E = s_.experts, a = s_.active, h = s_.expert_hidden, R = N * a;
-    Param &router = router_[0], &fc = router_[1], &proj = router_[2];
+    Param &router = *p_.router, &fc = *p_.fc, &proj = *p_.proj;
     const int32_t* off = host_offsets();
     combine_backward(be_, dout, src_token_, dyp_, R, D);
     expert_matmul_backward(be_, dyp_, hsw_, proj.weight, dhsw_, proj.grad, off, plan_, R, E, h, D, proj.alpha,
@@ -83,7 +87,7 @@ class MoeFfn : public FfnBranch<Backend> {
     be_.matmul_backward(dlogits_, xn, router.weight, dxn, router.grad, N, D, E, router.alpha, router.accumulate());
     unpermute_add(be_, dxp_, slot_row_, dxn, N, a, D);
     if (s_.shared > 0) {
-      Param &sfc = router_[3], &sproj = router_[4];
+      Param &sfc = *p_.shared_fc, &sproj = *p_.shared_proj;
       const int Hs = s_.shared * s_.shared_hidden;
       be_.matmul_backward(dout, ssw_, sproj.weight, dssw_, sproj.grad, N, Hs, D, sproj.alpha,
                           sproj.accumulate());
@@ -108,7 +112,7 @@ class MoeFfn : public FfnBranch<Backend> {
   RouterDims dims_;
   int D_;
   Backend& be_;
-  Param* router_;
+  Params p_;
   A *logits_, *dlogits_, *xp_, *hfc_, *hsw_, *yp_, *dxp_, *dhfc_, *dhsw_, *dyp_, *tmp_, *gates_, *dgates_;
   A *sfc_ = nullptr, *ssw_ = nullptr, *dsfc_ = nullptr, *dssw_ = nullptr;
   S* scores_;
@@ -127,9 +131,14 @@ class MoeFfn : public FfnBranch<Backend> {
 
 // The FFN factory that knows both kinds: pass it to LM to build models with MoE layers.
 template <class Backend>
-std::unique_ptr<FfnBranch<Backend>> make_ffn(const ModelConfig& c, Backend& be, int layer, LMParam<Backend>* p,
-                                             int rows, Arena& acts, const ParamTable& table) {
-  if (!c.ffn.moe()) return make_dense_ffn<Backend>(c, be, layer, p, rows, acts, table);
+std::unique_ptr<FfnBranch<Backend>> make_ffn(const ModelConfig& c, Backend& be, int layer,
+                                             ParamStore<Backend>& params, int rows, Arena& acts,
+                                             const ParamTable& table) {
+  if (!c.ffn.moe()) return make_dense_ffn<Backend>(c, be, layer, params, rows, acts, table);
+  typename MoeFfn<Backend>::Params p{&params.find(layer, "moe.router"), &params.find(layer, "moe.experts.fc"),
+                                     &params.find(layer, "moe.experts.proj")};
+  if (c.ffn.shared > 0)
+    p.shared_fc = &params.find(layer, "moe.shared.fc"), p.shared_proj = &params.find(layer, "moe.shared.proj");
   return std::make_unique<MoeFfn<Backend>>(c.ffn, rows, c.d_model, be, acts, p, table.route_scale);
 }
 

@@ -1,6 +1,6 @@
 // Backends: the model is written once (nn/lm.h) against this small interface, and runs on the CPU reference
 // (any scalar T; double in the gradient checks) or on CUDA (bf16 activations and weights, fp32 master weights,
-// gradients and optimizer state).
+// gradients and optimizer state). The optimizer's kernels and state are optim/'s (optim/adamw.h).
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -12,20 +12,12 @@
 #include "core/error.h"
 #include "nn/dit_ops_cpu.h"
 #include "nn/ops_cpu.h"
-#include "nn/step_scalars.h"
 #ifdef MUE_HAVE_CUDA
 #include "nn/dit_ops_cuda.h"
 #include "nn/ops_cuda.h"
 #endif
 
 namespace mue {
-
-// One tensor of a packed parameter arena for the all-tensor AdamW step: it ends at element `end` (exclusive).
-struct AdamSegment {
-  size_t end;
-  double lr, wd, eps;
-  bool operator==(const AdamSegment&) const = default;
-};
 
 template <class T>
 struct CpuBackend {
@@ -89,51 +81,23 @@ struct CpuBackend {
   void add_rows(T* x, const T* v, int B, int Tn, int D) { cpu::add_rows(x, v, B, Tn, D); }
   double mse_forward(const T* pred, const T* target, size_t n) { return cpu::mse_forward(pred, target, n); }
   void mse_backward(const T* pred, const T* target, T* dpred, size_t n) { cpu::mse_backward(pred, target, dpred, n); }
-  double sum_squares(const T* g, size_t n) { return cpu::sum_squares(g, n); }
-  void adamw_step(T* p, const T* g, T* m, T* v, T*, size_t n, double lr, double b1, double b2, double eps, double wd, int t, double gs) {
-    cpu::adamw_step(p, g, m, v, n, lr, b1, b2, eps, wd, t, gs);
-  }
-  // Over packed arenas: tensor i is elements [segs[i-1].end, segs[i].end) (a loop here, one launch on CUDA).
-  void adamw_step_all(T* p, const T* g, T* m, T* v, T*, const std::vector<AdamSegment>& segs, double lr_factor, double b1, double b2, int t, double gs) {
-    size_t begin = 0;
-    for (const AdamSegment& s : segs) {
-      cpu::adamw_step(p + begin, g + begin, m + begin, v + begin, s.end - begin, s.lr * lr_factor, b1, b2, s.eps, s.wd, t, gs);
-      begin = s.end;
-    }
-  }
   // No CUDA graphs here: a step always runs its ops (see CudaBackend::capture).
   static constexpr bool graphs = false;
   template <class F>
   bool capture(F) { return false; }
   bool graph_ready() const { return false; }
   void replay() {}
-  // The step's scalars (nn/step_scalars.h): plain host values here, the same calls as on the device.
+  // A training step without a host round trip: the upload queue (a plain copy here), and the step's mean loss
+  // left at a scalar where it lives (the optimizer's StepOut::loss, optim/step_scalars.h).
   void begin_uploads() {}
   void upload_async(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
-  void set_step_in(const StepIn& in) { step_in_ = in; }
-  void reset_step_out() { step_out_ = StepOut{}; }
-  StepOut read_step_out() { return step_out_; }
-  void loss_mean(const T* losses, int n) {
+  void from_host_async(T* p, const std::vector<double>& in) { from_host(p, in); }
+  void loss_mean(const T* losses, int n, double* out) {
     double s = 0;
     for (int i = 0; i < n; ++i) s += double(losses[i]);
-    step_out_.loss = s / double(n);
+    *out = s / double(n);
   }
-  void grad_norm_sq(const T* g, size_t n) { step_out_.norm_sq = cpu::sum_squares(g, n); }
-  void mse_mean(const T* pred, const T* target, size_t n) { step_out_.loss = cpu::mse_forward(pred, target, n); }
-  void from_host_async(T* p, const std::vector<double>& in) { from_host(p, in); }
-  void track_divergence() {
-    if (step_out_.first_bad < 0 && step_diverged(step_out_.loss, step_out_.norm_sq, step_in_.loss_bound))
-      step_out_.first_bad = step_in_.step, step_out_.bad_loss = step_out_.loss;
-  }
-  void adamw_step_all_dev(T* p, const T* g, T* m, T* v, T* w, const std::vector<AdamSegment>& segs) {
-    if (!std::isfinite(step_out_.norm_sq)) return;
-    adamw_step_all(p, g, m, v, w, segs, step_in_.lr_factor, step_in_.beta1, step_in_.beta2, step_in_.t,
-                   clip_scale(step_out_.norm_sq, step_in_.clip));
-  }
-
- private:
-  StepIn step_in_;
-  StepOut step_out_;
+  void mse_mean(const T* pred, const T* target, size_t n, double* out) { *out = cpu::mse_forward(pred, target, n); }
 };
 
 #ifdef MUE_HAVE_CUDA
@@ -144,17 +108,12 @@ struct CudaBackend {
   using stat_t = float;
   static constexpr bool on_device = true;
   cuda::Context ctx;
-  float* norm_acc = nullptr;  // device scalar for sum_squares
+  float* norm_acc = nullptr;  // device scalar for mse_forward
 
-  CudaBackend() {
-    norm_acc = static_cast<float*>(cuda::device_alloc(sizeof(float)));
-    step_in_dev_ = static_cast<cuda::StepInDev*>(cuda::device_alloc(sizeof(cuda::StepInDev)));
-    step_out_dev_ = static_cast<StepOut*>(cuda::device_alloc(sizeof(StepOut)));
-  }
-  ~CudaBackend() {
-    cuda::device_free(norm_acc), cuda::device_free(adam_segs_dev_);
-    cuda::device_free(step_in_dev_), cuda::device_free(step_out_dev_);
-  }
+  CudaBackend() { norm_acc = static_cast<float*>(cuda::device_alloc(sizeof(float))); }
+  ~CudaBackend() { cuda::device_free(norm_acc); }
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
   std::string device_name() const { return ctx.device_name(); }
 
   void upload(void* dst, const void* src, size_t bytes) { auto op_ = ctx.op("upload"); cuda::copy_to_device(dst, src, bytes); }
@@ -212,24 +171,6 @@ struct CudaBackend {
     return double(s) / double(n);
   }
   void mse_backward(const bf16* pred, const bf16* target, bf16* dpred, size_t n) { auto op_ = ctx.op("mse_backward"); cuda::mse_backward(ctx, pred, target, dpred, n); }
-  double sum_squares(const float* g, size_t n) {
-    auto op_ = ctx.op("sum_squares");
-    cuda::memset_zero(ctx, norm_acc, sizeof(float));
-    cuda::sum_squares(ctx, g, n, norm_acc);
-    float s = 0;
-    download(&s, norm_acc, sizeof(float));
-    return s;
-  }
-  void adamw_step(float* p, const float* g, float* m, float* v, bf16* shadow, size_t n, double lr, double b1, double b2, double eps, double wd, int t, double gs) {
-    auto op_ = ctx.op("adamw_step");
-    cuda::adamw_step(ctx, p, g, m, v, shadow, n, float(lr), float(b1), float(b2), float(eps), float(wd), t, float(gs));
-  }
-  // One launch over all tensors; the segment table goes to the device once (it changes only with the model).
-  void adamw_step_all(float* p, const float* g, float* m, float* v, bf16* shadow, const std::vector<AdamSegment>& segs, double lr_factor, double b1, double b2, int t, double gs) {
-    if (segs.empty()) return;
-    auto op_ = ctx.op("adamw_step");
-    cuda::adamw_step_all(ctx, p, g, m, v, shadow, segs.back().end, device_segments(segs), int(segs.size()), lr_factor, float(b1), float(b2), t, float(gs));
-  }
   // A step recorded once as a CUDA graph and replayed: capture(f) records f's launches (they do not run) and
   // returns whether the graph could be made (false when f waits for the device or fails: then nothing was
   // recorded, the caller runs f itself); replay() queues the graph.
@@ -251,62 +192,17 @@ struct CudaBackend {
   // Whether the captured graph is still there (a reallocated buffer it used drops it).
   bool graph_ready() const { return ctx.has_graph(); }
   void replay() { auto op_ = ctx.op("graph_step"); ctx.graph_launch(); }
-  // The step's scalars (nn/step_scalars.h) live on the device; only read_step_out waits for it.
+  // A training step without a host round trip: the pinned upload queue, and the step's mean loss left at a
+  // device scalar (the optimizer's StepOut::loss, optim/step_scalars.h).
   void begin_uploads() { ctx.begin_uploads(); }
   void upload_async(void* dst, const void* src, size_t bytes) { auto op_ = ctx.op("upload"); ctx.upload_async(dst, src, bytes); }
-  void set_step_in(const StepIn& in) {
-    // the bias corrections exactly as adamw_step_all computes them (from the float betas, in double)
-    const float b1 = float(in.beta1), b2 = float(in.beta2);
-    const cuda::StepInDev d{in.lr_factor, in.clip, in.loss_bound, b1, b2, float(1.0 - std::pow(double(b1), in.t)),
-                            float(1.0 - std::pow(double(b2), in.t)), in.step};
-    ctx.upload_async(step_in_dev_, &d, sizeof d);
-  }
-  void reset_step_out() {
-    const StepOut o;
-    ctx.upload_async(step_out_dev_, &o, sizeof o);
-  }
-  StepOut read_step_out() {
-    StepOut o;
-    download(&o, step_out_dev_, sizeof o);
-    return o;
-  }
-  void loss_mean(const float* losses, int n) { auto op_ = ctx.op("loss_mean"); cuda::loss_mean(ctx, losses, n, step_out_dev_); }
-  void grad_norm_sq(const float* g, size_t n) {
-    auto op_ = ctx.op("sum_squares");
-    cuda::sum_squares_to(ctx, g, n, reinterpret_cast<double*>(reinterpret_cast<char*>(step_out_dev_) + offsetof(StepOut, norm_sq)));
-  }
-  void track_divergence() { cuda::track_divergence(ctx, step_in_dev_, step_out_dev_); }
-  void mse_mean(const bf16* pred, const bf16* target, size_t n) { auto op_ = ctx.op("mse_forward"); cuda::mse_mean(ctx, pred, target, n, step_out_dev_); }
   void from_host_async(bf16* p, const std::vector<double>& in) {
     std::vector<bf16> h(in.size());
     for (size_t i = 0; i < in.size(); ++i) h[i] = float_to_bf16(float(in[i]));
     upload_async(p, h.data(), h.size() * sizeof(bf16));  // copied into the upload queue at once
   }
-  void adamw_step_all_dev(float* p, const float* g, float* m, float* v, bf16* shadow, const std::vector<AdamSegment>& segs) {
-    if (segs.empty()) return;
-    auto op_ = ctx.op("adamw_step");
-    cuda::adamw_step_all_dev(ctx, p, g, m, v, shadow, segs.back().end, device_segments(segs), int(segs.size()), step_in_dev_, step_out_dev_);
-  }
-
- private:
-  // The segment table on the device, sent again only when it changes.
-  const cuda::AdamWSegment* device_segments(const std::vector<AdamSegment>& segs) {
-    if (segs != adam_segs_) {
-      std::vector<cuda::AdamWSegment> dev(segs.size());
-      for (size_t i = 0; i < segs.size(); ++i) dev[i] = {segs[i].end, segs[i].lr, float(segs[i].wd), float(segs[i].eps)};
-      ctx.drop_graph();   // it holds the old table's address
-      ctx.synchronize();  // the previous table may still be in use
-      cuda::device_free(adam_segs_dev_);
-      adam_segs_dev_ = cuda::device_alloc(sizeof(cuda::AdamWSegment) * dev.size());
-      cuda::copy_to_device(adam_segs_dev_, dev.data(), sizeof(cuda::AdamWSegment) * dev.size());
-      adam_segs_ = segs;
-    }
-    return static_cast<const cuda::AdamWSegment*>(adam_segs_dev_);
-  }
-  cuda::StepInDev* step_in_dev_ = nullptr;
-  StepOut* step_out_dev_ = nullptr;
-  std::vector<AdamSegment> adam_segs_;  // the table on the device, as the host last sent it
-  void* adam_segs_dev_ = nullptr;
+  void loss_mean(const float* losses, int n, double* out) { auto op_ = ctx.op("loss_mean"); cuda::loss_mean(ctx, losses, n, out); }
+  void mse_mean(const bf16* pred, const bf16* target, size_t n, double* out) { auto op_ = ctx.op("mse_forward"); cuda::mse_mean(ctx, pred, target, n, out); }
 };
 #endif
 

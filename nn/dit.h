@@ -8,63 +8,50 @@
 // Loss: mean ||v_hat - v||^2 with v = eps - x_0, compared in patch space (patchify is a permutation).
 // No biases anywhere (the LM has none either). Multipliers and inits come from the ParamTable.
 #pragma once
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/arena.h"
+#include "nn/backend.h"
 #include "nn/dit_ops_cpu.h"
-#include "nn/lm.h"
+#include "nn/ffn.h"
+#include "nn/model_config.h"
+#include "nn/param_store.h"
 
 namespace mue {
 
 // The DiT's tensors in arena order. Roles: the patch embedding and the class embedding are input layers
 // (embedding), the timestep MLP, attention, adaLN and FFN matrices are hidden, the final linear is the head.
+// adaLN-Zero: the modulation weights and the final linear start at zero, so every block starts as the identity.
 inline std::vector<TensorSpec> dit_tensors(const ModelConfig& c) {
-  const int D = c.d_model, H = c.ffn_hidden, P = c.image.patch_dim();
+  const int D = c.d_model, P = c.image.patch_dim();
+  const char* zero = "adaLN-Zero";
   std::vector<TensorSpec> t;
   t.push_back({"patch.w", "patch.w", D, P, TensorRole::embedding});
   t.push_back({"time.fc1", "time.fc1", D, c.image.time_freq, TensorRole::hidden});
   t.push_back({"time.fc2", "time.fc2", D, D, TensorRole::hidden});
   t.push_back({"class.emb", "class.emb", c.image.classes + 1, D, TensorRole::embedding});
   for (int l = 0; l < c.n_layers; ++l) {
-    std::string p = "layers." + std::to_string(l) + ".";
-    t.push_back({p + "ada.w", "ada.w", 6 * D, D, TensorRole::hidden});
+    const std::string p = layer_tensor_name(l, "");
+    t.push_back({p + "ada.w", "ada.w", 6 * D, D, TensorRole::hidden, false, zero});
     t.push_back({p + "attn.qkv", "attn.qkv", 3 * D, D, TensorRole::hidden});
     if (c.qk_norm) t.push_back({p + "attn.qk_norm.w", "attn.qk_norm.w", 2, c.head_dim(), TensorRole::norm});
     t.push_back({p + "attn.proj", "attn.proj", D, D, TensorRole::hidden, true});
-    if (!c.ffn.moe()) {
-      t.push_back({p + "ffn.fc", "ffn.fc", 2 * H, D, TensorRole::hidden});
-      t.push_back({p + "ffn.proj", "ffn.proj", D, H, TensorRole::hidden, true});
-      continue;
-    }
-    const int h = c.ffn.expert_hidden, E = c.ffn.experts;
-    t.push_back({p + "moe.router", "moe.router", E, D, TensorRole::router});
-    t.push_back({p + "moe.experts.fc", "moe.experts.fc", E * 2 * h, D, TensorRole::hidden});
-    t.push_back({p + "moe.experts.proj", "moe.experts.proj", E * D, h, TensorRole::hidden, true});
-    if (c.ffn.shared > 0) {
-      const int Hs = c.ffn.shared * c.ffn.shared_hidden;
-      t.push_back({p + "moe.shared.fc", "moe.shared.fc", 2 * Hs, D, TensorRole::hidden});
-      t.push_back({p + "moe.shared.proj", "moe.shared.proj", D, Hs, TensorRole::hidden, true});
-    }
+    push_ffn_tensors(t, c, l);
   }
-  t.push_back({"final.ada", "final.ada", 2 * D, D, TensorRole::hidden});
-  t.push_back({"final.w", "final.w", P, D, TensorRole::head});
+  t.push_back({"final.ada", "final.ada", 2 * D, D, TensorRole::hidden, false, zero});
+  t.push_back({"final.w", "final.w", P, D, TensorRole::head, false, zero});
   return t;
-}
-
-// Every model's tensors (the rules see models only through this).
-inline std::vector<TensorSpec> model_tensors(const ModelConfig& c) {
-  return c.task == "flow" ? dit_tensors(c) : lm_tensors(c);
-}
-// adaLN-Zero: modulation weights and the final linear start at zero, so every block starts as the identity.
-inline bool zero_init_tensor(const std::string& kind) {
-  return kind == "ada.w" || kind == "final.ada" || kind == "final.w";
 }
 
 template <class Backend>
 class DiT : public ParamStore<Backend> {
  public:
   using A = typename Backend::act_t;
-  using W = typename Backend::w_t;
-  using M = typename Backend::master_t;
   using S = typename Backend::stat_t;
-  using Param = LMParam<Backend>;
+  using Param = ModelParam<Backend>;
 
   DiT(const ModelConfig& cfg, const ParamTable& table, Backend& be, int batch,
       FfnFactory<Backend> make_ffn = make_dense_ffn<Backend>)
@@ -73,6 +60,8 @@ class DiT : public ParamStore<Backend> {
     MUE_CHECK(cfg_.task == "flow", "DiT needs model task 'flow'");
     MUE_CHECK(batch > 0, "batch must be positive");
     T_ = cfg_.image.grid() * cfg_.image.grid();
+    patch_ = &this->find("patch.w"), time_fc1_ = &this->find("time.fc1"), time_fc2_ = &this->find("time.fc2");
+    class_emb_ = &this->find("class.emb"), final_ada_ = &this->find("final.ada"), final_w_ = &this->find("final.w");
     layout_activations();
     auto pos = cpu::sincos_2d(cfg_.image.grid(), cfg_.d_model);
     be_.from_host(pos_, pos);
@@ -92,14 +81,14 @@ class DiT : public ParamStore<Backend> {
     return s;
   }
   // A training step's forward without a host round trip (as LM::upload_batch / forward_device): the inputs go
-  // up through the backend's upload queue, the mean squared error stays in the backend's StepOut.
+  // up through the backend's upload queue, the mean squared error is left at `loss` (where the backend computes).
   void upload_batch(const double* xt, const double* v, const double* t, const int32_t* labels) {
     MUE_CHECK(v, "DiT::upload_batch needs the target velocity");
     stage_inputs(xt, v, t, labels, true);
   }
-  void forward_device() {
+  void forward_device(double* loss) {
     forward_kernels();
-    be_.mse_mean(out_, target_, size_t(B_) * T_ * cfg_.image.patch_dim());
+    be_.mse_mean(out_, target_, size_t(B_) * T_ * cfg_.image.patch_dim(), loss);
   }
   void forget_host_copies() {
     for (Layer& a : layers_) a.ffn->forget_host_copies();
@@ -130,23 +119,23 @@ class DiT : public ParamStore<Backend> {
   void forward_kernels() {
     const int B = B_, Tn = T_, D = cfg_.d_model, N = B * Tn, P = cfg_.image.patch_dim(), F = cfg_.image.time_freq;
     // conditioning
-    be_.matmul_forward(tfeat_, P_("time.fc1").weight, t1_, B, F, D, P_("time.fc1").alpha);
+    be_.matmul_forward(tfeat_, time_fc1_->weight, t1_, B, F, D, time_fc1_->alpha);
     be_.silu_forward(t1_, t1s_, size_t(B) * D);
-    be_.matmul_forward(t1s_, P_("time.fc2").weight, cond_, B, D, D, P_("time.fc2").alpha);
-    be_.embedding_forward(labels_, P_("class.emb").weight, branch_, B, D);
+    be_.matmul_forward(t1s_, time_fc2_->weight, cond_, B, D, D, time_fc2_->alpha);
+    be_.embedding_forward(labels_, class_emb_->weight, branch_, B, D);
     be_.residual_forward(cond_, cond_, branch_, size_t(B) * D);
     be_.silu_forward(cond_, conds_, size_t(B) * D);
     // tokens
-    be_.matmul_forward(xin_, P_("patch.w").weight, res_[0], N, P, D, P_("patch.w").alpha);
+    be_.matmul_forward(xin_, patch_->weight, res_[0], N, P, D, patch_->alpha);
     be_.add_rows(res_[0], pos_, B, Tn, D);
     for (int l = 0; l < cfg_.n_layers; ++l) {
       Layer& a = layers_[l];
-      const Param *ada = &params_[a.ada], *qkv = &params_[a.qkv], *o = &params_[a.proj];
+      const Param *ada = a.ada, *qkv = a.qkv, *o = a.proj;
       be_.matmul_forward(conds_, ada->weight, a.mod, B, D, 6 * D, ada->alpha);
       be_.modulate_forward(res_[l], a.mod, a.xn1, a.rstd1, B, Tn, D, 6, 0, 1, cfg_.norm_eps);
       be_.matmul_forward(a.xn1, qkv->weight, a.qkv_out, N, D, 3 * D, qkv->alpha);
       if (a.qk_norm)
-        be_.qk_norm_forward(a.qkv_out, params_[a.qk_norm].weight, a.qk_pre, a.qk_rstd, B, Tn, cfg_.n_heads,
+        be_.qk_norm_forward(a.qkv_out, a.qk_norm->weight, a.qk_pre, a.qk_rstd, B, Tn, cfg_.n_heads,
                             cfg_.head_dim(), cfg_.norm_eps, 0.0);  // no RoPE in the DiT
       be_.attention_forward(a.qkv_out, a.att, a.attn_state, B, Tn, cfg_.n_heads, cfg_.head_dim(), table_.attn_scale, false);
       be_.matmul_forward(a.att, o->weight, a.attn_out, N, D, D, o->alpha);
@@ -155,7 +144,7 @@ class DiT : public ParamStore<Backend> {
       a.ffn->forward(a.xn2, a.ffn_out);
       be_.gated_residual_forward(res_[l + 1], a.mid, a.ffn_out, a.mod, B, Tn, D, 6, 5);
     }
-    const Param &fada = P_("final.ada"), &fw = P_("final.w");
+    const Param &fada = *final_ada_, &fw = *final_w_;
     be_.matmul_forward(conds_, fada.weight, fmod_, B, D, 2 * D, fada.alpha);
     be_.modulate_forward(res_[cfg_.n_layers], fmod_, xo_, rstdo_, B, Tn, D, 2, 0, 1, cfg_.norm_eps);
     be_.matmul_forward(xo_, fw.weight, out_, N, D, P, fw.alpha);
@@ -174,7 +163,7 @@ class DiT : public ParamStore<Backend> {
 
   void backward() {
     const int B = B_, Tn = T_, D = cfg_.d_model, N = B * Tn, P = cfg_.image.patch_dim(), F = cfg_.image.time_freq;
-    Param &fada = P_("final.ada"), &fw = P_("final.w");
+    Param &fada = *final_ada_, &fw = *final_w_;
     be_.zero(dconds_, sizeof(A) * size_t(B) * D);
     be_.zero(dmod_, sizeof(A) * size_t(B) * 6 * D);
     be_.mse_backward(out_, target_, dout_, size_t(N) * P);
@@ -186,7 +175,7 @@ class DiT : public ParamStore<Backend> {
     be_.residual_forward(dconds_, dconds_, dtmp_, size_t(B) * D);
     for (int l = cfg_.n_layers - 1; l >= 0; --l) {
       Layer& a = layers_[l];
-      Param *ada = &params_[a.ada], *qkv = &params_[a.qkv], *o = &params_[a.proj];
+      Param *ada = a.ada, *qkv = a.qkv, *o = a.proj;
       be_.zero(dmod_, sizeof(A) * size_t(B) * 6 * D);
       // FFN: res[l+1] = mid + gate2 * FFN(modulate(mid))
       be_.gated_residual_backward(dres_, a.ffn_out, a.mod, dbranch_, dmod_, B, Tn, D, 6, 5);
@@ -198,7 +187,7 @@ class DiT : public ParamStore<Backend> {
       be_.attention_backward(datt_, a.qkv_out, a.att, a.attn_state, dqkv_, B, Tn, cfg_.n_heads, cfg_.head_dim(),
                              table_.attn_scale, false, 0.0);  // no RoPE in the DiT
       if (a.qk_norm) {
-        Param& qn = params_[a.qk_norm];
+        Param& qn = *a.qk_norm;
         be_.qk_norm_backward(dqkv_, a.qk_pre, qn.weight, a.qk_rstd, this->accumulating_grad(qn), N, cfg_.n_heads,
                              cfg_.head_dim());
       }
@@ -208,12 +197,12 @@ class DiT : public ParamStore<Backend> {
       be_.residual_forward(dconds_, dconds_, dtmp_, size_t(B) * D);
     }
     // token input: res[0] = xin W_patch^T + pos
-    Param& pw = P_("patch.w");
+    Param& pw = *patch_;
     be_.matmul_backward(dres_, xin_, pw.weight, nullptr, pw.grad, N, P, D, pw.alpha, pw.accumulate());
     // conditioning: conds = silu(cond), cond = fc2(silu(fc1(tfeat))) + class_emb[label]
     be_.silu_backward(dconds_, cond_, dcond_, size_t(B) * D);
-    be_.embedding_backward(labels_, dcond_, this->accumulating_grad(P_("class.emb")), B, D);
-    Param &f1 = P_("time.fc1"), &f2 = P_("time.fc2");
+    be_.embedding_backward(labels_, dcond_, this->accumulating_grad(*class_emb_), B, D);
+    Param &f1 = *time_fc1_, &f2 = *time_fc2_;
     be_.matmul_backward(dcond_, t1s_, f2.weight, dtmp_, f2.grad, B, D, D, f2.alpha, f2.accumulate());
     be_.silu_backward(dtmp_, t1_, dt1_, size_t(B) * D);
     be_.matmul_backward(dt1_, tfeat_, f1.weight, nullptr, f1.grad, B, F, D, f1.alpha, f1.accumulate());
@@ -227,15 +216,13 @@ class DiT : public ParamStore<Backend> {
 
  private:
   struct Layer {
-    size_t ada = 0, qkv = 0, qk_norm = 0, proj = 0;  // indices of its tensors in params_ (qk_norm: 0 when off)
+    Param *ada, *qkv, *qk_norm, *proj;  // qk_norm: nullptr when off
     A *mod, *xn1, *qkv_out, *att, *attn_out, *mid, *xn2, *ffn_out;
     A* qk_pre = nullptr;            // q, k before QK-norm [N, 2D]
     S *rstd1, *rstd2, *attn_state;  // attn_state: what attention keeps for its backward (backend's choice)
     S* qk_rstd = nullptr;           // [N, 2H]
     std::unique_ptr<FfnBranch<Backend>> ffn;
   };
-
-  Param& P_(const char* name) { return this->find(name); }
 
   void layout_activations() {
     const size_t B = B_, N = size_t(B_) * T_, D = cfg_.d_model, P = cfg_.image.patch_dim(), F = cfg_.image.time_freq;
@@ -250,23 +237,17 @@ class DiT : public ParamStore<Backend> {
       for (auto& r : res_) r = a.take<A>(N * D);
       layers_.clear();
       layers_.resize(cfg_.n_layers);
-      std::vector<size_t> firsts;
-      for (size_t i = 0; i < params_.size(); ++i)
-        if (params_[i].row.tensor.kind == "ada.w") firsts.push_back(i);
       for (int l = 0; l < cfg_.n_layers; ++l) {
         Layer& L = layers_[l];
-        // ada.w, attn.qkv, [attn.qk_norm.w,] attn.proj, then the FFN's own tensors
-        size_t i = firsts[l];
-        L.ada = i++, L.qkv = i++;
-        if (cfg_.qk_norm) L.qk_norm = i++;
-        L.proj = i++;
+        L.ada = &this->find(l, "ada.w"), L.qkv = &this->find(l, "attn.qkv");
+        L.qk_norm = cfg_.qk_norm ? &this->find(l, "attn.qk_norm.w") : nullptr, L.proj = &this->find(l, "attn.proj");
         L.mod = a.take<A>(B * 6 * D), L.xn1 = a.take<A>(N * D), L.qkv_out = a.take<A>(N * 3 * D);
         if (cfg_.qk_norm) L.qk_pre = a.take<A>(N * 2 * D), L.qk_rstd = a.take<S>(N * 2 * cfg_.n_heads);
         L.attn_state = a.take<S>(be_.attention_state_size(B_, T_, cfg_.n_heads, cfg_.head_dim()));
         L.att = a.take<A>(N * D), L.attn_out = a.take<A>(N * D);
         L.mid = a.take<A>(N * D), L.xn2 = a.take<A>(N * D), L.ffn_out = a.take<A>(N * D);
         L.rstd1 = a.take<S>(N), L.rstd2 = a.take<S>(N);
-        L.ffn = make_ffn_(cfg_, be_, l, &params_[i], int(N), a, table_);
+        L.ffn = make_ffn_(cfg_, be_, l, *this, int(N), a, table_);
       }
       xo_ = a.take<A>(N * D), rstdo_ = a.take<S>(N), branch_ = a.take<A>(B * D);
       dres_ = a.take<A>(N * D), dx_ = a.take<A>(N * D), dbranch_ = a.take<A>(N * D), datt_ = a.take<A>(N * D);
@@ -276,11 +257,12 @@ class DiT : public ParamStore<Backend> {
   }
 
   using ParamStore<Backend>::be_;
-  using ParamStore<Backend>::params_;
   ModelConfig cfg_;
   ParamTable table_;
   int B_, T_ = 0;
   FfnFactory<Backend> make_ffn_;
+  Param *patch_ = nullptr, *time_fc1_ = nullptr, *time_fc2_ = nullptr, *class_emb_ = nullptr;
+  Param *final_ada_ = nullptr, *final_w_ = nullptr;
   Arena acts_;
   std::vector<Layer> layers_;
   std::vector<A*> res_;

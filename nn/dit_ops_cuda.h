@@ -31,7 +31,7 @@ void add_rows(Context& ctx, bf16* x, const bf16* v, int B, int Tn, int D);
 
 // *out += sum (pred - target)^2 (fp32 device scalar); dpred = 2 (pred - target) / n
 // out->loss = mean squared error over n (double, one block: deterministic).
-void mse_mean(Context& ctx, const bf16* pred, const bf16* target, size_t n, StepOut* out);
+void mse_mean(Context& ctx, const bf16* pred, const bf16* target, size_t n, double* out);
 void mse_sum(Context& ctx, const bf16* pred, const bf16* target, size_t n, float* out);
 void mse_backward(Context& ctx, const bf16* pred, const bf16* target, bf16* dpred, size_t n);
 

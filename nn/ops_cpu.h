@@ -261,26 +261,4 @@ void crossentropy_backward(const T* logits, const int32_t* targets, const T* los
   }
 }
 
-// ---- AdamW (PyTorch convention, decoupled weight decay scaled by lr) ----
-template <class T>
-void adamw_step(T* p, const T* g, T* m, T* v, size_t n, double lr, double b1, double b2, double eps, double wd,
-                int t, double grad_scale) {
-  const double c1 = 1.0 - std::pow(b1, t), c2 = 1.0 - std::pow(b2, t);
-#pragma omp parallel for schedule(static) if (n > (size_t(1) << 16))  // elementwise: the same result on any thread count
-  for (size_t i = 0; i < n; ++i) {
-    double gi = double(g[i]) * grad_scale;
-    m[i] = T(b1 * m[i] + (1 - b1) * gi);
-    v[i] = T(b2 * v[i] + (1 - b2) * gi * gi);
-    double upd = (m[i] / c1) / (std::sqrt(v[i] / c2) + eps);
-    p[i] = T(p[i] - lr * (upd + wd * p[i]));
-  }
-}
-
-template <class T>
-double sum_squares(const T* g, size_t n) {
-  double s = 0;
-  for (size_t i = 0; i < n; ++i) s += double(g[i]) * double(g[i]);
-  return s;
-}
-
 }  // namespace mue::cpu

@@ -14,11 +14,8 @@
 
 #include "core/cuda_context.h"
 #include "core/dtype.h"
-#include "nn/step_scalars.h"
 
 namespace mue::cuda {
-
-using mue::StepOut;
 
 // out[n, :] = wte[tok[n], :]
 void embedding_forward(Context& ctx, const int32_t* tok, const bf16* wte, bf16* out, int N, int D);
@@ -102,42 +99,8 @@ void crossentropy_backward(Context& ctx, const bf16* logits, const int32_t* targ
 void crossentropy_forward_backward(Context& ctx, const bf16* logits, const int32_t* targets, float* losses,
                                    bf16* dlogits, int N, int V, int Vp, float dloss);
 
-// sum of squares of n fp32 values, accumulated into *out (device scalar, fp32 add of a double-accumulated part).
-void sum_squares(Context& ctx, const float* g, size_t n, float* out);
-
-// One AdamW step (PyTorch convention): g' = g*grad_scale; m = b1 m + (1-b1) g'; v = b2 v + (1-b2) g'^2;
-// p -= lr * ( (m/(1-b1^t)) / (sqrt(v/(1-b2^t)) + eps) + wd * p ); p_bf16 = bf16(p).
-void adamw_step(Context& ctx, float* p, const float* g, float* m, float* v, bf16* p_bf16, size_t n, float lr,
-                float beta1, float beta2, float eps, float wd, int t, float grad_scale);
-
-// The same over packed arenas of n elements in one launch: elements [segs[i-1].end, segs[i].end) are tensor i,
-// with lr = float(lr_base * lr_factor) (rounded as the per-tensor call rounds it), wd, eps. segs is on the device.
-struct AdamWSegment {
-  unsigned long long end;
-  double lr_base;
-  float wd, eps;
-};
-void adamw_step_all(Context& ctx, float* p, const float* g, float* m, float* v, bf16* p_bf16, size_t n,
-                    const AdamWSegment* segs, int nseg, double lr_factor, float beta1, float beta2, int t,
-                    float grad_scale);
-
-// The step's scalars as the device reads them (from mue::StepIn: the bias corrections computed on the host in
-// double, as adamw_step_all computes them); mue::StepOut is written by the kernels below.
-struct StepInDev {
-  double lr_factor, clip, loss_bound;
-  float beta1, beta2, c1, c2;
-  int step;
-};
-// *out = sum of squares of n fp32 values, in double, deterministic (two passes, partials in scratch slot 5).
-void sum_squares_to(Context& ctx, const float* g, size_t n, double* out);
-// out->loss = mean of n per-row losses (double, deterministic).
-void loss_mean(Context& ctx, const float* losses, int n, StepOut* out);
-// out->first_bad = in->step (and bad_loss) if the step diverged and none did before (mue::step_diverged).
-void track_divergence(Context& ctx, const StepInDev* in, StepOut* out);
-// adamw_step_all with lr factor, betas, bias corrections from *in and the clip scale from out->norm_sq;
-// nothing is updated when the norm is not finite.
-void adamw_step_all_dev(Context& ctx, float* p, const float* g, float* m, float* v, bf16* p_bf16, size_t n,
-                        const AdamWSegment* segs, int nseg, const StepInDev* in, const StepOut* out);
+// *out = mean of n per-row losses (double, deterministic): the training step's loss, left on the device.
+void loss_mean(Context& ctx, const float* losses, int n, double* out);
 
 }  // namespace mue::cuda
 #endif

@@ -29,14 +29,20 @@ struct TensorSpec {
   int rows = 1, cols = 1;
   TensorRole role = TensorRole::hidden;
   bool residual_output = false;  // writes into the residual stream (attn.proj, ffn.proj): gets the branch multiplier
+  std::string zero_init;         // non-empty: the model starts this tensor at zero, for this reason (e.g. "adaLN-Zero")
   size_t size() const { return size_t(rows) * cols; }
   int fan_in() const { return cols; }
   std::string shape() const { return rows == 1 ? std::to_string(cols) : std::to_string(rows) + "x" + std::to_string(cols); }
 };
 
+// The name of layer l's tensor of a kind: "layers.<l>.<kind>".
+inline std::string layer_tensor_name(int layer, const std::string& kind) {
+  return "layers." + std::to_string(layer) + "." + kind;
+}
+
 struct ParamRow {
   TensorSpec tensor;
-  std::string init = "normal";  // normal | ones | zeros
+  std::string init = "normal";  // normal | ones | zeros (zeros wherever the tensor declares a zero init)
   double init_std = 0, multiplier = 1, lr = 0, wd = 0, eps = 1e-8;
   std::string why;  // which factors the rule applied, for `transfer` and the log
 };

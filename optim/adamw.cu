@@ -1,7 +1,7 @@
 // Optimizer kernels: the AdamW step over a packed fp32 parameter vector (refreshing its bf16 shadow) and the
 // sum of squares used for the global gradient norm.
 #include "core/cuda_util.cuh"
-#include "nn/ops_cuda.h"
+#include "optim/adamw_ops.h"
 
 #include <cmath>
 
@@ -148,13 +148,6 @@ __global__ void sum_parts_kernel(const double* part, int parts, double* out) {
   s = block_reduce(s, SumOp{}, 0.0);
   if (threadIdx.x == 0) *out = s;
 }
-// out->loss = mean of n fp32 losses, summed in double by one block (deterministic).
-__global__ void loss_mean_kernel(const float* losses, int n, StepOut* out) {
-  double s = 0.0;
-  for (int i = threadIdx.x; i < n; i += blockDim.x) s += double(losses[i]);
-  s = block_reduce(s, SumOp{}, 0.0);
-  if (threadIdx.x == 0) out->loss = s / double(n);
-}
 // Records the step as the first diverged one (same test as mue::step_diverged).
 __global__ void track_divergence_kernel(const StepInDev* in, StepOut* out) {
   const double loss = out->loss, nsq = out->norm_sq;
@@ -209,12 +202,6 @@ void sum_squares_to(Context& ctx, const float* g, size_t n, double* out) {
   check_launch("sum_squares_part_kernel");
   sum_parts_kernel<<<1, 1024, 0, ctx.stream>>>(part, int(parts), out);
   check_launch("sum_parts_kernel");
-}
-
-void loss_mean(Context& ctx, const float* losses, int n, StepOut* out) {
-  MUE_CHECK(n > 0, "loss_mean: no rows");
-  loss_mean_kernel<<<1, 1024, 0, ctx.stream>>>(losses, n, out);
-  check_launch("loss_mean_kernel");
 }
 
 void track_divergence(Context& ctx, const StepInDev* in, StepOut* out) {

@@ -318,8 +318,8 @@ ParamTable make_param_table(const std::string& rule, const ModelConfig& target, 
             "batch sizes and step counts given to the rules must be >= 0 (0: same as the other)");
   ParamTable t = it->second(target, reference, hp);
   t.rule = rule;
-  for (auto& r : t.rows)  // adaLN-Zero (DiT): modulation and final linear start at zero under every rule
-    if (zero_init_tensor(r.tensor.kind)) r.init = "zeros", r.init_std = 0, r.why += "; zero init (adaLN-Zero)";
+  for (auto& r : t.rows)  // what the model declares to start at zero does so under every rule
+    if (!r.tensor.zero_init.empty()) r.init = "zeros", r.init_std = 0, r.why += "; zero init (" + r.tensor.zero_init + ")";
   return t;
 }
 

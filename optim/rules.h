@@ -4,8 +4,7 @@
 #include <string>
 #include <vector>
 
-#include "nn/dit.h"
-#include "nn/lm.h"
+#include "nn/models.h"
 #include "nn/param_table.h"
 
 namespace mue {

@@ -44,7 +44,7 @@ inline double dot(const std::vector<double>& a, const std::vector<double>& b) {
   return s;
 }
 
-// zero_grad only marks the gradients stale (LMParam::grad_stale): a step's first write of each gradient must
+// zero_grad only marks the gradients stale (ModelParam::grad_stale): a step's first write of each gradient must
 // replace whatever the arena held. `step` runs zero_grad, a forward and backward on a CPU (double) model; the
 // gradients it gives over a NaN-filled arena must be those of a clean run bit for bit, a stale gradient must
 // read as zero, and a second backward without zero_grad must add (twice the gradients).

@@ -18,6 +18,7 @@
 #include "nn/ops_cpu.h"
 #include "nn/backend.h"
 #include "nn/ops_cuda.h"
+#include "optim/adamw.h"
 #include "experiments/trainer.h"
 #include "tests/catch.h"
 
@@ -672,60 +673,61 @@ TEST_CASE("CUDA step scalars: grad norm, loss mean, divergence and AdamW read on
     return;
   }
   CudaBackend be;
+  // The optimizer's kernels over a segment table of odd tensor sizes (for the AdamW part below).
+  const std::vector<size_t> sizes = {7, 1, 1000, 33, 4097};
+  std::vector<AdamSegment> segs;
+  size_t m = 0;
+  for (size_t i = 0; i < sizes.size(); ++i) m += sizes[i], segs.push_back({m, 1e-3 * double(i + 1), 0.05 * double(i), 1e-8});
+  AdamWKernels<CudaBackend> k(be, segs);
   // Squared norm: double, deterministic (the same bits twice), against the host sum in double.
   const size_t n = 3000017;
   V g = randn_f32(n);
   Dev dg = put_f32(g);
-  be.reset_step_out();
-  be.grad_norm_sq(dg.f(), n);
-  const double nsq = be.read_step_out().norm_sq;
-  be.grad_norm_sq(dg.f(), n);
-  CHECK(be.read_step_out().norm_sq == nsq);
+  k.reset_step_out();
+  k.grad_norm_sq(dg.f(), n);
+  const double nsq = k.read_step_out().norm_sq;
+  k.grad_norm_sq(dg.f(), n);
+  CHECK(k.read_step_out().norm_sq == nsq);
   std::vector<float> h(g.begin(), g.end());
   CHECK(std::abs(nsq - cpu::sum_squares(h.data(), n)) <= 1e-12 * nsq);
-  be.reset_step_out();
-  be.grad_norm_sq(dg.f() + 1, n - 1);  // not 16-byte aligned: the scalar path
-  const double nsq1 = be.read_step_out().norm_sq;
+  k.reset_step_out();
+  k.grad_norm_sq(dg.f() + 1, n - 1);  // not 16-byte aligned: the scalar path
+  const double nsq1 = k.read_step_out().norm_sq;
   CHECK(std::abs(nsq1 - cpu::sum_squares(h.data() + 1, n - 1)) <= 1e-12 * nsq1);
   CHECK(nsq1 != nsq);
   // Mean loss of 1000 rows.
   V losses = randn_f32(1000);
   Dev dl = put_f32(losses);
-  be.loss_mean(dl.f(), 1000);
+  be.loss_mean(dl.f(), 1000, k.loss_out());
   double want = 0;
   for (double x : losses) want += float(x);
   want /= 1000;
-  CHECK(std::abs(be.read_step_out().loss - want) <= 1e-12 * std::abs(want) + 1e-15);
+  CHECK(std::abs(k.read_step_out().loss - want) <= 1e-12 * std::abs(want) + 1e-15);
   // Divergence: the first step over the bound is kept, later ones do not replace it.
   StepIn in;
   in.step = 4, in.loss_bound = want - 1.0;
-  be.set_step_in(in);
-  be.track_divergence();
+  k.set_step_in(in);
+  k.track_divergence();
   in.step = 5;
-  be.set_step_in(in);
-  be.track_divergence();
-  StepOut o = be.read_step_out();
+  k.set_step_in(in);
+  k.track_divergence();
+  StepOut o = k.read_step_out();
   CHECK(o.first_bad == 4);
   CHECK(o.bad_loss == o.loss);
 
   // AdamW from the device scalars equals the host-scalar launch with the same clip scale, to the bit.
-  const std::vector<size_t> sizes = {7, 1, 1000, 33, 4097};
-  std::vector<AdamSegment> segs;
-  size_t m = 0;
-  for (size_t i = 0; i < sizes.size(); ++i) m += sizes[i], segs.push_back({m, 1e-3 * double(i + 1), 0.05 * double(i), 1e-8});
   V p = randn_f32(m), gr = randn_f32(m), mm = randn_f32(m, 0.1), vv = randn_f32(m, 0.1);
   for (auto& x : vv) x = float(x * x);
   Dev ap = put_f32(p), ag = put_f32(gr), am = put_f32(mm), av = put_f32(vv), ah = poisoned(m * sizeof(bf16));
   Dev bp = put_f32(p), bg = put_f32(gr), bm = put_f32(mm), bv = put_f32(vv), bh = poisoned(m * sizeof(bf16));
   StepIn s;
   s.lr_factor = 0.37, s.t = 3, s.clip = 1.0;
-  be.set_step_in(s);
-  be.grad_norm_sq(bg.f(), m);
-  const double gsq = be.read_step_out().norm_sq;
+  k.set_step_in(s);
+  k.grad_norm_sq(bg.f(), m);
+  const double gsq = k.read_step_out().norm_sq;
   REQUIRE(std::sqrt(gsq) > s.clip);  // clipping is on
-  be.adamw_step_all(ap.f(), ag.f(), am.f(), av.f(), ah.h(), segs, s.lr_factor, s.beta1, s.beta2, s.t,
-                    clip_scale(gsq, s.clip));
-  be.adamw_step_all_dev(bp.f(), bg.f(), bm.f(), bv.f(), bh.h(), segs);
+  k.step(ap.f(), ag.f(), am.f(), av.f(), ah.h(), s.lr_factor, s.beta1, s.beta2, s.t, clip_scale(gsq, s.clip));
+  k.step_dev(bp.f(), bg.f(), bm.f(), bv.f(), bh.h());
   expect_close(get_f32(be.ctx, bp, m), get_f32(be.ctx, ap, m), 0.0, "adamw_dev p");
   expect_close(get_f32(be.ctx, bm, m), get_f32(be.ctx, am, m), 0.0, "adamw_dev m");
   expect_close(get_f32(be.ctx, bv, m), get_f32(be.ctx, av, m), 0.0, "adamw_dev v");
@@ -734,9 +736,9 @@ TEST_CASE("CUDA step scalars: grad norm, loss mean, divergence and AdamW read on
   V bad = gr;
   bad[17] = std::numeric_limits<double>::quiet_NaN();
   Dev cp = put_f32(p), cg = put_f32(bad), cm = put_f32(mm), cv = put_f32(vv);
-  be.grad_norm_sq(cg.f(), m);
-  be.adamw_step_all_dev(cp.f(), cg.f(), cm.f(), cv.f(), nullptr, segs);
-  CHECK_FALSE(std::isfinite(be.read_step_out().norm_sq));
+  k.grad_norm_sq(cg.f(), m);
+  k.step_dev(cp.f(), cg.f(), cm.f(), cv.f(), nullptr);
+  CHECK_FALSE(std::isfinite(k.read_step_out().norm_sq));
   expect_close(get_f32(be.ctx, cp, m), p, 0.0, "params after a NaN gradient");
 }
 

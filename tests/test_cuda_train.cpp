@@ -68,8 +68,10 @@ TEST_CASE("CUDA LM: one training step matches the CPU reference (sp, mup, QK-nor
     std::vector<std::vector<double>> before, grads;
     for (auto& p : cm.params()) before.push_back(cm.host_values(p)), grads.push_back(cm.host_grads(p));
     AdamWConfig opt;
-    adamw_update(cm, opt, 1, 1.0);
-    adamw_update(gm, opt, 1, 1.0);
+    AdamW<CpuBackend<double>> adam_c(cm, opt);
+    AdamW<CudaBackend> adam_g(gm, opt);
+    adam_c.update(1, 1.0);
+    adam_g.update(1, 1.0);
     for (size_t i = 0; i < cm.params().size(); ++i) {
       INFO("update of " << cm.P(i).row.tensor.name);
       auto a = cm.host_values(cm.P(i)), g = gm.host_values(gm.P(i));
@@ -110,32 +112,34 @@ TEST_CASE("CUDA LM: 200-step loss curve tracks the CPU run", "[cuda][lm]") {
     cm.init_weights(7), gm.init_weights(7);
     AdamWConfig opt;
     opt.grad_clip = 0.5;  // clipping active in the first steps
+    AdamW<CpuBackend<float>> adam_c(cm, opt);
+    AdamW<CudaBackend> adam_g(gm, opt);
     std::vector<int32_t> x, y;
     double first = 0, lc = 0, lg = 0, worst = 0;
-    gb.reset_step_out();
+    adam_g.reset_step_out();
     for (int step = 0; step < 200; ++step) {
       markov_batch(step, B, c.seq_len, c.vocab, x, y);
       cm.zero_grad(), gm.zero_grad();
       lc = cm.forward(x.data(), y.data());
       if (step == 0) first = lc;
       cm.backward();
-      adamw_update(cm, opt, step + 1, 1.0);
+      adam_c.update(step + 1, 1.0);
       if (device_step) {
         gb.begin_uploads();
         StepIn in;
         in.beta1 = opt.beta1, in.beta2 = opt.beta2, in.t = step + 1, in.clip = opt.grad_clip, in.step = step;
-        gb.set_step_in(in);
+        adam_g.set_step_in(in);
         gm.upload_batch(x.data(), y.data());
-        gm.forward_device();
+        gm.forward_device(adam_g.loss_out());
         gm.backward();
-        adamw_update_dev(gm);
-        const StepOut o = gb.read_step_out();
+        adam_g.update_dev();
+        const StepOut o = adam_g.read_step_out();
         lg = o.loss;
         CHECK(o.first_bad == -1);
       } else {
         lg = gm.forward(x.data(), y.data(), true);
         gm.backward();
-        adamw_update(gm, opt, step + 1, 1.0);
+        adam_g.update(step + 1, 1.0);
       }
       if (step % 20 == 19) worst = std::max(worst, std::abs(lg - lc) / lc);
     }
@@ -238,8 +242,9 @@ TEST_CASE("CUDA graph step: replays track op-by-op steps (dense, MoE); a step th
     CudaBackend ba, bb;
     LM<CudaBackend> a(c, table, ba, B, make_ffn<CudaBackend>), b(c, table, bb, B, make_ffn<CudaBackend>);
     a.init_weights(7), b.init_weights(7);
-    DeviceStep<LM<CudaBackend>> op_by_op(a, false), graph(b, true);
-    ba.reset_step_out(), bb.reset_step_out();
+    AdamW<CudaBackend> adam_a(a, AdamWConfig{}), adam_b(b, AdamWConfig{});
+    DeviceStep<LM<CudaBackend>> op_by_op(a, adam_a, false), graph(b, adam_b, true);
+    adam_a.reset_step_out(), adam_b.reset_step_out();
     std::vector<int32_t> x, y;
     for (int step = 0; step < 12; ++step) {
       markov_batch(step, B, c.seq_len, c.vocab, x, y);
@@ -247,7 +252,7 @@ TEST_CASE("CUDA graph step: replays track op-by-op steps (dense, MoE); a step th
       in.t = step + 1, in.step = step, in.clip = 1.0, in.lr_factor = 0.5 + 0.05 * step;  // the factor must move
       op_by_op.run(in, [&] { a.upload_batch(x.data(), y.data()); });
       graph.run(in, [&] { b.upload_batch(x.data(), y.data()); });
-      const StepOut oa = ba.read_step_out(), ob = bb.read_step_out();
+      const StepOut oa = adam_a.read_step_out(), ob = adam_b.read_step_out();
       INFO("step " << step << ": op by op " << oa.loss << ", graph " << ob.loss);
       // The same kernels; only the fp32 atomics of a few weight gradients may add in another order.
       CHECK(std::abs(ob.loss - oa.loss) <= 1e-3 * oa.loss);
@@ -274,8 +279,9 @@ TEST_CASE("CUDA graph step: DiT replays track op-by-op steps (dense, MoE)", "[cu
     CudaBackend ba, bb;
     DiT<CudaBackend> a(c, t, ba, B, make_ffn<CudaBackend>), b(c, t, bb, B, make_ffn<CudaBackend>);
     a.init_weights(3), b.init_weights(3);
-    DeviceStep<DiT<CudaBackend>> op_by_op(a, false), graph(b, true);
-    ba.reset_step_out(), bb.reset_step_out();
+    AdamW<CudaBackend> adam_a(a, AdamWConfig{}), adam_b(b, AdamWConfig{});
+    DeviceStep<DiT<CudaBackend>> op_by_op(a, adam_a, false), graph(b, adam_b, true);
+    adam_a.reset_step_out(), adam_b.reset_step_out();
     for (int step = 0; step < 8; ++step) {
       std::vector<double> x = randn(B * 64, 100 + step), v = randn(B * 64, 200 + step), tt(B);
       std::vector<int32_t> y(B);
@@ -284,7 +290,7 @@ TEST_CASE("CUDA graph step: DiT replays track op-by-op steps (dense, MoE)", "[cu
       in.t = step + 1, in.step = step, in.clip = 1.0, in.lr_factor = 0.5 + 0.05 * step;
       op_by_op.run(in, [&] { a.upload_batch(x.data(), v.data(), tt.data(), y.data()); });
       graph.run(in, [&] { b.upload_batch(x.data(), v.data(), tt.data(), y.data()); });
-      const StepOut oa = ba.read_step_out(), ob = bb.read_step_out();
+      const StepOut oa = adam_a.read_step_out(), ob = adam_b.read_step_out();
       INFO("step " << step << ": op by op " << oa.loss << ", graph " << ob.loss);
       CHECK(std::abs(ob.loss - oa.loss) <= 1e-3 * oa.loss);
     }

@@ -200,17 +200,18 @@ TEST_CASE("DiT device step (scalars on the backend) equals the host step, dense 
     a.init_weights(3), b.init_weights(3);
     AdamWConfig opt;
     opt.grad_clip = 0.05;
-    bb.reset_step_out();
-    DeviceStep<DiT<CpuBackend<double>>> step_b(b, false);
+    AdamW<CpuBackend<double>> adam_a(a, opt), adam_b(b, opt);
+    adam_b.reset_step_out();
+    DeviceStep<DiT<CpuBackend<double>>> step_b(b, adam_b, false);
     for (int step = 0; step < 3; ++step) {
       V x = randn(B * 16, 90 + step), v = randn(B * 16, 95 + step), tt = {0.2 + 0.1 * step, 0.7};
       std::vector<int32_t> y = {step % 3, 3};
       a.zero_grad();
       const double la = a.forward(x.data(), v.data(), tt.data(), y.data());
       a.backward();
-      const StepStats st = adamw_update(a, opt, step + 1, 0.5);
+      const StepStats st = adam_a.update(step + 1, 0.5);
       step_b.run(adamw_step_in(opt, step, 0.5), [&] { b.upload_batch(x.data(), v.data(), tt.data(), y.data()); });
-      const StepOut o = bb.read_step_out();
+      const StepOut o = adam_b.read_step_out();
       CHECK(o.loss == la);
       CHECK(std::sqrt(o.norm_sq) == st.grad_norm);
       CHECK(o.first_bad == -1);

@@ -61,13 +61,14 @@ TEST_CASE("tiny DiT memorises 16 images (loss falls by >= 80%)", "[flow]") {
   auto x0 = images(16, 64, 5);
   std::vector<int32_t> y = {0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3};
   FlowBatch fb = make_flow_batch(x0, y, 16, 64, 9, 0, 0.0, 4);  // one fixed batch: memorisable
+  AdamW<CpuBackend<float>> adam(m, AdamWConfig{});
   double first = 0, last = 0;
   for (int s = 0; s < 300; ++s) {
     m.zero_grad();
     last = m.forward(fb.xt.data(), fb.v.data(), fb.t.data(), fb.labels.data());
     if (s == 0) first = last;
     m.backward();
-    adamw_update(m, AdamWConfig{}, s + 1, 1.0);
+    adam.update(s + 1, 1.0);
   }
   INFO("first " << first << " last " << last);
   CHECK(last < 0.2 * first);
@@ -87,7 +88,8 @@ TEST_CASE("sampler is deterministic for a seed; checkpoints round-trip", "[flow]
   CHECK(a == b);
   CHECK(a != d);
   const std::string path = (std::filesystem::temp_directory_path() / ("mue_ckpt_" + std::to_string(::getpid()))).string();
-  save_checkpoint(m, path, 17);
+  AdamW<CpuBackend<double>> adam(m, AdamWConfig{});
+  save_checkpoint(m, adam, path, 17);
   DiT<CpuBackend<double>> m2(c, t, be, 4, make_ffn<CpuBackend<double>>);
   m2.init_weights(99);
   CHECK(load_checkpoint(m2, path) == 17);

@@ -229,10 +229,10 @@ TEST_CASE("Dense MoE (a = N) is the gate-weighted sum of all experts", "[moe]") 
   CpuBackend<double> be;
   DLM m(c, t, be, 1, make_ffn<CpuBackend<double>>);  // only for the parameter views
   m.init_weights(8);
-  std::vector<LMParam<CpuBackend<double>>> p(m.params().begin() + 5, m.params().begin() + 8);  // router, fc, proj
+  std::vector<ModelParam<CpuBackend<double>>> p(m.params().begin() + 5, m.params().begin() + 8);  // router, fc, proj
   Arena acts;
   for (int pass = 0; pass < 2; ++pass) {
-    MoeFfn<CpuBackend<double>> layer(c.ffn, N, D, be, acts, p.data(), t.route_scale);
+    MoeFfn<CpuBackend<double>> layer(c.ffn, N, D, be, acts, {&p[0], &p[1], &p[2]}, t.route_scale);
     if (pass == 0) {
       acts.allocate(false);
       continue;
@@ -268,13 +268,14 @@ TEST_CASE("LM with an MoE FFN overfits one batch", "[moe]") {
   LM<CpuBackend<float>> m(c, t, be, 4, make_ffn<CpuBackend<float>>);
   m.init_weights(1);
   auto x = toks(64, 64, 11), y = toks(64, 64, 12);
+  AdamW<CpuBackend<float>> adam(m, AdamWConfig{});
   double first = 0, last = 0;
   for (int s = 0; s < 150; ++s) {
     m.zero_grad();
     last = m.forward(x.data(), y.data());
     if (s == 0) first = last;
     m.backward();
-    adamw_update(m, AdamWConfig{}, s + 1, 1.0);
+    adam.update(s + 1, 1.0);
   }
   INFO("first " << first << " last " << last);
   CHECK(last < 0.1 * first);
@@ -298,18 +299,19 @@ TEST_CASE("device step (scalars on the backend) equals the host step: MoE LM, cl
   AdamWConfig opt;
   opt.grad_clip = 0.05;  // small enough to clip
   std::vector<int32_t> x(N), y(N);
-  bb.reset_step_out();
-  DeviceStep<LM<CpuBackend<double>>> step_b(b, false);
+  AdamW<CpuBackend<double>> adam_a(a, opt), adam_b(b, opt);
+  adam_b.reset_step_out();
+  DeviceStep<LM<CpuBackend<double>>> step_b(b, adam_b, false);
   for (int step = 0; step < 4; ++step) {
     for (int i = 0; i < N; ++i) x[i] = int32_t((i * 7 + step) % c.vocab), y[i] = int32_t((i * 5 + 1) % c.vocab);
     a.zero_grad();
     const double la = a.forward(x.data(), y.data(), true);
     a.backward();
-    const StepStats st = adamw_update(a, opt, step + 1, 0.5);
+    const StepStats st = adam_a.update(step + 1, 0.5);
     StepIn in = adamw_step_in(opt, step, 0.5);
     in.loss_bound = step == 2 ? la - 1e-9 : INFINITY;  // step 2 counts as diverged
     step_b.run(in, [&] { b.upload_batch(x.data(), y.data()); });
-    const StepOut o = bb.read_step_out();
+    const StepOut o = adam_b.read_step_out();
     CHECK(o.loss == la);
     CHECK(std::sqrt(o.norm_sq) == st.grad_norm);
     CHECK(st.grad_norm > opt.grad_clip);

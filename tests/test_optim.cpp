@@ -1,5 +1,6 @@
 // AdamW against a step worked by hand, schedules, and the sp / mup tables at two widths.
 #include "nn/backend.h"
+#include "optim/adamw_ops.h"
 #include "optim/rules.h"
 #include "optim/schedule.h"
 #include "tests/catch.h"

@@ -1,6 +1,7 @@
 // The scalars of one training step that the device reads (StepIn, written before the step) and writes (StepOut,
 // read back only when the host asks): with them the step has no host round trip inside, so the host can queue
-// the next step while this one runs, and the whole step can be replayed as a CUDA graph.
+// the next step while this one runs, and the whole step can be replayed as a CUDA graph. The optimizer
+// (optim/adamw.h) owns them; the model's forward writes the mean loss into StepOut::loss.
 #pragma once
 #include <cmath>
 
