@@ -37,7 +37,8 @@ KernelVariants from_environment() {
   static constexpr std::pair<const char*, const char*> kReplaced[] = {
       {"MUE_FLASH_SM90", "flash_sm90=0"},         {"MUE_FLASH_SM90_TILES", "flash_sm90_tiles=f,b"},
       {"MUE_EXPERT_TILE", "expert_tile=r,w"},     {"MUE_EXPERT_GRID", "expert_grid=n"},
-      {"MUE_GATHER_ROWS", "gather_rows=n"},       {"MUE_GATE_LANES", "gate_lanes=n"}};
+      {"MUE_GATHER_ROWS", "gather_rows=n"},       {"MUE_GATE_LANES", "gate_lanes=n"},
+      {"MUE_EAGER_ZERO_GRAD", "eager_zero_grad=1"}};
   for (const auto& [name, item] : kReplaced)
     MUE_CHECK(!std::getenv(name), name, " is no longer read: set MUE_KERNEL_VARIANTS=\"", item,
               "\" instead (core/kernel_variants.h)");
@@ -88,9 +89,13 @@ KernelVariants parse_kernel_variants(const std::string& spec, const std::string&
       MUE_CHECK(value == "fit" || (parse_int(value, n) && (n == 4 || n == 8 || n == 16 || n == 32)), source,
                 ": gate_lanes must be 4, 8, 16, 32 or fit, got \"", value, "\"");
       v.gate_lanes = value == "fit" ? 0 : n;
+    } else if (key == "eager_zero_grad") {
+      MUE_CHECK(value == "0" || value == "1", source, ": eager_zero_grad must be 0 or 1, got \"", value, "\"");
+      v.eager_zero_grad = value == "1";
     } else {
       fail(source, ": unknown kernel variant \"", key,
-           "\" (known: flash_sm90, flash_sm90_tiles, expert_tile, expert_grid, gather_rows, gate_lanes)");
+           "\" (known: flash_sm90, flash_sm90_tiles, expert_tile, expert_grid, gather_rows, gate_lanes, "
+           "eager_zero_grad)");
     }
   }
   return v;

@@ -15,6 +15,8 @@
 //                           tiles). Default one per SM.
 //   gather_rows=1|2|4|8     rows per block of the MoE permutation (moe/dispatch.cu). Default by the row width.
 //   gate_lanes=4|8|16|32|fit  lanes per assignment in the gate's SwiGLU (moe/gate_swiglu.cu). Default fit (by h).
+//   eager_zero_grad=0|1     1: a backward starts from a cleared gradient arena and every write adds (the older
+//                           way; nn/param_store.h), instead of lazily zeroed gradients. Read when a model is built.
 //
 // Tests set variants in-process with ScopedKernelVariants (same syntax); scripts/gpu_check.sh (TILE_SWEEP) and
 // scripts/attn_variants.sh time them. What each variant measured is in bench/RESULTS.md. The kernels read the
@@ -34,6 +36,7 @@ struct KernelVariants {
   int expert_grid = 0;                                // 0: one block per SM
   int gather_rows = 0;                                // 0: by the row width
   int gate_lanes = 0;                                 // 0: fit (by h)
+  bool eager_zero_grad = false;
 };
 
 // The variants of `spec` (the syntax above); a bad item is a one-line mue::Error that starts with `source`.

@@ -256,7 +256,7 @@ class LM : public ParamStore<Backend> {
       }
       branch_ = a.take<A>(N * D), lnf_ = a.take<A>(N * D), rstdf_ = a.take<S>(N);
       // Chunks of at most about 2^28 logits (512 MiB in bf16), as even as multiples of 128 rows allow: chunks of
-      // a few hundred rows made the head's weight-gradient GEMM (K = rows) slow (2^24 logits cost gpt2s 6 ms).
+      // a few hundred rows make the head's weight-gradient GEMM (K = rows) slow (bench/RESULTS.md).
       const size_t fit = std::max<size_t>(1, (size_t(1) << 28) / size_t(cfg_.vocab_pad));
       const size_t chunks = (N + fit - 1) / fit, even = (N + chunks - 1) / chunks;
       head_rows_max_ = int(std::min(N, chunks > 1 ? (even + 127) / 128 * 128 : N));

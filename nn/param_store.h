@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/arena.h"
+#include "core/kernel_variants.h"
 #include "core/rng.h"
 #include "nn/param_table.h"
 
@@ -81,8 +82,8 @@ class ParamStore {
     if constexpr (!std::is_same_v<W, M>) be_.sync_weights(params_.front().value, params_.front().weight, n_params_);
   }
   // Gradients restart at zero (lazily: see ModelParam::grad_stale). A backward ends with zero_stale_grads().
-  // MUE_EAGER_ZERO_GRAD=1 clears the whole arena instead and every write adds: the older way, kept so that
-  // the two can be timed against each other on one card and a suspect overwrite ruled out.
+  // The kernel variant eager_zero_grad=1 (core/kernel_variants.h) clears the whole arena instead and every write
+  // adds: the older way, kept so that the two can be timed against each other and a suspect overwrite ruled out.
   void zero_grad() {
     if (eager_zero_grad_) return be_.zero(grads_.data(), grads_.bytes());
     for (auto& p : params_) p.grad_stale = true;
@@ -134,10 +135,7 @@ class ParamStore {
   std::vector<Param> params_;
   size_t n_params_ = 0;
   Arena values_, grads_, shadow_;
-  const bool eager_zero_grad_ = [] {
-    const char* v = std::getenv("MUE_EAGER_ZERO_GRAD");
-    return v && std::strcmp(v, "0") != 0;
-  }();
+  const bool eager_zero_grad_ = kernel_variants().eager_zero_grad;
 };
 
 }  // namespace mue

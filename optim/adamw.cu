@@ -116,8 +116,8 @@ __global__ void adamw_all_dev_kernel(float* p, const float* g, float* m, float* 
 }
 
 // This block's sum of g[i]^2 in double over its grid-stride slice (each thread sums its own, then the block).
-// A 16-byte-aligned g is read four floats a load (scalar loads kept too few bytes in flight: 2.1 TB/s on the
-// H100), the tail of n % 4 after them.
+// A 16-byte-aligned g is read four floats a load (scalar loads keep too few bytes in flight), the tail of n % 4
+// after them.
 __device__ double block_sum_squares(const float* g, size_t n) {
   double s = 0.0;
   const size_t first = blockIdx.x * size_t(blockDim.x) + threadIdx.x, stride = size_t(gridDim.x) * blockDim.x;

@@ -1,5 +1,6 @@
 // The whole LM: gradient of the loss w.r.t. every parameter against finite differences (double), and a tiny
 // model overfitting one batch (float, the path `train` runs on the CPU).
+#include "core/kernel_variants.h"
 #include "nn/lm.h"
 #include "optim/adamw.h"
 #include "optim/rules.h"
@@ -124,15 +125,14 @@ TEST_CASE("LM: a step's first write of each gradient replaces the arena's old va
       model.backward();
     });
   }
-  SECTION("MUE_EAGER_ZERO_GRAD=1 (memset, every write adds) gives the same gradients bit for bit") {
+  SECTION("eager_zero_grad=1 (memset, every write adds) gives the same gradients bit for bit") {
     ModelConfig c = tiny_config();
     auto x = random_tokens(2 * c.seq_len, c.vocab, 5), y = random_tokens(2 * c.seq_len, c.vocab, 6);
     std::vector<std::vector<double>> grads[2];
     for (int eager : {0, 1}) {
-      setenv("MUE_EAGER_ZERO_GRAD", eager ? "1" : "0", 1);  // read when the model is built
+      const ScopedKernelVariants variant(eager ? "eager_zero_grad=1" : "eager_zero_grad=0");  // read at build
       CpuBackend<double> be;
       LM<CpuBackend<double>> model(c, make_param_table("mup", c, c, Hyper{}), be, 2);
-      unsetenv("MUE_EAGER_ZERO_GRAD");
       model.init_weights(8);
       model.set_head_rows(3);
       for (int step = 0; step < 2; ++step) {  // the second step starts from the first one's gradients
