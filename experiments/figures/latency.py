@@ -59,7 +59,7 @@ def main():
     rx.set_ylabel("MoE ms / dense ms (same active width)")
     rx.grid(alpha=0.3)
     name = os.path.splitext(os.path.basename(a.table))[0]
-    fig.suptitle(f"{name}: step latency vs activated experts" + (f" ({title})" if title else ""), fontsize=10)
+    fig.suptitle(f"{name}: step latency vs activated experts" + (f"\n{title}" if title else ""), fontsize=9)
     fig.tight_layout()
     save_figure(fig, a.out or os.path.splitext(a.table)[0] + ".png")
 
