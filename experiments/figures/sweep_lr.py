@@ -6,8 +6,8 @@
     range as error bars; each curve's fitted optimum (optimum.py) marked with a star; with --proxy, the dense
     proxy's curve too (black, dashed), so that each star can be read against the proxy's.
 (b) PREFIX-optimum.png: the fitted optimum LR against the configuration axis, one curve per rule, a +-1/2-octave
-    band around the mean, seed range as error bars; with --proxy, the dense proxy's fitted optimum per rule as a
-    dashed line.
+    band around the dense proxy's fitted optimum with --proxy (a dashed line), else around the rule's mean; seed
+    range as error bars.
 
 usage: sweep_lr.py SWEEP [--proxy PROXY] [--out PREFIX] [--lr-key hp.lr] [--x-key ffn.shape]
                          [--metric final_val_loss|best_val_loss|final_train_loss]
@@ -106,9 +106,11 @@ def main():
         xs, ys, lo, hi = (np.array(v, dtype=float)[order] for v in (xs, ys, lo, hi))
         c = rule_colours(k % 10)
         ax.errorbar(xs, ys, yerr=[ys - lo, hi - ys], fmt="o-", capsize=3, color=c, label=rule)
-        ax.fill_between(xs, ys - 0.5, ys + 0.5, color=c, alpha=0.12)
+        # The transfer claim's tolerance: +-1/2 octave around the dense proxy's optimum (else the rule's mean).
+        centre = math.log2(proxy[rule]) if rule in proxy else float(np.mean(ys))
+        ax.fill_between([xs[0], xs[-1]], centre - 0.5, centre + 0.5, color=c, alpha=0.12)
         if rule in proxy:
-            ax.axhline(math.log2(proxy[rule]), color=c, ls="--", lw=1, label=f"{rule}: dense proxy")
+            ax.axhline(centre, color=c, ls="--", lw=1, label=f"{rule}: dense proxy")
     if numeric:
         ax.set_xscale("log", base=2)
     else:
@@ -116,7 +118,8 @@ def main():
         ax.set_xticklabels([fmt(v) for v in x_values])
     ax.set_xlabel(x_key)
     ax.set_ylabel(f"log2 fitted optimal {a.lr_key}")
-    ax.set_title(f"{sw.name}: fitted optimum (band +-1/2 octave, bars: seed range)", fontsize=10)
+    band = "the dense proxy's optimum (else the rule's mean)" if proxy else "the rule's mean"
+    ax.set_title(f"{sw.name}: fitted optimum\nband: +-1/2 octave around {band}; bars: seed range", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
