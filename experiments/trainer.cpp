@@ -10,6 +10,7 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <filesystem>
 #include <map>
@@ -226,6 +227,8 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
 #else
   log.set_attr("cpu_threads", 1.0);
 #endif
+  const char* wait_policy = std::getenv("OMP_WAIT_POLICY");  // how idle CPU threads waited ("": the default)
+  log.set_attr("omp_wait_policy", std::string(wait_policy ? wait_policy : ""));
   log.write_param_table(table_rows(table), {{"attn_scale", table.attn_scale},
                                             {"branch_multiplier", table.branch_multiplier},
                                             {"route_scale", table.route_scale}});
