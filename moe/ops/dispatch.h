@@ -6,10 +6,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <vector>
-#ifdef MUE_HAVE_CUDA
-#include "core/cuda_context.h"
-#include "core/dtype.h"
-#endif
+
+#include "core/cuda_context.h"  // empty without CUDA
 
 namespace mue::cpu {
 

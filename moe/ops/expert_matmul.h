@@ -5,11 +5,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "core/cuda_context.h"  // empty without CUDA
 #include "nn/ops/matmul.h"
-#ifdef MUE_HAVE_CUDA
-#include "core/cuda_context.h"
-#include "core/dtype.h"
-#endif
 
 // nvcc compiles the launchers only: the reference, on nn/ops/matmul.h's Eigen one, stays out of the .cu.
 #ifndef __CUDACC__

@@ -5,11 +5,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/cuda_context.h"  // empty without CUDA
 #include "nn/ops/swiglu.h"
-#ifdef MUE_HAVE_CUDA
-#include "core/cuda_context.h"
-#include "core/dtype.h"
-#endif
 
 namespace mue::cpu {
 

@@ -1,10 +1,8 @@
 // Per-sample broadcast add (the DiT's position embedding). CPU reference; CUDA launcher (kernel: nn/add_rows.cu).
 #pragma once
 #include <cstddef>
-#ifdef MUE_HAVE_CUDA
-#include "core/cuda_context.h"
-#include "core/dtype.h"
-#endif
+
+#include "core/cuda_context.h"  // empty without CUDA
 
 namespace mue::cpu {
 

@@ -3,10 +3,8 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#ifdef MUE_HAVE_CUDA
-#include "core/cuda_context.h"
-#include "core/dtype.h"
-#endif
+
+#include "core/cuda_context.h"  // empty without CUDA
 
 // nvcc compiles the launchers only: the Eigen reference stays out of the .cu translation units.
 #ifndef __CUDACC__

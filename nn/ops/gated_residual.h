@@ -2,10 +2,8 @@
 // nn/gated_residual.cu).
 #pragma once
 #include <cstddef>
-#ifdef MUE_HAVE_CUDA
-#include "core/cuda_context.h"
-#include "core/dtype.h"
-#endif
+
+#include "core/cuda_context.h"  // empty without CUDA
 
 namespace mue::cpu {
 

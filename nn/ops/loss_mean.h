@@ -1,10 +1,7 @@
 // The training step's loss: the mean of the per-row losses, left where the step's scalars live (on the
 // device for CUDA: no host round trip inside the step). CPU reference; CUDA launcher (kernel: nn/loss_mean.cu).
 #pragma once
-#ifdef MUE_HAVE_CUDA
-#include "core/cuda_context.h"
-#include "core/dtype.h"
-#endif
+#include "core/cuda_context.h"  // empty without CUDA
 
 namespace mue::cpu {
 

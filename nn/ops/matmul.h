@@ -2,10 +2,8 @@
 // reference (Eigen); CUDA launchers (cuBLAS: nn/matmul.cu).
 #pragma once
 #include <cstddef>
-#ifdef MUE_HAVE_CUDA
-#include "core/cuda_context.h"
-#include "core/dtype.h"
-#endif
+
+#include "core/cuda_context.h"  // empty without CUDA
 
 // nvcc compiles the launchers only: the Eigen reference stays out of the .cu translation units.
 #ifndef __CUDACC__

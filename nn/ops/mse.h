@@ -1,10 +1,8 @@
 // Flow-matching loss: mean squared error and its gradient. CPU reference; CUDA launchers (kernels: nn/mse.cu).
 #pragma once
 #include <cstddef>
-#ifdef MUE_HAVE_CUDA
-#include "core/cuda_context.h"
-#include "core/dtype.h"
-#endif
+
+#include "core/cuda_context.h"  // empty without CUDA
 
 namespace mue::cpu {
 

@@ -5,12 +5,9 @@
 #include <cstddef>
 #include <vector>
 
+#include "core/cuda_context.h"  // empty without CUDA
 #include "nn/ops/rmsnorm.h"
 #include "nn/ops/rope.h"
-#ifdef MUE_HAVE_CUDA
-#include "core/cuda_context.h"
-#include "core/dtype.h"
-#endif
 
 namespace mue::cpu {
 

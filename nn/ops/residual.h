@@ -1,10 +1,8 @@
 // Residual add: out = a + b. CPU reference; CUDA launcher (kernel: nn/residual.cu).
 #pragma once
 #include <cstddef>
-#ifdef MUE_HAVE_CUDA
-#include "core/cuda_context.h"
-#include "core/dtype.h"
-#endif
+
+#include "core/cuda_context.h"  // empty without CUDA
 
 namespace mue::cpu {
 

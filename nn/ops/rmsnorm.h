@@ -4,11 +4,8 @@
 #include <cmath>
 #include <cstddef>
 
+#include "core/cuda_context.h"  // empty without CUDA
 #include "nn/ops/residual.h"
-#ifdef MUE_HAVE_CUDA
-#include "core/cuda_context.h"
-#include "core/dtype.h"
-#endif
 
 namespace mue::cpu {
 

@@ -2,10 +2,8 @@
 #pragma once
 #include <cmath>
 #include <cstddef>
-#ifdef MUE_HAVE_CUDA
-#include "core/cuda_context.h"
-#include "core/dtype.h"
-#endif
+
+#include "core/cuda_context.h"  // empty without CUDA
 
 namespace mue::cpu {
 
