@@ -5,7 +5,7 @@
 // when D % 8 == 0), fp32 math.
 #include "core/cuda_util.cuh"
 #include "core/kernel_variants.h"
-#include "moe/moe_cuda.h"
+#include "moe/ops/dispatch.h"
 
 namespace mue::cuda {
 

@@ -28,7 +28,7 @@
 #include "core/kernel_variants.h"
 #include "core/mma.cuh"
 #include "core/wgmma.cuh"
-#include "moe/moe_cuda.h"
+#include "moe/ops/expert_matmul.h"
 
 namespace mue::cuda {
 

@@ -9,7 +9,7 @@
 
 #include "core/cuda_util.cuh"
 #include "core/kernel_variants.h"
-#include "moe/moe_cuda.h"
+#include "moe/ops/gate_swiglu.h"
 
 namespace mue::cuda {
 

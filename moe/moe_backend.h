@@ -1,17 +1,38 @@
-// The MoE data-movement ops for each backend, as overloads on the backend type (nn/backend.h knows nothing of
-// MoE; this layer adds to it).
+// The MoE layer's ops for each backend, as overloads on the backend type (nn/backend.h knows nothing of MoE;
+// this layer adds to it). Each op's home is moe/ops/<op>.h (CPU reference and CUDA launcher side by side); the
+// ones that forward one to one are listed once in MUE_MOE_OPS; the router, whose CPU and CUDA sides split the work
+// differently (the CPU computes the plan and statistics at once, CUDA leaves them on the device), is written out.
 #pragma once
 #include <cmath>
 #include <cstring>
+#include <utility>
 #include <vector>
 
-#include "moe/moe_cpu.h"
-#include "moe/router_dims.h"
-#include "nn/ffn.h"
+#include "moe/ops/dispatch.h"
+#include "moe/ops/expert_matmul.h"
+#include "moe/ops/gate_swiglu.h"
+#include "moe/ops/router.h"
 #include "nn/backend.h"
-#ifdef MUE_HAVE_CUDA
-#include "moe/moe_cuda.h"
-#endif
+#include "nn/ffn.h"
+
+// op(CpuBackend<T>&, args...) runs cpu::op<T>(args...); op(CudaBackend&, args...) runs cuda::op(ctx, args...)
+// under the profiler label "op". The expert GEMMs take the expert offsets twice: on the host (`off`, or null where
+// only the device has them) and in backend memory (the router's plan, offsets first), which the CUDA kernels read.
+#define MUE_MOE_OPS(X)                                                                              \
+  X(permute_rows) X(unpermute_add) X(combine_forward) X(combine_backward)                           \
+  X(gate_swiglu_forward) X(gate_swiglu_backward) X(expert_matmul_forward) X(expert_matmul_backward)
+
+#define MUE_CPU_FORWARD_FREE(name)             \
+  template <class T, class... Args>            \
+  void name(CpuBackend<T>&, Args&&... args) {  \
+    cpu::name<T>(std::forward<Args>(args)...); \
+  }
+#define MUE_CUDA_FORWARD_FREE(name)                  \
+  template <class... Args>                           \
+  void name(CudaBackend& be, Args&&... args) {       \
+    auto op_ = be.ctx.op(#name);                     \
+    cuda::name(be.ctx, std::forward<Args>(args)...); \
+  }
 
 namespace mue {
 
@@ -68,26 +89,7 @@ void route_backward(CpuBackend<T>&, const RouterDims& d, const T* dgates, const 
 template <class T>
 void read_plan(CpuBackend<T>&, const RouterDims&, const int32_t*, std::vector<int32_t>&, BranchStats&) {}
 
-template <class T>
-void permute_rows(CpuBackend<T>&, const T* x, const int32_t* src, T* xp, int rows, int D) { cpu::permute_rows(x, src, xp, rows, D); }
-template <class T>
-void unpermute_add(CpuBackend<T>&, const T* dxp, const int32_t* slot, T* dx, int N, int a, int D) { cpu::unpermute_add(dxp, slot, dx, N, a, D); }
-template <class T>
-void combine_forward(CpuBackend<T>&, const T* yp, const int32_t* slot, T* out, int N, int a, int D) { cpu::combine_forward(yp, slot, out, N, a, D); }
-// The combine's backward: dyp[r] = dout[src_token[r]] (the gates' part is in gate_swiglu_backward).
-template <class T>
-void combine_backward(CpuBackend<T>&, const T* dout, const int32_t* src, T* dyp, int rows, int D) { cpu::permute_rows(dout, src, dyp, rows, D); }
-template <class T>
-void gate_swiglu_forward(CpuBackend<T>&, const T* hfc, const T* g, const int32_t* slot, T* hsw, int N, int a, int h) { cpu::gate_swiglu_forward(hfc, g, slot, hsw, N, a, h); }
-template <class T>
-void gate_swiglu_backward(CpuBackend<T>&, const T* dhsw, const T* hfc, const T* g, const int32_t* slot, T* dhfc, T* dg, int N, int a, int h) { cpu::gate_swiglu_backward(dhsw, hfc, g, slot, dhfc, dg, N, a, h); }
-
-// off: the expert offsets on the host, or null where only the device has them; plan: the router's plan in
-// backend memory (offsets first), which the CUDA kernels read instead.
-template <class T>
-void expert_matmul_forward(CpuBackend<T>&, const T* x, const T* w, T* y, const int32_t* off, const int32_t*, int, int E, int In, int Out, double a) { cpu::expert_matmul_forward(x, w, y, off, E, In, Out, a); }
-template <class T>
-void expert_matmul_backward(CpuBackend<T>&, const T* dy, const T* x, const T* w, T* dx, T* dw, const int32_t* off, const int32_t*, int, int E, int In, int Out, double a, bool accumulate = true) { cpu::expert_matmul_backward(dy, x, w, dx, dw, off, E, In, Out, a, accumulate); }
+MUE_MOE_OPS(MUE_CPU_FORWARD_FREE)
 
 #ifdef MUE_HAVE_CUDA
 // The router runs on the device and leaves its plan (E+1 offsets and 4 statistics) there: the expert GEMM
@@ -117,14 +119,7 @@ inline void route_backward(CudaBackend& be, const RouterDims& d, const bf16* dga
   auto op_ = be.ctx.op("route_backward");
   cuda::router_backward(be.ctx, d, dgates, logits, scores, idx, plan, dlogits);
 }
-inline void expert_matmul_forward(CudaBackend& be, const bf16* x, const bf16* w, bf16* y, const int32_t* off, const int32_t* plan, int rows, int E, int In, int Out, double a) { auto op_ = be.ctx.op("expert_matmul_forward"); cuda::expert_matmul_forward(be.ctx, x, w, y, off, plan, rows, E, In, Out, float(a)); }
-inline void expert_matmul_backward(CudaBackend& be, const bf16* dy, const bf16* x, const bf16* w, bf16* dx, float* dw, const int32_t* off, const int32_t* plan, int rows, int E, int In, int Out, double a, bool accumulate = true) { auto op_ = be.ctx.op("expert_matmul_backward"); cuda::expert_matmul_backward(be.ctx, dy, x, w, dx, dw, off, plan, rows, E, In, Out, float(a), accumulate); }
-inline void permute_rows(CudaBackend& be, const bf16* x, const int32_t* src, bf16* xp, int rows, int D) { auto op_ = be.ctx.op("permute_rows"); cuda::permute_rows(be.ctx, x, src, xp, rows, D); }
-inline void unpermute_add(CudaBackend& be, const bf16* dxp, const int32_t* slot, bf16* dx, int N, int a, int D) { auto op_ = be.ctx.op("unpermute_add"); cuda::unpermute_add(be.ctx, dxp, slot, dx, N, a, D); }
-inline void combine_forward(CudaBackend& be, const bf16* yp, const int32_t* slot, bf16* out, int N, int a, int D) { auto op_ = be.ctx.op("combine_forward"); cuda::combine_forward(be.ctx, yp, slot, out, N, a, D); }
-inline void combine_backward(CudaBackend& be, const bf16* dout, const int32_t* src, bf16* dyp, int rows, int D) { auto op_ = be.ctx.op("combine_backward"); cuda::permute_rows(be.ctx, dout, src, dyp, rows, D); }
-inline void gate_swiglu_forward(CudaBackend& be, const bf16* hfc, const bf16* g, const int32_t* slot, bf16* hsw, int N, int a, int h) { auto op_ = be.ctx.op("gate_swiglu_forward"); cuda::gate_swiglu_forward(be.ctx, hfc, g, slot, hsw, N, a, h); }
-inline void gate_swiglu_backward(CudaBackend& be, const bf16* dhsw, const bf16* hfc, const bf16* g, const int32_t* slot, bf16* dhfc, bf16* dg, int N, int a, int h) { auto op_ = be.ctx.op("gate_swiglu_backward"); cuda::gate_swiglu_backward(be.ctx, dhsw, hfc, g, slot, dhfc, dg, N, a, h); }
+MUE_MOE_OPS(MUE_CUDA_FORWARD_FREE)
 #endif
 
 }  // namespace mue

@@ -1,6 +1,6 @@
-// The MoE router on the GPU, forward and backward, with the dispatch plan (same semantics as moe/moe_cpu.h:
-// router_forward, dispatch_plan, balance_loss, z_loss, router_backward). Nothing of size [N, E] leaves the
-// device; the host reads one small plan (E+1 offsets and 4 statistics) per layer and step.
+// The MoE router on the GPU, forward and backward, with the dispatch plan (same semantics as the CPU references
+// router_forward, balance_loss, z_loss, router_backward of moe/ops/router.h and dispatch_plan of moe/ops/dispatch.h).
+// Nothing of size [N, E] leaves the device; the host reads one small plan (E+1 offsets and 4 statistics) per layer and step.
 //
 // Forward, five launches (the plan is split in a block per expert and one block for the totals: one block
 // walking all chunks serially was the slowest of the router's passes):
@@ -27,7 +27,7 @@
 #include <cub/block/block_scan.cuh>
 
 #include "core/cuda_util.cuh"
-#include "moe/moe_cuda.h"
+#include "moe/ops/router.h"
 
 namespace mue::cuda {
 

@@ -1,6 +1,6 @@
 // Per-sample broadcast add (position embedding): x[b,t,:] += v[t,:].
 #include "core/cuda_util.cuh"
-#include "nn/dit_ops_cuda.h"
+#include "nn/ops/add_rows.h"
 
 namespace mue::cuda {
 

@@ -19,7 +19,7 @@
 //   dK = dS^T Q  ->  dK^T = Q^T dS   : A = Q op N (lda hd), B = dS op T (ldb T), m = hd, n = k = T
 //   dV = P^T dO  ->  like dK with (P, dO)
 #include "core/cuda_util.cuh"
-#include "nn/ops_cuda.h"
+#include "nn/ops/attention.h"
 
 namespace mue::cuda {
 

@@ -8,7 +8,7 @@
 // instead of twice read and once written.
 #include "core/cuda_util.cuh"
 #include "core/mma.cuh"
-#include "nn/ops_cuda.h"
+#include "nn/ops/crossentropy.h"
 
 namespace mue::cuda {
 

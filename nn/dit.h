@@ -15,7 +15,8 @@
 
 #include "core/arena.h"
 #include "nn/backend.h"
-#include "nn/dit_ops_cpu.h"
+#include "nn/ops/patchify.h"
+#include "nn/ops/sincos.h"
 #include "nn/ffn.h"
 #include "nn/model_config.h"
 #include "nn/param_store.h"

@@ -1,6 +1,6 @@
 // Token embedding lookup. Forward is a row gather, backward a scatter-add into the fp32 gradient.
 #include "core/cuda_util.cuh"
-#include "nn/ops_cuda.h"
+#include "nn/ops/embedding.h"
 
 namespace mue::cuda {
 

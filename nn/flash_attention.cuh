@@ -7,7 +7,7 @@
 #include "core/cuda_util.cuh"
 #include "core/mma.cuh"
 #include "core/wgmma.cuh"
-#include "nn/ops_cuda.h"
+#include "nn/ops/attention.h"
 #include "nn/rope.cuh"
 
 namespace mue::cuda::flash {
@@ -190,7 +190,7 @@ __device__ void warp_delta(const bf* dout, const bf* out, float* delta_bh, int b
 
 namespace mue::cuda {
 // The wgmma kernels (nn/flash_attention_sm90.cu) for head dims 64 and 128, same arguments and results as the
-// mma.sync ones (flash_sm90_enabled in nn/ops_cuda.h says when they run).
+// mma.sync ones (flash_sm90_enabled in nn/ops/attention.h says when they run).
 void flash_sm90_forward(Context& ctx, const detail::bf* qkv, detail::bf* out, float* lse, int batch, int T, int H,
                         int hd, float scale, bool causal);
 void flash_sm90_backward(Context& ctx, const detail::bf* dout, const detail::bf* qkv, const detail::bf* out,

@@ -1,6 +1,6 @@
 // Gated residual (DiT): out[b,t] = x[b,t] + gate[b] * y[b,t], gate = chunk `igate` (width D) of mod [B, M*D].
 #include "core/cuda_util.cuh"
-#include "nn/dit_ops_cuda.h"
+#include "nn/ops/gated_residual.h"
 
 namespace mue::cuda {
 

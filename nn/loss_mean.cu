@@ -1,6 +1,6 @@
 // The training step's mean loss, left on the device (no host round trip inside the step).
 #include "core/cuda_util.cuh"
-#include "nn/ops_cuda.h"
+#include "nn/ops/loss_mean.h"
 
 namespace mue::cuda {
 

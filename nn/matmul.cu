@@ -6,7 +6,7 @@
 //   dw        dw^T (In x Out) = x^T dy        -> A = x  stored In x N,   op N;  B = dy stored Out x N, op T
 // Traffic (each GEMM): reads both operands once (more when tiles re-read from L2), writes the output once.
 #include "core/cuda_util.cuh"
-#include "nn/ops_cuda.h"
+#include "nn/ops/matmul.h"
 
 namespace mue::cuda {
 

@@ -1,7 +1,7 @@
 // adaLN modulation (DiT): y[b,t] = rmsnorm(x[b,t]) * (1 + scale[b]) + shift[b], no learned norm weight.
 // shift and scale are chunks `ishift`, `iscale` (width D) of the per-sample mod [B, M*D]. fp32 statistics.
 #include "core/cuda_util.cuh"
-#include "nn/dit_ops_cuda.h"
+#include "nn/ops/modulate.h"
 
 namespace mue::cuda {
 

@@ -1,6 +1,6 @@
 // Flow-matching MSE: the sum of squared errors (the caller divides by n) and its gradient.
 #include "core/cuda_util.cuh"
-#include "nn/dit_ops_cuda.h"
+#include "nn/ops/mse.h"
 
 namespace mue::cuda {
 

@@ -4,7 +4,7 @@
 // its statistic rstd[r]. Head dims 8..256 that are a power of two: a row is hd/8 lanes of 16-byte vectors
 // (several rows per warp); other head dims <= 256: one warp per row, lanes over the columns, RoPE as its own op.
 #include "core/cuda_util.cuh"
-#include "nn/ops_cuda.h"
+#include "nn/ops/qk_norm.h"
 #include "nn/rope.cuh"
 
 #include <algorithm>

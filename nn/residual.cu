@@ -1,6 +1,6 @@
 // Residual add on the bf16 stream.
 #include "core/cuda_util.cuh"
-#include "nn/ops_cuda.h"
+#include "nn/ops/residual.h"
 
 namespace mue::cuda {
 

@@ -2,7 +2,7 @@
 // Rows of D = 8k <= 1024 go through the warp-per-row kernels (the row stays in registers as 16-byte vectors);
 // other widths through the block-per-row kernels.
 #include "core/cuda_util.cuh"
-#include "nn/ops_cuda.h"
+#include "nn/ops/rmsnorm.h"
 
 #include <algorithm>
 #include <type_traits>

@@ -1,7 +1,7 @@
 // Rotary position embedding, in place on the q and k parts of qkv [B, T, 3, H, hd] (v untouched); 16-byte
 // vectors when hd % 8 == 0.
 #include "core/cuda_util.cuh"
-#include "nn/ops_cuda.h"
+#include "nn/ops/rope.h"
 #include "nn/rope.cuh"
 
 namespace mue::cuda {

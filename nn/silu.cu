@@ -1,6 +1,6 @@
 // SiLU: y = x * sigmoid(x). Elementwise, fp32 math on bf16 activations.
 #include "core/cuda_util.cuh"
-#include "nn/dit_ops_cuda.h"
+#include "nn/ops/silu.h"
 
 namespace mue::cuda {
 

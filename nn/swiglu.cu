@@ -1,7 +1,7 @@
 // SwiGLU: in [N, 2H] = (gate | up), out [N, H] = silu(gate) * up. Elementwise, fp32 math; 16-byte vectors of
 // 8 elements when H % 8 == 0.
 #include "core/cuda_util.cuh"
-#include "nn/ops_cuda.h"
+#include "nn/ops/swiglu.h"
 
 namespace mue::cuda {
 

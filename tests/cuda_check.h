@@ -9,7 +9,7 @@
 
 #include "core/dtype.h"
 #include "core/rng.h"
-#include "nn/ops_cuda.h"
+#include "core/cuda_context.h"
 #include "tests/catch.h"
 
 using namespace mue;

@@ -1,5 +1,5 @@
-// The CUDA diffusion-transformer ops of nn/dit_ops_cuda.h, forward and backward, against the CPU reference of
-// nn/dit_ops_cpu.h run in double on the same bf16-rounded inputs. Overwrite outputs are poisoned (0xFF bytes:
+// The CUDA diffusion-transformer ops of nn/ops/ (silu, modulate, gated_residual, add_rows, mse), forward and
+// backward, against their CPU reference run in double on the same bf16-rounded inputs. Overwrite outputs are poisoned (0xFF bytes:
 // NaN in bf16 and fp32) first, so an unwritten element can never pass; accumulate outputs start from random
 // values and the accumulated increment is compared, and the mod chunks an op must not touch are checked to be
 // bit-for-bit unchanged. Tolerance on ||out - ref|| / ||ref||: 1e-2 for bf16 outputs, 1e-4 for the fp32 loss
@@ -12,8 +12,11 @@
 
 #include "core/dtype.h"
 #include "core/rng.h"
-#include "nn/dit_ops_cpu.h"
-#include "nn/dit_ops_cuda.h"
+#include "nn/ops/add_rows.h"
+#include "nn/ops/gated_residual.h"
+#include "nn/ops/modulate.h"
+#include "nn/ops/mse.h"
+#include "nn/ops/silu.h"
 #include "tests/catch.h"
 
 #include "tests/cuda_check.h"

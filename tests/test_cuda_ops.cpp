@@ -1,4 +1,4 @@
-// Every CUDA op of nn/ops_cuda.h, forward and backward, against the CPU reference of nn/ops_cpu.h run in double
+// Every CUDA op of nn/ops/ (the LM's), forward and backward, against its CPU reference run in double
 // on the same bf16-rounded inputs. Output buffers are poisoned (0xFF bytes: NaN in bf16 and in fp32) before the
 // op runs, so an element the op fails to write can never pass; accumulate outputs start from random values and
 // the accumulated increment is compared. Tolerance on ||out - ref|| / ||ref||: 1e-2 for bf16 outputs, tighter
@@ -15,9 +15,16 @@
 #include "core/dtype.h"
 #include "core/kernel_variants.h"
 #include "core/rng.h"
-#include "nn/ops_cpu.h"
 #include "nn/backend.h"
-#include "nn/ops_cuda.h"
+#include "nn/ops/attention.h"
+#include "nn/ops/crossentropy.h"
+#include "nn/ops/embedding.h"
+#include "nn/ops/matmul.h"
+#include "nn/ops/qk_norm.h"
+#include "nn/ops/residual.h"
+#include "nn/ops/rmsnorm.h"
+#include "nn/ops/rope.h"
+#include "nn/ops/swiglu.h"
 #include "optim/adamw.h"
 #include "experiments/trainer.h"
 #include "tests/catch.h"

@@ -1,7 +1,15 @@
 // Every CPU op: backward against central finite differences in double, forward against a naive reference.
 #include <complex>
 
-#include "nn/ops_cpu.h"
+#include "nn/ops/attention.h"
+#include "nn/ops/crossentropy.h"
+#include "nn/ops/embedding.h"
+#include "nn/ops/matmul.h"
+#include "nn/ops/qk_norm.h"
+#include "nn/ops/residual.h"
+#include "nn/ops/rmsnorm.h"
+#include "nn/ops/rope.h"
+#include "nn/ops/swiglu.h"
 #include "tests/catch.h"
 #include "tests/gradcheck.h"
 
