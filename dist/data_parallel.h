@@ -3,12 +3,10 @@
 // the optimizer (grad norm, clip, divergence check, update) sees what one process would on the whole batch.
 #pragma once
 #include <memory>
+#include <string>
 
 #include "dist/communicator.h"
 #include "nn/backend.h"
-#ifdef MUE_HAVE_NCCL
-#include "dist/nccl_reducer.h"
-#endif
 
 namespace mue::dist {
 
@@ -24,27 +22,19 @@ std::unique_ptr<Reducer> backend_reducer(Communicator& comm, CpuBackend<T>&) {
   return std::make_unique<Host>(comm);
 }
 
-#ifdef MUE_HAVE_CUDA
-// CUDA: NCCL on the backend's stream, its communicator bootstrapped through `comm` (which must be MPI).
-inline std::unique_ptr<Reducer> backend_reducer(Communicator& comm, CudaBackend& be) {
-#ifdef MUE_HAVE_NCCL
-  return make_nccl_reducer(comm, be.ctx.stream);
-#else
-  (void)be;
-  throw CollectiveError("train.device=cuda on " + std::to_string(comm.size()) +
-                        " ranks needs NCCL, and mue was built without it");
-#endif
-}
-#endif
-
-// Whether this build can reduce a backend's gradients over several ranks ("cpu" | "cuda"); why not otherwise.
+// Whether this build can average a backend's gradients over several ranks (device "cpu" | "cuda"): "" if so,
+// else why not. The CUDA backend's reducer is NCCL's (ncclAllReduce on the backend's stream, inside the step's
+// graph, its communicator bootstrapped through MPI), which is not written yet.
 inline std::string cannot_reduce_on(const std::string& device) {
-#ifndef MUE_HAVE_NCCL
-  if (device == "cuda") return "train.device=cuda on more than one rank needs NCCL, and mue was built without it";
-#endif
-  (void)device;
+  if (device == "cuda") return "train.device=cuda on more than one rank needs the NCCL reducer, not written yet";
   return "";
 }
+#ifdef MUE_HAVE_CUDA
+// Refused at start-up by cannot_reduce_on; here so that the trainer compiles for every backend.
+inline std::unique_ptr<Reducer> backend_reducer(Communicator& comm, CudaBackend&) {
+  throw CollectiveError(cannot_reduce_on("cuda") + " (" + std::to_string(comm.size()) + " ranks)");
+}
+#endif
 
 // The step's hook (experiments/device_step.h): the ranks' mean gradient (the model's whole gradient arena, one
 // all-reduce) and mean loss (what the divergence check and the log read). Each rank's loss is the mean over
