@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "core/h5.h"
 #include "core/h5log.h"
 #include "dist/communicator.h"
 #include "experiments/flow.h"
@@ -230,6 +231,31 @@ TEST_CASE("data parallel: mpirun -np 2 trains as one process with the same globa
   int files = 0;
   for (auto& e : fs::directory_iterator(d.path)) files += e.is_regular_file();
   CHECK(files == 5);
+}
+
+// Rank 0's checkpoint is the whole state: a two-rank run resumed from it (on two ranks) ends with the very
+// losses of the run that never stopped. The stopped run is faked from a finished one (its status set back to
+// running, as a killed run leaves it; its checkpoint is the one at step 10).
+TEST_CASE("data parallel: a two-rank run resumes from rank 0's checkpoint on two ranks", "[.][mpi]") {
+  TempDir d("dp_mpi_resume");
+  const std::string tok = test::make_toy_tokens(d);
+  auto args = tiny_run(d, tok, "dp");
+  args.push_back("out.checkpoint_every=10");
+  REQUIRE(run(mpirun(2) + " " + train_cmd(args), d).code == 0);
+  const std::string f = d / "dp.h5";
+  const auto loss = read_doubles(f, "train/loss"), val = read_doubles(f, "val/loss");
+  REQUIRE(fs::exists(d / "dp.ckpt"));
+  {
+    const h5::Node file(h5::Id(H5Fopen(f.c_str(), H5F_ACC_RDWR, H5P_DEFAULT), H5Fclose), f);
+    file.set_attr("status", std::string("running"));
+  }
+  const Ran again = run(mpirun(2) + " " + train_cmd(args), d);
+  INFO(again.out);
+  REQUIRE(again.code == 0);
+  CHECK(lines_with(again.out, "resuming") == 1);
+  CHECK(read_double_attr(f, "resumed_at_step") == 10.0);
+  CHECK(read_doubles(f, "train/loss") == loss);
+  CHECK(read_doubles(f, "val/loss") == val);
 }
 
 TEST_CASE("data parallel: a batch the ranks cannot share, or ranks with different configs, stop in one line",
