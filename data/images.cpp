@@ -117,12 +117,14 @@ void ImageSet::copy_out(const std::vector<uint8_t>& imgs, const std::vector<uint
   labels[dst] = int32_t(labs[size_t(src)]);
 }
 
-void ImageSet::sample_batch(uint64_t seed, uint64_t step, int B, float* images, int32_t* labels) const {
-  MUE_CHECK(B > 0, "sample_batch: batch size must be positive, not ", B, " ('", path_, "')");
+void ImageSet::sample_batch(uint64_t seed, uint64_t step, int B, float* images, int32_t* labels, int first) const {
+  MUE_CHECK(B > 0 && first >= 0, "sample_batch: batch size must be positive and first >= 0, not ", B, " and ", first,
+            " ('", path_, "')");
   const uint64_t stream = hash_name("mue.images.train_batch") + step;
   const uint64_t n = uint64_t(train_labels_.size());
   for (int b = 0; b < B; ++b)
-    copy_out(train_images_, train_labels_, int64_t(rng_index(seed, stream, uint64_t(b), n)), images, labels, b);
+    copy_out(train_images_, train_labels_, int64_t(rng_index(seed, stream, uint64_t(first) + uint64_t(b), n)), images,
+             labels, b);
 }
 
 int64_t ImageSet::val_batches(int B) const {
@@ -139,8 +141,13 @@ int ImageSet::val_batch_valid(int64_t i, int B) const {
 void ImageSet::val_batch(int64_t i, int B, float* images, int32_t* labels) const {
   MUE_CHECK(i >= 0 && i < val_batches(B), "val batch ", i, " out of range [0, ", val_batches(B), ") for B = ", B,
             " ('", path_, "')");
+  val_images(i * B, B, images, labels);
+}
+
+void ImageSet::val_images(int64_t first, int count, float* images, int32_t* labels) const {
+  MUE_CHECK(first >= 0 && count > 0, "val_images: bad range ", first, " + ", count, " ('", path_, "')");
   const int64_t n = n_val();
-  for (int b = 0; b < B; ++b) copy_out(val_images_, val_labels_, (i * B + b) % n, images, labels, b);
+  for (int b = 0; b < count; ++b) copy_out(val_images_, val_labels_, (first + b) % n, images, labels, b);
 }
 
 }  // namespace mue

@@ -39,13 +39,16 @@ class ImageSet {
 
   // B training images drawn uniformly with replacement: image b is train[rng_index(seed, stream(step), b, n_train)]
   // (a pure function of (seed, step, b)). images: [B, C, S, S] floats, pixel p -> p / 127.5 - 1 in [-1, 1];
-  // labels: [B] in [0, classes()).
-  void sample_batch(uint64_t seed, uint64_t step, int B, float* images, int32_t* labels) const;
+  // labels: [B] in [0, classes()). first > 0 gives rows first .. first+B-1 of the step's larger batch (a
+  // data-parallel rank's share of it).
+  void sample_batch(uint64_t seed, uint64_t step, int B, float* images, int32_t* labels, int first = 0) const;
 
   // Validation batch i of size B: val images i*B .. i*B+B-1. val_batches(B) = ceil(n_val / B); in the last batch
   // the positions past n_val wrap around to the start of the split (labels stay valid); val_batch_valid(i, B) says
   // how many leading entries of batch i are new (B except possibly for the last batch), for exact averages.
   void val_batch(int64_t i, int B, float* images, int32_t* labels) const;
+  // Validation images first .. first+count-1, wrapping around as val_batch does (a rank's share of a batch).
+  void val_images(int64_t first, int count, float* images, int32_t* labels) const;
   int64_t val_batches(int B) const;
   int val_batch_valid(int64_t i, int B) const;
 

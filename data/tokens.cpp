@@ -185,13 +185,15 @@ void TokenFile::copy_window(const uint8_t* split, uint64_t start, int T, int32_t
   }
 }
 
-void TokenFile::sample_batch(uint64_t seed, uint64_t step, int B, int T, int32_t* inputs, int32_t* targets) const {
+void TokenFile::sample_batch(uint64_t seed, uint64_t step, int B, int T, int32_t* inputs, int32_t* targets,
+                             int first) const {
   MUE_CHECK(map_, "token file: sample_batch on an unopened TokenFile");
   MUE_CHECK(B > 0 && T > 0, "token file ", path_, ": sample_batch needs B > 0 and T > 0 (got B=", B, " T=", T, ")");
   MUE_CHECK(uint64_t(T) + 1 <= n_train_, "token file ", path_, ": T+1 = ", T + 1, " exceeds the train split (",
             n_train_, " tokens)");
+  MUE_CHECK(first >= 0, "token file ", path_, ": sample_batch needs first >= 0 (got ", first, ")");
   for (int b = 0; b < B; ++b) {
-    const uint64_t start = rng_index(seed, step, uint64_t(b), n_train_ - uint64_t(T));
+    const uint64_t start = rng_index(seed, step, uint64_t(first) + uint64_t(b), n_train_ - uint64_t(T));
     copy_window(train_, start, T, inputs + size_t(b) * T, targets + size_t(b) * T);
   }
 }
@@ -208,10 +210,15 @@ void TokenFile::val_batch(int64_t i, int B, int T, int32_t* inputs, int32_t* tar
   const int64_t n = val_batches(B, T);
   MUE_CHECK(i >= 0 && i < n, "token file ", path_, ": val batch ", i, " out of range (", n, " batches of B=", B,
             " T=", T, ")");
-  for (int b = 0; b < B; ++b) {
-    const uint64_t w = uint64_t(i) * uint64_t(B) + uint64_t(b);
-    copy_window(val_, w * uint64_t(T), T, inputs + size_t(b) * T, targets + size_t(b) * T);
-  }
+  val_windows(i * B, B, T, inputs, targets);
+}
+
+void TokenFile::val_windows(int64_t first, int count, int T, int32_t* inputs, int32_t* targets) const {
+  const int64_t n = val_batches(1, T);  // whole windows
+  MUE_CHECK(first >= 0 && count > 0 && first + count <= n, "token file ", path_, ": val windows ", first, "..",
+            first + count - 1, " out of range (", n, " windows of T=", T, ")");
+  for (int b = 0; b < count; ++b)
+    copy_window(val_, uint64_t(first + b) * uint64_t(T), T, inputs + size_t(b) * T, targets + size_t(b) * T);
 }
 
 }  // namespace mue

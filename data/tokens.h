@@ -49,15 +49,20 @@ class TokenFile {
   uint16_t train_token(uint64_t i) const;                  // bounds-checked single reads
   uint16_t val_token(uint64_t i) const;
 
-  // B windows of T+1 consecutive train tokens; window b starts at rng_index(seed, step, b, n_train - T), so a
+  // B windows of T+1 consecutive train tokens; window b starts at rng_index(seed, step, first + b, n_train - T), so a
   // batch is a pure function of (seed, step). inputs[b*T + t] = window_b[t], targets[b*T + t] = window_b[t+1].
-  void sample_batch(uint64_t seed, uint64_t step, int B, int T, int32_t* inputs, int32_t* targets) const;
+  // first > 0 gives rows first .. first+B-1 of the step's larger batch (a data-parallel rank's share of it).
+  void sample_batch(uint64_t seed, uint64_t step, int B, int T, int32_t* inputs, int32_t* targets,
+                    int first = 0) const;
 
   // Validation: window w covers val tokens [w*T, w*T + T] (inputs w*T.., targets shifted by one, so every val
   // token after the first is a target exactly once); batch i holds windows i*B .. i*B+B-1. Fixed for a file.
   // val_batches = floor(floor((n_val - 1) / T) / B); errors when T + 1 > n_val.
   int64_t val_batches(int B, int T) const;
   void val_batch(int64_t i, int B, int T, int32_t* inputs, int32_t* targets) const;
+  // Validation windows first .. first+count-1 (val_batch(i, B) is windows i*B .. i*B+B-1): a data-parallel rank's
+  // share of a batch. Errors past the last whole window.
+  void val_windows(int64_t first, int count, int T, int32_t* inputs, int32_t* targets) const;
 
  private:
   void copy_window(const uint8_t* split, uint64_t start, int T, int32_t* inputs, int32_t* targets) const;

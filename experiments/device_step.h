@@ -5,6 +5,7 @@
 // then reuses (should one grow later, e.g. in an evaluation, the graph is dropped and recorded again). Should the capture fail (an op that waits for the device, e.g. the cuBLAS fallback of expert
 // widths that are not multiples of 8), the steps keep running op by op.
 #pragma once
+#include <functional>
 #include <type_traits>
 #include <utility>
 
@@ -43,6 +44,9 @@ class DeviceStep {
       ++eager_runs_;
     }
   }
+  // Runs between the backward and the optimizer's update, inside the step (and its graph): the data-parallel
+  // mean of the gradients and the loss over the ranks (dist/data_parallel.h). Unset (one rank): nothing runs.
+  void set_after_backward(std::function<void()> f) { after_backward_ = std::move(f); }
   bool graph() const { return graph_; }
   bool capture_failed() const { return capture_failed_; }
 
@@ -51,10 +55,12 @@ class DeviceStep {
     model_.zero_grad();
     model_.forward_device(opt_.loss_out());
     model_.backward();
+    if (after_backward_) after_backward_();
     opt_.update_dev();
   }
   Model& model_;
   AdamW<Backend>& opt_;
+  std::function<void()> after_backward_;
   bool try_graph_, graph_ = false, capture_failed_ = false;
   int eager_runs_ = 0;
 };

@@ -12,6 +12,7 @@
 #include "core/version.h"
 #include "data/prepare_images.h"
 #include "data/tokenize.h"
+#include "dist/communicator.h"
 #include "experiments/bench.h"
 #include "experiments/coord_check.h"
 #include "experiments/run_config.h"
@@ -152,11 +153,22 @@ double flag_number(const Args& a, const char* flag, double def, double lo, doubl
 }
 
 int cmd_train(int argc, char** argv) {
-  Args a = parse_args(argc, argv, 2, {}, {});
-  RunConfig c = resolve_config(a.config, a.overrides);
+  // Under a launcher (mpirun, srun) the ranks start together first, so that an error in the arguments stops
+  // every rank in one line (dist::agree) instead of one line per rank.
+  dist::Communicator& comm = dist::world();
+  RunConfig c;
+  std::exception_ptr error;
+  try {
+    Args a = parse_args(argc, argv, 2, {}, {});
+    c = resolve_config(a.config, a.overrides);
+  } catch (...) {
+    error = std::current_exception();
+  }
+  dist::agree(comm, error);
   RunResult r = train_run(c);
-  std::printf("%s: %s after %d steps, train loss %.4f, val loss %.4f -> %s\n", c.name.c_str(), r.status.c_str(),
-              r.steps_done, r.final_train_loss, r.final_val_loss, r.path.c_str());
+  if (comm.rank() == 0)
+    std::printf("%s: %s after %d steps, train loss %.4f, val loss %.4f -> %s\n", c.name.c_str(), r.status.c_str(),
+                r.steps_done, r.final_train_loss, r.final_val_loss, r.path.c_str());
   return r.status == "completed" ? 0 : 3;
 }
 
@@ -398,14 +410,13 @@ int main(int argc, char** argv) {
     if (cmd == "coord-check") return cmd_coord_check(argc, argv);
     std::fprintf(stderr, "mue: unknown command '%s' (try mue --help)\n", cmd.c_str());
     return 2;
-  } catch (const mue::Error& e) {
-    std::fprintf(stderr, "mue: error: %s\n", e.what());
-    return 1;
-  } catch (const std::bad_alloc&) {
+  } catch (const std::bad_alloc& e) {
     std::fprintf(stderr, "mue: error: out of host memory (std::bad_alloc): is the model or batch too large?\n");
+    mue::dist::end_job_after(e);
     return 1;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "mue: error: %s\n", e.what());
+  } catch (const std::exception& e) {  // mue::Error: one line naming the problem
+    if (mue::dist::printed_here(e)) std::fprintf(stderr, "mue: error: %s\n", e.what());
+    mue::dist::end_job_after(e);
     return 1;
   }
 }

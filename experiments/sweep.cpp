@@ -25,6 +25,7 @@
 #include "core/h5log.h"
 #include "data/images.h"
 #include "data/tokens.h"
+#include "dist/communicator.h"
 #include "experiments/run_config.h"
 
 namespace mue {
@@ -417,6 +418,8 @@ SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
           ::close(fd);
         }
         if (dev >= 0) ::setenv("CUDA_VISIBLE_DEVICES", devices[dev].c_str(), 1);
+        // Each point is one process, not a rank of the sweep's own launch (mpirun/srun of `mue sweep`).
+        for (const char* v : dist::launcher_env_vars()) ::unsetenv(v);
         // CPU threads: the cores shared out among the children, and threads that sleep instead of spinning
         // while they wait (a spinning team on a busy core slows every process on it). The user's settings win.
         ::setenv("OMP_NUM_THREADS", std::to_string(threads_per_child).c_str(), 0);

@@ -11,6 +11,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <map>
@@ -20,6 +21,7 @@
 #include "core/version.h"
 #include "data/images.h"
 #include "data/tokens.h"
+#include "dist/data_parallel.h"
 #include "experiments/checkpoint.h"
 #include "experiments/coord_check.h"
 #include "experiments/device_step.h"
@@ -115,26 +117,45 @@ std::vector<ParamTableRow> table_rows(const ParamTable& t) {
 }
 
 // What the loop needs from a task: the model, one training forward, the evaluation, a data description.
+// Data parallel (dist/): each rank's model holds its share of the global batch (c.train.batch), rows
+// shard.first(B) .. of the very batch one process would draw; the ranks average gradients and losses.
+template <class Backend>
+struct DataParallel {
+  dist::Communicator& comm;
+  dist::Shard shard;
+  std::unique_ptr<dist::Reducer> reducer;  // where the backend computes; null on one rank
+  DataParallel(dist::Communicator& c, dist::Shard s, Backend& be)
+      : comm(c), shard(s), reducer(c.size() > 1 ? dist::backend_reducer(c, be) : nullptr) {}
+  // The step's hook: the ranks' mean gradient and loss before the optimizer reads them (one rank: none).
+  template <class Model>
+  void attach(DeviceStep<Model>& stepper, Model& model, AdamW<Backend>& opt) {
+    if (reducer) stepper.set_after_backward([this, &model, &opt] { dist::mean_over_ranks(*reducer, model, opt); });
+  }
+};
+
 template <class Backend>
 struct LmTask {
   using Model = LM<Backend>;
   const RunConfig& c;
   const TokenFile& data;
+  DataParallel<Backend>& dp;
+  const int rows, first;  // this rank's rows of the global batch
   Model model;
   AdamW<Backend> opt;
   std::vector<int32_t> x, y;
-  LmTask(const RunConfig& c_, Backend& be, const ParamTable& t, const TokenFile& d)
-      : c(c_), data(d), model(c_.model, t, be, c_.train.batch, make_ffn<Backend>), opt(model, c_.adamw),
-        x(size_t(c_.train.batch) * c_.model.seq_len), y(x.size()) {}
-  double items_per_step() const { return double(c.train.batch) * c.model.seq_len; }  // tokens
+  LmTask(const RunConfig& c_, Backend& be, const ParamTable& t, const TokenFile& d, DataParallel<Backend>& dp_)
+      : c(c_), data(d), dp(dp_), rows(dp_.shard.count(c_.train.batch)), first(dp_.shard.first(c_.train.batch)),
+        model(c_.model, t, be, rows, make_ffn<Backend>), opt(model, c_.adamw),
+        x(size_t(rows) * c_.model.seq_len), y(x.size()) {}
+  double items_per_step() const { return double(c.train.batch) * c.model.seq_len; }  // tokens, all ranks
   // The whole step on the device scalars (experiments/device_step.h); the mean loss stays on the device.
   std::optional<DeviceStep<Model>> stepper;
   void train_step_device(const StepIn& in) {
-    if (!stepper) stepper.emplace(model, opt, c.train.cuda_graph);
-    data.sample_batch(c.train.data_seed, uint64_t(in.step), c.train.batch, c.model.seq_len, x.data(), y.data());
+    if (!stepper) stepper.emplace(model, opt, c.train.cuda_graph), dp.attach(*stepper, model, opt);
+    data.sample_batch(c.train.data_seed, uint64_t(in.step), rows, c.model.seq_len, x.data(), y.data(), first);
     stepper->run(in, [&] { model.upload_batch(x.data(), y.data()); });
   }
-  // (mean validation loss, extra columns)
+  // (mean validation loss, extra columns): each rank its rows of every validation batch, then the ranks' mean.
   std::pair<double, std::vector<std::pair<std::string, double>>> evaluate() {
     const int B = c.train.batch, T = c.model.seq_len;
     const int64_t avail = data.val_batches(B, T);
@@ -142,10 +163,12 @@ struct LmTask {
     const int64_t n = std::min<int64_t>(c.train.eval_batches, avail);
     double sum = 0;
     for (int64_t i = 0; i < n; ++i) {
-      data.val_batch(i, B, T, x.data(), y.data());
+      data.val_windows(i * B + first, rows, T, x.data(), y.data());
       sum += model.forward(x.data(), y.data());
     }
-    return {sum / double(n), {}};
+    double mean = sum / double(n);
+    dp.comm.mean(&mean, 1);
+    return {mean, {}};
   }
   std::string sources() const { return data.sources(); }
 };
@@ -155,26 +178,29 @@ struct FlowTask {
   using Model = DiT<Backend>;
   const RunConfig& c;
   const ImageSet& data;
+  DataParallel<Backend>& dp;
+  const int rows, first;  // this rank's rows of the global batch
   Model model;
   AdamW<Backend> opt;
   std::vector<float> x;
   std::vector<int32_t> y;
-  FlowTask(const RunConfig& c_, Backend& be, const ParamTable& t, const ImageSet& d)
-      : c(c_), data(d), model(c_.model, t, be, c_.train.batch, make_ffn<Backend>), opt(model, c_.adamw),
-        x(size_t(c_.train.batch) * npix()), y(c_.train.batch) {}
+  FlowTask(const RunConfig& c_, Backend& be, const ParamTable& t, const ImageSet& d, DataParallel<Backend>& dp_)
+      : c(c_), data(d), dp(dp_), rows(dp_.shard.count(c_.train.batch)), first(dp_.shard.first(c_.train.batch)),
+        model(c_.model, t, be, rows, make_ffn<Backend>), opt(model, c_.adamw), x(size_t(rows) * npix()), y(rows) {}
   int npix() const { return c.model.image.channels * c.model.image.size * c.model.image.size; }
-  double items_per_step() const { return double(c.train.batch); }  // images
+  double items_per_step() const { return double(c.train.batch); }  // images, all ranks
   // The whole step on the device scalars (experiments/device_step.h); the mean squared error stays there.
   std::optional<DeviceStep<Model>> stepper;
   void train_step_device(const StepIn& in) {
-    if (!stepper) stepper.emplace(model, opt, c.train.cuda_graph);
-    data.sample_batch(c.train.data_seed, uint64_t(in.step), c.train.batch, x.data(), y.data());
-    const FlowBatch fb = make_flow_batch(x, y, c.train.batch, npix(), c.train.data_seed, uint64_t(in.step),
-                                         c.model.image.label_dropout, c.model.image.classes);
+    if (!stepper) stepper.emplace(model, opt, c.train.cuda_graph), dp.attach(*stepper, model, opt);
+    data.sample_batch(c.train.data_seed, uint64_t(in.step), rows, x.data(), y.data(), first);
+    const FlowBatch fb = make_flow_batch(x, y, rows, npix(), c.train.data_seed, uint64_t(in.step),
+                                         c.model.image.label_dropout, c.model.image.classes, nullptr, first);
     stepper->run(in, [&] { model.upload_batch(fb.xt.data(), fb.v.data(), fb.t.data(), fb.labels.data()); });
   }
   std::pair<double, std::vector<std::pair<std::string, double>>> evaluate() {
-    std::vector<double> l = flow_eval(model, data, c.eval_t, c.train.eval_batches);
+    std::vector<double> l = flow_eval(model, data, c.eval_t, c.train.eval_batches, c.train.batch, first);
+    dp.comm.mean(l.data(), l.size());
     std::vector<std::pair<std::string, double>> cols;
     double mean = 0;
     for (size_t k = 0; k < l.size(); ++k) {
@@ -188,6 +214,56 @@ struct FlowTask {
   std::string sources() const { return data.path() + " (" + data.kind() + ")"; }
 };
 
+// The run file, written by rank 0 alone: the other ranks of a data-parallel run hold the same numbers.
+struct LeadLog {
+  std::optional<RunLog> f;
+  void set_attr(const std::string& k, const std::string& v) { if (f) f->set_attr(k, v); }
+  void set_attr(const std::string& k, double v) { if (f) f->set_attr(k, v); }
+  void write_param_table(const std::vector<ParamTableRow>& rows,
+                         const std::vector<std::pair<std::string, double>>& scalars) {
+    if (f) f->write_param_table(rows, scalars);
+  }
+  void append(const std::string& g, const std::vector<std::pair<std::string, double>>& row) { if (f) f->append(g, row); }
+  void append_row(const std::string& d, const std::vector<double>& v) { if (f) f->append_row(d, v); }
+  void flush() { if (f) f->flush(); }
+  void close() { if (f) f->close(); }
+};
+
+// The ranks' mean of what the log shows of the MoE routers (each rank's is over its own tokens); one rank: as is.
+template <class Model>
+std::pair<double, std::vector<BranchStats>> router_stats_over_ranks(Model& model, int n_layers, dist::Communicator& comm) {
+  std::vector<BranchStats> stats;
+  std::vector<double> packed{model.aux_loss()};
+  for (int l = 0; l < n_layers; ++l)
+    if (const BranchStats* rs = model.ffn_stats(l)) {
+      stats.push_back(*rs);
+      packed.insert(packed.end(), {rs->entropy, rs->balance_loss, rs->z_loss});
+      packed.insert(packed.end(), rs->load.begin(), rs->load.end());
+    }
+  if (comm.size() == 1) return {packed[0], stats};
+  comm.mean(packed.data(), packed.size());
+  size_t at = 1;
+  for (BranchStats& s : stats) {
+    s.entropy = packed[at], s.balance_loss = packed[at + 1], s.z_loss = packed[at + 2], at += 3;
+    for (double& x : s.load) x = packed[at++];
+  }
+  return {packed[0], stats};
+}
+
+// The ranks must hold the same weights (their updates are the same mean gradient): a hash of each rank's,
+// compared at every evaluation where the weights are on the host. A mismatch would mean the all-reduce gave
+// the ranks different results.
+template <class Model>
+void check_same_weights(Model& model, dist::Communicator& comm, int step) {
+  if (comm.size() == 1) return;
+  const auto* w = model.params().front().value;
+  const auto h = comm.allgather(dist::fnv1a(w, sizeof(*w) * model.n_params()));
+  for (int r = 1; r < comm.size(); ++r)
+    if (h[size_t(r)] != h[0])
+      throw dist::CollectiveError("after step " + std::to_string(step) + " rank " + std::to_string(r) +
+                                  "'s weights differ from rank 0's (the ranks' gradient means disagree)");
+}
+
 template <class Backend, class Task>
 RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTable& table, const std::string& path,
                      bool verbose, const ResumeState* resume) {
@@ -196,6 +272,7 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
   res.device = be.device_name();
   auto& model = task.model;
   auto& opt = task.opt;
+  dist::Communicator& comm = task.dp.comm;
   model.init_weights(c.train.seed);
   const std::string ckpt = checkpoint_path(path);
   const int first_step = resume ? resume->step : 0;
@@ -213,7 +290,8 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
   // here on, so that a SIGTERM (a scheduler, a killed sweep's PR_SET_PDEATHSIG) arriving while the file is being
   // set up still ends in a readable file marked failed, not in a half-written one.
   const CatchStopSignals catching;
-  RunLog log = RunLog::create(path);
+  LeadLog log;
+  if (comm.rank() == 0) log.f = RunLog::create(path);
   log.set_attr("config", c.raw.dump(2));
   log.set_attr("rule", c.rule);
   log.set_attr("status", std::string("running"));
@@ -223,12 +301,13 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
   log.set_attr("finished", std::string(""));
   log.set_attr("data_sources", task.sources());
 #ifdef _OPENMP
-  log.set_attr("cpu_threads", double(omp_get_max_threads()));  // what the CPU ops (and host-side work) may use
+  log.set_attr("cpu_threads", double(omp_get_max_threads()));  // what the CPU ops (and host-side work) may use, a rank
 #else
   log.set_attr("cpu_threads", 1.0);
 #endif
   const char* wait_policy = std::getenv("OMP_WAIT_POLICY");  // how idle CPU threads waited ("": the default)
   log.set_attr("omp_wait_policy", std::string(wait_policy ? wait_policy : ""));
+  log.set_attr("world_size", double(comm.size()));  // data-parallel ranks (processes) that trained it
   log.write_param_table(table_rows(table), {{"attn_scale", table.attn_scale},
                                             {"branch_multiplier", table.branch_multiplier},
                                             {"route_scale", table.route_scale}});
@@ -275,7 +354,9 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
     if (c.train.diverge_factor > 0 && step >= c.schedule.warmup && step > 0)
       in.loss_bound = c.train.diverge_factor * res.first_loss;
     task.train_step_device(in);
-    const int stop = g_stop_signal;  // read once: every decision of this step sees the same value
+    // Read once: every decision of this step sees the same value, on every rank (a signal may reach the ranks
+    // at different steps; they stop together at the first step where any has it).
+    const int stop = comm.size() > 1 ? comm.max(g_stop_signal) : int(g_stop_signal);
     if (verbose && step == 1 && task.stepper->capture_failed())
       std::printf("note: the step could not be captured as a CUDA graph; running it op by op\n");
     // Read also before an evaluation (so a diverged run is not evaluated or checkpointed) and, where reading
@@ -301,11 +382,13 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
       const double tps = window_steps * tokens_per_step / std::max(1e-9, wall - window_start);
       window_start = wall, window_steps = 0;
       res.tok_per_s = tps;
+      const auto [aux_loss, router] = router_stats_over_ranks(model, c.model.n_layers, comm);
       log.append("train", {{"step", step + 1}, {"tokens", (step + 1) * tokens_per_step}, {"loss", loss},
-                           {"aux_loss", model.aux_loss()}, {"lr", c.hp.lr * lr_factor}, {"grad_norm", gnorm},
+                           {"aux_loss", aux_loss}, {"lr", c.hp.lr * lr_factor}, {"grad_norm", gnorm},
                            {"tok_per_s", tps}, {"wall_s", wall}});
-      for (int l = 0; l < c.model.n_layers; ++l)
-        if (const BranchStats* rs = model.ffn_stats(l)) {
+      for (int l = 0, k = 0; l < c.model.n_layers; ++l)
+        if (model.ffn_stats(l)) {
+          const BranchStats* rs = &router[size_t(k++)];
           const auto [min_load, max_load] = std::minmax_element(rs->load.begin(), rs->load.end());
           log.append("router", {{"step", step + 1}, {"layer", l}, {"entropy", rs->entropy},
                                 {"balance_loss", rs->balance_loss}, {"z_loss", rs->z_loss},
@@ -327,12 +410,13 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
       break;
     }
     if ((step + 1) % c.train.eval_every == 0 || step + 1 == c.train.steps) {
+      if (!Backend::on_device) check_same_weights(model, comm, step + 1);
       auto [vl, cols] = task.evaluate();
       res.final_val_loss = vl;
       res.best_val_loss = std::min(res.best_val_loss, vl);
       cols.insert(cols.begin(), {{"step", step + 1}, {"loss", vl}});
       log.append("val", cols);
-      if (c.checkpoint) {
+      if (c.checkpoint && comm.rank() == 0) {
         log.flush();  // the rows a resume from this checkpoint keeps are on disk first
         save_checkpoint(model, opt, ckpt, uint64_t(step + 1));
         last_ckpt = std::chrono::steady_clock::now();
@@ -342,7 +426,7 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
     const double since = std::chrono::duration<double>(std::chrono::steady_clock::now() - last_ckpt).count();
     // A clean stop (SIGTERM from a scheduler, Ctrl-C) writes one too, so that a resume loses nothing.
     const bool stopping = stop && c.writes_checkpoints();
-    if (step + 1 < c.train.steps && read && !(c.checkpoint && eval_step) &&
+    if (comm.rank() == 0 && step + 1 < c.train.steps && read && !(c.checkpoint && eval_step) &&
         (ckpt_step || stopping || (c.checkpoint_minutes > 0 && since >= 60 * c.checkpoint_minutes))) {
       log.flush();  // the rows up to here are on disk before the checkpoint that a resume keeps them for
       save_checkpoint(model, opt, ckpt, uint64_t(step + 1));
@@ -394,12 +478,24 @@ std::string resolve_device(const std::string& requested) {
   return gpu ? "cuda" : "cpu";
 }
 
-RunResult train_run(const RunConfig& c, bool verbose) {
-  // All checks before any file is touched.
-  const std::string path = (std::filesystem::path(c.out_dir) / (c.name + ".h5")).string();
-  MUE_CHECK(!file_in_use(path), "'", path, "' is in use by another process (a run still writing it); not touching it");
+namespace {
+
+// What a run starts from once every check has passed: the resume point (rank 0's), the data, the device.
+struct RunInputs {
+  std::optional<ResumeState> resume;
+  std::optional<TokenFile> tokens;
+  std::optional<ImageSet> images;
+  std::string device;
+};
+
+// All checks before any file is touched: the run file's and the output folder's by the lead rank (rank 0, which
+// writes them) alone, the data, device and memory by every rank.
+RunInputs check_run(const RunConfig& c, const std::string& path, bool lead, int world_size) {
+  RunInputs in;
   std::optional<std::string> status;
-  if (std::filesystem::exists(path)) {
+  if (lead)
+    MUE_CHECK(!file_in_use(path), "'", path, "' is in use by another process (a run still writing it); not touching it");
+  if (lead && std::filesystem::exists(path)) {
     // A process killed while creating its file leaves it empty or truncated; it holds no completed run.
     std::string unreadable;
     if (std::filesystem::file_size(path) == 0) {
@@ -420,15 +516,14 @@ RunResult train_run(const RunConfig& c, bool verbose) {
     MUE_CHECK(!status || *status == "running" || *status == "failed" || c.overwrite, "'", path, "' holds a ", *status,
               " run; choose another name or pass out.overwrite=true");
   }
-  if (c.writes_checkpoints()) check_replaceable(checkpoint_path(path), "a mue checkpoint", is_checkpoint);
+  if (lead && c.writes_checkpoints()) check_replaceable(checkpoint_path(path), "a mue checkpoint", is_checkpoint);
   // A killed or failed run whose checkpoint is there continues from it (same config, else a one-line refusal).
-  std::optional<ResumeState> resume;
-  if (c.resume && status && (*status == "running" || *status == "failed") && is_checkpoint(checkpoint_path(path)))
-    resume = read_resume_state(c, path, checkpoint_path(path));
-  std::optional<TokenFile> tokens;
-  std::optional<ImageSet> images;
+  if (lead && c.resume && status && (*status == "running" || *status == "failed") &&
+      is_checkpoint(checkpoint_path(path)))
+    in.resume = read_resume_state(c, path, checkpoint_path(path));
   if (c.task == "lm") {
-    tokens = TokenFile::open(c.data_tokens);
+    in.tokens = TokenFile::open(c.data_tokens);
+    const auto& tokens = in.tokens;
     MUE_CHECK(int64_t(tokens->vocab_size()) <= c.model.vocab, "token file '", c.data_tokens, "' has vocabulary ",
               tokens->vocab_size(), " > model.vocab ", c.model.vocab);
     MUE_CHECK(int64_t(tokens->n_train()) > c.model.seq_len + 1, "token file '", c.data_tokens,
@@ -437,7 +532,8 @@ RunResult train_run(const RunConfig& c, bool verbose) {
               c.data_tokens, "' has ", tokens->n_val(), " validation tokens, fewer than one evaluation batch of ",
               c.train.batch, " x ", c.model.seq_len, " (+1)");
   } else {
-    images = ImageSet::open(c.data_images);
+    in.images = ImageSet::open(c.data_images);
+    const auto& images = in.images;
     const ImageConfig& im = c.model.image;
     MUE_CHECK(images->channels() == im.channels && images->size() == im.size && images->classes() == im.classes,
               "image file '", c.data_images, "' holds ", images->channels(), "x", images->size(), "x", images->size(),
@@ -445,21 +541,63 @@ RunResult train_run(const RunConfig& c, bool verbose) {
               " and ", im.classes);
     MUE_CHECK(images->n_val() > 0, "image file '", c.data_images, "' has no validation images");
   }
-  std::error_code ec;
-  std::filesystem::create_directories(c.out_dir, ec);
-  MUE_CHECK(!ec && std::filesystem::is_directory(c.out_dir), "cannot create output folder '", c.out_dir, "'");
+  if (lead) {
+    std::error_code ec;
+    std::filesystem::create_directories(c.out_dir, ec);
+    MUE_CHECK(!ec && std::filesystem::is_directory(c.out_dir), "cannot create output folder '", c.out_dir, "'");
+  }
 
-  const std::string device = resolve_device(c.train.device);
-  check_memory_fits(c, device);  // before anything the size of the model is built
+  in.device = resolve_device(c.train.device);
+  if (world_size > 1) {
+    const std::string why = dist::cannot_reduce_on(in.device);
+    MUE_CHECK(why.empty(), why);
+  }
+  check_memory_fits(c, in.device);  // before anything the size of the model is built
+  return in;
+}
+
+}  // namespace
+
+RunResult train_run(const RunConfig& c, bool verbose) {
+  // A data-parallel run (launched by mpirun or srun) first agrees on the config and the batch split; one
+  // process is a world of one rank and does no collective at all.
+  dist::Communicator& comm = dist::world();
+  dist::check_same_config(comm, c.raw.dump());
+  const dist::Shard shard = dist::shard_batch(comm, c.train.batch, "train.batch");
+  const bool lead = comm.rank() == 0;  // writes the run file and the checkpoints, prints
+  verbose = verbose && lead;
+  // Every rank checks (check_run), then all agree: any failure stops every rank before a file is written.
+  const std::string path = (std::filesystem::path(c.out_dir) / (c.name + ".h5")).string();
+  RunInputs in;
+  std::exception_ptr check_error;
+  try {
+    in = check_run(c, path, lead, comm.size());
+  } catch (...) {
+    check_error = std::current_exception();
+  }
+  dist::agree(comm, check_error);
+  std::optional<ResumeState>& resume = in.resume;
+  const std::string& device = in.device;
+  // Every rank resumes from rank 0's decision (the checkpoint file, read by each rank: out.dir must be shared).
+  if (comm.size() > 1) {
+    const uint64_t step = comm.broadcast(resume ? uint64_t(resume->step) : 0);
+    double first_loss = resume ? resume->first_loss : 0;
+    uint64_t bits;
+    std::memcpy(&bits, &first_loss, sizeof bits);
+    bits = comm.broadcast(bits);
+    std::memcpy(&first_loss, &bits, sizeof bits);
+    if (!lead && step > 0) resume.emplace(), resume->step = int(step), resume->first_loss = first_loss;
+  }
   if (verbose) std::printf("memory estimate: %s\n", format_memory(estimate_memory(c)).c_str());
   const ParamTable table = make_param_table(c.rule, c.model, c.reference, c.hp);
   auto run = [&](auto& be) {
     using Backend = std::remove_reference_t<decltype(be)>;
+    DataParallel<Backend> dp(comm, shard, be);
     if (c.task == "flow") {
-      FlowTask<Backend> task(c, be, table, *images);
+      FlowTask<Backend> task(c, be, table, *in.images, dp);
       return train_with(c, be, task, table, path, verbose, resume ? &*resume : nullptr);
     }
-    LmTask<Backend> task(c, be, table, *tokens);
+    LmTask<Backend> task(c, be, table, *in.tokens, dp);
     return train_with(c, be, task, table, path, verbose, resume ? &*resume : nullptr);
   };
 #ifdef MUE_HAVE_CUDA

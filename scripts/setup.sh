@@ -17,7 +17,7 @@ for arg in "$@"; do
   esac
 done
 
-pkgs="cmake g++ ninja-build libhdf5-dev libeigen3-dev catch2 nlohmann-json3-dev libpng-dev zlib1g-dev hdf5-tools"
+pkgs="cmake g++ ninja-build libhdf5-dev libeigen3-dev catch2 nlohmann-json3-dev libpng-dev zlib1g-dev hdf5-tools libopenmpi-dev openmpi-bin"
 [ $want_data = 1 ] && pkgs="$pkgs linux-doc-6.1"
 [ $want_python = 1 ] && pkgs="$pkgs python3-numpy python3-h5py"
 # npm: the distribution package conflicts with a nodejs that bundles its own npm; ask only when none is there.
