@@ -481,7 +481,9 @@ SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
         std::fprintf(stderr, "sweep: warning: %s\n", e.what());
       }
     }
-    if (!reaped) ::usleep(50 * 1000);
+    // A finished point waits here for its reap and the next point's start: 50 ms cost 25 ms a point on average
+    // (56 tiny CPU points at --parallel 2: 10.0 s, at 5 ms 9.5 s); a waitpid(WNOHANG) every 5 ms costs nothing.
+    if (!reaped) ::usleep(5 * 1000);
   }
   sigaction(SIGINT, &old_int, nullptr);
   sigaction(SIGTERM, &old_term, nullptr);
