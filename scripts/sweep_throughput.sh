@@ -46,13 +46,14 @@ except ValueError:  # no index (the sweep failed before writing one)
 m = re.findall(r"a point's process ([0-9.]+) s on average \(\d+ points\): fixed cost ([0-9.]+) s", open(log).read())
 process, fixed = m[-1] if m else ("nan", "nan")
 keys = list(mean)  # the phases in their order, then total, before_main, counts
+header = ["parallel", "points", "mps", "process_s", "fixed_s"] + keys
+row = [par, n, mps, process, fixed] + ["nan" if mean[k] is None else f"{mean[k]:.3f}" for k in keys]
 new = not os.path.exists(tsv)
 with open(tsv, "a") as out:
     if new:
-        out.write("\t".join(["parallel", "points", "mps", "process_s", "fixed_s"] + keys) + "\n")
-    row = [par, n, mps, process, fixed] + ["nan" if mean[k] is None else f"{mean[k]:.3f}" for k in keys]
+        out.write("\t".join(header) + "\n")
     out.write("\t".join(row) + "\n")
-    print("\t".join(row))
+print("  per point:", " ".join(f"{k}={v}" for k, v in zip(header[3:], row[3:])))
 PY
 done
 rm -rf "$scratch"
