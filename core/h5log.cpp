@@ -191,6 +191,14 @@ void RunLog::set_attr(const std::string& name, double value) {
   m.file.set_attr(name, value);
 }
 
+void RunLog::set_group_attrs(const std::string& group, const std::vector<std::pair<std::string, double>>& values) {
+  Impl& m = live("set_group_attrs");
+  const std::string g = strip_slashes(group);
+  MUE_CHECK(!g.empty(), "run log '", m.path, "': set_group_attrs needs a group name");
+  const h5::Node node = m.file.exists(g) ? m.file.open_group(g) : m.file.create_group(g);
+  for (const auto& [name, value] : values) node.set_attr(name, value);
+}
+
 void RunLog::write_param_table(const std::vector<ParamTableRow>& rows,
                                const std::vector<std::pair<std::string, double>>& scalars) {
   Impl& m = live("write_param_table");
@@ -307,9 +315,16 @@ std::optional<std::string> read_string_attr(const std::string& file, const std::
 }
 
 std::optional<double> read_double_attr(const std::string& file, const std::string& attr) {
+  return read_double_attrs(file, {attr})[0];
+}
+
+std::vector<std::optional<double>> read_double_attrs(const std::string& file, const std::vector<std::string>& attrs) {
+  std::vector<std::optional<double>> values(attrs.size());
   std::error_code ec;
-  if (!fs::exists(file, ec)) return std::nullopt;
-  return open_ro(file).number_attr(attr);
+  if (!fs::exists(file, ec)) return values;
+  const h5::Node f = open_ro(file);
+  for (size_t i = 0; i < attrs.size(); ++i) values[i] = f.number_attr(attrs[i]);
+  return values;
 }
 
 std::vector<uint64_t> dataset_shape(const std::string& file, const std::string& dataset) {

@@ -9,6 +9,7 @@
 //                     column of a group has one length: a column a row leaves out gets NaN for that row, and a
 //                     column first seen at row n gets NaN for rows 0..n-1.
 //   /<path>           extendible 2-D float64 datasets [rows, width] written by append_row().
+//   /<group>          a group of float64 attributes written by set_group_attrs() (e.g. /timing).
 // flush() pushes everything to disk, so a killed process leaves a readable file (whose status says "running").
 // Every HDF5 failure becomes a mue::Error naming the operation and the file.
 #pragma once
@@ -45,6 +46,8 @@ class RunLog {
   void set_attr(const std::string& name, const std::string& value);
   void set_attr(const std::string& name, const char* value) { set_attr(name, std::string(value)); }
   void set_attr(const std::string& name, double value);
+  // Float64 attributes of `group` (created on first use); setting one again replaces it.
+  void set_group_attrs(const std::string& group, const std::vector<std::pair<std::string, double>>& values);
 
   // Writes /param_table once: its rows as columns, and the table-wide scalars (attention scale, branch
   // multiplier, route scale) as attributes of the group.
@@ -89,6 +92,8 @@ bool is_hdf5(const std::string& file);
 std::optional<std::string> read_string_attr(const std::string& file, const std::string& attr);
 // Same for a numeric root attribute (read as double). Both take "group/name" for an attribute of a group.
 std::optional<double> read_double_attr(const std::string& file, const std::string& attr);
+// Several numeric attributes ("name" or "group/name", as read_double_attr) with one opening of the file.
+std::vector<std::optional<double>> read_double_attrs(const std::string& file, const std::vector<std::string>& attrs);
 
 // A numeric dataset as doubles, flattened in row-major order (see dataset_shape for the dims).
 std::vector<double> read_doubles(const std::string& file, const std::string& dataset);

@@ -5,6 +5,7 @@
 // then reuses (should one grow later, e.g. in an evaluation, the graph is dropped and recorded again). Should the capture fail (an op that waits for the device, e.g. the cuBLAS fallback of expert
 // widths that are not multiples of 8), the steps keep running op by op.
 #pragma once
+#include <chrono>
 #include <functional>
 #include <type_traits>
 #include <utility>
@@ -33,7 +34,10 @@ class DeviceStep {
     if (graph_ && !be.graph_ready()) graph_ = false, try_graph_ = true, eager_runs_ = 0;  // dropped: record again
     if (!graph_ && try_graph_ && eager_runs_ >= 1) {  // after a step op by op has sized every buffer
       try_graph_ = false;
+      const auto t0 = std::chrono::steady_clock::now();
       graph_ = be.capture([&] { body(); });
+      capture_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      ++captures_;
       capture_failed_ = !graph_;
     }
     if (graph_) {
@@ -49,6 +53,9 @@ class DeviceStep {
   void set_after_backward(std::function<void()> f) { after_backward_ = std::move(f); }
   bool graph() const { return graph_; }
   bool capture_failed() const { return capture_failed_; }
+  // Host time spent recording and instantiating graphs (nothing runs on the device meanwhile), and how often.
+  double capture_seconds() const { return capture_seconds_; }
+  int captures() const { return captures_; }
 
  private:
   void body() {
@@ -62,7 +69,8 @@ class DeviceStep {
   AdamW<Backend>& opt_;
   std::function<void()> after_backward_;
   bool try_graph_, graph_ = false, capture_failed_ = false;
-  int eager_runs_ = 0;
+  int eager_runs_ = 0, captures_ = 0;
+  double capture_seconds_ = 0;
 };
 
 }  // namespace mue

@@ -16,6 +16,7 @@
 #include "experiments/bench.h"
 #include "experiments/coord_check.h"
 #include "experiments/run_config.h"
+#include "experiments/run_timing.h"
 #include "experiments/sample.h"
 #include "experiments/show.h"
 #include "experiments/sweep.h"
@@ -377,6 +378,7 @@ int cmd_bench(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  mue::mark_process_start();  // a run's /timing counts from here
   if (argc < 2) {
     usage(stderr);
     return 2;

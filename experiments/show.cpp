@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -13,6 +14,7 @@
 #include "core/h5log.h"
 #include "experiments/checkpoint.h"
 #include "experiments/coord_check.h"
+#include "experiments/run_timing.h"
 
 namespace mue {
 namespace {
@@ -26,6 +28,13 @@ std::string num(double x, const char* f = "%.6g") {
   return b;
 }
 ojson jnum(double x) { return std::isfinite(x) ? ojson(x) : ojson(nullptr); }
+
+// A run's /timing (or a mean of them) as a JSON object, attribute names as keys.
+ojson timing_json(const RunTiming& t) {
+  ojson j = ojson::object();
+  for (const auto& [name, value] : t.attrs()) j[name] = jnum(value);
+  return j;
+}
 
 // (last finite value, its step) and (smallest finite value, its step) of a column.
 struct LastBest {
@@ -142,6 +151,7 @@ void show_run(const std::string& f, bool as_json, int rows, std::FILE* out) {
   }
   const size_t n_params = pt_s.count("name") ? pt_s["name"].size() : 0;
   const std::string status = attr_or(f, "status");
+  const std::optional<RunTiming> timing = RunTiming::read(f);  // none while the run goes, or from older builds
   if (as_json) {
     ojson j;
     j["kind"] = "run", j["path"] = f;
@@ -156,6 +166,7 @@ void show_run(const std::string& f, bool as_json, int rows, std::FILE* out) {
     j["param_table"] = table_json(pt_s, pt_d, n_params);
     j["train_rows"] = rows_json(train, rows);
     j["val_rows"] = rows_json(val, 0);
+    if (timing) j["timing"] = timing_json(*timing);
     std::fprintf(out, "%s\n", j.dump(1).c_str());
     return;
   }
@@ -171,6 +182,7 @@ void show_run(const std::string& f, bool as_json, int rows, std::FILE* out) {
                num(tl.last_step, "%.0f").c_str(), num(tl.best, "%.4f").c_str(), num(tl.best_step, "%.0f").c_str());
   std::fprintf(out, "  val loss:   last %s (step %s), best %s (step %s)\n", num(vl.last, "%.4f").c_str(),
                num(vl.last_step, "%.0f").c_str(), num(vl.best, "%.4f").c_str(), num(vl.best_step, "%.0f").c_str());
+  if (timing) std::fprintf(out, "  %s\n", timing->line().c_str());
   std::fprintf(out, "parameter table (%zu tensors):\n  %-34s %-14s %-8s", n_params, "name", "shape", "init");
   for (auto& k : pt_nums) std::fprintf(out, " %10s", k.c_str());
   std::fprintf(out, "\n");
@@ -233,6 +245,15 @@ void show_index(const std::string& f, bool as_json, int rows, std::FILE* out) {
   std::map<std::string, int> counts;
   for (auto& st : s["status"]) ++counts[st];
   const std::string name = attr_or(f, "name");
+  // Where each finished point's time went, from its run file beside the index (its /runs link's target).
+  std::vector<RunTiming> timings;
+  for (size_t i = 0; i < n; ++i) {
+    if ((s["status"][i] != "completed" && s["status"][i] != "diverged") || i >= s["name"].size()) continue;
+    try {
+      if (auto t = RunTiming::read((fs::path(f).parent_path() / (s["name"][i] + ".h5")).string())) timings.push_back(*t);
+    } catch (const Error&) {  // a damaged run file: left out of the mean, as one without /timing
+    }
+  }
   if (as_json) {
     ojson j;
     j["kind"] = "sweep_index", j["path"] = f, j["name"] = name, j["axes"] = axes;
@@ -247,6 +268,8 @@ void show_index(const std::string& f, bool as_json, int rows, std::FILE* out) {
     for (auto& g : group_order)
       b.push_back({{"group", g}, {"best", best[g] == SIZE_MAX ? ojson(nullptr) : ojson(s["name"][best[g]])}});
     j["best_per_group"] = b;
+    j["timing_points"] = timings.size();
+    j["timing_mean"] = timings.empty() ? ojson(nullptr) : timing_json(mean_timing(timings));
     std::fprintf(out, "%s\n", j.dump(1).c_str());
     return;
   }
@@ -264,6 +287,8 @@ void show_index(const std::string& f, bool as_json, int rows, std::FILE* out) {
     std::fprintf(out, " %10s %10s %10s %7s\n", s["status"][i].c_str(), num(metric("final_val_loss", i), "%.4f").c_str(),
                  num(metric("best_val_loss", i), "%.4f").c_str(), num(metric("steps", i), "%.0f").c_str());
   }
+  if (!timings.empty())
+    std::fprintf(out, "  mean of %zu finished points' %s\n", timings.size(), mean_timing(timings).line().c_str());
   std::fprintf(out, "best final val loss per group (%s):\n", group_axes.empty() ? "the whole sweep" : "axes but the LR/WD grid");
   for (auto& g : group_order) {
     const size_t i = best[g];

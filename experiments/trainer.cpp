@@ -26,6 +26,7 @@
 #include "experiments/coord_check.h"
 #include "experiments/device_step.h"
 #include "experiments/flow.h"
+#include "experiments/run_timing.h"
 #include "moe/moe_layer.h"
 
 namespace mue {
@@ -219,6 +220,9 @@ struct LeadLog {
   std::optional<RunLog> f;
   void set_attr(const std::string& k, const std::string& v) { if (f) f->set_attr(k, v); }
   void set_attr(const std::string& k, double v) { if (f) f->set_attr(k, v); }
+  void set_group_attrs(const std::string& g, const std::vector<std::pair<std::string, double>>& v) {
+    if (f) f->set_group_attrs(g, v);
+  }
   void write_param_table(const std::vector<ParamTableRow>& rows,
                          const std::vector<std::pair<std::string, double>>& scalars) {
     if (f) f->write_param_table(rows, scalars);
@@ -266,7 +270,7 @@ void check_same_weights(Model& model, dist::Communicator& comm, int step) {
 
 template <class Backend, class Task>
 RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTable& table, const std::string& path,
-                     bool verbose, const ResumeState* resume) {
+                     bool verbose, const ResumeState* resume, PhaseClock& clock) {
   RunResult res;
   res.path = path;
   res.device = be.device_name();
@@ -285,6 +289,8 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
     std::printf("model: %zu parameters, activations %.1f MiB, device %s\n", model.n_params(),
                 model.activation_bytes() / 1048576.0, res.device.c_str());
   }
+  be.synchronize();  // the initial weights (or the checkpoint's) are on the device
+  clock.end(Phase::model);
 
   // Everything is validated and built: only now is the output file created. The stop signals are caught from
   // here on, so that a SIGTERM (a scheduler, a killed sweep's PR_SET_PDEATHSIG) arriving while the file is being
@@ -328,6 +334,7 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
     if (std::isfinite(res.first_loss)) log.set_attr("first_loss", res.first_loss);
   }
   log.flush();
+  clock.end(Phase::file);
 
   const double tokens_per_step = task.items_per_step();  // tokens (lm) or images (flow)
   const char* unit = c.task == "flow" ? "img/s" : "tok/s";
@@ -359,13 +366,13 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
     const int stop = comm.size() > 1 ? comm.max(g_stop_signal) : int(g_stop_signal);
     if (verbose && step == 1 && task.stepper->capture_failed())
       std::printf("note: the step could not be captured as a CUDA graph; running it op by op\n");
-    // Read also before an evaluation (so a diverged run is not evaluated or checkpointed) and, where reading
-    // costs nothing (the CPU), at every step.
+    // Read also before an evaluation (so a diverged run is not evaluated or checkpointed), at this process's
+    // first step (so that its time is its own) and, where reading costs nothing (the CPU), at every step.
     const bool log_step = (step + 1) % c.train.log_every == 0 || step + 1 == c.train.steps;
     const bool eval_step = (step + 1) % c.train.eval_every == 0;
     const bool ckpt_step = c.checkpoint_every > 0 && (step + 1) % c.checkpoint_every == 0;
     bool read = false;  // whether this step's loss and divergence are known (a checkpoint needs them)
-    if (step == 0 || log_step || eval_step || ckpt_step || (step + 1) % kCheckEvery == 0 || stop ||
+    if (step == first_step || log_step || eval_step || ckpt_step || (step + 1) % kCheckEvery == 0 || stop ||
         !Backend::on_device) {
       const StepOut o = opt.read_step_out();
       loss = o.loss, gnorm = std::sqrt(o.norm_sq);
@@ -373,6 +380,8 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
       if (o.first_bad >= 0) diverged = true, bad_step = o.first_bad, bad_loss = o.bad_loss;
       read = true;
     }
+    if (step == first_step) clock.end(Phase::first_step);  // the read above waited for it
+    else clock.count(Phase::steps);
     ++window_steps;
     res.steps_done = step + 1;
     const bool last = step + 1 == c.train.steps || diverged || stop;
@@ -410,16 +419,19 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
       break;
     }
     if ((step + 1) % c.train.eval_every == 0 || step + 1 == c.train.steps) {
+      clock.end(Phase::steps);  // the device is idle: this step's loss was read
       if (!Backend::on_device) check_same_weights(model, comm, step + 1);
       auto [vl, cols] = task.evaluate();
       res.final_val_loss = vl;
       res.best_val_loss = std::min(res.best_val_loss, vl);
       cols.insert(cols.begin(), {{"step", step + 1}, {"loss", vl}});
       log.append("val", cols);
+      clock.end(Phase::eval), clock.count(Phase::eval);
       if (c.checkpoint && comm.rank() == 0) {
         log.flush();  // the rows a resume from this checkpoint keeps are on disk first
         save_checkpoint(model, opt, ckpt, uint64_t(step + 1));
         last_ckpt = std::chrono::steady_clock::now();
+        clock.end(Phase::checkpoint), clock.count(Phase::checkpoint);
       }
       if (verbose) std::printf("step %5d | val loss %.4f\n", step + 1, vl), std::fflush(stdout);
     }
@@ -428,9 +440,11 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
     const bool stopping = stop && c.writes_checkpoints();
     if (comm.rank() == 0 && step + 1 < c.train.steps && read && !(c.checkpoint && eval_step) &&
         (ckpt_step || stopping || (c.checkpoint_minutes > 0 && since >= 60 * c.checkpoint_minutes))) {
+      clock.end(Phase::steps);  // the device is idle: this step's loss was read
       log.flush();  // the rows up to here are on disk before the checkpoint that a resume keeps them for
       save_checkpoint(model, opt, ckpt, uint64_t(step + 1));
       last_ckpt = std::chrono::steady_clock::now();
+      clock.end(Phase::checkpoint), clock.count(Phase::checkpoint);
     }
     log.flush();
     if (stop) {
@@ -440,11 +454,21 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
       break;
     }
   }
+  clock.end(Phase::steps);  // the last step synchronised for its log row
+  if (task.stepper) {
+    clock.move(Phase::steps, Phase::capture, task.stepper->capture_seconds());
+    for (int i = 0; i < task.stepper->captures(); ++i) clock.count(Phase::capture);
+  }
   res.final_train_loss = loss;
   res.status = status;
   log.set_attr("status", status);
   log.set_attr("finished", utc_now_iso());
+  log.flush();  // what is left for the close below is /timing alone
+  clock.end(Phase::close);
+  const RunTiming timing = clock.timing();
+  log.set_group_attrs("timing", timing.attrs());
   log.close();
+  if (verbose) std::printf("%s\n", timing.line().c_str()), std::fflush(stdout);
   return res;
 }
 }  // namespace
@@ -490,7 +514,7 @@ struct RunInputs {
 
 // All checks before any file is touched: the run file's and the output folder's by the lead rank (rank 0, which
 // writes them) alone, the data, device and memory by every rank.
-RunInputs check_run(const RunConfig& c, const std::string& path, bool lead, int world_size) {
+RunInputs check_run(const RunConfig& c, const std::string& path, bool lead, int world_size, PhaseClock& clock) {
   RunInputs in;
   std::optional<std::string> status;
   if (lead)
@@ -521,6 +545,7 @@ RunInputs check_run(const RunConfig& c, const std::string& path, bool lead, int 
   if (lead && c.resume && status && (*status == "running" || *status == "failed") &&
       is_checkpoint(checkpoint_path(path)))
     in.resume = read_resume_state(c, path, checkpoint_path(path));
+  clock.end(Phase::checks);
   if (c.task == "lm") {
     in.tokens = TokenFile::open(c.data_tokens);
     const auto& tokens = in.tokens;
@@ -541,13 +566,16 @@ RunInputs check_run(const RunConfig& c, const std::string& path, bool lead, int 
               " and ", im.classes);
     MUE_CHECK(images->n_val() > 0, "image file '", c.data_images, "' has no validation images");
   }
+  clock.end(Phase::data);
   if (lead) {
     std::error_code ec;
     std::filesystem::create_directories(c.out_dir, ec);
     MUE_CHECK(!ec && std::filesystem::is_directory(c.out_dir), "cannot create output folder '", c.out_dir, "'");
   }
 
-  in.device = resolve_device(c.train.device);
+  clock.end(Phase::checks);
+  in.device = resolve_device(c.train.device);  // on CUDA: the driver initialised, the device's properties read
+  clock.end(Phase::context);
   if (world_size > 1) {
     const std::string why = dist::cannot_reduce_on(in.device);
     MUE_CHECK(why.empty(), why);
@@ -559,6 +587,8 @@ RunInputs check_run(const RunConfig& c, const std::string& path, bool lead, int 
 }  // namespace
 
 RunResult train_run(const RunConfig& c, bool verbose) {
+  PhaseClock clock;
+  clock.end(Phase::config);  // main's entry to here: the arguments and the config
   // A data-parallel run (launched by mpirun or srun) first agrees on the config and the batch split; one
   // process is a world of one rank and does no collective at all.
   dist::Communicator& comm = dist::world();
@@ -571,7 +601,7 @@ RunResult train_run(const RunConfig& c, bool verbose) {
   RunInputs in;
   std::exception_ptr check_error;
   try {
-    in = check_run(c, path, lead, comm.size());
+    in = check_run(c, path, lead, comm.size(), clock);
   } catch (...) {
     check_error = std::current_exception();
   }
@@ -589,16 +619,20 @@ RunResult train_run(const RunConfig& c, bool verbose) {
     if (!lead && step > 0) resume.emplace(), resume->step = int(step), resume->first_loss = first_loss;
   }
   if (verbose) std::printf("memory estimate: %s\n", format_memory(estimate_memory(c)).c_str());
+  clock.end(Phase::checks);
   const ParamTable table = make_param_table(c.rule, c.model, c.reference, c.hp);
-  auto run = [&](auto& be) {
+  clock.end(Phase::model);
+  auto run = [&](auto& be) {  // `be` is made just before: its context, stream and handles
     using Backend = std::remove_reference_t<decltype(be)>;
+    be.synchronize();
+    clock.end(Phase::context);
     DataParallel<Backend> dp(comm, shard, be);
     if (c.task == "flow") {
       FlowTask<Backend> task(c, be, table, *in.images, dp);
-      return train_with(c, be, task, table, path, verbose, resume ? &*resume : nullptr);
+      return train_with(c, be, task, table, path, verbose, resume ? &*resume : nullptr, clock);
     }
     LmTask<Backend> task(c, be, table, *in.tokens, dp);
-    return train_with(c, be, task, table, path, verbose, resume ? &*resume : nullptr);
+    return train_with(c, be, task, table, path, verbose, resume ? &*resume : nullptr, clock);
   };
 #ifdef MUE_HAVE_CUDA
   if (device == "cuda") {

@@ -66,13 +66,18 @@ class ParamStore {
   // Weights from the table's init column (zeros where the model declared a zero init: TensorSpec::zero_init),
   // drawn by the counter-based RNG per (seed, tensor name, index), so every backend and every precision starts
   // from the same numbers.
+  // Each number is a function of its index alone, so the threads share out a tensor and give the same weights on
+  // any thread count; the draws (a log and a cosine each) were most of a d128 LM's setup done on one thread.
   void init_weights(uint64_t seed) {
     for (auto& p : params_) {
       std::vector<M> host(p.row.tensor.size());
       const uint64_t stream = hash_name(p.row.tensor.name.c_str());
-      for (size_t i = 0; i < host.size(); ++i)
-        host[i] = p.row.init == "ones" ? M(1) : p.row.init == "zeros" ? M(0)
-                                               : M(p.row.init_std * rng_normal(seed, stream, i));
+      const bool ones = p.row.init == "ones", zeros = p.row.init == "zeros";
+      const double init_std = p.row.init_std;
+      const size_t n = host.size();
+#pragma omp parallel for schedule(static) if (n > (size_t(1) << 14))
+      for (size_t i = 0; i < n; ++i)
+        host[i] = ones ? M(1) : zeros ? M(0) : M(init_std * rng_normal(seed, stream, i));
       be_.upload(p.value, host.data(), host.size() * sizeof(M));
     }
     refresh_weights();

@@ -65,7 +65,7 @@ for name in "${names[@]}"; do
     $( [ -f "$prev" ] && echo --merge "$prev" ) 2>&1 | tail -3
   [ -n "${TGZ:-}" ] && tar czf "$OUT/$name-runs.tgz" -C runs "$name"
 done
-grep -E "^== |^sweep .* completed" "$log"
+grep -E "^== |^sweep .* completed|^sweep .*: (a point's process|mean time)" "$log"  # with the fixed cost per point
 for name in "${names[@]}"; do
   [ -f "$OUT/$name.json" ] && python3 experiments/figures/transfer_table.py "$OUT/$name.json" --brief 2>&1 | tail -40
 done

@@ -2,7 +2,11 @@
 # Seconds per sweep point on this machine's GPU: the first N points of a sweep spec run at --parallel P, with or
 # without CUDA MPS (scripts/mps.sh), each setting in a fresh scratch directory, timed by the wall clock.
 # usage: bash scripts/sweep_throughput.sh SPEC.json P:N[:mps] ...     e.g. 1:2 4:8 4:8:mps 8:8:mps
-# Prints one row per setting (and appends it to $OUT/throughput.tsv): P, N, mps, wall s, s/point, completed.
+# Prints one row per setting (and appends it to $OUT/throughput.tsv): P, N, mps, wall s, s/point, completed; and
+# where each point's time went, the mean over the setting's points of every phase of the run files' /timing
+# (seconds; counts for *_count) beside the mean process time per point, as seen by the sweep, and its fixed
+# cost (all but steps and evaluations), one row per setting in $OUT/throughput-phases.tsv (README: "Where a
+# run's time goes").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/mps.sh
@@ -29,6 +33,27 @@ PY
   done_n=$(grep -oE "[0-9]+ completed" "$scratch/$tag.log" | tail -1 | cut -d" " -f1)
   awk -v p="$par" -v n="$n" -v m="${mps:-no}" -v a="$t0" -v b="$t1" -v c="$done_n" \
     'BEGIN { printf "%s\t%s\t%s\t%.1f\t%.2f\t%s\n", p, n, m, b - a, (b - a) / n, c }' | tee -a "$OUT/throughput.tsv"
-  tail -3 "$scratch/$tag.log" > "$OUT/throughput-$tag.log"
+  tail -5 "$scratch/$tag.log" > "$OUT/throughput-$tag.log"
+  "$mue" show "$scratch/$tag/throughput-index.h5" --json > "$scratch/$tag-index.json" 2> /dev/null
+  python3 - "$par" "$n" "${mps:-no}" "$scratch/$tag.log" "$scratch/$tag-index.json" "$OUT/throughput-phases.tsv" <<'PY'
+import json, os, re, sys
+par, n, mps, log, index, tsv = sys.argv[1:7]
+try:
+    mean = json.load(open(index)).get("timing_mean") or {}
+except ValueError:  # no index (the sweep failed before writing one)
+    mean = {}
+# the sweep's own line: "a point's process 7.31 s on average (8 points): fixed cost 2.10 s ..."
+m = re.findall(r"a point's process ([0-9.]+) s on average \(\d+ points\): fixed cost ([0-9.]+) s", open(log).read())
+process, fixed = m[-1] if m else ("nan", "nan")
+keys = list(mean)  # the phases in their order, then total, before_main, counts
+header = ["parallel", "points", "mps", "process_s", "fixed_s"] + keys
+row = [par, n, mps, process, fixed] + ["nan" if mean[k] is None else f"{mean[k]:.3f}" for k in keys]
+new = not os.path.exists(tsv)
+with open(tsv, "a") as out:
+    if new:
+        out.write("\t".join(header) + "\n")
+    out.write("\t".join(row) + "\n")
+print("  per point:", " ".join(f"{k}={v}" for k, v in zip(header[3:], row[3:])))
+PY
 done
 rm -rf "$scratch"

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <functional>
 #include <string>
@@ -11,6 +12,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "data/tokens.h"
+#include "experiments/show.h"
 
 namespace mue::test {
 
@@ -41,6 +43,31 @@ inline std::string error_of(const std::function<void()>& f) {
     return e.what();
   }
   return "<no mue::Error>";
+}
+
+// What `mue show PATH [--json] [--rows N]` prints.
+inline std::string shown(const std::string& path, bool json = false, int rows = 10) {
+  std::FILE* f = std::tmpfile();
+  MUE_CHECK(f, "cannot create a temporary file");
+  struct Closer {
+    std::FILE* f;
+    ~Closer() { std::fclose(f); }
+  } closer{f};
+  show_file(path, json, rows, f);
+  std::rewind(f);
+  std::string s;
+  char buf[4096];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) s.append(buf, n);
+  return s;
+}
+
+// The overrides of a tiny MoE LM run named `name` on the CPU, on the token file `tok`, into d: 30 steps, a log row
+// every 10, evaluations at 15 and 30.
+inline std::vector<std::string> tiny_moe_run(const TempDir& d, const std::string& tok, const std::string& name) {
+  return {"name=" + name, "model.vocab=97", "model.vocab_pad=128", "model.d_model=32", "model.n_heads=2",
+          "model.seq_len=16", "ffn.type=moe", "ffn.shape=4e2a", "ffn.expert_hidden=16", "train.batch=4",
+          "train.steps=30", "train.log_every=10", "train.eval_every=15", "train.eval_batches=2", "train.device=cpu",
+          "rule=complete-mue", "reference.ffn_hidden=64", "data.tokens=" + tok, "out.dir=" + d.path.string()};
 }
 
 // d/toy.tok with a learnable pattern: each token is (previous * 5 + 1) mod 97 most of the time; vocab 97.

@@ -1,5 +1,7 @@
 // The whole LM: gradient of the loss w.r.t. every parameter against finite differences (double), and a tiny
 // model overfitting one batch (float, the path `train` runs on the CPU).
+#include <omp.h>
+
 #include "core/kernel_variants.h"
 #include "nn/lm.h"
 #include "optim/adamw.h"
@@ -169,6 +171,34 @@ TEST_CASE("tiny LM overfits one fixed batch (loss falls by >= 90%)", "[lm]") {
   INFO("first " << first << " last " << last);
   CHECK(first == Approx(std::log(64.0)).margin(0.2));
   CHECK(last < 0.1 * first);
+}
+
+TEST_CASE("initial weights: the table's draw of each index, on any number of threads", "[lm]") {
+  ModelConfig c = tiny_config();
+  c.vocab = 500, c.vocab_pad = 512, c.d_model = 64, c.n_heads = 4, c.ffn_hidden = 256;  // tensors split among threads
+  const ParamTable t = make_param_table("sp", c, c, Hyper{});
+  CpuBackend<float> be1, be4;
+  LM<CpuBackend<float>> one(c, t, be1, 1), four(c, t, be4, 1);
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  one.init_weights(9);
+  omp_set_num_threads(4);
+  four.init_weights(9);
+  omp_set_num_threads(threads);
+  size_t split = 0;  // tensors large enough to be shared out
+  for (size_t i = 0; i < one.params().size(); ++i) {
+    const auto& p = one.P(i);
+    INFO(p.row.tensor.name);
+    const std::vector<double> w = one.host_values(p);
+    CHECK(w == four.host_values(four.P(i)));  // bit for bit
+    const uint64_t stream = hash_name(p.row.tensor.name.c_str());
+    for (size_t k = 0; k < w.size(); k += 97)
+      CHECK(w[k] == (p.row.init == "ones"    ? 1.0
+                     : p.row.init == "zeros" ? 0.0
+                                             : double(float(p.row.init_std * rng_normal(9, stream, k)))));
+    split += w.size() > (size_t(1) << 14);
+  }
+  CHECK(split >= 2);
 }
 
 TEST_CASE("same seed gives the same initial weights in float and double", "[lm]") {

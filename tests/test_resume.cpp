@@ -17,6 +17,7 @@
 #include "data/images.h"
 #include "data/prepare_images.h"
 #include "experiments/checkpoint.h"
+#include "experiments/run_timing.h"
 #ifdef MUE_HAVE_CUDA
 #include "core/cuda_context.h"
 #endif
@@ -101,6 +102,11 @@ void check_resumes_bit_for_bit(const std::string& extra, const std::string& devi
   CHECK(out.find("resuming") != std::string::npos);
   CHECK(read_double_attr(d / "cut.h5", "resumed_at_step").value() == double(at));
   CHECK(read_string_attr(d / "cut.h5", "status").value() == "completed");
+  // Its /timing is the resuming process's own: the steps after the checkpoint, not the killed process's.
+  const RunTiming resumed = RunTiming::read(d / "cut.h5").value(), whole_timing = RunTiming::read(d / "whole.h5").value();
+  CHECK(resumed.count(Phase::steps) == double(1500 - at - 1));
+  CHECK(whole_timing.count(Phase::steps) == 1499);
+  CHECK(resumed.count(Phase::eval) == double(3 - at / 500));
   for (const char* ds : {"train/step", "train/loss", "train/grad_norm", "train/lr", "val/step", "val/loss"}) {
     INFO(ds);
     CHECK(read_doubles(d / "cut.h5", ds) == read_doubles(d / "whole.h5", ds));  // bit for bit

@@ -21,34 +21,13 @@
 
 using namespace mue;
 using mue::test::TempDir;
-
-namespace {
-
-std::string shown(const std::string& path, bool json = false, int rows = 10) {
-  std::FILE* f = std::tmpfile();
-  REQUIRE(f);
-  show_file(path, json, rows, f);
-  std::rewind(f);
-  std::string s;
-  char buf[4096];
-  for (size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) s.append(buf, n);
-  std::fclose(f);
-  return s;
-}
-
-std::vector<std::string> tiny(const TempDir& d, const std::string& tok, const std::string& name) {
-  return {"name=" + name, "model.vocab=97", "model.vocab_pad=128", "model.d_model=32", "model.n_heads=2",
-          "model.seq_len=16", "ffn.type=moe", "ffn.shape=4e2a", "ffn.expert_hidden=16", "train.batch=4",
-          "train.steps=30", "train.log_every=10", "train.eval_every=15", "train.eval_batches=2", "train.device=cpu",
-          "rule=complete-mue", "reference.ffn_hidden=64", "data.tokens=" + tok, "out.dir=" + d.path.string()};
-}
-
-}  // namespace
+using mue::test::shown;
+using mue::test::tiny_moe_run;
 
 TEST_CASE("show: a run file's status, config, losses, parameter table and last rows", "[show]") {
   TempDir d("show");
   const std::string tok = mue::test::make_toy_tokens(d);
-  RunConfig c = resolve_config("", tiny(d, tok, "r"));
+  RunConfig c = resolve_config("", tiny_moe_run(d, tok, "r"));
   c.checkpoint = true;
   RunResult r = train_run(c, false);
   REQUIRE(r.status == "completed");
@@ -82,7 +61,7 @@ TEST_CASE("show: a sweep index lists its points and the best point of each group
   TempDir d("show");
   const std::string tok = mue::test::make_toy_tokens(d);
   nlohmann::ordered_json spec = {{"name", "s"}, {"out_dir", d / "runs"}};
-  std::vector<std::string> ov = tiny(d, tok, "x");
+  std::vector<std::string> ov = tiny_moe_run(d, tok, "x");
   ov.erase(ov.begin()), ov.pop_back();  // name and out.dir are the sweep's
   spec["overrides"] = ov;
   spec["axes"] = {{"ffn.shape", {"4e1a", "4e2a"}}, {"hp.lr", {0.003, 0.03}}};
@@ -120,7 +99,7 @@ TEST_CASE("show: a live run is read while it trains", "[show]") {
   TempDir d("show");
   const std::string tok = mue::test::make_toy_tokens(d);
   std::vector<std::string> args = {MUE_BINARY, "train"};
-  for (auto& o : tiny(d, tok, "live")) args.push_back(o);
+  for (auto& o : tiny_moe_run(d, tok, "live")) args.push_back(o);
   args.push_back("train.steps=1000000");
   args.push_back("train.log_every=5");
   pid_t pid = ::fork();
@@ -156,7 +135,7 @@ TEST_CASE("show: a live run is read while it trains", "[show]") {
 TEST_CASE("show: damaged, foreign and missing files are one-line errors", "[show]") {
   TempDir d("show");
   const std::string tok = mue::test::make_toy_tokens(d);
-  RunConfig c = resolve_config("", tiny(d, tok, "r"));
+  RunConfig c = resolve_config("", tiny_moe_run(d, tok, "r"));
   REQUIRE(train_run(c, false).status == "completed");
   {  // a truncated copy of the run file
     std::ifstream in(d / "r.h5", std::ios::binary);
