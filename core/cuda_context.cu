@@ -60,6 +60,12 @@ const std::string& gpu_unusable_reason() {
 
 bool gpu_available() { return gpu_unusable_reason().empty(); }
 
+int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) (void)cudaGetLastError(), n = 0;
+  return n;
+}
+
 Context::Context(int device) : device_(device) {
   check(cudaSetDevice(device), "cudaSetDevice(", device, ")");
   // A blocking stream: the synchronous cudaMemcpy of copy_to_device / copy_to_host (legacy default stream)

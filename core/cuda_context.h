@@ -18,6 +18,7 @@ namespace mue::cuda {
 
 bool gpu_available();  // CUDA device 0 can run mue's kernels (compute capability 9.0)
 const std::string& gpu_unusable_reason();  // why not ("" when it can)
+int device_count();  // CUDA devices this process sees (0 without any)
 
 class Context {
  public:
@@ -28,6 +29,7 @@ class Context {
   cudaStream_t stream = nullptr;
   cublasHandle_t cublas = nullptr;
   std::string device_name() const;
+  int device() const { return device_; }
   // Grow-only scratch buffers that ops use for temporaries (slot keeps concurrent users apart).
   void* scratch(int slot, size_t bytes);
   void synchronize();

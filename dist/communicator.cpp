@@ -17,7 +17,7 @@ class SingleProcess final : public Communicator {
   void mean(double*, size_t) override {}
   std::vector<uint64_t> allgather(uint64_t v) override { return {v}; }
   int max(int v) override { return v; }
-  uint64_t broadcast(uint64_t v) override { return v; }
+  void broadcast_bytes(void*, size_t) override {}
   [[noreturn]] void abort(int code) override { std::exit(code); }
 };
 
@@ -56,6 +56,22 @@ Launch launch_from_env() {
     return l;
   }
   return {};
+}
+
+int local_rank_from_env() {
+  for (const char* v : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "MPI_LOCAL_RANK"}) {
+    const char* s = std::getenv(v);
+    if (!s) continue;
+    int r = 0;
+    MUE_CHECK(parse_int(s, r), v, "=", s, " is not a local rank");
+    return r;
+  }
+  return -1;
+}
+
+int device_of_rank(int rank, int local_rank, int devices) {
+  MUE_CHECK(devices > 0, "rank ", rank, " sees no CUDA device");
+  return (local_rank >= 0 ? local_rank : rank) % devices;
 }
 
 Communicator& world() {

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <exception>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "core/error.h"
@@ -26,6 +27,12 @@ struct Launch {
 Launch launch_from_env();
 // The variables launch_from_env reads: `mue sweep` clears them in its children, which are single processes.
 const std::vector<const char*>& launcher_env_vars();
+// This process's rank among the ranks on its node: OMPI_COMM_WORLD_LOCAL_RANK (Open MPI), SLURM_LOCALID (srun),
+// MPI_LOCALRANKID (MPICH's hydra) or MPI_LOCAL_RANK; -1 where none is set. A value that is not a rank is an error.
+int local_rank_from_env();
+// The GPU of a rank that sees `devices` GPUs: its local rank (without one, its rank) modulo `devices`, so that the
+// ranks of one node take different GPUs and a rank shown one GPU alone (Slurm's --gpus-per-task=1) takes that.
+int device_of_rank(int rank, int local_rank, int devices);
 
 // An element-wise mean over the ranks, in place, on memory where a backend computes (host for the CPU backend,
 // the GPU for NCCL). Every rank gets bitwise the same result: the weights stay identical without a broadcast.
@@ -44,7 +51,14 @@ class Communicator : public Reducer {
   virtual std::string name() const = 0;  // "single" | "mpi"
   virtual std::vector<uint64_t> allgather(uint64_t v) = 0;
   virtual int max(int v) = 0;
-  virtual uint64_t broadcast(uint64_t v) = 0;  // rank 0's value
+  // Rank 0's `bytes` bytes at `data` replace every other rank's (e.g. the NCCL communicator's unique id).
+  virtual void broadcast_bytes(void* data, size_t bytes) = 0;
+  template <class T>
+  T broadcast(T v) {  // rank 0's value of a trivially copyable v
+    static_assert(std::is_trivially_copyable_v<T>);
+    broadcast_bytes(&v, sizeof v);
+    return v;
+  }
   // Ends every rank of the job now (a rank failing mid-run, while the others wait in a collective).
   [[noreturn]] virtual void abort(int code) = 0;
 

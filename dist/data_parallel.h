@@ -6,6 +6,7 @@
 #include <string>
 
 #include "dist/communicator.h"
+#include "dist/nccl_reducer.h"
 #include "nn/backend.h"
 
 namespace mue::dist {
@@ -23,21 +24,40 @@ std::unique_ptr<Reducer> backend_reducer(Communicator& comm, CpuBackend<T>&) {
 }
 
 // Whether this build can average a backend's gradients over several ranks (device "cpu" | "cuda"): "" if so,
-// else why not. The CUDA backend's reducer is NCCL's (ncclAllReduce on the backend's stream, inside the step's
-// graph, its communicator bootstrapped through MPI), which is not written yet.
+// else why not. CUDA: NCCL's reducer (dist/nccl_reducer.h), where mue was built with NCCL; its timeout
+// (MUE_NCCL_TIMEOUT) is read here, so that a bad value stops every rank at start-up.
 inline std::string cannot_reduce_on(const std::string& device) {
-  if (device == "cuda") return "train.device=cuda on more than one rank needs the NCCL reducer, not written yet";
+  if (device != "cuda") return "";
+#ifdef MUE_HAVE_NCCL
+  try {
+    (void)nccl_timeout_s();
+  } catch (const Error& e) {
+    return e.what();
+  }
   return "";
+#else
+  return "train.device=cuda on more than one rank needs NCCL, and mue was built without it: install NCCL (e.g. "
+         "libnccl-dev) and rebuild, or train on one GPU";
+#endif
 }
 #ifdef MUE_HAVE_CUDA
-// Refused at start-up by cannot_reduce_on; here so that the trainer compiles for every backend.
-inline std::unique_ptr<Reducer> backend_reducer(Communicator& comm, CudaBackend&) {
+// This rank's GPU: device 0 for one process (today's path); on several ranks, its local rank's (dist::device_of_rank).
+inline int cuda_device_of(const Communicator& comm) {
+  return comm.size() == 1 ? 0 : device_of_rank(comm.rank(), local_rank_from_env(), cuda::device_count());
+}
+// The CUDA backend's reducer: NCCL on the backend's stream. Without NCCL, refused at start-up by
+// cannot_reduce_on; here so that the trainer compiles for every backend.
+inline std::unique_ptr<Reducer> backend_reducer(Communicator& comm, CudaBackend& be) {
+#ifdef MUE_HAVE_NCCL
+  return start_nccl(comm, be.ctx, nccl_timeout_s());
+#else
   throw CollectiveError(cannot_reduce_on("cuda") + " (" + std::to_string(comm.size()) + " ranks)");
+#endif
 }
 #endif
 
 // The step's hook (experiments/device_step.h): the ranks' mean gradient (the model's whole gradient arena, one
-// all-reduce) and mean loss (what the divergence check and the log read). Each rank's loss is the mean over
+// all-reduce after the backward; buckets overlapped with the backward are not written yet) and mean loss (what the divergence check and the log read). Each rank's loss is the mean over
 // its equal share of the batch, so the mean over ranks is the whole batch's mean and its gradient.
 template <class Model, class Optimizer>
 void mean_over_ranks(Reducer& r, Model& model, Optimizer& opt) {

@@ -55,9 +55,10 @@ class MpiCommunicator final : public Communicator {
     check(MPI_Allreduce(&v, &out, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD), "MPI_Allreduce(max)");
     return out;
   }
-  uint64_t broadcast(uint64_t v) override {
-    check(MPI_Bcast(&v, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD), "MPI_Bcast");
-    return v;
+  void broadcast_bytes(void* data, size_t bytes) override {
+    for (size_t at = 0; at < bytes; at += kMaxChunk)
+      check(MPI_Bcast(static_cast<char*>(data) + at, int(std::min(kMaxChunk, bytes - at)), MPI_BYTE, 0, MPI_COMM_WORLD),
+            "MPI_Bcast");
   }
   [[noreturn]] void abort(int code) override {
     std::fflush(stdout), std::fflush(stderr);

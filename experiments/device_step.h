@@ -1,6 +1,6 @@
 // The training step (LM or DiT) on the device's step scalars (optim/step_scalars.h, kept by the optimizer): the
 // host uploads the batch and the step's scalars and queues the step; nothing in it waits for the device. Where the backend has CUDA graphs
-// (and use_graph), the second step is recorded once as a graph and every later step replays it, so the launches
+// (and use_graph, and no data-parallel hook: set_after_backward), the second step is recorded once as a graph and every later step replays it, so the launches
 // of hundreds of ops cost one. The first step always runs op by op: it sizes every scratch buffer the graph
 // then reuses (should one grow later, e.g. in an evaluation, the graph is dropped and recorded again). Should the capture fail (an op that waits for the device, e.g. the cuBLAS fallback of expert
 // widths that are not multiples of 8), the steps keep running op by op.
@@ -10,6 +10,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "core/error.h"
 #include "optim/adamw.h"
 #include "optim/step_scalars.h"
 
@@ -48,9 +49,15 @@ class DeviceStep {
       ++eager_runs_;
     }
   }
-  // Runs between the backward and the optimizer's update, inside the step (and its graph): the data-parallel
-  // mean of the gradients and the loss over the ranks (dist/data_parallel.h). Unset (one rank): nothing runs.
-  void set_after_backward(std::function<void()> f) { after_backward_ = std::move(f); }
+  // Runs between the backward and the optimizer's update, inside the step: the data-parallel mean of the
+  // gradients and the loss over the ranks (dist/data_parallel.h). Unset (one rank): nothing runs. Set (before
+  // the first step), the steps run op by op, never as a graph: the hook runs host code that a replay would skip
+  // (the NCCL reducer's watchdog bookkeeping of each all-reduce; MPI on the CPU).
+  void set_after_backward(std::function<void()> f) {
+    MUE_CHECK(eager_runs_ == 0 && !graph_, "DeviceStep::set_after_backward after the first step");
+    after_backward_ = std::move(f);
+    if (after_backward_) try_graph_ = false;
+  }
   bool graph() const { return graph_; }
   bool capture_failed() const { return capture_failed_; }
   // Host time spent recording and instantiating graphs (nothing runs on the device meanwhile), and how often.

@@ -195,19 +195,6 @@ std::vector<int> rank_indices(int n, int rank, int size) {
   return v;
 }
 
-std::pair<int, int> rank_from_env() {
-  for (auto [r, n] : {std::pair{"SLURM_PROCID", "SLURM_NTASKS"}, std::pair{"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"}}) {
-    const char* rs = std::getenv(r);
-    const char* ns = std::getenv(n);
-    if (rs && ns && *rs && *ns) {
-      int rank = std::atoi(rs), size = std::atoi(ns);
-      MUE_CHECK(size >= 1 && rank >= 0 && rank < size, r, "=", rs, " / ", n, "=", ns, " is not a valid rank");
-      return {rank, size};
-    }
-  }
-  return {0, 1};
-}
-
 PointResult read_point_result(const std::string& f) {
   PointResult r;
   if (!fs::exists(f)) return r;
@@ -298,7 +285,7 @@ void write_sweep_index(const SweepSpec& s, const std::vector<SweepPoint>& pts) {
 SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
   std::vector<SweepPoint> pts = expand_grid(s);
   validate_points(s, pts, !o.dry_run);  // a dry run plans without the data
-  auto [rank, size] = rank_from_env();
+  const dist::Launch launch = dist::launch_from_env();  // mpirun / srun of `mue sweep`: points stride over ranks
   const int parallel = o.parallel > 0 ? o.parallel : s.parallel;
   auto run_file = [&](const SweepPoint& p) { return (fs::path(s.out_dir) / (p.name + ".h5")).string(); };
   auto coords_text = [](const SweepPoint& p) {
@@ -311,7 +298,7 @@ SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
   std::vector<int> todo;
   for (int i : o.only)
     MUE_CHECK(i >= 0 && i < int(pts.size()), "--only: sweep ", s.name, " has no point ", i, " (0 to ", pts.size() - 1, ")");
-  for (int i : rank_indices(int(pts.size()), rank, size)) {
+  for (int i : rank_indices(int(pts.size()), launch.rank, launch.size)) {
     if (!o.only.empty() && std::find(o.only.begin(), o.only.end(), i) == o.only.end()) continue;
     if (file_in_use(run_file(pts[i]))) {  // another sweep or train still writes it: leave it alone
       ++tot.busy;
@@ -330,7 +317,7 @@ SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
     }
   }
   std::printf("sweep %s: %zu points, rank %d/%d has %zu, %d done, %zu to run, %d at a time -> %s\n", s.name.c_str(),
-              pts.size(), rank, size, todo.size() + tot.skipped + tot.busy, tot.skipped, todo.size(), parallel,
+              pts.size(), launch.rank, launch.size, todo.size() + tot.skipped + tot.busy, tot.skipped, todo.size(), parallel,
               sweep_index_path(s).c_str());
   if (tot.busy)
     std::printf("sweep %s: %d point(s) in use by another process left alone (rerun the sweep once they end)\n",

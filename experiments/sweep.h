@@ -54,10 +54,9 @@ std::vector<SweepPoint> expand_grid(const SweepSpec& s);
 // one throws a one-line error naming the point.
 void validate_points(const SweepSpec& s, const std::vector<SweepPoint>& pts, bool open_data = true);
 
-// Indices i in [0, n) with i % size == rank.
+// Indices i in [0, n) with i % size == rank. run_sweep takes rank and size from dist::launch_from_env(), the
+// launcher's environment as `mue train` reads it, so a sweep and a training job agree on what a launch is.
 std::vector<int> rank_indices(int n, int rank, int size);
-// (rank, size) from SLURM_PROCID/SLURM_NTASKS or OMPI_COMM_WORLD_RANK/OMPI_COMM_WORLD_SIZE; (0, 1) otherwise.
-std::pair<int, int> rank_from_env();
 
 struct PointResult {
   std::string status = "missing";  // from the run file's status attribute

@@ -11,7 +11,6 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <map>
@@ -610,13 +609,9 @@ RunResult train_run(const RunConfig& c, bool verbose) {
   const std::string& device = in.device;
   // Every rank resumes from rank 0's decision (the checkpoint file, read by each rank: out.dir must be shared).
   if (comm.size() > 1) {
-    const uint64_t step = comm.broadcast(resume ? uint64_t(resume->step) : 0);
-    double first_loss = resume ? resume->first_loss : 0;
-    uint64_t bits;
-    std::memcpy(&bits, &first_loss, sizeof bits);
-    bits = comm.broadcast(bits);
-    std::memcpy(&first_loss, &bits, sizeof bits);
-    if (!lead && step > 0) resume.emplace(), resume->step = int(step), resume->first_loss = first_loss;
+    const int step = comm.broadcast(resume ? resume->step : 0);
+    const double first_loss = comm.broadcast(resume ? resume->first_loss : 0.0);
+    if (!lead && step > 0) resume.emplace(), resume->step = step, resume->first_loss = first_loss;
   }
   if (verbose) std::printf("memory estimate: %s\n", format_memory(estimate_memory(c)).c_str());
   clock.end(Phase::checks);
@@ -636,7 +631,9 @@ RunResult train_run(const RunConfig& c, bool verbose) {
   };
 #ifdef MUE_HAVE_CUDA
   if (device == "cuda") {
-    CudaBackend be;
+    CudaBackend be(dist::cuda_device_of(comm));  // a data-parallel rank's own GPU
+    if (verbose && comm.size() > 1)
+      std::printf("data parallel over %d GPUs through NCCL; the steps run op by op (no CUDA graph)\n", comm.size());
     return run(be);
   }
 #endif

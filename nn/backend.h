@@ -107,7 +107,8 @@ struct CudaBackend {
   cuda::Context ctx;
   float* norm_acc = nullptr;  // device scalar for mse_forward
 
-  CudaBackend() { norm_acc = static_cast<float*>(cuda::device_alloc(sizeof(float))); }
+  // On CUDA device `device` (a data-parallel rank's own GPU: dist::cuda_device_of); everything it allocates is there.
+  explicit CudaBackend(int device = 0) : ctx(device) { norm_acc = static_cast<float*>(cuda::device_alloc(sizeof(float))); }
   ~CudaBackend() { cuda::device_free(norm_acc); }
   CudaBackend(const CudaBackend&) = delete;
   CudaBackend& operator=(const CudaBackend&) = delete;

@@ -1,5 +1,6 @@
 // The whole model on CUDA against the CPU reference: one full training step (loss, every gradient, the update),
-// and a 200-step run whose loss curve must track the CPU run's. Skips without a GPU.
+// and a 200-step run whose loss curve must track the CPU run's; the graph step; the NCCL reducer of one rank
+// (data parallel, [nccl]). Skips without a GPU (and the NCCL tests without NCCL).
 #ifdef MUE_HAVE_CUDA
 #include "nn/lm.h"
 #include "optim/adamw.h"
@@ -297,5 +298,172 @@ TEST_CASE("CUDA graph step: DiT replays track op-by-op steps (dense, MoE)", "[cu
     CHECK(graph.graph());
     expect_same_weights(a, b);
   }
+}
+#endif
+
+#ifdef MUE_HAVE_CUDA
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <mutex>
+#include <thread>
+
+#include "dist/data_parallel.h"
+#include "tests/fixtures.h"
+
+namespace {
+// Skips (true) without a GPU or without NCCL.
+bool no_nccl_here() {
+  if (!cuda::gpu_available()) {
+    WARN("no GPU: skipped");
+    return true;
+  }
+#ifndef MUE_HAVE_NCCL
+  WARN("mue was built without NCCL: skipped");
+  return true;
+#else
+  return false;
+#endif
+}
+}  // namespace
+
+#ifdef MUE_HAVE_NCCL
+namespace {
+// An NCCL communicator of one rank on ctx's GPU, bootstrapped through this process's host communicator (a world of
+// one process: the test runs without a launcher).
+std::unique_ptr<dist::Reducer> one_rank_nccl(cuda::Context& ctx, double timeout_s = 60,
+                                             std::function<void(const std::string&)> on_failure = {}) {
+  REQUIRE(dist::world().size() == 1);
+  return dist::start_nccl(dist::world(), ctx, timeout_s, std::move(on_failure));
+}
+template <class T>
+std::vector<T> download(cuda::Context& ctx, const void* p, size_t n) {
+  ctx.synchronize();
+  std::vector<T> h(n);
+  cuda::copy_to_host(h.data(), p, n * sizeof(T));
+  return h;
+}
+}  // namespace
+#endif
+
+// One rank cannot show the mean of several (that needs 2 GPUs: the README's data-parallel section), but it runs
+// every call the trainer makes (bootstrap, init, all-reduce on the stream, finalize) and must leave the data as
+// it is, bit for bit, in float and double, at sizes from 1 to a few million.
+TEST_CASE("NCCL reducer: one rank's mean leaves float and double device data bit for bit", "[cuda][nccl]") {
+  if (no_nccl_here()) return;
+#ifdef MUE_HAVE_NCCL
+  cuda::Context ctx;
+  auto reducer = one_rank_nccl(ctx);
+  for (size_t n : {size_t(1), size_t(1000), (size_t(1) << 22) + 7}) {
+    INFO("n " << n);
+    std::vector<float> f(n);
+    std::vector<double> d(n);
+    for (size_t i = 0; i < n; ++i)  // every magnitude from 2^-40 to 2^40, so that any scaling shows
+      f[i] = float(rng_normal(1, n, i) * std::ldexp(1.0, int(i % 81) - 40)), d[i] = double(f[i]) / 3;
+    void* fd = cuda::device_alloc(n * sizeof(float));
+    void* dd = cuda::device_alloc(n * sizeof(double));
+    cuda::copy_to_device(fd, f.data(), n * sizeof(float));
+    cuda::copy_to_device(dd, d.data(), n * sizeof(double));
+    reducer->mean(static_cast<float*>(fd), n);
+    reducer->mean(static_cast<double*>(dd), n);
+    CHECK(std::memcmp(download<float>(ctx, fd, n).data(), f.data(), n * sizeof(float)) == 0);
+    CHECK(std::memcmp(download<double>(ctx, dd, n).data(), d.data(), n * sizeof(double)) == 0);
+    cuda::device_free(fd), cuda::device_free(dd);
+  }
+#endif
+}
+
+// The trainer's hook (dist::mean_over_ranks after the backward) through a one-rank reducer: what it reduces (the
+// gradient arena and the mean loss, checked to be the real, nonzero ones) comes back bit for bit, the step with
+// it turns the CUDA graph off, and the run tracks the same model stepped without a reducer. (Two runs are not
+// bitwise equal even without a reducer: fp32 atomics in a few weight gradients add in any order; hence the
+// bitwise check at the reducer and the graph test's bounds on the whole run.)
+TEST_CASE("NCCL reducer: a training step through a one-rank reducer is the step without it", "[cuda][nccl]") {
+  if (no_nccl_here()) return;
+#ifdef MUE_HAVE_NCCL
+  const ModelConfig c = small_config();
+  Hyper hp;
+  hp.lr = 3e-3;
+  const ParamTable table = make_param_table("mup", c, c, hp);
+  const int B = 8;
+  CudaBackend ba, bb;
+  LM<CudaBackend> a(c, table, ba, B, make_ffn<CudaBackend>), b(c, table, bb, B, make_ffn<CudaBackend>);
+  a.init_weights(7), b.init_weights(7);
+  AdamW<CudaBackend> adam_a(a, AdamWConfig{}), adam_b(b, AdamWConfig{});
+  auto reducer = one_rank_nccl(bb.ctx);
+  DeviceStep<LM<CudaBackend>> plain(a, adam_a, false), reduced(b, adam_b, true);
+  int calls = 0, changed = 0;
+  double grad_sq = 0;
+  reduced.set_after_backward([&] {
+    const size_t n = b.n_params();
+    const auto g0 = download<float>(bb.ctx, b.grad_arena(), n);
+    const auto l0 = download<double>(bb.ctx, adam_b.loss_out(), 1);
+    dist::mean_over_ranks(*reducer, b, adam_b);
+    const auto g1 = download<float>(bb.ctx, b.grad_arena(), n);
+    const auto l1 = download<double>(bb.ctx, adam_b.loss_out(), 1);
+    changed += std::memcmp(g0.data(), g1.data(), n * sizeof(float)) != 0 || std::memcmp(&l0[0], &l1[0], sizeof(double)) != 0;
+    for (float g : g0) grad_sq += double(g) * g;
+    CHECK((std::isfinite(l0[0]) && l0[0] > 1));  // the step's loss (about log 200 at the start), not a stale 0
+    ++calls;
+  });
+  adam_a.reset_step_out(), adam_b.reset_step_out();
+  std::vector<int32_t> x, y;
+  const int steps = 6;
+  for (int step = 0; step < steps; ++step) {
+    markov_batch(step, B, c.seq_len, c.vocab, x, y);
+    StepIn in;
+    in.t = step + 1, in.step = step, in.clip = 1.0, in.lr_factor = 0.5 + 0.05 * step;
+    plain.run(in, [&] { a.upload_batch(x.data(), y.data()); });
+    reduced.run(in, [&] { b.upload_batch(x.data(), y.data()); });
+    const StepOut oa = adam_a.read_step_out(), ob = adam_b.read_step_out();
+    INFO("step " << step << ": without " << oa.loss << ", through the reducer " << ob.loss);
+    CHECK(std::abs(ob.loss - oa.loss) <= 1e-3 * oa.loss);
+    CHECK(std::abs(std::sqrt(ob.norm_sq) - std::sqrt(oa.norm_sq)) <= 1e-2 * std::sqrt(oa.norm_sq));
+  }
+  CHECK(calls == steps);
+  CHECK(changed == 0);
+  CHECK(grad_sq > 0);
+  CHECK((!reduced.graph() && !reduced.capture_failed()));  // op by op by design, not a failed capture
+  expect_same_weights(a, b);
+#endif
+}
+
+// The watchdog: an all-reduce whose stream is held up (here by a host function sleeping 3 s, to the watchdog no
+// different from a peer that never arrives) past the timeout aborts the communicator and reports one line; one
+// that finishes, then sits idle longer than the timeout, does not.
+TEST_CASE("NCCL reducer: an all-reduce unfinished after the timeout is reported in one line", "[cuda][nccl]") {
+  if (no_nccl_here()) return;
+#ifdef MUE_HAVE_NCCL
+  cuda::Context ctx;
+  std::mutex m;
+  std::string said;
+  std::atomic<bool> fired{false};
+  auto reducer = one_rank_nccl(ctx, 0.3, [&](const std::string& line) {
+    std::lock_guard lock(m);
+    said = line, fired = true;
+  });
+  float* p = static_cast<float*>(cuda::device_alloc(1024 * sizeof(float)));
+  reducer->mean(p, 1024);
+  ctx.synchronize();
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  CHECK(!fired);
+  REQUIRE(cudaLaunchHostFunc(ctx.stream, [](void*) { std::this_thread::sleep_for(std::chrono::seconds(3)); },
+                             nullptr) == cudaSuccess);
+  reducer->mean(p, 1024);
+  // Fired after about 0.3 s; the bound is loose in case ncclCommAbort itself waits for the held-up stream.
+  for (int i = 0; i < 1000 && !fired; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  REQUIRE(fired);
+  {
+    std::lock_guard lock(m);
+    CHECK(said == "NCCL (rank 0 of 1): an all-reduce has not finished 0.3 s after it was queued: a rank died or "
+                  "hangs (MUE_NCCL_TIMEOUT sets the limit, in seconds)");
+  }
+  CHECK_THAT(test::error_of([&] { reducer->mean(p, 1024); }), HasText("communicator was aborted"));
+  ctx.synchronize();  // the held-up stream then ends without an error
+  reducer.reset();
+  cuda::device_free(p);
+#endif
 }
 #endif

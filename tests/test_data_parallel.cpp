@@ -15,6 +15,7 @@
 #include "core/h5.h"
 #include "core/h5log.h"
 #include "dist/communicator.h"
+#include "dist/data_parallel.h"
 #include "experiments/flow.h"
 #include "tests/catch.h"
 #include "tests/fixtures.h"
@@ -38,7 +39,7 @@ struct FakeComm final : dist::Communicator {
     return all;
   }
   int max(int v) override { return v; }
-  uint64_t broadcast(uint64_t v) override { return v; }
+  void broadcast_bytes(void*, size_t) override {}
   [[noreturn]] void abort(int code) override { std::exit(code); }
 };
 
@@ -68,6 +69,43 @@ TEST_CASE("data parallel: rank and world size from the launcher's environment", 
     EnvVar r("PMI_RANK", "3"), n("PMI_SIZE", "2");
     CHECK_THAT(test::error_of([] { dist::launch_from_env(); }), HasText("PMI_RANK=3 / PMI_SIZE=2 is not a rank"));
   }
+}
+
+TEST_CASE("data parallel: a rank's GPU from its local rank; the CUDA reducer's availability and timeout", "[dist]") {
+  bool launched = false;  // inside a launcher's job (an sbatch script, say) the test leaves its variables alone
+  for (const char* v : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "MPI_LOCAL_RANK"})
+    launched = launched || std::getenv(v);
+  if (!launched) {
+    CHECK(dist::local_rank_from_env() == -1);
+    {
+      EnvVar l("SLURM_LOCALID", "3");
+      CHECK(dist::local_rank_from_env() == 3);
+      EnvVar o("OMPI_COMM_WORLD_LOCAL_RANK", "1");  // Open MPI's comes first
+      CHECK(dist::local_rank_from_env() == 1);
+    }
+    EnvVar l("MPI_LOCALRANKID", "x");
+    CHECK_THAT(test::error_of([] { dist::local_rank_from_env(); }), HasText("MPI_LOCALRANKID=x is not a local rank"));
+  }
+  CHECK(dist::device_of_rank(5, 2, 4) == 2);   // the local rank picks among the node's GPUs
+  CHECK(dist::device_of_rank(5, 1, 1) == 0);   // a rank shown one GPU (Slurm's --gpus-per-task=1) takes it
+  CHECK(dist::device_of_rank(5, -1, 4) == 1);  // no local rank: the rank
+  CHECK_THAT(test::error_of([] { dist::device_of_rank(0, 0, 0); }), HasText("sees no CUDA device"));
+  CHECK(dist::cannot_reduce_on("cpu").empty());
+#ifdef MUE_HAVE_NCCL
+  CHECK(dist::cannot_reduce_on("cuda").empty());
+  CHECK(dist::nccl_timeout_s() == 600);
+  {
+    EnvVar t("MUE_NCCL_TIMEOUT", "2.5");
+    CHECK(dist::nccl_timeout_s() == 2.5);
+  }
+  for (const char* bad : {"0", "-1", "10s", "", "inf"}) {
+    EnvVar t("MUE_NCCL_TIMEOUT", bad);
+    INFO(bad);
+    CHECK_THAT(dist::cannot_reduce_on("cuda"), HasText("is not a positive number of seconds"));
+  }
+#else
+  CHECK_THAT(dist::cannot_reduce_on("cuda"), HasText("needs NCCL, and mue was built without it"));
+#endif
 }
 
 TEST_CASE("data parallel: shards, config hashes and the start-up agreement", "[dist]") {

@@ -185,13 +185,28 @@ TEST_CASE("sweep: rank striding takes index % size == rank", "[sweep]") {
   CHECK(rank_indices(5, 1, 2) == std::vector<int>{1, 3});
   CHECK(rank_indices(5, 0, 2) == std::vector<int>{0, 2, 4});
   CHECK(rank_indices(3, 0, 1) == std::vector<int>{0, 1, 2});
-  ::setenv("SLURM_PROCID", "1", 1);
-  ::setenv("SLURM_NTASKS", "2", 1);
-  auto rs = rank_from_env();
-  ::unsetenv("SLURM_PROCID");
-  ::unsetenv("SLURM_NTASKS");
-  CHECK(rs == std::pair<int, int>{1, 2});
-  CHECK(rank_from_env() == std::pair<int, int>{0, 1});
+}
+
+TEST_CASE("sweep: ranks come from the launcher's environment, as for mue train", "[sweep]") {
+  TempDir d("sweep");
+  ojson j = tiny_spec(d, mue::test::make_toy_tokens(d), "ranks");
+  j["axes"] = ojson::parse(R"({"hp.lr": [0.001, 0.002, 0.004, 0.008, 0.016]})");
+  const std::string spec = write_spec(d, j) + " --dry-run";
+  // (environment, what the sweep says of its rank): Open MPI, MPICH's hydra, an srun job step, and a batch
+  // script's own SLURM_NTASKS, which is not a launch (the script's one process runs every point).
+  for (auto [env, want] : {std::pair{"OMPI_COMM_WORLD_RANK=1 OMPI_COMM_WORLD_SIZE=2", "rank 1/2 has 2,"},
+                           std::pair{"PMI_RANK=0 PMI_SIZE=2", "rank 0/2 has 3,"},
+                           std::pair{"SLURM_PROCID=2 SLURM_STEP_NUM_TASKS=3", "rank 2/3 has 1,"},
+                           std::pair{"SLURM_PROCID=1 SLURM_NTASKS=2", "rank 0/1 has 5,"}}) {
+    const Res r = run_sweep_cli(spec, env);
+    INFO(env << ": " << r.out);
+    CHECK(r.rc == 0);
+    CHECK(r.out.find(want) != std::string::npos);
+  }
+  const Res r = run_sweep_cli(spec, "SLURM_PROCID=3 SLURM_STEP_NUM_TASKS=3");
+  INFO(r.out);
+  CHECK(r.rc == 1);
+  CHECK(r.out.find("SLURM_PROCID=3 / SLURM_STEP_NUM_TASKS=3 is not a rank of a world size") != std::string::npos);
 }
 
 TEST_CASE("sweep: a 2x2 grid runs, indexes, resumes and restarts an interrupted point", "[sweep]") {
@@ -206,7 +221,7 @@ TEST_CASE("sweep: a 2x2 grid runs, indexes, resumes and restarts an interrupted 
   REQUIRE(pts.size() == 4);
 
   // Rank 1 of 2 runs only points 1 and 3.
-  Res r = run_sweep_cli(spec, "SLURM_PROCID=1 SLURM_NTASKS=2");
+  Res r = run_sweep_cli(spec, "SLURM_PROCID=1 SLURM_STEP_NUM_TASKS=2");
   INFO(r.out);
   REQUIRE(r.rc == 0);
   CHECK(!fs::exists(d / ("runs/" + pts[0].name + ".h5")));
