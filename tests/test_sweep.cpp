@@ -424,7 +424,8 @@ TEST_CASE("sweep: every spec in experiments/sweeps/ loads, expands and validates
     CHECK(rule_axis->second.size() >= 2);
     CHECK(std::count(rule_axis->second.begin(), rule_axis->second.end(), "complete-mue") == 1);
     // Comparable points: every LM spec is at the campaign's scale (issue 23), >= 2000 steps of >= 8K tokens,
-    // and the proxy, activated- and total-experts specs have two seeds; the diffusion specs are still 300 steps.
+    // and the proxy, activated- and total-experts specs have two seeds; the diffusion specs are still 300 steps,
+    // but for the diffusion proxy at the candidate resolving scale (2000 steps, two seeds).
     RunConfig c = resolve_config(s.base, pts.front().overrides);
     auto seed_axis = std::find_if(s.axes.begin(), s.axes.end(), [](auto& a) { return a.first == "seed"; });
     if (c.task == "lm") {
@@ -434,6 +435,9 @@ TEST_CASE("sweep: every spec in experiments/sweeps/ loads, expands and validates
         CHECK(int64_t(pc.train.batch) * pc.model.seq_len >= 8192);
       }
       CHECK((seed_axis != s.axes.end() && seed_axis->second.size() == 2) == bool(two_seeds.count(s.name)));
+    } else if (s.name == "dense-proxy-flow") {
+      CHECK(c.train.steps >= 2000);
+      CHECK((seed_axis != s.axes.end() && seed_axis->second.size() == 2));
     } else {
       CHECK(c.train.steps == 300);
     }
