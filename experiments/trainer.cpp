@@ -23,6 +23,7 @@
 #include "dist/data_parallel.h"
 #include "experiments/checkpoint.h"
 #include "experiments/coord_check.h"
+#include "experiments/cpu_load.h"
 #include "experiments/device_step.h"
 #include "experiments/flow.h"
 #include "experiments/run_timing.h"
@@ -288,6 +289,13 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
     std::printf("model: %zu parameters, activations %.1f MiB, device %s\n", model.n_params(),
                 model.activation_bytes() / 1048576.0, res.device.c_str());
   }
+#ifdef _OPENMP
+  if (verbose && !Backend::on_device && !std::getenv("OMP_NUM_THREADS") && omp_get_max_threads() > 1) {
+    const std::string note = crowded_cpu_note(omp_get_max_threads(), omp_get_num_procs(),
+                                              busy_cores(std::chrono::milliseconds(100)));
+    if (!note.empty()) std::printf("%s\n", note.c_str());
+  }
+#endif
   be.synchronize();  // the initial weights (or the checkpoint's) are on the device
   clock.end(Phase::model);
 

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "core/h5log.h"
+#include "experiments/cpu_load.h"
 #include "experiments/run_config.h"
 #include "experiments/run_timing.h"
 #include "experiments/show.h"
@@ -152,4 +153,19 @@ TEST_CASE("timing: mue train prints the line; a sweep prints the fixed cost; sho
   INFO(index);
   CHECK(index.find("mean of 2 finished points' time: setup") != std::string::npos);
   CHECK(nlohmann::json::parse(shown(d / "runs/s-index.h5", true))["timing_points"] == 2);
+}
+
+TEST_CASE("crowded CPU: the note names the free cores only when the threads outnumber them", "[cli]") {
+  CHECK(mue::crowded_cpu_note(2, 2, 0.1).empty());   // idle: every thread has a core
+  CHECK(mue::crowded_cpu_note(1, 2, 1.9).empty());   // one thread: nothing to wait for
+  CHECK(mue::crowded_cpu_note(2, 2, -1).empty());    // unknown load
+  CHECK(mue::crowded_cpu_note(4, 8, 3.0).empty());   // 5 free cores hold 4 threads
+  const std::string one = mue::crowded_cpu_note(2, 2, 1.0);
+  CHECK(one.find("OMP_NUM_THREADS=1 ") != std::string::npos);
+  CHECK(one.find("about 1 of 2 cores") != std::string::npos);
+  CHECK(mue::crowded_cpu_note(16, 16, 6.4).find("OMP_NUM_THREADS=10 ") != std::string::npos);
+  CHECK(mue::crowded_cpu_note(2, 2, 2.0).find("OMP_NUM_THREADS=1 ") != std::string::npos);  // never 0
+  const double busy = mue::busy_cores(std::chrono::milliseconds(20));
+  CHECK(busy >= 0);  // Linux: /proc/stat is there
+  CHECK(busy <= std::thread::hardware_concurrency() + 0.01);
 }

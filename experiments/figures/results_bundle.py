@@ -8,7 +8,7 @@ usage: results_bundle.py INDEX.h5 [--out NAME.json] [--max-rows 60] [--merge OLD
 For every point of the sweep index (mue sweep -> out_dir/NAME-index.h5) it keeps the point's axis values,
 status, resolved config, device, commit and times, the final numbers of the /summary table, the validation
 curve (every row) and the training curve (at most --max-rows rows, evenly spaced, the last row always kept), and
-the point's wall time and median tokens/s. The figure and table scripts read such a file exactly as they read
+the point's wall time, median tokens/s and, where the run file has it, its /timing (seconds per phase). The figure and table scripts read such a file exactly as they read
 the index (sweep_index.Summary). A point whose run file is missing keeps its summary row and no curves.
 With --merge, a point that the index has not finished (missing, failed, running) is taken from OLD.json where
 it finished there: a sweep continued in a later session with `--only` (its earlier run files gone) ends in one
@@ -74,6 +74,9 @@ def point_record(run_path, max_rows):
             tps = np.asarray(train["tok_per_s"][:], dtype=float) if "tok_per_s" in train else np.array([])
             tps = tps[np.isfinite(tps)]
             rec["median_tok_per_s"] = _finite(np.median(tps)) if len(tps) else None
+        timing = f.get("timing")  # where the run's wall time went (seconds per phase, counts): mue >= /timing
+        if timing is not None:
+            rec["timing"] = {k: _finite(v) for k, v in sorted(timing.attrs.items())}
     return rec
 
 
