@@ -1,7 +1,8 @@
 // The optimizer: AdamW over every tensor of a model, with the per-tensor lr / wd / eps of its ParamTable, global
 // grad-norm clipping and the schedule factor. It owns its state: the Adam moments (two packed arenas in the
-// model's tensor order), the segment table of the one-launch update and the step scalars (optim/step_scalars.h);
-// the model keeps values, gradients and the bf16 weights the forward reads, which the update refreshes.
+// model's tensor order, over the elements it owns: all of them, or with ZeRO-1 one rank's share), the segment
+// table of the one-launch update and the step scalars (optim/step_scalars.h); the model keeps values, gradients
+// and the bf16 weights the forward reads, which the update refreshes.
 #pragma once
 #include <algorithm>
 #include <cmath>
