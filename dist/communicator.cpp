@@ -1,5 +1,6 @@
 #include "dist/communicator.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <memory>
 
@@ -15,6 +16,10 @@ class SingleProcess final : public Communicator {
   std::string name() const override { return "single"; }
   void mean(float*, size_t) override {}
   void mean(double*, size_t) override {}
+  void sum(double*, size_t) override {}
+  void reduce_scatter_mean(float*, size_t) override {}  // the one share is everything
+  void allgather_shares(float*, size_t) override {}
+  void gather_shares(const float* mine, float* all, size_t n) override { std::copy(mine, mine + n, all); }
   std::vector<uint64_t> allgather(uint64_t v) override { return {v}; }
   int max(int v) override { return v; }
   void broadcast_bytes(void*, size_t) override {}
@@ -130,6 +135,12 @@ void check_same_config(Communicator& comm, const std::string& resolved_config) {
     if (h[size_t(r)] != h[0])
       throw CollectiveError("the ranks resolved different configs (rank " + std::to_string(r) +
                             "'s differs from rank 0's): give every rank the same config file and overrides");
+}
+
+Share share_of(size_t n, int rank, int size) {
+  const size_t r = size_t(rank), g = size_t(size), base = n / g, extra = n % g;
+  const size_t begin = r * base + std::min(r, extra);
+  return {begin, begin + base + (r < extra ? 1 : 0)};
 }
 
 Shard shard_batch(const Communicator& comm, int global_batch, const char* what) {

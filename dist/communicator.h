@@ -43,12 +43,29 @@ class Reducer {
   virtual void mean(double* data, size_t n) = 0;
 };
 
+// Rank `rank`'s contiguous share of n elements split over `size` ranks: [begin, end), as even as possible (the
+// first n % size ranks hold one element more). ZeRO-1 splits the flat parameter arena so.
+struct Share {
+  size_t begin = 0, end = 0;
+  size_t size() const { return end - begin; }
+};
+Share share_of(size_t n, int rank, int size);
+
 // The ranks' host-side collectives (start-up checks, losses, stop signals); its mean() works on host memory.
 class Communicator : public Reducer {
  public:
   int rank() const { return rank_; }
   int size() const { return size_; }
+  Share share(size_t n) const { return share_of(n, rank_, size_); }
   virtual std::string name() const = 0;  // "single" | "mpi"
+  virtual void sum(double* data, size_t n) = 0;  // element-wise sum over the ranks, in place
+  // ZeRO-1's collectives over a vector of n floats split in shares (share(n)), on host memory:
+  // reduce_scatter_mean leaves the ranks' mean in this rank's share of data (the rest keeps this rank's values);
+  // allgather_shares gives every rank every rank's share of data; gather_shares puts every rank's share (`mine`,
+  // share(n).size() values) into `all` (n values) on rank 0 alone (null elsewhere).
+  virtual void reduce_scatter_mean(float* data, size_t n) = 0;
+  virtual void allgather_shares(float* data, size_t n) = 0;
+  virtual void gather_shares(const float* mine, float* all, size_t n) = 0;
   virtual std::vector<uint64_t> allgather(uint64_t v) = 0;
   virtual int max(int v) = 0;
   // Rank 0's `bytes` bytes at `data` replace every other rank's (e.g. the NCCL communicator's unique id).

@@ -65,4 +65,25 @@ void mean_over_ranks(Reducer& r, Model& model, Optimizer& opt) {
   r.mean(opt.loss_out(), 1);
 }
 
+// ZeRO-1 (train.zero=1): the same step with the optimizer split over the ranks, each owning one share of the
+// parameter arena (Communicator::share) and its moments. Through the host communicator, so for the CPU backend
+// alone (its arenas are host memory, its weights are its fp32 values); CUDA refuses zero=1 at start-up.
+// After the backward: the mean gradient of this rank's share (one reduce-scatter) and the mean loss.
+template <class Model, class Optimizer>
+void mean_share_over_ranks(Communicator& comm, Model& model, Optimizer& opt) {
+  comm.reduce_scatter_mean(model.grad_arena(), model.n_params());
+  comm.mean(opt.loss_out(), 1);
+}
+// After the optimizer's norm of its share: the global squared norm, so that clip and the divergence check see
+// the whole gradient's (the sum of the shares' squares; only its rounding differs from one sum over all).
+template <class Optimizer>
+void sum_norm_over_ranks(Communicator& comm, Optimizer& opt) {
+  comm.sum(opt.norm_sq_out(), 1);
+}
+// After each rank updated its share: every rank's share of the weights to every rank.
+template <class Model>
+void gather_weights(Communicator& comm, Model& model) {
+  comm.allgather_shares(model.params().front().value, model.n_params());
+}
+
 }  // namespace mue::dist

@@ -3,6 +3,7 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstdio>
 #include <cstdlib>
 
@@ -45,6 +46,30 @@ class MpiCommunicator final : public Communicator {
   std::string name() const override { return "mpi"; }
   void mean(float* data, size_t n) override { mean_of(data, n, MPI_FLOAT); }
   void mean(double* data, size_t n) override { mean_of(data, n, MPI_DOUBLE); }
+  void sum(double* data, size_t n) override { sum_of(data, n, MPI_DOUBLE); }
+  // One MPI_Reduce_scatter: each element is summed once, on the rank whose share holds it. For two ranks the sum
+  // is the all-reduce's (a + b = b + a), so ZeRO-1's mean gradient is bitwise zero=0's.
+  void reduce_scatter_mean(float* data, size_t n) override {
+    const Layout l = layout(n);
+    const Share mine = share(n);
+    std::vector<float> out(mine.size());
+    check(MPI_Reduce_scatter(data, out.data(), l.counts.data(), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD),
+          "MPI_Reduce_scatter");
+    const float g = float(size_);
+    for (size_t i = 0; i < out.size(); ++i) data[mine.begin + i] = out[i] / g;  // as mean_of divides
+  }
+  void allgather_shares(float* data, size_t n) override {
+    const Layout l = layout(n);
+    check(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, data, l.counts.data(), l.displs.data(), MPI_FLOAT,
+                         MPI_COMM_WORLD),
+          "MPI_Allgatherv");
+  }
+  void gather_shares(const float* mine, float* all, size_t n) override {
+    const Layout l = layout(n);
+    check(MPI_Gatherv(mine, l.counts[size_t(rank_)], MPI_FLOAT, all, l.counts.data(), l.displs.data(), MPI_FLOAT, 0,
+                      MPI_COMM_WORLD),
+          "MPI_Gatherv");
+  }
   std::vector<uint64_t> allgather(uint64_t v) override {
     std::vector<uint64_t> all(size_t(size_), 0);
     check(MPI_Allgather(&v, 1, MPI_UINT64_T, all.data(), 1, MPI_UINT64_T, MPI_COMM_WORLD), "MPI_Allgather");
@@ -68,13 +93,31 @@ class MpiCommunicator final : public Communicator {
 
  private:
   template <class T>
-  void mean_of(T* data, size_t n, MPI_Datatype type) {
+  void sum_of(T* data, size_t n, MPI_Datatype type) {
     for (size_t at = 0; at < n; at += kMaxChunk) {
       const int count = int(std::min(kMaxChunk, n - at));
       check(MPI_Allreduce(MPI_IN_PLACE, data + at, count, type, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce(sum)");
     }
+  }
+  template <class T>
+  void mean_of(T* data, size_t n, MPI_Datatype type) {
+    sum_of(data, n, type);
     const T g = T(size_);
     for (size_t i = 0; i < n; ++i) data[i] /= g;
+  }
+  // The shares of n elements as MPI's int counts and offsets: the v-collectives take no chunks, so the whole
+  // vector must be indexable by int (2^31 floats, 8 GiB: far beyond what the CPU backend trains).
+  struct Layout {
+    std::vector<int> counts, displs;
+  };
+  Layout layout(size_t n) const {
+    MUE_CHECK(n <= size_t(INT_MAX), "MPI: ZeRO-1 over ", n, " elements: more than MPI's int offsets reach");
+    Layout l;
+    for (int r = 0; r < size_; ++r) {
+      const Share s = share_of(n, r, size_);
+      l.counts.push_back(int(s.size())), l.displs.push_back(int(s.begin));
+    }
+    return l;
   }
 };
 

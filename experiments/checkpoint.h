@@ -1,4 +1,5 @@
-// Checkpoints: master weights, Adam moments (the optimizer's, optim/adamw.h) and the step, one binary file next to the run's HDF5 log
+// Checkpoints: master weights, Adam moments (the optimizer's, optim/adamw.h; with ZeRO-1 every rank's share,
+// gathered by rank 0, so the file is the same whatever the ranks) and the step, one binary file next to the run's HDF5 log
 // (runs/NAME.ckpt). The batch order and the noise are counter-based functions of (seed, step), so (config, step)
 // is the whole RNG state. Format: "MUECKPT1", u64 step, u64 n_tensors, then per tensor: u32 name length, name,
 // u64 count, count f32 values, count f32 m, count f32 v. Written to NAME.ckpt.tmp and renamed.
@@ -36,8 +37,10 @@ inline uint64_t checkpoint_step(const std::string& path) {
   return step;
 }
 
-template <class Model, class Optimizer>
-void save_checkpoint(Model& model, Optimizer& opt, const std::string& path, uint64_t step) {
+// Writes the checkpoint of `model` at `step`; moments(i, first, m, v) fills m and v (host arrays of tensor i's
+// size) with tensor i's Adam moments, tensor i being elements [first, first + size) of the packed arenas.
+template <class Model, class Moments>
+void save_checkpoint_with(Model& model, const std::string& path, uint64_t step, Moments moments) {
   auto& be = model.backend();
   using Mt = typename std::remove_reference_t<decltype(be)>::master_t;
   const std::string tmp = path + ".tmp";
@@ -51,16 +54,19 @@ void save_checkpoint(Model& model, Optimizer& opt, const std::string& path, uint
   };
   const uint64_t n = model.params().size();
   put("MUECKPT1", 8), put(&step, 8), put(&n, 8);
+  size_t first = 0;
   for (size_t i = 0; i < model.params().size(); ++i) {
     const auto& p = model.params()[i];
     const uint32_t len = uint32_t(p.row.tensor.name.size());
     const uint64_t cnt = p.row.tensor.size();
     put(&len, 4), put(p.row.tensor.name.data(), len), put(&cnt, 8);
-    std::vector<Mt> h(cnt);
+    std::vector<Mt> value(cnt), m(cnt), v(cnt);
+    be.download(value.data(), p.value, cnt * sizeof(Mt));
+    moments(i, first, m.data(), v.data());
+    first += cnt;
     std::vector<float> out(cnt);
-    for (const Mt* src : {p.value, opt.m(i), opt.v(i)}) {
-      be.download(h.data(), src, cnt * sizeof(Mt));
-      for (size_t k = 0; k < cnt; ++k) out[k] = float(h[k]);
+    for (const std::vector<Mt>* h : {&value, &m, &v}) {
+      for (size_t k = 0; k < cnt; ++k) out[k] = float((*h)[k]);
       put(out.data(), cnt * 4);
     }
   }
@@ -68,6 +74,16 @@ void save_checkpoint(Model& model, Optimizer& opt, const std::string& path, uint
   if (!renamed) std::remove(tmp.c_str());
   MUE_CHECK(closed, "cannot close checkpoint '", tmp, "'");
   MUE_CHECK(renamed, "cannot rename '", tmp, "' to '", path, "'");
+}
+
+// The checkpoint of a model and an optimizer that owns all of its moments.
+template <class Model, class Optimizer>
+void save_checkpoint(Model& model, Optimizer& opt, const std::string& path, uint64_t step) {
+  auto& be = model.backend();
+  save_checkpoint_with(model, path, step, [&](size_t i, size_t, auto* m, auto* v) {
+    const size_t bytes = model.params()[i].row.tensor.size() * sizeof(*m);
+    be.download(m, opt.m(i), bytes), be.download(v, opt.v(i), bytes);
+  });
 }
 
 namespace detail {
@@ -117,14 +133,12 @@ uint64_t load_checkpoint(Model& model, const std::string& path, Moments moments)
 }
 }  // namespace detail
 
-// Loads weights and moments into a model of the same shape and its optimizer; returns the step.
+// Loads weights and moments into a model of the same shape and its optimizer (the moments it owns: a ZeRO-1
+// rank takes its share of the whole file); returns the step.
 template <class Model, class Optimizer>
 uint64_t load_checkpoint(Model& model, Optimizer& opt, const std::string& path) {
-  auto& be = model.backend();
-  return detail::load_checkpoint(model, path, [&](size_t i, const auto& m, const auto& v) {
-    be.upload(opt.m(i), m.data(), m.size() * sizeof(m[0]));
-    be.upload(opt.v(i), v.data(), v.size() * sizeof(v[0]));
-  });
+  return detail::load_checkpoint(model, path,
+                                 [&](size_t i, const auto& m, const auto& v) { opt.load_moments(i, m.data(), v.data()); });
 }
 // The weights alone (sampling needs no optimizer); the moments are read past.
 template <class Model>

@@ -1,6 +1,6 @@
 // The training step (LM or DiT) on the device's step scalars (optim/step_scalars.h, kept by the optimizer): the
 // host uploads the batch and the step's scalars and queues the step; nothing in it waits for the device. Where the backend has CUDA graphs
-// (and use_graph, and no data-parallel hook: set_after_backward), the second step is recorded once as a graph and every later step replays it, so the launches
+// (and use_graph, and no data-parallel hook: set_hooks), the second step is recorded once as a graph and every later step replays it, so the launches
 // of hundreds of ops cost one. The first step always runs op by op: it sizes every scratch buffer the graph
 // then reuses (should one grow later, e.g. in an evaluation, the graph is dropped and recorded again). Should the capture fail (an op that waits for the device, e.g. the cuBLAS fallback of expert
 // widths that are not multiples of 8), the steps keep running op by op.
@@ -49,15 +49,20 @@ class DeviceStep {
       ++eager_runs_;
     }
   }
-  // Runs between the backward and the optimizer's update, inside the step: the data-parallel mean of the
-  // gradients and the loss over the ranks (dist/data_parallel.h). Unset (one rank): nothing runs. Set (before
-  // the first step), the steps run op by op, never as a graph: the hook runs host code that a replay would skip
-  // (the NCCL reducer's watchdog bookkeeping of each all-reduce; MPI on the CPU).
-  void set_after_backward(std::function<void()> f) {
-    MUE_CHECK(eager_runs_ == 0 && !graph_, "DeviceStep::set_after_backward after the first step");
-    after_backward_ = std::move(f);
-    if (after_backward_) try_graph_ = false;
+  // The data-parallel collectives inside the step (dist/data_parallel.h). Unset (one rank): nothing runs. Set
+  // (before the first step), the steps run op by op, never as a graph: a hook runs host code that a replay would
+  // skip (the NCCL reducer's watchdog bookkeeping of each all-reduce; MPI on the CPU).
+  struct Hooks {
+    std::function<void()> after_backward;  // the ranks' mean gradient (or, ZeRO-1, each share's) and mean loss
+    std::function<void()> after_norm;      // ZeRO-1: the sum over the ranks of their shares' squared grad norms
+    std::function<void()> after_update;    // ZeRO-1: every rank's updated share of the weights to every rank
+  };
+  void set_hooks(Hooks h) {
+    MUE_CHECK(eager_runs_ == 0 && !graph_, "DeviceStep::set_hooks after the first step");
+    hooks_ = std::move(h);
+    if (hooks_.after_backward || hooks_.after_norm || hooks_.after_update) try_graph_ = false;
   }
+  void set_after_backward(std::function<void()> f) { set_hooks({std::move(f), {}, {}}); }
   bool graph() const { return graph_; }
   bool capture_failed() const { return capture_failed_; }
   // Host time spent recording and instantiating graphs (nothing runs on the device meanwhile), and how often.
@@ -69,12 +74,15 @@ class DeviceStep {
     model_.zero_grad();
     model_.forward_device(opt_.loss_out());
     model_.backward();
-    if (after_backward_) after_backward_();
-    opt_.update_dev();
+    if (hooks_.after_backward) hooks_.after_backward();
+    opt_.grad_norm_sq_dev();
+    if (hooks_.after_norm) hooks_.after_norm();
+    opt_.update_owned_dev();
+    if (hooks_.after_update) hooks_.after_update();
   }
   Model& model_;
   AdamW<Backend>& opt_;
-  std::function<void()> after_backward_;
+  Hooks hooks_;
   bool try_graph_, graph_ = false, capture_failed_ = false;
   int eager_runs_ = 0, captures_ = 0;
   double capture_seconds_ = 0;

@@ -69,7 +69,7 @@ struct ResumeState {
 
 // The resume point of `path`, whose checkpoint exists and whose run was killed or failed. A run of another
 // config is refused (its checkpoint is never loaded).
-ResumeState read_resume_state(const RunConfig& c, const std::string& path, const std::string& ckpt) {
+ResumeState read_resume_state(const RunConfig& c, const std::string& path, const std::string& ckpt, int world_size) {
   json stored;
   try {
     stored = json::parse(read_string_attr(path, "config").value_or("{}"));
@@ -80,6 +80,12 @@ ResumeState read_resume_state(const RunConfig& c, const std::string& path, const
     if (k != "out" && (!stored.contains(k) || stored[k] != v))
       fail("'", ckpt, "' belongs to a run of another config (", k, " differs); not loading it: pass "
            "out.resume=false to start over, or choose another name");
+  // A ZeRO-1 run continues bit for bit only with the ranks it was split over (the file holds every moment, but
+  // the shares, and so the order of the sums, follow the world size).
+  const double stored_ranks = read_double_attr(path, "world_size").value_or(1);
+  MUE_CHECK(c.train.zero == 0 || stored_ranks == world_size, "'", ckpt, "' holds a train.zero=1 run on ",
+            stored_ranks, " ranks; resume it on as many (this job has ", world_size, "), or pass out.resume=false to "
+            "start over");
   ResumeState r;
   r.step = int(checkpoint_step(ckpt));
   MUE_CHECK(r.step > 0 && r.step <= c.train.steps, "checkpoint '", ckpt, "' is at step ", r.step, ", outside 1..",
@@ -120,19 +126,61 @@ std::vector<ParamTableRow> table_rows(const ParamTable& t) {
 // What the loop needs from a task: the model, one training forward, the evaluation, a data description.
 // Data parallel (dist/): each rank's model holds its share of the global batch (c.train.batch), rows
 // shard.first(B) .. of the very batch one process would draw; the ranks average gradients and losses.
+// With ZeRO-1 (zero) each rank's optimizer owns its share of the parameter arena (on one rank: all of it).
 template <class Backend>
 struct DataParallel {
   dist::Communicator& comm;
   dist::Shard shard;
+  bool zero;
   std::unique_ptr<dist::Reducer> reducer;  // where the backend computes; null on one rank
-  DataParallel(dist::Communicator& c, dist::Shard s, Backend& be)
-      : comm(c), shard(s), reducer(c.size() > 1 ? dist::backend_reducer(c, be) : nullptr) {}
-  // The step's hook: the ranks' mean gradient and loss before the optimizer reads them (one rank: none).
+  DataParallel(dist::Communicator& c, dist::Shard s, bool zero1, Backend& be)
+      : comm(c), shard(s), zero(zero1), reducer(c.size() > 1 ? dist::backend_reducer(c, be) : nullptr) {}
+  // The elements of the parameter arena (of n) this rank's optimizer owns.
+  OwnedRange owned(size_t n) const {
+    const dist::Share s = zero ? comm.share(n) : dist::Share{0, n};
+    return {s.begin, s.end};
+  }
+  // The step's hooks: the ranks' mean gradient and loss before the optimizer reads them (one rank: none); with
+  // ZeRO-1 also the global grad norm and the gathering of the updated shares.
   template <class Model>
   void attach(DeviceStep<Model>& stepper, Model& model, AdamW<Backend>& opt) {
-    if (reducer) stepper.set_after_backward([this, &model, &opt] { dist::mean_over_ranks(*reducer, model, opt); });
+    if (!reducer) return;
+    if (!zero) return stepper.set_after_backward([this, &model, &opt] { dist::mean_over_ranks(*reducer, model, opt); });
+    if constexpr (Backend::on_device) {
+      fail("train.zero=1 on a device backend");  // refused at start-up (check_zero_on): no NCCL path yet
+    } else {
+      stepper.set_hooks({[this, &model, &opt] { dist::mean_share_over_ranks(comm, model, opt); },
+                         [this, &opt] { dist::sum_norm_over_ranks(comm, opt); },
+                         [this, &model] { dist::gather_weights(comm, model); }});
+    }
   }
 };
+
+// Writes the checkpoint (rank 0). Where the ranks' optimizers own shares (ZeRO-1), every rank calls it at the
+// same step and rank 0 first gathers their moments into the one file.
+template <class Backend, class Model>
+void write_checkpoint(DataParallel<Backend>& dp, Model& model, AdamW<Backend>& opt, const std::string& path,
+                      uint64_t step) {
+  const bool lead = dp.comm.rank() == 0;
+  if (opt.owns_all()) {
+    if (lead) save_checkpoint(model, opt, path, step);
+    return;
+  }
+  if constexpr (Backend::on_device) {
+    fail("train.zero=1 on a device backend");  // refused at start-up (check_zero_on)
+  } else {
+    const size_t n = model.n_params();
+    std::vector<float> m(lead ? n : 0), v(m.size());
+    dp.comm.gather_shares(opt.m_owned(), m.data(), n);
+    dp.comm.gather_shares(opt.v_owned(), v.data(), n);
+    if (lead)
+      save_checkpoint_with(model, path, step, [&](size_t i, size_t first, float* mi, float* vi) {
+        const size_t cnt = model.params()[i].row.tensor.size();
+        std::copy(m.begin() + long(first), m.begin() + long(first + cnt), mi);
+        std::copy(v.begin() + long(first), v.begin() + long(first + cnt), vi);
+      });
+  }
+}
 
 template <class Backend>
 struct LmTask {
@@ -146,7 +194,7 @@ struct LmTask {
   std::vector<int32_t> x, y;
   LmTask(const RunConfig& c_, Backend& be, const ParamTable& t, const TokenFile& d, DataParallel<Backend>& dp_)
       : c(c_), data(d), dp(dp_), rows(dp_.shard.count(c_.train.batch)), first(dp_.shard.first(c_.train.batch)),
-        model(c_.model, t, be, rows, make_ffn<Backend>), opt(model, c_.adamw),
+        model(c_.model, t, be, rows, make_ffn<Backend>), opt(model, c_.adamw, dp_.owned(model.n_params())),
         x(size_t(rows) * c_.model.seq_len), y(x.size()) {}
   double items_per_step() const { return double(c.train.batch) * c.model.seq_len; }  // tokens, all ranks
   // The whole step on the device scalars (experiments/device_step.h); the mean loss stays on the device.
@@ -187,7 +235,8 @@ struct FlowTask {
   std::vector<int32_t> y;
   FlowTask(const RunConfig& c_, Backend& be, const ParamTable& t, const ImageSet& d, DataParallel<Backend>& dp_)
       : c(c_), data(d), dp(dp_), rows(dp_.shard.count(c_.train.batch)), first(dp_.shard.first(c_.train.batch)),
-        model(c_.model, t, be, rows, make_ffn<Backend>), opt(model, c_.adamw), x(size_t(rows) * npix()), y(rows) {}
+        model(c_.model, t, be, rows, make_ffn<Backend>), opt(model, c_.adamw, dp_.owned(model.n_params())),
+        x(size_t(rows) * npix()), y(rows) {}
   int npix() const { return c.model.image.channels * c.model.image.size * c.model.image.size; }
   double items_per_step() const { return double(c.train.batch); }  // images, all ranks
   // The whole step on the device scalars (experiments/device_step.h); the mean squared error stays there.
@@ -296,6 +345,13 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
     if (!note.empty()) std::printf("%s\n", note.c_str());
   }
 #endif
+  // The optimizer state each rank holds (the largest share's): with ZeRO-1 about 1/G of the whole.
+  const std::vector<uint64_t> state_bytes = comm.allgather(uint64_t(opt.state_bytes()));
+  const double max_state_bytes = double(*std::max_element(state_bytes.begin(), state_bytes.end()));
+  if (verbose && c.train.zero)
+    std::printf("zero=1: each of %d ranks keeps the Adam moments of its share of the parameters: %.2f MiB per rank "
+                "(zero=0: %.2f MiB)\n", comm.size(), max_state_bytes / 1048576.0,
+                2.0 * double(model.n_params()) * sizeof(*opt.m_owned()) / 1048576.0);
   be.synchronize();  // the initial weights (or the checkpoint's) are on the device
   clock.end(Phase::model);
 
@@ -321,6 +377,8 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
   const char* wait_policy = std::getenv("OMP_WAIT_POLICY");  // how idle CPU threads waited ("": the default)
   log.set_attr("omp_wait_policy", std::string(wait_policy ? wait_policy : ""));
   log.set_attr("world_size", double(comm.size()));  // data-parallel ranks (processes) that trained it
+  log.set_attr("zero", double(c.train.zero));
+  log.set_attr("optimizer_state_bytes", max_state_bytes);  // Adam moments per rank (the largest share with ZeRO-1)
   log.write_param_table(table_rows(table), {{"attn_scale", table.attn_scale},
                                             {"branch_multiplier", table.branch_multiplier},
                                             {"route_scale", table.route_scale}});
@@ -358,6 +416,8 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
   // (on the CPU at every step); a diverged step is found at the next read (the run stops there and reports the
   // step that diverged).
   constexpr int kCheckEvery = 16;
+  // ZeRO-1 on several ranks: the moments are spread over the ranks, so every rank takes part in a checkpoint.
+  const bool every_rank_saves = !opt.owns_all();
   opt.reset_step_out();
   for (int step = first_step; step < c.train.steps; ++step) {
     const double lr_factor = c.schedule.factor(step);
@@ -434,9 +494,9 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
       cols.insert(cols.begin(), {{"step", step + 1}, {"loss", vl}});
       log.append("val", cols);
       clock.end(Phase::eval), clock.count(Phase::eval);
-      if (c.checkpoint && comm.rank() == 0) {
+      if (c.checkpoint && (comm.rank() == 0 || every_rank_saves)) {
         log.flush();  // the rows a resume from this checkpoint keeps are on disk first
-        save_checkpoint(model, opt, ckpt, uint64_t(step + 1));
+        write_checkpoint(task.dp, model, opt, ckpt, uint64_t(step + 1));
         last_ckpt = std::chrono::steady_clock::now();
         clock.end(Phase::checkpoint), clock.count(Phase::checkpoint);
       }
@@ -445,11 +505,13 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
     const double since = std::chrono::duration<double>(std::chrono::steady_clock::now() - last_ckpt).count();
     // A clean stop (SIGTERM from a scheduler, Ctrl-C) writes one too, so that a resume loses nothing.
     const bool stopping = stop && c.writes_checkpoints();
-    if (comm.rank() == 0 && step + 1 < c.train.steps && read && !(c.checkpoint && eval_step) &&
-        (ckpt_step || stopping || (c.checkpoint_minutes > 0 && since >= 60 * c.checkpoint_minutes))) {
+    bool by_time = c.checkpoint_minutes > 0 && since >= 60 * c.checkpoint_minutes;
+    if (every_rank_saves) by_time = comm.broadcast(by_time);  // rank 0's clock decides for every rank
+    if ((comm.rank() == 0 || every_rank_saves) && step + 1 < c.train.steps && read && !(c.checkpoint && eval_step) &&
+        (ckpt_step || stopping || by_time)) {
       clock.end(Phase::steps);  // the device is idle: this step's loss was read
       log.flush();  // the rows up to here are on disk before the checkpoint that a resume keeps them for
-      save_checkpoint(model, opt, ckpt, uint64_t(step + 1));
+      write_checkpoint(task.dp, model, opt, ckpt, uint64_t(step + 1));
       last_ckpt = std::chrono::steady_clock::now();
       clock.end(Phase::checkpoint), clock.count(Phase::checkpoint);
     }
@@ -551,7 +613,7 @@ RunInputs check_run(const RunConfig& c, const std::string& path, bool lead, int 
   // A killed or failed run whose checkpoint is there continues from it (same config, else a one-line refusal).
   if (lead && c.resume && status && (*status == "running" || *status == "failed") &&
       is_checkpoint(checkpoint_path(path)))
-    in.resume = read_resume_state(c, path, checkpoint_path(path));
+    in.resume = read_resume_state(c, path, checkpoint_path(path), world_size);
   clock.end(Phase::checks);
   if (c.task == "lm") {
     in.tokens = TokenFile::open(c.data_tokens);
@@ -583,6 +645,7 @@ RunInputs check_run(const RunConfig& c, const std::string& path, bool lead, int 
   clock.end(Phase::checks);
   in.device = resolve_device(c.train.device);  // on CUDA: the driver initialised, the device's properties read
   clock.end(Phase::context);
+  check_zero_on(c.train, in.device);  // train.device=auto may have resolved to cuda
   if (world_size > 1) {
     const std::string why = dist::cannot_reduce_on(in.device);
     MUE_CHECK(why.empty(), why);
@@ -629,7 +692,7 @@ RunResult train_run(const RunConfig& c, bool verbose) {
     using Backend = std::remove_reference_t<decltype(be)>;
     be.synchronize();
     clock.end(Phase::context);
-    DataParallel<Backend> dp(comm, shard, be);
+    DataParallel<Backend> dp(comm, shard, c.train.zero == 1, be);
     if (c.task == "flow") {
       FlowTask<Backend> task(c, be, table, *in.images, dp);
       return train_with(c, be, task, table, path, verbose, resume ? &*resume : nullptr, clock);

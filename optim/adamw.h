@@ -1,10 +1,13 @@
 // The optimizer: AdamW over every tensor of a model, with the per-tensor lr / wd / eps of its ParamTable, global
 // grad-norm clipping and the schedule factor. It owns its state: the Adam moments (two packed arenas in the
-// model's tensor order), the segment table of the one-launch update and the step scalars (optim/step_scalars.h);
-// the model keeps values, gradients and the bf16 weights the forward reads, which the update refreshes.
+// model's tensor order, over the elements it owns: all of them, or with ZeRO-1 one rank's share), the segment
+// table of the one-launch update and the step scalars (optim/step_scalars.h); the model keeps values, gradients
+// and the bf16 weights the forward reads, which the update refreshes.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <utility>
 #include <vector>
 
@@ -32,6 +35,12 @@ struct AdamSegment {
   size_t end;
   double lr, wd, eps;
   bool operator==(const AdamSegment&) const = default;
+};
+
+// A range [begin, end) of elements of a model's packed parameter arenas.
+struct OwnedRange {
+  size_t begin = 0, end = 0;
+  size_t size() const { return end - begin; }
 };
 
 // The StepIn of 0-based step `step` under this AdamW config and schedule factor (divergence bound: none).
@@ -69,6 +78,7 @@ class AdamWKernels<CpuBackend<T>> {
   void reset_step_out() { out_ = StepOut{}; }
   StepOut read_step_out() { return out_; }
   double* loss_out() { return &out_.loss; }  // where the training forward leaves its mean loss
+  double* norm_sq_out() { return &out_.norm_sq; }
   void grad_norm_sq(const T* g, size_t n) { out_.norm_sq = cpu::sum_squares(g, n); }
   void track_divergence() {
     if (out_.first_bad < 0 && step_diverged(out_.loss, out_.norm_sq, in_.loss_bound))
@@ -142,6 +152,7 @@ class AdamWKernels<CudaBackend> {
     return o;
   }
   double* loss_out() { return field(offsetof(StepOut, loss)); }
+  double* norm_sq_out() { return field(offsetof(StepOut, norm_sq)); }
   void grad_norm_sq(const float* g, size_t n) {
     auto op_ = be_.ctx.op("sum_squares");
     cuda::sum_squares_to(be_.ctx, g, n, field(offsetof(StepOut, norm_sq)));
@@ -171,9 +182,14 @@ class AdamW {
   using M = typename Backend::master_t;
 
   // The model's parameter arenas must be packed (ParamStore lays them out so); the moments start at zero.
-  AdamW(ParamStore<Backend>& model, const AdamWConfig& cfg)
-      : model_(model), cfg_(cfg), segments_(segments_of(model)), kernels_(model.backend(), segments_) {
-    const size_t n = model.n_params();
+  // `owned`: the elements of the packed arenas this optimizer keeps moments for and updates (ZeRO-1: a rank's
+  // share; the others' ranks update the rest); by default all of them.
+  AdamW(ParamStore<Backend>& model, const AdamWConfig& cfg, OwnedRange owned = {0, SIZE_MAX})
+      : model_(model), cfg_(cfg), segments_(segments_of(model)),
+        owned_{std::min(owned.begin, model.n_params()), std::min(owned.end, model.n_params())},
+        kernels_(model.backend(), segments_within(segments_, owned_)) {
+    MUE_CHECK(owned.begin <= owned.end, "AdamW: owned range [", owned.begin, ", ", owned.end, ") ends before it begins");
+    const size_t n = owned_.size();
     for (int pass = 0; pass < 2; ++pass) {
       m_ = m_arena_.take<M>(n, true), v_ = v_arena_.take<M>(n, true);
       if (pass == 0) m_arena_.allocate(Backend::on_device), v_arena_.allocate(Backend::on_device);
@@ -185,6 +201,7 @@ class AdamW {
   // One update with the step's scalars from the host: t is 1-based. The grad norm comes back to the host; a
   // non-finite one leaves the weights untouched (the trainer marks the run diverged).
   StepStats update(int t, double lr_factor) {
+    MUE_CHECK(owns_all(), "AdamW::update needs the whole model (a share's grad norm is not the global one)");
     StepStats st;
     st.lr_factor = lr_factor;
     st.grad_norm = std::sqrt(kernels_.sum_squares(model_.grad_arena(), model_.n_params()));
@@ -199,20 +216,43 @@ class AdamW {
   // The same update with every scalar on the device: the caller has set the StepIn (set_step_in: lr factor,
   // betas, t, clip, divergence bound) and the forward has left its mean loss at loss_out(); the squared grad norm,
   // the divergence check and the update then run without a host round trip (the same arithmetic as update()).
+  // In two halves where the owned range is a share (ZeRO-1): grad_norm_sq_dev leaves the share's squared norm at
+  // norm_sq_out(), the caller sums it over the ranks, and update_owned_dev checks divergence and updates the share.
   void update_dev() {
-    kernels_.grad_norm_sq(model_.grad_arena(), model_.n_params());
+    grad_norm_sq_dev();
+    update_owned_dev();
+  }
+  void grad_norm_sq_dev() { kernels_.grad_norm_sq(model_.grad_arena() + owned_.begin, owned_.size()); }
+  void update_owned_dev() {
     kernels_.track_divergence();
     auto& p = model_.params().front();
-    kernels_.step_dev(p.value, p.grad, m_, v_, p.weight);
+    const size_t b = owned_.begin;
+    kernels_.step_dev(p.value + b, p.grad + b, m_, v_, p.weight + b);
   }
   void set_step_in(const StepIn& in) { kernels_.set_step_in(in); }
   void reset_step_out() { kernels_.reset_step_out(); }
   StepOut read_step_out() { return kernels_.read_step_out(); }
   double* loss_out() { return kernels_.loss_out(); }
+  double* norm_sq_out() { return kernels_.norm_sq_out(); }
 
-  // Tensor i's moments (the model's i-th tensor), for checkpoints.
-  M* m(size_t i) { return m_ + offset(i); }
-  M* v(size_t i) { return v_ + offset(i); }
+  // The owned elements' moments (packed, owned().size() each, where the backend computes), for checkpoints and
+  // the optimizer state's size.
+  const OwnedRange& owned() const { return owned_; }
+  bool owns_all() const { return owned_.begin == 0 && owned_.end == model_.n_params(); }
+  const M* m_owned() const { return m_; }
+  const M* v_owned() const { return v_; }
+  size_t state_bytes() const { return 2 * owned_.size() * sizeof(M); }
+  // Tensor i's moments (the model's i-th tensor), for checkpoints: only where this optimizer owns all of it.
+  M* m(size_t i) { return m_ + owned_offset(i); }
+  M* v(size_t i) { return v_ + owned_offset(i); }
+  // Loads the owned part of tensor i's moments from host arrays of the whole tensor (a checkpoint's).
+  void load_moments(size_t i, const M* m_host, const M* v_host) {
+    const size_t begin = std::max(offset(i), owned_.begin), end = std::min(segments_.at(i).end, owned_.end);
+    if (begin >= end) return;
+    auto& be = model_.backend();
+    be.upload(m_ + (begin - owned_.begin), m_host + (begin - offset(i)), (end - begin) * sizeof(M));
+    be.upload(v_ + (begin - owned_.begin), v_host + (begin - offset(i)), (end - begin) * sizeof(M));
+  }
   const AdamWConfig& config() const { return cfg_; }
   const std::vector<AdamSegment>& segments() const { return segments_; }
   AdamWKernels<Backend>& kernels() { return kernels_; }
@@ -232,11 +272,29 @@ class AdamW {
     MUE_CHECK(!segs.empty() && end == model.n_params(), "AdamW: a model without parameters");
     return segs;
   }
+  // The segments cut to the owned range and counted from its start: a tensor split between shares keeps its
+  // lr / wd / eps on both sides (the update is element-wise).
+  static std::vector<AdamSegment> segments_within(const std::vector<AdamSegment>& segs, OwnedRange owned) {
+    std::vector<AdamSegment> cut;
+    size_t begin = 0;
+    for (const AdamSegment& s : segs) {
+      if (s.end > owned.begin && begin < owned.end)
+        cut.push_back({std::min(s.end, owned.end) - owned.begin, s.lr, s.wd, s.eps});
+      begin = s.end;
+    }
+    return cut;
+  }
   size_t offset(size_t i) const { return i == 0 ? 0 : segments_.at(i - 1).end; }
+  size_t owned_offset(size_t i) const {
+    MUE_CHECK(offset(i) >= owned_.begin && segments_.at(i).end <= owned_.end, "AdamW: tensor ", i,
+              " is not within the owned elements");
+    return offset(i) - owned_.begin;
+  }
 
   ParamStore<Backend>& model_;
   AdamWConfig cfg_;
   std::vector<AdamSegment> segments_;
+  OwnedRange owned_;
   AdamWKernels<Backend> kernels_;
   Arena m_arena_, v_arena_;
   M *m_ = nullptr, *v_ = nullptr;

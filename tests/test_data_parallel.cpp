@@ -33,6 +33,10 @@ struct FakeComm final : dist::Communicator {
   std::string name() const override { return "fake"; }
   void mean(float*, size_t) override {}
   void mean(double*, size_t) override {}
+  void sum(double*, size_t) override {}
+  void reduce_scatter_mean(float*, size_t) override {}
+  void allgather_shares(float*, size_t) override {}
+  void gather_shares(const float*, float*, size_t) override {}
   std::vector<uint64_t> allgather(uint64_t v) override {
     std::vector<uint64_t> all = gathered;
     all[size_t(rank_)] = v;
@@ -111,6 +115,12 @@ TEST_CASE("data parallel: a rank's GPU from its local rank; the CUDA reducer's a
 TEST_CASE("data parallel: shards, config hashes and the start-up agreement", "[dist]") {
   const dist::Shard s{1, 4};
   CHECK((s.count(32) == 8 && s.first(32) == 8));
+  // ZeRO-1's shares of a flat arena: back to back, the first n % G ranks one element longer.
+  const std::vector<std::pair<size_t, size_t>> tenth = {{0, 4}, {4, 7}, {7, 10}};
+  for (int r = 0; r < 3; ++r)
+    CHECK((dist::share_of(10, r, 3).begin == tenth[size_t(r)].first && dist::share_of(10, r, 3).end == tenth[size_t(r)].second));
+  CHECK((dist::share_of(2, 2, 3).begin == 2 && dist::share_of(2, 2, 3).size() == 0));
+  CHECK((dist::share_of(7, 0, 1).begin == 0 && dist::share_of(7, 0, 1).end == 7));
   FakeComm r0(0, 2, {0, 0});
   CHECK(dist::shard_batch(r0, 6, "train.batch").first(6) == 0);
   try {
@@ -273,29 +283,97 @@ TEST_CASE("data parallel: mpirun -np 2 trains as one process with the same globa
   CHECK(files == 5);
 }
 
+// ZeRO-1 (train.zero=1): each rank keeps and updates its share of the Adam moments. On two ranks the mean
+// gradient is bitwise zero=0's (the reduce-scatter and the all-reduce both add the two ranks' values, and a + b =
+// b + a); the one difference is the global grad norm, a sum of the two shares' sums of squares instead of one sum
+// over the arena: double rounding (~1e-16 relative) in the norm, which moves the clip scale, and through it an
+// update, by at most an ulp. Hence a bound of 1e-12 relative against zero=0 (without the norm's sum over the
+// ranks the runs differ by 1e-7 to 1e-4), and zero=0's 1e-5 (reduction order) against one process. On one rank
+// zero=1 is zero=0 bit for bit.
+TEST_CASE("data parallel: ZeRO-1 on two ranks trains as zero=0, with half the optimizer state per rank",
+          "[.][mpi]") {
+  TempDir d("dp_zero");
+  const std::string tok = test::make_toy_tokens(d);
+  auto with = [&](const std::string& name, const std::string& zero) {
+    auto a = tiny_run(d, tok, name);
+    a.push_back("train.zero=" + zero);
+    return a;
+  };
+  REQUIRE(run(train_cmd(with("one", "0")), d).code == 0);
+  const Ran one_zero = run(train_cmd(with("one-zero", "1")), d);
+  REQUIRE(one_zero.code == 0);
+  REQUIRE(run(mpirun(2) + " " + train_cmd(with("two", "0")), d).code == 0);
+  const Ran two_zero = run(mpirun(2) + " " + train_cmd(with("two-zero", "1")), d);
+  INFO(two_zero.out);
+  REQUIRE(two_zero.code == 0);
+  CHECK(lines_with(two_zero.out, "zero=1: each of 2 ranks keeps the Adam moments of its share") == 1);
+  const std::string one = d / "one.h5", two = d / "two.h5", z1 = d / "one-zero.h5", z2 = d / "two-zero.h5";
+  CHECK(read_double_attr(z2, "zero") == 1.0);
+  CHECK(read_double_attr(two, "zero") == 0.0);
+  // The largest share of the moments: half the arena (rounded up), two fp32 moments per element.
+  const double whole = *read_double_attr(two, "optimizer_state_bytes");
+  CHECK(*read_double_attr(one, "optimizer_state_bytes") == whole);
+  CHECK(*read_double_attr(z1, "optimizer_state_bytes") == whole);
+  const double n = whole / 8;
+  CHECK(*read_double_attr(z2, "optimizer_state_bytes") == 8 * std::ceil(n / 2));
+  for (const char* col : {"train/loss", "train/grad_norm", "val/loss"}) {
+    INFO(col);
+    CHECK(read_doubles(z1, col) == read_doubles(one, col));
+    const auto a = read_doubles(two, col), b = read_doubles(z2, col), c = read_doubles(one, col);
+    REQUIRE(a.size() == b.size());
+    REQUIRE(a.size() >= 2);
+    for (size_t i = 0; i < a.size(); ++i) {
+      INFO("row " << i << ": zero=0 " << a[i] << ", zero=1 " << b[i] << ", one process " << c[i]);
+      CHECK(std::abs(a[i] - b[i]) <= 1e-12 * std::abs(a[i]));
+      CHECK(std::abs(c[i] - b[i]) <= 1e-5 * std::abs(c[i]));
+    }
+  }
+}
+
 // Rank 0's checkpoint is the whole state: a two-rank run resumed from it (on two ranks) ends with the very
 // losses of the run that never stopped. The stopped run is faked from a finished one (its status set back to
 // running, as a killed run leaves it; its checkpoint is the one at step 10).
+// With ZeRO-1 (train.zero=1) the moments are spread over the ranks: every rank sends its share to rank 0, which
+// writes the one file, and each rank reloads its share from it. Such a checkpoint resumes on the same number of
+// ranks with zero=1 alone; anything else is refused in one line.
 TEST_CASE("data parallel: a two-rank run resumes from rank 0's checkpoint on two ranks", "[.][mpi]") {
-  TempDir d("dp_mpi_resume");
-  const std::string tok = test::make_toy_tokens(d);
-  auto args = tiny_run(d, tok, "dp");
-  args.push_back("out.checkpoint_every=10");
-  REQUIRE(run(mpirun(2) + " " + train_cmd(args), d).code == 0);
-  const std::string f = d / "dp.h5";
-  const auto loss = read_doubles(f, "train/loss"), val = read_doubles(f, "val/loss");
-  REQUIRE(fs::exists(d / "dp.ckpt"));
-  {
-    const h5::Node file(h5::Id(H5Fopen(f.c_str(), H5F_ACC_RDWR, H5P_DEFAULT), H5Fclose), f);
-    file.set_attr("status", std::string("running"));
+  for (const std::string zero : {"0", "1"}) {
+    INFO("train.zero=" << zero);
+    TempDir d("dp_mpi_resume");
+    const std::string tok = test::make_toy_tokens(d);
+    auto args = tiny_run(d, tok, "dp");
+    args.insert(args.end(), {"out.checkpoint_every=10", "train.zero=" + zero});
+    REQUIRE(run(mpirun(2) + " " + train_cmd(args), d).code == 0);
+    const std::string f = d / "dp.h5";
+    const auto loss = read_doubles(f, "train/loss"), val = read_doubles(f, "val/loss");
+    REQUIRE(fs::exists(d / "dp.ckpt"));
+    auto set_running = [&] {  // as a killed run leaves it
+      const h5::Node file(h5::Id(H5Fopen(f.c_str(), H5F_ACC_RDWR, H5P_DEFAULT), H5Fclose), f);
+      file.set_attr("status", std::string("running"));
+    };
+    set_running();
+    const Ran again = run(mpirun(2) + " " + train_cmd(args), d);
+    INFO(again.out);
+    REQUIRE(again.code == 0);
+    CHECK(lines_with(again.out, "resuming") == 1);
+    CHECK(read_double_attr(f, "resumed_at_step") == 10.0);
+    CHECK(read_doubles(f, "train/loss") == loss);
+    CHECK(read_doubles(f, "val/loss") == val);
+    if (zero == "0") continue;
+    set_running();
+    const Ran one_rank = run(train_cmd(args), d);
+    INFO(one_rank.out);
+    CHECK(one_rank.code == 1);
+    CHECK(lines_with(one_rank.out, "mue: error:") == 1);
+    CHECK(lines_with(one_rank.out, "holds a train.zero=1 run on 2 ranks; resume it on as many (this job has 1)") == 1);
+    args.back() = "train.zero=0";
+    const Ran unsharded = run(mpirun(2) + " " + train_cmd(args), d);
+    INFO(unsharded.out);
+    CHECK(unsharded.code == 1);
+    CHECK(lines_with(unsharded.out, "mue: error:") == 1);
+    CHECK(lines_with(unsharded.out, "belongs to a run of another config (train differs)") == 1);
+    CHECK(read_doubles(f, "train/loss") == loss);  // nothing touched
   }
-  const Ran again = run(mpirun(2) + " " + train_cmd(args), d);
-  INFO(again.out);
-  REQUIRE(again.code == 0);
-  CHECK(lines_with(again.out, "resuming") == 1);
-  CHECK(read_double_attr(f, "resumed_at_step") == 10.0);
-  CHECK(read_doubles(f, "train/loss") == loss);
-  CHECK(read_doubles(f, "val/loss") == val);
 }
 
 TEST_CASE("data parallel: a batch the ranks cannot share, or ranks with different configs, stop in one line",

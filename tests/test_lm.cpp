@@ -2,6 +2,9 @@
 // model overfitting one batch (float, the path `train` runs on the CPU).
 #include <omp.h>
 
+#include <algorithm>
+#include <memory>
+
 #include "core/kernel_variants.h"
 #include "nn/lm.h"
 #include "optim/adamw.h"
@@ -171,6 +174,58 @@ TEST_CASE("tiny LM overfits one fixed batch (loss falls by >= 90%)", "[lm]") {
   INFO("first " << first << " last " << last);
   CHECK(first == Approx(std::log(64.0)).margin(0.2));
   CHECK(last < 0.1 * first);
+}
+
+// ZeRO-1's optimizer: AdamWs that each own a share of the packed arena (cut inside tensors), fed the sum of their
+// shares' squared norms, update the model exactly as one AdamW over all of it. Clip is off: the summed norm
+// differs from one sum over the arena by rounding (checked to 1e-12), and the update must not depend on it.
+TEST_CASE("AdamW over shares of the arena (ZeRO-1) updates bit for bit as one AdamW over all", "[lm][optim]") {
+  ModelConfig c = tiny_config();
+  const ParamTable table = make_param_table("mup", c, c, Hyper{});
+  CpuBackend<float> be_whole, be_split;
+  LM<CpuBackend<float>> whole(c, table, be_whole, 2), split(c, table, be_split, 2);
+  whole.init_weights(3), split.init_weights(3);
+  const size_t n = whole.n_params();
+  AdamWConfig cfg;
+  cfg.grad_clip = 0;
+  AdamW<CpuBackend<float>> one(whole, cfg);
+  std::vector<std::unique_ptr<AdamW<CpuBackend<float>>>> shares;
+  const size_t cuts[] = {0, n / 3 + 1, 2 * n / 3 + 2, n};
+  int inside = 0;  // cuts that split a tensor between two shares
+  for (size_t cut : {cuts[1], cuts[2]})
+    inside += std::none_of(one.segments().begin(), one.segments().end(), [&](const AdamSegment& g) { return g.end == cut; });
+  REQUIRE(inside == 2);
+  for (int r = 0; r < 3; ++r) shares.push_back(std::make_unique<AdamW<CpuBackend<float>>>(split, cfg, OwnedRange{cuts[r], cuts[r + 1]}));
+  size_t state = 0;
+  for (auto& a : shares) state += a->state_bytes();
+  CHECK(state == one.state_bytes());
+  CHECK(shares[1]->state_bytes() == 2 * sizeof(float) * (cuts[2] - cuts[1]));
+  auto x = random_tokens(2 * c.seq_len, c.vocab, 5), y = random_tokens(2 * c.seq_len, c.vocab, 6);
+  for (int step = 0; step < 4; ++step) {
+    const StepIn in = adamw_step_in(cfg, step, 1.0);
+    whole.zero_grad(), split.zero_grad();
+    *one.loss_out() = whole.forward(x.data(), y.data());
+    const double loss = split.forward(x.data(), y.data());
+    whole.backward(), split.backward();
+    one.set_step_in(in);
+    one.update_dev();
+    double norm_sq = 0;
+    for (auto& a : shares) a->set_step_in(in), *a->loss_out() = loss, a->grad_norm_sq_dev(), norm_sq += *a->norm_sq_out();
+    CHECK(norm_sq == Approx(*one.norm_sq_out()).epsilon(1e-12));
+    for (auto& a : shares) *a->norm_sq_out() = norm_sq, a->update_owned_dev();
+    for (size_t i = 0; i < whole.params().size(); ++i) {
+      INFO("step " << step << " tensor " << whole.P(i).row.tensor.name);
+      REQUIRE(whole.host_values(whole.P(i)) == split.host_values(split.P(i)));
+    }
+  }
+  // A share's moments reload from whole-tensor arrays (a checkpoint's): the owned part of each tensor.
+  const size_t t = 1, first = whole.P(t).value - whole.P(0).value, cnt = whole.P(t).row.tensor.size();
+  std::vector<float> m(cnt), v(cnt);
+  for (size_t k = 0; k < cnt; ++k) m[k] = float(first + k), v[k] = -float(first + k);
+  for (auto& a : shares) a->load_moments(t, m.data(), v.data());
+  for (auto& a : shares)
+    for (size_t e = std::max(first, a->owned().begin); e < std::min(first + cnt, a->owned().end); ++e)
+      REQUIRE((a->m_owned()[e - a->owned().begin] == float(e) && a->v_owned()[e - a->owned().begin] == -float(e)));
 }
 
 TEST_CASE("initial weights: the table's draw of each index, on any number of threads", "[lm]") {
