@@ -29,7 +29,7 @@ condition() {  # name, then the environment of the run
 echo "$(nproc) cores, $(date -u +%FT%TZ), load $(cut -d' ' -f1 /proc/loadavg)"
 for size in tiny small; do condition "idle, OpenMP default" X=1; done
 sh -c 'while :; do :; done' & busy=$!
-trap 'kill $busy 2>/dev/null' EXIT
+trap 'kill -9 $busy 2>/dev/null; wait $busy 2>/dev/null' EXIT INT TERM
 for size in tiny small; do
   condition "one core busy, OpenMP default" X=1
   condition "one core busy, OMP_WAIT_POLICY=PASSIVE" OMP_WAIT_POLICY=PASSIVE
