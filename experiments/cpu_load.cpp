@@ -43,7 +43,8 @@ std::string crowded_cpu_note(int threads, int cores, double busy) {
   std::ostringstream s;
   s.precision(2);
   s << "note: other processes keep about " << busy << " of " << cores << " cores busy, and " << threads
-    << " OpenMP threads that share a core wait for each other at every step (up to 25x slower on a small model): "
+    << " OpenMP threads that share a core wait for each other at every step (a small model ran 26x slower with every core "
+       "busy): "
        "OMP_NUM_THREADS="
     << free_cores << " may be much faster (mue keeps the thread count it is given, so that a run repeats bit for bit)";
   return s.str();

@@ -1,6 +1,6 @@
 // Whether a CPU run's OpenMP threads would share cores with other processes. A thread that waits for a core at
-// every parallel region's barrier slows the whole team: with one of 2 cores busy, a tiny model ran 25x slower on 2
-// threads than on 1 (bench/RESULTS.md). mue does not change the thread count it is given (a run that chose it from
+// every parallel region's barrier slows the whole team: with both of 2 cores busy, a small model ran 26x slower on
+// 2 threads than on 1 (bench/RESULTS.md). mue does not change the thread count it is given (a run that chose it from
 // the load would not repeat bit for bit, nor resume so); it says so in one line.
 #pragma once
 #include <chrono>
