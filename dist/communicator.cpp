@@ -19,6 +19,7 @@ class SingleProcess final : public Communicator {
   void sum(double*, size_t) override {}
   void reduce_scatter_mean(float*, size_t) override {}  // the one share is everything
   void allgather_shares(float*, size_t) override {}
+  void allgather_shares(bf16*, size_t) override {}
   void gather_shares(const float* mine, float* all, size_t n) override { std::copy(mine, mine + n, all); }
   std::vector<uint64_t> allgather(uint64_t v) override { return {v}; }
   int max(int v) override { return v; }

@@ -3,7 +3,7 @@
 // is a world of one rank that needs no MPI at all (today's path).
 //
 // Layer: dist/ sits above nn/ and optim/ and below experiments/; this header needs nothing but the standard
-// library, so a backend-specific reducer (NCCL, dist/nccl_reducer.h) can implement the same interface.
+// library and core/, so a backend-specific reducer (NCCL, dist/nccl_reducer.h) can implement the same interface.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -12,6 +12,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "core/dtype.h"
 #include "core/error.h"
 
 namespace mue::dist {
@@ -34,13 +35,26 @@ int local_rank_from_env();
 // ranks of one node take different GPUs and a rank shown one GPU alone (Slurm's --gpus-per-task=1) takes that.
 int device_of_rank(int rank, int local_rank, int devices);
 
-// An element-wise mean over the ranks, in place, on memory where a backend computes (host for the CPU backend,
-// the GPU for NCCL). Every rank gets bitwise the same result: the weights stay identical without a broadcast.
+// Collectives over the ranks, in place, on memory where a backend computes (host for the CPU backend, the GPU for
+// NCCL). Every rank gets bitwise the same result: the weights stay identical without a broadcast.
 class Reducer {
  public:
   virtual ~Reducer() = default;
-  virtual void mean(float* data, size_t n) = 0;
+  virtual void mean(float* data, size_t n) = 0;  // element-wise mean over the ranks
   virtual void mean(double* data, size_t n) = 0;
+  virtual void sum(double* data, size_t n) = 0;  // element-wise sum over the ranks
+  // ZeRO-1's collectives over n elements split in shares (share_of(n, rank, size)): reduce_scatter_mean leaves
+  // the ranks' mean in this rank's share of data (the rest keeps this rank's values); allgather_shares gives every
+  // rank every rank's share of data (float: the CPU's weights, bf16: the weights CUDA's forward reads).
+  virtual void reduce_scatter_mean(float* data, size_t n) = 0;
+  virtual void allgather_shares(float* data, size_t n) = 0;
+  virtual void allgather_shares(bf16* data, size_t n) = 0;
+  // The gradient's mean in buckets overlapped with the backward (train.bucket_mb): start_mean begins the mean of
+  // data after what the backend has queued so far and may return before it is done; wait_started makes what is
+  // queued next (the optimizer) come after every mean started since the last wait. Element for element the
+  // same reduction as mean(). By default mean() at once.
+  virtual void start_mean(float* data, size_t n) { mean(data, n); }
+  virtual void wait_started() {}
 };
 
 // Rank `rank`'s contiguous share of n elements split over `size` ranks: [begin, end), as even as possible (the
@@ -51,20 +65,16 @@ struct Share {
 };
 Share share_of(size_t n, int rank, int size);
 
-// The ranks' host-side collectives (start-up checks, losses, stop signals); its mean() works on host memory.
+// The ranks' host-side collectives (start-up checks, losses, stop signals); as a Reducer it works on host memory
+// (the CPU backend's).
 class Communicator : public Reducer {
  public:
   int rank() const { return rank_; }
   int size() const { return size_; }
   Share share(size_t n) const { return share_of(n, rank_, size_); }
   virtual std::string name() const = 0;  // "single" | "mpi"
-  virtual void sum(double* data, size_t n) = 0;  // element-wise sum over the ranks, in place
-  // ZeRO-1's collectives over a vector of n floats split in shares (share(n)), on host memory:
-  // reduce_scatter_mean leaves the ranks' mean in this rank's share of data (the rest keeps this rank's values);
-  // allgather_shares gives every rank every rank's share of data; gather_shares puts every rank's share (`mine`,
-  // share(n).size() values) into `all` (n values) on rank 0 alone (null elsewhere).
-  virtual void reduce_scatter_mean(float* data, size_t n) = 0;
-  virtual void allgather_shares(float* data, size_t n) = 0;
+  // Every rank's share of n floats (`mine`, share(n).size() values) into `all` (n values) on rank 0 alone (null
+  // elsewhere): a ZeRO-1 checkpoint's moments.
   virtual void gather_shares(const float* mine, float* all, size_t n) = 0;
   virtual std::vector<uint64_t> allgather(uint64_t v) = 0;
   virtual int max(int v) = 0;

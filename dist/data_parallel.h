@@ -4,6 +4,7 @@
 #pragma once
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "dist/communicator.h"
 #include "dist/nccl_reducer.h"
@@ -11,16 +12,11 @@
 
 namespace mue::dist {
 
-// The reducer of the memory a backend computes in. CPU: host memory, through the communicator.
+// The reducer of the memory a backend computes in. CPU: host memory, the communicator itself (not owned: it
+// lives as long as the process).
 template <class T>
-std::unique_ptr<Reducer> backend_reducer(Communicator& comm, CpuBackend<T>&) {
-  struct Host final : Reducer {
-    Communicator& comm;
-    explicit Host(Communicator& c) : comm(c) {}
-    void mean(float* d, size_t n) override { comm.mean(d, n); }
-    void mean(double* d, size_t n) override { comm.mean(d, n); }
-  };
-  return std::make_unique<Host>(comm);
+std::shared_ptr<Reducer> backend_reducer(Communicator& comm, CpuBackend<T>&) {
+  return std::shared_ptr<Reducer>(std::shared_ptr<Reducer>(), &comm);
 }
 
 // Whether this build can average a backend's gradients over several ranks (device "cpu" | "cuda"): "" if so,
@@ -47,7 +43,7 @@ inline int cuda_device_of(const Communicator& comm) {
 }
 // The CUDA backend's reducer: NCCL on the backend's stream. Without NCCL, refused at start-up by
 // cannot_reduce_on; here so that the trainer compiles for every backend.
-inline std::unique_ptr<Reducer> backend_reducer(Communicator& comm, CudaBackend& be) {
+inline std::shared_ptr<Reducer> backend_reducer(Communicator& comm, CudaBackend& be) {
 #ifdef MUE_HAVE_NCCL
   return start_nccl(comm, be.ctx, nccl_timeout_s());
 #else
@@ -57,33 +53,76 @@ inline std::unique_ptr<Reducer> backend_reducer(Communicator& comm, CudaBackend&
 #endif
 
 // The step's hook (experiments/device_step.h): the ranks' mean gradient (the model's whole gradient arena, one
-// all-reduce after the backward; buckets overlapped with the backward are not written yet) and mean loss (what the divergence check and the log read). Each rank's loss is the mean over
-// its equal share of the batch, so the mean over ranks is the whole batch's mean and its gradient.
+// all-reduce after the backward: train.bucket_mb=0) and mean loss (what the divergence check and the log read).
+// Each rank's loss is the mean over its equal share of the batch, so the mean over ranks is the whole batch's
+// mean and its gradient.
 template <class Model, class Optimizer>
 void mean_over_ranks(Reducer& r, Model& model, Optimizer& opt) {
   r.mean(model.grad_arena(), model.n_params());
   r.mean(opt.loss_out(), 1);
 }
 
+// The same mean in buckets overlapped with the backward (train.bucket_mb > 0, as PyTorch DDP): the gradient arena
+// cut at tensor boundaries into buckets of at least `bytes` (the last may be smaller), from its end, since the
+// backward makes the last tensors' gradients first. The model reports (ParamStore::set_on_grads_final) when the
+// gradients of elements [first, n) are final; every bucket wholly inside starts its mean then (start_mean), and
+// after the backward the step waits for them all. Each element is reduced by the same collective as in one
+// all-reduce of the arena.
+struct BucketedMean {
+  Reducer& r;
+  float* grads;
+  std::vector<Share> buckets;  // ranges of the arena, from its end
+  size_t started = 0;
+  void on_final(size_t first) {
+    for (; started < buckets.size() && buckets[started].begin >= first; ++started)
+      r.start_mean(grads + buckets[started].begin, buckets[started].size());
+  }
+  // After the backward (whose end reports first = 0): the mean loss, queued after every bucket's mean.
+  void finish(double* loss) {
+    MUE_CHECK(started == buckets.size(), "data parallel: the backward left ", buckets.size() - started,
+              " gradient buckets unreduced");
+    started = 0;
+    r.wait_started();
+    r.mean(loss, 1);
+  }
+};
+template <class Model>
+std::vector<Share> gradient_buckets(Model& model, double bytes) {
+  std::vector<Share> buckets;
+  const auto& ps = model.params();
+  size_t end = model.n_params();
+  for (size_t i = ps.size(); i-- > 0;) {
+    const size_t begin = size_t(ps[i].grad - model.grad_arena());
+    if (i == 0 || double(end - begin) * sizeof(*ps[i].grad) >= bytes) buckets.push_back({begin, end}), end = begin;
+  }
+  return buckets;
+}
+
 // ZeRO-1 (train.zero=1): the same step with the optimizer split over the ranks, each owning one share of the
-// parameter arena (Communicator::share) and its moments. Through the host communicator, so for the CPU backend
-// alone (its arenas are host memory, its weights are its fp32 values); CUDA refuses zero=1 at start-up.
-// After the backward: the mean gradient of this rank's share (one reduce-scatter) and the mean loss.
+// parameter arena (Communicator::share) and its moments, on the backend's reducer (the host communicator on the
+// CPU, NCCL on CUDA). After the backward: the mean gradient of this rank's share (one reduce-scatter) and the
+// mean loss.
 template <class Model, class Optimizer>
-void mean_share_over_ranks(Communicator& comm, Model& model, Optimizer& opt) {
-  comm.reduce_scatter_mean(model.grad_arena(), model.n_params());
-  comm.mean(opt.loss_out(), 1);
+void mean_share_over_ranks(Reducer& r, Model& model, Optimizer& opt) {
+  r.reduce_scatter_mean(model.grad_arena(), model.n_params());
+  r.mean(opt.loss_out(), 1);
 }
 // After the optimizer's norm of its share: the global squared norm, so that clip and the divergence check see
 // the whole gradient's (the sum of the shares' squares; only its rounding differs from one sum over all).
 template <class Optimizer>
-void sum_norm_over_ranks(Communicator& comm, Optimizer& opt) {
-  comm.sum(opt.norm_sq_out(), 1);
+void sum_norm_over_ranks(Reducer& r, Optimizer& opt) {
+  r.sum(opt.norm_sq_out(), 1);
 }
-// After each rank updated its share: every rank's share of the weights to every rank.
+// After each rank updated its share: every rank's share of the weights the forward reads to every rank (the
+// CPU's fp32 values; CUDA's bf16 weights, so that there the fp32 values outside a rank's share are its own stale
+// copy until gather_values).
 template <class Model>
-void gather_weights(Communicator& comm, Model& model) {
-  comm.allgather_shares(model.params().front().value, model.n_params());
+void gather_weights(Reducer& r, Model& model) {
+  r.allgather_shares(model.params().front().weight, model.n_params());
+}
+template <class Model>
+void gather_values(Reducer& r, Model& model) {
+  r.allgather_shares(model.params().front().value, model.n_params());
 }
 
 }  // namespace mue::dist

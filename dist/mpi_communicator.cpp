@@ -6,6 +6,7 @@
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
+#include <vector>
 
 namespace mue::dist {
 
@@ -58,11 +59,31 @@ class MpiCommunicator final : public Communicator {
     const float g = float(size_);
     for (size_t i = 0; i < out.size(); ++i) data[mine.begin + i] = out[i] / g;  // as mean_of divides
   }
-  void allgather_shares(float* data, size_t n) override {
-    const Layout l = layout(n);
-    check(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, data, l.counts.data(), l.displs.data(), MPI_FLOAT,
-                         MPI_COMM_WORLD),
-          "MPI_Allgatherv");
+  void allgather_shares(float* data, size_t n) override { allgather_shares_of(data, n, MPI_FLOAT); }
+  void allgather_shares(bf16* data, size_t n) override { allgather_shares_of(data, n, MPI_UINT16_T); }
+  // MPI_Iallreduce of the same chunks as mean(), so each element's sum is the same; the division by G follows
+  // in wait_started. MPI moves a non-blocking collective on only inside MPI calls: each start also tests the
+  // ones before it.
+  void start_mean(float* data, size_t n) override {
+    for (size_t at = 0; at < n; at += kMaxChunk) {
+      const int count = int(std::min(kMaxChunk, n - at));
+      started_.push_back({data + at, size_t(count), MPI_REQUEST_NULL});
+      check(MPI_Iallreduce(MPI_IN_PLACE, data + at, count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD,
+                           &started_.back().request),
+            "MPI_Iallreduce");
+    }
+    for (Started& s : started_) {
+      int done = 0;
+      check(MPI_Test(&s.request, &done, MPI_STATUS_IGNORE), "MPI_Test");
+    }
+  }
+  void wait_started() override {
+    const float g = float(size_);
+    for (Started& s : started_) {
+      check(MPI_Wait(&s.request, MPI_STATUS_IGNORE), "MPI_Wait");
+      for (size_t i = 0; i < s.n; ++i) s.data[i] /= g;  // as mean_of divides
+    }
+    started_.clear();
   }
   void gather_shares(const float* mine, float* all, size_t n) override {
     const Layout l = layout(n);
@@ -105,6 +126,19 @@ class MpiCommunicator final : public Communicator {
     const T g = T(size_);
     for (size_t i = 0; i < n; ++i) data[i] /= g;
   }
+  template <class T>
+  void allgather_shares_of(T* data, size_t n, MPI_Datatype type) {
+    const Layout l = layout(n);
+    check(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, data, l.counts.data(), l.displs.data(), type,
+                         MPI_COMM_WORLD),
+          "MPI_Allgatherv");
+  }
+  struct Started {  // a start_mean's chunk and its request
+    float* data;
+    size_t n;
+    MPI_Request request;
+  };
+  std::vector<Started> started_;
   // The shares of n elements as MPI's int counts and offsets: the v-collectives take no chunks, so the whole
   // vector must be indexable by int (2^31 floats, 8 GiB: far beyond what the CPU backend trains).
   struct Layout {

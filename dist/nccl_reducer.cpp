@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <mutex>
 #include <thread>
+#include <utility>
 
 // CMake enables the reducer only from this version on; the check keeps a hand-made build honest.
 #if NCCL_VERSION_CODE < NCCL_VERSION(2, 14, 0)
@@ -65,13 +66,15 @@ class NcclReducer final : public Reducer {
     try {
       check_cuda(cudaSetDevice(device_), "cudaSetDevice");
       check_cuda(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming), "cudaEventCreate");
+      check_cuda(cudaEventCreateWithFlags(&handoff_, cudaEventDisableTiming), "cudaEventCreate");
+      check_cuda(cudaStreamCreateWithFlags(&comm_stream_, cudaStreamNonBlocking), "cudaStreamCreate");
       ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
       config.blocking = 0;  // every call returns at once; settle() polls it, bounded by the timeout
       std::lock_guard lock(mu_);
       settle(ncclCommInitRankConfig(&comm_, size_, id, rank_, &config), "ncclCommInitRankConfig", setup_s());
     } catch (...) {
       abort_locked();
-      if (done_) (void)cudaEventDestroy(done_);
+      destroy_cuda();
       throw;
     }
     watchdog_ = std::thread([this] { watch(); });
@@ -97,24 +100,84 @@ class NcclReducer final : public Reducer {
       }
     }
     abort_locked();
-    (void)cudaEventDestroy(done_);
+    destroy_cuda();
   }
 
-  void mean(float* data, size_t n) override { all_mean(data, n, ncclFloat32); }
-  void mean(double* data, size_t n) override { all_mean(data, n, ncclFloat64); }
+  void mean(float* data, size_t n) override { all_reduce(data, n, ncclFloat32, ncclAvg, stream_); }
+  void mean(double* data, size_t n) override { all_reduce(data, n, ncclFloat64, ncclAvg, stream_); }
+  void sum(double* data, size_t n) override { all_reduce(data, n, ncclFloat64, ncclSum, stream_); }
+
+  // ZeRO-1, in place on the training stream, over the shares of share_of. Where the shares are all one size (n a
+  // multiple of G) they lie in rank order at rank * n / G: NCCL's own reduce-scatter and all-gather. Otherwise
+  // NCCL's documented form of the v-collectives: one rooted call per share (ncclReduce to its rank, ncclBroadcast
+  // from it), grouped.
+  void reduce_scatter_mean(float* data, size_t n) override {
+    over_shares("ncclReduceScatter", n, [&](size_t each) {
+      return ncclReduceScatter(data, data + size_t(rank_) * each, each, ncclFloat32, ncclAvg, comm_, stream_);
+    }, [&](Share s, int r) {
+      return ncclReduce(data + s.begin, data + s.begin, s.size(), ncclFloat32, ncclAvg, r, comm_, stream_);
+    });
+  }
+  void allgather_shares(float* data, size_t n) override { allgather_of(data, n, ncclFloat32); }
+  void allgather_shares(bf16* data, size_t n) override { allgather_of(data, n, ncclBfloat16); }
+
+  // A bucket's mean on the communication stream, once the training stream has made its gradients: the backward
+  // goes on meanwhile. wait_started: the training stream waits for all of them (the stream runs them in order).
+  void start_mean(float* data, size_t n) override {
+    if (n == 0) return;
+    hand_over(stream_, comm_stream_);
+    all_reduce(data, n, ncclFloat32, ncclAvg, comm_stream_);
+    started_ = true;
+  }
+  void wait_started() override {
+    if (std::exchange(started_, false)) hand_over(comm_stream_, stream_);
+  }
 
  private:
-  void all_mean(void* data, size_t n, ncclDataType_t type) {
+  void all_reduce(void* data, size_t n, ncclDataType_t type, ncclRedOp_t op, cudaStream_t on) {
     if (n == 0) return;
+    enqueue("ncclAllReduce", on, [&] { return ncclAllReduce(data, data, n, type, op, comm_, on); });
+  }
+  template <class T>
+  void allgather_of(T* data, size_t n, ncclDataType_t type) {
+    over_shares("ncclAllGather", n, [&](size_t each) {
+      return ncclAllGather(data + size_t(rank_) * each, data, each, type, comm_, stream_);
+    }, [&](Share s, int r) { return ncclBroadcast(data + s.begin, data + s.begin, s.size(), type, r, comm_, stream_); });
+  }
+  // even(n / G) where the shares are one size, else per_share(share, its rank) for every rank in one NCCL group.
+  template <class Even, class PerShare>
+  void over_shares(const char* what, size_t n, Even even, PerShare per_share) {
+    if (n == 0) return;
+    enqueue(what, stream_, [&] {
+      if (n % size_t(size_) == 0) return even(n / size_t(size_));
+      ncclResult_t r = ncclGroupStart();
+      for (int k = 0; k < size_ && (r == ncclSuccess || r == ncclInProgress); ++k) r = per_share(share_of(n, k, size_), k);
+      const ncclResult_t end = ncclGroupEnd();  // closes the group whatever happened in it
+      return r == ncclSuccess || r == ncclInProgress ? end : r;
+    });
+  }
+  // Queues call() (NCCL calls on stream `on`) under the lock; the watchdog then follows it to its end.
+  template <class Call>
+  void enqueue(const char* what, cudaStream_t on, Call call) {
     std::lock_guard lock(mu_);
     MUE_CHECK(comm_, "NCCL: rank ", rank_, "'s communicator was aborted after an earlier error");
     // A graph replay would skip the watchdog's bookkeeping below (DeviceStep runs a step with a reducer op by op).
     cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
     check_cuda(cudaStreamIsCapturing(stream_, &capturing), "cudaStreamIsCapturing");
     MUE_CHECK(capturing == cudaStreamCaptureStatusNone, "NCCL: the reducer cannot run inside a CUDA graph capture");
-    settle(ncclAllReduce(data, data, n, type, ncclAvg, comm_, stream_), "ncclAllReduce", timeout_s_);
-    check_cuda(cudaEventRecord(done_, stream_), "cudaEventRecord");
+    settle(call(), what, timeout_s_);
+    check_cuda(cudaEventRecord(done_, on), "cudaEventRecord");
     queued_ = Clock::now(), pending_ = true;
+  }
+  // What is queued on `to` from now on runs after what is queued on `from` so far.
+  void hand_over(cudaStream_t from, cudaStream_t to) {
+    check_cuda(cudaEventRecord(handoff_, from), "cudaEventRecord");
+    check_cuda(cudaStreamWaitEvent(to, handoff_, 0), "cudaStreamWaitEvent");
+  }
+  void destroy_cuda() {
+    if (done_) (void)cudaEventDestroy(done_);
+    if (handoff_) (void)cudaEventDestroy(handoff_);
+    if (comm_stream_) (void)cudaStreamDestroy(comm_stream_);
   }
 
   // Waits (mu_ held) until the call that returned r has finished on the host, for at most limit_s seconds: a
@@ -132,7 +195,7 @@ class NcclReducer final : public Reducer {
     fail("NCCL (rank ", rank_, " of ", size_, "): ", what, " ", r == ncclInProgress ? "" : "failed: ", why);
   }
 
-  // The watchdog (its own thread): the communicator's async error and the last all-reduce's completion.
+  // The watchdog (its own thread): the communicator's async error and the last collective's completion.
   void watch() {
     (void)cudaSetDevice(device_);
     const Clock::duration every = std::clamp<Clock::duration>(timeout_ / 10, std::chrono::milliseconds(10),
@@ -150,7 +213,7 @@ class NcclReducer final : public Reducer {
         const cudaError_t e = cudaEventQuery(done_);
         if (e == cudaSuccess) pending_ = false;
         else if (e == cudaErrorNotReady && Clock::now() - queued_ > timeout_)
-          why = "an all-reduce has not finished " + seconds(timeout_s_) + " after it was queued" + hint();
+          why = "a collective has not finished " + seconds(timeout_s_) + " after it was queued" + hint();
         // Any other error is the device's (a kernel that faulted): the main thread reports it at its next sync.
       }
       if (why.empty()) continue;
@@ -179,14 +242,17 @@ class NcclReducer final : public Reducer {
   static const char* hint() { return ": a rank died or hangs (MUE_NCCL_TIMEOUT sets the limit, in seconds)"; }
 
   const int rank_, size_, device_;
-  cudaStream_t stream_;
+  cudaStream_t stream_;                  // the training stream
+  cudaStream_t comm_stream_ = nullptr;   // the buckets' means (start_mean), beside the backward
+  cudaEvent_t handoff_ = nullptr;        // orders the two streams (hand_over)
+  bool started_ = false;                 // a start_mean since the last wait_started
   const double timeout_s_;
   const Clock::duration timeout_;
   const std::function<void(const std::string&)> on_failure_;
   std::mutex mu_;  // every NCCL call and the watchdog's state: NCCL allows no concurrent calls on a communicator
   std::condition_variable wake_;
   ncclComm_t comm_ = nullptr;  // null once aborted
-  cudaEvent_t done_ = nullptr;  // recorded after the last all-reduce
+  cudaEvent_t done_ = nullptr;  // recorded after the last collective, on its stream
   Clock::time_point queued_;
   bool pending_ = false, stop_ = false;
   std::thread watchdog_;

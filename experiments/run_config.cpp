@@ -82,7 +82,9 @@ const KeyDoc kDocs[] = {
     {"train.diverge_factor", "mark diverged when loss > factor x initial loss after warmup (0: off; NaN/inf always)"},
     {"train.cuda_graph", "on CUDA: record the training step once as a CUDA graph and replay it (false: op by op)"},
     {"train.zero", "data parallel: 0 = every rank keeps the whole optimizer state; 1 = ZeRO-1, each rank keeps and "
-                   "updates its share of the Adam moments (CPU backend)"},
+                   "updates its share of the Adam moments"},
+    {"train.bucket_mb", "data parallel, zero=0: MiB of gradients per all-reduce, each started during the backward "
+                        "once its gradients are final (0: one all-reduce after the backward)"},
     {"data.tokens", "token file made by `mue tokenize` (task lm)"},
     {"data.images", "image file made by `mue prepare-images` (task flow)"},
     {"out.dir", "folder for run files"},
@@ -114,7 +116,7 @@ json default_config() {
               "min_lr_factor": 0.1, "decay_fraction": 0.2},
     "train": {"batch": 8, "steps": 150, "seed": 1, "data_seed": 1, "log_every": 10, "eval_every": 50,
               "eval_batches": 8, "device": "auto", "diverge_factor": 0.0, "cuda_graph": true,
-              "zero": 0},
+              "zero": 0, "bucket_mb": 25},
     "data": {"tokens": "data-cache/linux-doc.tok", "images": "data-cache/fashion-mnist.h5"},
     "out": {"dir": "runs", "overwrite": false, "checkpoint": null, "checkpoint_every": 0, "checkpoint_minutes": 10,
             "resume": true}
@@ -273,6 +275,7 @@ RunConfig parse_config(const json& j) {
   t.diverge_factor = get<double>(j, "train", "diverge_factor");
   t.cuda_graph = get<bool>(j, "train", "cuda_graph");
   t.zero = get_int(j, "train", "zero");
+  t.bucket_mb = get<double>(j, "train", "bucket_mb");
   MUE_CHECK(t.batch > 0, "train.batch must be positive");
   MUE_CHECK(t.steps > 0, "train.steps must be positive");
   MUE_CHECK(t.log_every > 0 && t.eval_every > 0 && t.eval_batches > 0,
@@ -281,7 +284,8 @@ RunConfig parse_config(const json& j) {
             t.device, "'");
   MUE_CHECK(t.zero == 0 || t.zero == 1, "train.zero must be 0 (every rank keeps the whole optimizer state) or 1 "
             "(ZeRO-1: each rank its share), got ", t.zero);
-  check_zero_on(t, t.device);
+  MUE_CHECK(t.bucket_mb >= 0 && std::isfinite(t.bucket_mb), "train.bucket_mb must be >= 0 (MiB; 0: one all-reduce "
+            "after the backward), got ", t.bucket_mb);
   c.schedule.total = t.steps;
   c.schedule.validate();
   c.data_tokens = get<std::string>(j, "data", "tokens");
@@ -377,11 +381,6 @@ std::string format_memory(const MemoryEstimate& m) {
   std::snprintf(b, sizeof b, "about %.3g M parameters, %.3g GiB of weights, gradients and Adam state, %.3g GiB of "
                 "activations", m.params / 1e6, m.state_bytes / 1073741824.0, m.activation_bytes / 1073741824.0);
   return b;
-}
-
-void check_zero_on(const TrainConfig& t, const std::string& device) {
-  MUE_CHECK(t.zero == 0 || device != "cuda", "train.zero=1 (ZeRO-1) runs on the CPU backend only: the sharded "
-            "optimizer has no NCCL path yet; pass train.zero=0 or train.device=cpu");
 }
 
 void check_memory_fits(const RunConfig& c, const std::string& device) {

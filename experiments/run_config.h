@@ -18,6 +18,7 @@ struct TrainConfig {
   double diverge_factor = 0;     // stop as diverged when loss > factor * initial loss after warmup (0: off)
   bool cuda_graph = true;        // on CUDA: replay the training step as a CUDA graph
   int zero = 0;                  // data parallel: 1 = ZeRO-1 (each rank keeps its share of the Adam moments)
+  double bucket_mb = 25;         // data parallel, zero=0: MiB per all-reduce started during the backward (0: one after it)
 };
 
 struct RunConfig {
@@ -63,9 +64,6 @@ MemoryEstimate estimate_memory(const RunConfig& c);
 // estimate, on the GPU what the host holds of it (the parameter table, staged weights).
 void check_memory_fits(const RunConfig& c, const std::string& device);
 std::string format_memory(const MemoryEstimate& m);
-
-// Refuses train.zero=1 on a device it does not run on (`device`: as configured, or as resolved from auto).
-void check_zero_on(const TrainConfig& t, const std::string& device);
 
 // Documentation of every key, for --help and the README.
 std::string config_keys_help();

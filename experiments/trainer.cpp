@@ -132,27 +132,32 @@ struct DataParallel {
   dist::Communicator& comm;
   dist::Shard shard;
   bool zero;
-  std::unique_ptr<dist::Reducer> reducer;  // where the backend computes; null on one rank
-  DataParallel(dist::Communicator& c, dist::Shard s, bool zero1, Backend& be)
-      : comm(c), shard(s), zero(zero1), reducer(c.size() > 1 ? dist::backend_reducer(c, be) : nullptr) {}
+  double bucket_bytes;  // train.bucket_mb in bytes (0: one all-reduce after the backward)
+  std::shared_ptr<dist::Reducer> reducer;  // where the backend computes; null on one rank
+  std::optional<dist::BucketedMean> buckets;
+  DataParallel(dist::Communicator& c, dist::Shard s, const TrainConfig& t, Backend& be)
+      : comm(c), shard(s), zero(t.zero == 1), bucket_bytes(t.bucket_mb * 1048576.0),
+        reducer(c.size() > 1 ? dist::backend_reducer(c, be) : nullptr) {}
   // The elements of the parameter arena (of n) this rank's optimizer owns.
   OwnedRange owned(size_t n) const {
     const dist::Share s = zero ? comm.share(n) : dist::Share{0, n};
     return {s.begin, s.end};
   }
-  // The step's hooks: the ranks' mean gradient and loss before the optimizer reads them (one rank: none); with
-  // ZeRO-1 also the global grad norm and the gathering of the updated shares.
+  // The step's hooks: the ranks' mean gradient and loss before the optimizer reads them (one rank: none), in
+  // buckets started during the backward where bucket_bytes > 0; with ZeRO-1 instead the reduce-scatter after the
+  // backward, the global grad norm and the gathering of the updated shares.
   template <class Model>
   void attach(DeviceStep<Model>& stepper, Model& model, AdamW<Backend>& opt) {
     if (!reducer) return;
-    if (!zero) return stepper.set_after_backward([this, &model, &opt] { dist::mean_over_ranks(*reducer, model, opt); });
-    if constexpr (Backend::on_device) {
-      fail("train.zero=1 on a device backend");  // refused at start-up (check_zero_on): no NCCL path yet
-    } else {
-      stepper.set_hooks({[this, &model, &opt] { dist::mean_share_over_ranks(comm, model, opt); },
-                         [this, &opt] { dist::sum_norm_over_ranks(comm, opt); },
-                         [this, &model] { dist::gather_weights(comm, model); }});
-    }
+    if (zero)
+      return stepper.set_hooks({[this, &model, &opt] { dist::mean_share_over_ranks(*reducer, model, opt); },
+                                [this, &opt] { dist::sum_norm_over_ranks(*reducer, opt); },
+                                [this, &model] { dist::gather_weights(*reducer, model); }});
+    if (bucket_bytes <= 0)
+      return stepper.set_after_backward([this, &model, &opt] { dist::mean_over_ranks(*reducer, model, opt); });
+    buckets.emplace(dist::BucketedMean{*reducer, model.grad_arena(), dist::gradient_buckets(model, bucket_bytes)});
+    model.set_on_grads_final([this](size_t first) { buckets->on_final(first); });
+    stepper.set_after_backward([this, &opt] { buckets->finish(opt.loss_out()); });
   }
 };
 
@@ -166,20 +171,22 @@ void write_checkpoint(DataParallel<Backend>& dp, Model& model, AdamW<Backend>& o
     if (lead) save_checkpoint(model, opt, path, step);
     return;
   }
-  if constexpr (Backend::on_device) {
-    fail("train.zero=1 on a device backend");  // refused at start-up (check_zero_on)
-  } else {
-    const size_t n = model.n_params();
-    std::vector<float> m(lead ? n : 0), v(m.size());
-    dp.comm.gather_shares(opt.m_owned(), m.data(), n);
-    dp.comm.gather_shares(opt.v_owned(), v.data(), n);
-    if (lead)
-      save_checkpoint_with(model, path, step, [&](size_t i, size_t first, float* mi, float* vi) {
-        const size_t cnt = model.params()[i].row.tensor.size();
-        std::copy(m.begin() + long(first), m.begin() + long(first + cnt), mi);
-        std::copy(v.begin() + long(first), v.begin() + long(first + cnt), vi);
-      });
-  }
+  // On CUDA the step gathers the bf16 weights alone: the fp32 values rank 0 writes are whole only after this.
+  if constexpr (Backend::on_device) dist::gather_values(*dp.reducer, model);
+  const size_t n = model.n_params();
+  auto on_lead = [&](const float* mine) {  // every rank's share of a moment, through the host, to rank 0
+    std::vector<float> host(opt.owned().size()), all(lead ? n : 0);
+    model.backend().download(host.data(), mine, host.size() * sizeof(float));
+    dp.comm.gather_shares(host.data(), all.data(), n);
+    return all;
+  };
+  const std::vector<float> m = on_lead(opt.m_owned()), v = on_lead(opt.v_owned());
+  if (lead)
+    save_checkpoint_with(model, path, step, [&](size_t i, size_t first, float* mi, float* vi) {
+      const size_t cnt = model.params()[i].row.tensor.size();
+      std::copy(m.begin() + long(first), m.begin() + long(first + cnt), mi);
+      std::copy(v.begin() + long(first), v.begin() + long(first + cnt), vi);
+    });
 }
 
 template <class Backend>
@@ -429,8 +436,15 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
       in.loss_bound = c.train.diverge_factor * res.first_loss;
     task.train_step_device(in);
     // Read once: every decision of this step sees the same value, on every rank (a signal may reach the ranks
-    // at different steps; they stop together at the first step where any has it).
-    const int stop = comm.size() > 1 ? comm.max(g_stop_signal) : int(g_stop_signal);
+    // at different steps; they stop together at the first step where any has it). Rank 0's checkpoint clock
+    // rides along in bit 0 of the same max, so that the ranks agree on it in one collective (it decides only
+    // where no rank stops: a stop writes a checkpoint anyway).
+    const double since = std::chrono::duration<double>(std::chrono::steady_clock::now() - last_ckpt).count();
+    const bool clock_due = comm.rank() == 0 && c.checkpoint_minutes > 0 && since >= 60 * c.checkpoint_minutes;
+    const int stop_and_clock = 2 * g_stop_signal + clock_due;
+    const int agreed = comm.size() > 1 ? comm.max(stop_and_clock) : stop_and_clock;
+    const int stop = agreed / 2;
+    const bool by_time = agreed % 2;
     if (verbose && step == 1 && task.stepper->capture_failed())
       std::printf("note: the step could not be captured as a CUDA graph; running it op by op\n");
     // Read also before an evaluation (so a diverged run is not evaluated or checkpointed), at this process's
@@ -502,11 +516,8 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
       }
       if (verbose) std::printf("step %5d | val loss %.4f\n", step + 1, vl), std::fflush(stdout);
     }
-    const double since = std::chrono::duration<double>(std::chrono::steady_clock::now() - last_ckpt).count();
     // A clean stop (SIGTERM from a scheduler, Ctrl-C) writes one too, so that a resume loses nothing.
     const bool stopping = stop && c.writes_checkpoints();
-    bool by_time = c.checkpoint_minutes > 0 && since >= 60 * c.checkpoint_minutes;
-    if (every_rank_saves) by_time = comm.broadcast(by_time);  // rank 0's clock decides for every rank
     if ((comm.rank() == 0 || every_rank_saves) && step + 1 < c.train.steps && read && !(c.checkpoint && eval_step) &&
         (ckpt_step || stopping || by_time)) {
       clock.end(Phase::steps);  // the device is idle: this step's loss was read
@@ -645,7 +656,6 @@ RunInputs check_run(const RunConfig& c, const std::string& path, bool lead, int 
   clock.end(Phase::checks);
   in.device = resolve_device(c.train.device);  // on CUDA: the driver initialised, the device's properties read
   clock.end(Phase::context);
-  check_zero_on(c.train, in.device);  // train.device=auto may have resolved to cuda
   if (world_size > 1) {
     const std::string why = dist::cannot_reduce_on(in.device);
     MUE_CHECK(why.empty(), why);
@@ -692,7 +702,7 @@ RunResult train_run(const RunConfig& c, bool verbose) {
     using Backend = std::remove_reference_t<decltype(be)>;
     be.synchronize();
     clock.end(Phase::context);
-    DataParallel<Backend> dp(comm, shard, c.train.zero == 1, be);
+    DataParallel<Backend> dp(comm, shard, c.train, be);
     if (c.task == "flow") {
       FlowTask<Backend> task(c, be, table, *in.images, dp);
       return train_with(c, be, task, table, path, verbose, resume ? &*resume : nullptr, clock);

@@ -196,6 +196,7 @@ class DiT : public ParamStore<Backend> {
       be_.modulate_backward(dx_, res_[l], a.mod, a.rstd1, dres_, dmod_, B, Tn, D, 6, 0, 1);  // dres = d(res[l])
       be_.matmul_backward(dmod_, conds_, ada->weight, dtmp_, ada->grad, B, D, 6 * D, ada->alpha, ada->accumulate());
       be_.residual_forward(dconds_, dconds_, dtmp_, size_t(B) * D);
+      this->grads_final_from(*ada);  // layer l's first tensor: it and all after it are done
     }
     // token input: res[0] = xin W_patch^T + pos
     Param& pw = *patch_;

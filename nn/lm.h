@@ -176,6 +176,7 @@ class LM : public ParamStore<Backend> {
       be_.matmul_backward(dqkv_, a.ln1, qkv.weight, dx_, qkv.grad, N, D, 3 * D, qkv.alpha, qkv.accumulate());
       be_.rmsnorm_backward(dx_, res_[l], a.attn_norm->weight, a.rstd1, dres_, this->accumulating_grad(*a.attn_norm),
                            N, D);  // dres is now d(res[l])
+      this->grads_final_from(*a.attn_norm);  // layer l's first tensor: it and all after it are done
     }
     be_.embedding_backward(tok_, dres_, this->accumulating_grad(*embed_), N, D);
     this->zero_stale_grads();

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -99,9 +100,16 @@ class ParamStore {
     return p.grad;
   }
   // After a backward: the gradients of tensors it did not reach are zero.
-  void zero_stale_grads() {
-    for (auto& p : params_) accumulating_grad(p);
+  void zero_stale_grads() { grads_final_from(params_.front()); }
+  // A backward calls this where the gradients of tensor p and of every tensor after it in the arena are final
+  // (after a layer; at its end for all): their stale gradients are zeroed, then on_grads_final hears of it.
+  void grads_final_from(Param& p) {
+    for (size_t i = size_t(&p - params_.data()); i < params_.size(); ++i) accumulating_grad(params_[i]);
+    if (on_grads_final_) on_grads_final_(size_t(p.grad - grad_arena()));
   }
+  // Called with the arena element from which on the gradients are final, as the backward goes: data parallel
+  // (dist/) starts the ranks' mean of what is final while the backward makes the rest. Empty: nothing.
+  void set_on_grads_final(std::function<void(size_t first)> f) { on_grads_final_ = std::move(f); }
 
   std::vector<Param>& params() { return params_; }
   const std::vector<Param>& params() const { return params_; }
@@ -140,6 +148,7 @@ class ParamStore {
   std::vector<Param> params_;
   size_t n_params_ = 0;
   Arena values_, grads_, shadow_;
+  std::function<void(size_t)> on_grads_final_;
   const bool eager_zero_grad_ = kernel_variants().eager_zero_grad;
 };
 

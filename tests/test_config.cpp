@@ -74,7 +74,7 @@ TEST_CASE("bad configs give one clear line naming the problem", "[config]") {
       {"", {"optim.schedule=linear"}, "unknown schedule 'linear'"},
       {"", {"train.device=tpu"}, "train.device must be auto, cpu or cuda"},
       {"", {"train.zero=2"}, "train.zero must be 0 (every rank keeps the whole optimizer state) or 1"},
-      {"", {"train.zero=1", "train.device=cuda"}, "train.zero=1 (ZeRO-1) runs on the CPU backend only"},
+      {"", {"train.bucket_mb=-1"}, "train.bucket_mb must be >= 0"},
       {"", {"hp.lr=-1"}, "hp.lr must be positive"},
       {"", {"model.vocab_pad=100"}, "model.vocab_pad (100) must be >= model.vocab"},
       {"", {"model.vocab=0"}, "model.vocab must be positive, got 0"},

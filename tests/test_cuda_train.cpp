@@ -375,58 +375,139 @@ TEST_CASE("NCCL reducer: one rank's mean leaves float and double device data bit
 #endif
 }
 
+#ifdef MUE_HAVE_NCCL
+namespace {
+// Two copies of one small LM, a stepped plainly and b through `reduced` (a DeviceStep on b whose data-parallel
+// hooks run `reducer`, of one rank on b's GPU, with b's optimizer), over `steps` steps: their losses and grad norms must agree as two runs of
+// one model do (not bitwise even without a reducer: fp32 atomics in a few weight gradients add in any order;
+// 1e-3 relative on the loss, 1e-2 on the norm), so must their weights at the end, and b's step must run op by op.
+struct SideBySide {
+  ModelConfig c = small_config();
+  ParamTable table = [this] {
+    Hyper hp;
+    hp.lr = 3e-3;
+    return make_param_table("mup", c, c, hp);
+  }();
+  static constexpr int B = 8;
+  CudaBackend ba, bb;
+  LM<CudaBackend> a{c, table, ba, B, make_ffn<CudaBackend>}, b{c, table, bb, B, make_ffn<CudaBackend>};
+  AdamW<CudaBackend> adam_a{a, AdamWConfig{}};
+  std::unique_ptr<dist::Reducer> reducer = one_rank_nccl(bb.ctx);
+  void run(AdamW<CudaBackend>& adam_b, DeviceStep<LM<CudaBackend>>& reduced, int steps) {
+    DeviceStep<LM<CudaBackend>> plain(a, adam_a, false);
+    adam_a.reset_step_out(), adam_b.reset_step_out();
+    std::vector<int32_t> x, y;
+    for (int step = 0; step < steps; ++step) {
+      markov_batch(step, B, c.seq_len, c.vocab, x, y);
+      StepIn in;
+      in.t = step + 1, in.step = step, in.clip = 1.0, in.lr_factor = 0.5 + 0.05 * step;
+      plain.run(in, [&] { a.upload_batch(x.data(), y.data()); });
+      reduced.run(in, [&] { b.upload_batch(x.data(), y.data()); });
+      const StepOut oa = adam_a.read_step_out(), ob = adam_b.read_step_out();
+      INFO("step " << step << ": without " << oa.loss << ", through the reducer " << ob.loss);
+      CHECK(std::abs(ob.loss - oa.loss) <= 1e-3 * oa.loss);
+      CHECK(std::abs(std::sqrt(ob.norm_sq) - std::sqrt(oa.norm_sq)) <= 1e-2 * std::sqrt(oa.norm_sq));
+    }
+    CHECK((!reduced.graph() && !reduced.capture_failed()));  // op by op by design, not a failed capture
+    expect_same_weights(a, b);
+  }
+  // Whether f leaves n values of T at p as they were (a collective of one rank must), checked on the device.
+  template <class T, class F>
+  bool unchanged(const T* p, size_t n, F f) {
+    const auto before = download<T>(bb.ctx, p, n);
+    f();
+    return std::memcmp(before.data(), download<T>(bb.ctx, p, n).data(), n * sizeof(T)) == 0;
+  }
+};
+}  // namespace
+#endif
+
 // The trainer's hook (dist::mean_over_ranks after the backward) through a one-rank reducer: what it reduces (the
 // gradient arena and the mean loss, checked to be the real, nonzero ones) comes back bit for bit, the step with
-// it turns the CUDA graph off, and the run tracks the same model stepped without a reducer. (Two runs are not
-// bitwise equal even without a reducer: fp32 atomics in a few weight gradients add in any order; hence the
-// bitwise check at the reducer and the graph test's bounds on the whole run.)
+// it turns the CUDA graph off, and the run tracks the same model stepped without a reducer.
 TEST_CASE("NCCL reducer: a training step through a one-rank reducer is the step without it", "[cuda][nccl]") {
   if (no_nccl_here()) return;
 #ifdef MUE_HAVE_NCCL
-  const ModelConfig c = small_config();
-  Hyper hp;
-  hp.lr = 3e-3;
-  const ParamTable table = make_param_table("mup", c, c, hp);
-  const int B = 8;
-  CudaBackend ba, bb;
-  LM<CudaBackend> a(c, table, ba, B, make_ffn<CudaBackend>), b(c, table, bb, B, make_ffn<CudaBackend>);
-  a.init_weights(7), b.init_weights(7);
-  AdamW<CudaBackend> adam_a(a, AdamWConfig{}), adam_b(b, AdamWConfig{});
-  auto reducer = one_rank_nccl(bb.ctx);
-  DeviceStep<LM<CudaBackend>> plain(a, adam_a, false), reduced(b, adam_b, true);
+  SideBySide t;
+  LM<CudaBackend>& b = t.b;
+  AdamW<CudaBackend> adam_b(b, AdamWConfig{});
+  DeviceStep<LM<CudaBackend>> reduced(b, adam_b, true);
   int calls = 0, changed = 0;
   double grad_sq = 0;
   reduced.set_after_backward([&] {
     const size_t n = b.n_params();
-    const auto g0 = download<float>(bb.ctx, b.grad_arena(), n);
-    const auto l0 = download<double>(bb.ctx, adam_b.loss_out(), 1);
-    dist::mean_over_ranks(*reducer, b, adam_b);
-    const auto g1 = download<float>(bb.ctx, b.grad_arena(), n);
-    const auto l1 = download<double>(bb.ctx, adam_b.loss_out(), 1);
-    changed += std::memcmp(g0.data(), g1.data(), n * sizeof(float)) != 0 || std::memcmp(&l0[0], &l1[0], sizeof(double)) != 0;
-    for (float g : g0) grad_sq += double(g) * g;
+    const auto l0 = download<double>(t.bb.ctx, adam_b.loss_out(), 1);
+    for (float g : download<float>(t.bb.ctx, b.grad_arena(), n)) grad_sq += double(g) * g;
     CHECK((std::isfinite(l0[0]) && l0[0] > 1));  // the step's loss (about log 200 at the start), not a stale 0
+    changed += !t.unchanged(b.grad_arena(), n, [&] {
+      changed += !t.unchanged(adam_b.loss_out(), 1, [&] { dist::mean_over_ranks(*t.reducer, b, adam_b); });
+    });
     ++calls;
   });
-  adam_a.reset_step_out(), adam_b.reset_step_out();
-  std::vector<int32_t> x, y;
   const int steps = 6;
-  for (int step = 0; step < steps; ++step) {
-    markov_batch(step, B, c.seq_len, c.vocab, x, y);
-    StepIn in;
-    in.t = step + 1, in.step = step, in.clip = 1.0, in.lr_factor = 0.5 + 0.05 * step;
-    plain.run(in, [&] { a.upload_batch(x.data(), y.data()); });
-    reduced.run(in, [&] { b.upload_batch(x.data(), y.data()); });
-    const StepOut oa = adam_a.read_step_out(), ob = adam_b.read_step_out();
-    INFO("step " << step << ": without " << oa.loss << ", through the reducer " << ob.loss);
-    CHECK(std::abs(ob.loss - oa.loss) <= 1e-3 * oa.loss);
-    CHECK(std::abs(std::sqrt(ob.norm_sq) - std::sqrt(oa.norm_sq)) <= 1e-2 * std::sqrt(oa.norm_sq));
-  }
+  t.run(adam_b, reduced, steps);
   CHECK(calls == steps);
   CHECK(changed == 0);
   CHECK(grad_sq > 0);
-  CHECK((!reduced.graph() && !reduced.capture_failed()));  // op by op by design, not a failed capture
-  expect_same_weights(a, b);
+#endif
+}
+
+// ZeRO-1 (train.zero=1) through a one-rank reducer: the trainer's three hooks on NCCL (reduce-scatter of the
+// gradient and the loss's mean, the sum of the squared grad norm, the all-gather of the bf16 weights) with an
+// AdamW that owns the one rank's share (the whole arena), against zero=0 on one rank (a plain step). Each
+// collective leaves its data bit for bit, and the run agrees with zero=0 within SideBySide's bounds (1e-3 relative
+// on the loss, 1e-2 on the grad norm: those of two runs of one model). The uneven shares' grouped form needs
+// a G that does not divide the arena: two or more GPUs.
+TEST_CASE("NCCL reducer: ZeRO-1 on one rank trains as zero=0", "[cuda][nccl]") {
+  if (no_nccl_here()) return;
+#ifdef MUE_HAVE_NCCL
+  SideBySide t;
+  LM<CudaBackend>& b = t.b;
+  const size_t n = b.n_params();
+  const dist::Share share = dist::share_of(n, 0, 1);
+  AdamW<CudaBackend> adam_zero(b, AdamWConfig{}, {share.begin, share.end});
+  dist::Reducer& reducer = *t.reducer;
+  DeviceStep<LM<CudaBackend>> zero(b, adam_zero, true);
+  int changed = 0, gathers = 0;
+  zero.set_hooks({[&] {
+                    changed += !t.unchanged(b.grad_arena(), n, [&] {
+                      changed += !t.unchanged(adam_zero.loss_out(), 1,
+                                              [&] { dist::mean_share_over_ranks(reducer, b, adam_zero); });
+                    });
+                  },
+                  [&] {
+                    changed += !t.unchanged(adam_zero.norm_sq_out(), 1,
+                                            [&] { dist::sum_norm_over_ranks(reducer, adam_zero); });
+                  },
+                  [&] {
+                    changed += !t.unchanged(b.params().front().weight, n, [&] { dist::gather_weights(reducer, b); });
+                    ++gathers;
+                  }});
+  t.run(adam_zero, zero, 6);
+  CHECK(gathers == 6);
+  CHECK(t.unchanged(b.params().front().value, n, [&] { dist::gather_values(reducer, b); }));  // a checkpoint's
+  CHECK(changed == 0);
+#endif
+}
+
+// Gradient buckets (train.bucket_mb) through a one-rank reducer: buckets of 64 KiB (a few dozen for this model),
+// each mean started on the reducer's communication stream during the backward, the optimizer queued after them
+// all. One rank's mean changes nothing, so this runs the calls and the two streams' ordering (the CPU test
+// "gradient buckets start once the backward has made their gradients" checks when each starts; 2 GPUs are needed
+// to see a mean of several); the run tracks the plain step within SideBySide's bounds.
+TEST_CASE("NCCL reducer: a step whose gradient buckets reduce during the backward is the step without them",
+          "[cuda][nccl]") {
+  if (no_nccl_here()) return;
+#ifdef MUE_HAVE_NCCL
+  SideBySide t;
+  LM<CudaBackend>& b = t.b;
+  AdamW<CudaBackend> adam_b(b, AdamWConfig{});
+  dist::BucketedMean buckets{*t.reducer, b.grad_arena(), dist::gradient_buckets(b, 65536)};
+  CHECK(buckets.buckets.size() > 4);
+  b.set_on_grads_final([&](size_t first) { buckets.on_final(first); });
+  DeviceStep<LM<CudaBackend>> reduced(b, adam_b, true);
+  reduced.set_after_backward([&] { buckets.finish(adam_b.loss_out()); });
+  t.run(adam_b, reduced, 6);
 #endif
 }
 
@@ -457,7 +538,7 @@ TEST_CASE("NCCL reducer: an all-reduce unfinished after the timeout is reported 
   REQUIRE(fired);
   {
     std::lock_guard lock(m);
-    CHECK(said == "NCCL (rank 0 of 1): an all-reduce has not finished 0.3 s after it was queued: a rank died or "
+    CHECK(said == "NCCL (rank 0 of 1): a collective has not finished 0.3 s after it was queued: a rank died or "
                   "hangs (MUE_NCCL_TIMEOUT sets the limit, in seconds)");
   }
   CHECK_THAT(test::error_of([&] { reducer->mean(p, 1024); }), HasText("communicator was aborted"));

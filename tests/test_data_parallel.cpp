@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -16,7 +17,12 @@
 #include "core/h5log.h"
 #include "dist/communicator.h"
 #include "dist/data_parallel.h"
+#include "experiments/checkpoint.h"
 #include "experiments/flow.h"
+#include "moe/moe_layer.h"
+#include "nn/dit.h"
+#include "nn/lm.h"
+#include "optim/rules.h"
 #include "tests/catch.h"
 #include "tests/fixtures.h"
 
@@ -27,15 +33,25 @@ namespace fs = std::filesystem;
 namespace {
 
 // A rank of a pretend world whose allgather answers with `gathered` (what the other ranks would contribute).
+// Its start_mean keeps what it was given: where in `arena`, and the values at that moment.
 struct FakeComm final : dist::Communicator {
   std::vector<uint64_t> gathered;
+  const float* arena = nullptr;
+  std::vector<std::pair<dist::Share, std::vector<float>>> started;
+  int waits = 0;
   FakeComm(int rank, int size, std::vector<uint64_t> g) : gathered(std::move(g)) { rank_ = rank, size_ = size; }
+  void start_mean(float* data, size_t n) override {
+    const size_t at = size_t(data - arena);
+    started.push_back({{at, at + n}, std::vector<float>(data, data + n)});
+  }
+  void wait_started() override { ++waits; }
   std::string name() const override { return "fake"; }
   void mean(float*, size_t) override {}
   void mean(double*, size_t) override {}
   void sum(double*, size_t) override {}
   void reduce_scatter_mean(float*, size_t) override {}
   void allgather_shares(float*, size_t) override {}
+  void allgather_shares(bf16*, size_t) override {}
   void gather_shares(const float*, float*, size_t) override {}
   std::vector<uint64_t> allgather(uint64_t v) override {
     std::vector<uint64_t> all = gathered;
@@ -178,6 +194,77 @@ TEST_CASE("data parallel: a rank's share is the very rows of the one-process bat
   }
 }
 
+namespace {
+// One training step of `m` whose backward starts `bytes`-sized gradient buckets on `comm`: every bucket must
+// start once, from the arena's end down, with the values its gradients end the backward with (bit for bit:
+// nothing the backward does later writes them). The arena starts as NaN, so a bucket started before one of its
+// gradients was written (or, for an expert without rows, zeroed) would show it.
+template <class Model, class Backward>
+void check_buckets(Model& m, double bytes, Backward forward_backward) {
+  INFO("bucket bytes " << bytes);
+  FakeComm comm(0, 2, {0, 0});
+  comm.arena = m.grad_arena();
+  const size_t n = m.n_params();
+  dist::BucketedMean buckets{comm, m.grad_arena(), dist::gradient_buckets(m, bytes)};
+  m.set_on_grads_final([&](size_t first) { buckets.on_final(first); });
+  std::fill(m.grad_arena(), m.grad_arena() + n, NAN);
+  m.zero_grad();
+  forward_backward();
+  double loss = 0;
+  buckets.finish(&loss);
+  m.set_on_grads_final({});
+  CHECK(comm.waits == 1);
+  REQUIRE(comm.started.size() == buckets.buckets.size());
+  size_t end = n;
+  for (size_t k = 0; k < comm.started.size(); ++k) {
+    const auto& [range, seen] = comm.started[k];
+    INFO("bucket " << k << ": [" << range.begin << ", " << range.end << ")");
+    CHECK(range.end == end);  // back to back from the arena's end
+    CHECK((k + 1 == comm.started.size() || double(range.size()) * sizeof(float) >= bytes));
+    CHECK(std::memcmp(seen.data(), m.grad_arena() + range.begin, seen.size() * sizeof(float)) == 0);
+    end = range.begin;
+  }
+  CHECK(end == 0);
+  if (bytes <= 1) CHECK(comm.started.size() == m.params().size());  // a tensor a bucket
+}
+}  // namespace
+
+// Buckets (train.bucket_mb): the backward reports after each layer that the gradients of that layer and all after
+// it are final, so their mean can start while it makes the rest. LM and DiT, dense and MoE (with experts that
+// get no rows), buckets of a tensor each and one of everything.
+TEST_CASE("data parallel: gradient buckets start once the backward has made their gradients", "[dist]") {
+  using Be = CpuBackend<float>;
+  for (const bool moe : {false, true}) {
+    INFO("moe " << moe);
+    ModelConfig c;
+    c.vocab = 11, c.vocab_pad = 12, c.d_model = 8, c.n_layers = 3, c.n_heads = 2, c.ffn_hidden = 12, c.seq_len = 4;
+    if (moe) c.ffn.type = "moe", c.ffn.experts = 16, c.ffn.active = 1, c.ffn.expert_hidden = 4;
+    Be be;
+    LM<Be> lm(c, make_param_table("mup", c, c, Hyper{}), be, 2, make_ffn<Be>);
+    lm.init_weights(3);
+    std::vector<int32_t> x(8), y(8);
+    for (size_t i = 0; i < x.size(); ++i) x[i] = int32_t(rng_index(1, 1, i, 11)), y[i] = int32_t(rng_index(1, 2, i, 11));
+    for (double bytes : {1.0, 1e9})
+      check_buckets(lm, bytes, [&] {
+        lm.forward(x.data(), y.data(), true);
+        lm.backward();
+      });
+    ModelConfig d = c;
+    d.task = "flow", d.image.channels = 1, d.image.size = 4, d.image.patch = 2, d.image.classes = 3;
+    d.image.time_freq = 6;
+    DiT<Be> dit(d, make_param_table("mup", d, d, Hyper{}), be, 2, make_ffn<Be>);
+    dit.init_weights(4);
+    std::vector<double> xt(32), v(32), t = {0.3, 0.8};
+    for (size_t i = 0; i < xt.size(); ++i) xt[i] = rng_normal(2, 1, i), v[i] = rng_normal(2, 2, i);
+    const std::vector<int32_t> labels = {1, 3};
+    for (double bytes : {1.0, 1e9})
+      check_buckets(dit, bytes, [&] {
+        dit.forward(xt.data(), v.data(), t.data(), labels.data());
+        dit.backward();
+      });
+  }
+}
+
 #ifdef MUE_MPIEXEC
 namespace {
 
@@ -236,7 +323,9 @@ int lines_with(const std::string& text, const std::string& what) {
 
 }  // namespace
 
-// The two-rank run sees the same windows in the same order, and its mean gradient and loss are the
+// The two-rank run (its gradient mean in buckets of 1 KiB, started during the backward; bit for bit the one
+// all-reduce after it of train.bucket_mb=0, since each element is the sum of the same two values) sees the same
+// windows in the same order, and its mean gradient and loss are the
 // one-process ones up to the order of the sums: each rank sums its two windows, the all-reduce adds the two
 // means (one process sums all four). Float sums in another order differ by a few ulp (~1e-7 relative) per step;
 // over 20 steps the runs stay within 1e-6 here (measured: 2e-8 on the losses, 6e-7 on the grad norm), so a
@@ -257,6 +346,7 @@ TEST_CASE("data parallel: mpirun -np 2 trains as one process with the same globa
                "ffn.z_coef=0.001"};
     auto one = tiny_run(d, tok, ffn + "-one"), two = tiny_run(d, tok, ffn + "-two");
     one.insert(one.end(), extra.begin(), extra.end()), two.insert(two.end(), extra.begin(), extra.end());
+    two.push_back("train.bucket_mb=0.001");  // buckets of 1 KiB: many, started during the backward
     const Ran r1 = run(train_cmd(one), d);
     REQUIRE(r1.code == 0);
     const Ran r2 = run(mpirun(2) + " " + train_cmd(two), d);
@@ -264,6 +354,13 @@ TEST_CASE("data parallel: mpirun -np 2 trains as one process with the same globa
     REQUIRE(r2.code == 0);
     CHECK(lines_with(r2.out, "completed after 20 steps") == 1);  // rank 0 alone reports
     const std::string f1 = d / (ffn + "-one.h5"), f2 = d / (ffn + "-two.h5");
+    if (ffn == "dense") {  // the buckets' means are the one all-reduce's, element for element: bit for bit
+      auto flat = tiny_run(d, tok, "dense-flat");
+      flat.push_back("train.bucket_mb=0");
+      REQUIRE(run(mpirun(2) + " " + train_cmd(flat), d).code == 0);
+      for (const char* col : {"train/loss", "train/grad_norm", "val/loss"})
+        CHECK(read_doubles(d / "dense-flat.h5", col) == read_doubles(f2, col));
+    }
     CHECK(read_double_attr(f2, "world_size") == 2.0);
     CHECK(read_double_attr(f1, "world_size") == 1.0);
     for (const char* col : {"train/loss", "train/grad_norm", "train/aux_loss", "val/loss"}) {
@@ -277,10 +374,10 @@ TEST_CASE("data parallel: mpirun -np 2 trains as one process with the same globa
       }
     }
   }
-  // Rank 0 alone wrote: the token file and the four run files, nothing else.
+  // Rank 0 alone wrote: the token file and the five run files, nothing else.
   int files = 0;
   for (auto& e : fs::directory_iterator(d.path)) files += e.is_regular_file();
-  CHECK(files == 5);
+  CHECK(files == 6);
 }
 
 // ZeRO-1 (train.zero=1): each rank keeps and updates its share of the Adam moments. On two ranks the mean
@@ -303,9 +400,14 @@ TEST_CASE("data parallel: ZeRO-1 on two ranks trains as zero=0, with half the op
   const Ran one_zero = run(train_cmd(with("one-zero", "1")), d);
   REQUIRE(one_zero.code == 0);
   REQUIRE(run(mpirun(2) + " " + train_cmd(with("two", "0")), d).code == 0);
-  const Ran two_zero = run(mpirun(2) + " " + train_cmd(with("two-zero", "1")), d);
+  // Rank 0's checkpoint clock (out.checkpoint_minutes, here due at every step) decides for both ranks, which
+  // must then both take part in each checkpoint: any disagreement would leave one waiting in a collective.
+  auto zero_by_time = with("two-zero", "1");
+  zero_by_time.push_back("out.checkpoint_minutes=1e-6");
+  const Ran two_zero = run(mpirun(2) + " " + train_cmd(zero_by_time), d);
   INFO(two_zero.out);
   REQUIRE(two_zero.code == 0);
+  CHECK(checkpoint_step(d / "two-zero.ckpt") == 19);  // by time at every step but the last
   CHECK(lines_with(two_zero.out, "zero=1: each of 2 ranks keeps the Adam moments of its share") == 1);
   const std::string one = d / "one.h5", two = d / "two.h5", z1 = d / "one-zero.h5", z2 = d / "two-zero.h5";
   CHECK(read_double_attr(z2, "zero") == 1.0);
