@@ -51,7 +51,8 @@ class DeviceStep {
   }
   // The data-parallel collectives inside the step (dist/data_parallel.h). Unset (one rank): nothing runs. Set
   // (before the first step), the steps run op by op, never as a graph: a hook runs host code that a replay would
-  // skip (the NCCL reducer's watchdog bookkeeping of each all-reduce; MPI on the CPU).
+  // skip (the NCCL reducer's watchdog bookkeeping of each collective; MPI on the CPU; with gradient buckets, the
+  // model's on_grads_final callback during the backward: dist::BucketedMean).
   struct Hooks {
     std::function<void()> after_backward;  // the ranks' mean gradient (or, ZeRO-1, each share's) and mean loss
     std::function<void()> after_norm;      // ZeRO-1: the sum over the ranks of their shares' squared grad norms
