@@ -1,5 +1,6 @@
 #include "dist/nccl_reducer.h"
 
+#include <cuda_bf16.h>  // before nccl.h: older NCCL headers declare ncclBfloat16 only where it is
 #include <cuda_runtime.h>
 #include <nccl.h>
 
