@@ -393,6 +393,7 @@ struct SideBySide {
   LM<CudaBackend> a{c, table, ba, B, make_ffn<CudaBackend>}, b{c, table, bb, B, make_ffn<CudaBackend>};
   AdamW<CudaBackend> adam_a{a, AdamWConfig{}};
   std::unique_ptr<dist::Reducer> reducer = one_rank_nccl(bb.ctx);
+  SideBySide() { a.init_weights(7), b.init_weights(7); }  // the same drawn weights (zeros would give zero grads)
   void run(AdamW<CudaBackend>& adam_b, DeviceStep<LM<CudaBackend>>& reduced, int steps) {
     DeviceStep<LM<CudaBackend>> plain(a, adam_a, false);
     adam_a.reset_step_out(), adam_b.reset_step_out();

@@ -75,7 +75,8 @@ def main():
         top = min(np.nanmax(finite), np.nanmedian(finite) + 2 * (np.nanmedian(finite) - np.nanmin(finite)) + 0.05)
         axs[0][0].set_ylim(min([np.nanmin(finite), *star_losses]) - 0.02, top)  # a fitted vertex can lie below the grid
     axs[0][0].legend(fontsize=7, title=", ".join(conf_keys) or None, title_fontsize=7)
-    seeds = len(set(sw.column("seed"))) if "seed" in sw.axes else 1
+    # seeds with a whole curve somewhere (a sweep cut short may have run one of its seeds only)
+    seeds = len({s for confs in table.values() for per_seed in confs.values() for s, _, _, _ in per_seed}) or 1
     fig.suptitle(f"{sw.name}: {metric} vs learning rate (* fitted optimum; {seeds} seed{'s' * (seeds > 1)})", fontsize=10)
     fig.tight_layout()
     save_figure(fig, prefix + "-loss.png")
