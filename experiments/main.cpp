@@ -35,10 +35,11 @@ start here:
 
 usage:
   mue train [CONFIG.json] [key=value ...]      train one run; log to out.dir/NAME.h5
-  mue sweep SPEC.json [--parallel N] [--dry-run] [--only 3,7-9]
+  mue sweep SPEC.json [--parallel N] [--dry-run] [--only 3,7-9] [--deadline SECONDS]
                                                grid sweep, one `mue train` process per point, resumable;
                                                index out_dir/NAME-index.h5 (spec format: experiments/sweep.h);
-                                               --only: just these point indices
+                                               --only: just these point indices; --deadline: start no point
+                                               expected to end after SECONDS (running ones finish)
   mue sweep [CONFIG.json] --lr A,B,C [key=value ...] [--parallel N]
                                                shortcut: one-axis grid over hp.lr (names NAME-000i-lr-X)
   mue show PATH [--json] [--rows N]            what a run file, sweep index, checkpoint or coordinate-check file
@@ -174,7 +175,7 @@ int cmd_train(int argc, char** argv) {
 }
 
 int cmd_sweep(int argc, char** argv) {
-  Args a = parse_args(argc, argv, 2, {"--lr", "--parallel", "--only"}, {"--dry-run"});
+  Args a = parse_args(argc, argv, 2, {"--lr", "--parallel", "--only", "--deadline"}, {"--dry-run"});
   SweepSpec spec;
   if (a.has("--lr")) {
     // Shortcut: CONFIG.json --lr A,B,C [key=value ...] is a one-axis grid over hp.lr.
@@ -197,6 +198,7 @@ int cmd_sweep(int argc, char** argv) {
     o.parallel = int(flag_number(a, "--parallel", 1, 1, 4096));
   }
   if (a.has("--only")) o.only = parse_index_list(a.get("--only", ""));
+  if (a.has("--deadline")) o.deadline_s = flag_number(a, "--deadline", 0, 1e-3, 1e9, false);
   SweepTotals t = run_sweep(spec, o);
   if (t.interrupted) return 130;
   return t.failed ? 3 : 0;

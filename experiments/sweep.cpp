@@ -368,7 +368,22 @@ SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
   // The points that finished with a /timing: their processes' wall time (fork to reap) and their runs' phases.
   std::vector<double> process_s;
   std::vector<RunTiming> timings;
-  while ((next < todo.size() && !g_sweep_signal) || !running.empty()) {
+  // --deadline: whether a point started now is expected to end in time. Before any point has finished there is
+  // no estimate: points start while the deadline has not passed.
+  bool stopped_starting = false;
+  auto in_time = [&] {
+    if (o.deadline_s <= 0) return true;
+    const double now = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    double expected = 0;
+    for (double x : process_s) expected += x / double(process_s.size());
+    if (now + expected <= o.deadline_s) return true;
+    stopped_starting = true;
+    std::printf("sweep %s: --deadline %.0f s: starting no more points at %.0f s (a point takes about %.0f s); "
+                "%zu left for a later run\n", s.name.c_str(), o.deadline_s, now, expected, todo.size() - next);
+    std::fflush(stdout);
+    return false;
+  };
+  while ((next < todo.size() && !g_sweep_signal && !stopped_starting) || !running.empty()) {
     if (g_sweep_signal && !forwarded) {
       std::printf("sweep: signal %d, stopping %zu running child(ren)\n", int(g_sweep_signal), running.size());
       std::fflush(stdout);
@@ -376,7 +391,7 @@ SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
       forwarded = true;
       tot.interrupted = true;
     }
-    while (!g_sweep_signal && next < todo.size() && int(running.size()) < parallel) {
+    while (!g_sweep_signal && !stopped_starting && next < todo.size() && int(running.size()) < parallel && in_time()) {
       const SweepPoint& p = pts[todo[next++]];
       int dev = -1;
       if (!devices.empty()) {
@@ -474,11 +489,13 @@ SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
   }
   sigaction(SIGINT, &old_int, nullptr);
   sigaction(SIGTERM, &old_term, nullptr);
+  if (stopped_starting && !tot.interrupted) tot.not_started = int(todo.size() - next);
   write_sweep_index(s, pts);
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::printf("sweep %s: %d completed, %d diverged, %d failed, %d skipped in %s%s -> %s\n", s.name.c_str(),
-              tot.completed, tot.diverged, tot.failed, tot.skipped, fmt_time(wall).c_str(),
-              tot.interrupted ? " (interrupted)" : "", sweep_index_path(s).c_str());
+  std::printf("sweep %s: %d completed, %d diverged, %d failed, %d skipped%s in %s%s -> %s\n", s.name.c_str(),
+              tot.completed, tot.diverged, tot.failed, tot.skipped,
+              tot.not_started ? (", " + std::to_string(tot.not_started) + " not started (--deadline)").c_str() : "",
+              fmt_time(wall).c_str(), tot.interrupted ? " (interrupted)" : "", sweep_index_path(s).c_str());
   if (!timings.empty()) {
     // The fixed cost of a point: all its process's time but the training steps and the evaluations.
     const RunTiming mean = mean_timing(timings);

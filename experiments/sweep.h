@@ -71,11 +71,15 @@ struct SweepOptions {
   int parallel = 0;  // 0: the spec's
   bool dry_run = false;
   std::vector<int> only;  // point indices to consider (empty: all); the others are neither run nor counted
+  // > 0: start no point expected to end later than this many seconds after the sweep began (expected: the mean
+  // process time of this sweep's finished points); running points are never stopped by it.
+  double deadline_s = 0;
   std::string exe = "/proc/self/exe";
 };
 struct SweepTotals {
   int run = 0, skipped = 0, completed = 0, diverged = 0, failed = 0;
   int busy = 0;  // points whose run file another process holds (left alone)
+  int not_started = 0;  // points left for a later run by --deadline
   bool interrupted = false;
 };
 // Runs this rank's points (of `only`, when given) that are not yet completed/diverged, `parallel` child processes

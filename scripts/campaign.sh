@@ -6,9 +6,11 @@
 # usage: DEADLINE_S=560 bash scripts/campaign.sh NAME[:PARALLEL[:SECONDS]] ...
 #   NAME       a spec in experiments/sweeps/NAME.json (its out_dir must be runs/NAME)
 #   PARALLEL   runs at a time (default: the spec's)
-#   SECONDS    stop this spec after so many seconds (SIGINT: running points stop, the index is rewritten,
-#              completed points stay completed); the next NAME starts then. Default: until the deadline.
-# The whole call stops starting work DEADLINE_S seconds after it began (default 540) and keeps 25 s for packing.
+#   SECONDS    start no point of this spec expected to end after so many seconds (mue sweep --deadline: the
+#              running points finish); the next NAME starts then. Default: until the deadline.
+# The whole call starts no point expected to end later than DEADLINE_S - 45 seconds after it began (default 540);
+# a point still running 20 s after that is stopped (SIGINT: it stays failed and runs again next time, the index is
+# rewritten), and 25 s are kept for packing.
 # Across sessions: where experiments/results/NAME.json exists, only its unfinished points run (mue sweep --only)
 # and the new results file merges the finished ones from it (results_bundle.py --merge): copy the NAME.json that
 # comes back over experiments/results/NAME.json and commit it.
@@ -20,7 +22,7 @@ OUT=${OUT:-campaign-out}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 t0=$(date +%s)
-deadline=$((t0 + ${DEADLINE_S:-540} - 25))
+deadline=$((t0 + ${DEADLINE_S:-540} - 45))
 log="$OUT/campaign.log"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$log"
 echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u +%FT%TZ)" | tee -a "$log"
@@ -52,7 +54,8 @@ for arg in "$@"; do
   fi
   echo "== $name (parallel ${par:-spec}, at most $left s${only:+, points $only})" | tee -a "$log"
   s0=$(date +%s)
-  timeout -s INT -k 20 "$left" "$build/mue" sweep "experiments/sweeps/$name.json" ${par:+--parallel $par} \
+  timeout -s INT -k 20 "$((left + 20))" "$build/mue" sweep "experiments/sweeps/$name.json" ${par:+--parallel $par} \
+    --deadline "$left" \
     ${only:+--only $only} 2>&1 | grep -E "^\[|^sweep" >> "$log"
   echo "== $name: $(( $(date +%s) - s0 )) s" | tee -a "$log"
 done

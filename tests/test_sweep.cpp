@@ -519,3 +519,33 @@ TEST_CASE("sweep: SIGINT is forwarded to the running child, which stops as faile
   CHECK(!fs::exists(d / "runs/sig-0001-lr-0.02.h5"));  // never started
   CHECK(read_strings(d / "runs/sig-index.h5", "/summary/status") == std::vector<std::string>{"failed", "missing"});
 }
+
+// --deadline stops starting points once one is expected to end too late (estimated from the finished points),
+// lets the running ones finish, leaves the rest "missing" in the index, and a later run picks them up.
+TEST_CASE("sweep: --deadline starts no point expected to end late; a later run goes on", "[sweep]") {
+  TempDir d("sweep");
+  std::string tok = mue::test::make_toy_tokens(d);
+  ojson j = tiny_spec(d, tok, "deadline");
+  j["axes"] = ojson::parse(R"({"hp.lr": [0.001, 0.002, 0.004]})");
+  std::string spec = write_spec(d, j);
+  // The first point starts (no estimate yet, the deadline not passed); it takes far longer than 50 ms (a process
+  // that loads data and trains), so no second point is expected to end in time.
+  Res r = run_sweep_cli(spec + " --parallel 1 --deadline 0.05");
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  CHECK(r.out.find("starting no more points") != std::string::npos);
+  CHECK(r.out.find("1 completed, 0 diverged, 0 failed, 0 skipped, 2 not started (--deadline)") != std::string::npos);
+  CHECK(read_strings(d / "runs/deadline-index.h5", "/summary/status") ==
+        std::vector<std::string>{"completed", "missing", "missing"});
+  r = run_sweep_cli(spec + " --parallel 1 --deadline 1e6");
+  CHECK(r.rc == 0);
+  CHECK(r.out.find("2 completed, 0 diverged, 0 failed, 1 skipped in") != std::string::npos);
+  CHECK(read_strings(d / "runs/deadline-index.h5", "/summary/status") ==
+        std::vector<std::string>{"completed", "completed", "completed"});
+  for (const char* bad : {"0", "-3", "x"}) {
+    r = run_sweep_cli(spec + " --deadline " + bad);
+    INFO(bad << ": " << r.out);
+    CHECK(r.rc != 0);
+    CHECK(r.out.find("--deadline") != std::string::npos);
+  }
+}
