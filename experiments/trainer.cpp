@@ -311,13 +311,16 @@ std::pair<double, std::vector<BranchStats>> router_stats_over_ranks(Model& model
 }
 
 // The ranks must hold the same weights (their updates are the same mean gradient): a hash of each rank's,
-// compared at every evaluation where the weights are on the host. A mismatch would mean the all-reduce gave
-// the ranks different results.
-template <class Model>
-void check_same_weights(Model& model, dist::Communicator& comm, int step) {
+// compared at every evaluation. A mismatch would mean the collectives gave the ranks different results. Hashed:
+// what the forward reads (the CPU's values; on a GPU the bf16 weights, brought to the host: with ZeRO-1 on CUDA
+// they, not the fp32 values, are whole on every rank).
+template <class Backend, class Model>
+void check_same_weights(Backend& be, Model& model, dist::Communicator& comm, int step) {
   if (comm.size() == 1) return;
-  const auto* w = model.params().front().value;
-  const auto h = comm.allgather(dist::fnv1a(w, sizeof(*w) * model.n_params()));
+  const auto* w = model.params().front().weight;
+  std::vector<unsigned char> host(sizeof(*w) * model.n_params());
+  be.download(host.data(), w, host.size());
+  const auto h = comm.allgather(dist::fnv1a(host.data(), host.size()));
   for (int r = 1; r < comm.size(); ++r)
     if (h[size_t(r)] != h[0])
       throw dist::CollectiveError("after step " + std::to_string(step) + " rank " + std::to_string(r) +
@@ -501,7 +504,7 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
     }
     if ((step + 1) % c.train.eval_every == 0 || step + 1 == c.train.steps) {
       clock.end(Phase::steps);  // the device is idle: this step's loss was read
-      if (!Backend::on_device) check_same_weights(model, comm, step + 1);
+      check_same_weights(be, model, comm, step + 1);
       auto [vl, cols] = task.evaluate();
       res.final_val_loss = vl;
       res.best_val_loss = std::min(res.best_val_loss, vl);
