@@ -282,6 +282,24 @@ void write_sweep_index(const SweepSpec& s, const std::vector<SweepPoint>& pts) {
   MUE_CHECK(!ec, "cannot rename '", tmp, "' to '", final_path, "': ", ec.message());
 }
 
+double expected_point_seconds(const std::vector<SweepPoint>& pts, const std::vector<std::pair<int, double>>& done,
+                              const SweepPoint& p) {
+  auto config_of = [](const SweepPoint& q) {
+    std::string key;
+    for (auto& [k, v] : q.coords)
+      if (k.rfind("hp.", 0) != 0 && k != "seed") key += k + "=" + v.dump() + ";";
+    return key;
+  };
+  const std::string mine = config_of(p);
+  double all = 0, same = 0;
+  int n_same = 0;
+  for (auto& [i, t] : done) {
+    all += t;
+    if (config_of(pts[size_t(i)]) == mine) same += t, ++n_same;
+  }
+  return n_same ? same / n_same : done.empty() ? 0.0 : all / double(done.size());
+}
+
 SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
   std::vector<SweepPoint> pts = expand_grid(s);
   validate_points(s, pts, !o.dry_run);  // a dry run plans without the data
@@ -368,14 +386,15 @@ SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
   // The points that finished with a /timing: their processes' wall time (fork to reap) and their runs' phases.
   std::vector<double> process_s;
   std::vector<RunTiming> timings;
-  // --deadline: whether a point started now is expected to end in time. Before any point has finished there is
-  // no estimate: points start while the deadline has not passed.
+  // --deadline: whether the next point, started now, is expected to end in time (expected_point_seconds over the
+  // completed points). Before any point has completed there is no estimate: points start while the deadline has
+  // not passed.
+  std::vector<std::pair<int, double>> completed_s;  // (point index, its process's seconds)
   bool stopped_starting = false;
   auto in_time = [&] {
     if (o.deadline_s <= 0) return true;
     const double now = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    double expected = 0;
-    for (double x : process_s) expected += x / double(process_s.size());
+    const double expected = expected_point_seconds(pts, completed_s, pts[size_t(todo[next])]);
     if (now + expected <= o.deadline_s) return true;
     stopped_starting = true;
     std::printf("sweep %s: --deadline %.0f s: starting no more points at %.0f s (a point takes about %.0f s); "
@@ -459,6 +478,7 @@ SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
       std::string status = pr.status;
       if (status == "completed" || status == "diverged") {
         ++(status == "completed" ? tot.completed : tot.diverged);
+        if (status == "completed") completed_s.push_back({c.index, dt});  // a diverged run stops early
         try {
           if (auto t = RunTiming::read(run_file(p))) timings.push_back(*t), process_s.push_back(dt);
         } catch (const std::exception&) {  // unreadable now: the point's line below still tells

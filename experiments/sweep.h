@@ -46,6 +46,12 @@ struct SweepPoint {
   std::vector<std::string> overrides;  // full list given to `mue train` (spec overrides, axes, name, out.dir)
 };
 
+// --deadline's estimate of how long point p's process will take: the mean over the completed points (index,
+// seconds) of p's configuration (the same coordinates but for hp.* and seed, which leave a point's work alike),
+// else over all of them; 0 before any completed.
+double expected_point_seconds(const std::vector<SweepPoint>& pts, const std::vector<std::pair<int, double>>& done,
+                              const SweepPoint& p);
+
 // Parses and checks the spec's shape (not the config keys; see validate_points). spec_dir resolves "base".
 SweepSpec parse_sweep_spec(const nlohmann::ordered_json& j, const std::string& spec_dir);
 SweepSpec load_sweep_spec(const std::string& path);

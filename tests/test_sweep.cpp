@@ -549,3 +549,17 @@ TEST_CASE("sweep: --deadline starts no point expected to end late; a later run g
     CHECK(r.out.find("--deadline") != std::string::npos);
   }
 }
+
+TEST_CASE("sweep: --deadline expects a point to take as long as its configuration's finished ones", "[sweep]") {
+  ojson j = ojson::parse(R"({"name": "e", "axes": {"seed": [1, 2], "ffn.shape": ["64e2a", "64e64a"],
+                              "hp.lr": [0.001, 0.002]}, "out_dir": "o"})");
+  auto pts = expand_grid(parse_sweep_spec(j, ""));
+  REQUIRE(pts.size() == 8);  // seed 1: 64e2a at two LRs (0, 1), 64e64a (2, 3); seed 2: 4-7 likewise
+  CHECK(expected_point_seconds(pts, {}, pts[0]) == 0);  // nothing completed: no estimate
+  const std::vector<std::pair<int, double>> done = {{0, 10.0}, {1, 12.0}, {2, 40.0}};
+  CHECK(expected_point_seconds(pts, done, pts[5]) == Approx(11.0));  // seed 2, 64e2a: the 64e2a points' mean
+  CHECK(expected_point_seconds(pts, done, pts[3]) == Approx(40.0));  // another LR of 64e64a
+  j["axes"]["ffn.shape"].push_back("64e8a");
+  auto more = expand_grid(parse_sweep_spec(j, ""));
+  CHECK(expected_point_seconds(more, done, more[4]) == Approx(62.0 / 3));  // 64e8a: none yet, the mean of all
+}
