@@ -120,7 +120,7 @@ def main():
     ax.set_xlabel(x_key)
     ax.set_ylabel(f"log2 fitted optimal {a.lr_key}")
     band = "the dense proxy's optimum (else the rule's mean)" if proxy else "the rule's mean"
-    ax.set_title(f"{sw.name}: fitted optimum\nband: +-1/2 octave around {band}; bars: seed range", fontsize=9)
+    ax.set_title(f"{sw.name}: fitted optimum\nband: +-1/2 octave around {band}\nbars: seed range", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
