@@ -13,6 +13,10 @@
 #include <thread>
 #include <vector>
 
+#include <hdf5.h>
+#include <nlohmann/json.hpp>
+
+#include "core/h5.h"
 #include "core/h5log.h"
 #include "data/images.h"
 #include "data/prepare_images.h"
@@ -194,6 +198,33 @@ TEST_CASE("resume: a checkpoint of another config is refused; out.resume=false s
   REQUIRE(run_cli(other, d / "fresh.out") == 0);
   CHECK(!read_double_attr(d / "cut.h5", "resumed_at_step"));
   CHECK(read_doubles(d / "cut.h5", "train/step").front() == 10);
+}
+
+// A run begun before a config key existed (here train.bucket_mb, added in the sixteenth session) resumes where
+// this run leaves the key at its default, and is refused where it sets it otherwise.
+TEST_CASE("resume: a run stored without a key added since resumes at the key's default", "[resume]") {
+  TempDir d("resume");
+  const std::string tok = mue::test::make_toy_tokens(d);
+  std::vector<std::string> cut = {"train", "name=cut"};
+  for (auto& a : tiny(d, tok, "")) cut.push_back(a);
+  train_and_kill(cut, d / "cut.h5", 150, SIGTERM);
+  {  // the stored config as an older mue wrote it: no train.bucket_mb
+    const std::string f = d / "cut.h5";
+    h5::Node file(h5::own(H5Fopen(f.c_str(), H5F_ACC_RDWR, H5P_DEFAULT), H5Fclose, "cannot open ", f), f);
+    auto config = nlohmann::json::parse(file.string_attr("config").value());
+    REQUIRE(config["train"].erase("bucket_mb") == 1);
+    file.set_attr("config", config.dump());
+  }
+  std::vector<std::string> other = cut;
+  other.push_back("train.bucket_mb=5");
+  REQUIRE(run_cli(other, d / "other.out") != 0);
+  std::ifstream in(d / "other.out");
+  const std::string out((std::istreambuf_iterator<char>(in)), {});
+  INFO(out);
+  CHECK(out.find("(train differs)") != std::string::npos);
+  REQUIRE(run_cli(cut, d / "cut.out") == 0);
+  CHECK(read_double_attr(d / "cut.h5", "resumed_at_step").value() > 0);
+  CHECK(read_string_attr(d / "cut.h5", "status").value() == "completed");
 }
 
 TEST_CASE("resume: on the GPU with CUDA graphs, a killed MoE run continues bit for bit", "[resume][cuda]") {
