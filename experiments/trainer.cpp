@@ -77,22 +77,14 @@ ResumeState read_resume_state(const RunConfig& c, const std::string& path, const
     fail("'", path, "' holds no readable config; pass out.resume=false to start over");
   }
   // Everything but the output options must be the same run. A key the stored config lacks (one added to mue
-  // since that run began, e.g. train.bucket_mb) counts as the same where this run leaves it at its default.
+  // since that run began, e.g. train.bucket_mb) takes its default: the same where this run leaves it there.
   const json defaults = default_config();
-  auto same = [&](const std::string& k, const json& v) {
-    if (!stored.contains(k)) return false;
-    if (!v.is_object()) return stored[k] == v;
-    for (auto& [kk, vv] : v.items()) {
-      const bool added_since = !stored[k].contains(kk) && defaults.contains(k) && defaults[k].contains(kk) &&
-                               defaults[k][kk] == vv;
-      if (!added_since && (!stored[k].contains(kk) || stored[k][kk] != vv)) return false;
-    }
-    for (auto& [kk, vv] : stored[k].items())
-      if (!v.contains(kk)) return false;
-    return true;
-  };
+  for (auto& [k, section] : defaults.items())
+    if (section.is_object() && stored.contains(k) && stored[k].is_object())
+      for (auto& [kk, v] : section.items())
+        if (!stored[k].contains(kk)) stored[k][kk] = v;
   for (auto& [k, v] : c.raw.items())
-    if (k != "out" && !same(k, v))
+    if (k != "out" && (!stored.contains(k) || stored[k] != v))
       fail("'", ckpt, "' belongs to a run of another config (", k, " differs); not loading it: pass "
            "out.resume=false to start over, or choose another name");
   // A ZeRO-1 run continues bit for bit only with the ranks it was split over (the file holds every moment, but
