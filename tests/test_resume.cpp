@@ -200,7 +200,7 @@ TEST_CASE("resume: a checkpoint of another config is refused; out.resume=false s
   CHECK(read_doubles(d / "cut.h5", "train/step").front() == 10);
 }
 
-// A run begun before a config key existed (here train.bucket_mb, added in the sixteenth session) resumes where
+// A run begun before a config key existed (here train.bucket_mb) resumes where
 // this run leaves the key at its default, and is refused where it sets it otherwise.
 TEST_CASE("resume: a run stored without a key added since resumes at the key's default", "[resume]") {
   TempDir d("resume");
