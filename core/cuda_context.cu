@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cstring>
 #include <cstdio>
+#include <mutex>
 #include <string>
+#include <unordered_map>
 
 #include "core/cuda_util.cuh"
 #include "core/cuda_context.h"
@@ -32,6 +34,33 @@ __global__ void cast_f32_to_bf16_kernel(const float* in, bf* out, size_t n) {
 __global__ void cast_bf16_to_f32_kernel(const bf* in, float* out, size_t n) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
     out[i] = __bfloat162float(in[i]);
+}
+// What mue holds on the device (allocated_bytes): every cudaMalloc of ours goes through these two.
+struct Held {
+  std::mutex mu;
+  std::unordered_map<void*, size_t> sizes;
+  size_t now = 0, peak = 0;
+};
+Held& held() {
+  static Held h;
+  return h;
+}
+void* tracked_malloc(size_t bytes, const char* what) {
+  void* p = nullptr;
+  check(cudaMalloc(&p, bytes), "cudaMalloc(", what, human_bytes(bytes), ")");
+  Held& h = held();
+  std::lock_guard lock(h.mu);
+  h.sizes[p] = bytes, h.now += bytes, h.peak = std::max(h.peak, h.now);
+  return p;
+}
+cudaError_t tracked_free(void* p) {
+  if (!p) return cudaSuccess;
+  {
+    Held& h = held();
+    std::lock_guard lock(h.mu);
+    if (auto it = h.sizes.find(p); it != h.sizes.end()) h.now -= it->second, h.sizes.erase(it);
+  }
+  return cudaFree(p);
 }
 }  // namespace
 
@@ -81,7 +110,7 @@ Context::Context(int device) : device_(device) {
 Context::~Context() {
   // No throwing from a destructor: errors here are ignored (the process is usually going down with them).
   for (int i = 0; i < 8; ++i)
-    if (scratch_[i]) (void)cudaFree(scratch_[i]);
+    if (scratch_[i]) (void)tracked_free(scratch_[i]);
   for (cudaEvent_t e : events_) (void)cudaEventDestroy(e);
   if (stage_done_) (void)cudaEventDestroy(stage_done_);
   if (graph_) (void)cudaGraphExecDestroy(graph_);
@@ -98,16 +127,26 @@ std::string Context::device_name() const {
   return prop.name;
 }
 
+
+size_t allocated_bytes() {
+  std::lock_guard lock(held().mu);
+  return held().now;
+}
+size_t peak_allocated_bytes() {
+  std::lock_guard lock(held().mu);
+  return held().peak;
+}
+
 void* Context::scratch(int slot, size_t bytes) {
   MUE_CHECK(slot >= 0 && slot < 8, "scratch slot ", slot, " out of range [0, 8)");
   if (bytes > scratch_bytes_[slot]) {
     drop_graph();  // it holds the old buffer's address
     // cudaFree waits for the device, so kernels still reading the old buffer finish first.
-    if (scratch_[slot]) check(cudaFree(scratch_[slot]), "cudaFree(scratch ", slot, ")");
+    if (scratch_[slot]) check(tracked_free(scratch_[slot]), "cudaFree(scratch ", slot, ")");
     scratch_[slot] = nullptr;
     scratch_bytes_[slot] = 0;
     const size_t grown = bytes + bytes / 8;  // a little headroom so slowly growing requests do not thrash
-    check(cudaMalloc(&scratch_[slot], grown), "cudaMalloc(scratch ", slot, ", ", human_bytes(grown), ")");
+    scratch_[slot] = tracked_malloc(grown, "scratch, ");
     scratch_bytes_[slot] = grown;
   }
   return scratch_[slot];
@@ -214,12 +253,11 @@ void Context::upload_async(void* dst, const void* src, size_t bytes) {
 
 // Zero-filled, like the host arenas: optimizer moments and gradients start from 0.
 void* device_alloc(size_t bytes) {
-  void* p = nullptr;
   if (bytes == 0) return nullptr;
-  check(cudaMalloc(&p, bytes), "cudaMalloc(", human_bytes(bytes), ")");
+  void* p = tracked_malloc(bytes, "");
   cudaError_t e = cudaMemset(p, 0, bytes);
   if (e != cudaSuccess) {
-    (void)cudaFree(p);
+    (void)tracked_free(p);
     check(e, "cudaMemset(", human_bytes(bytes), ")");
   }
   return p;
@@ -227,7 +265,7 @@ void* device_alloc(size_t bytes) {
 
 // Never throws (it runs from destructors).
 void device_free(void* p) {
-  if (p && cudaFree(p) != cudaSuccess) (void)cudaGetLastError();
+  if (p && tracked_free(p) != cudaSuccess) (void)cudaGetLastError();
 }
 
 void copy_to_device(void* dst, const void* src, size_t bytes) {

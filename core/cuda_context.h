@@ -97,6 +97,11 @@ class Context {
 // Memory helpers (checked).
 void* device_alloc(size_t bytes);
 void device_free(void* p);
+// Device memory that mue itself holds (device_alloc and the scratch slots; not the CUDA context, cuBLAS's own
+// or NCCL's), now and at its peak since the process began: the counterpart of PyTorch's memory_allocated and
+// max_memory_allocated, for comparing the two the same way.
+size_t allocated_bytes();
+size_t peak_allocated_bytes();
 void copy_to_device(void* dst, const void* src, size_t bytes);
 void copy_to_host(void* dst, const void* src, size_t bytes);
 void memset_zero(Context& ctx, void* p, size_t bytes);

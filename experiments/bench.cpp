@@ -57,6 +57,7 @@ void measure_device(Backend&, BenchResult&, bool, Step) {}
 template <class Step>
 void measure_device(CudaBackend& be, BenchResult& r, bool profile, Step step) {
   r.device_mib = be.ctx.memory_used() / 1048576.0;
+  r.allocated_peak_mib = cuda::peak_allocated_bytes() / 1048576.0;
   if (!profile) return;
   be.ctx.profiling = true;
   for (int s = 0; s < kProfileSteps; ++s) step(s), be.ctx.profile_collect();

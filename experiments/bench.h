@@ -11,6 +11,7 @@ struct BenchResult {
   double param_mib = 0, activation_mib = 0;
   int steps = 0;
   double device_mib = 0;  // device memory in use after the timed steps (the peak: nothing is freed per step)
+  double allocated_peak_mib = 0;  // of it, mue's own buffers at their peak (cuda::peak_allocated_bytes)
   bool graph = false;     // the timed steps replayed a CUDA graph (CUDA, train.cuda_graph)
   struct Op {
     std::string name;

@@ -370,6 +370,10 @@ int cmd_bench(int argc, char** argv) {
                 100 * (r.ms_per_step - sum) / r.ms_per_step);
     if (r.graph) std::printf("  (ms/step below is of CUDA graph replays; the profiled steps ran op by op)\n");
   }
+  if (r.allocated_peak_mib > 0)
+    std::printf("bench %s: GPU memory %.0f MiB in use (CUDA context, cuBLAS, NCCL and mue), of which mue's own buffers "
+                "%.0f MiB at their peak (as PyTorch's max_memory_allocated counts)\n",
+                r.preset.c_str(), r.device_mib, r.allocated_peak_mib);
   std::printf("%-14s %-28s %10s %12s %8s %10s %10s %10s\n", "preset", "device", "ms/step", r.unit.c_str(), "MFU",
               "params MiB", "acts MiB", "GPU MiB");
   std::printf("%-14s %-28s %10.2f %12.0f %7.1f%% %10.1f %10.1f %10.0f\n", r.preset.c_str(), r.device.c_str(),

@@ -56,6 +56,18 @@ TEST_CASE("CUDA context, memory helpers and casts", "[cuda]") {
   CHECK(s1 != nullptr);
   CHECK(ctx.scratch(0, 10) == s1);  // grow-only: a smaller request keeps the buffer
 
+  // mue's own device memory (what bench compares with PyTorch's max_memory_allocated): each buffer counted
+  // while held, the peak kept after it is freed.
+  const size_t held0 = cuda::allocated_bytes();
+  void* big = cuda::device_alloc(size_t(3) << 20);
+  CHECK(cuda::allocated_bytes() == held0 + (size_t(3) << 20));
+  CHECK(cuda::peak_allocated_bytes() >= held0 + (size_t(3) << 20));
+  cuda::device_free(big);
+  CHECK(cuda::allocated_bytes() == held0);
+  CHECK(cuda::peak_allocated_bytes() >= held0 + (size_t(3) << 20));
+  ctx.scratch(1, size_t(1) << 20);  // a scratch slot counts too (grown with 1/8 headroom)
+  CHECK(cuda::allocated_bytes() == held0 + (size_t(1) << 20) + (size_t(1) << 17));
+
   const size_t n = 1001;
   V x = randn_f32(n, 3.0);
   x[0] = 1.0 + 1.0 / 256;  // a tie: round to even
