@@ -7,6 +7,7 @@ import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments", "figures"))
 from optimum import fit_optimum, interpolate_log2, parabola_vertex  # noqa: E402
+from shapes import moe_axes, parse_moe_shape  # noqa: E402
 
 
 class FitOptimum(unittest.TestCase):
@@ -51,6 +52,25 @@ class FitOptimum(unittest.TestCase):
         self.assertAlmostEqual(interpolate_log2(xs, ys, 2 ** -1.5), 2.0)
         self.assertAlmostEqual(interpolate_log2(xs, ys, 0.25), 3.0)
         self.assertIsNone(interpolate_log2(xs, ys, 2.0))
+
+
+class MoeAxes(unittest.TestCase):
+    """sweep_shape.py's two panels of paper Fig 6: total experts at the common a, activated at the common N."""
+
+    def test_fig6_shapes(self):
+        shapes = ["8e2a", "16e2a", "32e2a", "64e2a", "128e2a", "64e4a", "64e8a", "64e16a", "64e32a", "64e64a"]
+        (t1, _, n_axis), (t2, _, a_axis) = moe_axes(shapes)
+        self.assertEqual(t1, "total experts N at a = 2")
+        self.assertEqual(n_axis, [("8e2a", 8), ("16e2a", 16), ("32e2a", 32), ("64e2a", 64), ("128e2a", 128)])
+        self.assertEqual(t2, "activated experts a at N = 64")
+        self.assertEqual([x for _, x in a_axis], [2, 4, 8, 16, 32, 64])  # 64e2a is on both axes
+
+    def test_not_two_axes(self):
+        self.assertEqual(parse_moe_shape("128e32a"), (128, 32))
+        self.assertIsNone(parse_moe_shape("dense"))
+        self.assertIsNone(moe_axes(["64e2a", "64e8a", "64e64a"]))  # one axis only: the caller's single panel
+        self.assertIsNone(moe_axes(["64e2a", "dense"]))
+        self.assertIsNone(moe_axes([]))
 
 
 if __name__ == "__main__":
