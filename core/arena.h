@@ -1,7 +1,10 @@
 // One allocation per purpose (parameters, gradients, optimizer state, activations), handed out as typed views.
 // Used in two passes: `Arena a;` counts what views ask for (take() returns nullptr), `a.allocate(on_device)`
 // makes the single allocation, then the same layout code runs again and gets real pointers in the same order.
+// A scratch arena is shared by users one at a time (each layer's buffers that live only inside one call):
+// rewind() before each user starts it at offset 0 again, and the allocation covers the largest.
 #pragma once
+#include <algorithm>
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
@@ -23,7 +26,7 @@ class Arena {
   Arena& operator=(const Arena&) = delete;
   Arena(Arena&& o) noexcept { *this = std::move(o); }
   Arena& operator=(Arena&& o) noexcept {
-    std::swap(base_, o.base_), std::swap(bytes_, o.bytes_), std::swap(used_, o.used_);
+    std::swap(base_, o.base_), std::swap(bytes_, o.bytes_), std::swap(used_, o.used_), std::swap(peak_, o.peak_);
     std::swap(device_, o.device_);
     return *this;
   }
@@ -39,10 +42,14 @@ class Arena {
     MUE_CHECK(used_ <= bytes_, "arena layout changed between passes (", used_, " > ", bytes_, " bytes)");
     return reinterpret_cast<E*>(static_cast<char*>(base_) + off);
   }
+  // The next views start at offset 0 again, over those taken before (see the top of this file).
+  void rewind() { peak_ = std::max(peak_, used_), used_ = 0; }
   // Turn the counted size into one allocation, zero-filled on the host; rewinds for the second pass.
   void allocate(bool on_device) {
     release();
-    bytes_ = used_ ? used_ : 256;
+    bytes_ = std::max(used_, peak_);
+    if (bytes_ == 0) bytes_ = 256;
+    peak_ = 0;
     device_ = on_device;
     if (on_device) {
       base_ = cuda::device_alloc(bytes_);
@@ -65,7 +72,7 @@ class Arena {
     base_ = nullptr;
   }
   void* base_ = nullptr;
-  size_t bytes_ = 0, used_ = 0;
+  size_t bytes_ = 0, used_ = 0, peak_ = 0;
   bool device_ = false;
 };
 

@@ -25,26 +25,28 @@ class MoeFfn : public FfnBranch<Backend> {
     Param *router, *fc, *proj, *shared_fc = nullptr, *shared_proj = nullptr;
   };
 
-  MoeFfn(const FfnConfig& s, int N, int D, Backend& be, Arena& acts, const Params& p, double route_scale)
+  // acts: what the backward reads from the forward; scratch: what lives inside one call (shared by all layers).
+  MoeFfn(const FfnConfig& s, int N, int D, Backend& be, Arena& acts, Arena& scratch, const Params& p,
+         double route_scale)
       : s_(s), D_(D), be_(be), p_(p) {
     MUE_CHECK(s.shared == 0 || (p.shared_fc && p.shared_proj), "MoeFfn: shared experts without their tensors");
     const size_t E = s.experts, R = size_t(N) * s.active, h = s.expert_hidden;
     dims_.N = N, dims_.E = s.experts, dims_.active = s.active, dims_.groups = s.groups, dims_.sigmoid = s.sigmoid;
     dims_.route_scale = route_scale, dims_.balance_coef = s.balance_coef, dims_.z_coef = s.z_coef;
-    logits_ = acts.take<A>(size_t(N) * E), dlogits_ = acts.take<A>(size_t(N) * E);
+    logits_ = acts.take<A>(size_t(N) * E), dlogits_ = scratch.take<A>(size_t(N) * E);
     scores_ = acts.take<S>(size_t(N) * E), idx_ = acts.take<int32_t>(R), plan_ = acts.take<int32_t>(dims_.plan_size());
     xp_ = acts.take<A>(R * D), hfc_ = acts.take<A>(R * 2 * h), hsw_ = acts.take<A>(R * h);
-    dhfc_ = acts.take<A>(R * 2 * h), dhsw_ = acts.take<A>(R * h);
+    dhfc_ = scratch.take<A>(R * 2 * h), dhsw_ = scratch.take<A>(R * h);
     // One [R, D] buffer for three lives: yp (the forward's expert outputs, summed by the combine at once), dyp (the
     // combine's backward, read by the down-projection's backward) and dxp (written after that).
-    yp_ = dyp_ = dxp_ = acts.take<A>(R * D);
-    tmp_ = acts.take<A>(size_t(N) * D);
+    yp_ = dyp_ = dxp_ = scratch.take<A>(R * D);
+    tmp_ = scratch.take<A>(size_t(N) * D);
     src_token_ = acts.take<int32_t>(R), slot_row_ = acts.take<int32_t>(R);
-    gates_ = acts.take<A>(R), dgates_ = acts.take<A>(R);
+    gates_ = acts.take<A>(R), dgates_ = scratch.take<A>(R);
     if (s.shared > 0) {
       const size_t Hs = size_t(s.shared) * s.shared_hidden;
       sfc_ = acts.take<A>(size_t(N) * 2 * Hs), ssw_ = acts.take<A>(size_t(N) * Hs);
-      dsfc_ = acts.take<A>(size_t(N) * 2 * Hs), dssw_ = acts.take<A>(size_t(N) * Hs);
+      dsfc_ = scratch.take<A>(size_t(N) * 2 * Hs), dssw_ = scratch.take<A>(size_t(N) * Hs);
     }
   }
 
@@ -132,14 +134,14 @@ class MoeFfn : public FfnBranch<Backend> {
 // The FFN factory that knows both kinds: pass it to LM to build models with MoE layers.
 template <class Backend>
 std::unique_ptr<FfnBranch<Backend>> make_ffn(const ModelConfig& c, Backend& be, int layer,
-                                             ParamStore<Backend>& params, int rows, Arena& acts,
+                                             ParamStore<Backend>& params, int rows, Arena& acts, Arena& scratch,
                                              const ParamTable& table) {
-  if (!c.ffn.moe()) return make_dense_ffn<Backend>(c, be, layer, params, rows, acts, table);
+  if (!c.ffn.moe()) return make_dense_ffn<Backend>(c, be, layer, params, rows, acts, scratch, table);
   typename MoeFfn<Backend>::Params p{&params.find(layer, "moe.router"), &params.find(layer, "moe.experts.fc"),
                                      &params.find(layer, "moe.experts.proj")};
   if (c.ffn.shared > 0)
     p.shared_fc = &params.find(layer, "moe.shared.fc"), p.shared_proj = &params.find(layer, "moe.shared.proj");
-  return std::make_unique<MoeFfn<Backend>>(c.ffn, rows, c.d_model, be, acts, p, table.route_scale);
+  return std::make_unique<MoeFfn<Backend>>(c.ffn, rows, c.d_model, be, acts, scratch, p, table.route_scale);
 }
 
 }  // namespace mue

@@ -213,7 +213,7 @@ class DiT : public ParamStore<Backend> {
 
   const ModelConfig& config() const { return cfg_; }
   int batch() const { return B_; }
-  size_t activation_bytes() const { return acts_.bytes(); }
+  size_t activation_bytes() const { return acts_.bytes() + ffn_scratch_.bytes(); }
   const BranchStats* ffn_stats(int layer) const { return layers_[layer].ffn->stats(); }
 
  private:
@@ -230,6 +230,7 @@ class DiT : public ParamStore<Backend> {
     const size_t B = B_, N = size_t(B_) * T_, D = cfg_.d_model, P = cfg_.image.patch_dim(), F = cfg_.image.time_freq;
     for (int pass = 0; pass < 2; ++pass) {
       Arena& a = acts_;
+      Arena& scratch = ffn_scratch_;
       xin_ = a.take<A>(N * P), target_ = a.take<A>(N * P), out_ = a.take<A>(N * P), dout_ = a.take<A>(N * P);
       tfeat_ = a.take<A>(B * F), labels_ = a.take<int32_t>(B), pos_ = a.take<A>(size_t(T_) * D);
       t1_ = a.take<A>(B * D), t1s_ = a.take<A>(B * D), cond_ = a.take<A>(B * D), conds_ = a.take<A>(B * D);
@@ -249,12 +250,13 @@ class DiT : public ParamStore<Backend> {
         L.att = a.take<A>(N * D), L.attn_out = a.take<A>(N * D);
         L.mid = a.take<A>(N * D), L.xn2 = a.take<A>(N * D), L.ffn_out = a.take<A>(N * D);
         L.rstd1 = a.take<S>(N), L.rstd2 = a.take<S>(N);
-        L.ffn = make_ffn_(cfg_, be_, l, *this, int(N), a, table_);
+        scratch.rewind();  // every layer's branch reuses the same scratch (one layer's call at a time)
+        L.ffn = make_ffn_(cfg_, be_, l, *this, int(N), a, scratch, table_);
       }
       xo_ = a.take<A>(N * D), rstdo_ = a.take<S>(N), branch_ = a.take<A>(B * D);
       dres_ = a.take<A>(N * D), dx_ = a.take<A>(N * D), dbranch_ = a.take<A>(N * D), datt_ = a.take<A>(N * D);
       dqkv_ = a.take<A>(N * 3 * D);
-      if (pass == 0) a.allocate(Backend::on_device);
+      if (pass == 0) a.allocate(Backend::on_device), scratch.allocate(Backend::on_device);
     }
   }
 
@@ -266,6 +268,7 @@ class DiT : public ParamStore<Backend> {
   Param *patch_ = nullptr, *time_fc1_ = nullptr, *time_fc2_ = nullptr, *class_emb_ = nullptr;
   Param *final_ada_ = nullptr, *final_w_ = nullptr;
   Arena acts_;
+  Arena ffn_scratch_;  // the FFN branches' buffers that live inside one forward or backward call, shared by layers
   std::vector<Layer> layers_;
   std::vector<A*> res_;
   int32_t* labels_ = nullptr;

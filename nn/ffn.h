@@ -67,10 +67,11 @@ class DenseFfn : public FfnBranch<Backend> {
  public:
   using A = typename Backend::act_t;
   using Param = ModelParam<Backend>;
-  DenseFfn(Backend& be, Param& fc, Param& proj, int N, int D, int H, Arena& acts)
+  // acts: what the backward reads from the forward; scratch: what lives inside one backward call.
+  DenseFfn(Backend& be, Param& fc, Param& proj, int N, int D, int H, Arena& acts, Arena& scratch)
       : be_(be), fc_w_(fc), proj_w_(proj), N_(N), D_(D), H_(H) {
     fc_ = acts.take<A>(size_t(N) * 2 * H), sw_ = acts.take<A>(size_t(N) * H);
-    dfc_ = acts.take<A>(size_t(N) * 2 * H), dsw_ = acts.take<A>(size_t(N) * H);
+    dfc_ = scratch.take<A>(size_t(N) * 2 * H), dsw_ = scratch.take<A>(size_t(N) * H);
   }
   void forward(const A* xn, A* out) override {
     be_.matmul_forward(xn, fc_w_.weight, fc_, N_, D_, 2 * H_, fc_w_.alpha);
@@ -91,20 +92,21 @@ class DenseFfn : public FfnBranch<Backend> {
   A *fc_, *sw_, *dfc_, *dsw_;
 };
 
-// Builds layer l's FFN branch from the model's parameters (its tensors as push_ffn_tensors names them) and the
-// activation arena.
+// Builds layer l's FFN branch from the model's parameters (its tensors as push_ffn_tensors names them), the
+// activation arena (buffers kept from the forward for the backward) and the scratch arena, which every layer's
+// branch shares (buffers that live only inside one call of forward or backward: the model rewinds it per layer).
 template <class Backend>
 using FfnFactory = std::function<std::unique_ptr<FfnBranch<Backend>>(const ModelConfig&, Backend&, int layer,
                                                                      ParamStore<Backend>& params, int rows, Arena& acts,
-                                                                     const ParamTable& table)>;
+                                                                     Arena& scratch, const ParamTable& table)>;
 
 template <class Backend>
 std::unique_ptr<FfnBranch<Backend>> make_dense_ffn(const ModelConfig& c, Backend& be, int layer,
                                                    ParamStore<Backend>& params, int rows, Arena& acts,
-                                                   const ParamTable&) {
+                                                   Arena& scratch, const ParamTable&) {
   MUE_CHECK(!c.ffn.moe(), "this model was built without the MoE layer (link moe/ and pass its factory)");
   return std::make_unique<DenseFfn<Backend>>(be, params.find(layer, "ffn.fc"), params.find(layer, "ffn.proj"), rows,
-                                             c.d_model, c.ffn_hidden, acts);
+                                             c.d_model, c.ffn_hidden, acts, scratch);
 }
 
 }  // namespace mue

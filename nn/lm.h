@@ -185,7 +185,7 @@ class LM : public ParamStore<Backend> {
   const ModelConfig& config() const { return cfg_; }
   const ParamTable& table() const { return table_; }
   int batch() const { return B_; }
-  size_t activation_bytes() const { return acts_.bytes(); }
+  size_t activation_bytes() const { return acts_.bytes() + ffn_scratch_.bytes(); }
   // Per-layer FFN statistics of the last forward (nullptr for dense layers).
   const BranchStats* ffn_stats(int layer) const { return layers_[layer].ffn->stats(); }
 
@@ -238,6 +238,7 @@ class LM : public ParamStore<Backend> {
     const size_t N = size_t(B_) * T_, D = cfg_.d_model;
     for (int pass = 0; pass < 2; ++pass) {
       Arena& a = acts_;
+      Arena& scratch = ffn_scratch_;
       tok_ = a.take<int32_t>(N), tgt_ = a.take<int32_t>(N);
       res_.assign(cfg_.n_layers + 1, nullptr);
       for (auto& r : res_) r = a.take<A>(N * D);
@@ -253,7 +254,8 @@ class LM : public ParamStore<Backend> {
         L.attn_state = a.take<S>(be_.attention_state_size(B_, T_, cfg_.n_heads, cfg_.head_dim()));
         L.mid = a.take<A>(N * D), L.ln2 = a.take<A>(N * D);
         L.rstd1 = a.take<S>(N), L.rstd2 = a.take<S>(N);
-        L.ffn = make_ffn_(cfg_, be_, l, *this, int(N), a, table_);
+        scratch.rewind();  // every layer's branch reuses the same scratch (one layer's call at a time)
+        L.ffn = make_ffn_(cfg_, be_, l, *this, int(N), a, scratch, table_);
       }
       branch_ = a.take<A>(N * D), lnf_ = a.take<A>(N * D), rstdf_ = a.take<S>(N);
       // Chunks of at most about 2^28 logits (512 MiB in bf16), as even as multiples of 128 rows allow: chunks of
@@ -264,7 +266,7 @@ class LM : public ParamStore<Backend> {
       head_rows_ = head_rows_max_;
       logits_ = a.take<A>(size_t(head_rows_max_) * cfg_.vocab_pad), losses_ = a.take<S>(N);
       dres_ = a.take<A>(N * D), dx_ = a.take<A>(N * D), datt_ = a.take<A>(N * D), dqkv_ = a.take<A>(N * 3 * D);
-      if (pass == 0) a.allocate(Backend::on_device);
+      if (pass == 0) a.allocate(Backend::on_device), scratch.allocate(Backend::on_device);
     }
   }
 
@@ -275,6 +277,7 @@ class LM : public ParamStore<Backend> {
   FfnFactory<Backend> make_ffn_;
   Param *embed_ = nullptr, *final_norm_ = nullptr, *head_ = nullptr;
   Arena acts_;
+  Arena ffn_scratch_;  // the FFN branches' buffers that live inside one forward or backward call, shared by layers
   int32_t *tok_ = nullptr, *tgt_ = nullptr;
   std::vector<A*> res_;
   std::vector<Layer> layers_;

@@ -86,6 +86,40 @@ TEST_CASE("LM gradient matches finite differences for every tensor (sp, mup, com
   }
 }
 
+TEST_CASE("scratch arena: rewound users overlap, the allocation covers the largest; a model's FFN scratch is one layer's",
+          "[lm]") {
+  Arena a;
+  for (int pass = 0; pass < 2; ++pass) {
+    a.rewind();
+    double* first = a.take<double>(100);  // 800 bytes
+    a.rewind();
+    double* second = a.take<double>(10);
+    float* third = a.take<float>(300);  // at 256 + 1200 = 1456 bytes: the largest user
+    if (pass == 0) {
+      CHECK((first == nullptr && second == nullptr && third == nullptr));
+      a.allocate(false);
+      CHECK(a.bytes() == 1456);
+      continue;
+    }
+    CHECK(first == second);  // both users start at offset 0
+    CHECK(reinterpret_cast<char*>(third) == reinterpret_cast<char*>(first) + 256);
+  }
+  // Each layer's dense FFN keeps fc and sw [N, 3H] for its backward; dfc and dsw [N, 3H] (scratch) exist once:
+  // adding a layer adds its own activations and not another scratch.
+  ModelConfig c = tiny_config();
+  c.ffn_hidden = 400;  // so that the FFN's buffers dominate the difference
+  CpuBackend<double> be;
+  auto bytes = [&](int layers) {
+    ModelConfig m = c;
+    m.n_layers = layers;
+    return LM<CpuBackend<double>>(m, make_param_table("mup", m, m, Hyper{}), be, 2).activation_bytes();
+  };
+  const size_t N = 2 * c.seq_len, per_layer = bytes(3) - bytes(2);
+  CHECK(bytes(4) - bytes(3) == per_layer);
+  CHECK(per_layer >= N * 3 * 400 * sizeof(double));      // fc, sw of the new layer
+  CHECK(per_layer < 2 * N * 3 * 400 * sizeof(double));   // not also a second dfc, dsw
+}
+
 TEST_CASE("LM head in chunks: loss and gradients do not depend on the chunking or on when the head's gradient is taken", "[lm]") {
   ModelConfig c = tiny_config();
   ParamTable table = make_param_table("mup", c, c, Hyper{});

@@ -230,11 +230,11 @@ TEST_CASE("Dense MoE (a = N) is the gate-weighted sum of all experts", "[moe]") 
   DLM m(c, t, be, 1, make_ffn<CpuBackend<double>>);  // only for the parameter views
   m.init_weights(8);
   std::vector<ModelParam<CpuBackend<double>>> p(m.params().begin() + 5, m.params().begin() + 8);  // router, fc, proj
-  Arena acts;
+  Arena acts, scratch;
   for (int pass = 0; pass < 2; ++pass) {
-    MoeFfn<CpuBackend<double>> layer(c.ffn, N, D, be, acts, {&p[0], &p[1], &p[2]}, t.route_scale);
+    MoeFfn<CpuBackend<double>> layer(c.ffn, N, D, be, acts, scratch, {&p[0], &p[1], &p[2]}, t.route_scale);
     if (pass == 0) {
-      acts.allocate(false);
+      acts.allocate(false), scratch.allocate(false);
       continue;
     }
     V x = randn(N * D, 40), out(N * D);
