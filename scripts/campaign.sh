@@ -37,7 +37,9 @@ if [ ! -x "$build/mue" ] || [ -n "${REBUILD:-}" ]; then
 fi
 
 source scripts/mps.sh
-if [ -n "${MPS:-}" ]; then mps_start | tee -a "$log"; trap mps_stop EXIT; fi
+# (not `mps_start | tee`: a pipeline would run mps_start in a subshell, whose exported pipe directory the sweeps
+# below would never see)
+if [ -n "${MPS:-}" ]; then mps_start > >(tee -a "$log"); trap mps_stop EXIT; fi
 
 names=()
 for arg in "$@"; do
@@ -60,6 +62,9 @@ for arg in "$@"; do
   echo "== $name: $(( $(date +%s) - s0 )) s" | tee -a "$log"
 done
 
+# MPS servers exist only where client processes connected: evidence that the sweeps ran under MPS
+[ -n "${CUDA_MPS_PIPE_DIRECTORY:-}" ] &&
+  echo "mps: servers (pids) $(echo get_server_list | nvidia-cuda-mps-control | tr '\n' ' ')" | tee -a "$log"
 for name in "${names[@]}"; do
   index="runs/$name/$name-index.h5"
   [ -f "$index" ] || continue
