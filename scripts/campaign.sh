@@ -75,5 +75,5 @@ for name in "${names[@]}"; do
 done
 grep -E "^== |^sweep .* completed|^sweep .*: (a point's process|mean time)" "$log"  # with the fixed cost per point
 for name in "${names[@]}"; do
-  [ -f "$OUT/$name.json" ] && python3 experiments/figures/transfer_table.py "$OUT/$name.json" --brief 2>&1 | tail -40
+  if [ -f "$OUT/$name.json" ]; then python3 experiments/figures/transfer_table.py "$OUT/$name.json" --brief 2>&1 | tail -40; fi
 done

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# scripts/campaign.sh with MPS=1 must hand the MPS pipe directory to the sweeps it starts, and stop the daemon it
+# started when it ends. Runs without a GPU: a fake nvidia-cuda-mps-control (a FIFO and a sleeping process named
+# after the daemon) and a fake mue that records what environment its sweep saw. (Until 2026-12-07 campaign.sh
+# ran mps_start in a pipeline, whose exports never reached the sweeps.)
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+mkdir -p "$tmp/bin" "$tmp/build" "$tmp/out"
+
+cat > "$tmp/bin/nvidia-cuda-mps-control" <<FAKE
+#!/usr/bin/env bash
+if [ "\${1:-}" = "-d" ]; then
+  mkfifo "\$CUDA_MPS_PIPE_DIRECTORY/control"
+  (exec -a nvidia-cuda-mps-control sleep 120) < /dev/null > /dev/null 2>&1 & echo \$! > "$tmp/daemon.pid"
+  exit 0
+fi
+read -r cmd
+[ "\$cmd" = quit ] && kill "\$(cat "$tmp/daemon.pid")" && rm -f "\$CUDA_MPS_PIPE_DIRECTORY/control"
+exit 0
+FAKE
+cat > "$tmp/build/mue" <<FAKE
+#!/usr/bin/env bash
+echo "\${CUDA_MPS_PIPE_DIRECTORY:-unset}" >> "$tmp/sweep-env"
+FAKE
+chmod +x "$tmp/bin/nvidia-cuda-mps-control" "$tmp/build/mue"
+
+if ! command -v pgrep > /dev/null || ! command -v mkfifo > /dev/null; then
+  echo "skipped: needs pgrep and mkfifo (as scripts/mps.sh does)"
+  exit 0
+fi
+if pgrep -f nvidia-cuda-mps-control > /dev/null; then
+  echo "skipped: an MPS control daemon is running on this machine"
+  exit 0
+fi
+rm -rf /tmp/mue-mps
+PATH="$tmp/bin:$PATH" MPS=1 DEADLINE_S=120 BUILD_DIR="$tmp/build" OUT="$tmp/out" \
+  bash "$repo/scripts/campaign.sh" wd-lm > "$tmp/campaign.out" 2>&1 || { cat "$tmp/campaign.out"; exit 1; }
+
+fail=0
+seen=$(cat "$tmp/sweep-env" 2>/dev/null || echo "no sweep ran")
+if [ "$seen" != /tmp/mue-mps/pipe ]; then
+  echo "FAILED: the sweep saw CUDA_MPS_PIPE_DIRECTORY=$seen, not /tmp/mue-mps/pipe"; fail=1
+fi
+if pgrep -f nvidia-cuda-mps-control > /dev/null; then
+  echo "FAILED: the MPS daemon campaign.sh started is still running"; fail=1
+  kill "$(cat "$tmp/daemon.pid")" 2>/dev/null || true
+fi
+grep -q "^mps: on" "$tmp/campaign.out" || { echo "FAILED: campaign.sh did not report MPS on"; fail=1; }
+[ $fail = 0 ] || { cat "$tmp/campaign.out"; exit 1; }
+echo "campaign.sh MPS=1: the sweep saw the pipe directory; the daemon stopped"
