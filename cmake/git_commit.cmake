@@ -1,9 +1,13 @@
 # Writes OUT, a C++ file defining mue::git_commit(): the short commit of the source tree SRC at build time, with
 # "-dirty" when tracked files differ from it ("unknown" outside a git checkout). The file is rewritten only when
-# the text changes, so an unchanged commit rebuilds nothing.
+# the text changes, so an unchanged commit rebuilds nothing. MUE_SOURCE_COMMIT in the build's environment, if
+# set, is taken as it is instead: for a copy of the tree whose .git is absent or stale (a machine that receives
+# the working tree but not the repository's current history).
 execute_process(COMMAND git rev-parse --short HEAD WORKING_DIRECTORY ${SRC}
   OUTPUT_VARIABLE commit OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET RESULT_VARIABLE rc)
-if(NOT rc EQUAL 0 OR NOT commit)
+if(NOT "$ENV{MUE_SOURCE_COMMIT}" STREQUAL "")
+  set(commit "$ENV{MUE_SOURCE_COMMIT}")
+elseif(NOT rc EQUAL 0 OR NOT commit)
   set(commit unknown)
 else()
   execute_process(COMMAND git status --porcelain --untracked-files=no WORKING_DIRECTORY ${SRC}

@@ -15,6 +15,8 @@
 # and the new results file merges the finished ones from it (results_bundle.py --merge): copy the NAME.json that
 # comes back over experiments/results/NAME.json and commit it.
 # MPS=1: the sweeps run under CUDA MPS (scripts/mps.sh), so that the processes' kernels share the GPU at once.
+# MUE_SOURCE_COMMIT=HASH: the commit to record (the build's git_commit and this log) where the tree's .git is
+# stale, as on a machine that receives a copy of the working tree.
 # Output under $OUT (default ./campaign-out): NAME.json, NAME-runs.tgz, campaign.log (one line a finished point).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +27,7 @@ t0=$(date +%s)
 deadline=$((t0 + ${DEADLINE_S:-540} - 45))
 log="$OUT/campaign.log"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$log"
-echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u +%FT%TZ)" | tee -a "$log"
+echo "commit ${MUE_SOURCE_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}, $(date -u +%FT%TZ)" | tee -a "$log"
 
 build=${BUILD_DIR:-build-gpu}
 gen=""
