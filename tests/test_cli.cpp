@@ -301,9 +301,12 @@ TEST_CASE("the commit of the build: taken when it was built, printed by mue --ve
   std::getline(in, line);
   std::remove(out.c_str());
   CHECK(line == std::string("mue ") + git_commit());
-  // In a checkout, the build's commit is the checkout's HEAD (tests run on what was just built).
+  // In a checkout, the build's commit is the checkout's HEAD (tests run on what was just built), unless the
+  // build took MUE_SOURCE_COMMIT from its environment (cmake/git_commit.cmake): then that.
   const std::string head_file = out + "_head";
-  if (std::system(("git -C " + std::string(MUE_SOURCE_DIR) + " rev-parse --short HEAD > " + head_file +
+  if (const char* given = std::getenv("MUE_SOURCE_COMMIT"); given && *given) {
+    CHECK(std::string(git_commit()) == given);
+  } else if (std::system(("git -C " + std::string(MUE_SOURCE_DIR) + " rev-parse --short HEAD > " + head_file +
                    " 2> /dev/null").c_str()) == 0) {
     std::ifstream h(head_file);
     std::string head;
