@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # scripts/campaign.sh with MPS=1 must hand the MPS pipe directory to the sweeps it starts, and stop the daemon it
 # started when it ends. Runs without a GPU: a fake nvidia-cuda-mps-control (a FIFO and a sleeping process named
-# after the daemon) and a fake mue that records what environment its sweep saw. (Until 2026-12-07 campaign.sh
-# ran mps_start in a pipeline, whose exports never reached the sweeps.)
+# after the daemon) and a fake mue that records what environment its sweep saw. (Run in a pipeline, mps_start's
+# exports would stay in a subshell and never reach the sweeps.)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 tmp=$(mktemp -d)
