@@ -23,13 +23,19 @@ __global__ void embedding_forward_kernel(const int32_t* tok, const bf* wte, bf* 
 // those rows of dout to its accumulators one position after another (thread i owning columns i, i + kThreads,
 // ...); at the end it adds each accumulator row that was hit to dwte. Each dwte row belongs to one block and its
 // sum is taken in increasing n: the same bits on every run. (A token that fills much of the batch makes its
-// block the last to finish: its adds are sequential.)
+// block the last to finish: its adds are sequential. A stable sort of the positions by token, then fixed chunks
+// of each token's run summed in a fixed order, would spread that work: not needed at GPT-2's vocabulary.)
 // traffic: read N*D bf16 (dout) + (rows / R) * N int32 (tok, from L2), read-add-write (rows hit) * D fp32
 constexpr int kThreads = 256, kWarps = kThreads / 32, kMaxRowsPerBlock = 64;
 // shared accumulators per block: with the lists (2 KiB of static shared memory) under the 48 KiB a block gets
 // without opting in
 constexpr size_t kAccBytes = 40 * 1024;
-int rows_per_block(int D) { return int(std::clamp<size_t>(kAccBytes / (sizeof(float) * size_t(D)), 1, kMaxRowsPerBlock)); }
+// As many rows as the accumulators hold, but fewer where that would leave SMs idle (a small vocabulary).
+int rows_per_block(int D, int rows) {
+  const size_t fit = std::clamp<size_t>(kAccBytes / (sizeof(float) * size_t(D)), 1, kMaxRowsPerBlock);
+  const size_t spread = std::max<size_t>(1, size_t(rows) / (2 * size_t(sm_count())));
+  return int(std::min(fit, spread));
+}
 
 __global__ void __launch_bounds__(kThreads) embedding_backward_kernel(const int32_t* tok, const bf* dout,
                                                                       float* dwte, int N, int D, int rows, int R) {
@@ -58,7 +64,7 @@ __global__ void __launch_bounds__(kThreads) embedding_backward_kernel(const int3
     __syncthreads();
     // Column by column, the hits in order; kBatch rows of dout are loaded before they are added, so that a block
     // with many hits (a frequent token) waits for memory once per kBatch of them, not once per hit.
-    constexpr int kBatch = 8;
+    constexpr int kBatch = 16;
     for (int i = threadIdx.x; i < D; i += kThreads) {
       int k = 0;
       for (; k + kBatch <= total; k += kBatch) {
@@ -90,7 +96,7 @@ void embedding_backward(Context& ctx, const int32_t* tok, const bf16* dout, floa
   if (N <= 0 || D <= 0 || rows <= 0) return;
   MUE_CHECK(sizeof(float) * size_t(D) <= kAccBytes, "embedding_backward: width ", D, " above ",
             kAccBytes / sizeof(float), " (one row of shared accumulators)");
-  const int R = rows_per_block(D);
+  const int R = rows_per_block(D, rows);
   embedding_backward_kernel<<<(rows + R - 1) / R, kThreads, sizeof(float) * size_t(R) * D, ctx.stream>>>(
       tok, B(dout), dwte, N, D, rows, R);
   check_launch("embedding_backward_kernel");

@@ -176,7 +176,7 @@ TEST_CASE("CUDA add_rows (position embedding)", "[cuda][dit]") {
       }
 }
 
-TEST_CASE("CUDA mse sum and backward", "[cuda][dit]") {
+TEST_CASE("CUDA mse mean and backward", "[cuda][dit]") {
   if (!cuda::gpu_available()) {
     WARN("no GPU: skipped");
     return;
