@@ -105,11 +105,11 @@ struct CudaBackend {
   using stat_t = float;
   static constexpr bool on_device = true;
   cuda::Context ctx;
-  float* norm_acc = nullptr;  // device scalar for mse_forward
+  double* loss_dev = nullptr;  // device scalar for mse_forward
 
   // On CUDA device `device` (a data-parallel rank's own GPU: dist::cuda_device_of); everything it allocates is there.
-  explicit CudaBackend(int device = 0) : ctx(device) { norm_acc = static_cast<float*>(cuda::device_alloc(sizeof(float))); }
-  ~CudaBackend() { cuda::device_free(norm_acc); }
+  explicit CudaBackend(int device = 0) : ctx(device) { loss_dev = static_cast<double*>(cuda::device_alloc(sizeof(double))); }
+  ~CudaBackend() { cuda::device_free(loss_dev); }
   CudaBackend(const CudaBackend&) = delete;
   CudaBackend& operator=(const CudaBackend&) = delete;
   std::string device_name() const { return ctx.device_name(); }
@@ -137,11 +137,10 @@ struct CudaBackend {
   // The loss's value on the host, for evaluation (training keeps it on the device: mse_mean).
   double mse_forward(const bf16* pred, const bf16* target, size_t n) {
     auto op_ = ctx.op("mse_forward");
-    cuda::memset_zero(ctx, norm_acc, sizeof(float));
-    cuda::mse_sum(ctx, pred, target, n, norm_acc);
-    float s = 0;
-    download(&s, norm_acc, sizeof(float));
-    return double(s) / double(n);
+    cuda::mse_mean(ctx, pred, target, n, loss_dev);  // one block in a fixed order: the same bits every run
+    double s = 0;
+    download(&s, loss_dev, sizeof(double));
+    return s;
   }
   // A step recorded once as a CUDA graph and replayed: capture(f) records f's launches (they do not run) and
   // returns whether the graph could be made (false when f waits for the device or fails: then nothing was

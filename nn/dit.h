@@ -203,7 +203,7 @@ class DiT : public ParamStore<Backend> {
     be_.matmul_backward(dres_, xin_, pw.weight, nullptr, pw.grad, N, P, D, pw.alpha, pw.accumulate());
     // conditioning: conds = silu(cond), cond = fc2(silu(fc1(tfeat))) + class_emb[label]
     be_.silu_backward(dconds_, cond_, dcond_, size_t(B) * D);
-    be_.embedding_backward(labels_, dcond_, this->accumulating_grad(*class_emb_), B, D);
+    be_.embedding_backward(labels_, dcond_, this->accumulating_grad(*class_emb_), B, D, class_emb_->row.tensor.rows);
     Param &f1 = *time_fc1_, &f2 = *time_fc2_;
     be_.matmul_backward(dcond_, t1s_, f2.weight, dtmp_, f2.grad, B, D, D, f2.alpha, f2.accumulate());
     be_.silu_backward(dtmp_, t1_, dt1_, size_t(B) * D);

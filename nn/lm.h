@@ -178,7 +178,7 @@ class LM : public ParamStore<Backend> {
                            N, D);  // dres is now d(res[l])
       this->grads_final_from(*a.attn_norm);  // layer l's first tensor: it and all after it are done
     }
-    be_.embedding_backward(tok_, dres_, this->accumulating_grad(*embed_), N, D);
+    be_.embedding_backward(tok_, dres_, this->accumulating_grad(*embed_), N, D, embed_->row.tensor.rows);
     this->zero_stale_grads();
   }
 

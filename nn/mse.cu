@@ -7,18 +7,6 @@ namespace mue::cuda {
 using namespace detail;
 
 namespace {
-// *out += sum (pred - target)^2: each thread sums in double over a grid-stride slice, the block reduces in
-// double, one fp32 atomicAdd per block.   traffic: read 2n bf16, gridDim.x atomics
-__global__ void mse_sum_kernel(const bf* pred, const bf* target, size_t n, float* out) {
-  double s = 0.0;
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
-    const double d = double(__bfloat162float(pred[i])) - double(__bfloat162float(target[i]));
-    s += d * d;
-  }
-  s = block_reduce(s, SumOp{}, 0.0);
-  if (threadIdx.x == 0) atomicAdd(out, float(s));
-}
-
 // dpred[i] = scale * (pred - target), scale = 2/n   traffic: read 2n, write n bf16 (dpred may alias pred)
 __global__ void mse_backward_kernel(const bf* pred, const bf* target, bf* dpred, size_t n, float scale) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
@@ -40,12 +28,6 @@ void mse_mean(Context& ctx, const bf16* pred, const bf16* target, size_t n, doub
   MUE_CHECK(n > 0, "mse_mean: no elements");
   mse_mean_kernel<<<1, 1024, 0, ctx.stream>>>(B(pred), B(target), n, out);
   check_launch("mse_mean_kernel");
-}
-
-void mse_sum(Context& ctx, const bf16* pred, const bf16* target, size_t n, float* out) {
-  if (n == 0) return;
-  mse_sum_kernel<<<grid_for(n, 256, 1024), 256, 0, ctx.stream>>>(B(pred), B(target), n, out);
-  check_launch("mse_sum_kernel");
 }
 
 void mse_backward(Context& ctx, const bf16* pred, const bf16* target, bf16* dpred, size_t n) {

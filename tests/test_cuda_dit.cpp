@@ -176,7 +176,7 @@ TEST_CASE("CUDA add_rows (position embedding)", "[cuda][dit]") {
       }
 }
 
-TEST_CASE("CUDA mse sum and backward", "[cuda][dit]") {
+TEST_CASE("CUDA mse mean and backward", "[cuda][dit]") {
   if (!cuda::gpu_available()) {
     WARN("no GPU: skipped");
     return;
@@ -186,14 +186,17 @@ TEST_CASE("CUDA mse sum and backward", "[cuda][dit]") {
     INFO("n = " << n);
     V pred = randn_bf16(n), target = randn_bf16(n, 0.7, 0.1);
     Dev dp = put_bf16(pred), dt = put_bf16(target);
-    // *out accumulates: start from a random value, call twice.
-    const V out0 = {0.25};
-    Dev dout = put_f32(out0);
-    cuda::mse_sum(ctx, dp.h(), dt.h(), n, dout.f());
-    const double sum = cpu::mse_forward(pred.data(), target.data(), n) * double(n);
-    expect_close(minus(get_f32(ctx, dout, 1), out0), V{sum}, 1e-4, "mse sum increment");
-    cuda::mse_sum(ctx, dp.h(), dt.h(), n, dout.f());
-    expect_close(minus(get_f32(ctx, dout, 1), out0), V{2 * sum}, 1e-4, "mse sum after two calls");
+    // The mean in double by one block: the CPU's value, and the same bits when called again.
+    Dev dmean = poisoned(sizeof(double));
+    double first = 0, second = 0;
+    cuda::mse_mean(ctx, dp.h(), dt.h(), n, static_cast<double*>(dmean.p));
+    ctx.synchronize();
+    cuda::copy_to_host(&first, dmean.p, sizeof(double));
+    cuda::mse_mean(ctx, dp.h(), dt.h(), n, static_cast<double*>(dmean.p));
+    ctx.synchronize();
+    cuda::copy_to_host(&second, dmean.p, sizeof(double));
+    CHECK(first == Approx(cpu::mse_forward(pred.data(), target.data(), n)).epsilon(1e-9));
+    CHECK(first == second);
 
     Dev dgp = poisoned(n * sizeof(bf16));
     cuda::mse_backward(ctx, dp.h(), dt.h(), dgp.h(), n);

@@ -115,10 +115,40 @@ TEST_CASE("CUDA embedding forward and backward (repeated tokens)", "[cuda]") {
     I tok2 = rand_index(N, small);
     V g = randn_bf16(size_t(N) * D), dw0 = randn_f32(size_t(small) * D);
     Dev dtok2 = put_i32(tok2), dg = put_bf16(g), ddw = put_f32(dw0);
-    cuda::embedding_backward(ctx, dtok2.i(), dg.h(), ddw.f(), N, D);
+    cuda::embedding_backward(ctx, dtok2.i(), dg.h(), ddw.f(), N, D, small);
     V dw = dw0;
-    cpu::embedding_backward(tok2.data(), g.data(), dw.data(), N, D);
+    cpu::embedding_backward(tok2.data(), g.data(), dw.data(), N, D, small);
     expect_close(minus(get_f32(ctx, ddw, dw.size()), dw0), minus(dw, dw0), 1e-5, "dwte increment");
+  }
+  // The same bits on every run: 16,461 rows into 7 tokens (fp32 atomics would add each row's 2,350 values in a
+  // different order each time), over a 4,000-row table whose other rows must stay as they were, bit for bit.
+  // Blocks of 10 to 15 rows here (fewer than 64: the table is small for the SMs, or D wide), the hit rows in
+  // different blocks, the last block partial.
+  for (int D : {128, 768, 1000}) {
+    INFO("D = " << D);
+    const int N = 16384 + 77, rows = 4000;
+    I tok = rand_index(N, 7);
+    for (int32_t& t : tok) t = t * 571 + 29;  // rows 29, 600, ..., 3455
+    V g = randn_bf16(size_t(N) * D), dw0 = randn_f32(size_t(rows) * D);
+    Dev dtok = put_i32(tok), dg = put_bf16(g);
+    std::vector<V> runs;
+    for (int run = 0; run < 4; ++run) {
+      Dev ddw = put_f32(dw0);
+      cuda::embedding_backward(ctx, dtok.i(), dg.h(), ddw.f(), N, D, rows);
+      runs.push_back(get_f32(ctx, ddw, dw0.size()));
+    }
+    for (int run = 1; run < 4; ++run) CHECK(runs[run] == runs[0]);
+    V dw = dw0;
+    cpu::embedding_backward(tok.data(), g.data(), dw.data(), N, D, rows);
+    expect_close(minus(runs[0], dw0), minus(dw, dw0), 1e-4, "dwte increment (many repeats)");
+    std::vector<bool> hit(rows, false);
+    for (int32_t t : tok) hit[t] = true;
+    size_t untouched = 0, untouched_equal = 0;
+    for (int r = 0; r < rows; ++r)
+      if (!hit[r])
+        for (int i = 0; i < D; ++i) ++untouched, untouched_equal += runs[0][size_t(r) * D + i] == dw0[size_t(r) * D + i];
+    CHECK(untouched == size_t(rows - 7) * D);
+    CHECK(untouched_equal == untouched);
   }
 }
 

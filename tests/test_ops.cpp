@@ -50,7 +50,7 @@ TEST_CASE("embedding: gather and scatter-add with repeated tokens", "[ops]") {
     for (int i = 0; i < D; ++i) REQUIRE(out[n * D + i] == wte[tok[n] * D + i]);
   auto loss = [&] { cpu::embedding_forward(tok.data(), wte.data(), out.data(), N, D); return dot(out, R); };
   V dwte(Vocab * D, 0.0);
-  cpu::embedding_backward(tok.data(), R.data(), dwte.data(), N, D);
+  cpu::embedding_backward(tok.data(), R.data(), dwte.data(), N, D, Vocab);
   CHECK(rel_error(dwte, numeric_grad(wte, loss)) < kTol);
 }
 

@@ -30,8 +30,6 @@ namespace mue::cuda {
 
 // *out = mean squared error over n (double, one block: deterministic): the step's loss, left on the device.
 void mse_mean(Context& ctx, const bf16* pred, const bf16* target, size_t n, double* out);
-// *out += sum (pred - target)^2 (fp32 device scalar)
-void mse_sum(Context& ctx, const bf16* pred, const bf16* target, size_t n, float* out);
 // dpred = 2 (pred - target) / n
 void mse_backward(Context& ctx, const bf16* pred, const bf16* target, bf16* dpred, size_t n);
 
