@@ -30,12 +30,12 @@ __global__ void rmsnorm_forward_kernel(const bf* x, const bf* w, bf* y, float* r
 }
 
 // Grid-stride over rows; per row: dot = mean(dy*w*xhat), dx += rstd*(dy*w - xhat*dot) (bf16 read-add-write).
-// dw partial sums live in dynamic shared memory (D floats, thread i owns columns i, i+blockDim, ...) and are
-// atomically added to dw once per block at the end.
-// traffic: read 2*N*D (x, dy; read twice, second time cached) + N*D (dx) bf16, write N*D bf16,
-//          gridDim.x * D fp32 atomics
+// dw partial sums live in dynamic shared memory (D floats, thread i owns columns i, i+blockDim, ...); the block
+// writes them as its row of dw_part, which add_column_sums adds to dw in a fixed order (no atomics: the same
+// bits on every run).
+// traffic: read 2*N*D (x, dy; read twice, second time cached) + N*D (dx) bf16, write N*D bf16 + gridDim.x * D fp32
 __global__ void rmsnorm_backward_kernel(const bf* dy, const bf* x, const bf* w, const float* rstd, bf* dx,
-                                        float* dw, int N, int D) {
+                                        float* dw_out_part, int N, int D) {
   extern __shared__ float dw_part[];
   for (int i = threadIdx.x; i < D; i += blockDim.x) dw_part[i] = 0.f;
   for (int n = blockIdx.x; n < N; n += gridDim.x) {
@@ -54,7 +54,7 @@ __global__ void rmsnorm_backward_kernel(const bf* dy, const bf* x, const bf* w, 
       dxr[i] = __float2bfloat16(__bfloat162float(dxr[i]) + d);
     }
   }
-  for (int i = threadIdx.x; i < D; i += blockDim.x) atomicAdd(dw + i, dw_part[i]);
+  for (int i = threadIdx.x; i < D; i += blockDim.x) dw_out_part[size_t(blockIdx.x) * D + i] = dw_part[i];
 }
 
 // ---- one warp per row, D a multiple of 8 and at most 1024; kVec = ceil(D / 256) 16-byte vectors per lane ----
@@ -251,10 +251,13 @@ void rmsnorm_backward(Context& ctx, const bf16* dy, const bf16* x, const bf16* w
               " bytes of shared memory, the device allows ", max_smem_optin());
     allow_smem(reinterpret_cast<const void*>(rmsnorm_backward_kernel), smem, "rmsnorm_backward_kernel");
   }
-  // Enough blocks to fill the GPU; each then amortizes its dw flush over N / grid rows.
+  // Enough blocks to fill the GPU; each then amortizes its row of dw partials over N / grid rows.
   const int grid = N < 1024 ? N : 1024;
-  rmsnorm_backward_kernel<<<grid, threads_for_row(D), smem, ctx.stream>>>(B(dy), B(x), B(w), rstd, B(dx), dw, N, D);
+  float* part = static_cast<float*>(ctx.scratch(4, sizeof(float) * size_t(grid) * D));
+  rmsnorm_backward_kernel<<<grid, threads_for_row(D), smem, ctx.stream>>>(B(dy), B(x), B(w), rstd, B(dx), part, N,
+                                                                           D);
   check_launch("rmsnorm_backward_kernel");
+  add_column_sums(ctx, part, dw, grid, D);
 }
 
 }  // namespace mue::cuda

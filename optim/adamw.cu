@@ -155,12 +155,6 @@ __global__ void track_divergence_kernel(const StepInDev* in, StepOut* out) {
   if (bad && out->first_bad < 0) out->first_bad = in->step, out->bad_loss = loss;
 }
 
-// *out += sum g[i]^2: the block sums in double, and one fp32 atomicAdd per block lands the block's part.
-// traffic: read n fp32, gridDim.x atomics
-__global__ void sum_squares_kernel(const float* g, size_t n, float* out) {
-  const double s = block_sum_squares(g, n);
-  if (threadIdx.x == 0) atomicAdd(out, float(s));
-}
 // The all-tensor kernels' 16-byte path: fp32 arrays 16-byte aligned, the bf16 shadow (if any) 8-byte aligned.
 bool adamw_vec4_ok(const float* p, const float* g, const float* m, const float* v, const bf16* p_bf16) {
   return aligned16(p, g, m, v) && reinterpret_cast<uintptr_t>(p_bf16) % 8 == 0;
@@ -217,12 +211,6 @@ void adamw_step_all_dev(Context& ctx, float* p, const float* g, float* m, float*
   adamw_all_dev_kernel<<<grid_for(n, 256), 256, smem, ctx.stream>>>(p, g, m, v, B(p_bf16), n, segs, nseg, in, out,
                                                                       adamw_vec4_ok(p, g, m, v, p_bf16));
   check_launch("adamw_all_dev_kernel");
-}
-
-void sum_squares(Context& ctx, const float* g, size_t n, float* out) {
-  if (n == 0) return;
-  sum_squares_kernel<<<grid_for(n, 256, 1024), 256, 0, ctx.stream>>>(g, n, out);
-  check_launch("sum_squares_kernel");
 }
 
 }  // namespace mue::cuda

@@ -102,7 +102,7 @@ class AdamWKernels<CudaBackend> {
   // The segment table goes to the device once: it changes only with the model, which outlives this object.
   AdamWKernels(CudaBackend& be, const std::vector<AdamSegment>& segs)
       : be_(be), n_(segs.empty() ? 0 : segs.back().end), nseg_(int(segs.size())) {
-    norm_acc_ = static_cast<float*>(cuda::device_alloc(sizeof(float)));
+    norm_acc_ = static_cast<double*>(cuda::device_alloc(sizeof(double)));
     in_dev_ = static_cast<cuda::StepInDev*>(cuda::device_alloc(sizeof(cuda::StepInDev)));
     out_dev_ = static_cast<StepOut*>(cuda::device_alloc(sizeof(StepOut)));
     std::vector<cuda::AdamWSegment> dev(segs.size());
@@ -119,10 +119,9 @@ class AdamWKernels<CudaBackend> {
 
   double sum_squares(const float* g, size_t n) {
     auto op_ = be_.ctx.op("sum_squares");
-    cuda::memset_zero(be_.ctx, norm_acc_, sizeof(float));
-    cuda::sum_squares(be_.ctx, g, n, norm_acc_);
-    float s = 0;
-    be_.download(&s, norm_acc_, sizeof(float));
+    cuda::sum_squares_to(be_.ctx, g, n, norm_acc_);
+    double s = 0;
+    be_.download(&s, norm_acc_, sizeof(double));
     return s;
   }
   void step(float* p, const float* g, float* m, float* v, bf16* shadow, double lr_factor, double b1, double b2,
@@ -169,7 +168,7 @@ class AdamWKernels<CudaBackend> {
   CudaBackend& be_;
   size_t n_;
   int nseg_;
-  float* norm_acc_ = nullptr;  // device scalar for sum_squares
+  double* norm_acc_ = nullptr;  // device scalar for sum_squares (fixed order: the same bits every run)
   cuda::AdamWSegment* segs_dev_ = nullptr;
   cuda::StepInDev* in_dev_ = nullptr;
   StepOut* out_dev_ = nullptr;

@@ -40,9 +40,6 @@ double sum_squares(const T* g, size_t n) {
 #ifdef MUE_HAVE_CUDA
 namespace mue::cuda {
 
-// sum of squares of n fp32 values, accumulated into *out (device scalar, fp32 add of a double-accumulated part).
-void sum_squares(Context& ctx, const float* g, size_t n, float* out);
-
 // One AdamW step (PyTorch convention): g' = g*grad_scale; m = b1 m + (1-b1) g'; v = b2 v + (1-b2) g'^2;
 // p -= lr * ( (m/(1-b1^t)) / (sqrt(v/(1-b2^t)) + eps) + wd * p ); p_bf16 = bf16(p).
 void adamw_step(Context& ctx, float* p, const float* g, float* m, float* v, bf16* p_bf16, size_t n, float lr,

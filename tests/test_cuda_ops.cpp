@@ -160,8 +160,9 @@ TEST_CASE("CUDA rmsnorm forward and backward", "[cuda]") {
   cuda::Context ctx;
   // 768, 256, 1024, 520 and 72 take the warp-per-row kernels (520, 72: rows of vectors that do not fill the
   // warp's lanes evenly; 5000 rows: more than the backward's warps, so each warp sums dw over several rows),
-  // 97 and 13000 the block-per-row ones; 13000 needs more than 48 KB of shared memory in the backward.
-  for (auto [N, D] : {std::pair{37, 97}, std::pair{37, 768}, std::pair{3000, 256}, std::pair{9, 1024},
+  // 97 and 13000 the block-per-row ones (3000 x 97: several rows a block); 13000 needs more than 48 KB of shared
+  // memory in the backward.
+  for (auto [N, D] : {std::pair{37, 97}, std::pair{3000, 97}, std::pair{37, 768}, std::pair{3000, 256}, std::pair{9, 1024},
                       std::pair{5000, 520}, std::pair{5000, 72}, std::pair{5, 13000}}) {
     INFO("N = " << N << ", D = " << D);
     const size_t ND = size_t(N) * D;
@@ -207,7 +208,7 @@ TEST_CASE("CUDA rmsnorm forward and backward", "[cuda]") {
     cpu::rmsnorm_backward(g.data(), x.data(), w.data(), rs.data(), rdx.data(), rdw.data(), N, D);
     expect_close(minus(get_bf16(ctx, ddx, ND), dx0), minus(rdx, dx0), kTolBf16, "rmsnorm dx increment");
     expect_close(minus(get_f32(ctx, ddw, D), dw0), minus(rdw, dw0), 1e-4, "rmsnorm dw increment");
-    if (D % 8 == 0 && D <= 1024) {  // the warp-per-row backward sums dw without atomics: the same bits again
+    {  // both backwards sum dw without atomics: the same bits again
       Dev ddx2 = put_bf16(dx0), ddw2 = put_f32(dw0);
       cuda::rmsnorm_backward(ctx, dg.h(), dx.h(), dw.h(), drs2.f(), ddx2.h(), ddw2.f(), N, D);
       CHECK(rel_err(get_f32(ctx, ddw2, D), get_f32(ctx, ddw, D)) == 0.0);
@@ -612,7 +613,7 @@ TEST_CASE("CUDA crossentropy forward and backward (padded vocabulary)", "[cuda]"
   }
 }
 
-TEST_CASE("CUDA sum_squares accumulates into the device scalar", "[cuda]") {
+TEST_CASE("CUDA sum_squares_to: the sum of squares in double, the same bits on every call", "[cuda]") {
   if (!cuda::gpu_available()) {
     WARN("no GPU: skipped");
     return;
@@ -621,12 +622,23 @@ TEST_CASE("CUDA sum_squares accumulates into the device scalar", "[cuda]") {
   for (size_t n : {size_t(1), size_t(1000), size_t(3000017)}) {
     INFO("n = " << n);
     V g = randn_f32(n);
-    const double start = 2.5;
-    Dev dg = put_f32(g), dout = put_f32(V{start});
-    cuda::sum_squares(ctx, dg.f(), n, dout.f());
+    Dev dg = put_f32(g), dout(sizeof(double));
+    double* out = static_cast<double*>(dout.p);
+    auto run = [&] {
+      double s = 0;
+      cuda::sum_squares_to(ctx, dg.f(), n, out);
+      ctx.synchronize();
+      cuda::copy_to_host(&s, out, sizeof(double));
+      return s;
+    };
+    const double first = run();
+    for (int rep = 0; rep < 5; ++rep) {
+      const double again = run();
+      CHECK(std::memcmp(&again, &first, sizeof(double)) == 0);
+    }
     std::vector<float> h(g.begin(), g.end());
-    const double want = start + cpu::sum_squares(h.data(), n);
-    expect_close(get_f32(ctx, dout, 1), V{want}, 1e-5, "sum of squares");
+    const double want = cpu::sum_squares(h.data(), n);
+    CHECK(std::abs(first - want) <= 1e-12 * want);
   }
 }
 
