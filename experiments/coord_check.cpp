@@ -26,6 +26,9 @@ std::vector<CoordPoint> width_points(const ModelConfig& base, const std::vector<
     m.validate();
     pts.push_back({"d=" + std::to_string(d), double(d), m});
   }
+  // The x axis is the width; a slope needs two different ones.
+  MUE_CHECK(std::any_of(pts.begin(), pts.end(), [&](const CoordPoint& p) { return p.x != pts[0].x; }),
+            "coord-check --widths needs at least two different widths (the x axis)");
   return pts;
 }
 

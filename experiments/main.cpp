@@ -313,6 +313,7 @@ int cmd_coord_check(int argc, char** argv) {
   Args a = parse_args(argc, argv, 2, {"--widths", "--shapes", "--steps", "--out"}, {});
   MUE_CHECK(a.has("--widths") != a.has("--shapes"), "coord-check needs exactly one of --widths or --shapes");
   RunConfig c = resolve_config(a.config, a.overrides);
+  MUE_CHECK(c.task == "lm", "coord-check runs language models (task lm); task ", c.task, " is not supported");
   std::vector<CoordPoint> pts;
   if (a.has("--widths")) {
     std::vector<int> w;

@@ -394,4 +394,26 @@ void check_memory_fits(const RunConfig& c, const std::string& device) {
             "the FFN or train.batch smaller");
 }
 
+std::string config_difference(const json& want, json stored) {
+  const json defaults = default_config();
+  for (auto& [k, section] : defaults.items())
+    if (section.is_object() && stored.contains(k) && stored[k].is_object())
+      for (auto& [kk, v] : section.items())
+        if (!stored[k].contains(kk)) stored[k][kk] = v;
+  for (auto& [k, v] : want.items()) {
+    if (k == "out") continue;
+    if (!stored.contains(k)) return k;
+    const json& old = stored[k];
+    if (!v.is_object() || !old.is_object()) {
+      if (old != v) return k;
+      continue;
+    }
+    for (auto& [kk, vv] : v.items())
+      if (!old.contains(kk) || old[kk] != vv) return k + "." + kk;
+    for (auto& [kk, vv] : old.items())
+      if (!v.contains(kk)) return k + "." + kk;
+  }
+  return "";
+}
+
 }  // namespace mue

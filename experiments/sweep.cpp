@@ -202,7 +202,7 @@ PointResult read_point_result(const std::string& f) {
     auto st = read_string_attr(f, "status");
     r.status = st ? *st : "failed";
   } catch (const std::exception&) {
-    r.status = "running";  // locked by a writer (or unreadable)
+    r.status = file_in_use(f) ? "running" : "unreadable";  // locked by a writer, or cut short by a kill
     return r;
   }
   auto last = [&](const std::string& ds, bool min) {
@@ -282,6 +282,56 @@ void write_sweep_index(const SweepSpec& s, const std::vector<SweepPoint>& pts) {
   MUE_CHECK(!ec, "cannot rename '", tmp, "' to '", final_path, "': ", ec.message());
 }
 
+void check_existing_outputs(const SweepSpec& s, const std::vector<SweepPoint>& pts, const std::vector<int>& mine) {
+  std::error_code ec;
+  const std::string index = sweep_index_path(s);
+  if (fs::exists(index, ec)) {
+    std::optional<ojson> old;
+    try {
+      if (is_hdf5(index))
+        if (auto spec = read_string_attr(index, "spec")) old = ojson::parse(*spec);
+    } catch (const std::exception&) {
+    }
+    MUE_CHECK(old && old->is_object(), "'", index, "' exists and is not a sweep index; not overwriting it: give the ",
+              "sweep another name or out_dir");
+    for (const char* k : {"base", "overrides", "axes"})  // what makes the grid (not the comment or parallel)
+      MUE_CHECK((old->contains(k) ? (*old)[k] : ojson()) == (s.raw.contains(k) ? s.raw[k] : ojson()), "'", index,
+                "' indexes another grid of sweep '", s.name, "' (its '", k, "' differ); not replacing it: give this ",
+                "spec another name or out_dir, or remove that index and its runs");
+  }
+  for (int i : mine) {
+    const SweepPoint& p = pts[size_t(i)];
+    const std::string f = (fs::path(s.out_dir) / (p.name + ".h5")).string();
+    // absent, being written, or empty (a process killed as it created it): nothing to check
+    if (!fs::exists(f, ec) || file_in_use(f) || fs::file_size(f, ec) == 0) continue;
+    MUE_CHECK(is_hdf5(f), "sweep point ", i, ": '", f, "' exists and is not a run file; not overwriting it");
+    std::optional<std::string> status, config;
+    try {
+      status = read_string_attr(f, "status"), config = read_string_attr(f, "config");
+    } catch (const std::exception&) {
+      continue;  // cut short by a kill: the point starts again and replaces it
+    }
+    MUE_CHECK(status, "sweep point ", i, ": '", f, "' is an HDF5 file but not a mue run file; not overwriting it");
+    if (!config) continue;  // (a run file is created with its config: only a hand-made one lacks it)
+    json stored;
+    try {
+      stored = json::parse(*config);
+    } catch (const std::exception&) {
+      fail("sweep point ", i, ": '", f, "' holds no readable config; not overwriting it");
+    }
+    const json want = resolve_config(s.base, p.overrides).raw;
+    const std::string key = config_difference(want, stored);
+    if (key.empty()) continue;
+    std::string path = "/" + key;
+    std::replace(path.begin(), path.end(), '.', '/');  // "train.steps" -> "/train/steps"
+    const json::json_pointer at(path);
+    auto text = [&](const json& j) { return j.contains(at) ? j[at].dump() : std::string("(absent)"); };
+    fail("sweep point ", i, ": '", f, "' holds a ", *status, " run of another config (", key, " is ", text(stored),
+         " there, ", text(want), " in this spec); not reusing or replacing it: give the sweep another name or ",
+         "out_dir, or move that run away");
+  }
+}
+
 double expected_point_seconds(const std::vector<SweepPoint>& pts, const std::vector<std::pair<int, double>>& done,
                               const SweepPoint& p) {
   auto config_of = [](const SweepPoint& q) {
@@ -316,8 +366,11 @@ SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
   std::vector<int> todo;
   for (int i : o.only)
     MUE_CHECK(i >= 0 && i < int(pts.size()), "--only: sweep ", s.name, " has no point ", i, " (0 to ", pts.size() - 1, ")");
-  for (int i : rank_indices(int(pts.size()), launch.rank, launch.size)) {
-    if (!o.only.empty() && std::find(o.only.begin(), o.only.end(), i) == o.only.end()) continue;
+  std::vector<int> mine;  // this rank's points, of --only's
+  for (int i : rank_indices(int(pts.size()), launch.rank, launch.size))
+    if (o.only.empty() || std::find(o.only.begin(), o.only.end(), i) != o.only.end()) mine.push_back(i);
+  check_existing_outputs(s, pts, mine);
+  for (int i : mine) {
     if (file_in_use(run_file(pts[i]))) {  // another sweep or train still writes it: leave it alone
       ++tot.busy;
       std::printf("%04d %-40s skip (in use by another process)\n", i, coords_text(pts[i]).c_str());

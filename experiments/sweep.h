@@ -46,6 +46,12 @@ struct SweepPoint {
   std::vector<std::string> overrides;  // full list given to `mue train` (spec overrides, axes, name, out.dir)
 };
 
+// Before a sweep writes anything (a dry run too): its index path holds nothing or an index of this grid (the
+// same base, overrides and axes), and each existing run file of the points `mine` is a run of that point's config
+// or one a point may start again (empty, or unreadable after a kill). Otherwise a one-line error: a sweep never
+// overwrites what is not its own, nor reuses another config's run as this one's.
+void check_existing_outputs(const SweepSpec& s, const std::vector<SweepPoint>& pts, const std::vector<int>& mine);
+
 // --deadline's estimate of how long point p's process will take: the mean over the completed points (index,
 // seconds) of p's configuration (the same coordinates but for hp.* and seed, which leave a point's work alike),
 // else over all of them; 0 before any completed.

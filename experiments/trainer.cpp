@@ -76,17 +76,11 @@ ResumeState read_resume_state(const RunConfig& c, const std::string& path, const
   } catch (const std::exception&) {
     fail("'", path, "' holds no readable config; pass out.resume=false to start over");
   }
-  // Everything but the output options must be the same run. A key the stored config lacks (one added to mue
-  // since that run began, e.g. train.bucket_mb) takes its default: the same where this run leaves it there.
-  const json defaults = default_config();
-  for (auto& [k, section] : defaults.items())
-    if (section.is_object() && stored.contains(k) && stored[k].is_object())
-      for (auto& [kk, v] : section.items())
-        if (!stored[k].contains(kk)) stored[k][kk] = v;
-  for (auto& [k, v] : c.raw.items())
-    if (k != "out" && (!stored.contains(k) || stored[k] != v))
-      fail("'", ckpt, "' belongs to a run of another config (", k, " differs); not loading it: pass "
-           "out.resume=false to start over, or choose another name");
+  // Everything but the output options must be the same run.
+  const std::string differs = config_difference(c.raw, stored);
+  if (!differs.empty())
+    fail("'", ckpt, "' belongs to a run of another config (", differs, " differs); not loading it: pass "
+         "out.resume=false to start over, or choose another name");
   // A ZeRO-1 run continues bit for bit only with the ranks it was split over (the file holds every moment, but
   // the shares, and so the order of the sums, follow the world size).
   const double stored_ranks = read_double_attr(path, "world_size").value_or(1);

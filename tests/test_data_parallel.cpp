@@ -473,7 +473,7 @@ TEST_CASE("data parallel: a two-rank run resumes from rank 0's checkpoint on two
     INFO(unsharded.out);
     CHECK(unsharded.code == 1);
     CHECK(lines_with(unsharded.out, "mue: error:") == 1);
-    CHECK(lines_with(unsharded.out, "belongs to a run of another config (train differs)") == 1);
+    CHECK(lines_with(unsharded.out, "belongs to a run of another config (train.zero differs)") == 1);
     CHECK(read_doubles(f, "train/loss") == loss);  // nothing touched
   }
 }

@@ -361,6 +361,7 @@ TEST_CASE("sweep: a sweep killed with SIGKILL takes its children with it; a poin
   j["overrides"].push_back("train.steps=20");  // later overrides win: short runs now
   j["overrides"].push_back("train.eval_every=10");
   spec = write_spec(d, j);
+  fs::remove(d / "runs/orphan-index.h5");  // another grid's index is never replaced: the user removes it
   {
     RunLog holder = RunLog::create(run0);  // e.g. a point still trained by a sweep started elsewhere
     holder.set_attr("status", "running");
