@@ -7,6 +7,7 @@
 #include <climits>
 #include <cmath>
 #include <cstdio>
+#include <set>
 #include <sstream>
 
 namespace mue {
@@ -394,26 +395,31 @@ void check_memory_fits(const RunConfig& c, const std::string& device) {
             "the FFN or train.batch smaller");
 }
 
-std::string config_difference(const json& want, json stored) {
+std::vector<std::string> config_differences(const json& want, json stored) {
   const json defaults = default_config();
   for (auto& [k, section] : defaults.items())
     if (section.is_object() && stored.contains(k) && stored[k].is_object())
       for (auto& [kk, v] : section.items())
         if (!stored[k].contains(kk)) stored[k][kk] = v;
+  std::vector<std::string> keys;
   for (auto& [k, v] : want.items()) {
     if (k == "out") continue;
-    if (!stored.contains(k)) return k;
-    const json& old = stored[k];
-    if (!v.is_object() || !old.is_object()) {
-      if (old != v) return k;
+    if (!stored.contains(k)) {
+      keys.push_back(k);
       continue;
     }
-    for (auto& [kk, vv] : v.items())
-      if (!old.contains(kk) || old[kk] != vv) return k + "." + kk;
-    for (auto& [kk, vv] : old.items())
-      if (!v.contains(kk)) return k + "." + kk;
+    const json& old = stored[k];
+    if (!v.is_object() || !old.is_object()) {
+      if (old != v) keys.push_back(k);
+      continue;
+    }
+    std::set<std::string> both;
+    for (auto& [kk, vv] : v.items()) both.insert(kk);
+    for (auto& [kk, vv] : old.items()) both.insert(kk);
+    for (const auto& kk : both)
+      if (!v.contains(kk) || !old.contains(kk) || old[kk] != v[kk]) keys.push_back(k + "." + kk);
   }
-  return "";
+  return keys;
 }
 
 }  // namespace mue

@@ -51,10 +51,10 @@ RunConfig parse_config(const json& resolved);
 void parse_shape(const std::string& name, int& experts, int& active);
 // A run file's stored config text (defaults <- it), checked as a config file is; errors name `where`.
 RunConfig stored_config(const std::string& text, const std::string& where);
-// The first key ("train.steps") in which the run `stored` (a run file's config, keys it lacks taking their
-// defaults: keys added to mue since) is another run than `want` (a resolved config); the output options
-// ("out") are not part of a run. "" when both are the same run.
-std::string config_difference(const json& want, json stored);
+// The keys ("train.steps") in which the run `stored` (a run file's config, keys it lacks taking their defaults:
+// keys added to mue since) is another run than `want` (a resolved config), in key order; the output options
+// ("out") are not part of a run. Empty when both are the same run.
+std::vector<std::string> config_differences(const json& want, json stored);
 // What a run will hold in memory, from the config alone (before anything is allocated): the parameter count,
 // their fp32 value, gradient and two Adam moments, and the activations one training step keeps (a rough upper
 // estimate: every saved tensor of every layer in fp32 as the CPU path keeps them, attention probabilities

@@ -320,15 +320,19 @@ void check_existing_outputs(const SweepSpec& s, const std::vector<SweepPoint>& p
       fail("sweep point ", i, ": '", f, "' holds no readable config; not overwriting it");
     }
     const json want = resolve_config(s.base, p.overrides).raw;
-    const std::string key = config_difference(want, stored);
-    if (key.empty()) continue;
-    std::string path = "/" + key;
-    std::replace(path.begin(), path.end(), '.', '/');  // "train.steps" -> "/train/steps"
-    const json::json_pointer at(path);
-    auto text = [&](const json& j) { return j.contains(at) ? j[at].dump() : std::string("(absent)"); };
-    fail("sweep point ", i, ": '", f, "' holds a ", *status, " run of another config (", key, " is ", text(stored),
-         " there, ", text(want), " in this spec); not reusing or replacing it: give the sweep another name or ",
-         "out_dir, or move that run away");
+    const std::vector<std::string> keys = config_differences(want, stored);
+    if (keys.empty()) continue;
+    std::string list;
+    for (size_t k = 0; k < keys.size() && k < 4; ++k) {
+      std::string path = "/" + keys[k];
+      std::replace(path.begin(), path.end(), '.', '/');  // "train.steps" -> "/train/steps"
+      const json::json_pointer at(path);
+      auto text = [&](const json& j) { return j.contains(at) ? j[at].dump() : std::string("(absent)"); };
+      list += (list.empty() ? "" : "; ") + keys[k] + " is " + text(stored) + " there, " + text(want) + " here";
+    }
+    if (keys.size() > 4) list += "; and " + std::to_string(keys.size() - 4) + " more";
+    fail("sweep point ", i, ": '", f, "' holds a ", *status, " run of another config (", list, "); not reusing or ",
+         "replacing it: give the sweep another name or out_dir, or move that run away");
   }
 }
 

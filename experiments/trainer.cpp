@@ -77,10 +77,13 @@ ResumeState read_resume_state(const RunConfig& c, const std::string& path, const
     fail("'", path, "' holds no readable config; pass out.resume=false to start over");
   }
   // Everything but the output options must be the same run.
-  const std::string differs = config_difference(c.raw, stored);
-  if (!differs.empty())
-    fail("'", ckpt, "' belongs to a run of another config (", differs, " differs); not loading it: pass "
-         "out.resume=false to start over, or choose another name");
+  const std::vector<std::string> keys = config_differences(c.raw, stored);
+  if (!keys.empty()) {
+    std::string list;
+    for (const auto& k : keys) list += (list.empty() ? "" : ", ") + k;
+    fail("'", ckpt, "' belongs to a run of another config (", list, keys.size() > 1 ? " differ" : " differs",
+         "); not loading it: pass out.resume=false to start over, or choose another name");
+  }
   // A ZeRO-1 run continues bit for bit only with the ranks it was split over (the file holds every moment, but
   // the shares, and so the order of the sums, follow the world size).
   const double stored_ranks = read_double_attr(path, "world_size").value_or(1);

@@ -237,6 +237,9 @@ TEST_CASE("the mue program: bad input gives one line and a non-zero exit", "[cli
       {"sample /nonexistent.h5 --seed 2 --seed 3", "option --seed given twice"},
       {"tokenize --val-fraction 1", "option --val-fraction must be"},
       {"coord-check " + base + " --shapes 4e2a,8e2a", "at least two different activated-expert counts"},
+      {"coord-check " + base + " --widths 32", "--widths needs at least two different widths"},
+      {"coord-check " + base + " --widths 32,32", "--widths needs at least two different widths"},
+      {"coord-check " + base + " task=flow --widths 32,64", "coord-check runs language models (task lm)"},
   };
   expect_one_line_errors(cases);
   CHECK(fs::last_write_time(kept) == before);

@@ -279,6 +279,77 @@ TEST_CASE("sweep: a 2x2 grid runs, indexes, resumes and restarts an interrupted 
   CHECK(read_strings(idx, "/summary/status") == std::vector<std::string>(4, "completed"));
 }
 
+// A sweep never overwrites what is not its own, nor takes another config's runs for its points: each case a
+// one-line error before anything is written, every file left byte for byte.
+TEST_CASE("sweep: another grid's index, another config's runs and foreign files are refused, untouched", "[sweep]") {
+  TempDir d("sweep");
+  const std::string tok = mue::test::make_toy_tokens(d);
+  const std::string base = d / "base.json";
+  std::ofstream(base) << R"({"train": {"steps": 20}})";
+  ojson j = tiny_spec(d, tok, "own");
+  j["overrides"].erase(std::find(j["overrides"].begin(), j["overrides"].end(), "train.steps=20"));
+  j["base"] = base;
+  j["axes"] = ojson::parse(R"({"hp.lr": [0.01, 0.02]})");
+  const std::string spec = write_spec(d, j);
+  REQUIRE(run_sweep_cli(spec).rc == 0);
+  const auto pts = expand_grid(load_sweep_spec(spec));
+  const std::string idx = d / "runs/own-index.h5", run0 = d / ("runs/" + pts[0].name + ".h5");
+  const std::vector<std::string> files = {idx, run0, d / ("runs/" + pts[1].name + ".h5")};
+  std::vector<std::string> before;
+  auto refused = [&](const std::string& args, const std::string& why) {
+    const Res r = run_sweep_cli(args);
+    INFO(r.out);
+    CHECK(r.rc != 0);
+    CHECK(r.out.find("mue: error: ") != std::string::npos);
+    CHECK(r.out.find(why) != std::string::npos);
+    for (size_t i = 0; i < files.size(); ++i) CHECK(file_text(files[i]) == before[i]);
+  };
+
+  // The same grid with another comment and parallel is the same sweep: nothing to run, the runs untouched.
+  const std::string run0_text = file_text(run0);
+  ojson same = j;
+  same["comment"] = "measured", same["parallel"] = 2;
+  const Res again = run_sweep_cli(write_spec(d, same, "same.json"));
+  INFO(again.out);
+  CHECK(again.rc == 0);
+  CHECK(again.out.find("2 done, 0 to run") != std::string::npos);
+  CHECK(file_text(run0) == run0_text);
+  for (auto& f : files) before.push_back(file_text(f));  // (the index was rewritten with the new comment)
+
+  // Another grid in the same place: other axes, other overrides.
+  ojson axes = j;
+  axes["axes"] = ojson::parse(R"({"hp.lr": [0.04]})");
+  refused(write_spec(d, axes, "axes.json"), "indexes another grid of sweep 'own' (its 'axes' differ)");
+  ojson overrides = j;
+  overrides["overrides"].push_back("train.log_every=5");
+  refused(write_spec(d, overrides, "overrides.json"), "(its 'overrides' differ)");
+  refused(write_spec(d, overrides, "overrides.json") + " --dry-run", "(its 'overrides' differ)");
+
+  // The same spec over a changed base config: the runs belong to another config.
+  std::ofstream(base) << R"({"train": {"steps": 30}})";
+  refused(spec, "sweep point 0: '" + run0 + "' holds a completed run of another config (");
+  refused(spec, "; train.steps is 20 there, 30 here)");  // (after reference.steps, which follows it)
+  std::ofstream(base) << R"({"train": {"steps": 20}})";
+
+  // Files that are not a sweep's own at its index path or a point's path.
+  ojson other = j;
+  other["name"] = "other";
+  const std::string other_spec = write_spec(d, other, "other.json");
+  const std::string other_idx = d / "runs/other-index.h5", other_run0 = d / ("runs/" + expand_grid(load_sweep_spec(other_spec))[0].name + ".h5");
+  fs::copy_file(run0, other_idx);  // a run file where the index goes
+  refused(other_spec, "'" + other_idx + "' exists and is not a sweep index; not overwriting it");
+  CHECK(file_text(other_idx) == before[1]);
+  fs::remove(other_idx);
+  std::ofstream(other_idx) << "notes";
+  refused(other_spec, "exists and is not a sweep index");
+  CHECK(file_text(other_idx) == "notes");
+  fs::remove(other_idx);
+  std::ofstream(other_run0) << "notes";  // a text file where a point's run goes
+  refused(other_spec, "sweep point 0: '" + other_run0 + "' exists and is not a run file; not overwriting it");
+  CHECK(file_text(other_run0) == "notes");
+  CHECK(!fs::exists(other_idx));
+}
+
 TEST_CASE("sweep: a child killed with SIGKILL mid-run is restarted; finished runs are kept", "[sweep]") {
   // The 2x2 test above fakes a killed run by writing status "running"; here a real `mue train` child dies by SIGKILL.
   TempDir d("sweep");
