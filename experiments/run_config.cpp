@@ -183,7 +183,20 @@ std::string get_top_string(const json& j, const char* key) {
 void parse_ffn(const json& j, FfnConfig& f) {
   f.type = get<std::string>(j, "ffn", "type");
   int experts = get_int(j, "ffn", "experts"), active = get_int(j, "ffn", "active");
-  if (!j.at("ffn").at("shape").is_null()) parse_shape(get<std::string>(j, "ffn", "shape"), experts, active);
+  if (!j.at("ffn").at("shape").is_null()) {
+    const std::string shape = get<std::string>(j, "ffn", "shape");
+    MUE_CHECK(f.type == "moe", "ffn.shape (", shape, ") is set but ffn.type is ", f.type, "; a shape needs ffn.type=moe");
+    // The shape sets N and a; an explicit ffn.experts or ffn.active that disagrees is a conflict, not overridden.
+    const json defaults = default_config();
+    const json& d = defaults.at("ffn");
+    int n = 0, a = 0;
+    parse_shape(shape, n, a);
+    MUE_CHECK(experts == n || experts == d.at("experts").get<int>(), "ffn.shape ", shape, " and ffn.experts ",
+              experts, " disagree; give one of them");
+    MUE_CHECK(active == a || active == d.at("active").get<int>(), "ffn.shape ", shape, " and ffn.active ", active,
+              " disagree; give one of them");
+    experts = n, active = a;
+  }
   const int g = get_int(j, "ffn", "granularity"), h = get_int(j, "ffn", "expert_hidden");
   MUE_CHECK(g > 0, "ffn.granularity must be positive");
   MUE_CHECK(h % g == 0, "ffn.expert_hidden (", h, ") is not divisible by ffn.granularity (", g, ")");
@@ -233,6 +246,8 @@ RunConfig parse_config(const json& j) {
   c.sample_steps = get_int(j, "image", "sample_steps");
   c.guidance = get<double>(j, "image", "guidance");
   MUE_CHECK(c.sample_steps > 0, "image.sample_steps must be positive");
+  MUE_CHECK(c.guidance >= 0 && c.guidance <= 1e6, "image.guidance must be in [0, 1e6] (as sample's --guidance), got ",
+            c.guidance);
   if (m.task == "flow") {
     MUE_CHECK(im.patch > 0 && im.size % im.patch == 0, "image.size (", im.size, ") is not divisible by image.patch (",
               im.patch, ")");

@@ -110,6 +110,9 @@ SweepSpec parse_sweep_spec(const ojson& j, const std::string& spec_dir) {
       s.axes.push_back({k, vals});
     }
   }
+  for (auto& [k, v] : s.axes)  // the seed axis sets both seeds: an axis of either would be overridden silently
+    MUE_CHECK((k != "train.seed" && k != "train.data_seed") || !j.at("axes").contains("seed"),
+              "sweep axes 'seed' and '", k, "' conflict: 'seed' sets train.seed and train.data_seed");
   if (j.contains("parallel")) {
     MUE_CHECK(j["parallel"].is_number_integer() && j["parallel"].get<int>() >= 1, "sweep 'parallel' must be an integer >= 1");
     s.parallel = j["parallel"].get<int>();

@@ -43,8 +43,8 @@ struct ImageConfig {
     MUE_CHECK(channels > 0, "image.channels must be positive, got ", channels);
     MUE_CHECK(size > 0 && patch > 0 && size % patch == 0,
               "image.size (", size, ") must be a positive multiple of image.patch (", patch, ")");
-    MUE_CHECK(classes > 0 && time_freq > 0 && time_freq % 2 == 0,
-              "image.classes must be positive and image.time_freq even");
+    MUE_CHECK(classes > 0, "image.classes must be positive, got ", classes);
+    MUE_CHECK(time_freq > 0 && time_freq % 2 == 0, "image.time_freq must be positive and even, got ", time_freq);
     MUE_CHECK(d_model % 4 == 0, "model.d_model must be divisible by 4 for the 2-D position embedding");
     MUE_CHECK(label_dropout >= 0 && label_dropout <= 1, "image.label_dropout must be in [0, 1]");
     MUE_CHECK(seq_len == grid() * grid(), "internal: seq_len must be (size/patch)^2 for flow");
