@@ -79,9 +79,10 @@ struct Args {
   }
 };
 
-// Positional CONFIG (a .json path), key=value overrides, --flag [value]. `switches` take no value.
+// Positional CONFIG (a .json path), key=value overrides, --flag [value]. `switches` take no value. A second
+// positional argument is refused with `too_many` (what the command takes one of).
 Args parse_args(int argc, char** argv, int first, const std::vector<std::string>& valued,
-                const std::vector<std::string>& switches) {
+                const std::vector<std::string>& switches, const char* too_many = "more than one config file given") {
   Args a;
   for (int i = first; i < argc; ++i) {
     std::string s = argv[i];
@@ -98,7 +99,7 @@ Args parse_args(int argc, char** argv, int first, const std::vector<std::string>
     } else if (s.find('=') != std::string::npos) {
       a.overrides.push_back(s);
     } else {
-      MUE_CHECK(a.config.empty(), "more than one config file given ('", a.config, "' and '", s, "')");
+      MUE_CHECK(a.config.empty(), too_many, " ('", a.config, "' and '", s, "')");
       a.config = s;
     }
   }
@@ -205,7 +206,7 @@ int cmd_sweep(int argc, char** argv) {
 }
 
 int cmd_show(int argc, char** argv) {
-  Args a = parse_args(argc, argv, 2, {"--rows"}, {"--json"});
+  Args a = parse_args(argc, argv, 2, {"--rows"}, {"--json"}, "show takes one PATH; more than one given");
   MUE_CHECK(!a.config.empty() && a.overrides.empty(), "show needs exactly one PATH (a run file, sweep index, checkpoint or coordinate-check file)");
   show_file(a.config, a.has("--json"), int(flag_number(a, "--rows", 10, 0, 1e9)), stdout);
   return 0;
@@ -243,7 +244,8 @@ int cmd_prepare_images(int argc, char** argv) {
 }
 
 int cmd_sample(int argc, char** argv) {
-  Args a = parse_args(argc, argv, 2, {"--out", "--per-class", "--steps", "--guidance", "--seed", "--device"}, {});
+  Args a = parse_args(argc, argv, 2, {"--out", "--per-class", "--steps", "--guidance", "--seed", "--device"}, {},
+                      "sample takes one RUN.h5; more than one given");
   MUE_CHECK(!a.config.empty() && a.overrides.empty(), "sample needs exactly one RUN.h5");
   SampleOptions o;
   o.run = a.config;
@@ -284,7 +286,8 @@ int cmd_transfer(int argc, char** argv) {
       args.erase(args.begin() + i);
       break;
     }
-  Args a = parse_args(int(args.size()), args.data(), 2, {"--rule"}, {"--json"});
+  Args a = parse_args(int(args.size()), args.data(), 2, {"--rule"}, {"--json"},
+                      "transfer takes at most two config files (REF.json TARGET.json); more given");
   std::vector<std::string> ov = ref_file.empty() ? std::vector<std::string>{} : reference_overrides(ref_file);
   ov.insert(ov.end(), a.overrides.begin(), a.overrides.end());
   if (a.has("--rule")) ov.push_back("rule=" + a.get("--rule", ""));

@@ -326,7 +326,7 @@ RunConfig parse_config(const json& j) {
   c.resume = get<bool>(j, "out", "resume");
   // Absurd sizes stop here, before the table below (a row per tensor) is built: the host part of the estimate
   // (all of it for train.device=cpu); train and bench check again on the device they resolve.
-  check_memory_fits(c, c.train.device == "cpu" ? "cpu" : "cuda");
+  check_memory_fits(c, c.train.device);  // auto: as for a GPU, the smaller need (train checks the device it takes)
   make_param_table(c.rule, c.model, c.reference, c.hp);  // validates the rule name and hyperparameters now
   // The stored config says what ran: the shape's N and a (keys before granularity), the reference's values
   // where they were null, and whether checkpoints are written. Parsing it again gives the same run.
@@ -405,7 +405,7 @@ void check_memory_fits(const RunConfig& c, const std::string& device) {
   const double host = page > 0 && pages > 0 ? page * pages : 0;
   // On the GPU the host still builds the parameter table (a row of strings per tensor) and stages the weights.
   const double host_need = device == "cpu" ? e.total() : 4 * e.params + 512.0 * (c.model.n_layers + 2) * 8;
-  MUE_CHECK(host == 0 || host_need <= host, "the model needs ", format_memory(e), " (", device,
+  MUE_CHECK(host == 0 || host_need <= host, "the model needs ", format_memory(e), " (train.device=", device,
             "), more than this machine's ", host / 1073741824.0, " GiB of memory: make model.n_layers, d_model, "
             "the FFN or train.batch smaller");
 }

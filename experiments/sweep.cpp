@@ -287,6 +287,8 @@ void write_sweep_index(const SweepSpec& s, const std::vector<SweepPoint>& pts) {
 
 void check_existing_outputs(const SweepSpec& s, const std::vector<SweepPoint>& pts, const std::vector<int>& mine) {
   std::error_code ec;
+  MUE_CHECK(!fs::exists(s.out_dir, ec) || fs::is_directory(s.out_dir, ec), "sweep out_dir '", s.out_dir,
+            "' exists and is not a folder");
   const std::string index = sweep_index_path(s);
   if (fs::exists(index, ec)) {
     std::optional<ojson> old;

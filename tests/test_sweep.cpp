@@ -167,6 +167,7 @@ TEST_CASE("sweep: bad specs are one-line errors before anything runs", "[sweep]"
   CHECK(err(R"({"name": "x", "expected_h100_minutes": "5"})").find("non-negative number") != std::string::npos);
   CHECK(err(R"({"name": "x", "comment": 3})").find("'comment' must be a string") != std::string::npos);
   CHECK(err(R"({"name": "x", "axes": {"rule": [null]}})").find("sweep point 0") != std::string::npos);
+  CHECK(err(R"({"name": "x", "axes": {"seed": [1, 2], "train.seed": [3]}})").find("sweep axes 'seed' and 'train.seed' conflict") != std::string::npos);
   // The data file is opened before any point runs.
   CHECK(err(R"({"name": "x", "overrides": ["data.tokens=/nonexistent.tok"]})").find("sweep point 0 (x-0000): token file /nonexistent.tok: cannot open") != std::string::npos);
   SweepSpec ok = parse_sweep_spec(ojson::parse(R"({"name": "x", "comment": "c", "expected_h100_minutes": 7.5})"), "");
@@ -348,6 +349,9 @@ TEST_CASE("sweep: another grid's index, another config's runs and foreign files 
   refused(other_spec, "sweep point 0: '" + other_run0 + "' exists and is not a run file; not overwriting it");
   CHECK(file_text(other_run0) == "notes");
   CHECK(!fs::exists(other_idx));
+  ojson in_file = j;  // an out_dir that is a file
+  in_file["out_dir"] = base;
+  refused(write_spec(d, in_file, "in-file.json") + " --dry-run", "sweep out_dir '" + base + "' exists and is not a folder");
 }
 
 TEST_CASE("sweep: a child killed with SIGKILL mid-run is restarted; finished runs are kept", "[sweep]") {
