@@ -184,16 +184,16 @@ void parse_ffn(const json& j, FfnConfig& f) {
   f.type = get<std::string>(j, "ffn", "type");
   int experts = get_int(j, "ffn", "experts"), active = get_int(j, "ffn", "active");
   if (!j.at("ffn").at("shape").is_null()) {
-    const std::string shape = get<std::string>(j, "ffn", "shape");
-    MUE_CHECK(f.type == "moe", "ffn.shape (", shape, ") is set but ffn.type is ", f.type, "; a shape needs ffn.type=moe");
     // The shape sets N and a; an explicit ffn.experts or ffn.active that disagrees is a conflict, not overridden.
+    // (A dense FFN ignores every MoE key, the shape among them: `bench small-moe ffn.type=dense` is the dense twin.)
+    const std::string shape = get<std::string>(j, "ffn", "shape");
     const json defaults = default_config();
     const json& d = defaults.at("ffn");
     int n = 0, a = 0;
     parse_shape(shape, n, a);
-    MUE_CHECK(experts == n || experts == d.at("experts").get<int>(), "ffn.shape ", shape, " and ffn.experts ",
+    MUE_CHECK(f.type != "moe" || experts == n || experts == d.at("experts").get<int>(), "ffn.shape ", shape, " and ffn.experts ",
               experts, " disagree; give one of them");
-    MUE_CHECK(active == a || active == d.at("active").get<int>(), "ffn.shape ", shape, " and ffn.active ", active,
+    MUE_CHECK(f.type != "moe" || active == a || active == d.at("active").get<int>(), "ffn.shape ", shape, " and ffn.active ", active,
               " disagree; give one of them");
     experts = n, active = a;
   }
@@ -411,11 +411,15 @@ void check_memory_fits(const RunConfig& c, const std::string& device) {
 }
 
 std::vector<std::string> config_differences(const json& want, json stored) {
-  const json defaults = default_config();
-  for (auto& [k, section] : defaults.items())
-    if (section.is_object() && stored.contains(k) && stored[k].is_object())
-      for (auto& [kk, v] : section.items())
-        if (!stored[k].contains(kk)) stored[k][kk] = v;
+  try {  // normalized as `want` was (defaults, the shape's N and a, the reference's nulls spelled out)
+    stored = stored_config(stored.dump(), "a run file").raw;
+  } catch (const std::exception&) {  // a config this mue cannot parse: its keys, with defaults for the missing
+    const json defaults = default_config();
+    for (auto& [k, section] : defaults.items())
+      if (section.is_object() && stored.contains(k) && stored[k].is_object())
+        for (auto& [kk, v] : section.items())
+          if (!stored[k].contains(kk)) stored[k][kk] = v;
+  }
   std::vector<std::string> keys;
   for (auto& [k, v] : want.items()) {
     if (k == "out") continue;

@@ -51,9 +51,9 @@ RunConfig parse_config(const json& resolved);
 void parse_shape(const std::string& name, int& experts, int& active);
 // A run file's stored config text (defaults <- it), checked as a config file is; errors name `where`.
 RunConfig stored_config(const std::string& text, const std::string& where);
-// The keys ("train.steps") in which the run `stored` (a run file's config, keys it lacks taking their defaults:
-// keys added to mue since) is another run than `want` (a resolved config), in key order; the output options
-// ("out") are not part of a run. Empty when both are the same run.
+// The keys ("train.steps") in which the run `stored` (a run file's config, resolved as a config file is: keys it
+// lacks take their defaults, e.g. keys added to mue since) is another run than `want` (a resolved config), in key
+// order; the output options ("out") are not part of a run. Empty when both are the same run.
 std::vector<std::string> config_differences(const json& want, json stored);
 // What a run will hold in memory, from the config alone (before anything is allocated): the parameter count,
 // their fp32 value, gradient and two Adam moments, and the activations one training step keeps (a rough upper

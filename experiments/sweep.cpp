@@ -26,6 +26,7 @@
 #include "data/images.h"
 #include "data/tokens.h"
 #include "dist/communicator.h"
+#include "experiments/coord_check.h"
 #include "experiments/run_config.h"
 #include "experiments/run_timing.h"
 
@@ -302,7 +303,8 @@ void check_existing_outputs(const SweepSpec& s, const std::vector<SweepPoint>& p
     for (const char* k : {"base", "overrides", "axes"})  // what makes the grid (not the comment or parallel)
       MUE_CHECK((old->contains(k) ? (*old)[k] : ojson()) == (s.raw.contains(k) ? s.raw[k] : ojson()), "'", index,
                 "' indexes another grid of sweep '", s.name, "' (its '", k, "' differ); not replacing it: give this ",
-                "spec another name or out_dir, or remove that index and its runs");
+                "spec another name or out_dir (a grid extended by new values is a new sweep: its points are numbered "
+                "anew), or remove that index and its runs");
   }
   for (int i : mine) {
     const SweepPoint& p = pts[size_t(i)];
@@ -316,6 +318,8 @@ void check_existing_outputs(const SweepSpec& s, const std::vector<SweepPoint>& p
     } catch (const std::exception&) {
       continue;  // cut short by a kill: the point starts again and replaces it
     }
+    MUE_CHECK(!is_coord_file(f), "sweep point ", i, ": '", f, "' is a coordinate-check file, not a run; not "
+              "overwriting it");
     MUE_CHECK(status, "sweep point ", i, ": '", f, "' is an HDF5 file but not a mue run file; not overwriting it");
     if (!config) continue;  // (a run file is created with its config: only a hand-made one lacks it)
     json stored;
@@ -329,9 +333,10 @@ void check_existing_outputs(const SweepSpec& s, const std::vector<SweepPoint>& p
     if (keys.empty()) continue;
     std::string list;
     for (size_t k = 0; k < keys.size() && k < 4; ++k) {
-      std::string path = "/" + keys[k];
-      std::replace(path.begin(), path.end(), '.', '/');  // "train.steps" -> "/train/steps"
-      const json::json_pointer at(path);
+      const size_t dot = keys[k].find('.');  // "train.steps" -> /train/steps, each part taken literally
+      const json::json_pointer at = dot == std::string::npos
+                                        ? json::json_pointer() / keys[k]
+                                        : json::json_pointer() / keys[k].substr(0, dot) / keys[k].substr(dot + 1);
       auto text = [&](const json& j) { return j.contains(at) ? j[at].dump() : std::string("(absent)"); };
       list += (list.empty() ? "" : "; ") + keys[k] + " is " + text(stored) + " there, " + text(want) + " here";
     }

@@ -60,8 +60,9 @@ for arg in "$@"; do
   s0=$(date +%s)
   timeout -s INT -k 20 "$((left + 20))" "$build/mue" sweep "experiments/sweeps/$name.json" ${par:+--parallel $par} \
     --deadline "$left" \
-    ${only:+--only $only} 2>&1 | grep -E "^\[|^sweep" >> "$log"
-  echo "== $name: $(( $(date +%s) - s0 )) s" | tee -a "$log"
+    ${only:+--only $only} 2>&1 | grep -E "^\[|^sweep|^mue: error" >> "$log"
+  rc=${PIPESTATUS[0]}  # 1: refused (the log has its one line); 3: some points failed; 130: interrupted
+  echo "== $name: $(( $(date +%s) - s0 )) s$([ "$rc" -ne 0 ] && echo ", mue sweep exit $rc")" | tee -a "$log"
 done
 
 # MPS servers exist only where client processes connected: evidence that the sweeps ran under MPS
@@ -75,7 +76,7 @@ for name in "${names[@]}"; do
     $( [ -f "$prev" ] && echo --merge "$prev" ) 2>&1 | tail -3
   [ -n "${TGZ:-}" ] && tar czf "$OUT/$name-runs.tgz" -C runs "$name"
 done
-grep -E "^== |^sweep .* completed|^sweep .*: (a point's process|mean time)" "$log"  # with the fixed cost per point
+grep -E "^== |^mue: error|^sweep .* completed|^sweep .*: (a point's process|mean time)" "$log"  # with the fixed cost per point
 for name in "${names[@]}"; do
   if [ -f "$OUT/$name.json" ]; then python3 experiments/figures/transfer_table.py "$OUT/$name.json" --brief 2>&1 | tail -40; fi
 done

@@ -34,6 +34,34 @@ TEST_CASE("defaults resolve; file and overrides layer on top", "[config]") {
   std::remove(f.c_str());
 }
 
+TEST_CASE("ffn.shape: a disagreeing ffn.experts or ffn.active is refused; a dense FFN ignores the shape", "[config]") {
+  auto error_of = [](const std::vector<std::string>& ov) {
+    try {
+      (void)resolve_config("", ov);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  CHECK(error_of({"ffn.type=moe", "ffn.shape=16e4a", "ffn.experts=4"}).find("ffn.shape 16e4a and ffn.experts 4 disagree") !=
+        std::string::npos);
+  CHECK(error_of({"ffn.type=moe", "ffn.shape=16e4a", "ffn.active=3"}).find("ffn.shape 16e4a and ffn.active 3 disagree") !=
+        std::string::npos);
+  CHECK(error_of({"ffn.type=moe", "ffn.shape=16e4a", "ffn.experts=16", "ffn.active=4"}) == "no error");
+  const RunConfig dense = resolve_config("", {"ffn.type=moe", "ffn.shape=64e8a", "ffn.type=dense", "ffn.hidden=96"});
+  CHECK(dense.model.ffn.type == "dense");
+  CHECK(dense.model.ffn_hidden == 96);
+  // A stored config, normalized on resolving, is the same run as the config it came from.
+  const RunConfig moe = resolve_config("", {"ffn.type=moe", "ffn.shape=16e4a", "ffn.granularity=2", "ffn.expert_hidden=8"});
+  CHECK(config_differences(moe.raw, moe.raw).empty());
+  json older = moe.raw;  // as a mue before train.bucket_mb wrote it, with the shape's keys as given
+  older["train"].erase("bucket_mb");
+  older["ffn"]["experts"] = 8, older["ffn"]["active"] = 2;
+  CHECK(config_differences(moe.raw, older).empty());
+  older["train"]["steps"] = 7;
+  CHECK(config_differences(moe.raw, older) == std::vector<std::string>{"train.steps"});
+}
+
 TEST_CASE("the stored config is resolved: shape, null references and checkpoint spelled out, same run on re-parse", "[config]") {
   RunConfig c = resolve_config("", {"ffn.type=moe", "ffn.shape=16e4a", "ffn.granularity=2", "ffn.expert_hidden=8",
                                     "reference.n_layers=1", "train.batch=3", "train.steps=7"});
