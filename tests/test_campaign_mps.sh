@@ -2,7 +2,8 @@
 # scripts/campaign.sh with MPS=1 must hand the MPS pipe directory to the sweeps it starts, and stop the daemon it
 # started when it ends. Runs without a GPU: a fake nvidia-cuda-mps-control (a FIFO and a sleeping process named
 # after the daemon) and a fake mue that records what environment its sweep saw. (Run in a pipeline, mps_start's
-# exports would stay in a subshell and never reach the sweeps.)
+# exports would stay in a subshell and never reach the sweeps.) Also: a sweep that mue refuses leaves its one-line
+# error and its exit status in the campaign's log.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 tmp=$(mktemp -d)
@@ -23,6 +24,7 @@ FAKE
 cat > "$tmp/build/mue" <<FAKE
 #!/usr/bin/env bash
 echo "\${CUDA_MPS_PIPE_DIRECTORY:-unset}" >> "$tmp/sweep-env"
+if [ -n "\${FAKE_REFUSE:-}" ]; then echo "mue: error: 'runs/wd-lm/wd-lm-index.h5' indexes another grid"; exit 1; fi
 FAKE
 chmod +x "$tmp/bin/nvidia-cuda-mps-control" "$tmp/build/mue"
 
@@ -49,4 +51,12 @@ if pgrep -f nvidia-cuda-mps-control > /dev/null; then
 fi
 grep -q "^mps: on" "$tmp/campaign.out" || { echo "FAILED: campaign.sh did not report MPS on"; fail=1; }
 [ $fail = 0 ] || { cat "$tmp/campaign.out"; exit 1; }
-echo "campaign.sh MPS=1: the sweep saw the pipe directory; the daemon stopped"
+
+FAKE_REFUSE=1 DEADLINE_S=120 BUILD_DIR="$tmp/build" OUT="$tmp/out2" \
+  bash "$repo/scripts/campaign.sh" wd-lm > "$tmp/campaign2.out" 2>&1 || { cat "$tmp/campaign2.out"; exit 1; }
+grep -q "^mue: error: 'runs/wd-lm/wd-lm-index.h5' indexes another grid" "$tmp/out2/campaign.log" ||
+  { echo "FAILED: the refused sweep's error is not in campaign.log"; fail=1; }
+grep -q "^== wd-lm: [0-9]* s, mue sweep exit 1$" "$tmp/out2/campaign.log" ||
+  { echo "FAILED: the refused sweep's exit status is not in campaign.log"; fail=1; }
+[ $fail = 0 ] || { cat "$tmp/out2/campaign.log"; exit 1; }
+echo "campaign.sh MPS=1: the sweep saw the pipe directory; the daemon stopped; a refused sweep is logged"
