@@ -175,11 +175,13 @@ std::vector<SweepPoint> expand_grid(const SweepSpec& s) {
   return pts;
 }
 
-void validate_points(const SweepSpec& s, const std::vector<SweepPoint>& pts, bool open_data) {
+std::vector<json> validate_points(const SweepSpec& s, const std::vector<SweepPoint>& pts, bool open_data) {
   std::set<std::string> data_files;  // each opened (and so checked) once, before any point runs
+  std::vector<json> configs;
   for (auto& p : pts) {
     try {
       const RunConfig c = resolve_config(s.base, p.overrides);
+      configs.push_back(c.raw);
       const std::string& data = c.task == "lm" ? c.data_tokens : c.data_images;
       if (open_data && data_files.insert(data).second) {
         if (c.task == "lm") (void)TokenFile::open(data);
@@ -189,6 +191,7 @@ void validate_points(const SweepSpec& s, const std::vector<SweepPoint>& pts, boo
       fail("sweep point ", p.index, " (", p.name, "): ", e.what());
     }
   }
+  return configs;
 }
 
 std::vector<int> rank_indices(int n, int rank, int size) {
@@ -286,7 +289,8 @@ void write_sweep_index(const SweepSpec& s, const std::vector<SweepPoint>& pts) {
   MUE_CHECK(!ec, "cannot rename '", tmp, "' to '", final_path, "': ", ec.message());
 }
 
-void check_existing_outputs(const SweepSpec& s, const std::vector<SweepPoint>& pts, const std::vector<int>& mine) {
+void check_existing_outputs(const SweepSpec& s, const std::vector<SweepPoint>& pts, const std::vector<json>& configs,
+                            const std::vector<int>& mine) {
   std::error_code ec;
   MUE_CHECK(!fs::exists(s.out_dir, ec) || fs::is_directory(s.out_dir, ec), "sweep out_dir '", s.out_dir,
             "' exists and is not a folder");
@@ -328,7 +332,7 @@ void check_existing_outputs(const SweepSpec& s, const std::vector<SweepPoint>& p
     } catch (const std::exception&) {
       fail("sweep point ", i, ": '", f, "' holds no readable config; not overwriting it");
     }
-    const json want = resolve_config(s.base, p.overrides).raw;
+    const json& want = configs[size_t(i)];
     const std::vector<std::string> keys = config_differences(want, stored);
     if (keys.empty()) continue;
     std::string list;
@@ -366,7 +370,7 @@ double expected_point_seconds(const std::vector<SweepPoint>& pts, const std::vec
 
 SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
   std::vector<SweepPoint> pts = expand_grid(s);
-  validate_points(s, pts, !o.dry_run);  // a dry run plans without the data
+  const std::vector<json> configs = validate_points(s, pts, !o.dry_run);  // a dry run plans without the data
   const dist::Launch launch = dist::launch_from_env();  // mpirun / srun of `mue sweep`: points stride over ranks
   const int parallel = o.parallel > 0 ? o.parallel : s.parallel;
   auto run_file = [&](const SweepPoint& p) { return (fs::path(s.out_dir) / (p.name + ".h5")).string(); };
@@ -383,7 +387,7 @@ SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
   std::vector<int> mine;  // this rank's points, of --only's
   for (int i : rank_indices(int(pts.size()), launch.rank, launch.size))
     if (o.only.empty() || std::find(o.only.begin(), o.only.end(), i) != o.only.end()) mine.push_back(i);
-  check_existing_outputs(s, pts, mine);
+  check_existing_outputs(s, pts, configs, mine);
   for (int i : mine) {
     if (file_in_use(run_file(pts[i]))) {  // another sweep or train still writes it: leave it alone
       ++tot.busy;

@@ -48,9 +48,11 @@ struct SweepPoint {
 
 // Before a sweep writes anything (a dry run too): its index path holds nothing or an index of this grid (the
 // same base, overrides and axes), and each existing run file of the points `mine` is a run of that point's config
-// or one a point may start again (empty, or unreadable after a kill). Otherwise a one-line error: a sweep never
-// overwrites what is not its own, nor reuses another config's run as this one's.
-void check_existing_outputs(const SweepSpec& s, const std::vector<SweepPoint>& pts, const std::vector<int>& mine);
+// (`configs`, validate_points' result) or one a point may start again (empty, or unreadable after a kill).
+// Otherwise a one-line error: a sweep never overwrites what is not its own, nor reuses another config's run as
+// this one's.
+void check_existing_outputs(const SweepSpec& s, const std::vector<SweepPoint>& pts,
+                            const std::vector<nlohmann::json>& configs, const std::vector<int>& mine);
 
 // --deadline's estimate of how long point p's process will take: the mean over the completed points (index,
 // seconds) of p's configuration (the same coordinates but for hp.* and seed, which leave a point's work alike),
@@ -63,8 +65,9 @@ SweepSpec parse_sweep_spec(const nlohmann::ordered_json& j, const std::string& s
 SweepSpec load_sweep_spec(const std::string& path);
 std::vector<SweepPoint> expand_grid(const SweepSpec& s);
 // resolve_config on every point, and (open_data) opens each point's token or image file once; the first bad
-// one throws a one-line error naming the point.
-void validate_points(const SweepSpec& s, const std::vector<SweepPoint>& pts, bool open_data = true);
+// one throws a one-line error naming the point. Returns each point's resolved config (RunConfig::raw), in order.
+std::vector<nlohmann::json> validate_points(const SweepSpec& s, const std::vector<SweepPoint>& pts,
+                                            bool open_data = true);
 
 // Indices i in [0, n) with i % size == rank. run_sweep takes rank and size from dist::launch_from_env(), the
 // launcher's environment as `mue train` reads it, so a sweep and a training job agree on what a launch is.
