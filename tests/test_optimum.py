@@ -8,6 +8,7 @@ import unittest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments", "figures"))
 from optimum import fit_optimum, interpolate_log2, parabola_vertex  # noqa: E402
 from shapes import moe_axes, parse_moe_shape  # noqa: E402
+from wd_table import best_curves, wd_optima, wd_summary, wd_table  # noqa: E402
 
 
 class FitOptimum(unittest.TestCase):
@@ -71,6 +72,47 @@ class MoeAxes(unittest.TestCase):
         self.assertIsNone(moe_axes(["64e2a", "64e8a", "64e64a"]))  # one axis only: the caller's single panel
         self.assertIsNone(moe_axes(["64e2a", "dense"]))
         self.assertIsNone(moe_axes([]))
+
+
+class WdTable(unittest.TestCase):
+    """wd_table.py: the fitted WD optimum per (rule, shape, LR) curve of an LR x WD sweep, and its spread."""
+
+    WDS = [2.0 ** k for k in (-7, -5, -3, -1, 1)]  # wd-lm's grid: factors of 4
+
+    def points(self):
+        # A parabola in log2 WD per curve: vertex c, floor base. Shape "b" moves the vertex by 0.5 octave at LR 2^-8;
+        # the LR with the lower floor is 2^-7 for "a" and 2^-8 for "b". Rule "r2" has one curve that never completed.
+        curves = {("r1", "a", 2 ** -8): (-2.0, 3.1), ("r1", "a", 2 ** -7): (-2.25, 3.0),
+                  ("r1", "b", 2 ** -8): (-2.5, 2.8), ("r1", "b", 2 ** -7): (-2.25, 2.9),
+                  ("r2", "a", 2 ** -8): (-6.8, 3.0), ("r2", "a", 2 ** -7): (None, None)}
+        return [(g, s, lr, wd, math.nan if c is None else 0.01 * (math.log2(wd) - c) ** 2 + base)
+                for (g, s, lr), (c, base) in curves.items() for wd in self.WDS]
+
+    def test_optima(self):
+        o = wd_optima(self.points())
+        self.assertEqual(list(o)[:2], [("r1", "a", 2 ** -8), ("r1", "a", 2 ** -7)])  # sweep order kept
+        self.assertAlmostEqual(o[("r1", "a", 2 ** -8)].log2_x, -2.0, places=9)
+        self.assertAlmostEqual(o[("r1", "b", 2 ** -8)].log2_x, -2.5, places=9)
+        self.assertEqual(o[("r2", "a", 2 ** -8)].edge, "low")
+        self.assertIsNone(o[("r2", "a", 2 ** -7)])
+        self.assertEqual(best_curves(o), {("r1", "a"): ("r1", "a", 2 ** -7), ("r1", "b"): ("r1", "b", 2 ** -8),
+                                          ("r2", "a"): ("r2", "a", 2 ** -8)})
+
+    def test_summary_and_table(self):
+        o = wd_optima(self.points())
+        r1, r2 = wd_summary(o)
+        self.assertIn("at LR 2^-8 spans 0.50 octaves (-2.00 at a, -2.50 at b)", r1)
+        self.assertIn("at LR 2^-7 spans 0.00 octaves", r1)
+        self.assertIn("at each shape's best LR spans 0.25 octaves (-2.25 at a, -2.50 at b)", r1)
+        self.assertNotIn("edge", r1)
+        self.assertIn("at the WD grid's edge: a at LR 2^-8 (low)", r2)
+        rows = wd_table(o, 2000, "loss")[2:]
+        self.assertEqual(len(rows), 6)
+        self.assertTrue(rows[1].startswith("| r1 | a | **2^-7** | 2^-3 | -2.25 | 3.0000 |"))
+        self.assertIn("| 2^-8 |", rows[0])
+        # tau = 1 / (LR * WD) at the fitted WD: 2^8 * 2^2.5 steps.
+        self.assertIn(f"| {2 ** 10.5:.0f} ({2 ** 10.5 / 2000:.2f} of the run) |", rows[2])
+        self.assertIn("no completed point", rows[5])
 
 
 if __name__ == "__main__":

@@ -5,9 +5,10 @@ One panel per combination of the other axes: rows by --group-key (default: rule,
 (e.g. ffn.shape). In each panel: final val loss vs log2(WD), one curve per LR, the fitted WD optimum on the best
 LR's curve (optimum.py) marked with a star. The optimum of every panel is printed too. WD values <= 0 cannot go on a log axis and are left off.
 
-usage: sweep_wd.py INDEX.h5 [--out PREFIX] [--lr-key hp.lr] [--wd-key hp.wd] [--group-key rule]
-                            [--metric final_val_loss|best_val_loss|final_train_loss]
-writes PREFIX-wd.png (PREFIX defaults to the index path without .h5). Needs h5py, numpy and matplotlib.
+usage: sweep_wd.py INDEX.h5|RESULTS.json [--out PREFIX] [--lr-key hp.lr] [--wd-key hp.wd] [--group-key rule]
+                            [--metric final_val_loss|best_val_loss|final_train_loss] [--md TABLE.md]
+writes PREFIX-wd.png (PREFIX defaults to the index path without .h5 or .json); --md writes the fitted WD optimum of
+every curve and its spread across shapes (wd_table.py). Needs h5py, numpy and matplotlib.
 """
 import math
 
@@ -15,8 +16,7 @@ import numpy as np
 
 from optimum import fit_optimum
 from sweep_index import Summary, figure_arguments, fmt, label, output_prefix, pyplot, save_figure
-
-plt = pyplot()
+from wd_table import wd_optima, wd_summary, wd_table
 
 
 def main():
@@ -24,7 +24,9 @@ def main():
     ap.add_argument("--lr-key", default="hp.lr")
     ap.add_argument("--wd-key", default="hp.wd")
     ap.add_argument("--group-key", default=None, help="axis for the panel rows (default rule if an axis)")
+    ap.add_argument("--md", default=None, help="also write the table (markdown) here")
     a = ap.parse_args()
+    plt = pyplot()
 
     sw = Summary(a.index)
     sw.require_axis(a.wd_key)
@@ -90,6 +92,30 @@ def main():
     fig.tight_layout(rect=(0, 0, 0.88 if lr_key else 1, 0.95))
     prefix = output_prefix(a.index, a.out)
     save_figure(fig, prefix + "-wd.png")
+    if a.md:
+        write_table(a.md, sw, a.metric, a.wd_key, lr_key, group_key, col_keys, ok)
+
+
+def write_table(path, sw, metric, wd_key, lr_key, group_key, col_keys, ok):
+    """The fitted WD optimum of every (group, shape, LR) curve and its spread across shapes, as markdown."""
+    loss = sw.loss(metric)
+    wd, n = sw.column(wd_key), len(sw)
+    points = [(sw.column(group_key)[i] if group_key else sw.name,
+               ", ".join(fmt(sw.column(k)[i]) for k in col_keys) or "-",
+               sw.column(lr_key)[i] if lr_key else 1.0, wd[i], float(loss[i]) if ok[i] else math.nan)
+              for i in range(n) if wd[i] > 0]
+    optima = wd_optima(points)
+    steps = next((int(o.split("=", 1)[1]) for o in sw.spec.get("overrides", []) if o.startswith("train.steps=")), 0)
+    done = int(ok.sum())
+    lines = [f"# {sw.name}: the optimum weight decay per shape", "",
+             f"{done} of {n} points completed; {metric}. The fitted optimum is the vertex of the parabola in log2 WD "
+             "through the best grid point and its two neighbours (optimum.py); the bold LR is the one with the lower "
+             "loss for that shape.", "", *wd_table(optima, steps, metric.replace("_", " ")), "",
+             *wd_summary(optima), "", f"Source: {sw.path}."]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(wd_summary(optima)))
+    print("wrote", path)
 
 
 if __name__ == "__main__":
