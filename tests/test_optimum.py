@@ -7,6 +7,7 @@ import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments", "figures"))
 from optimum import fit_optimum, interpolate_log2, parabola_vertex  # noqa: E402
+from proxy_rules import proxy_rule  # noqa: E402
 from shapes import moe_axes, parse_moe_shape  # noqa: E402
 from wd_table import best_curves, wd_optima, wd_summary, wd_table  # noqa: E402
 
@@ -72,6 +73,21 @@ class MoeAxes(unittest.TestCase):
         self.assertIsNone(moe_axes(["64e2a", "64e8a", "64e64a"]))  # one axis only: the caller's single panel
         self.assertIsNone(moe_axes(["64e2a", "dense"]))
         self.assertIsNone(moe_axes([]))
+
+
+class ProxyRule(unittest.TestCase):
+    """proxy_rules.py: the proxy run a rule reads (families as tests/test_rules.cpp checks them at the reference)."""
+
+    def test_families(self):
+        ran = ["complete-mue", "mup"]  # what dense-proxy-lm and dense-proxy-flow run
+        self.assertEqual(proxy_rule("mup", ran), "mup")
+        for rule in ("sp", "completep", "jiang-dmft", "mup-moe"):
+            self.assertEqual(proxy_rule(rule, ran), "mup")
+        for rule in ("mup-total-width", "mup-no-route-scale"):
+            self.assertEqual(proxy_rule(rule, ran), "complete-mue")
+        self.assertEqual(proxy_rule("sp", ["sp", "mup"]), "sp")  # its own run first
+        self.assertIsNone(proxy_rule("mup-moe", ["complete-mue"]))  # no one of its family ran
+        self.assertIsNone(proxy_rule("(spec)", ran))
 
 
 class WdTable(unittest.TestCase):

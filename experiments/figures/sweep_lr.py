@@ -20,7 +20,7 @@ import warnings
 import numpy as np
 
 from sweep_index import Summary, figure_arguments, fmt, output_prefix, pyplot, save_figure
-from transfer_table import optima, proxy_optima
+from transfer_table import optima, proxy_optima, proxy_table
 
 plt = pyplot()
 
@@ -40,14 +40,14 @@ def main():
     cmap = plt.get_cmap("viridis")
     colour = {c: cmap(i / max(1, len(confs) - 1) * 0.9) for i, c in enumerate(confs)}
     metric = a.metric.replace("_", " ")
-    proxy_table = optima(Summary(a.proxy), a.lr_key, a.metric)[1] if a.proxy else {}
+    proxy_runs = proxy_table(a.proxy, list(table), a.lr_key, a.metric) if a.proxy else {}
 
     # (a) loss vs log2 LR, one panel per rule.
     # At least 6 inches wide, so that one panel has room for the title.
     fig, axs = plt.subplots(1, len(rules), figsize=(max(6.0, 3.6 * len(rules) + 1.2), 3.6), sharey=True, squeeze=False)
     star_losses = []
     for ax, rule in zip(axs[0], rules):
-        proxy_curves = [("dense proxy", p) for p in proxy_table.get(rule, {}).values()]
+        proxy_curves = [("dense proxy", p) for p in proxy_runs.get(rule, {}).values()]
         for conf, per_seed in proxy_curves + list(table[rule].items()):
             if not per_seed:
                 continue
@@ -94,7 +94,7 @@ def main():
     x_values = sw.values(x_key)
     numeric = all(isinstance(v, float) for v in x_values)
     pos = {v: (v if numeric else p) for p, v in enumerate(x_values)}
-    proxy = proxy_optima(a.proxy, a.lr_key, a.metric) if a.proxy else {}
+    proxy = proxy_optima(a.proxy, list(table), a.lr_key, a.metric) if a.proxy else {}
     rule_colours = plt.get_cmap("tab10")
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for k, rule in enumerate(rules):

@@ -5,7 +5,8 @@ spread, and the loss penalty of using the dense proxy's LR.
 usage: transfer_table.py SWEEP [--proxy PROXY] [--lr-key hp.lr] [--metric final_val_loss] [--brief] [--curves]
                          [--md OUT.md]
   SWEEP, PROXY: a sweep index (NAME-index.h5) or results file (NAME.json). PROXY is the dense proxy's LR sweep
-  (same rules); without it the penalty column is left out.
+  (rules it did not run read the curve of the rule whose table they share at the reference, proxy_rules.py);
+  without it the penalty column is left out.
 
 Per rule and configuration (every axis but the rule, the LR and the seed): each seed's grid optimum and fitted
 optimum (optimum.py), their mean in log2(LR), the seed spread (largest minus smallest fitted log2 LR, octaves),
@@ -26,6 +27,7 @@ from collections import OrderedDict
 import numpy as np
 
 from optimum import fit_optimum, interpolate_log2
+from proxy_rules import proxy_rule
 from sweep_index import Summary, fmt
 
 
@@ -96,9 +98,17 @@ def summarize(conf_keys, table, proxy_lr=None):
     return rows, rules
 
 
-def proxy_optima(path, lr_key, metric):
-    """rule -> the proxy's fitted optimum LR (seeds averaged in log2)."""
-    _, table = optima(Summary(path), lr_key, metric)
+def proxy_table(path, rules, lr_key, metric):
+    """The proxy's optima (as optima() gives them) for each of `rules`, from its own run or, where the proxy did
+    not run it, from the run of the rule with the same table at the reference (proxy_rules.py)."""
+    _, ran = optima(Summary(path), lr_key, metric)
+    twins = {rule: proxy_rule(rule, list(ran)) for rule in rules}
+    return OrderedDict((rule, ran[twin]) for rule, twin in twins.items() if twin is not None)
+
+
+def proxy_optima(path, rules, lr_key, metric):
+    """rule -> the proxy's fitted optimum LR (seeds averaged in log2), for each of `rules` (proxy_table)."""
+    table = proxy_table(path, rules, lr_key, metric)
     out = {}
     for rule, confs in table.items():
         fits = [o.log2_x for per_seed in confs.values() for _, o, _, _ in per_seed]
@@ -128,6 +138,10 @@ def markdown(name, conf_keys, rows, rules, proxy_lr):
             f"largest seed spread {s['seed_spread']:.2f} ({s['n_seeded']} of {s['n']} with two or more seeds)"
         lines.append(f"- **{rule}**: fitted optimum spans {s['spread']:.2f} octaves across {s['n']} configurations "
                      f"(log2 LR {s['low']:.2f} ... {s['high']:.2f}); {seeds}{extra}{edge}")
+    if proxy_lr:
+        lines += ["", "A rule the dense proxy did not run takes the proxy's run of the rule with the same parameter "
+                  "table at the reference (proxy_rules.py: sp, completep, jiang-dmft and mup-moe read mup's; "
+                  "mup-total-width and mup-no-route-scale read complete-mue's)."]
     return "\n".join(lines)
 
 
@@ -196,12 +210,12 @@ def main():
     a = ap.parse_args()
     sw = Summary(a.sweep)
     conf_keys, table = optima(sw, a.lr_key, a.metric)
-    proxy_lr = proxy_optima(a.proxy, a.lr_key, a.metric) if a.proxy else {}
+    proxy_lr = proxy_optima(a.proxy, list(table), a.lr_key, a.metric) if a.proxy else {}
     done = sum(s == "completed" for s in sw.status)
     head = f"{sw.name}: {done}/{len(sw)} points completed, metric {a.metric}"
     if a.curves:
-        proxy_table = optima(Summary(a.proxy), a.lr_key, a.metric)[1] if a.proxy else None
-        text = curves_markdown(conf_keys, curve_rows(table, proxy_table))
+        proxy = proxy_table(a.proxy, list(table), a.lr_key, a.metric) if a.proxy else None
+        text = curves_markdown(conf_keys, curve_rows(table, proxy))
         print(head)
         print(text)
     else:
