@@ -13,7 +13,8 @@
 # rewritten), and 25 s are kept for packing.
 # Across sessions: where experiments/results/NAME.json exists, only its unfinished points run (mue sweep --only)
 # and the new results file merges the finished ones from it (results_bundle.py --merge): copy the NAME.json that
-# comes back over experiments/results/NAME.json and commit it.
+# comes back over experiments/results/NAME.json and commit it. RESULTS_DIR=DIR reads the results files from DIR
+# instead (tests: a folder without them runs every point).
 # MPS=1: the sweeps run under CUDA MPS (scripts/mps.sh), so that the processes' kernels share the GPU at once.
 # MUE_SOURCE_COMMIT=HASH: the commit to record (the build's git_commit and this log) where the tree's .git is
 # stale, as on a machine that receives a copy of the working tree.
@@ -43,6 +44,7 @@ source scripts/mps.sh
 # below would never see)
 if [ -n "${MPS:-}" ]; then mps_start > >(tee -a "$log"); trap mps_stop EXIT; fi
 
+results=${RESULTS_DIR:-experiments/results}
 names=()
 for arg in "$@"; do
   IFS=: read -r name par secs <<< "$arg"
@@ -52,9 +54,9 @@ for arg in "$@"; do
   [ -n "${secs:-}" ] && [ "$secs" -lt "$left" ] && left=$secs
   if [ "$left" -le 5 ]; then echo "== $name: no time left, not started" | tee -a "$log"; continue; fi
   only=""
-  if [ -f "experiments/results/$name.json" ]; then
-    only=$(python3 experiments/figures/results_bundle.py --missing "experiments/results/$name.json")
-    if [ -z "$only" ]; then echo "== $name: every point finished in experiments/results/$name.json" | tee -a "$log"; continue; fi
+  if [ -f "$results/$name.json" ]; then
+    only=$(python3 experiments/figures/results_bundle.py --missing "$results/$name.json")
+    if [ -z "$only" ]; then echo "== $name: every point finished in $results/$name.json" | tee -a "$log"; continue; fi
   fi
   echo "== $name (parallel ${par:-spec}, at most $left s${only:+, points $only})" | tee -a "$log"
   s0=$(date +%s)
@@ -71,7 +73,7 @@ done
 for name in "${names[@]}"; do
   index="runs/$name/$name-index.h5"
   [ -f "$index" ] || continue
-  prev="experiments/results/$name.json"
+  prev="$results/$name.json"
   python3 experiments/figures/results_bundle.py "$index" --out "$OUT/$name.json" \
     $( [ -f "$prev" ] && echo --merge "$prev" ) 2>&1 | tail -3
   [ -n "${TGZ:-}" ] && tar czf "$OUT/$name-runs.tgz" -C runs "$name"

@@ -8,7 +8,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-mkdir -p "$tmp/bin" "$tmp/build" "$tmp/out"
+mkdir -p "$tmp/bin" "$tmp/build" "$tmp/out" "$tmp/results"  # no results files: every point of the spec runs
 
 cat > "$tmp/bin/nvidia-cuda-mps-control" <<FAKE
 #!/usr/bin/env bash
@@ -37,7 +37,7 @@ if pgrep -f nvidia-cuda-mps-control > /dev/null; then
   exit 0
 fi
 rm -rf /tmp/mue-mps
-PATH="$tmp/bin:$PATH" MPS=1 DEADLINE_S=120 BUILD_DIR="$tmp/build" OUT="$tmp/out" \
+PATH="$tmp/bin:$PATH" MPS=1 DEADLINE_S=120 BUILD_DIR="$tmp/build" OUT="$tmp/out" RESULTS_DIR="$tmp/results" \
   bash "$repo/scripts/campaign.sh" wd-lm > "$tmp/campaign.out" 2>&1 || { cat "$tmp/campaign.out"; exit 1; }
 
 fail=0
@@ -52,7 +52,7 @@ fi
 grep -q "^mps: on" "$tmp/campaign.out" || { echo "FAILED: campaign.sh did not report MPS on"; fail=1; }
 [ $fail = 0 ] || { cat "$tmp/campaign.out"; exit 1; }
 
-FAKE_REFUSE=1 DEADLINE_S=120 BUILD_DIR="$tmp/build" OUT="$tmp/out2" \
+FAKE_REFUSE=1 DEADLINE_S=120 BUILD_DIR="$tmp/build" OUT="$tmp/out2" RESULTS_DIR="$tmp/results" \
   bash "$repo/scripts/campaign.sh" wd-lm > "$tmp/campaign2.out" 2>&1 || { cat "$tmp/campaign2.out"; exit 1; }
 grep -q "^mue: error: 'runs/wd-lm/wd-lm-index.h5' indexes another grid" "$tmp/out2/campaign.log" ||
   { echo "FAILED: the refused sweep's error is not in campaign.log"; fail=1; }
