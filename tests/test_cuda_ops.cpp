@@ -674,6 +674,37 @@ TEST_CASE("CUDA crossentropy over vocabulary chunks", "[cuda]") {
   }
 }
 
+TEST_CASE("CUDA crossentropy over vocabulary chunks: a bad target's NaN row; an unaligned chunk", "[cuda]") {
+  if (!cuda::gpu_available()) {
+    WARN("no GPU: skipped");
+    return;
+  }
+  cuda::Context ctx;
+  {  // a target outside [0, V): NaN loss and gradient row; a chunk 2 bytes past alignment takes the scalar path
+    const int N = 4, Vv = 64;
+    V logits = randn_bf16(size_t(N) * Vv + 8, 3.0);  // from element 1 on: rows 2 bytes past 16-byte alignment
+    I tgt = {3, Vv, 0, Vv - 1}, tgt_ref = {3, 0, 0, Vv - 1};  // the reference reads a row's target: a valid one
+    V loss(N), d(size_t(N) * Vv);
+    const V rows(logits.begin() + 1, logits.begin() + 1 + size_t(N) * Vv);
+    cpu::crossentropy_forward_backward(rows.data(), tgt_ref.data(), loss.data(), d.data(), N, Vv, Vv, 1.0);
+    Dev dl = put_bf16(logits), dt = put_i32(tgt), m = poisoned(N * sizeof(float)), sum = poisoned(N * sizeof(float)),
+        tl = poisoned(N * sizeof(float)), lse = poisoned(N * sizeof(float)), dloss = poisoned(N * sizeof(float));
+    bf16* chunk = dl.h() + 1;
+    cuda::crossentropy_chunk_stats(ctx, chunk, dt.i(), m.f(), sum.f(), tl.f(), N, Vv, 0);
+    cuda::crossentropy_chunk_finish(ctx, m.f(), sum.f(), tl.f(), dt.i(), dloss.f(), lse.f(), N, Vv);
+    cuda::crossentropy_chunk_grad(ctx, chunk, dt.i(), lse.f(), N, Vv, 0, 1.f);
+    const V got_loss = get_f32(ctx, dloss, N), got = get_bf16(ctx, dl, size_t(N) * Vv + 8);
+    CHECK(std::isnan(got_loss[1]));
+    for (int j = 0; j < Vv; ++j) CHECK(std::isnan(got[1 + size_t(Vv) + j]));
+    for (int n : {0, 2, 3}) {
+      CHECK(std::abs(got_loss[n] - loss[n]) <= 1e-5 * std::abs(loss[n]));
+      V row(got.begin() + 1 + size_t(n) * Vv, got.begin() + 1 + size_t(n + 1) * Vv);
+      expect_close(row, V(d.begin() + size_t(n) * Vv, d.begin() + size_t(n + 1) * Vv), kTolBf16, "unaligned row");
+    }
+    CHECK(got[0] == logits[0]);  // the element before the chunk is untouched
+  }
+}
+
 TEST_CASE("CUDA sum_squares_to: the sum of squares in double, the same bits on every call", "[cuda]") {
   if (!cuda::gpu_available()) {
     WARN("no GPU: skipped");

@@ -120,6 +120,7 @@ TEST_CASE("CUDA LM: the head by vocabulary chunks matches the CPU reference", "[
     const ScopedKernelVariants variant("head_vocab_chunk=" + std::to_string(chunk));  // read at build
     CudaBackend gb;
     LM<CudaBackend> gm(c, table, gb, B);
+    REQUIRE(gm.head_rows() < B * c.seq_len);  // the vocabulary path's witness: probe()'s rows fit one chunk's logits
     gm.init_weights(5);
     for (auto& p : gm.params()) {  // NaN in the arena: the first step's first writes must replace every value
       const std::vector<float> nan(p.row.tensor.size(), std::nanf(""));
@@ -296,9 +297,11 @@ TEST_CASE("CUDA graph step: replays track op-by-op steps (dense, MoE); a step th
     return;
   }
   // 0: dense; 1: MoE on the grouped kernel; 2: MoE of expert width 12, whose cuBLAS fallback reads the expert
-  // offsets on the host (a sync inside the step: no graph, the steps run op by op); 3: dense with QK-norm.
-  for (int variant : {0, 1, 2, 3}) {
+  // offsets on the host (a sync inside the step: no graph, the steps run op by op); 3: dense with QK-norm; 4: dense
+  // with the head by vocabulary chunks (kernel variant head_vocab_chunk, read when the models are built).
+  for (int variant : {0, 1, 2, 3, 4}) {
     INFO("variant " << variant);
+    const ScopedKernelVariants head(variant == 4 ? "head_vocab_chunk=64" : "");
     ModelConfig c = small_config();
     c.qk_norm = variant == 3;
     if (variant == 1 || variant == 2) c.ffn.type = "moe", c.ffn.experts = 4, c.ffn.active = 2, c.ffn.expert_hidden = variant == 1 ? 32 : 12;

@@ -159,6 +159,9 @@ TEST_CASE("LM head by vocabulary chunks: the same loss and gradients as by rows"
     const ScopedKernelVariants variant("head_vocab_chunk=" + std::to_string(chunk));  // read at build
     CpuBackend<double> be;
     LM<CpuBackend<double>> model(c, table, be, 3);
+    // The witness of the path taken: by rows the head takes all 15 rows at once; by vocabulary chunks probe()'s
+    // rows are those whose logits fit one chunk's buffer.
+    REQUIRE((model.head_rows() < 3 * c.seq_len) == (chunk > 0));
     model.init_weights(5);
     std::vector<std::vector<double>> grads;
     for (int step = 0; step < 2; ++step) {  // the second step's first writes meet the first step's gradients

@@ -6,6 +6,7 @@
 // Targets outside [0, V) give NaN losses and NaN gradient rows, as crossentropy does.
 // CPU reference; CUDA launchers (kernels: nn/crossentropy_chunks.cu).
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -27,8 +28,11 @@ void crossentropy_chunk_stats(const T* logits, const int32_t* targets, T* m, T* 
     if (v0 == 0) m[n] = -std::numeric_limits<T>::infinity(), sum[n] = 0, target_logit[n] = 0;
     T mx = m[n];
     for (int j = 0; j < cols; ++j) mx = std::max(mx, l[j]);
-    T s = sum[n] * std::exp(m[n] - mx);  // the old terms at the new max (0 before the first chunk)
-    for (int j = 0; j < cols; ++j) s += std::exp(l[j] - mx);
+    // The old terms at the new max, then the chunk's; a side whose max is -inf has no term (exp(-inf - -inf) is
+    // NaN), as in the CUDA kernel.
+    T s = m[n] == -std::numeric_limits<T>::infinity() ? T(0) : sum[n] * std::exp(m[n] - mx);
+    if (mx != -std::numeric_limits<T>::infinity())
+      for (int j = 0; j < cols; ++j) s += std::exp(l[j] - mx);
     m[n] = mx, sum[n] = s;
     const int j = targets[n] - v0;
     if (j >= 0 && j < cols) target_logit[n] = l[j];
