@@ -5,7 +5,7 @@
 #
 # usage: DEADLINE_S=560 bash scripts/campaign.sh NAME[:PARALLEL[:SECONDS]] ...
 #   NAME       a spec in experiments/sweeps/NAME.json (its out_dir must be runs/NAME)
-#   PARALLEL   runs at a time (default: the spec's)
+#   PARALLEL   runs at a time on each GPU (default: the spec's `parallel`)
 #   SECONDS    start no point of this spec expected to end after so many seconds (mue sweep --deadline: the
 #              running points finish); the next NAME starts then. Default: until the deadline.
 # The whole call starts no point expected to end later than DEADLINE_S - 45 seconds after it began (default 540);
@@ -16,6 +16,8 @@
 # comes back over experiments/results/NAME.json and commit it. RESULTS_DIR=DIR reads the results files from DIR
 # instead (tests: a folder without them runs every point).
 # MPS=1: the sweeps run under CUDA MPS (scripts/mps.sh), so that the processes' kernels share the GPU at once.
+# Several GPUs (a multi-GPU machine, CUDA_VISIBLE_DEVICES unset: all of them; or those it lists): the sweep spreads
+# its points over them, least loaded first (mue sweep), PARALLEL on each.
 # MUE_SOURCE_COMMIT=HASH: the commit to record (the build's git_commit and this log) where the tree's .git is
 # stale, as on a machine that receives a copy of the working tree.
 # Output under $OUT (default ./campaign-out): NAME.json, NAME-runs.tgz, campaign.log (one line a finished point).
@@ -29,6 +31,13 @@ deadline=$((t0 + ${DEADLINE_S:-540} - 45))
 log="$OUT/campaign.log"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$log"
 echo "commit ${MUE_SOURCE_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}, $(date -u +%FT%TZ)" | tee -a "$log"
+
+if [ -z "${CUDA_VISIBLE_DEVICES:-}" ] && command -v nvidia-smi >/dev/null; then
+  n=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU ")
+  [ "$n" -gt 1 ] && export CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((n - 1)))
+fi
+IFS=, read -ra gpus <<< "${CUDA_VISIBLE_DEVICES:-0}"
+[ ${#gpus[@]} -gt 1 ] && echo "gpus: ${#gpus[@]} (CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES)" | tee -a "$log"
 
 build=${BUILD_DIR:-build-gpu}
 gen=""
@@ -57,6 +66,10 @@ for arg in "$@"; do
   if [ -f "$results/$name.json" ]; then
     only=$(python3 experiments/figures/results_bundle.py --missing "$results/$name.json")
     if [ -z "$only" ]; then echo "== $name: every point finished in $results/$name.json" | tee -a "$log"; continue; fi
+  fi
+  if [ ${#gpus[@]} -gt 1 ]; then  # PARALLEL (or the spec's) on each GPU
+    per_gpu=${par:-$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get("parallel", 1))' "experiments/sweeps/$name.json")}
+    par=$((per_gpu * ${#gpus[@]}))
   fi
   echo "== $name (parallel ${par:-spec}, at most $left s${only:+, points $only})" | tee -a "$log"
   s0=$(date +%s)

@@ -24,6 +24,7 @@ FAKE
 cat > "$tmp/build/mue" <<FAKE
 #!/usr/bin/env bash
 echo "\${CUDA_MPS_PIPE_DIRECTORY:-unset}" >> "$tmp/sweep-env"
+echo "\${CUDA_VISIBLE_DEVICES:-unset} \$*" >> "$tmp/sweep-args"
 if [ -n "\${FAKE_REFUSE:-}" ]; then echo "mue: error: 'runs/wd-lm/wd-lm-index.h5' indexes another grid"; exit 1; fi
 FAKE
 chmod +x "$tmp/bin/nvidia-cuda-mps-control" "$tmp/build/mue"
@@ -59,4 +60,23 @@ grep -q "^mue: error: 'runs/wd-lm/wd-lm-index.h5' indexes another grid" "$tmp/ou
 grep -q "^== wd-lm: [0-9]* s, mue sweep exit 1$" "$tmp/out2/campaign.log" ||
   { echo "FAILED: the refused sweep's exit status is not in campaign.log"; fail=1; }
 [ $fail = 0 ] || { cat "$tmp/out2/campaign.log"; exit 1; }
-echo "campaign.sh MPS=1: the sweep saw the pipe directory; the daemon stopped; a refused sweep is logged"
+
+# A machine of 4 GPUs (a fake nvidia-smi): the sweep gets all of them and PARALLEL on each (8 of wd-lm:2 x 4; the
+# spec's own 6 on each, 24, without PARALLEL).
+mkdir -p "$tmp/bin4"
+cat > "$tmp/bin4/nvidia-smi" <<'FAKE'
+#!/usr/bin/env bash
+if [ "${1:-}" = -L ]; then for i in 0 1 2 3; do echo "GPU $i: NVIDIA H100 80GB HBM3 (UUID: GPU-$i)"; done; fi
+FAKE
+chmod +x "$tmp/bin4/nvidia-smi"
+rm -f "$tmp/sweep-args"
+env -u CUDA_VISIBLE_DEVICES PATH="$tmp/bin4:$PATH" DEADLINE_S=120 BUILD_DIR="$tmp/build" OUT="$tmp/out3" \
+  RESULTS_DIR="$tmp/results" bash "$repo/scripts/campaign.sh" wd-lm:2 wd-lm > "$tmp/campaign3.out" 2>&1 ||
+  { cat "$tmp/campaign3.out"; exit 1; }
+grep -q "^0,1,2,3 sweep experiments/sweeps/wd-lm.json --parallel 8 " "$tmp/sweep-args" ||
+  { echo "FAILED: 4 GPUs, wd-lm:2: not CUDA_VISIBLE_DEVICES=0,1,2,3 and --parallel 8"; cat "$tmp/sweep-args"; fail=1; }
+grep -q "^0,1,2,3 sweep experiments/sweeps/wd-lm.json --parallel 24 " "$tmp/sweep-args" ||
+  { echo "FAILED: 4 GPUs, wd-lm (the spec's parallel 6): not --parallel 24"; cat "$tmp/sweep-args"; fail=1; }
+grep -q "^gpus: 4 " "$tmp/out3/campaign.log" || { echo "FAILED: campaign.log does not say 4 GPUs"; fail=1; }
+[ $fail = 0 ] || exit 1
+echo "campaign.sh MPS=1: the sweep saw the pipe directory; the daemon stopped; a refused sweep is logged; 4 GPUs used"
