@@ -93,5 +93,11 @@ for name in "${names[@]}"; do
 done
 grep -E "^== |^mue: error|^sweep .* completed|^sweep .*: (a point's process|mean time)" "$log"  # with the fixed cost per point
 for name in "${names[@]}"; do
-  if [ -f "$OUT/$name.json" ]; then python3 experiments/figures/transfer_table.py "$OUT/$name.json" --brief 2>&1 | tail -40; fi
+  # with the penalty at the dense proxy's LR where the proxy's results are there (wd-lm and the Fig 6 specs have
+  # no LR grid of their own worth a transfer line: their tables come from sweep_wd.py and sweep_shape.py)
+  case $name in *-flow) proxy="$results/dense-proxy-flow.json";; *) proxy="$results/dense-proxy-lm.json";; esac
+  case $name in dense-proxy-*|wd-lm|shape-fixed-hp-*) proxy="";; esac
+  if [ -f "$OUT/$name.json" ]; then
+    python3 experiments/figures/transfer_table.py "$OUT/$name.json" --brief $([ -n "$proxy" ] && [ -f "$proxy" ] && echo --proxy "$proxy") 2>&1 | tail -40
+  fi
 done
