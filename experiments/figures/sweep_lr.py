@@ -41,7 +41,9 @@ def main():
     cmap = plt.get_cmap("viridis")
     colour = {c: cmap(i / max(1, len(confs) - 1) * 0.9) for i, c in enumerate(confs)}
     metric = a.metric.replace("_", " ")
-    proxy_runs = proxy_table(a.proxy, list(table), a.lr_key, a.metric) if a.proxy else {}
+    if a.x_key and a.x_key not in conf_keys:  # before any file is written
+        raise SystemExit(f"--x-key {a.x_key}: not a configuration axis ({', '.join(conf_keys)})")
+    proxy_runs = proxy_table(a.proxy, list(table), a.lr_key, a.metric, sw) if a.proxy else {}
 
     # (a) loss vs log2 LR, one panel per rule.
     # At least 6 inches wide, so that one panel has room for the title.
@@ -95,7 +97,7 @@ def main():
     x_values = sw.values(x_key)
     numeric = all(isinstance(v, float) for v in x_values)
     pos = {v: (v if numeric else p) for p, v in enumerate(x_values)}
-    proxy = proxy_optima(a.proxy, list(table), a.lr_key, a.metric) if a.proxy else {}
+    proxy = proxy_optima(a.proxy, list(table), a.lr_key, a.metric, sw) if a.proxy else {}
     proxy_ran = Summary(a.proxy).values("rule") if a.proxy else []
     rule_colours = plt.get_cmap("tab10")
     fig, ax = plt.subplots(figsize=(6.5, 4))

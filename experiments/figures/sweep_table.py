@@ -9,7 +9,7 @@ import argparse
 import math
 
 from optimum import fit_optimum
-from sweep_index import Summary
+from sweep_index import Summary, fmt
 
 
 def main():
@@ -20,6 +20,10 @@ def main():
     ap.add_argument("--group-key", default="rule")
     a = ap.parse_args()
     sw = Summary(a.index)
+    other = [k for k in sw.axes if k not in (a.lr_key, a.x_key, a.group_key, "seed")]
+    if other:  # a cell is one point: another axis would put several in it
+        raise SystemExit(f"{a.index}: axes beyond the rows and the LR ({', '.join(other)}); use transfer_table.py "
+                         "or sweep_wd.py for this sweep")
     lr, grp = sw.column(a.lr_key), sw.column(a.group_key)
     x = ["-"] * len(lr) if a.x_key == "none" else sw.column(a.x_key)  # none: one row per group
     loss, status = sw.column("final_val_loss"), sw.status
@@ -28,6 +32,7 @@ def main():
     xs = list(dict.fromkeys(x))
     print(f"| {a.group_key} | {a.x_key} | " + " | ".join(f"{v:.3g}" for v in lrs) + " | best LR | fitted log2 LR |")
     print("|---|---|" + "---|" * (len(lrs) + 2))
+    moved = []
     for g in groups:
         opt = []
         for xv in xs:
@@ -50,9 +55,13 @@ def main():
                 opt.append(fit.log2_x)
             best_text = f"{best[1]:.3g}" if best[1] is not None else "-"
             fit_text = "-" if fit is None else f"{fit.log2_x:.2f}" + (f" ({fit.edge} edge)" if fit.edge else "")
-            print(f"| {g} | {xv} | " + " | ".join(row) + f" | {best_text} | {fit_text} |")
+            print(f"| {g} | {fmt(xv)} | " + " | ".join(row) + f" | {best_text} | {fit_text} |")
         if len(opt) > 1:
-            print(f"\n{g}: fitted optimum LR moved {max(opt) - min(opt):.2f} octaves across {len(opt)} rows\n")
+            moved.append(f"{g}: fitted optimum LR moved {max(opt) - min(opt):.2f} octaves across {len(opt)} rows")
+    if moved:
+        print("\n" + "\n".join(f"- {m}" for m in moved))
+    if "seed" in sw.axes:
+        print("\n(each cell: the first seed's point; transfer_table.py averages the seeds)")
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ optimum (optimum.py), their mean in log2(LR), the seed spread (largest minus sma
 the mean best loss, and the penalty: the configuration's loss at the proxy's fitted optimum (linear in log2 LR
 between the two grid points around it, seeds averaged) minus its best grid loss (seeds averaged).
 Per rule: the spread of the fitted optimum across configurations (max - min of the seed means, octaves), the
-largest seed spread, and the largest penalty. `edge` marks a best point at the grid's edge (the fit is the grid
-value there: extend the grid).
+largest seed spread, and the largest penalty. `edge` marks a best point at the grid's edge (low, high: extend
+the grid) or beside an LR that diverged or is missing (gap); either way the optimum is the grid value, not fitted.
 
 --curves instead: one row per rule and configuration, the proxy's first, with the loss at every LR of the grid
 (seeds averaged; the lowest marked *), the fitted optimum (seeds averaged in log2 LR) and its shift from the
@@ -62,11 +62,17 @@ def optima(sw, lr_key, metric):
     return conf_keys, out
 
 
+def curve_flags(per_seed):
+    """The edge column: 'low' / 'high' where a seed's best point is at the grid's edge (extend the grid), 'gap' where
+    a neighbour of it diverged or is missing (no parabola: the optimum is the grid value)."""
+    return ",".join(sorted({o.edge or "gap" for _, o, _, _ in per_seed if o.edge or not o.fitted}))
+
+
 def summarize(conf_keys, table, proxy_lr=None):
     """Rows and per-rule summaries as plain data (also used by the campaign's REPRODUCTION table)."""
     rows, rules = [], OrderedDict()
     for rule, confs in table.items():
-        means, spreads, penalties, edges = [], [], [], 0
+        means, spreads, penalties, edges, gaps = [], [], [], 0, 0
         for conf, per_seed in confs.items():
             if not per_seed:
                 continue
@@ -74,8 +80,9 @@ def summarize(conf_keys, table, proxy_lr=None):
             mean = float(np.mean(fits))
             spread = max(fits) - min(fits) if len(fits) > 1 else None  # one seed: no spread to report
             best = float(np.mean([o.grid_loss for _, o, _, _ in per_seed]))
-            edge = ",".join(sorted({o.edge for _, o, _, _ in per_seed if o.edge}))
-            edges += bool(edge)
+            edge = curve_flags(per_seed)
+            edges += any(o.edge for _, o, _, _ in per_seed)
+            gaps += any(not o.fitted and not o.edge for _, o, _, _ in per_seed)
             pen = None
             plr = (proxy_lr or {}).get(rule)
             if plr is not None:
@@ -93,22 +100,41 @@ def summarize(conf_keys, table, proxy_lr=None):
         if means:
             rules[rule] = dict(spread=max(means) - min(means), seed_spread=max(spreads) if spreads else None,
                                n=len(means), n_seeded=len(spreads),
-                               max_penalty=max(penalties) if penalties else None, edges=edges,
+                               max_penalty=max(penalties) if penalties else None, edges=edges, gaps=gaps,
                                low=min(means), high=max(means))
     return rows, rules
 
 
-def proxy_table(path, rules, lr_key, metric):
+def task_of(sw):
+    """'lm' or 'flow' from a results file's first point (None for an index, which keeps no configs)."""
+    return (sw.points[0].get("config") or {}).get("task", "lm") if sw.points else None
+
+
+def proxy_summary(path, sweep=None):
+    """The proxy's Summary; with `sweep` (a Summary), refused in one line when the two are of different tasks."""
+    px = Summary(path)
+    if sweep is not None and task_of(sweep) and task_of(px) and task_of(sweep) != task_of(px):
+        raise SystemExit(f"{path}: a proxy of task {task_of(px)}, the sweep {sweep.name} is of task {task_of(sweep)}")
+    return px
+
+
+def proxy_twins(path, rules):
+    """{rule: the rule whose proxy run it reads} for the rules the proxy did not run itself (proxy_rules.py)."""
+    ran = Summary(path).values("rule")
+    return {r: t for r in rules if (t := proxy_rule(r, ran)) not in (None, r)}
+
+
+def proxy_table(path, rules, lr_key, metric, sweep=None):
     """The proxy's optima (as optima() gives them) for each of `rules`, from its own run or, where the proxy did
     not run it, from the run of the rule with the same table at the reference (proxy_rules.py)."""
-    _, ran = optima(Summary(path), lr_key, metric)
+    _, ran = optima(proxy_summary(path, sweep), lr_key, metric)
     twins = {rule: proxy_rule(rule, list(ran)) for rule in rules}
     return OrderedDict((rule, ran[twin]) for rule, twin in twins.items() if twin is not None)
 
 
-def proxy_optima(path, rules, lr_key, metric):
+def proxy_optima(path, rules, lr_key, metric, sweep=None):
     """rule -> the proxy's fitted optimum LR (seeds averaged in log2), for each of `rules` (proxy_table)."""
-    table = proxy_table(path, rules, lr_key, metric)
+    table = proxy_table(path, rules, lr_key, metric, sweep)
     out = {}
     for rule, confs in table.items():
         fits = [o.log2_x for per_seed in confs.values() for _, o, _, _ in per_seed]
@@ -117,7 +143,7 @@ def proxy_optima(path, rules, lr_key, metric):
     return out
 
 
-def markdown(name, conf_keys, rows, rules, proxy_lr):
+def markdown(name, conf_keys, rows, rules, proxy_lr, twins=None):
     conf_label = ", ".join(conf_keys) or "config"
     lines = [f"| rule | {conf_label} | grid optimum per seed | fitted log2 LR per seed | mean | seed spread (oct) "
              f"| best loss | penalty at proxy LR | edge |", "|---|---|---|---|---|---|---|---|---|"]
@@ -134,14 +160,15 @@ def markdown(name, conf_keys, rows, rules, proxy_lr):
         extra = f"; proxy's fitted LR 2^{math.log2(plr):.2f}, largest penalty {s['max_penalty']:+.4f}" \
             if plr is not None and s["max_penalty"] is not None else ""
         edge = f"; {s['edges']} at the grid's edge" if s["edges"] else ""
+        if s["gaps"]:
+            edge += f"; {s['gaps']} with a seed not fitted (a neighbouring LR diverged or is missing: the grid value)"
         seeds = "no configuration has two seeds yet" if s["seed_spread"] is None else \
             f"largest seed spread {s['seed_spread']:.2f} ({s['n_seeded']} of {s['n']} with two or more seeds)"
         lines.append(f"- **{rule}**: fitted optimum spans {s['spread']:.2f} octaves across {s['n']} configurations "
                      f"(log2 LR {s['low']:.2f} ... {s['high']:.2f}); {seeds}{extra}{edge}")
-    if proxy_lr:
-        lines += ["", "A rule the dense proxy did not run takes the proxy's run of the rule with the same parameter "
-                  "table at the reference (proxy_rules.py: sp, completep, jiang-dmft and mup-moe read mup's; "
-                  "mup-total-width and mup-no-route-scale read complete-mue's)."]
+    if proxy_lr and twins:
+        lines += ["", "Rules the dense proxy did not run read the proxy run of the rule with the same parameter table "
+                  "at the reference (proxy_rules.py): " + ", ".join(f"{r} reads {t}'s" for r, t in twins.items()) + "."]
     return "\n".join(lines)
 
 
@@ -171,7 +198,7 @@ def curve_rows(table, proxy_table=None):
             if conf is None:
                 proxy_fit = fitted
             rows.append(dict(rule=rule, conf=conf, curve=curve, fitted=fitted,
-                             edge=",".join(sorted({o.edge for _, o, _, _ in per_seed if o.edge})),
+                             edge=curve_flags(per_seed),
                              shift=None if proxy_fit is None else fitted - proxy_fit))
     return rows
 
@@ -191,7 +218,9 @@ def curves_markdown(conf_keys, rows, proxy_name="dense proxy"):
             return "diverged" if not math.isfinite(v) else f"{v:.3f}" + ("*" if v == best else "")
 
         conf = proxy_name if r["conf"] is None else ", ".join(fmt(v) for v in r["conf"]) or "-"
-        edge = f" ({r['edge']} edge: extend the grid)" if r["edge"] else ""
+        flags = [f"{e} edge: extend the grid" if e != "gap" else "a seed not fitted: a neighbour diverged"
+                 for e in r["edge"].split(",") if e]
+        edge = f" ({'; '.join(flags)})" if flags else ""
         shift = "" if r["shift"] is None else "0 (reference)" if r["conf"] is None else f"{r['shift']:+.2f} octaves"
         lines.append(f"| {r['rule']} | {conf} | " + " | ".join(cell(lr) for lr in lrs)
                      + f" | 2^{r['fitted']:.2f}{edge} | {shift} |")
@@ -210,17 +239,17 @@ def main():
     a = ap.parse_args()
     sw = Summary(a.sweep)
     conf_keys, table = optima(sw, a.lr_key, a.metric)
-    proxy_lr = proxy_optima(a.proxy, list(table), a.lr_key, a.metric) if a.proxy else {}
+    proxy_lr = proxy_optima(a.proxy, list(table), a.lr_key, a.metric, sw) if a.proxy else {}
     done = sum(s == "completed" for s in sw.status)
     head = f"{sw.name}: {done}/{len(sw)} points completed, metric {a.metric}"
     if a.curves:
-        proxy = proxy_table(a.proxy, list(table), a.lr_key, a.metric) if a.proxy else None
+        proxy = proxy_table(a.proxy, list(table), a.lr_key, a.metric, sw) if a.proxy else None
         text = curves_markdown(conf_keys, curve_rows(table, proxy))
         print(head)
         print(text)
     else:
         rows, rules = summarize(conf_keys, table, proxy_lr)
-        text = markdown(sw.name, conf_keys, rows, rules, proxy_lr)
+        text = markdown(sw.name, conf_keys, rows, rules, proxy_lr, proxy_twins(a.proxy, list(table)) if a.proxy else None)
         print(head)
         print("\n".join(l for l in text.splitlines() if l.startswith("- ")) if a.brief else text)
     if a.md:
