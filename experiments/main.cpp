@@ -304,8 +304,13 @@ int cmd_transfer(int argc, char** argv) {
                 {"route_scale", t.route_scale}, {"global_lr", c.hp.lr}, {"global_wd", c.hp.wd}, {"rows", rows}};
     std::printf("%s\n", out.dump(2).c_str());
   } else {
-    std::printf("target d=%d L=%d H=%d heads=%d; reference d=%d L=%d H=%d heads=%d; hp lr=%g wd=%g\n",
-                c.model.d_model, c.model.n_layers, c.model.ffn_hidden, c.model.n_heads, c.reference.d_model,
+    // The target's FFN: its width H when dense; when MoE its shape and active width H_a (ffn.hidden is unused).
+    const FfnConfig& f = c.model.ffn;
+    const std::string ffn = f.moe() ? std::to_string(f.experts) + "e" + std::to_string(f.active) + "a h=" +
+                                          std::to_string(f.expert_hidden) + " H_a=" + std::to_string(f.active_width())
+                                    : "H=" + std::to_string(c.model.ffn_hidden);
+    std::printf("target d=%d L=%d %s heads=%d; reference d=%d L=%d H=%d heads=%d; hp lr=%g wd=%g\n",
+                c.model.d_model, c.model.n_layers, ffn.c_str(), c.model.n_heads, c.reference.d_model,
                 c.reference.n_layers, c.reference.ffn_hidden, c.reference.n_heads, c.hp.lr, c.hp.wd);
     std::printf("%s", format_table(t).c_str());
   }

@@ -377,6 +377,9 @@ void show_file(const std::string& path, bool as_json, int rows, std::FILE* out) 
   MUE_CHECK(fs::exists(path, ec), "'", path, "' does not exist");
   MUE_CHECK(!fs::is_directory(path, ec), "'", path, "' is a directory; give a run file, sweep index, checkpoint or coordinate-check file");
   if (is_checkpoint(path)) return show_checkpoint(path, as_json, out);
+  MUE_CHECK(is_hdf5(path) || fs::path(path).extension() != ".json", "'", path, "' is JSON, not a run file, sweep ",
+            "index, checkpoint or coordinate-check file (a sweep's results file NAME.json is read by the scripts in ",
+            "experiments/figures/)");
   MUE_CHECK(is_hdf5(path), "'", path, "' is not a file mue wrote (neither HDF5 nor a checkpoint)");
   set_read_locking(false);  // a live run is being written: read what its last flush left
   if (read_string_attr(path, "spec") && !list_datasets(path, "summary").empty()) return show_index(path, as_json, rows, out);

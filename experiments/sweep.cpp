@@ -304,9 +304,11 @@ void check_existing_outputs(const SweepSpec& s, const std::vector<SweepPoint>& p
     }
     MUE_CHECK(old && old->is_object(), "'", index, "' exists and is not a sweep index; not overwriting it: give the ",
               "sweep another name or out_dir");
+    const std::string old_name = old->contains("name") && (*old)["name"].is_string() ? (*old)["name"].get<std::string>() : "";
     for (const char* k : {"base", "overrides", "axes"})  // what makes the grid (not the comment or parallel)
       MUE_CHECK((old->contains(k) ? (*old)[k] : ojson()) == (s.raw.contains(k) ? s.raw[k] : ojson()), "'", index,
-                "' indexes another grid of sweep '", s.name, "' (its '", k, "' differ); not replacing it: give this ",
+                "' indexes another grid", old_name == s.name ? " of sweep '" + s.name + "'" : " (sweep '" + old_name +
+                "', not '" + s.name + "')", " (its '", k, "' differ); not replacing it: give this ",
                 "spec another name or out_dir (a grid extended by new values is a new sweep: its points are numbered "
                 "anew), or remove that index and its runs");
   }

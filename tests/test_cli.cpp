@@ -374,6 +374,17 @@ TEST_CASE("transfer prints the table; --json parses", "[cli]") {
       CHECK(r["forward_alpha"] == r["multiplier"]);
     }
   CHECK(residual_outputs == 2);
+  // The text table's first line gives the target's FFN as it is: H when dense, the shape and H_a when MoE (where
+  // ffn.hidden is unused).
+  st = std::system((std::string(MUE_BINARY) + " transfer " + ref + " " + tgt + " --rule mup > " + out).c_str());
+  REQUIRE(WEXITSTATUS(st) == 0);
+  std::ifstream dense_text(out);
+  CHECK(std::string(std::istreambuf_iterator<char>(dense_text), {}).rfind("target d=256 L=2 H=1024 heads=4;", 0) == 0);
+  st = std::system((std::string(MUE_BINARY) + " transfer " + ref + " " + tgt +
+                    " ffn.type=moe ffn.shape=16e4a ffn.expert_hidden=32 ffn.hidden=999 --rule mup > " + out).c_str());
+  REQUIRE(WEXITSTATUS(st) == 0);
+  std::ifstream moe_text(out);
+  CHECK(std::string(std::istreambuf_iterator<char>(moe_text), {}).rfind("target d=256 L=2 16e4a h=32 H_a=128 heads=4;", 0) == 0);
   for (const auto& f : {out, ref, tgt}) std::remove(f.c_str());
 }
 

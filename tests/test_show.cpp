@@ -150,6 +150,8 @@ TEST_CASE("show: damaged, foreign and missing files are one-line errors", "[show
   using mue::test::error_of;
   CHECK(error_of([&] { shown(d / "cut.h5"); }).find("cut.h5") != std::string::npos);
   CHECK(error_of([&] { shown(d / "text.txt"); }).find("is not a file mue wrote") != std::string::npos);
+  std::ofstream(d / "results.json") << R"({"format": "mue-sweep-results/1"})";  // a results file of the figures
+  CHECK(error_of([&] { shown(d / "results.json"); }).find("is JSON, not a run file, sweep index") != std::string::npos);
   CHECK(error_of([&] { shown(d / "other.h5"); }).find("not a mue run file, sweep index or coordinate-check file") !=
         std::string::npos);
   CHECK(error_of([&] { shown(d / "nothing.h5"); }).find("does not exist") != std::string::npos);

@@ -345,6 +345,13 @@ TEST_CASE("sweep: another grid's index, another config's runs and foreign files 
   refused(other_spec, "exists and is not a sweep index");
   CHECK(file_text(other_idx) == "notes");
   fs::remove(other_idx);
+  {  // another sweep's index copied where this one's goes: the message names both sweeps
+    ojson other_grid = other;
+    other_grid["axes"] = ojson::parse(R"({"hp.lr": [0.04]})");
+    fs::copy_file(idx, other_idx);
+    refused(write_spec(d, other_grid, "other-grid.json"), "indexes another grid (sweep 'own', not 'other') (its 'axes' differ)");
+    fs::remove(other_idx);
+  }
   std::ofstream(other_run0) << "notes";  // a text file where a point's run goes
   refused(other_spec, "sweep point 0: '" + other_run0 + "' exists and is not a run file; not overwriting it");
   CHECK(file_text(other_run0) == "notes");

@@ -120,9 +120,12 @@ def merge(new, old):
 
 
 def missing(path):
-    with open(path) as f:
-        b = json.load(f)
-    return [p["index"] for p in b["points"] if p["status"] not in DONE]
+    try:
+        with open(path) as f:
+            b = json.load(f)
+        return [p["index"] for p in b["points"] if p["status"] not in DONE]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"{path}: not a readable results file ({e.__class__.__name__}: {e})")
 
 
 def main():
