@@ -20,8 +20,7 @@ import warnings
 import numpy as np
 
 from sweep_index import Summary, figure_arguments, fmt, output_prefix, pyplot, save_figure
-from proxy_rules import proxy_rule
-from transfer_table import optima, proxy_optima, proxy_table
+from transfer_table import optima, proxy_optima, proxy_table, proxy_twins
 
 plt = pyplot()
 
@@ -97,8 +96,8 @@ def main():
     x_values = sw.values(x_key)
     numeric = all(isinstance(v, float) for v in x_values)
     pos = {v: (v if numeric else p) for p, v in enumerate(x_values)}
-    proxy = proxy_optima(a.proxy, list(table), a.lr_key, a.metric, sw) if a.proxy else {}
-    proxy_ran = Summary(a.proxy).values("rule") if a.proxy else []
+    proxy = proxy_optima(proxy_runs)
+    twins = proxy_twins(a.proxy, rules) if a.proxy else {}  # the proxy run each rule reads, where not its own
     rule_colours = plt.get_cmap("tab10")
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for k, rule in enumerate(rules):
@@ -118,9 +117,8 @@ def main():
         centre = math.log2(proxy[rule]) if rule in proxy else float(np.mean(ys))
         ax.fill_between([xs[0], xs[-1]], centre - 0.5, centre + 0.5, color=c, alpha=0.12)
         if rule in proxy:
-            twin = proxy_rule(rule, proxy_ran)  # the proxy run it reads (proxy_rules.py)
             ax.axhline(centre, color=c, ls="--", lw=1,
-                       label=f"{rule}: dense proxy" + (f" ({twin}'s run)" if twin != rule else ""))
+                       label=f"{rule}: dense proxy" + (f" ({twins[rule]}'s run)" if rule in twins else ""))
     if numeric:
         ax.set_xscale("log", base=2)
     else:

@@ -19,14 +19,14 @@ from collections import OrderedDict
 import numpy as np
 
 from sweep_index import Summary, fmt, pyplot, save_figure
-from transfer_table import optima, proxy_optima
+from transfer_table import optima, proxy_optima, proxy_table
 
 
 def shifts(path, proxy_path, lr_key="hp.lr", metric="final_val_loss"):
     """name, OrderedDict rule -> list of (config label, mean shift, low, high) in octaves from the proxy."""
     sw = Summary(path)
     conf_keys, table = optima(sw, lr_key, metric)
-    proxy = proxy_optima(proxy_path, list(table), lr_key, metric)
+    proxy = proxy_optima(proxy_table(proxy_path, list(table), lr_key, metric, sw))  # refuses the other task's
     out = OrderedDict()
     for rule, confs in table.items():
         if rule not in proxy:

@@ -132,11 +132,10 @@ def proxy_table(path, rules, lr_key, metric, sweep=None):
     return OrderedDict((rule, ran[twin]) for rule, twin in twins.items() if twin is not None)
 
 
-def proxy_optima(path, rules, lr_key, metric, sweep=None):
-    """rule -> the proxy's fitted optimum LR (seeds averaged in log2), for each of `rules` (proxy_table)."""
-    table = proxy_table(path, rules, lr_key, metric, sweep)
+def proxy_optima(runs):
+    """rule -> the proxy's fitted optimum LR (seeds averaged in log2), from proxy_table's runs."""
     out = {}
-    for rule, confs in table.items():
+    for rule, confs in runs.items():
         fits = [o.log2_x for per_seed in confs.values() for _, o, _, _ in per_seed]
         if fits:
             out[rule] = 2.0 ** float(np.mean(fits))
@@ -239,12 +238,12 @@ def main():
     a = ap.parse_args()
     sw = Summary(a.sweep)
     conf_keys, table = optima(sw, a.lr_key, a.metric)
-    proxy_lr = proxy_optima(a.proxy, list(table), a.lr_key, a.metric, sw) if a.proxy else {}
+    proxy_runs = proxy_table(a.proxy, list(table), a.lr_key, a.metric, sw) if a.proxy else {}
+    proxy_lr = proxy_optima(proxy_runs)
     done = sum(s == "completed" for s in sw.status)
     head = f"{sw.name}: {done}/{len(sw)} points completed, metric {a.metric}"
     if a.curves:
-        proxy = proxy_table(a.proxy, list(table), a.lr_key, a.metric, sw) if a.proxy else None
-        text = curves_markdown(conf_keys, curve_rows(table, proxy))
+        text = curves_markdown(conf_keys, curve_rows(table, proxy_runs or None))
         print(head)
         print(text)
     else:
