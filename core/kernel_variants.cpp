@@ -92,14 +92,10 @@ KernelVariants parse_kernel_variants(const std::string& spec, const std::string&
     } else if (key == "eager_zero_grad") {
       MUE_CHECK(value == "0" || value == "1", source, ": eager_zero_grad must be 0 or 1, got \"", value, "\"");
       v.eager_zero_grad = value == "1";
-    } else if (key == "head_vocab_chunk") {
-      MUE_CHECK(parse_int(value, n) && n >= 0, source, ": head_vocab_chunk must be a column count >= 0 (0: off), got \"",
-                value, "\"");
-      v.head_vocab_chunk = n;
     } else {
       fail(source, ": unknown kernel variant \"", key,
            "\" (known: flash_sm90, flash_sm90_tiles, expert_tile, expert_grid, gather_rows, gate_lanes, "
-           "eager_zero_grad, head_vocab_chunk)");
+           "eager_zero_grad)");
     }
   }
   return v;

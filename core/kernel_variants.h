@@ -17,9 +17,6 @@
 //   gate_lanes=4|8|16|32|fit  lanes per assignment in the gate's SwiGLU (moe/gate_swiglu.cu). Default fit (by h).
 //   eager_zero_grad=0|1     1: a backward starts from a cleared gradient arena and every write adds (the older
 //                           way; nn/param_store.h), instead of lazily zeroed gradients. Read when a model is built.
-//   head_vocab_chunk=n      n > 0: the LM head and its cross-entropy over chunks of n vocabulary columns for all
-//                           rows at once (nn/lm.h, head_loss_by_vocab: the chunk's logits stay in L2), instead of
-//                           chunks of rows over the whole vocabulary. Default 0 (rows). Read when a model is built.
 //
 // Tests set variants in-process with ScopedKernelVariants (same syntax); scripts/gpu_check.sh (TILE_SWEEP) and
 // scripts/attn_variants.sh time them. What each variant measured is in bench/RESULTS.md. The kernels read the
@@ -40,7 +37,6 @@ struct KernelVariants {
   int gather_rows = 0;                                // 0: by the row width
   int gate_lanes = 0;                                 // 0: fit (by h)
   bool eager_zero_grad = false;
-  int head_vocab_chunk = 0;  // 0: the head by chunks of rows
 };
 
 // The variants of `spec` (the syntax above); a bad item is a one-line mue::Error that starts with `source`.

@@ -23,7 +23,6 @@
 #include "nn/ops/add_rows.h"
 #include "nn/ops/attention.h"
 #include "nn/ops/crossentropy.h"
-#include "nn/ops/crossentropy_chunks.h"
 #include "nn/ops/embedding.h"
 #include "nn/ops/gated_residual.h"
 #include "nn/ops/loss_mean.h"
@@ -46,8 +45,6 @@
   X(attention_forward) X(attention_backward)                                                     \
   X(matmul_forward) X(matmul_backward) X(swiglu_forward) X(swiglu_backward)                      \
   X(crossentropy_forward) X(crossentropy_backward) X(crossentropy_forward_backward) X(loss_mean) \
-  X(crossentropy_chunk_stats) X(crossentropy_chunk_finish) X(crossentropy_chunk_grad)            \
-  X(matmul_dx_accumulate)                                                                        \
   X(silu_forward) X(silu_backward) X(modulate_forward) X(modulate_backward) X(add_rows)          \
   X(gated_residual_forward) X(gated_residual_backward) X(mse_mean) X(mse_backward)
 
@@ -78,8 +75,6 @@ struct CpuBackend {
   void download(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
   void zero(void* p, size_t bytes) { std::memset(p, 0, bytes); }
   void sync_weights(const T*, T*, size_t) {}  // the forward reads the master copy directly
-  // An fp32-typed accumulator (stat_t) rounded to the activation type (the head's dx over vocabulary chunks).
-  void round_to_act(const T* in, T* out, size_t n) { std::copy(in, in + n, out); }
   void synchronize() {}
   void to_host(std::vector<double>& out, const T* p, size_t n) { out.assign(p, p + n); }
   void from_host(T* p, const std::vector<double>& in) { std::copy(in.begin(), in.end(), p); }
@@ -123,7 +118,6 @@ struct CudaBackend {
   void download(void* dst, const void* src, size_t bytes) { ctx.synchronize(); cuda::copy_to_host(dst, src, bytes); }
   void zero(void* p, size_t bytes) { auto op_ = ctx.op("zero"); cuda::memset_zero(ctx, p, bytes); }
   void sync_weights(const float* master, bf16* shadow, size_t n) { auto op_ = ctx.op("sync_weights"); cuda::cast_f32_to_bf16(ctx, master, shadow, n); }
-  void round_to_act(const float* in, bf16* out, size_t n) { auto op_ = ctx.op("round_to_act"); cuda::cast_f32_to_bf16(ctx, in, out, n); }
   void synchronize() { ctx.synchronize(); }
   void to_host(std::vector<double>& out, const bf16* p, size_t n) {
     std::vector<bf16> h(n);

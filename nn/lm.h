@@ -11,7 +11,6 @@
 #include <vector>
 
 #include "core/arena.h"
-#include "core/kernel_variants.h"
 #include "nn/backend.h"
 #include "nn/ffn.h"
 #include "nn/model_config.h"
@@ -129,17 +128,10 @@ class LM : public ParamStore<Backend> {
     head_loss(for_backward);
   }
 
-  // The head and the loss: logits = lnf W^T, the per-row losses, and with grad dx_ and head.grad (the loss's
-  // gradient scale is 1/N, known in advance). The logits never exist for all rows and columns at once.
+  // The head and the loss over chunks of head_rows_ rows, so that the logits never exist for all rows at once:
+  // logits = lnf W^T and the per-row losses; with grad also, in the same pass, dlogits (in place) and through
+  // the head dx_ (its rows of the chunk) and head.grad. The loss's gradient scale is 1/N, known in advance.
   void head_loss(bool grad) {
-    if (head_vocab_cols_ > 0) head_loss_by_vocab(grad);
-    else head_loss_by_rows(grad);
-    head_grad_done_ = grad;
-  }
-
-  // By chunks of head_rows_ rows over the whole vocabulary: per chunk the logits, the losses and, with grad, in
-  // the same pass, dlogits (in place) and through the head the chunk's rows of dx_ and its share of head.grad.
-  void head_loss_by_rows(bool grad) {
     const int N = B_ * T_, D = cfg_.d_model, Vp = cfg_.vocab_pad;
     Param& head = *head_;
     for (int r0 = 0; r0 < N; r0 += head_rows_) {
@@ -154,40 +146,7 @@ class LM : public ParamStore<Backend> {
       be_.matmul_backward(logits_, x, head.weight, dx_ + size_t(r0) * D, head.grad, rows, D, Vp, head.alpha,
                           head.accumulate());
     }
-  }
-
-  // By chunks of head_vocab_cols_ vocabulary columns for all rows (kernel variant head_vocab_chunk): a chunk's
-  // logits are small enough to stay in L2 from the GEMM that writes them to the ops that read them. A first pass
-  // merges each chunk into every row's running max and sum of exp (the losses); with grad a second makes the
-  // chunk's logits again, turns them into dlogits, adds the chunk's share of dx (fp32) and writes its rows of
-  // head.grad. The padding rows of the head (vocab..vocab_pad) meet no logit: their gradient is zero.
-  void head_loss_by_vocab(bool grad) {
-    const int N = B_ * T_, D = cfg_.d_model, V = cfg_.vocab, Vc = head_vocab_cols_;
-    Param& head = *head_;
-    const auto chunk_logits = [&](int v0, int cols) {
-      be_.matmul_forward(lnf_, head.weight + size_t(v0) * D, logits_, N, D, cols, head.alpha);
-    };
-    for (int v0 = 0; v0 < V; v0 += Vc) {
-      const int cols = std::min(Vc, V - v0);
-      chunk_logits(v0, cols);
-      be_.crossentropy_chunk_stats(logits_, tgt_, head_max_, head_sum_, head_target_, N, cols, v0);
-    }
-    be_.crossentropy_chunk_finish(head_max_, head_sum_, head_target_, tgt_, losses_, head_lse_, N, V);
-    if (!grad) return;
-    const bool accumulate = head.accumulate();
-    be_.zero(head_dx_, sizeof(S) * size_t(N) * D);
-    for (int v0 = 0; v0 < V; v0 += Vc) {
-      const int cols = std::min(Vc, V - v0);
-      const auto* w = head.weight + size_t(v0) * D;
-      chunk_logits(v0, cols);
-      be_.crossentropy_chunk_grad(logits_, tgt_, head_lse_, N, cols, v0, 1.0 / N);
-      be_.matmul_dx_accumulate(logits_, w, head_dx_, N, D, cols, head.alpha);
-      be_.matmul_backward(logits_, lnf_, w, static_cast<A*>(nullptr), head.grad + size_t(v0) * D, N, D, cols,
-                          head.alpha, accumulate);
-    }
-    if (!accumulate)
-      be_.zero(head.grad + size_t(V) * D, sizeof(*head.grad) * size_t(cfg_.vocab_pad - V) * D);
-    be_.round_to_act(head_dx_, dx_, size_t(N) * D);
+    head_grad_done_ = grad;
   }
 
  public:
@@ -304,16 +263,8 @@ class LM : public ParamStore<Backend> {
       const size_t fit = std::max<size_t>(1, (size_t(1) << 28) / size_t(cfg_.vocab_pad));
       const size_t chunks = (N + fit - 1) / fit, even = (N + chunks - 1) / chunks;
       head_rows_max_ = int(std::min(N, chunks > 1 ? (even + 127) / 128 * 128 : N));
-      size_t logits = size_t(head_rows_max_) * cfg_.vocab_pad;
-      if (head_vocab_cols_ > 0) {  // one vocabulary chunk's logits; probe() reads them by the rows that fit there
-        logits = N * size_t(head_vocab_cols_);
-        head_rows_max_ = int(std::clamp<size_t>(logits / size_t(cfg_.vocab_pad), 1, N));
-        logits = std::max(logits, size_t(head_rows_max_) * cfg_.vocab_pad);
-        head_max_ = a.take<S>(N), head_sum_ = a.take<S>(N), head_target_ = a.take<S>(N), head_lse_ = a.take<S>(N);
-        head_dx_ = a.take<S>(N * D);
-      }
       head_rows_ = head_rows_max_;
-      logits_ = a.take<A>(logits), losses_ = a.take<S>(N);
+      logits_ = a.take<A>(size_t(head_rows_max_) * cfg_.vocab_pad), losses_ = a.take<S>(N);
       dres_ = a.take<A>(N * D), dx_ = a.take<A>(N * D), datt_ = a.take<A>(N * D), dqkv_ = a.take<A>(N * 3 * D);
       if (pass == 0) a.allocate(Backend::on_device), scratch.allocate(Backend::on_device);
     }
@@ -334,10 +285,6 @@ class LM : public ParamStore<Backend> {
   S *rstdf_ = nullptr, *losses_ = nullptr;
   A *dres_ = nullptr, *dx_ = nullptr, *datt_ = nullptr, *dqkv_ = nullptr;
   int head_rows_ = 1, head_rows_max_ = 1;
-  // The head by vocabulary chunks of this many columns (0: by rows; kernel variant head_vocab_chunk), with each
-  // row's running max, sum of exp, target logit and logsumexp, and dx accumulated in fp32.
-  const int head_vocab_cols_ = std::min(kernel_variants().head_vocab_chunk, cfg_.vocab);
-  S *head_max_ = nullptr, *head_sum_ = nullptr, *head_target_ = nullptr, *head_lse_ = nullptr, *head_dx_ = nullptr;
   bool head_grad_done_ = false;  // the last forward took the head's gradient (forward(..., true))
 };
 

@@ -38,13 +38,4 @@ void matmul_backward(Context& ctx, const bf16* dy, const bf16* x, const bf16* w,
   }
 }
 
-void matmul_dx_accumulate(Context& ctx, const bf16* dy, const bf16* w, float* dx, int N, int In, int Out,
-                          float alpha) {
-  if (N <= 0 || In <= 0 || Out <= 0) return;
-  const float beta = 1.f;
-  check_cublas(cublasGemmEx(ctx.cublas, CUBLAS_OP_N, CUBLAS_OP_N, In, N, Out, &alpha, w, CUDA_R_16BF, In, dy,
-                            CUDA_R_16BF, Out, &beta, dx, CUDA_R_32F, In, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-               "cublasGemmEx(matmul_dx_accumulate N=", N, " In=", In, " Out=", Out, ")");
-}
-
 }  // namespace mue::cuda

@@ -18,7 +18,6 @@
 #include "nn/backend.h"
 #include "nn/ops/attention.h"
 #include "nn/ops/crossentropy.h"
-#include "nn/ops/crossentropy_chunks.h"
 #include "nn/ops/embedding.h"
 #include "nn/ops/matmul.h"
 #include "nn/ops/qk_norm.h"
@@ -258,14 +257,6 @@ TEST_CASE("CUDA matmul forward and backward (odd sizes, alpha)", "[cuda]") {
     V gw3(nw, std::nan(""));
     cpu::matmul_backward<double>(g.data(), x.data(), w.data(), nullptr, gw3.data(), c.N, c.In, c.Out, c.alpha, false);
     expect_close(get_f32(ctx, dgw3, nw), gw3, 1e-4, "matmul dw overwritten");
-
-    // dx added in fp32 to an accumulator (the head's dx over vocabulary chunks).
-    V acc0 = randn_f32(nx);
-    Dev dacc = put_f32(acc0);
-    cuda::matmul_dx_accumulate(ctx, dg.h(), dw.h(), dacc.f(), c.N, c.In, c.Out, float(c.alpha));
-    V acc = acc0;
-    cpu::matmul_dx_accumulate(g.data(), w.data(), acc.data(), c.N, c.In, c.Out, c.alpha);
-    expect_close(minus(get_f32(ctx, dacc, nx), acc0), minus(acc, acc0), 1e-4, "matmul dx accumulated");
   }
 }
 
@@ -619,89 +610,6 @@ TEST_CASE("CUDA crossentropy forward and backward (padded vocabulary)", "[cuda]"
     CHECK(pad_nonzero(fused) == 0);
     cuda::crossentropy_forward_backward(ctx, fl.h(), dt.i(), floss.f(), fl.h(), N, Vv, Vp, float(dl_scale));
     CHECK(rel_err(get_bf16(ctx, fl, n), fused) == 0.0);
-  }
-}
-
-// The head's cross-entropy over vocabulary chunks (kernel variant head_vocab_chunk): every chunk of a row's
-// logits merged into its running max and sum, then dlogits chunk by chunk, against the whole-row CPU reference.
-// Chunks of 1024 columns at GPT-2's vocabulary end in a ragged chunk of 81 (the scalar path); 200 columns in
-// chunks of 64 end in one of 8; chunks of 50 take the scalar path throughout.
-TEST_CASE("CUDA crossentropy over vocabulary chunks", "[cuda]") {
-  if (!cuda::gpu_available()) {
-    WARN("no GPU: skipped");
-    return;
-  }
-  cuda::Context ctx;
-  for (auto [N, Vv, cols] : {std::tuple{64, 50257, 1024}, std::tuple{9, 200, 64}, std::tuple{9, 200, 50},
-                             std::tuple{3, 200, 4096}}) {
-    INFO("N = " << N << ", V = " << Vv << ", chunks of " << cols);
-    V logits = randn_bf16(size_t(N) * Vv, 3.0);
-    I tgt = rand_index(N, Vv);
-    tgt[0] = Vv - 1, tgt[1] = 0;
-    const double dl_scale = 0.37;
-    V loss(N), d(size_t(N) * Vv);
-    cpu::crossentropy_forward_backward(logits.data(), tgt.data(), loss.data(), d.data(), N, Vv, Vv, dl_scale);
-    const auto chunk = [&](int v0, int c) {
-      V out(size_t(N) * c);
-      for (int n = 0; n < N; ++n)
-        for (int j = 0; j < c; ++j) out[size_t(n) * c + j] = logits[size_t(n) * Vv + v0 + j];
-      return out;
-    };
-    Dev dt = put_i32(tgt), m = poisoned(N * sizeof(float)), sum = poisoned(N * sizeof(float)),
-        tl = poisoned(N * sizeof(float)), lse = poisoned(N * sizeof(float)), dloss = poisoned(N * sizeof(float));
-    for (int v0 = 0; v0 < Vv; v0 += cols) {
-      const int c = std::min(cols, Vv - v0);
-      Dev dl = put_bf16(chunk(v0, c));
-      cuda::crossentropy_chunk_stats(ctx, dl.h(), dt.i(), m.f(), sum.f(), tl.f(), N, c, v0);
-    }
-    cuda::crossentropy_chunk_finish(ctx, m.f(), sum.f(), tl.f(), dt.i(), dloss.f(), lse.f(), N, Vv);
-    expect_close(get_f32(ctx, dloss, N), loss, 1e-5, "chunked crossentropy losses");
-    V got(size_t(N) * Vv);
-    for (int v0 = 0; v0 < Vv; v0 += cols) {
-      const int c = std::min(cols, Vv - v0);
-      Dev dl = put_bf16(chunk(v0, c));
-      cuda::crossentropy_chunk_grad(ctx, dl.h(), dt.i(), lse.f(), N, c, v0, float(dl_scale));
-      const V g = get_bf16(ctx, dl, size_t(N) * c);
-      for (int n = 0; n < N; ++n)
-        for (int j = 0; j < c; ++j) got[size_t(n) * Vv + v0 + j] = g[size_t(n) * c + j];
-    }
-    expect_close(got, d, kTolBf16, "chunked crossentropy dlogits");
-    V off_got, off_ref;  // the softmax part alone (see the whole-row test above)
-    for (int n = 0; n < N; ++n)
-      for (int j = 0; j < Vv; ++j)
-        if (j != tgt[n]) off_got.push_back(got[size_t(n) * Vv + j]), off_ref.push_back(d[size_t(n) * Vv + j]);
-    expect_close(off_got, off_ref, kTolBf16, "chunked crossentropy dlogits, off-target entries");
-  }
-}
-
-TEST_CASE("CUDA crossentropy over vocabulary chunks: a bad target's NaN row; an unaligned chunk", "[cuda]") {
-  if (!cuda::gpu_available()) {
-    WARN("no GPU: skipped");
-    return;
-  }
-  cuda::Context ctx;
-  {  // a target outside [0, V): NaN loss and gradient row; a chunk 2 bytes past alignment takes the scalar path
-    const int N = 4, Vv = 64;
-    V logits = randn_bf16(size_t(N) * Vv + 8, 3.0);  // from element 1 on: rows 2 bytes past 16-byte alignment
-    I tgt = {3, Vv, 0, Vv - 1}, tgt_ref = {3, 0, 0, Vv - 1};  // the reference reads a row's target: a valid one
-    V loss(N), d(size_t(N) * Vv);
-    const V rows(logits.begin() + 1, logits.begin() + 1 + size_t(N) * Vv);
-    cpu::crossentropy_forward_backward(rows.data(), tgt_ref.data(), loss.data(), d.data(), N, Vv, Vv, 1.0);
-    Dev dl = put_bf16(logits), dt = put_i32(tgt), m = poisoned(N * sizeof(float)), sum = poisoned(N * sizeof(float)),
-        tl = poisoned(N * sizeof(float)), lse = poisoned(N * sizeof(float)), dloss = poisoned(N * sizeof(float));
-    bf16* chunk = dl.h() + 1;
-    cuda::crossentropy_chunk_stats(ctx, chunk, dt.i(), m.f(), sum.f(), tl.f(), N, Vv, 0);
-    cuda::crossentropy_chunk_finish(ctx, m.f(), sum.f(), tl.f(), dt.i(), dloss.f(), lse.f(), N, Vv);
-    cuda::crossentropy_chunk_grad(ctx, chunk, dt.i(), lse.f(), N, Vv, 0, 1.f);
-    const V got_loss = get_f32(ctx, dloss, N), got = get_bf16(ctx, dl, size_t(N) * Vv + 8);
-    CHECK(std::isnan(got_loss[1]));
-    for (int j = 0; j < Vv; ++j) CHECK(std::isnan(got[1 + size_t(Vv) + j]));
-    for (int n : {0, 2, 3}) {
-      CHECK(std::abs(got_loss[n] - loss[n]) <= 1e-5 * std::abs(loss[n]));
-      V row(got.begin() + 1 + size_t(n) * Vv, got.begin() + 1 + size_t(n + 1) * Vv);
-      expect_close(row, V(d.begin() + size_t(n) * Vv, d.begin() + size_t(n + 1) * Vv), kTolBf16, "unaligned row");
-    }
-    CHECK(got[0] == logits[0]);  // the element before the chunk is untouched
   }
 }
 

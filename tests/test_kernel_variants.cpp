@@ -25,14 +25,13 @@ TEST_CASE("kernel variants: an empty spec is every kernel's default", "[variants
     CHECK(v.gather_rows == 0);
     CHECK(v.gate_lanes == 0);
     CHECK(!v.eager_zero_grad);
-    CHECK(v.head_vocab_chunk == 0);
   }
 }
 
 TEST_CASE("kernel variants: every key, separated by spaces or ';'", "[variants]") {
   const KernelVariants v = parse_kernel_variants(
       "flash_sm90=0 flash_sm90_tiles=3,4;expert_tile=11,0  expert_grid=3\tgather_rows=8;gate_lanes=16 "
-      "eager_zero_grad=1 head_vocab_chunk=2048");
+      "eager_zero_grad=1");
   CHECK(!v.flash_sm90);
   CHECK(v.flash_sm90_forward == 3);
   CHECK(v.flash_sm90_dkdv == 4);
@@ -42,8 +41,6 @@ TEST_CASE("kernel variants: every key, separated by spaces or ';'", "[variants]"
   CHECK(v.gather_rows == 8);
   CHECK(v.gate_lanes == 16);
   CHECK(v.eager_zero_grad);
-  CHECK(v.head_vocab_chunk == 2048);
-  CHECK(parse_kernel_variants("head_vocab_chunk=0").head_vocab_chunk == 0);
   CHECK(!parse_kernel_variants("eager_zero_grad=0").eager_zero_grad);
   CHECK(parse_kernel_variants("flash_sm90=1").flash_sm90);
   CHECK(parse_kernel_variants("gate_lanes=fit").gate_lanes == 0);
@@ -67,8 +64,6 @@ TEST_CASE("kernel variants: a bad item is a one-line error naming it", "[variant
   for (const char* bad : {"0", "3", "16", "x"}) fails_with(std::string("gather_rows=") + bad, "gather_rows must be");
   for (const char* bad : {"2", "64", "warp"}) fails_with(std::string("gate_lanes=") + bad, "gate_lanes must be");
   for (const char* bad : {"yes", "2"}) fails_with(std::string("eager_zero_grad=") + bad, "eager_zero_grad must be 0 or 1");
-  for (const char* bad : {"-1", "x", "", "1k"})
-    fails_with(std::string("head_vocab_chunk=") + bad, "head_vocab_chunk must be a column count >= 0");
   fails_with("expert_tiles=1,1", "unknown kernel variant \"expert_tiles\"");
   fails_with("gather_rows", "\"gather_rows\" is not key=value");
   fails_with("gather_rows=2 gather_rows=4", "gather_rows is given twice");

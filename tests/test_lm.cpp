@@ -148,53 +148,6 @@ TEST_CASE("LM head in chunks: loss and gradients do not depend on the chunking o
   CHECK_THROWS(model.set_head_rows(model.head_rows() + 1000000));
 }
 
-// The kernel variant head_vocab_chunk: the head and its loss by chunks of vocabulary columns for all rows (two
-// passes, dx accumulated apart) give what the rows path gives, whatever the chunk (1 column, a ragged last chunk,
-// the whole vocabulary, more than it) and whenever the head's gradient is taken.
-TEST_CASE("LM head by vocabulary chunks: the same loss and gradients as by rows", "[lm]") {
-  ModelConfig c = tiny_config();  // vocab 11 of 13 padded rows
-  ParamTable table = make_param_table("mup", c, c, Hyper{});
-  auto x = random_tokens(3 * c.seq_len, c.vocab, 3), y = random_tokens(3 * c.seq_len, c.vocab, 4);
-  const auto run = [&](int chunk, bool fused, double& loss) {
-    const ScopedKernelVariants variant("head_vocab_chunk=" + std::to_string(chunk));  // read at build
-    CpuBackend<double> be;
-    LM<CpuBackend<double>> model(c, table, be, 3);
-    // The witness of the path taken: by rows the head takes all 15 rows at once; by vocabulary chunks probe()'s
-    // rows are those whose logits fit one chunk's buffer.
-    REQUIRE((model.head_rows() < 3 * c.seq_len) == (chunk > 0));
-    model.init_weights(5);
-    std::vector<std::vector<double>> grads;
-    for (int step = 0; step < 2; ++step) {  // the second step's first writes meet the first step's gradients
-      model.zero_grad();
-      loss = model.forward(x.data(), y.data(), fused);
-      model.backward();
-    }
-    for (auto& p : model.params()) grads.push_back(model.host_grads(p));
-    return grads;
-  };
-  double lref = 0;
-  const auto ref = run(0, false, lref);
-  for (int chunk : {1, 4, 11, 100})
-    for (bool fused : {false, true}) {
-      INFO("chunks of " << chunk << " columns, gradient in the forward " << fused);
-      double l = 0;
-      const auto got = run(chunk, fused, l);
-      CHECK(std::abs(l - lref) < 1e-12 * std::abs(lref));
-      for (size_t i = 0; i < ref.size(); ++i) CHECK(rel_error(got[i], ref[i]) < 1e-12);
-    }
-  SECTION("its stale gradients are replaced, the head's padding rows included") {
-    const ScopedKernelVariants variant("head_vocab_chunk=4");
-    CpuBackend<double> be;
-    LM<CpuBackend<double>> model(c, table, be, 3);
-    model.init_weights(8);
-    check_stale_grads_replaced(model, [&] {
-      model.zero_grad();
-      model.forward(x.data(), y.data(), true);
-      model.backward();
-    });
-  }
-}
-
 TEST_CASE("LM: a step's first write of each gradient replaces the arena's old values (lazy zero_grad)", "[lm]") {
   for (bool fused : {false, true}) {
     INFO("head's gradient in the forward " << fused);

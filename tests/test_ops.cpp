@@ -3,7 +3,6 @@
 
 #include "nn/ops/attention.h"
 #include "nn/ops/crossentropy.h"
-#include "nn/ops/crossentropy_chunks.h"
 #include "nn/ops/embedding.h"
 #include "nn/ops/matmul.h"
 #include "nn/ops/qk_norm.h"
@@ -212,58 +211,6 @@ TEST_CASE("cross-entropy: padding columns ignored, backward vs finite difference
   CHECK(rel_error(d, num) < kTol);
   for (int n = 0; n < N; ++n)
     for (int j = V_; j < Vp; ++j) CHECK(d[n * Vp + j] == 0.0);
-}
-
-TEST_CASE("cross-entropy over vocabulary chunks: the same losses and dlogits as over whole rows", "[ops]") {
-  const int N = 5, V_ = 11, Vp = 12;
-  V logits = randn(N * Vp, 17, 4.0), losses(N), d(N * Vp);
-  std::vector<int32_t> tgt = {0, 10, 3, 7, 3};
-  cpu::crossentropy_forward_backward(logits.data(), tgt.data(), losses.data(), d.data(), N, V_, Vp, 0.3);
-  const auto chunk = [&](int v0, int c) {  // columns [v0, v0 + c) of every row, as the head's GEMM gives them
-    V out(size_t(N) * c);
-    for (int n = 0; n < N; ++n)
-      for (int j = 0; j < c; ++j) out[size_t(n) * c + j] = logits[size_t(n) * Vp + v0 + j];
-    return out;
-  };
-  for (int cols : {1, 4, 11, 20}) {
-    INFO("chunks of " << cols << " columns");
-    V m(N), sum(N), tl(N), lse(N), got_loss(N), got_d(N * Vp, 0.0);
-    for (int v0 = 0; v0 < V_; v0 += cols) {
-      const int c = std::min(cols, V_ - v0);
-      V l = chunk(v0, c);
-      cpu::crossentropy_chunk_stats(l.data(), tgt.data(), m.data(), sum.data(), tl.data(), N, c, v0);
-    }
-    cpu::crossentropy_chunk_finish(m.data(), sum.data(), tl.data(), tgt.data(), got_loss.data(), lse.data(), N, V_);
-    for (int n = 0; n < N; ++n) CHECK(got_loss[n] == Approx(losses[n]).epsilon(1e-13));
-    for (int v0 = 0; v0 < V_; v0 += cols) {
-      const int c = std::min(cols, V_ - v0);
-      V l = chunk(v0, c);
-      cpu::crossentropy_chunk_grad(l.data(), tgt.data(), lse.data(), N, c, v0, 0.3);
-      for (int n = 0; n < N; ++n)
-        for (int j = 0; j < c; ++j) got_d[size_t(n) * Vp + v0 + j] = l[size_t(n) * c + j];
-    }
-    CHECK(rel_error(got_d, d) < 1e-13);  // padding columns: 0 in both
-  }
-  SECTION("a target outside [0, V) gives a NaN loss and a NaN gradient row, as over whole rows") {
-    tgt[2] = V_;
-    V m(N), sum(N), tl(N), lse(N), loss(N), l = chunk(0, V_);
-    cpu::crossentropy_chunk_stats(l.data(), tgt.data(), m.data(), sum.data(), tl.data(), N, V_, 0);
-    cpu::crossentropy_chunk_finish(m.data(), sum.data(), tl.data(), tgt.data(), loss.data(), lse.data(), N, V_);
-    CHECK(std::isnan(loss[2]));
-    CHECK(std::isfinite(loss[1]));
-    cpu::crossentropy_chunk_grad(l.data(), tgt.data(), lse.data(), N, V_, 0, 1.0);
-    CHECK(std::isnan(l[2 * V_]));
-    CHECK(std::isfinite(l[1 * V_]));
-  }
-}
-
-TEST_CASE("matmul_dx_accumulate adds alpha dy W to an accumulator", "[ops]") {
-  const int N = 3, In = 4, Out = 5;
-  V dy = randn(N * Out, 21), w = randn(Out * In, 22), x = randn(N * In, 23), dw(Out * In), dx(N * In);
-  cpu::matmul_backward(dy.data(), x.data(), w.data(), dx.data(), dw.data(), N, In, Out, 0.7);
-  V acc = randn(N * In, 24), start = acc;
-  cpu::matmul_dx_accumulate(dy.data(), w.data(), acc.data(), N, In, Out, 0.7);
-  for (int i = 0; i < N * In; ++i) CHECK(acc[i] == Approx(start[i] + dx[i]).epsilon(1e-13));
 }
 
 TEST_CASE("residual add", "[ops]") {

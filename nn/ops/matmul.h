@@ -26,13 +26,6 @@ void matmul_backward(const T* dy, const T* x, const T* w, T* dx, T* dw, int N, i
   else MatMap<T>(dw, Out, In).noalias() = T(alpha) * (DY.transpose() * CMatMap<T>(x, N, In));
 }
 
-// dx += alpha * dy W into an accumulator of the statistics type (fp32 on CUDA): the LM head's dx over vocabulary
-// chunks (nn/lm.h), where bf16 partial sums would lose the small terms.
-template <class T, class S>
-void matmul_dx_accumulate(const T* dy, const T* w, S* dx, int N, int In, int Out, double alpha) {
-  MatMap<S>(dx, N, In).noalias() += (S(alpha) * (CMatMap<T>(dy, N, Out) * CMatMap<T>(w, Out, In))).template cast<S>();
-}
-
 }  // namespace mue::cpu
 #endif
 
@@ -44,9 +37,6 @@ void matmul_forward(Context& ctx, const bf16* x, const bf16* w, bf16* y, int N, 
 // dx = alpha * dy W (skipped if dx == nullptr); dw += alpha * dy^T x (accumulate) or dw = alpha * dy^T x
 void matmul_backward(Context& ctx, const bf16* dy, const bf16* x, const bf16* w, bf16* dx, float* dw, int N,
                      int In, int Out, float alpha, bool accumulate = true);
-// dx[N,In] += alpha * dy[N,Out] W[Out,In] with dx fp32 (cuBLAS, beta = 1)
-void matmul_dx_accumulate(Context& ctx, const bf16* dy, const bf16* w, float* dx, int N, int In, int Out,
-                          float alpha);
 
 }  // namespace mue::cuda
 #endif
