@@ -13,7 +13,8 @@
 # rewritten), and 25 s are kept for packing.
 # Across sessions: where experiments/results/NAME.json exists, only its unfinished points run (mue sweep --only)
 # and the new results file merges the finished ones from it (results_bundle.py --merge): copy the NAME.json that
-# comes back over experiments/results/NAME.json and commit it. RESULTS_DIR=DIR reads the results files from DIR
+# comes back over experiments/results/NAME.json and commit it. A spec whose grid grew since (a `seed` axis added,
+# more LRs; base and overrides unchanged) runs only its new points: the results' points land on the grown grid. RESULTS_DIR=DIR reads the results files from DIR
 # instead (tests: a folder without them runs every point).
 # MPS=1: the sweeps run under CUDA MPS (scripts/mps.sh), so that the processes' kernels share the GPU at once.
 # Several GPUs (a multi-GPU machine, CUDA_VISIBLE_DEVICES unset: all of them; or those it lists): the sweep spreads
@@ -64,7 +65,10 @@ for arg in "$@"; do
   if [ "$left" -le 5 ]; then echo "== $name: no time left, not started" | tee -a "$log"; continue; fi
   only=""
   if [ -f "$results/$name.json" ]; then
-    only=$(python3 experiments/figures/results_bundle.py --missing "$results/$name.json")
+    if ! only=$(python3 experiments/figures/results_bundle.py --missing "$results/$name.json" \
+                  --spec "experiments/sweeps/$name.json" 2>&1); then
+      echo "== $name: not run: $only" | tee -a "$log"; continue
+    fi
     if [ -z "$only" ]; then echo "== $name: every point finished in $results/$name.json" | tee -a "$log"; continue; fi
   fi
   if [ ${#gpus[@]} -gt 1 ]; then  # PARALLEL (or the spec's) on each GPU

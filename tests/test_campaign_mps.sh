@@ -79,4 +79,32 @@ grep -q "^0,1,2,3 sweep experiments/sweeps/wd-lm.json --parallel 24 " "$tmp/swee
   { echo "FAILED: 4 GPUs, wd-lm (the spec's parallel 6): not --parallel 24"; cat "$tmp/sweep-args"; fail=1; }
 grep -q "^gpus: 4 " "$tmp/out3/campaign.log" || { echo "FAILED: campaign.log does not say 4 GPUs"; fail=1; }
 [ $fail = 0 ] || exit 1
-echo "campaign.sh MPS=1: the sweep saw the pipe directory; the daemon stopped; a refused sweep is logged; 4 GPUs used"
+# Results files of earlier sessions: a spec whose every point finished is not run; one whose grid grew (a second
+# seed) runs only the new points; one from a spec that changed beyond its axes is refused in one line, not run.
+mkdir -p "$tmp/res4"
+python3 - "$repo" "$tmp/res4" <<'PY'
+import json, sys
+repo, out = sys.argv[1:]
+spec = json.load(open(f"{repo}/experiments/sweeps/wd-lm.json"))
+pts = [{"index": i, "name": f"wd-lm-{i:04d}", "status": "completed", "config": {"train": {"seed": 1, "data_seed": 1}},
+        "coords": dict(zip(spec["axes"], vals))}
+       for i, vals in enumerate(__import__("itertools").product(*spec["axes"].values()))]
+json.dump({"name": "wd-lm", "spec": spec, "points": pts}, open(f"{out}/wd-lm.json", "w"))
+grown = dict(spec, axes={"seed": [1, 2], **spec["axes"]})
+json.dump(grown, open(f"{out}/grown-spec.json", "w"))
+other = dict(spec, overrides=spec["overrides"] + ["model.n_layers=2"])
+json.dump({"name": "rivals-lm", "spec": other, "points": pts}, open(f"{out}/rivals-lm.json", "w"))
+PY
+rm -f "$tmp/sweep-args"
+DEADLINE_S=120 BUILD_DIR="$tmp/build" OUT="$tmp/out4" RESULTS_DIR="$tmp/res4" \
+  bash "$repo/scripts/campaign.sh" wd-lm rivals-lm > "$tmp/campaign4.out" 2>&1 || { cat "$tmp/campaign4.out"; exit 1; }
+grep -q "^== wd-lm: every point finished in $tmp/res4/wd-lm.json" "$tmp/out4/campaign.log" ||
+  { echo "FAILED: a finished spec was not skipped"; fail=1; }
+grep -q "^== rivals-lm: not run: .*differ beyond their axes" "$tmp/out4/campaign.log" ||
+  { echo "FAILED: a results file of another spec was not refused"; fail=1; }
+[ ! -s "$tmp/sweep-args" ] || { echo "FAILED: a sweep ran"; cat "$tmp/sweep-args"; fail=1; }
+only=$(python3 "$repo/experiments/figures/results_bundle.py" --missing "$tmp/res4/wd-lm.json" --spec "$tmp/res4/grown-spec.json")
+[ "$only" = "$(seq -s, 60 119)" ] || { echo "FAILED: the grown grid's missing points are '$only', not 60-119"; fail=1; }
+[ $fail = 0 ] || { cat "$tmp/out4/campaign.log"; exit 1; }
+echo "campaign.sh MPS=1: the sweep saw the pipe directory; the daemon stopped; a refused sweep is logged; 4 GPUs used;"
+echo "earlier results: a finished spec is skipped, another spec's results refused, a grown grid runs its new points"

@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """experiments/figures/optimum.py: the fitted optimum every figure and table uses (run by ctest)."""
+import json
 import math
 import os
+import subprocess
 import sys
+import tempfile
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments", "figures"))
@@ -10,6 +13,9 @@ from optimum import fit_optimum, interpolate_log2, parabola_vertex  # noqa: E402
 from proxy_rules import proxy_rule  # noqa: E402
 from shapes import moe_axes, parse_moe_shape  # noqa: E402
 from wd_table import best_curves, wd_optima, wd_summary, wd_table  # noqa: E402
+import regrid  # noqa: E402
+
+REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
 class FitOptimum(unittest.TestCase):
@@ -129,6 +135,129 @@ class WdTable(unittest.TestCase):
         # tau = 1 / (LR * WD) at the fitted WD: 2^8 * 2^2.5 steps.
         self.assertIn(f"| {2 ** 10.5:.0f} ({2 ** 10.5 / 2000:.2f} of the run) |", rows[2])
         self.assertIn("no completed point", rows[5])
+
+
+class Regrid(unittest.TestCase):
+    """A grown grid keeps the points an earlier results file holds (regrid.py, results_bundle.py)."""
+    OLD_SPEC = {"name": "s", "comment": "one seed", "overrides": ["model.d_model=128"], "out_dir": "runs/s",
+                "axes": {"rule": ["complete-mue", "mup"], "hp.lr": [2 ** -9, 2 ** -8]}, "parallel": 4}
+
+    def old_results(self):
+        # The index stores numbers as floats; a point's config says its seed (train.seed = train.data_seed = 1).
+        pts = []
+        for i, c in regrid.grid(self.OLD_SPEC):
+            status = "running" if i == 3 else ("diverged" if i == 1 else "completed")
+            pts.append({"index": i, "name": f"s-{i:04d}", "status": status, "final_val_loss": 3.0 + i,
+                        "coords": {"rule": c["rule"], "hp.lr": float(c["hp.lr"])},
+                        "config": {"rule": c["rule"], "hp": {"lr": c["hp.lr"]}, "train": {"seed": 1, "data_seed": 1}}})
+        return {"name": "s", "axes": ["rule", "hp.lr"], "spec": self.OLD_SPEC, "points": pts}
+
+    def grown(self, **axes):
+        spec = json.loads(json.dumps(self.OLD_SPEC))
+        spec.update(comment="two seeds", parallel=8, expected_h100_minutes=3)
+        spec["axes"] = axes
+        return spec
+
+    def test_grid_order(self):
+        g = regrid.grid({"axes": {"a": [1, 2], "b": ["x", "y", "z"]}})
+        self.assertEqual([i for i, _ in g], list(range(6)))
+        self.assertEqual(g[1][1], {"a": 1, "b": "y"})  # first axis slowest
+        self.assertEqual(g[3][1], {"a": 2, "b": "x"})
+
+    def test_same_spec(self):
+        old = self.old_results()
+        self.assertEqual(regrid.missing(self.OLD_SPEC, old), [3])  # diverged is finished, running is not
+        self.assertEqual(regrid.missing(self.grown(**self.OLD_SPEC["axes"]), old), [3])  # comment etc. don't count
+
+    def test_seed_axis_added(self):
+        spec = self.grown(seed=[1, 2], rule=["complete-mue", "mup"], **{"hp.lr": [2 ** -9, 2 ** -8]})
+        have = regrid.match(spec, self.old_results())
+        self.assertEqual(sorted(have), [0, 1, 2])  # seed 1's points but the unfinished one
+        self.assertEqual([have[i]["name"] for i in (0, 1, 2)], ["s-0000", "s-0001", "s-0002"])
+        self.assertEqual(regrid.missing(spec, self.old_results()), [3, 4, 5, 6, 7])
+        # Seed 2 first: the old points land on the second half of the grid.
+        spec = self.grown(seed=[2, 1], rule=["complete-mue", "mup"], **{"hp.lr": [2 ** -9, 2 ** -8]})
+        self.assertEqual(sorted(regrid.match(spec, self.old_results())), [4, 5, 6])
+
+    def test_seed_only_where_data_seed_agrees(self):
+        old = self.old_results()
+        old["points"][0]["config"]["train"]["data_seed"] = 7  # not a run the seed axis would make
+        spec = self.grown(seed=[1, 2], rule=["complete-mue", "mup"], **{"hp.lr": [2 ** -9, 2 ** -8]})
+        self.assertEqual(sorted(regrid.match(spec, old)), [1, 2])
+
+    def test_more_values_and_new_axis_from_config(self):
+        # A new LR, and the rule order swapped: matched by value, not by index.
+        spec = self.grown(rule=["mup", "complete-mue"], **{"hp.lr": [2 ** -10, 2 ** -9, 2 ** -8]})
+        have = regrid.match(spec, self.old_results())
+        self.assertEqual({i: p["name"] for i, p in have.items()}, {1: "s-0002", 4: "s-0000", 5: "s-0001"})
+        # A new axis over a key the old grid did not sweep: the old points' value comes from their config.
+        spec = self.grown(rule=["complete-mue"], **{"hp.lr": [2 ** -9]})
+        spec["axes"]["train.seed"] = [1, 3]
+        self.assertEqual(sorted(regrid.match(spec, self.old_results())), [0])
+
+    def test_refusals(self):
+        spec = self.grown(rule=["complete-mue", "mup"], **{"hp.lr": [2 ** -9]})
+        spec["overrides"] = ["model.d_model=256"]
+        with self.assertRaises(SystemExit) as e:
+            regrid.match(spec, self.old_results())
+        self.assertIn("differ beyond their axes", str(e.exception))
+        with self.assertRaises(SystemExit) as e:  # a swept key fixed now: its points are not this grid's
+            regrid.match(self.grown(**{"hp.lr": [2 ** -9]}), self.old_results())
+        self.assertIn("swept rule, which the spec no longer does", str(e.exception))
+
+    def test_merge_into_grown_grid(self):
+        import results_bundle
+        spec = self.grown(seed=[1, 2], rule=["complete-mue", "mup"], **{"hp.lr": [2 ** -9, 2 ** -8]})
+        new = {"name": "s", "spec": spec, "points": []}
+        for i, c in regrid.grid(spec):  # this call ran seed 2's first point and seed 1's unfinished one
+            name = f"s-{i:04d}-seed-{c['seed']}"
+            status = "completed" if i in (3, 4) else "missing"
+            new["points"].append({"index": i, "name": name, "status": status, "coords": c, "final_val_loss": 9.0})
+        self.assertEqual(results_bundle.merge(new, self.old_results()), 3)
+        pts = new["points"]
+        self.assertEqual([p["status"] for p in pts], ["completed", "diverged", "completed", "completed",
+                                                      "completed", "missing", "missing", "missing"])
+        self.assertEqual([p["index"] for p in pts], list(range(8)))
+        self.assertEqual(pts[1]["name"], "s-0001-seed-1")
+        self.assertEqual(pts[1]["run_name"], "s-0001")
+        self.assertEqual(pts[1]["coords"]["seed"], 1)
+        self.assertEqual(pts[1]["final_val_loss"], 4.0)
+        self.assertEqual(pts[3]["final_val_loss"], 9.0)  # this call's own run is kept
+        with tempfile.TemporaryDirectory() as d:
+            res, sp = os.path.join(d, "s.json"), os.path.join(d, "spec.json")
+            with open(res, "w") as f:
+                json.dump(self.old_results(), f)
+            with open(sp, "w") as f:
+                json.dump(spec, f)
+            self.assertEqual(results_bundle.missing(res, sp), [3, 4, 5, 6, 7])
+            self.assertEqual(results_bundle.missing(res), [3])
+
+    def test_grid_is_mue_sweeps(self):
+        """Every committed spec's grid in regrid.py's order is the one `mue sweep --dry-run` lists (ctest passes
+        the binary as MUE_BIN)."""
+        mue = os.environ.get("MUE_BIN")
+        if not mue:
+            self.skipTest("MUE_BIN not set (ctest sets it)")
+        folder = os.path.join(REPO, "experiments", "sweeps")
+        for fname in sorted(os.listdir(folder)):
+            if not fname.endswith(".json"):
+                continue
+            with open(os.path.join(folder, fname)) as f:
+                spec = json.load(f)
+            out = subprocess.run([mue, "sweep", os.path.join(folder, fname), "--dry-run"], cwd=REPO,
+                                 capture_output=True, text=True)
+            self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+            listed = [line.split() for line in out.stdout.splitlines() if line[:4].isdigit()]
+            g = regrid.grid(spec)
+            self.assertEqual(len(listed), len(g), fname)
+            for words, (i, coords) in zip(listed, g):
+                self.assertEqual(int(words[0]), i)
+                shown = dict(w.split("=", 1) for w in words[1:1 + len(coords)])
+                self.assertEqual(list(shown), list(coords), fname)
+                for k, v in coords.items():
+                    self.assertEqual(regrid._norm(v), regrid._norm(float(shown[k]) if isinstance(v, (int, float))
+                                                                  and not isinstance(v, bool) else shown[k]),
+                                     f"{fname} point {i} {k}")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 """A sweep's compact results file: one JSON file that travels in the repository instead of the raw run files.
 
 usage: results_bundle.py INDEX.h5 [--out NAME.json] [--max-rows 60] [--merge OLD.json]
-       results_bundle.py --missing NAME.json     (the indices of its points not yet completed or diverged,
-                                                   comma-separated, for `mue sweep SPEC --only`)
+       results_bundle.py --missing NAME.json [--spec SPEC.json]
+                                      (the indices of its points not yet completed or diverged, comma-separated,
+                                       for `mue sweep SPEC --only`; with --spec, of SPEC's grid, which may have
+                                       grown since NAME.json was made: regrid.py)
 
 For every point of the sweep index (mue sweep -> out_dir/NAME-index.h5) it keeps the point's axis values,
 status, resolved config, device, commit and times, the final numbers of the /summary table, the validation
@@ -12,17 +14,18 @@ the point's wall time, median tokens/s and, where the run file has it, its /timi
 the index (sweep_index.Summary). A point whose run file is missing keeps its summary row and no curves.
 With --merge, a point that the index has not finished (missing, failed, running) is taken from OLD.json where
 it finished there: a sweep continued in a later session with `--only` (its earlier run files gone) ends in one
-results file. OLD.json must come from the same spec.
+results file. OLD.json must come from the same spec, or from one whose grid has grown since (a second seed, more
+LRs; the same base and overrides): its points then land on the grown grid's (regrid.py).
 """
 import argparse
 import json
 import math
 import os
 
-import h5py
-import numpy as np
+import regrid
 
-from sweep_index import Summary
+# h5py and numpy are imported where an index or run file is read, so that --missing and --merge's matching need
+# only Python (scripts/campaign.sh asks --missing on any machine).
 
 FORMAT = "mue-sweep-results/1"
 
@@ -41,6 +44,7 @@ def _finite(x):
 
 
 def _curve(group, keys, max_rows):
+    import numpy as np
     if group is None or "step" not in group:
         return None
     n = len(group["step"])
@@ -56,6 +60,8 @@ def _curve(group, keys, max_rows):
 
 def point_record(run_path, max_rows):
     """What the bundle keeps of one run file (None if the file cannot be read)."""
+    import h5py
+    import numpy as np
     try:
         f = h5py.File(run_path, "r", locking=False)
     except TypeError:  # h5py < 3.5 has no locking argument
@@ -81,6 +87,7 @@ def point_record(run_path, max_rows):
 
 
 def bundle(index_path, max_rows=60):
+    from sweep_index import Summary
     sw = Summary(index_path)
     folder = os.path.dirname(os.path.abspath(index_path))
     points = []
@@ -102,30 +109,45 @@ DONE = ("completed", "diverged")
 
 
 def merge(new, old):
-    """Points of `new` not finished there, taken from `old` where they are finished."""
-    # What decides the points' results; a reworded comment, a new time estimate or --parallel do not.
-    def decisive(spec):
-        return {k: v for k, v in (spec or {}).items() if k not in ("comment", "expected_h100_minutes", "parallel")}
-
-    if decisive(old.get("spec")) != decisive(new.get("spec")):
-        raise SystemExit(f"--merge: the old results file comes from another spec than {new['name']}'s index")
-    by_name = {p["name"]: p for p in old["points"]}
+    """Points of `new` not finished there, taken from `old` where they are finished: the same point of the same
+    spec, or of a grid that grew since (regrid.py). A point taken from a smaller grid gets the grown grid's index,
+    name and coords, and keeps the name of the run that made it as `run_name`."""
+    try:
+        have = regrid.match(new.get("spec") or {}, old)
+    except SystemExit as e:
+        raise SystemExit(f"--merge: {e}")
     taken = 0
     for i, p in enumerate(new["points"]):
-        o = by_name.get(p["name"])
-        if p["status"] not in DONE and o is not None and o["status"] in DONE:
+        o = have.get(p["index"])
+        if p["status"] not in DONE and o is not None:
+            o = dict(o)
+            if o["name"] != p["name"]:
+                o["run_name"] = o.get("run_name", o["name"])
+            o.update(index=p["index"], name=p["name"], coords=p["coords"])
             new["points"][i] = o
             taken += 1
     return taken
 
 
-def missing(path):
+def missing(path, spec_path=None):
+    """The unfinished points of results file `path`; with spec_path, those of that spec's grid (which may have
+    grown since the results were made)."""
     try:
         with open(path) as f:
             b = json.load(f)
-        return [p["index"] for p in b["points"] if p["status"] not in DONE]
+        if spec_path is None:
+            return [p["index"] for p in b["points"] if p["status"] not in DONE]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SystemExit(f"{path}: not a readable results file ({e.__class__.__name__}: {e})")
+    try:
+        with open(spec_path) as f:
+            spec = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"{spec_path}: not a readable sweep spec ({e.__class__.__name__}: {e})")
+    try:
+        return regrid.missing(spec, b)
+    except SystemExit as e:
+        raise SystemExit(f"{path}: {e}")
 
 
 def main():
@@ -135,9 +157,11 @@ def main():
     ap.add_argument("--max-rows", type=int, default=60, help="training-curve rows kept per point (0: all)")
     ap.add_argument("--merge", default=None, help="earlier results file of the same spec")
     ap.add_argument("--missing", default=None, metavar="RESULTS", help="print the unfinished point indices")
+    ap.add_argument("--spec", default=None, metavar="SPEC.json",
+                    help="with --missing: the indices of this spec's grid, which may have grown since RESULTS")
     a = ap.parse_args()
     if a.missing:
-        print(",".join(str(i) for i in missing(a.missing)))
+        print(",".join(str(i) for i in missing(a.missing, a.spec)))
         return
     if not a.index:
         ap.error("give a sweep index (or --missing RESULTS)")
