@@ -14,6 +14,7 @@ from proxy_rules import proxy_rule  # noqa: E402
 from shapes import moe_axes, parse_moe_shape  # noqa: E402
 from wd_table import best_curves, wd_optima, wd_summary, wd_table  # noqa: E402
 import regrid  # noqa: E402
+from verdict import transfer_verdict  # noqa: E402
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
@@ -135,6 +136,23 @@ class WdTable(unittest.TestCase):
         # tau = 1 / (LR * WD) at the fitted WD: 2^8 * 2^2.5 steps.
         self.assertIn(f"| {2 ** 10.5:.0f} ({2 ** 10.5 / 2000:.2f} of the run) |", rows[2])
         self.assertIn("no completed point", rows[5])
+
+
+class Verdict(unittest.TestCase):
+    """REPRODUCTION.md's rule, mechanically (verdict.py)."""
+    def test_words(self):
+        c = lambda label, m, lo=None, hi=None, edge="": (label, m, m if lo is None else lo, m if hi is None else hi, edge)
+        self.assertEqual(transfer_verdict([c("a", 0.2), c("b", -0.5)])[0], "transfers")  # the band is closed
+        word, why = transfer_verdict([c("a", 0.2), c("b", -0.62, -0.81, -0.44)])
+        self.assertEqual((word, why), ("inconclusive", "outside +-1/2: b -0.62"))
+        self.assertEqual(transfer_verdict([c("a", 0.1), c("b", 0.3, edge="low")]),
+                         ("inconclusive", "b at the low edge"))
+        self.assertEqual(transfer_verdict([c("a", 0.1)], whole=False)[0], "inconclusive")
+        # Drift: a span beyond one octave plus the largest seed spread, edges or not, whole or not.
+        self.assertEqual(transfer_verdict([c("a", 0.62), c("b", -2.71, edge="low")])[0], "drifts")
+        self.assertEqual(transfer_verdict([c("a", 0.62), c("b", -2.71)], whole=False)[0], "drifts")
+        self.assertEqual(transfer_verdict([c("a", 0.7, 0.0, 1.4), c("b", -0.9)])[0], "inconclusive")  # 1.6 < 1 + 1.4
+        self.assertEqual(transfer_verdict([])[0], "inconclusive")
 
 
 class Regrid(unittest.TestCase):

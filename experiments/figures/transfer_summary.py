@@ -5,7 +5,8 @@ One panel per rule (shared y-axis): for every results file given (an LR sweep wi
 group of points, one per configuration, at the shift log2(optimum) - log2(proxy's optimum) in octaves; seeds
 averaged, their range as error bars, a grey band of +-1/2 octave (the transfer claim's tolerance). A rule the
 proxy did not run reads the proxy run of the rule with its table at the reference (proxy_rules.py). --md also
-writes the shifts as a table (rule rows, configuration columns per spec).
+writes the shifts as a table (rule rows, configuration columns per spec) with each row's verdict by
+REPRODUCTION.md's rule (verdict.py).
 
 usage: transfer_summary.py RESULTS.json ... --proxy-lm P.json --proxy-flow P.json --out PREFIX [--md T.md]
                            [--rules complete-mue,mup,...]
@@ -20,10 +21,12 @@ import numpy as np
 
 from sweep_index import Summary, fmt, pyplot, save_figure
 from transfer_table import optima, proxy_optima, proxy_table
+from verdict import transfer_verdict
 
 
 def shifts(path, proxy_path, lr_key="hp.lr", metric="final_val_loss"):
-    """name, OrderedDict rule -> list of (config label, mean shift, low, high) in octaves from the proxy."""
+    """name, OrderedDict rule -> list of (config label, mean shift, low, high, edge) in octaves from the proxy,
+    set of the rules whose every point finished."""
     sw = Summary(path)
     conf_keys, table = optima(sw, lr_key, metric)
     proxy = proxy_optima(proxy_table(proxy_path, list(table), lr_key, metric, sw))  # refuses the other task's
@@ -35,9 +38,12 @@ def shifts(path, proxy_path, lr_key="hp.lr", metric="final_val_loss"):
         for conf, per_seed in confs.items():
             if per_seed:
                 fits = [o.log2_x - centre for _, o, _, _ in per_seed]
+                edge = ",".join(sorted({o.edge for _, o, _, _ in per_seed if o.edge}))
                 out.setdefault(rule, []).append((", ".join(fmt(v) for v in conf), float(np.mean(fits)), min(fits),
-                                                 max(fits)))
-    return sw.name, out
+                                                 max(fits), edge))
+    rules = sw.column("rule") if "rule" in sw.axes else ["(spec)"] * len(sw)
+    whole = {r for r in out if all(st in ("completed", "diverged") for st, q in zip(sw.status, rules) if q == r)}
+    return sw.name, out, whole
 
 
 def main():
@@ -56,7 +62,7 @@ def main():
         if proxy is None:
             raise SystemExit(f"{path}: a diffusion spec needs --proxy-flow")
         specs.append(shifts(path, proxy))
-    rules = a.rules.split(",") if a.rules else list(dict.fromkeys(r for _, s in specs for r in s))
+    rules = a.rules.split(",") if a.rules else list(dict.fromkeys(r for _, s, _ in specs for r in s))
     plt = pyplot()
     ncols = min(4, len(rules))
     nrows = (len(rules) + ncols - 1) // ncols
@@ -66,7 +72,7 @@ def main():
     colours = plt.get_cmap("tab10")
     for ax, rule in zip(axs.flat, rules):
         x, ticks, labels = 0, [], []
-        for k, (name, s) in enumerate(specs):
+        for k, (name, s, _) in enumerate(specs):
             pts = s.get(rule, [])
             if not pts:
                 continue
@@ -97,12 +103,17 @@ def main():
     if a.md:
         lines = ["# Shift of each configuration's fitted optimum LR from its dense proxy's (octaves)", "",
                  "Seeds averaged (range in brackets where two ran); a rule the proxy did not run reads the proxy run "
-                 "of the rule with its table at the reference (proxy_rules.py).", ""]
-        for name, s in specs:
-            lines += [f"## {name}", "", "| rule | shifts |", "|---|---|"]
+                 "of the rule with its table at the reference (proxy_rules.py). The verdict is REPRODUCTION.md's "
+                 "rule applied to the row (verdict.py): **transfers** where every shift is within +-1/2 octave, the "
+                 "curves whole and no optimum at a grid edge; **drifts** where the shifts span more than one octave "
+                 "beyond the largest seed spread; else **inconclusive**.", ""]
+        for name, s, whole in specs:
+            lines += [f"## {name}", "", "| rule | shifts | verdict |", "|---|---|---|"]
             for rule, pts in s.items():
-                cells = [f"{c}: {m:+.2f}" + (f" [{l:+.2f}, {h:+.2f}]" if h > l else "") for c, m, l, h in pts]
-                lines.append(f"| {rule} | {'; '.join(cells)} |")
+                cells = [f"{c}: {m:+.2f}" + (f" [{l:+.2f}, {h:+.2f}]" if h > l else "") + (f" ({e})" if e else "")
+                         for c, m, l, h, e in pts]
+                word, why = transfer_verdict(pts, rule in whole)
+                lines.append(f"| {rule} | {'; '.join(cells)} | **{word}** ({why}) |")
             lines.append("")
         with open(a.md, "w") as f:
             f.write("\n".join(lines))
