@@ -66,8 +66,8 @@ for arg in "$@"; do
   only=""
   if [ -f "$results/$name.json" ]; then
     if ! only=$(python3 experiments/figures/results_bundle.py --missing "$results/$name.json" \
-                  --spec "experiments/sweeps/$name.json" 2>&1); then
-      echo "== $name: not run: $only" | tee -a "$log"; continue
+                  --spec "experiments/sweeps/$name.json" 2> "$OUT/missing.err"); then
+      echo "== $name: not run: $(tail -1 "$OUT/missing.err")" | tee -a "$log"; continue
     fi
     if [ -z "$only" ]; then echo "== $name: every point finished in $results/$name.json" | tee -a "$log"; continue; fi
   fi

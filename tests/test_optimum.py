@@ -148,9 +148,9 @@ class Verdict(unittest.TestCase):
         self.assertEqual(transfer_verdict([c("a", 0.1), c("b", 0.3, edge="low")]),
                          ("inconclusive", "b at the low edge"))
         self.assertEqual(transfer_verdict([c("a", 0.1)], whole=False)[0], "inconclusive")
-        # Drift: a span beyond one octave plus the largest seed spread, edges or not, whole or not.
+        # Drift: a span beyond one octave plus the largest seed spread, an edge or not; not before the grid is whole.
         self.assertEqual(transfer_verdict([c("a", 0.62), c("b", -2.71, edge="low")])[0], "drifts")
-        self.assertEqual(transfer_verdict([c("a", 0.62), c("b", -2.71)], whole=False)[0], "drifts")
+        self.assertEqual(transfer_verdict([c("a", 0.62), c("b", -2.71)], whole=False)[0], "inconclusive")
         self.assertEqual(transfer_verdict([c("a", 0.7, 0.0, 1.4), c("b", -0.9)])[0], "inconclusive")  # 1.6 < 1 + 1.4
         self.assertEqual(transfer_verdict([])[0], "inconclusive")
 
@@ -212,6 +212,15 @@ class Regrid(unittest.TestCase):
         spec = self.grown(rule=["complete-mue"], **{"hp.lr": [2 ** -9]})
         spec["axes"]["train.seed"] = [1, 3]
         self.assertEqual(sorted(regrid.match(spec, self.old_results())), [0])
+
+    def test_mixed_axis_is_text(self):
+        # An axis of numbers and strings is text in the index ("4", "fit"); its number 4 still matches.
+        spec = {"name": "m", "axes": {"gate": [4, "fit"]}}
+        old = {"spec": spec, "points": [{"status": "completed", "name": "m-0", "coords": {"gate": "4"}},
+                                        {"status": "completed", "name": "m-1", "coords": {"gate": "fit"}}]}
+        self.assertEqual(regrid.missing(spec, old), [])
+        grown = {"name": "m", "axes": {"gate": [4, 8, "fit"]}}
+        self.assertEqual(regrid.missing(grown, old), [1])
 
     def test_refusals(self):
         spec = self.grown(rule=["complete-mue", "mup"], **{"hp.lr": [2 ** -9]})

@@ -8,9 +8,11 @@ slowest, in the file's order. A point of the earlier file is the grown grid's po
 had: read from its coords where it swept that key, else from its resolved config (an axis `seed` is
 train.seed, and counts only where train.data_seed equals it, as the axis sets both). That is the same run, since
 the two specs may differ in their axes only (not in base or overrides) and every point of a grid is fixed by its
-axis values; a key the earlier grid swept must stay an axis of the grown one.
+axis values; a key the earlier grid swept must stay an axis of the grown one. A point whose file has no resolved
+config (none in results_bundle.py's files lacks one) cannot be placed on a grown grid and runs again.
 """
 import itertools
+import json
 
 # What decides the points' results beside the axes; a reworded comment, a new time estimate or --parallel do not.
 _NOT_DECISIVE = ("comment", "expected_h100_minutes", "parallel")
@@ -28,11 +30,20 @@ def grid(spec):
     return [(i, dict(zip(keys, values))) for i, values in enumerate(itertools.product(*(axes[k] for k in keys)))]
 
 
-def _norm(v):
-    """An axis value as the index stores it: numbers as floats, the rest as text (booleans as JSON spells them)."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return float(v) if isinstance(v, (int, float)) else str(v)
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _norm(v, numeric=True):
+    """An axis value as the index stores it: a float where the axis holds numbers only (numeric), else text (a
+    string as it is, any other value as JSON spells it: 4, 0.5, true)."""
+    if numeric and _is_number(v):
+        return float(v)
+    if isinstance(v, str):
+        return v
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)  # a number an index stored as 4.0 is the axis value 4
+    return json.dumps(v)
 
 
 def _config_value(config, key):
@@ -70,7 +81,9 @@ def match(new_spec, old):
     same = decisive(old.get("spec"), True) == decisive(new_spec, True)
     if not same:
         check_growth(new_spec, old.get("spec") or {})
-    keys = list(new_spec.get("axes") or {})
+    axes = new_spec.get("axes") or {}
+    keys = list(axes)
+    numeric = [all(_is_number(v) for v in axes[k]) for k in keys]
     found = {}
     for p in old.get("points", []):
         if p.get("status") not in done:
@@ -78,10 +91,10 @@ def match(new_spec, old):
         values = [_point_value(p, k) for k in keys]
         if any(v is None for v in values):
             continue
-        found[tuple(_norm(v) for v in values)] = p
+        found[tuple(_norm(v, n) for v, n in zip(values, numeric))] = p
     out = {}
     for i, coords in grid(new_spec):
-        p = found.get(tuple(_norm(coords[k]) for k in keys))
+        p = found.get(tuple(_norm(coords[k], n) for k, n in zip(keys, numeric)))
         if p is not None:
             out[i] = p
     return out

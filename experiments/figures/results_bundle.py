@@ -148,6 +148,8 @@ def missing(path, spec_path=None):
         return regrid.missing(spec, b)
     except SystemExit as e:
         raise SystemExit(f"{path}: {e}")
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise SystemExit(f"{path} or {spec_path}: not a results file and a sweep spec ({e.__class__.__name__}: {e})")
 
 
 def main():
