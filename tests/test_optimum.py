@@ -259,6 +259,25 @@ class Regrid(unittest.TestCase):
             self.assertEqual(results_bundle.missing(res, sp), [3, 4, 5, 6, 7])
             self.assertEqual(results_bundle.missing(res), [3])
 
+    def test_campaign_status(self):
+        import campaign_status
+        with tempfile.TemporaryDirectory() as d:
+            specs, results = os.path.join(d, "specs"), os.path.join(d, "results")
+            os.makedirs(specs), os.makedirs(results)
+            grown = self.grown(seed=[1, 2], rule=["complete-mue", "mup"], **{"hp.lr": [2 ** -9, 2 ** -8]})
+            grown["expected_h100_minutes"] = 8
+            for name, spec in (("s", grown), ("t", dict(self.OLD_SPEC, name="t"))):
+                with open(os.path.join(specs, name + ".json"), "w") as f:
+                    json.dump(spec, f)
+            with open(os.path.join(results, "s.json"), "w") as f:
+                json.dump(self.old_results(), f)
+            self.assertEqual(campaign_status.status(os.path.join(specs, "s.json"), results), ("s", 8, 3, 5, 5.0, ""))
+            self.assertEqual(campaign_status.status(os.path.join(specs, "t.json"), results),
+                             ("t", 4, 0, 4, None, "no results file"))
+            with open(os.path.join(results, "t.json"), "w") as f:  # another spec's results under t's name
+                json.dump(dict(self.old_results(), spec=dict(self.OLD_SPEC, overrides=[])), f)
+            self.assertIn("refused", campaign_status.status(os.path.join(specs, "t.json"), results)[5])
+
     def test_grid_is_mue_sweeps(self):
         """Every committed spec's grid in regrid.py's order is the one `mue sweep --dry-run` lists (ctest passes
         the binary as MUE_BIN)."""

@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""Where the campaign stands: for every sweep spec, how many points of its grid (as it is now, grown or not) its
+committed results file holds, how many are left, and about how many H100 minutes they need.
+
+usage: campaign_status.py [--specs experiments/sweeps] [--results experiments/results] [--md]
+
+Plain Python (regrid.py). "Left" is the spec's grid less the finished points (completed or diverged) of
+RESULTS/NAME.json, matched as scripts/campaign.sh matches them; minutes left are the spec's
+expected_h100_minutes times the share left. A results file that is no longer one of the spec's grids says so.
+"""
+import argparse
+import json
+import os
+import sys
+
+import regrid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def status(spec_path, results_dir):
+    """(name, points, finished, left, minutes left or None, note) for one spec."""
+    with open(spec_path) as f:
+        spec = json.load(f)
+    name = spec.get("name", os.path.splitext(os.path.basename(spec_path))[0])
+    total = len(regrid.grid(spec))
+    minutes = spec.get("expected_h100_minutes")
+    path = os.path.join(results_dir, name + ".json")
+    note = ""
+    if not os.path.exists(path):
+        left, note = total, "no results file"
+    else:
+        with open(path) as f:
+            old = json.load(f)
+        try:
+            left = len(regrid.missing(spec, old))
+        except SystemExit as e:
+            return name, total, None, None, None, f"results file refused: {e}"
+    est = minutes * left / total if minutes is not None and total else None
+    return name, total, total - left, left, est, note
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--specs", default=os.path.join(HERE, "..", "sweeps"))
+    ap.add_argument("--results", default=os.path.join(HERE, "..", "results"))
+    ap.add_argument("--md", action="store_true", help="a Markdown table instead of aligned text")
+    a = ap.parse_args()
+    rows = [status(os.path.join(a.specs, f), a.results) for f in sorted(os.listdir(a.specs)) if f.endswith(".json")]
+    head = ("spec", "points", "finished", "left", "H100 min left", "note")
+    cells = [(n, str(t), "-" if d is None else str(d), "-" if l is None else str(l),
+              "-" if e is None else f"{e:.1f}", note) for n, t, d, l, e, note in rows]
+    total_min = sum(e for *_, e, _ in rows if e)
+    if a.md:
+        print("| " + " | ".join(head) + " |")
+        print("|" + "---|" * len(head))
+        for c in cells:
+            print("| " + " | ".join(c) + " |")
+    else:
+        widths = [max(len(r[i]) for r in [head] + cells) for i in range(len(head))]
+        for r in [head] + cells:
+            print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    print(f"\n{sum(r[3] or 0 for r in rows)} points left, about {total_min:.0f} H100 minutes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
