@@ -11,6 +11,7 @@
 #include "experiments/flow.h"
 #include "experiments/trainer.h"
 #include "moe/moe_layer.h"
+#include "nn/ops/matmul_algos.h"
 
 #ifndef MUE_SOURCE_DIR
 #define MUE_SOURCE_DIR "."
@@ -179,6 +180,38 @@ BenchResult run_bench(const std::string& preset, int steps, const std::string& d
   r.unit = c.task == "flow" ? "img/s" : "tok/s";
   r.preset = preset;
   return r;
+}
+
+void bench_head_gemms(const std::string& preset, const std::string& device, const std::vector<std::string>& overrides,
+                      int max_algos, int reps) {
+  std::vector<std::string> over = overrides;
+  over.push_back("train.device=" + device);
+  RunConfig c = resolve_config(bench_preset_path(preset), over);
+  MUE_CHECK(c.task == "lm", "bench --head-gemms: ", preset, " is not a language model (task ", c.task, ")");
+  const std::string dev = resolve_device(c.train.device);
+  MUE_CHECK(dev == "cuda", "bench --head-gemms times cuBLAS on a GPU; the device here is ", dev);
+#ifdef MUE_HAVE_CUDA
+  CudaBackend be;
+  const size_t N = size_t(c.train.batch) * c.model.seq_len;
+  const int rows = head_chunk_rows(N, c.model.vocab_pad), D = c.model.d_model, V = c.model.vocab_pad;
+  std::printf("bench %s --head-gemms on %s: the head's GEMMs on a chunk of %d of the step's %zu rows (d %d, %d head "
+              "rows; matmul.cu's calls), median of %d launches each; cuBLASLt's heuristic algorithms after the "
+              "default\n", preset.c_str(), be.device_name().c_str(), rows, N, D, V, reps);
+  const double flops = 2.0 * rows * D * V;
+  std::printf("  %-8s %-64s %9s %9s %9s %12s\n", "gemm", "algorithm", "ms", "TFLOP/s", "default/", "max |diff|");
+  double def_ms = 0;
+  for (const auto& t : cuda::time_matmul_algos(be.ctx, rows, D, V, max_algos, reps)) {
+    if (t.algo == "cublasGemmEx default") def_ms = t.ms;
+    if (!t.ok) {
+      std::printf("  %-8s %-64s %9s\n", t.gemm.c_str(), t.algo.c_str(), "refused");
+      continue;
+    }
+    std::printf("  %-8s %-64s %9.4f %9.1f %8.2fx %12.3g\n", t.gemm.c_str(), t.algo.c_str(), t.ms,
+                flops / (t.ms * 1e9), def_ms / t.ms, t.max_abs_diff);
+  }
+#else
+  (void)max_algos, (void)reps;
+#endif
 }
 
 }  // namespace mue

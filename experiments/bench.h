@@ -28,5 +28,9 @@ constexpr int kProfileSteps = 5;
 // FLOPs per token for MFU: 6 * (non-embedding parameters, head included) + 12 * L * d * T (attention).
 double flops_per_token(int64_t non_embedding_params, int n_layers, int d_model, int seq_len);
 std::string bench_preset_path(const std::string& preset);
+// `mue bench PRESET --head-gemms`: the LM head's three GEMMs at the preset's shape, cuBLAS's default against
+// cuBLASLt's heuristic algorithms (nn/ops/matmul_algos.h); prints one line per algorithm. GPU only.
+void bench_head_gemms(const std::string& preset, const std::string& device, const std::vector<std::string>& overrides,
+                      int max_algos = 16, int reps = 20);
 
 }  // namespace mue

@@ -55,8 +55,10 @@ usage:
                                                print the parameter table the config's rule gives
   mue coord-check [CONFIG.json] [key=value ...] (--widths 64,128,256 | --shapes 64e2a,64e8a) [--steps N]
                   [--out FILE.h5]              coordinate check under the config's rule (CPU); prints log-log slopes
-  mue bench PRESET [key=value ...] [--steps N] [--device auto|cpu|cuda] [--profile]
-                                               tok/s, MFU, ms/step, GPU memory; --profile: per-op times
+  mue bench PRESET [key=value ...] [--steps N] [--device auto|cpu|cuda] [--profile | --head-gemms]
+                                               tok/s, MFU, ms/step, GPU memory; --profile: per-op times;
+                                               --head-gemms: the LM head's GEMMs, cuBLAS's default against
+                                               cuBLASLt's algorithms (GPU)
   mue help | --help | COMMAND --help
   mue --version                                the git commit this program was built from
 
@@ -363,8 +365,13 @@ int cmd_coord_check(int argc, char** argv) {
 }
 
 int cmd_bench(int argc, char** argv) {
-  Args a = parse_args(argc, argv, 2, {"--steps", "--device"}, {"--profile"});
+  Args a = parse_args(argc, argv, 2, {"--steps", "--device"}, {"--profile", "--head-gemms"});
   MUE_CHECK(!a.config.empty(), "bench needs a PRESET (e.g. gpt2s-dense)");
+  if (a.has("--head-gemms")) {
+    MUE_CHECK(!a.has("--profile"), "bench: --head-gemms and --profile are separate runs; give one");
+    bench_head_gemms(a.config, a.get("--device", "auto"), a.overrides);
+    return 0;
+  }
   const int steps = int(flag_number(a, "--steps", 20, 1, 1e6));
   BenchResult r = run_bench(a.config, steps, a.get("--device", "auto"), a.has("--profile"), a.overrides);
   if (!r.profile.empty()) {

@@ -37,6 +37,15 @@ inline std::vector<TensorSpec> lm_tensors(const ModelConfig& c) {
   return t;
 }
 
+// Rows of logits the head computes at once for N rows: chunks of at most about 2^28 logits (512 MiB in bf16), as
+// even as multiples of 128 rows allow: chunks of a few hundred rows make the head's weight-gradient GEMM
+// (K = rows) slow (bench/RESULTS.md).
+inline int head_chunk_rows(size_t N, int vocab_pad) {
+  const size_t fit = std::max<size_t>(1, (size_t(1) << 28) / size_t(vocab_pad));
+  const size_t chunks = (N + fit - 1) / fit, even = (N + chunks - 1) / chunks;
+  return int(std::min(N, chunks > 1 ? (even + 127) / 128 * 128 : N));
+}
+
 template <class Backend>
 class LM : public ParamStore<Backend> {
  public:
@@ -258,11 +267,7 @@ class LM : public ParamStore<Backend> {
         L.ffn = make_ffn_(cfg_, be_, l, *this, int(N), a, scratch, table_);
       }
       branch_ = a.take<A>(N * D), lnf_ = a.take<A>(N * D), rstdf_ = a.take<S>(N);
-      // Chunks of at most about 2^28 logits (512 MiB in bf16), as even as multiples of 128 rows allow: chunks of
-      // a few hundred rows make the head's weight-gradient GEMM (K = rows) slow (bench/RESULTS.md).
-      const size_t fit = std::max<size_t>(1, (size_t(1) << 28) / size_t(cfg_.vocab_pad));
-      const size_t chunks = (N + fit - 1) / fit, even = (N + chunks - 1) / chunks;
-      head_rows_max_ = int(std::min(N, chunks > 1 ? (even + 127) / 128 * 128 : N));
+      head_rows_max_ = head_chunk_rows(N, cfg_.vocab_pad);
       head_rows_ = head_rows_max_;
       logits_ = a.take<A>(size_t(head_rows_max_) * cfg_.vocab_pad), losses_ = a.take<S>(N);
       dres_ = a.take<A>(N * D), dx_ = a.take<A>(N * D), datt_ = a.take<A>(N * D), dqkv_ = a.take<A>(N * 3 * D);

@@ -20,6 +20,7 @@
 #include "nn/ops/crossentropy.h"
 #include "nn/ops/embedding.h"
 #include "nn/ops/matmul.h"
+#include "nn/ops/matmul_algos.h"
 #include "nn/ops/qk_norm.h"
 #include "nn/ops/residual.h"
 #include "nn/ops/rmsnorm.h"
@@ -258,6 +259,37 @@ TEST_CASE("CUDA matmul forward and backward (odd sizes, alpha)", "[cuda]") {
     cpu::matmul_backward<double>(g.data(), x.data(), w.data(), nullptr, gw3.data(), c.N, c.In, c.Out, c.alpha, false);
     expect_close(get_f32(ctx, dgw3, nw), gw3, 1e-4, "matmul dw overwritten");
   }
+}
+
+TEST_CASE("CUDA matmul algorithms: cuBLASLt's descriptors state matmul.cu's products", "[cuda]") {
+  if (!cuda::gpu_available()) {
+    WARN("no GPU: skipped");
+    return;
+  }
+  cuda::Context ctx;
+  const auto t = cuda::time_matmul_algos(ctx, 256, 64, 520, 4, 2);
+  // Per GEMM the default first, then the Lt algorithms; an algorithm that computes another product (a wrong
+  // transpose or leading dimension) differs from the default by about the outputs' size, one that computes the
+  // same product by accumulation order and the output's rounding (one bf16 step: 2^-8 of the largest output).
+  int defaults = 0, lt_ok = 0;
+  for (size_t i = 0; i < t.size(); ++i) {
+    INFO(t[i].gemm << ": " << t[i].algo);
+    if (t[i].algo == "cublasGemmEx default") {
+      ++defaults;
+      CHECK(t[i].ms > 0);
+      CHECK(t[i].max_abs_out > 1);
+      CHECK(t[i].gemm == std::vector<std::string>{"forward", "dx", "dw"}[defaults - 1]);
+      continue;
+    }
+    REQUIRE(defaults > 0);
+    CHECK(t[i].gemm == t[i - 1].gemm);
+    if (!t[i].ok) continue;
+    ++lt_ok;
+    CHECK(t[i].ms > 0);
+    CHECK(t[i].max_abs_diff <= t[i].max_abs_out / 256);
+  }
+  CHECK(defaults == 3);
+  CHECK(lt_ok >= 3);  // the heuristic offers at least one algorithm that runs for each of these shapes
 }
 
 TEST_CASE("CUDA residual add", "[cuda]") {
