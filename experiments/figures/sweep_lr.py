@@ -100,25 +100,36 @@ def main():
     twins = proxy_twins(a.proxy, rules) if a.proxy else {}  # the proxy run each rule reads, where not its own
     rule_colours = plt.get_cmap("tab10")
     fig, ax = plt.subplots(figsize=(6.5, 4))
+    edge_marked = False
     for k, rule in enumerate(rules):
-        xs, ys, lo, hi = [], [], [], []
+        xs, ys, lo, hi, edges = [], [], [], [], []
         for conf, per_seed in table[rule].items():
             if not per_seed:
                 continue
             fits = [o.log2_x for _, o, _, _ in per_seed]
             xs.append(pos[conf[xi]]), ys.append(np.mean(fits)), lo.append(min(fits)), hi.append(max(fits))
+            edges.append(next((o.edge for _, o, _, _ in per_seed if o.edge), ""))
         if not xs:
             continue
         order = np.argsort(xs)
+        edges = [edges[i] for i in order]
         xs, ys, lo, hi = (np.array(v, dtype=float)[order] for v in (xs, ys, lo, hi))
         c = rule_colours(k % 10)
         ax.errorbar(xs, ys, yerr=[ys - lo, hi - ys], fmt="o-", capsize=3, color=c, label=rule)
+        # A best LR at the grid's edge: the optimum may lie beyond it (a triangle pointing that way).
+        for x, y, e in zip(xs, ys, edges):
+            if e:
+                ax.plot([x], [y + (-0.25 if e == "low" else 0.25)], marker="v" if e == "low" else "^", ms=8,
+                        color=c, ls="none")
+                edge_marked = True
         # The transfer claim's tolerance: +-1/2 octave around the dense proxy's optimum (else the rule's mean).
         centre = math.log2(proxy[rule]) if rule in proxy else float(np.mean(ys))
         ax.fill_between([xs[0], xs[-1]], centre - 0.5, centre + 0.5, color=c, alpha=0.12)
         if rule in proxy:
             ax.axhline(centre, color=c, ls="--", lw=1,
                        label=f"{rule}: dense proxy" + (f" ({twins[rule]}'s run)" if rule in twins else ""))
+    if edge_marked:
+        ax.plot([], [], marker="v", color="0.3", ls="none", label="best LR at the grid's edge (optimum beyond?)")
     if numeric:
         ax.set_xscale("log", base=2)
     else:

@@ -80,6 +80,10 @@ def main():
             m = np.array([p[1] for p in pts])
             lo, hi = m - np.array([p[2] for p in pts]), np.array([p[3] for p in pts]) - m
             ax.errorbar(xs, m, yerr=[lo, hi], fmt="o-", ms=4, capsize=2, color=colours(k % 10), label=name)
+            for x, p in zip(xs, pts):  # a best LR at the grid's edge: the optimum may lie beyond (that way)
+                if p[4]:
+                    ax.plot([x], [p[1] + (-0.3 if "low" in p[4] else 0.3)], marker="v" if "low" in p[4] else "^",
+                            ms=6, color=colours(k % 10), ls="none")
             ticks += list(xs)
             labels += [p[0] for p in pts]
             x += len(pts) + 1
@@ -97,7 +101,8 @@ def main():
             handles.setdefault(l, h)
     fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(5, len(handles)), fontsize=7)
     fig.suptitle("Transfer from the dense proxy: each configuration's fitted optimum LR against the proxy's\n"
-                 "(grey: +-1/2 octave; bars: seed range)", fontsize=10)
+                 "(grey: +-1/2 octave; bars: seed range; a triangle: best LR at the grid's edge, the optimum may lie "
+                 "beyond)", fontsize=10)
     fig.tight_layout(rect=(0, 0.7 / (3.6 * nrows + 0.8), 1, 1 - 0.5 / (3.6 * nrows + 0.8)))
     save_figure(fig, a.out + ".png")
     if a.md:
