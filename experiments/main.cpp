@@ -369,6 +369,8 @@ int cmd_bench(int argc, char** argv) {
   MUE_CHECK(!a.config.empty(), "bench needs a PRESET (e.g. gpt2s-dense)");
   if (a.has("--head-gemms")) {
     MUE_CHECK(!a.has("--profile"), "bench: --head-gemms and --profile are separate runs; give one");
+    MUE_CHECK(a.get("--steps", "").empty(), "bench: --head-gemms times a fixed 20 launches per algorithm; --steps "
+              "is for the training-step bench");
     bench_head_gemms(a.config, a.get("--device", "auto"), a.overrides);
     return 0;
   }

@@ -23,14 +23,14 @@ void matmul_forward(Context& ctx, const bf16* x, const bf16* w, bf16* y, int N, 
 void matmul_backward(Context& ctx, const bf16* dy, const bf16* x, const bf16* w, bf16* dx, float* dw, int N,
                      int In, int Out, float alpha, bool accumulate) {
   if (In <= 0 || Out <= 0) return;
-  if (N <= 0 && !accumulate) memset_zero(ctx, dw, sizeof(float) * size_t(In) * Out);
+  if (N <= 0 && !accumulate && dw) memset_zero(ctx, dw, sizeof(float) * size_t(In) * Out);
   if (dx && N > 0) {
     const float beta = 0.f;
     check_cublas(cublasGemmEx(ctx.cublas, CUBLAS_OP_N, CUBLAS_OP_N, In, N, Out, &alpha, w, CUDA_R_16BF, In, dy,
                               CUDA_R_16BF, Out, &beta, dx, CUDA_R_16BF, In, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                  "cublasGemmEx(matmul_backward dx N=", N, " In=", In, " Out=", Out, ")");
   }
-  if (N > 0) {
+  if (dw && N > 0) {
     const float beta = accumulate ? 1.f : 0.f;
     check_cublas(cublasGemmEx(ctx.cublas, CUBLAS_OP_N, CUBLAS_OP_T, In, Out, N, &alpha, x, CUDA_R_16BF, In, dy,
                               CUDA_R_16BF, Out, &beta, dw, CUDA_R_32F, In, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),

@@ -218,6 +218,7 @@ TEST_CASE("the mue program: bad input gives one line and a non-zero exit", "[cli
       {"bench small-dense --device cpu --profile", "bench --profile needs the CUDA device"},
       {"bench small-dense --device cpu --head-gemms", "bench --head-gemms times cuBLAS on a GPU; the device here is cpu"},
       {"bench small-dense --head-gemms --profile", "--head-gemms and --profile are separate runs"},
+      {"bench small-dense --head-gemms --steps 5", "--steps is for the training-step bench"},
       {"bench dit-dense --device cpu --head-gemms", "dit-dense is not a language model"},
       {"bench small-dense --device cpu model.d_modle=64", "unknown config key 'model.d_modle'"},
       {"sweep " + base, "sweep needs --lr"},

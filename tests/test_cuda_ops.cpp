@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <map>
+#include <string>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -270,8 +272,10 @@ TEST_CASE("CUDA matmul algorithms: cuBLASLt's descriptors state matmul.cu's prod
   const auto t = cuda::time_matmul_algos(ctx, 256, 64, 520, 4, 2);
   // Per GEMM the default first, then the Lt algorithms; an algorithm that computes another product (a wrong
   // transpose or leading dimension) differs from the default by about the outputs' size, one that computes the
-  // same product by accumulation order and the output's rounding (one bf16 step: 2^-8 of the largest output).
-  int defaults = 0, lt_ok = 0;
+  // same product by accumulation order and the output's rounding (one bf16 step of the largest outputs: at most
+  // 2^-7 of the largest).
+  int defaults = 0;
+  std::map<std::string, int> lt_ok;
   for (size_t i = 0; i < t.size(); ++i) {
     INFO(t[i].gemm << ": " << t[i].algo);
     if (t[i].algo == "cublasGemmEx default") {
@@ -284,12 +288,16 @@ TEST_CASE("CUDA matmul algorithms: cuBLASLt's descriptors state matmul.cu's prod
     REQUIRE(defaults > 0);
     CHECK(t[i].gemm == t[i - 1].gemm);
     if (!t[i].ok) continue;
-    ++lt_ok;
+    ++lt_ok[t[i].gemm];
     CHECK(t[i].ms > 0);
-    CHECK(t[i].max_abs_diff <= t[i].max_abs_out / 256);
+    CHECK(t[i].max_abs_diff <= t[i].max_abs_out / 128);  // NaN (an element not written) fails too
   }
   CHECK(defaults == 3);
-  CHECK(lt_ok >= 3);  // the heuristic offers at least one algorithm that runs for each of these shapes
+  // Each product has at least one algorithm that runs: a descriptor cuBLASLt refuses (a wrong shape or leading
+  // dimension) cannot hide behind the other two.
+  CHECK(lt_ok["forward"] >= 1);
+  CHECK(lt_ok["dx"] >= 1);
+  CHECK(lt_ok["dw"] >= 1);
 }
 
 TEST_CASE("CUDA residual add", "[cuda]") {

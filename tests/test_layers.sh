@@ -11,10 +11,13 @@ declare -A allowed=(
   [data]="core data"
   [dist]="core nn dist"
 )
+layers="core|nn|moe|optim|data|dist|experiments|tests"
 fail=0
 for layer in "${!allowed[@]}"; do
+  [ -d "$layer" ] || { echo "FAILED: no folder $layer/"; fail=1; continue; }
   pattern=$(echo "${allowed[$layer]}" | tr ' ' '|')
-  bad=$(grep -rnE '#include "[a-z_]+/' "$layer" | grep -vE "#include \"($pattern)/")
+  # "x/..." or <x/...>, also through ../
+  bad=$(grep -rnE "#include *[\"<](\.\./)*($layers)/" "$layer" | grep -vE "#include *[\"<](\.\./)*($pattern)/")
   if [ -n "$bad" ]; then
     echo "FAILED: $layer/ may include only from ${allowed[$layer]}:"; echo "$bad"; fail=1
   fi

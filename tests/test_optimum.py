@@ -277,6 +277,9 @@ class Regrid(unittest.TestCase):
             with open(os.path.join(results, "t.json"), "w") as f:  # another spec's results under t's name
                 json.dump(dict(self.old_results(), spec=dict(self.OLD_SPEC, overrides=[])), f)
             self.assertIn("refused", campaign_status.status(os.path.join(specs, "t.json"), results)[5])
+            with open(os.path.join(results, "t.json"), "w") as f:
+                f.write("{not json")
+            self.assertIn("unreadable", campaign_status.status(os.path.join(specs, "t.json"), results)[5])
 
     def test_grid_is_mue_sweeps(self):
         """Every committed spec's grid in regrid.py's order is the one `mue sweep --dry-run` lists (ctest passes

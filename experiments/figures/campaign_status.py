@@ -30,12 +30,14 @@ def status(spec_path, results_dir):
     if not os.path.exists(path):
         left, note = total, "no results file"
     else:
-        with open(path) as f:
-            old = json.load(f)
         try:
+            with open(path) as f:
+                old = json.load(f)
             left = len(regrid.missing(spec, old))
         except SystemExit as e:
             return name, total, None, None, None, f"results file refused: {e}"
+        except (OSError, ValueError, AttributeError, KeyError, TypeError) as e:
+            return name, total, None, None, None, f"results file unreadable ({e.__class__.__name__}: {e})"
     est = minutes * left / total if minutes is not None and total else None
     return name, total, total - left, left, est, note
 
@@ -60,7 +62,9 @@ def main():
         widths = [max(len(r[i]) for r in [head] + cells) for i in range(len(head))]
         for r in [head] + cells:
             print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
-    print(f"\n{sum(r[3] or 0 for r in rows)} points left, about {total_min:.0f} H100 minutes")
+    refused = [r[0] for r in rows if r[3] is None]
+    print(f"\n{sum(r[3] or 0 for r in rows)} points left, about {total_min:.0f} H100 minutes"
+          + (f"; not counted: {', '.join(refused)} (results file refused or unreadable)" if refused else ""))
     return 0
 
 

@@ -108,7 +108,7 @@ def main():
                 continue
             fits = [o.log2_x for _, o, _, _ in per_seed]
             xs.append(pos[conf[xi]]), ys.append(np.mean(fits)), lo.append(min(fits)), hi.append(max(fits))
-            edges.append(next((o.edge for _, o, _, _ in per_seed if o.edge), ""))
+            edges.append(",".join(sorted({o.edge for _, o, _, _ in per_seed if o.edge})))
         if not xs:
             continue
         order = np.argsort(xs)
@@ -118,8 +118,8 @@ def main():
         ax.errorbar(xs, ys, yerr=[ys - lo, hi - ys], fmt="o-", capsize=3, color=c, label=rule)
         # A best LR at the grid's edge: the optimum may lie beyond it (a triangle pointing that way).
         for x, y, e in zip(xs, ys, edges):
-            if e:
-                ax.plot([x], [y + (-0.25 if e == "low" else 0.25)], marker="v" if e == "low" else "^", ms=8,
+            for side in e.split(",") if e else []:  # seeds may sit at either edge
+                ax.plot([x], [y + (-0.25 if side == "low" else 0.25)], marker="v" if side == "low" else "^", ms=8,
                         color=c, ls="none")
                 edge_marked = True
         # The transfer claim's tolerance: +-1/2 octave around the dense proxy's optimum (else the rule's mean).
@@ -129,7 +129,7 @@ def main():
             ax.axhline(centre, color=c, ls="--", lw=1,
                        label=f"{rule}: dense proxy" + (f" ({twins[rule]}'s run)" if rule in twins else ""))
     if edge_marked:
-        ax.plot([], [], marker="v", color="0.3", ls="none", label="best LR at the grid's edge (optimum beyond?)")
+        ax.plot([], [], marker="v", color="0.3", ls="none", label="best LR at the grid's edge (optimum beyond)")
     if numeric:
         ax.set_xscale("log", base=2)
     else:

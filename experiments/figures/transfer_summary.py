@@ -81,8 +81,8 @@ def main():
             lo, hi = m - np.array([p[2] for p in pts]), np.array([p[3] for p in pts]) - m
             ax.errorbar(xs, m, yerr=[lo, hi], fmt="o-", ms=4, capsize=2, color=colours(k % 10), label=name)
             for x, p in zip(xs, pts):  # a best LR at the grid's edge: the optimum may lie beyond (that way)
-                if p[4]:
-                    ax.plot([x], [p[1] + (-0.3 if "low" in p[4] else 0.3)], marker="v" if "low" in p[4] else "^",
+                for side in p[4].split(",") if p[4] else []:
+                    ax.plot([x], [p[1] + (-0.3 if side == "low" else 0.3)], marker="v" if side == "low" else "^",
                             ms=6, color=colours(k % 10), ls="none")
             ticks += list(xs)
             labels += [p[0] for p in pts]

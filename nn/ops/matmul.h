@@ -35,6 +35,7 @@ namespace mue::cuda {
 // y[N,Out] = alpha * x[N,In] W[Out,In]^T   (cuBLAS, bf16 in, fp32 accumulate)
 void matmul_forward(Context& ctx, const bf16* x, const bf16* w, bf16* y, int N, int In, int Out, float alpha);
 // dx = alpha * dy W (skipped if dx == nullptr); dw += alpha * dy^T x (accumulate) or dw = alpha * dy^T x
+// (skipped if dw == nullptr)
 void matmul_backward(Context& ctx, const bf16* dy, const bf16* x, const bf16* w, bf16* dx, float* dw, int N,
                      int In, int Out, float alpha, bool accumulate = true);
 
