@@ -201,7 +201,7 @@ void bench_head_gemms(const std::string& preset, const std::string& device, cons
   std::printf("  %-8s %-64s %9s %9s %9s %12s\n", "gemm", "algorithm", "ms", "TFLOP/s", "default/", "max |diff|");
   double def_ms = 0;
   for (const auto& t : cuda::time_matmul_algos(be.ctx, rows, D, V, max_algos, reps)) {
-    if (t.algo == "cublasGemmEx default") def_ms = t.ms;
+    if (t.algo == cuda::kGemmDefault) def_ms = t.ms;
     if (!t.ok) {
       std::printf("  %-8s %-64s %9s\n", t.gemm.c_str(), t.algo.c_str(), "refused");
       continue;

@@ -10,6 +10,7 @@
 #include <cublasLt.h>
 
 #include "core/cuda_util.cuh"
+#include "core/rng.h"
 #include "nn/ops/matmul.h"
 #include "nn/ops/matmul_algos.h"
 
@@ -20,12 +21,9 @@ using namespace detail;
 namespace {
 constexpr int kMaxAlgos = 64;
 
-__global__ void fill_uniform_kernel(bf* p, size_t n, uint32_t seed) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
-    uint32_t h = uint32_t(i) * 2654435761u ^ seed * 2246822519u;
-    h ^= h >> 15, h *= 2246822507u, h ^= h >> 13, h *= 3266489909u, h ^= h >> 16;
-    p[i] = __float2bfloat16(float(h >> 8) * (2.f / 16777216.f) - 1.f);
-  }
+__global__ void fill_uniform_kernel(bf* p, size_t n, uint64_t stream) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+    p[i] = __float2bfloat16(float(rng_uniform(1, stream, i) * 2 - 1));
 }
 
 inline bf16* bf16p(bf* p) { return reinterpret_cast<bf16*>(p); }
@@ -138,7 +136,7 @@ std::vector<GemmTiming> time_matmul_algos(Context& ctx, int N, int In, int Out, 
   bf* const inputs[3] = {x, w, dy};
   const size_t sizes[3] = {nx, nw, ny};
   for (int i = 0; i < 3; ++i) {
-    fill_uniform_kernel<<<grid_for(sizes[i], 256), 256, 0, ctx.stream>>>(inputs[i], sizes[i], uint32_t(i + 1));
+    fill_uniform_kernel<<<grid_for(sizes[i], 256), 256, 0, ctx.stream>>>(inputs[i], sizes[i], uint64_t(i + 1));
     check_launch("fill_uniform_kernel");
   }
   // matmul.cu's three calls, as it makes them
@@ -157,7 +155,7 @@ std::vector<GemmTiming> time_matmul_algos(Context& ctx, int N, int In, int Out, 
   const float one = 1.f, zero = 0.f;
   std::vector<GemmTiming> out;
   for (const Gemm& g : gemms) {
-    GemmTiming def{g.name, "cublasGemmEx default"};
+    GemmTiming def{g.name, kGemmDefault};
     const std::string which = g.name;
     const auto run_default = [&] {  // matmul.cu's own call
       if (which == "forward") matmul_forward(ctx, bf16p(x), bf16p(w), bf16p(y), N, In, Out, 1.f);

@@ -278,7 +278,7 @@ TEST_CASE("CUDA matmul algorithms: cuBLASLt's descriptors state matmul.cu's prod
   std::map<std::string, int> lt_ok;
   for (size_t i = 0; i < t.size(); ++i) {
     INFO(t[i].gemm << ": " << t[i].algo);
-    if (t[i].algo == "cublasGemmEx default") {
+    if (t[i].algo == cuda::kGemmDefault) {
       ++defaults;
       CHECK(t[i].ms > 0);
       CHECK(t[i].max_abs_out > 1);

@@ -14,6 +14,8 @@ config (none in results_bundle.py's files lacks one) cannot be placed on a grown
 import itertools
 import json
 
+DONE = ("completed", "diverged")  # a point's statuses that count as finished (a diverged point is a result)
+
 # What decides the points' results beside the axes; a reworded comment, a new time estimate or --parallel do not.
 _NOT_DECISIVE = ("comment", "expected_h100_minutes", "parallel")
 
@@ -77,7 +79,6 @@ def check_growth(new_spec, old_spec):
 
 def match(new_spec, old):
     """{index in new_spec's grid: the finished point of results file `old` that is that point}."""
-    done = ("completed", "diverged")
     same = decisive(old.get("spec"), True) == decisive(new_spec, True)
     if not same:
         check_growth(new_spec, old.get("spec") or {})
@@ -86,7 +87,7 @@ def match(new_spec, old):
     numeric = [all(_is_number(v) for v in axes[k]) for k in keys]
     found = {}
     for p in old.get("points", []):
-        if p.get("status") not in done:
+        if p.get("status") not in DONE:
             continue
         values = [_point_value(p, k) for k in keys]
         if any(v is None for v in values):

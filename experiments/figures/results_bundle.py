@@ -105,7 +105,6 @@ def bundle(index_path, max_rows=60):
     return {"format": FORMAT, "name": sw.name, "axes": sw.axes, "spec": sw.spec, "points": points}
 
 
-DONE = ("completed", "diverged")
 
 
 def merge(new, old):
@@ -119,7 +118,7 @@ def merge(new, old):
     taken = 0
     for i, p in enumerate(new["points"]):
         o = have.get(p["index"])
-        if p["status"] not in DONE and o is not None:
+        if p["status"] not in regrid.DONE and o is not None:
             o = dict(o)
             if o["name"] != p["name"]:
                 o["run_name"] = o.get("run_name", o["name"])
@@ -136,7 +135,7 @@ def missing(path, spec_path=None):
         with open(path) as f:
             b = json.load(f)
         if spec_path is None:
-            return [p["index"] for p in b["points"] if p["status"] not in DONE]
+            return [p["index"] for p in b["points"] if p["status"] not in regrid.DONE]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SystemExit(f"{path}: not a readable results file ({e.__class__.__name__}: {e})")
     try:

@@ -122,6 +122,14 @@ def pyplot():
     return plt
 
 
+def mark_edges(ax, x, y, sides, colour, ms, offset):
+    """A triangle `offset` below (above) the point (x, y) for each grid edge in `sides` ('low', 'high', comma-
+    separated: transfer_table.edge_sides) at which a best LR sits, pointing where the optimum may lie."""
+    for side in sides.split(",") if sides else []:
+        low = side == "low"
+        ax.plot([x], [y - offset if low else y + offset], marker="v" if low else "^", ms=ms, color=colour, ls="none")
+
+
 def save_figure(fig, path):
     """Writes fig as a 150-dpi PNG, closes it and says where it went."""
     fig.savefig(path, dpi=150)

@@ -19,8 +19,8 @@ import warnings
 
 import numpy as np
 
-from sweep_index import Summary, figure_arguments, fmt, output_prefix, pyplot, save_figure
-from transfer_table import optima, proxy_optima, proxy_table, proxy_twins
+from sweep_index import Summary, figure_arguments, fmt, mark_edges, output_prefix, pyplot, save_figure
+from transfer_table import edge_sides, optima, proxy_optima, proxy_table, proxy_twins
 
 plt = pyplot()
 
@@ -108,7 +108,7 @@ def main():
                 continue
             fits = [o.log2_x for _, o, _, _ in per_seed]
             xs.append(pos[conf[xi]]), ys.append(np.mean(fits)), lo.append(min(fits)), hi.append(max(fits))
-            edges.append(",".join(sorted({o.edge for _, o, _, _ in per_seed if o.edge})))
+            edges.append(edge_sides(per_seed))
         if not xs:
             continue
         order = np.argsort(xs)
@@ -118,10 +118,8 @@ def main():
         ax.errorbar(xs, ys, yerr=[ys - lo, hi - ys], fmt="o-", capsize=3, color=c, label=rule)
         # A best LR at the grid's edge: the optimum may lie beyond it (a triangle pointing that way).
         for x, y, e in zip(xs, ys, edges):
-            for side in e.split(",") if e else []:  # seeds may sit at either edge
-                ax.plot([x], [y + (-0.25 if side == "low" else 0.25)], marker="v" if side == "low" else "^", ms=8,
-                        color=c, ls="none")
-                edge_marked = True
+            mark_edges(ax, x, y, e, c, 8, 0.25)
+        edge_marked = edge_marked or any(edges)
         # The transfer claim's tolerance: +-1/2 octave around the dense proxy's optimum (else the rule's mean).
         centre = math.log2(proxy[rule]) if rule in proxy else float(np.mean(ys))
         ax.fill_between([xs[0], xs[-1]], centre - 0.5, centre + 0.5, color=c, alpha=0.12)

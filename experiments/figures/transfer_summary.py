@@ -19,8 +19,9 @@ from collections import OrderedDict
 
 import numpy as np
 
-from sweep_index import Summary, fmt, pyplot, save_figure
-from transfer_table import optima, proxy_optima, proxy_table
+from regrid import DONE
+from sweep_index import Summary, fmt, mark_edges, pyplot, save_figure
+from transfer_table import edge_sides, optima, proxy_optima, proxy_table
 from verdict import transfer_verdict
 
 
@@ -38,11 +39,10 @@ def shifts(path, proxy_path, lr_key="hp.lr", metric="final_val_loss"):
         for conf, per_seed in confs.items():
             if per_seed:
                 fits = [o.log2_x - centre for _, o, _, _ in per_seed]
-                edge = ",".join(sorted({o.edge for _, o, _, _ in per_seed if o.edge}))
                 out.setdefault(rule, []).append((", ".join(fmt(v) for v in conf), float(np.mean(fits)), min(fits),
-                                                 max(fits), edge))
+                                                 max(fits), edge_sides(per_seed)))
     rules = sw.column("rule") if "rule" in sw.axes else ["(spec)"] * len(sw)
-    whole = {r for r in out if all(st in ("completed", "diverged") for st, q in zip(sw.status, rules) if q == r)}
+    whole = {r for r in out if all(st in DONE for st, q in zip(sw.status, rules) if q == r)}
     return sw.name, out, whole
 
 
@@ -80,10 +80,8 @@ def main():
             m = np.array([p[1] for p in pts])
             lo, hi = m - np.array([p[2] for p in pts]), np.array([p[3] for p in pts]) - m
             ax.errorbar(xs, m, yerr=[lo, hi], fmt="o-", ms=4, capsize=2, color=colours(k % 10), label=name)
-            for x, p in zip(xs, pts):  # a best LR at the grid's edge: the optimum may lie beyond (that way)
-                for side in p[4].split(",") if p[4] else []:
-                    ax.plot([x], [p[1] + (-0.3 if side == "low" else 0.3)], marker="v" if side == "low" else "^",
-                            ms=6, color=colours(k % 10), ls="none")
+            for x, p in zip(xs, pts):
+                mark_edges(ax, x, p[1], p[4], colours(k % 10), 6, 0.3)
             ticks += list(xs)
             labels += [p[0] for p in pts]
             x += len(pts) + 1

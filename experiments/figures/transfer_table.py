@@ -28,6 +28,7 @@ import numpy as np
 
 from optimum import fit_optimum, interpolate_log2
 from proxy_rules import proxy_rule
+from regrid import DONE
 from sweep_index import Summary, fmt
 
 
@@ -51,7 +52,7 @@ def optima(sw, lr_key, metric):
         for conf, by_seed in by_conf.items():
             per_seed = []
             for seed, rows in by_seed.items():
-                if any(sw.status[i] not in ("completed", "diverged") for i in rows):
+                if any(sw.status[i] not in DONE for i in rows):
                     continue  # a curve with points not yet run (or failed) gives no optimum
                 x = lrs[rows]
                 y = np.where(ok[rows], loss[rows], np.nan)
@@ -60,6 +61,12 @@ def optima(sw, lr_key, metric):
                     per_seed.append((seed, o, x, y))
             out[rule][conf] = per_seed
     return conf_keys, out
+
+
+def edge_sides(per_seed):
+    """'low', 'high', 'high,low' or '': the grid edges at which some seed's best LR sits (its optimum may lie
+    beyond)."""
+    return ",".join(sorted({o.edge for _, o, _, _ in per_seed if o.edge}))
 
 
 def curve_flags(per_seed):

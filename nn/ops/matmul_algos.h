@@ -11,9 +11,11 @@
 #ifdef MUE_HAVE_CUDA
 namespace mue::cuda {
 
+inline constexpr const char* kGemmDefault = "cublasGemmEx default";  // GemmTiming::algo of matmul.cu's own call
+
 struct GemmTiming {
   std::string gemm;         // forward (y = x W^T), dx (= dy W) or dw (= dy^T x, fp32)
-  std::string algo;         // "cublasGemmEx default" or the cuBLASLt algorithm (id, tile, split-k, ...)
+  std::string algo;         // kGemmDefault or the cuBLASLt algorithm (id, tile, split-k, ...)
   double ms = 0;            // median over the timed launches, an event pair around each
   double max_abs_diff = 0;  // largest |output - the default's output| over the whole output
   double max_abs_out = 0;   // largest |output| of the default, for scale
