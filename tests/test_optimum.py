@@ -258,6 +258,9 @@ class Regrid(unittest.TestCase):
                 json.dump(spec, f)
             self.assertEqual(results_bundle.missing(res, sp), [3, 4, 5, 6, 7])
             self.assertEqual(results_bundle.missing(res), [3])
+            with self.assertRaises(SystemExit) as e:  # a spec that cannot be read: one line naming it
+                results_bundle.missing(res, os.path.join(d, "no-such-spec.json"))
+            self.assertIn("no-such-spec.json: not a readable sweep spec", str(e.exception))
 
     def test_campaign_status(self):
         import campaign_status
