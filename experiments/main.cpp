@@ -35,11 +35,12 @@ start here:
 
 usage:
   mue train [CONFIG.json] [key=value ...]      train one run; log to out.dir/NAME.h5
-  mue sweep SPEC.json [--parallel N] [--dry-run] [--only 3,7-9] [--deadline SECONDS]
+  mue sweep SPEC.json [--parallel N] [--dry-run] [--only 3,7-9] [--deadline SECONDS [--estimates RESULTS.json]]
                                                grid sweep, one `mue train` process per point, resumable;
                                                index out_dir/NAME-index.h5 (spec format: experiments/sweep.h);
                                                --only: just these point indices; --deadline: start no point
-                                               expected to end after SECONDS (running ones finish)
+                                               expected to end after SECONDS (running ones finish); --estimates:
+                                               a results file whose points' times are the first estimates
   mue sweep [CONFIG.json] --lr A,B,C [key=value ...] [--parallel N]
                                                shortcut: one-axis grid over hp.lr (names NAME-000i-lr-X)
   mue show PATH [--json] [--rows N]            what a run file, sweep index, checkpoint or coordinate-check file
@@ -178,7 +179,7 @@ int cmd_train(int argc, char** argv) {
 }
 
 int cmd_sweep(int argc, char** argv) {
-  Args a = parse_args(argc, argv, 2, {"--lr", "--parallel", "--only", "--deadline"}, {"--dry-run"});
+  Args a = parse_args(argc, argv, 2, {"--lr", "--parallel", "--only", "--deadline", "--estimates"}, {"--dry-run"});
   SweepSpec spec;
   if (a.has("--lr")) {
     // Shortcut: CONFIG.json --lr A,B,C [key=value ...] is a one-axis grid over hp.lr.
@@ -202,6 +203,10 @@ int cmd_sweep(int argc, char** argv) {
   }
   if (a.has("--only")) o.only = parse_index_list(a.get("--only", ""));
   if (a.has("--deadline")) o.deadline_s = flag_number(a, "--deadline", 0, 1e-3, 1e9, false);
+  if (a.has("--estimates")) {
+    MUE_CHECK(a.has("--deadline"), "--estimates gives --deadline its first estimates; it needs --deadline SECONDS");
+    o.estimates = a.get("--estimates", "");
+  }
   SweepTotals t = run_sweep(spec, o);
   if (t.interrupted) return 130;
   return t.failed ? 3 : 0;

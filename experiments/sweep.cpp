@@ -352,27 +352,61 @@ void check_existing_outputs(const SweepSpec& s, const std::vector<SweepPoint>& p
   }
 }
 
-double expected_point_seconds(const std::vector<SweepPoint>& pts, const std::vector<std::pair<int, double>>& done,
-                              const SweepPoint& p) {
-  auto config_of = [](const SweepPoint& q) {
-    std::string key;
-    for (auto& [k, v] : q.coords)
-      if (k.rfind("hp.", 0) != 0 && k != "seed") key += k + "=" + v.dump() + ";";
-    return key;
-  };
-  const std::string mine = config_of(p);
-  double all = 0, same = 0;
-  int n_same = 0;
-  for (auto& [i, t] : done) {
-    all += t;
-    if (config_of(pts[size_t(i)]) == mine) same += t, ++n_same;
+std::string point_work_key(const std::vector<std::pair<std::string, ojson>>& coords) {
+  std::vector<std::string> parts;
+  for (auto& [k, v] : coords) {
+    if (k.rfind("hp.", 0) == 0 || k == "seed") continue;
+    char num[32];
+    if (v.is_number()) std::snprintf(num, sizeof num, "%.17g", v.get<double>());
+    parts.push_back(k + "=" + (v.is_number() ? std::string(num) : v.dump()));
   }
-  return n_same ? same / n_same : done.empty() ? 0.0 : all / double(done.size());
+  std::sort(parts.begin(), parts.end());
+  std::string key;
+  for (auto& part : parts) key += part + ";";
+  return key;
+}
+
+PointSeconds read_point_seconds(const std::string& results_path) {
+  std::ifstream f(results_path);
+  MUE_CHECK(f.good(), "--estimates: cannot open results file '", results_path, "'");
+  json j = json::parse(f, nullptr, false);
+  MUE_CHECK(!j.is_discarded() && j.is_object() && j.contains("points") && j["points"].is_array(),
+            "--estimates: '", results_path, "' is not a results file (JSON with a \"points\" list)");
+  PointSeconds out;
+  for (auto& p : j["points"]) {
+    if (!p.is_object() || p.value("status", "") != "completed" || !p.contains("timing") ||
+        !p["timing"].is_object() || !p["timing"].contains("total") || !p["timing"]["total"].is_number() ||
+        !p.contains("coords") || !p["coords"].is_object())
+      continue;
+    std::vector<std::pair<std::string, ojson>> coords;
+    for (auto& [k, v] : p["coords"].items()) coords.push_back({k, ojson(v)});
+    const json& t = p["timing"];
+    const double before_main = t.contains("before_main") && t["before_main"].is_number() ? t["before_main"].get<double>() : 0;
+    out.push_back({point_work_key(coords), t["total"].get<double>() + before_main});
+  }
+  return out;
+}
+
+double expected_point_seconds(const PointSeconds& done, const PointSeconds& earlier, const SweepPoint& p) {
+  const std::string mine = point_work_key(p.coords);
+  auto mean = [&](const PointSeconds& v, bool same_work) {
+    double sum = 0;
+    int n = 0;
+    for (auto& [key, t] : v)
+      if (!same_work || key == mine) sum += t, ++n;
+    return n ? sum / n : 0.0;
+  };
+  for (auto* v : {&done, &earlier})
+    if (double t = mean(*v, true); t > 0) return t;
+  for (auto* v : {&done, &earlier})
+    if (double t = mean(*v, false); t > 0) return t;
+  return 0;
 }
 
 SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
   std::vector<SweepPoint> pts = expand_grid(s);
   const std::vector<json> configs = validate_points(s, pts, !o.dry_run);  // a dry run plans without the data
+  const PointSeconds earlier = o.estimates.empty() ? PointSeconds{} : read_point_seconds(o.estimates);
   const dist::Launch launch = dist::launch_from_env();  // mpirun / srun of `mue sweep`: points stride over ranks
   const int parallel = o.parallel > 0 ? o.parallel : s.parallel;
   auto run_file = [&](const SweepPoint& p) { return (fs::path(s.out_dir) / (p.name + ".h5")).string(); };
@@ -460,14 +494,14 @@ SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
   std::vector<double> process_s;
   std::vector<RunTiming> timings;
   // --deadline: whether the next point, started now, is expected to end in time (expected_point_seconds over the
-  // completed points). Before any point has completed there is no estimate: points start while the deadline has
-  // not passed.
-  std::vector<std::pair<int, double>> completed_s;  // (point index, its process's seconds)
+  // completed points, else --estimates' earlier ones). Without either there is no estimate: points start while the
+  // deadline has not passed.
+  PointSeconds completed_s;  // (point's work key, its process's seconds)
   bool stopped_starting = false;
   auto in_time = [&] {
     if (o.deadline_s <= 0) return true;
     const double now = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    const double expected = expected_point_seconds(pts, completed_s, pts[size_t(todo[next])]);
+    const double expected = expected_point_seconds(completed_s, earlier, pts[size_t(todo[next])]);
     if (now + expected <= o.deadline_s) return true;
     stopped_starting = true;
     std::printf("sweep %s: --deadline %.0f s: starting no more points at %.0f s (a point takes about %.0f s); "
@@ -551,7 +585,7 @@ SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
       std::string status = pr.status;
       if (status == "completed" || status == "diverged") {
         ++(status == "completed" ? tot.completed : tot.diverged);
-        if (status == "completed") completed_s.push_back({c.index, dt});  // a diverged run stops early
+        if (status == "completed") completed_s.push_back({point_work_key(p.coords), dt});  // a diverged run stops early
         try {
           if (auto t = RunTiming::read(run_file(p))) timings.push_back(*t), process_s.push_back(dt);
         } catch (const std::exception&) {  // unreadable now: the point's line below still tells

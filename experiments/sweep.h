@@ -54,11 +54,19 @@ struct SweepPoint {
 void check_existing_outputs(const SweepSpec& s, const std::vector<SweepPoint>& pts,
                             const std::vector<nlohmann::json>& configs, const std::vector<int>& mine);
 
-// --deadline's estimate of how long point p's process will take: the mean over the completed points (index,
-// seconds) of p's configuration (the same coordinates but for hp.* and seed, which leave a point's work alike),
-// else over all of them; 0 before any completed.
-double expected_point_seconds(const std::vector<SweepPoint>& pts, const std::vector<std::pair<int, double>>& done,
-                              const SweepPoint& p);
+// A point's work, for time estimates: its coordinates but hp.* and seed, which leave a point's work alike, in key
+// order, numbers compared as numbers (a results file writes the axis value 1 as 1.0).
+std::string point_work_key(const std::vector<std::pair<std::string, nlohmann::ordered_json>>& coords);
+// Points' process seconds, each with its work key.
+using PointSeconds = std::vector<std::pair<std::string, double>>;
+// The completed points of a results file (experiments/figures/results_bundle.py's format) that carry their run's
+// /timing: --estimates, so that --deadline has an estimate before a point of this sweep has finished. A file
+// that cannot be read, or holds no "points", is a one-line error naming it.
+PointSeconds read_point_seconds(const std::string& results_path);
+// --deadline's estimate of how long point p's process will take: the mean over this sweep's completed points
+// (`done`) of p's work; else over the earlier points (`earlier`, from --estimates) of p's work; else over all of
+// `done`, else all of `earlier`; 0 when both are empty.
+double expected_point_seconds(const PointSeconds& done, const PointSeconds& earlier, const SweepPoint& p);
 
 // Parses and checks the spec's shape (not the config keys; see validate_points). spec_dir resolves "base".
 SweepSpec parse_sweep_spec(const nlohmann::ordered_json& j, const std::string& spec_dir);
@@ -87,8 +95,10 @@ struct SweepOptions {
   bool dry_run = false;
   std::vector<int> only;  // point indices to consider (empty: all); the others are neither run nor counted
   // > 0: start no point expected to end later than this many seconds after the sweep began (expected: the mean
-  // process time of this sweep's finished points); running points are never stopped by it.
+  // process time of this sweep's finished points, or of `estimates`' before one has); running points are never
+  // stopped by it.
   double deadline_s = 0;
+  std::string estimates;  // a results file whose points' timings give --deadline its first estimates ("": none)
   std::string exe = "/proc/self/exe";
 };
 struct SweepTotals {

@@ -7,7 +7,8 @@
 #   NAME       a spec in experiments/sweeps/NAME.json (its out_dir must be runs/NAME)
 #   PARALLEL   runs at a time on each GPU (default: the spec's `parallel`)
 #   SECONDS    start no point of this spec expected to end after so many seconds (mue sweep --deadline: the
-#              running points finish); the next NAME starts then. Default: until the deadline.
+#              running points finish; a point's time expected from this call's finished points of its kind, else
+#              from the results file's, --estimates); the next NAME starts then. Default: until the deadline.
 # The whole call starts no point expected to end later than DEADLINE_S - 45 seconds after it began (default 540);
 # a point still running 20 s after that is stopped (SIGINT: it stays failed and runs again next time, the index is
 # rewritten), and 25 s are kept for packing.
@@ -78,7 +79,7 @@ for arg in "$@"; do
   echo "== $name (parallel ${par:-spec}, at most $left s${only:+, points $only})" | tee -a "$log"
   s0=$(date +%s)
   timeout -s INT -k 20 "$((left + 20))" "$build/mue" sweep "experiments/sweeps/$name.json" ${par:+--parallel $par} \
-    --deadline "$left" \
+    --deadline "$left" $([ -f "$results/$name.json" ] && echo --estimates "$results/$name.json") \
     ${only:+--only $only} 2>&1 | grep -E "^\[|^sweep|^mue: error" >> "$log"
   rc=${PIPESTATUS[0]}  # 1: refused (the log has its one line); 3: some points failed; 130: interrupted
   echo "== $name: $(( $(date +%s) - s0 )) s$([ "$rc" -ne 0 ] && echo ", mue sweep exit $rc")" | tee -a "$log"

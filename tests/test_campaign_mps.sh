@@ -106,5 +106,20 @@ grep -q "^== rivals-lm: not run: .*differ beyond their axes" "$tmp/out4/campaign
 only=$(python3 "$repo/experiments/figures/results_bundle.py" --missing "$tmp/res4/wd-lm.json" --spec "$tmp/res4/grown-spec.json")
 [ "$only" = "$(seq -s, 60 119)" ] || { echo "FAILED: the grown grid's missing points are '$only', not 60-119"; fail=1; }
 [ $fail = 0 ] || { cat "$tmp/out4/campaign.log"; exit 1; }
+# A results file with points left: the sweep runs those, and its points' times are --deadline's first estimates.
+mkdir -p "$tmp/res5"
+python3 - "$tmp/res4/wd-lm.json" "$tmp/res5/wd-lm.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for p in r["points"][50:]: p["status"] = "missing"
+json.dump(r, open(sys.argv[2], "w"))
+PY
+rm -f "$tmp/sweep-args"
+DEADLINE_S=120 BUILD_DIR="$tmp/build" OUT="$tmp/out5" RESULTS_DIR="$tmp/res5" \
+  bash "$repo/scripts/campaign.sh" wd-lm > "$tmp/campaign5.out" 2>&1 || { cat "$tmp/campaign5.out"; exit 1; }
+grep -q -- "--estimates $tmp/res5/wd-lm.json --only $(seq -s, 50 59)\$" "$tmp/sweep-args" ||
+  { echo "FAILED: the sweep of a partial results file did not get --estimates and --only 50-59"; cat "$tmp/sweep-args"; fail=1; }
+[ $fail = 0 ] || exit 1
 echo "campaign.sh MPS=1: the sweep saw the pipe directory; the daemon stopped; a refused sweep is logged; 4 GPUs used;"
-echo "earlier results: a finished spec is skipped, another spec's results refused, a grown grid runs its new points"
+echo "earlier results: a finished spec is skipped, another spec's results refused, a grown grid runs its new points,"
+echo "a partial one its missing points with the finished ones' times as estimates"

@@ -613,6 +613,20 @@ TEST_CASE("sweep: --deadline starts no point expected to end late; a later run g
   ojson j = tiny_spec(d, tok, "deadline");
   j["axes"] = ojson::parse(R"({"hp.lr": [0.001, 0.002, 0.004]})");
   std::string spec = write_spec(d, j);
+  // With earlier points that took 1000 s (--estimates), a 60 s deadline starts none.
+  std::ofstream(d / "earlier.json") << R"({"points": [{"coords": {"hp.lr": 0.5}, "status": "completed",
+                                                      "timing": {"total": 1000}}]})";
+  Res r0 = run_sweep_cli(spec + " --parallel 1 --deadline 60 --estimates " + (d / "earlier.json"));
+  INFO(r0.out);
+  REQUIRE(r0.rc == 0);
+  CHECK(r0.out.find("starting no more points at 0 s (a point takes about 1000 s); 3 left") != std::string::npos);
+  CHECK(r0.out.find("0 completed, 0 diverged, 0 failed, 0 skipped, 3 not started (--deadline)") != std::string::npos);
+  r0 = run_sweep_cli(spec + " --estimates " + (d / "earlier.json"));
+  CHECK(r0.rc != 0);
+  CHECK(r0.out.find("--estimates gives --deadline its first estimates; it needs --deadline SECONDS") != std::string::npos);
+  r0 = run_sweep_cli(spec + " --deadline 60 --estimates " + (d / "absent.json"));
+  CHECK(r0.rc != 0);
+  CHECK(r0.out.find("--estimates: cannot open results file") != std::string::npos);
   // The first point starts (no estimate yet, the deadline not passed); it takes far longer than 50 ms (a process
   // that loads data and trains), so no second point is expected to end in time.
   Res r = run_sweep_cli(spec + " --parallel 1 --deadline 0.05");
@@ -640,11 +654,59 @@ TEST_CASE("sweep: --deadline expects a point to take as long as its configuratio
                               "hp.lr": [0.001, 0.002]}, "out_dir": "o"})");
   auto pts = expand_grid(parse_sweep_spec(j, ""));
   REQUIRE(pts.size() == 8);  // seed 1: 64e2a at two LRs (0, 1), 64e64a (2, 3); seed 2: 4-7 likewise
-  CHECK(expected_point_seconds(pts, {}, pts[0]) == 0);  // nothing completed: no estimate
-  const std::vector<std::pair<int, double>> done = {{0, 10.0}, {1, 12.0}, {2, 40.0}};
-  CHECK(expected_point_seconds(pts, done, pts[5]) == Approx(11.0));  // seed 2, 64e2a: the 64e2a points' mean
-  CHECK(expected_point_seconds(pts, done, pts[3]) == Approx(40.0));  // another LR of 64e64a
+  auto key = [&](int i) { return point_work_key(pts[size_t(i)].coords); };
+  CHECK(key(0) == key(5));  // seed and LR leave the work alike
+  CHECK(key(0) != key(2));
+  CHECK(expected_point_seconds({}, {}, pts[0]) == 0);  // nothing completed, nothing earlier: no estimate
+  const PointSeconds done = {{key(0), 10.0}, {key(1), 12.0}, {key(2), 40.0}};
+  CHECK(expected_point_seconds(done, {}, pts[5]) == Approx(11.0));  // seed 2, 64e2a: the 64e2a points' mean
+  CHECK(expected_point_seconds(done, {}, pts[3]) == Approx(40.0));  // another LR of 64e64a
   j["axes"]["ffn.shape"].push_back("64e8a");
   auto more = expand_grid(parse_sweep_spec(j, ""));
-  CHECK(expected_point_seconds(more, done, more[4]) == Approx(62.0 / 3));  // 64e8a: none yet, the mean of all
+  CHECK(expected_point_seconds(done, {}, more[4]) == Approx(62.0 / 3));  // 64e8a: none yet, the mean of all
+  // Earlier points (--estimates) count where this sweep has none of the point's work, its own first.
+  const PointSeconds earlier = {{point_work_key(more[4].coords), 90.0}, {key(0), 1000.0}};
+  CHECK(expected_point_seconds(done, earlier, more[4]) == Approx(90.0));
+  CHECK(expected_point_seconds(done, earlier, pts[0]) == Approx(11.0));
+  CHECK(expected_point_seconds({}, earlier, pts[2]) == Approx(545.0));  // no 64e64a anywhere: the earlier ones' mean
+  CHECK(expected_point_seconds({{key(2), 40.0}}, earlier, pts[0]) == Approx(1000.0));  // same work beats this sweep's
+}
+
+// --estimates reads a results file's completed points with timings; numbers match as numbers (1.0 == 1).
+TEST_CASE("sweep: --estimates takes a results file's point times; a bad file is one line", "[sweep]") {
+  TempDir d("sweep");
+  const ojson results = ojson::parse(R"({"format": 1, "points": [
+    {"coords": {"seed": 1.0, "ffn.shape": "64e2a", "train.batch": 32.0, "hp.lr": 0.001}, "status": "completed",
+     "timing": {"total": 50.0, "before_main": 0.5}},
+    {"coords": {"seed": 2.0, "ffn.shape": "64e2a", "train.batch": 32.0, "hp.lr": 0.002}, "status": "completed",
+     "timing": {"total": 60.0}},
+    {"coords": {"seed": 1.0, "ffn.shape": "64e2a", "train.batch": 32.0, "hp.lr": 0.004}, "status": "diverged",
+     "timing": {"total": 5.0}},
+    {"coords": {"seed": 1.0, "ffn.shape": "64e2a", "train.batch": 32.0, "hp.lr": 0.008}, "status": "completed"},
+    {"coords": {"seed": 1.0, "ffn.shape": "64e64a", "train.batch": 32.0, "hp.lr": 0.001}, "status": "missing"}]})");
+  std::ofstream(d / "r.json") << results.dump();
+  const PointSeconds got = read_point_seconds(d / "r.json");
+  REQUIRE(got.size() == 2);  // completed with a timing: the diverged, the untimed and the missing one left out
+  CHECK(got[0].second == Approx(50.5));
+  CHECK(got[1].second == Approx(60.0));
+  ojson j = ojson::parse(R"({"name": "e", "axes": {"train.batch": [32], "ffn.shape": ["64e2a"], "seed": [1],
+                              "hp.lr": [0.001]}, "out_dir": "o"})");
+  const SweepPoint p = expand_grid(parse_sweep_spec(j, ""))[0];
+  CHECK(point_work_key(p.coords) == got[0].first);  // integer axis values against the file's 32.0, other key order
+  CHECK(expected_point_seconds({}, got, p) == Approx(55.25));
+
+  std::ofstream(d / "not-results.json") << R"({"points": 3})";
+  std::ofstream(d / "broken.json") << "{";
+  for (const char* bad : {"absent.json", "not-results.json", "broken.json"}) {
+    INFO(bad);
+    try {
+      read_point_seconds(d / bad);
+      FAIL("no error");
+    } catch (const std::exception& e) {
+      const std::string what = e.what();
+      CHECK(what.find("--estimates") != std::string::npos);
+      CHECK(what.find(bad) != std::string::npos);
+      CHECK(what.find('\n') == std::string::npos);
+    }
+  }
 }
