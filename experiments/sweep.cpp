@@ -493,19 +493,27 @@ SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
   // The points that finished with a /timing: their processes' wall time (fork to reap) and their runs' phases.
   std::vector<double> process_s;
   std::vector<RunTiming> timings;
-  // --deadline: whether the next point, started now, is expected to end in time (expected_point_seconds over the
-  // completed points, else --estimates' earlier ones). Without either there is no estimate: points start while the
-  // deadline has not passed.
+  // --deadline: whether a point, started now, is expected to end in time (expected_point_seconds over the completed
+  // points, else --estimates' earlier ones). Without either there is no estimate: points start while the deadline
+  // has not passed. Where the next point would end too late, the first later one expected to end in time (a
+  // shorter kind) moves up to start instead, the others keeping their order.
   PointSeconds completed_s;  // (point's work key, its process's seconds)
   bool stopped_starting = false;
   auto in_time = [&] {
     if (o.deadline_s <= 0) return true;
     const double now = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    const double expected = expected_point_seconds(completed_s, earlier, pts[size_t(todo[next])]);
-    if (now + expected <= o.deadline_s) return true;
+    double shortest = std::numeric_limits<double>::infinity();
+    for (size_t k = next; k < todo.size(); ++k) {
+      const double expected = expected_point_seconds(completed_s, earlier, pts[size_t(todo[k])]);
+      if (now + expected <= o.deadline_s) {
+        std::rotate(todo.begin() + long(next), todo.begin() + long(k), todo.begin() + long(k) + 1);
+        return true;
+      }
+      shortest = std::min(shortest, expected);
+    }
     stopped_starting = true;
-    std::printf("sweep %s: --deadline %.0f s: starting no more points at %.0f s (a point takes about %.0f s); "
-                "%zu left for a later run\n", s.name.c_str(), o.deadline_s, now, expected, todo.size() - next);
+    std::printf("sweep %s: --deadline %.0f s: starting no more points at %.0f s (the shortest left takes about %.0f s); "
+                "%zu left for a later run\n", s.name.c_str(), o.deadline_s, now, shortest, todo.size() - next);
     std::fflush(stdout);
     return false;
   };

@@ -95,8 +95,8 @@ struct SweepOptions {
   bool dry_run = false;
   std::vector<int> only;  // point indices to consider (empty: all); the others are neither run nor counted
   // > 0: start no point expected to end later than this many seconds after the sweep began (expected: the mean
-  // process time of this sweep's finished points, or of `estimates`' before one has); running points are never
-  // stopped by it.
+  // process time of this sweep's finished points, or of `estimates`' before one has; a later point of a kind that
+  // fits may start before one that does not); running points are never stopped by it.
   double deadline_s = 0;
   std::string estimates;  // a results file whose points' timings give --deadline its first estimates ("": none)
   std::string exe = "/proc/self/exe";

@@ -619,7 +619,7 @@ TEST_CASE("sweep: --deadline starts no point expected to end late; a later run g
   Res r0 = run_sweep_cli(spec + " --parallel 1 --deadline 60 --estimates " + (d / "earlier.json"));
   INFO(r0.out);
   REQUIRE(r0.rc == 0);
-  CHECK(r0.out.find("starting no more points at 0 s (a point takes about 1000 s); 3 left") != std::string::npos);
+  CHECK(r0.out.find("starting no more points at 0 s (the shortest left takes about 1000 s); 3 left") != std::string::npos);
   CHECK(r0.out.find("0 completed, 0 diverged, 0 failed, 0 skipped, 3 not started (--deadline)") != std::string::npos);
   r0 = run_sweep_cli(spec + " --estimates " + (d / "earlier.json"));
   CHECK(r0.rc != 0);
@@ -647,6 +647,25 @@ TEST_CASE("sweep: --deadline starts no point expected to end late; a later run g
     CHECK(r.rc != 0);
     CHECK(r.out.find("--deadline") != std::string::npos);
   }
+}
+
+// Where the next point would end too late, a later one of a shorter kind starts instead.
+TEST_CASE("sweep: --deadline starts the points of a kind that fits where the next kind does not", "[sweep]") {
+  TempDir d("sweep");
+  std::string tok = mue::test::make_toy_tokens(d);
+  ojson j = tiny_spec(d, tok, "fill");
+  j["axes"] = ojson::parse(R"({"train.log_every": [10, 5], "hp.lr": [0.001, 0.002]})");
+  std::string spec = write_spec(d, j);
+  std::ofstream(d / "earlier.json") << R"({"points": [
+    {"coords": {"train.log_every": 10, "hp.lr": 0.5}, "status": "completed", "timing": {"total": 1000}},
+    {"coords": {"train.log_every": 5, "hp.lr": 0.5}, "status": "completed", "timing": {"total": 1}}]})";
+  Res r = run_sweep_cli(spec + " --parallel 1 --deadline 600 --estimates " + (d / "earlier.json"));
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  CHECK(r.out.find("(the shortest left takes about 1000 s); 2 left for a later run") != std::string::npos);
+  CHECK(r.out.find("2 completed, 0 diverged, 0 failed, 0 skipped, 2 not started (--deadline)") != std::string::npos);
+  CHECK(read_strings(d / "runs/fill-index.h5", "/summary/status") ==
+        std::vector<std::string>{"missing", "missing", "completed", "completed"});
 }
 
 TEST_CASE("sweep: --deadline expects a point to take as long as its configuration's finished ones", "[sweep]") {
