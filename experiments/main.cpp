@@ -206,6 +206,7 @@ int cmd_sweep(int argc, char** argv) {
   if (a.has("--estimates")) {
     MUE_CHECK(a.has("--deadline"), "--estimates gives --deadline its first estimates; it needs --deadline SECONDS");
     o.estimates = a.get("--estimates", "");
+    MUE_CHECK(!o.estimates.empty(), "--estimates needs a results file (experiments/results/NAME.json)");
   }
   SweepTotals t = run_sweep(spec, o);
   if (t.interrupted) return 130;

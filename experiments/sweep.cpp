@@ -358,7 +358,7 @@ std::string point_work_key(const std::vector<std::pair<std::string, ojson>>& coo
     if (k.rfind("hp.", 0) == 0 || k == "seed") continue;
     char num[32];
     if (v.is_number()) std::snprintf(num, sizeof num, "%.17g", v.get<double>());
-    parts.push_back(k + "=" + (v.is_number() ? std::string(num) : v.dump()));
+    parts.push_back(k + "=" + (v.is_number() ? std::string(num) : value_text(v)));  // the index's text for the rest
   }
   std::sort(parts.begin(), parts.end());
   std::string key;
@@ -368,13 +368,13 @@ std::string point_work_key(const std::vector<std::pair<std::string, ojson>>& coo
 
 PointSeconds read_point_seconds(const std::string& results_path) {
   std::ifstream f(results_path);
-  MUE_CHECK(f.good(), "--estimates: cannot open results file '", results_path, "'");
+  MUE_CHECK(fs::is_regular_file(results_path) && f.good(), "--estimates: cannot open results file '", results_path, "'");
   json j = json::parse(f, nullptr, false);
   MUE_CHECK(!j.is_discarded() && j.is_object() && j.contains("points") && j["points"].is_array(),
             "--estimates: '", results_path, "' is not a results file (JSON with a \"points\" list)");
   PointSeconds out;
   for (auto& p : j["points"]) {
-    if (!p.is_object() || p.value("status", "") != "completed" || !p.contains("timing") ||
+    if (!p.is_object() || !p.contains("status") || p["status"] != "completed" || !p.contains("timing") ||
         !p["timing"].is_object() || !p["timing"].contains("total") || !p["timing"]["total"].is_number() ||
         !p.contains("coords") || !p["coords"].is_object())
       continue;
@@ -407,6 +407,14 @@ SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
   std::vector<SweepPoint> pts = expand_grid(s);
   const std::vector<json> configs = validate_points(s, pts, !o.dry_run);  // a dry run plans without the data
   const PointSeconds earlier = o.estimates.empty() ? PointSeconds{} : read_point_seconds(o.estimates);
+  if (!o.estimates.empty()) {  // what the file gives: a file of another spec, or without timings, gives little
+    std::set<std::string> here, covered;
+    for (auto& p : pts) here.insert(point_work_key(p.coords));
+    for (auto& [key, t] : earlier)
+      if (here.count(key)) covered.insert(key);
+    std::printf("sweep %s: --estimates %s: %zu timed points, of %zu of the %zu kinds of point here\n", s.name.c_str(),
+                o.estimates.c_str(), earlier.size(), covered.size(), here.size());
+  }
   const dist::Launch launch = dist::launch_from_env();  // mpirun / srun of `mue sweep`: points stride over ranks
   const int parallel = o.parallel > 0 ? o.parallel : s.parallel;
   auto run_file = [&](const SweepPoint& p) { return (fs::path(s.out_dir) / (p.name + ".h5")).string(); };
@@ -574,6 +582,10 @@ SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
       if (dev >= 0) ++device_load[dev];
       running.push_back({pid, p.index, dev, std::chrono::steady_clock::now()});
       ++tot.run;
+      if (next == todo.size()) {  // a campaign may start its next sweep on the slots this one frees from now on
+        std::printf("sweep %s: every point started, %zu running\n", s.name.c_str(), running.size());
+        std::fflush(stdout);
+      }
     }
     bool reaped = false;
     for (size_t k = 0; k < running.size(); ++k) {

@@ -57,7 +57,8 @@ void check_existing_outputs(const SweepSpec& s, const std::vector<SweepPoint>& p
 // A point's work, for time estimates: its coordinates but hp.* and seed, which leave a point's work alike, in key
 // order, numbers compared as numbers (a results file writes the axis value 1 as 1.0).
 std::string point_work_key(const std::vector<std::pair<std::string, nlohmann::ordered_json>>& coords);
-// Points' process seconds, each with its work key.
+// Points' process seconds (fork to reap; from a results file, the run's own total and its time before main,
+// about 0.2 s less), each with its work key.
 using PointSeconds = std::vector<std::pair<std::string, double>>;
 // The completed points of a results file (experiments/figures/results_bundle.py's format) that carry their run's
 // /timing: --estimates, so that --deadline has an estimate before a point of this sweep has finished. A file
@@ -94,9 +95,9 @@ struct SweepOptions {
   int parallel = 0;  // 0: the spec's
   bool dry_run = false;
   std::vector<int> only;  // point indices to consider (empty: all); the others are neither run nor counted
-  // > 0: start no point expected to end later than this many seconds after the sweep began (expected: the mean
-  // process time of this sweep's finished points, or of `estimates`' before one has; a later point of a kind that
-  // fits may start before one that does not); running points are never stopped by it.
+  // > 0: start no point expected to end later than this many seconds after the sweep began (expected:
+  // expected_point_seconds over this sweep's finished points and `estimates`' points; the first later point
+  // expected to end in time may start before one that is not); running points are never stopped by it.
   double deadline_s = 0;
   std::string estimates;  // a results file whose points' timings give --deadline its first estimates ("": none)
   std::string exe = "/proc/self/exe";

@@ -9,6 +9,8 @@
 #   SECONDS    start no point of this spec expected to end after so many seconds (mue sweep --deadline: the
 #              running points finish; a point's time expected from this call's finished points of its kind, else
 #              from the results file's, --estimates); the next NAME starts then. Default: until the deadline.
+# Sweeps overlap at their ends: the next NAME starts as soon as the one before has started its last point (or
+# stopped starting them), so that the slots its last points free train the next spec's points instead of idling.
 # The whole call starts no point expected to end later than DEADLINE_S - 45 seconds after it began (default 540);
 # a point still running 20 s after that is stopped (SIGINT: it stays failed and runs again next time, the index is
 # rewritten), and 25 s are kept for packing.
@@ -56,7 +58,19 @@ source scripts/mps.sh
 if [ -n "${MPS:-}" ]; then mps_start > >(tee -a "$log"); trap mps_stop EXIT; fi
 
 results=${RESULTS_DIR:-experiments/results}
+# One sweep in the background: its lines into the log as they come (line-buffered: sweeps overlap, below), then
+# its wall time and exit status. 1: refused (the log has its one line); 3: some points failed; 130: interrupted.
+run_one() {  # NAME PARALLEL LEFT ONLY
+  local name=$1 par=$2 left=$3 only=$4 s0 rc est=()
+  [ -f "$results/$name.json" ] && est=(--estimates "$results/$name.json")
+  s0=$(date +%s)
+  timeout -s INT -k 20 "$((left + 20))" "$build/mue" sweep "experiments/sweeps/$name.json" ${par:+--parallel $par} \
+    --deadline "$left" "${est[@]}" ${only:+--only $only} 2>&1 | tee "$OUT/$name.sweep.out" | grep --line-buffered -E "^\[|^sweep|^mue: error" >> "$log"
+  rc=${PIPESTATUS[0]}
+  echo "== $name: $(( $(date +%s) - s0 )) s$([ "$rc" -ne 0 ] && echo ", mue sweep exit $rc")" | tee -a "$log"
+}
 names=()
+pids=()
 for arg in "$@"; do
   IFS=: read -r name par secs <<< "$arg"
   names+=("$name")
@@ -77,13 +91,17 @@ for arg in "$@"; do
     par=$((per_gpu * ${#gpus[@]}))
   fi
   echo "== $name (parallel ${par:-spec}, at most $left s${only:+, points $only})" | tee -a "$log"
-  s0=$(date +%s)
-  timeout -s INT -k 20 "$((left + 20))" "$build/mue" sweep "experiments/sweeps/$name.json" ${par:+--parallel $par} \
-    --deadline "$left" $([ -f "$results/$name.json" ] && echo --estimates "$results/$name.json") \
-    ${only:+--only $only} 2>&1 | grep -E "^\[|^sweep|^mue: error" >> "$log"
-  rc=${PIPESTATUS[0]}  # 1: refused (the log has its one line); 3: some points failed; 130: interrupted
-  echo "== $name: $(( $(date +%s) - s0 )) s$([ "$rc" -ne 0 ] && echo ", mue sweep exit $rc")" | tee -a "$log"
+  : > "$OUT/$name.sweep.out"
+  run_one "$name" "${par:-}" "$left" "$only" &
+  pids+=($!)
+  # The next spec starts once this sweep has started its last point or stopped starting them (or ended), so that
+  # the slots its last points leave free train the next spec's points instead of idling.
+  while kill -0 "$!" 2>/dev/null &&
+        ! grep -qE "^sweep $name: (every point started|--deadline .*starting no more points)" "$OUT/$name.sweep.out"; do
+    sleep 1
+  done
 done
+[ ${#pids[@]} -gt 0 ] && wait "${pids[@]}"
 
 # MPS servers exist only where client processes connected: evidence that the sweeps ran under MPS
 [ -n "${CUDA_MPS_PIPE_DIRECTORY:-}" ] &&

@@ -78,6 +78,7 @@ grep -q "^0,1,2,3 sweep experiments/sweeps/wd-lm.json --parallel 8 " "$tmp/sweep
 grep -q "^0,1,2,3 sweep experiments/sweeps/wd-lm.json --parallel 24 " "$tmp/sweep-args" ||
   { echo "FAILED: 4 GPUs, wd-lm (the spec's parallel 6): not --parallel 24"; cat "$tmp/sweep-args"; fail=1; }
 grep -q "^gpus: 4 " "$tmp/out3/campaign.log" || { echo "FAILED: campaign.log does not say 4 GPUs"; fail=1; }
+! grep -q -- "--estimates" "$tmp/sweep-args" || { echo "FAILED: --estimates without a results file"; fail=1; }
 [ $fail = 0 ] || exit 1
 # Results files of earlier sessions: a spec whose every point finished is not run; one whose grid grew (a second
 # seed) runs only the new points; one from a spec that changed beyond its axes is refused in one line, not run.
@@ -106,7 +107,7 @@ grep -q "^== rivals-lm: not run: .*differ beyond their axes" "$tmp/out4/campaign
 only=$(python3 "$repo/experiments/figures/results_bundle.py" --missing "$tmp/res4/wd-lm.json" --spec "$tmp/res4/grown-spec.json")
 [ "$only" = "$(seq -s, 60 119)" ] || { echo "FAILED: the grown grid's missing points are '$only', not 60-119"; fail=1; }
 [ $fail = 0 ] || { cat "$tmp/out4/campaign.log"; exit 1; }
-# A results file with points left: the sweep runs those, and its points' times are --deadline's first estimates.
+# A results file with points left: the sweep runs those, given the file for --deadline's estimates.
 mkdir -p "$tmp/res5"
 python3 - "$tmp/res4/wd-lm.json" "$tmp/res5/wd-lm.json" <<'PY'
 import json, sys
@@ -120,6 +121,24 @@ DEADLINE_S=120 BUILD_DIR="$tmp/build" OUT="$tmp/out5" RESULTS_DIR="$tmp/res5" \
 grep -q -- "--estimates $tmp/res5/wd-lm.json --only $(seq -s, 50 59)\$" "$tmp/sweep-args" ||
   { echo "FAILED: the sweep of a partial results file did not get --estimates and --only 50-59"; cat "$tmp/sweep-args"; fail=1; }
 [ $fail = 0 ] || exit 1
+# Sweeps overlap: the next spec's sweep starts once the one before has started its last point, not when it ends.
+cat > "$tmp/build/mue" <<FAKE
+#!/usr/bin/env bash
+name=\$(basename "\$2" .json)
+echo "start \$name" >> "$tmp/order"
+echo "sweep \$name: every point started, 1 running"
+sleep 2
+echo "end \$name" >> "$tmp/order"
+FAKE
+DEADLINE_S=120 BUILD_DIR="$tmp/build" OUT="$tmp/out6" RESULTS_DIR="$tmp/results" \
+  bash "$repo/scripts/campaign.sh" wd-lm rivals-lm > "$tmp/campaign6.out" 2>&1 || { cat "$tmp/campaign6.out"; exit 1; }
+[ "$(cat "$tmp/order")" = "$(printf 'start wd-lm\nstart rivals-lm\nend wd-lm\nend rivals-lm')" ] ||
+  { echo "FAILED: the sweeps did not overlap:"; cat "$tmp/order"; fail=1; }
+grep -q "^== wd-lm: [0-9]* s$" "$tmp/out6/campaign.log" && grep -q "^== rivals-lm: [0-9]* s$" "$tmp/out6/campaign.log" ||
+  { echo "FAILED: an overlapped sweep's end is not in campaign.log"; cat "$tmp/out6/campaign.log"; fail=1; }
+grep -q "^sweep rivals-lm: every point started" "$tmp/out6/campaign.log" ||
+  { echo "FAILED: a sweep's lines are not in campaign.log"; fail=1; }
+[ $fail = 0 ] || exit 1
 echo "campaign.sh MPS=1: the sweep saw the pipe directory; the daemon stopped; a refused sweep is logged; 4 GPUs used;"
 echo "earlier results: a finished spec is skipped, another spec's results refused, a grown grid runs its new points,"
-echo "a partial one its missing points with the finished ones' times as estimates"
+echo "a partial one its missing points with --estimates; sweeps overlap at their ends"

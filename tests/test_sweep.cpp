@@ -619,11 +619,16 @@ TEST_CASE("sweep: --deadline starts no point expected to end late; a later run g
   Res r0 = run_sweep_cli(spec + " --parallel 1 --deadline 60 --estimates " + (d / "earlier.json"));
   INFO(r0.out);
   REQUIRE(r0.rc == 0);
+  CHECK(r0.out.find("--estimates " + (d / "earlier.json") + ": 1 timed points, of 1 of the 1 kinds of point here") !=
+        std::string::npos);
   CHECK(r0.out.find("starting no more points at 0 s (the shortest left takes about 1000 s); 3 left") != std::string::npos);
   CHECK(r0.out.find("0 completed, 0 diverged, 0 failed, 0 skipped, 3 not started (--deadline)") != std::string::npos);
   r0 = run_sweep_cli(spec + " --estimates " + (d / "earlier.json"));
   CHECK(r0.rc != 0);
   CHECK(r0.out.find("--estimates gives --deadline its first estimates; it needs --deadline SECONDS") != std::string::npos);
+  r0 = run_sweep_cli(spec + " --deadline 60 --estimates ''");
+  CHECK(r0.rc != 0);
+  CHECK(r0.out.find("--estimates needs a results file") != std::string::npos);
   r0 = run_sweep_cli(spec + " --deadline 60 --estimates " + (d / "absent.json"));
   CHECK(r0.rc != 0);
   CHECK(r0.out.find("--estimates: cannot open results file") != std::string::npos);
@@ -713,10 +718,18 @@ TEST_CASE("sweep: --estimates takes a results file's point times; a bad file is 
   const SweepPoint p = expand_grid(parse_sweep_spec(j, ""))[0];
   CHECK(point_work_key(p.coords) == got[0].first);  // integer axis values against the file's 32.0, other key order
   CHECK(expected_point_seconds({}, got, p) == Approx(55.25));
+  // A value neither string nor number is written to the index (and results file) as its text: true as "true".
+  const ojson flag = ojson::parse(R"({"name": "e", "axes": {"train.cuda_graph": [true]}, "out_dir": "o"})");
+  CHECK(point_work_key(expand_grid(parse_sweep_spec(flag, ""))[0].coords) ==
+        point_work_key({{"train.cuda_graph", ojson("true")}}));
+  // A point whose status is not a string is no completed point, not an error.
+  std::ofstream(d / "null.json") << R"({"points": [{"coords": {}, "status": null, "timing": {"total": 1}}]})";
+  CHECK(read_point_seconds(d / "null.json").empty());
 
   std::ofstream(d / "not-results.json") << R"({"points": 3})";
   std::ofstream(d / "broken.json") << "{";
-  for (const char* bad : {"absent.json", "not-results.json", "broken.json"}) {
+  fs::create_directories(d / "folder.json");
+  for (const char* bad : {"absent.json", "not-results.json", "broken.json", "folder.json"}) {
     INFO(bad);
     try {
       read_point_seconds(d / bad);
