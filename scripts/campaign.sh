@@ -10,7 +10,8 @@
 #              running points finish; a point's time expected from this call's finished points of its kind, else
 #              from the results file's, --estimates); the next NAME starts then. Default: until the deadline.
 # Sweeps overlap at their ends: the next NAME starts as soon as the one before has started its last point (or
-# stopped starting them), so that the slots its last points free train the next spec's points instead of idling.
+# stopped starting them), so that the slots its last points free train the next spec's points instead of idling;
+# a NAME given twice runs again after its first sweep has ended.
 # The whole call starts no point expected to end later than DEADLINE_S - 45 seconds after it began (default 540);
 # a point still running 20 s after that is stopped (SIGINT: it stays failed and runs again next time, the index is
 # rewritten), and 25 s are kept for packing.
@@ -71,9 +72,12 @@ run_one() {  # NAME PARALLEL LEFT ONLY
 }
 names=()
 pids=()
+declare -A pid_of
 for arg in "$@"; do
   IFS=: read -r name par secs <<< "$arg"
   names+=("$name")
+  # the same spec again: after its earlier sweep has ended (two sweeps of one index would run the same points)
+  [ -n "${pid_of[$name]:-}" ] && wait "${pid_of[$name]}"
   now=$(date +%s)
   left=$((deadline - now))
   [ -n "${secs:-}" ] && [ "$secs" -lt "$left" ] && left=$secs
@@ -94,6 +98,7 @@ for arg in "$@"; do
   : > "$OUT/$name.sweep.out"
   run_one "$name" "${par:-}" "$left" "$only" &
   pids+=($!)
+  pid_of[$name]=$!
   # The next spec starts once this sweep has started its last point or stopped starting them (or ended), so that
   # the slots its last points leave free train the next spec's points instead of idling.
   while kill -0 "$!" 2>/dev/null &&
@@ -101,7 +106,7 @@ for arg in "$@"; do
     sleep 1
   done
 done
-[ ${#pids[@]} -gt 0 ] && wait "${pids[@]}"
+for pid in "${pids[@]}"; do wait "$pid" 2> /dev/null; done  # (one waited for above is no child any more)
 
 # MPS servers exist only where client processes connected: evidence that the sweeps ran under MPS
 [ -n "${CUDA_MPS_PIPE_DIRECTORY:-}" ] &&

@@ -138,6 +138,13 @@ grep -q "^== wd-lm: [0-9]* s$" "$tmp/out6/campaign.log" && grep -q "^== rivals-l
   { echo "FAILED: an overlapped sweep's end is not in campaign.log"; cat "$tmp/out6/campaign.log"; fail=1; }
 grep -q "^sweep rivals-lm: every point started" "$tmp/out6/campaign.log" ||
   { echo "FAILED: a sweep's lines are not in campaign.log"; fail=1; }
+# The same spec twice: its second sweep starts after its first has ended, never beside it.
+rm -f "$tmp/order"
+DEADLINE_S=120 BUILD_DIR="$tmp/build" OUT="$tmp/out7" RESULTS_DIR="$tmp/results" \
+  bash "$repo/scripts/campaign.sh" wd-lm rivals-lm wd-lm > "$tmp/campaign7.out" 2>&1 || { cat "$tmp/campaign7.out"; exit 1; }
+[ "$(grep -c "wd-lm" "$tmp/order")" = 4 ] && awk '/wd-lm/ { if ($1 == "start" && open) bad = 1; open = ($1 == "start") }
+                                                 END { exit bad }' "$tmp/order" ||
+  { echo "FAILED: two sweeps of one spec at once:"; cat "$tmp/order"; fail=1; }
 [ $fail = 0 ] || exit 1
 echo "campaign.sh MPS=1: the sweep saw the pipe directory; the daemon stopped; a refused sweep is logged; 4 GPUs used;"
 echo "earlier results: a finished spec is skipped, another spec's results refused, a grown grid runs its new points,"
