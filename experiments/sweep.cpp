@@ -355,7 +355,7 @@ void check_existing_outputs(const SweepSpec& s, const std::vector<SweepPoint>& p
 std::string point_work_key(const std::vector<std::pair<std::string, ojson>>& coords) {
   std::vector<std::string> parts;
   for (auto& [k, v] : coords) {
-    if (k.rfind("hp.", 0) == 0 || k == "seed") continue;
+    if (k.rfind("hp.", 0) == 0 || k == "seed" || k == "train.seed" || k == "train.data_seed") continue;
     char num[32];
     if (v.is_number()) std::snprintf(num, sizeof num, "%.17g", v.get<double>());
     parts.push_back(k + "=" + (v.is_number() ? std::string(num) : value_text(v)));  // the index's text for the rest

@@ -54,8 +54,8 @@ struct SweepPoint {
 void check_existing_outputs(const SweepSpec& s, const std::vector<SweepPoint>& pts,
                             const std::vector<nlohmann::json>& configs, const std::vector<int>& mine);
 
-// A point's work, for time estimates: its coordinates but hp.* and seed, which leave a point's work alike, in key
-// order, numbers compared as numbers (a results file writes the axis value 1 as 1.0).
+// A point's work, for time estimates: its coordinates but hp.* and the seeds (seed, train.seed, train.data_seed),
+// which leave a point's work alike, in key order, numbers compared as numbers (a results file writes 1 as 1.0).
 std::string point_work_key(const std::vector<std::pair<std::string, nlohmann::ordered_json>>& coords);
 // Points' process seconds (fork to reap; from a results file, the run's own total and its time before main,
 // about 0.2 s less), each with its work key.

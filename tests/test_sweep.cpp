@@ -680,6 +680,7 @@ TEST_CASE("sweep: --deadline expects a point to take as long as its configuratio
   REQUIRE(pts.size() == 8);  // seed 1: 64e2a at two LRs (0, 1), 64e64a (2, 3); seed 2: 4-7 likewise
   auto key = [&](int i) { return point_work_key(pts[size_t(i)].coords); };
   CHECK(key(0) == key(5));  // seed and LR leave the work alike
+  CHECK(point_work_key({{"train.seed", ojson(3)}, {"train.data_seed", ojson(4)}, {"hp.wd", ojson(0.1)}}) == "");
   CHECK(key(0) != key(2));
   CHECK(expected_point_seconds({}, {}, pts[0]) == 0);  // nothing completed, nothing earlier: no estimate
   const PointSeconds done = {{key(0), 10.0}, {key(1), 12.0}, {key(2), 40.0}};
