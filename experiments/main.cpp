@@ -36,11 +36,13 @@ start here:
 usage:
   mue train [CONFIG.json] [key=value ...]      train one run; log to out.dir/NAME.h5
   mue sweep SPEC.json [--parallel N] [--dry-run] [--only 3,7-9] [--deadline SECONDS [--estimates RESULTS.json]]
-                                               grid sweep, one `mue train` process per point, resumable;
+            [--slots DIR]                      grid sweep, one `mue train` process per point, resumable;
                                                index out_dir/NAME-index.h5 (spec format: experiments/sweep.h);
                                                --only: just these point indices; --deadline: start no point
                                                expected to end after SECONDS (running ones finish); --estimates:
-                                               a results file whose points' times are the first estimates
+                                               a results file whose points' times are the first estimates;
+                                               --slots: a point starts only once it holds one of N lock files in
+                                               DIR, so sweeps sharing DIR run at most N points together
   mue sweep [CONFIG.json] --lr A,B,C [key=value ...] [--parallel N]
                                                shortcut: one-axis grid over hp.lr (names NAME-000i-lr-X)
   mue show PATH [--json] [--rows N]            what a run file, sweep index, checkpoint or coordinate-check file
@@ -179,7 +181,7 @@ int cmd_train(int argc, char** argv) {
 }
 
 int cmd_sweep(int argc, char** argv) {
-  Args a = parse_args(argc, argv, 2, {"--lr", "--parallel", "--only", "--deadline", "--estimates"}, {"--dry-run"});
+  Args a = parse_args(argc, argv, 2, {"--lr", "--parallel", "--only", "--deadline", "--estimates", "--slots"}, {"--dry-run"});
   SweepSpec spec;
   if (a.has("--lr")) {
     // Shortcut: CONFIG.json --lr A,B,C [key=value ...] is a one-axis grid over hp.lr.
@@ -207,6 +209,10 @@ int cmd_sweep(int argc, char** argv) {
     MUE_CHECK(a.has("--deadline"), "--estimates gives --deadline its first estimates; it needs --deadline SECONDS");
     o.estimates = a.get("--estimates", "");
     MUE_CHECK(!o.estimates.empty(), "--estimates needs a results file (experiments/results/NAME.json)");
+  }
+  if (a.has("--slots")) {
+    o.slots = a.get("--slots", "");
+    MUE_CHECK(!o.slots.empty(), "--slots needs a folder (created if missing)");
   }
   SweepTotals t = run_sweep(spec, o);
   if (t.interrupted) return 130;

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -16,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <memory>
 #include <set>
 #include <sstream>
 
@@ -403,6 +405,44 @@ double expected_point_seconds(const PointSeconds& done, const PointSeconds& earl
   return 0;
 }
 
+RunSlots::RunSlots(const std::string& dir, int count) : dir_(dir), held_(size_t(std::max(count, 0)), false) {
+  std::error_code ec;
+  MUE_CHECK(!fs::exists(dir, ec) || fs::is_directory(dir, ec), "--slots: '", dir, "' exists and is not a folder");
+  fs::create_directories(dir, ec);
+  MUE_CHECK(!ec, "--slots: cannot create folder '", dir, "': ", ec.message());
+  for (int k = 0; k < count; ++k) {
+    const std::string f = (fs::path(dir) / ("slot-" + std::to_string(k))).string();
+    const int fd = ::open(f.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+    if (fd < 0) {
+      const std::string why = std::strerror(errno);
+      for (int x : fd_) ::close(x);
+      fail("--slots: cannot open '", f, "': ", why);
+    }
+    fd_.push_back(fd);
+  }
+}
+
+RunSlots::~RunSlots() {
+  for (int fd : fd_) ::close(fd);  // releases the slots still held
+}
+
+// flock locks of separately opened files conflict even within one process, so two pools here exclude each other
+// as two sweeps do; a slot this pool holds is skipped (a second flock through its own fd would succeed).
+int RunSlots::acquire() {
+  for (size_t k = 0; k < fd_.size(); ++k)
+    if (!held_[k] && ::flock(fd_[k], LOCK_EX | LOCK_NB) == 0) {
+      held_[k] = true;
+      return int(k);
+    }
+  return -1;
+}
+
+void RunSlots::release(int k) {
+  if (k < 0 || size_t(k) >= fd_.size() || !held_[size_t(k)]) return;
+  ::flock(fd_[size_t(k)], LOCK_UN);
+  held_[size_t(k)] = false;
+}
+
 SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
   std::vector<SweepPoint> pts = expand_grid(s);
   const std::vector<json> configs = validate_points(s, pts, !o.dry_run);  // a dry run plans without the data
@@ -417,6 +457,9 @@ SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
   }
   const dist::Launch launch = dist::launch_from_env();  // mpirun / srun of `mue sweep`: points stride over ranks
   const int parallel = o.parallel > 0 ? o.parallel : s.parallel;
+  std::unique_ptr<RunSlots> slots;  // (a bad --slots is refused before the sweep prints or writes anything)
+  if (!o.slots.empty() && !o.dry_run) slots = std::make_unique<RunSlots>(o.slots, parallel);
+  bool said_waiting = false;
   auto run_file = [&](const SweepPoint& p) { return (fs::path(s.out_dir) / (p.name + ".h5")).string(); };
   auto coords_text = [](const SweepPoint& p) {
     std::string t;
@@ -479,6 +522,7 @@ SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
     pid_t pid;
     int index;
     int device;
+    int slot;  // -1: no --slots
     std::chrono::steady_clock::time_point start;
   };
   std::vector<Child> running;
@@ -534,9 +578,22 @@ SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
       tot.interrupted = true;
     }
     while (!g_sweep_signal && !stopped_starting && next < todo.size() && int(running.size()) < parallel && in_time()) {
+      // Every slot held (by other sweeps): try again after the reaps below; in_time() above ends the wait.
+      const int slot = slots ? slots->acquire() : -1;
+      if (slots && slot < 0) {
+        if (!said_waiting) {
+          std::printf("sweep %s: waiting for a free run slot in %s (%zu running here)\n", s.name.c_str(),
+                      slots->dir().c_str(), running.size());
+          std::fflush(stdout);
+          said_waiting = true;
+        }
+        break;
+      }
       const SweepPoint& p = pts[todo[next++]];
       int dev = -1;
-      if (!devices.empty()) {
+      if (!devices.empty() && slot >= 0) {
+        dev = slot % int(devices.size());  // sweeps sharing the slots share the balance over the devices too
+      } else if (!devices.empty()) {
         dev = 0;
         for (size_t d = 1; d < devices.size(); ++d)
           if (device_load[d] < device_load[dev]) dev = int(d);
@@ -580,7 +637,7 @@ SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
         ::_exit(127);
       }
       if (dev >= 0) ++device_load[dev];
-      running.push_back({pid, p.index, dev, std::chrono::steady_clock::now()});
+      running.push_back({pid, p.index, dev, slot, std::chrono::steady_clock::now()});
       ++tot.run;
       if (next == todo.size()) {  // a campaign may start its next sweep on the slots this one frees from now on
         std::printf("sweep %s: every point started, %zu running\n", s.name.c_str(), running.size());
@@ -597,6 +654,7 @@ SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
       --k;
       reaped = true;
       if (c.device >= 0) --device_load[c.device];
+      if (slots) slots->release(c.slot);
       const SweepPoint& p = pts[c.index];
       const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - c.start).count();
       busy_s += dt;

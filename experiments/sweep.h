@@ -91,6 +91,28 @@ PointResult read_point_result(const std::string& run_file);
 void write_sweep_index(const SweepSpec& s, const std::vector<SweepPoint>& pts);
 std::string sweep_index_path(const SweepSpec& s);
 
+// A pool of run slots shared by sweeps (--slots DIR): the sweeps of one campaign overlap (the next starts once
+// the one before has started its last point), and without a shared limit both run their full `parallel` at once,
+// slowing every point and making --deadline's estimates too optimistic. DIR holds lock files slot-0 .. slot-<n-1>;
+// a slot is held by an flock on its file, so a killed sweep's slots free themselves. The fds are close-on-exec:
+// the `mue train` children never hold a slot. Sweeps of different counts share slots 0 .. their count - 1.
+class RunSlots {
+ public:
+  // DIR is created if missing; an existing path that is not a folder is a one-line error naming it.
+  RunSlots(const std::string& dir, int count);
+  ~RunSlots();
+  RunSlots(const RunSlots&) = delete;
+  RunSlots& operator=(const RunSlots&) = delete;
+  int acquire();  // the first free slot, now held; -1 when every slot is held (by this pool or another)
+  void release(int k);
+  const std::string& dir() const { return dir_; }
+
+ private:
+  std::string dir_;
+  std::vector<int> fd_;     // one open fd per slot file, kept for the pool's life
+  std::vector<bool> held_;  // locked through fd_[k]
+};
+
 struct SweepOptions {
   int parallel = 0;  // 0: the spec's
   bool dry_run = false;
@@ -100,6 +122,10 @@ struct SweepOptions {
   // expected to end in time may start before one that is not); running points are never stopped by it.
   double deadline_s = 0;
   std::string estimates;  // a results file whose points' timings give --deadline its first estimates ("": none)
+  // a RunSlots folder ("": none): a point starts only once it holds one of its `parallel` slots, so sweeps sharing
+  // it run at most that many points together; waiting for a slot ends at --deadline, else lasts until one frees.
+  // With several devices, slot k runs on device k % ndevices.
+  std::string slots;
   std::string exe = "/proc/self/exe";
 };
 struct SweepTotals {

@@ -10,8 +10,11 @@
 #              running points finish; a point's time expected from this call's finished points of its kind, else
 #              from the results file's, --estimates); the next NAME starts then. Default: until the deadline.
 # Sweeps overlap at their ends: the next NAME starts as soon as the one before has started its last point (or
-# stopped starting them), so that the slots its last points free train the next spec's points instead of idling;
-# a NAME given twice runs again after its first sweep has ended.
+# stopped starting them), and its points take the run slots the earlier one's finished points free (every sweep
+# of the call shares one mue sweep --slots folder), so at most PARALLEL points run at once and the estimates of
+# --deadline stay those of PARALLEL at a time. Where the NAMEs' PARALLEL differ, at most the largest run at once; a
+# sweep of a smaller PARALLEL uses only the lowest slots (it may wait while higher ones are free). A NAME given
+# twice runs again after its first sweep has ended.
 # The whole call starts no point expected to end later than DEADLINE_S - 45 seconds after it began (default 540);
 # a point still running 20 s after that is stopped (SIGINT: it stays failed and runs again next time, the index is
 # rewritten), and 25 s are kept for packing.
@@ -22,7 +25,7 @@
 # instead (tests: a folder without them runs every point).
 # MPS=1: the sweeps run under CUDA MPS (scripts/mps.sh), so that the processes' kernels share the GPU at once.
 # Several GPUs (a multi-GPU machine, CUDA_VISIBLE_DEVICES unset: all of them; or those it lists): the sweep spreads
-# its points over them, least loaded first (mue sweep), PARALLEL on each.
+# its points over them, PARALLEL on each (slot k of the shared pool runs on GPU k mod their number).
 # MUE_SOURCE_COMMIT=HASH: the commit to record (the build's git_commit and this log) where the tree's .git is
 # stale, as on a machine that receives a copy of the working tree.
 # Output under $OUT (default ./campaign-out): NAME.json, NAME-runs.tgz, campaign.log (one line a finished point).
@@ -56,7 +59,10 @@ fi
 source scripts/mps.sh
 # (not `mps_start | tee`: a pipeline would run mps_start in a subshell, whose exported pipe directory the sweeps
 # below would never see)
-if [ -n "${MPS:-}" ]; then mps_start > >(tee -a "$log"); trap mps_stop EXIT; fi
+# The run slots every sweep of this call shares (mue sweep --slots), in a folder of its own, gone at the end.
+slots=$(mktemp -d "${TMPDIR:-/tmp}/mue-slots.XXXXXX")
+trap 'rm -rf "$slots"' EXIT
+if [ -n "${MPS:-}" ]; then mps_start > >(tee -a "$log"); trap 'mps_stop; rm -rf "$slots"' EXIT; fi
 
 results=${RESULTS_DIR:-experiments/results}
 # One sweep in the background: its lines into the log as they come (line-buffered: sweeps overlap, below), then
@@ -66,7 +72,7 @@ run_one() {  # NAME PARALLEL LEFT ONLY
   [ -f "$results/$name.json" ] && est=(--estimates "$results/$name.json")
   s0=$(date +%s)
   timeout -s INT -k 20 "$((left + 20))" "$build/mue" sweep "experiments/sweeps/$name.json" ${par:+--parallel $par} \
-    --deadline "$left" "${est[@]}" ${only:+--only $only} 2>&1 | tee "$OUT/$name.sweep.out" | grep --line-buffered -E "^\[|^sweep|^mue: error" >> "$log"
+    --slots "$slots" --deadline "$left" "${est[@]}" ${only:+--only $only} 2>&1 | tee "$OUT/$name.sweep.out" | grep --line-buffered -E "^\[|^sweep|^mue: error" >> "$log"
   rc=${PIPESTATUS[0]}
   echo "== $name: $(( $(date +%s) - s0 )) s$([ "$rc" -ne 0 ] && echo ", mue sweep exit $rc")" | tee -a "$log"
 }

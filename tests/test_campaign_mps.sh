@@ -62,7 +62,7 @@ grep -q "^== wd-lm: [0-9]* s, mue sweep exit 1$" "$tmp/out2/campaign.log" ||
 [ $fail = 0 ] || { cat "$tmp/out2/campaign.log"; exit 1; }
 
 # A machine of 4 GPUs (a fake nvidia-smi): the sweep gets all of them and PARALLEL on each (8 of wd-lm:2 x 4; the
-# spec's own 6 on each, 24, without PARALLEL).
+# spec's own 6 on each, 24, without PARALLEL); both sweeps of the call share one --slots folder.
 mkdir -p "$tmp/bin4"
 cat > "$tmp/bin4/nvidia-smi" <<'FAKE'
 #!/usr/bin/env bash
@@ -79,6 +79,11 @@ grep -q "^0,1,2,3 sweep experiments/sweeps/wd-lm.json --parallel 24 " "$tmp/swee
   { echo "FAILED: 4 GPUs, wd-lm (the spec's parallel 6): not --parallel 24"; cat "$tmp/sweep-args"; fail=1; }
 grep -q "^gpus: 4 " "$tmp/out3/campaign.log" || { echo "FAILED: campaign.log does not say 4 GPUs"; fail=1; }
 ! grep -q -- "--estimates" "$tmp/sweep-args" || { echo "FAILED: --estimates without a results file"; fail=1; }
+[ "$(grep -o -- " --slots [^ ]* " "$tmp/sweep-args" | wc -l)" = 2 ] &&
+  [ "$(grep -o -- " --slots [^ ]* " "$tmp/sweep-args" | sort -u | wc -l)" = 1 ] ||
+  { echo "FAILED: the call's two sweeps do not share one --slots folder"; cat "$tmp/sweep-args"; fail=1; }
+slots_dir=$(grep -o -- " --slots [^ ]* " "$tmp/sweep-args" | head -1 | awk '{print $2}')
+[ ! -e "$slots_dir" ] || { echo "FAILED: the call left its --slots folder $slots_dir behind"; fail=1; }
 [ $fail = 0 ] || exit 1
 # Results files of earlier sessions: a spec whose every point finished is not run; one whose grid grew (a second
 # seed) runs only the new points; one from a spec that changed beyond its axes is refused in one line, not run.
@@ -148,4 +153,4 @@ DEADLINE_S=120 BUILD_DIR="$tmp/build" OUT="$tmp/out7" RESULTS_DIR="$tmp/results"
 [ $fail = 0 ] || exit 1
 echo "campaign.sh MPS=1: the sweep saw the pipe directory; the daemon stopped; a refused sweep is logged; 4 GPUs used;"
 echo "earlier results: a finished spec is skipped, another spec's results refused, a grown grid runs its new points,"
-echo "a partial one its missing points with --estimates; sweeps overlap at their ends"
+echo "a partial one its missing points with --estimates; sweeps overlap at their ends and share --slots"

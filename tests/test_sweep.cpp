@@ -1,6 +1,7 @@
 // Sweeps: grid expansion, spec errors, rank striding, the committed specs in experiments/sweeps/, and end to end
 // through the `mue sweep` program (each point a child `mue train` process): index file, resume, restart of an
-// interrupted point, a child killed with SIGKILL, divergence, SIGINT.
+// interrupted point, a child killed with SIGKILL, divergence, SIGINT, --deadline, and run slots shared by sweeps
+// (--slots).
 #include <fcntl.h>
 #include <hdf5.h>
 #include <signal.h>
@@ -742,4 +743,106 @@ TEST_CASE("sweep: --estimates takes a results file's point times; a bad file is 
       CHECK(what.find('\n') == std::string::npos);
     }
   }
+}
+
+// --slots: a pool of flock'd files shared by sweeps (a campaign's overlapping sweeps run at most N points at once).
+// flock locks of separately opened files conflict within one process too, so two pools here act as two sweeps.
+TEST_CASE("sweep: run slots are held by one pool at a time and freed on release", "[sweep]") {
+  TempDir d("sweep");
+  const std::string dir = d / "slots";  // created by the first pool
+  RunSlots a(dir, 2), b(dir, 2);
+  CHECK(fs::is_regular_file(d / "slots/slot-1"));
+  CHECK(a.acquire() == 0);
+  CHECK(a.acquire() == 1);
+  CHECK(a.acquire() == -1);
+  CHECK(b.acquire() == -1);
+  a.release(0);
+  CHECK(b.acquire() == 0);
+  CHECK(a.acquire() == -1);
+  RunSlots c(dir, 3);  // a larger pool takes the slots the smaller ones never use
+  CHECK(c.acquire() == 2);
+  CHECK(c.acquire() == -1);
+  RunSlots g(dir, 4);
+  {
+    RunSlots e(dir, 4);
+    CHECK(e.acquire() == 3);
+    CHECK(g.acquire() == -1);
+  }  // a pool's end frees its slots, as a sweep's exit (or kill) does
+  CHECK(g.acquire() == 3);
+
+  std::ofstream(d / "file") << "x";
+  const std::string what = mue::test::error_of([&] { RunSlots f(d / "file", 2); });
+  CHECK(what.find("--slots: '" + (d / "file") + "' exists and is not a folder") != std::string::npos);
+  CHECK(what.find('\n') == std::string::npos);
+}
+
+// A sweep with --slots takes one per point; one whose slots other sweeps hold starts nothing and, at its
+// --deadline, stops waiting with the usual line.
+TEST_CASE("sweep: --slots runs a sweep's points in the shared slots; all held, it waits until --deadline", "[sweep]") {
+  TempDir d("sweep");
+  std::string tok = mue::test::make_toy_tokens(d);
+  ojson j = tiny_spec(d, tok, "slots");
+  j["axes"] = ojson::parse(R"({"hp.lr": [0.001, 0.002, 0.004]})");
+  std::string spec = write_spec(d, j);
+  Res r = run_sweep_cli(spec + " --parallel 2 --slots " + (d / "slots"));
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  CHECK(r.out.find("3 completed, 0 diverged, 0 failed, 0 skipped in") != std::string::npos);
+  CHECK(fs::is_regular_file(d / "slots/slot-1"));
+  CHECK(!fs::exists(d / "slots/slot-2"));
+
+  fs::remove_all(d / "runs");
+  RunSlots held(d / "slots", 2);
+  REQUIRE(held.acquire() == 0);
+  REQUIRE(held.acquire() == 1);
+  r = run_sweep_cli(spec + " --parallel 2 --deadline 1 --slots " + (d / "slots"));
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  CHECK(r.out.find("sweep slots: waiting for a free run slot in " + (d / "slots") + " (0 running here)") !=
+        std::string::npos);
+  CHECK(r.out.find("starting no more points at 1 s") != std::string::npos);
+  CHECK(r.out.find("0 completed, 0 diverged, 0 failed, 0 skipped, 3 not started (--deadline)") != std::string::npos);
+
+  std::ofstream(d / "file") << "x";
+  r = run_sweep_cli(spec + " --slots " + (d / "file"));
+  CHECK(r.rc == 1);
+  CHECK(r.out == "mue: error: --slots: '" + (d / "file") + "' exists and is not a folder\n");
+}
+
+// Several devices: slot k runs on device k % ndevices, so sweeps sharing the slots share the devices' balance.
+TEST_CASE("sweep: with --slots, a point runs on its slot's device", "[sweep]") {
+  TempDir d("sweep");
+  std::string tok = mue::test::make_toy_tokens(d);
+  ojson j = tiny_spec(d, tok, "dev");
+  j["axes"] = ojson::parse(R"({"hp.lr": [0.001]})");
+  SweepSpec s = load_sweep_spec(write_spec(d, j));
+  std::ofstream(d / "fake-mue") << "#!/bin/sh\necho \"$CUDA_VISIBLE_DEVICES\" >> " + (d / "devices") + "\n";
+  fs::permissions(d / "fake-mue", fs::perms::owner_all);
+  SweepOptions o;
+  o.parallel = 2;
+  o.slots = d / "slots";
+  o.exe = d / "fake-mue";
+  const char* old = std::getenv("CUDA_VISIBLE_DEVICES");
+  const std::string saved = old ? old : "";
+  ::setenv("CUDA_VISIBLE_DEVICES", "5,7", 1);
+  const int out = ::dup(1);  // the sweep's lines to a file, not the test's output
+  const int f = ::open((d / "sweep.out").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  std::fflush(stdout);
+  ::dup2(f, 1);
+  {
+    RunSlots other(d / "slots", 2);
+    REQUIRE(other.acquire() == 0);  // another sweep's point on device 5: this one's goes to 7
+    run_sweep(s, o);
+    other.release(0);
+    REQUIRE(other.acquire() == 0);
+    REQUIRE(other.acquire() == 1);
+    other.release(0);  // slot 0 (device 5) free, 1 held
+    run_sweep(s, o);
+  }
+  std::fflush(stdout);
+  ::dup2(out, 1), ::close(out), ::close(f);
+  if (old) ::setenv("CUDA_VISIBLE_DEVICES", saved.c_str(), 1);
+  else ::unsetenv("CUDA_VISIBLE_DEVICES");
+  INFO(file_text(d / "sweep.out"));
+  CHECK(file_text(d / "devices") == "7\n5\n");
 }
