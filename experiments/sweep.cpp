@@ -429,11 +429,16 @@ RunSlots::~RunSlots() {
 // flock locks of separately opened files conflict even within one process, so two pools here exclude each other
 // as two sweeps do; a slot this pool holds is skipped (a second flock through its own fd would succeed).
 int RunSlots::acquire() {
-  for (size_t k = 0; k < fd_.size(); ++k)
-    if (!held_[k] && ::flock(fd_[k], LOCK_EX | LOCK_NB) == 0) {
+  for (size_t k = 0; k < fd_.size(); ++k) {
+    if (held_[k]) continue;
+    if (::flock(fd_[k], LOCK_EX | LOCK_NB) == 0) {
       held_[k] = true;
       return int(k);
     }
+    // held elsewhere (or interrupted: tried again on the next call); any other failure (a filesystem without
+    // locks) would otherwise look like slots that never free
+    MUE_CHECK(errno == EWOULDBLOCK || errno == EINTR, "--slots: cannot lock '", (fs::path(dir_) / ("slot-" + std::to_string(k))).string(), "': ", std::strerror(errno));
+  }
   return -1;
 }
 
@@ -457,7 +462,11 @@ SweepTotals run_sweep(const SweepSpec& s, const SweepOptions& o) {
   }
   const dist::Launch launch = dist::launch_from_env();  // mpirun / srun of `mue sweep`: points stride over ranks
   const int parallel = o.parallel > 0 ? o.parallel : s.parallel;
-  std::unique_ptr<RunSlots> slots;  // (a bad --slots is refused before the sweep prints or writes anything)
+  // A bad --slots is refused before any point starts. Ranks of one launch would each open a pool of `parallel`
+  // on the same folder and together run only `parallel` points: refused rather than silently slower.
+  MUE_CHECK(o.slots.empty() || launch.size == 1, "--slots: a sweep launched as ", launch.size,
+            " ranks (mpirun/srun) would share one pool of ", parallel, " slots; give each rank its own --parallel instead");
+  std::unique_ptr<RunSlots> slots;
   if (!o.slots.empty() && !o.dry_run) slots = std::make_unique<RunSlots>(o.slots, parallel);
   bool said_waiting = false;
   auto run_file = [&](const SweepPoint& p) { return (fs::path(s.out_dir) / (p.name + ".h5")).string(); };

@@ -60,7 +60,7 @@ source scripts/mps.sh
 # (not `mps_start | tee`: a pipeline would run mps_start in a subshell, whose exported pipe directory the sweeps
 # below would never see)
 # The run slots every sweep of this call shares (mue sweep --slots), in a folder of its own, gone at the end.
-slots=$(mktemp -d "${TMPDIR:-/tmp}/mue-slots.XXXXXX")
+slots=$(mktemp -d "${TMPDIR:-/tmp}/mue-slots.XXXXXX") || exit 1
 trap 'rm -rf "$slots"' EXIT
 if [ -n "${MPS:-}" ]; then mps_start > >(tee -a "$log"); trap 'mps_stop; rm -rf "$slots"' EXIT; fi
 

@@ -800,13 +800,18 @@ TEST_CASE("sweep: --slots runs a sweep's points in the shared slots; all held, i
   REQUIRE(r.rc == 0);
   CHECK(r.out.find("sweep slots: waiting for a free run slot in " + (d / "slots") + " (0 running here)") !=
         std::string::npos);
-  CHECK(r.out.find("starting no more points at 1 s") != std::string::npos);
+  CHECK(r.out.find("--deadline 1 s: starting no more points at ") != std::string::npos);
   CHECK(r.out.find("0 completed, 0 diverged, 0 failed, 0 skipped, 3 not started (--deadline)") != std::string::npos);
 
   std::ofstream(d / "file") << "x";
   r = run_sweep_cli(spec + " --slots " + (d / "file"));
   CHECK(r.rc == 1);
   CHECK(r.out == "mue: error: --slots: '" + (d / "file") + "' exists and is not a folder\n");
+  // the ranks of one mpirun would each open a pool on the folder and share its slots: refused in one line
+  r = run_sweep_cli(spec + " --parallel 2 --slots " + (d / "slots"), "OMPI_COMM_WORLD_RANK=0 OMPI_COMM_WORLD_SIZE=2");
+  CHECK(r.rc == 1);
+  CHECK(r.out.find("mue: error: --slots: a sweep launched as 2 ranks") == 0);
+  CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 1);
 }
 
 // Several devices: slot k runs on device k % ndevices, so sweeps sharing the slots share the devices' balance.
