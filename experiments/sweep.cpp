@@ -411,7 +411,7 @@ RunSlots::RunSlots(const std::string& dir, int count) : dir_(dir), held_(size_t(
   fs::create_directories(dir, ec);
   MUE_CHECK(!ec, "--slots: cannot create folder '", dir, "': ", ec.message());
   for (int k = 0; k < count; ++k) {
-    const std::string f = (fs::path(dir) / ("slot-" + std::to_string(k))).string();
+    const std::string f = path(k);
     const int fd = ::open(f.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
     if (fd < 0) {
       const std::string why = std::strerror(errno);
@@ -437,10 +437,13 @@ int RunSlots::acquire() {
     }
     // held elsewhere (or interrupted: tried again on the next call); any other failure (a filesystem without
     // locks) would otherwise look like slots that never free
-    MUE_CHECK(errno == EWOULDBLOCK || errno == EINTR, "--slots: cannot lock '", (fs::path(dir_) / ("slot-" + std::to_string(k))).string(), "': ", std::strerror(errno));
+    MUE_CHECK(errno == EWOULDBLOCK || errno == EINTR, "--slots: cannot lock '", path(int(k)), "': ",
+              std::strerror(errno));
   }
   return -1;
 }
+
+std::string RunSlots::path(int k) const { return (fs::path(dir_) / ("slot-" + std::to_string(k))).string(); }
 
 void RunSlots::release(int k) {
   if (k < 0 || size_t(k) >= fd_.size() || !held_[size_t(k)]) return;

@@ -108,6 +108,7 @@ class RunSlots {
   const std::string& dir() const { return dir_; }
 
  private:
+  std::string path(int k) const;  // DIR/slot-k
   std::string dir_;
   std::vector<int> fd_;     // one open fd per slot file, kept for the pool's life
   std::vector<bool> held_;  // locked through fd_[k]

@@ -60,9 +60,10 @@ source scripts/mps.sh
 # (not `mps_start | tee`: a pipeline would run mps_start in a subshell, whose exported pipe directory the sweeps
 # below would never see)
 # The run slots every sweep of this call shares (mue sweep --slots), in a folder of its own, gone at the end.
+# (mps_stop does nothing where mps_start did not run)
 slots=$(mktemp -d "${TMPDIR:-/tmp}/mue-slots.XXXXXX") || exit 1
-trap 'rm -rf "$slots"' EXIT
-if [ -n "${MPS:-}" ]; then mps_start > >(tee -a "$log"); trap 'mps_stop; rm -rf "$slots"' EXIT; fi
+trap 'mps_stop; rm -rf "$slots"' EXIT
+if [ -n "${MPS:-}" ]; then mps_start > >(tee -a "$log"); fi
 
 results=${RESULTS_DIR:-experiments/results}
 # One sweep in the background: its lines into the log as they come (line-buffered: sweeps overlap, below), then
