@@ -807,6 +807,9 @@ TEST_CASE("sweep: --slots runs a sweep's points in the shared slots; all held, i
   r = run_sweep_cli(spec + " --slots " + (d / "file"));
   CHECK(r.rc == 1);
   CHECK(r.out == "mue: error: --slots: '" + (d / "file") + "' exists and is not a folder\n");
+  r = run_sweep_cli(spec + " --slots ''");
+  CHECK(r.rc == 1);
+  CHECK(r.out == "mue: error: --slots needs a folder (created if missing)\n");
   // the ranks of one mpirun would each open a pool on the folder and share its slots: refused in one line
   r = run_sweep_cli(spec + " --parallel 2 --slots " + (d / "slots"), "OMPI_COMM_WORLD_RANK=0 OMPI_COMM_WORLD_SIZE=2");
   CHECK(r.rc == 1);
