@@ -489,7 +489,7 @@ TEST_CASE("sweep: CPU children share the cores and wait passively unless told ot
 TEST_CASE("sweep: every spec in experiments/sweeps/ loads, expands and validates", "[sweep]") {
   const fs::path dir = fs::path(MUE_SOURCE_DIR) / "experiments/sweeps";
   const std::set<std::string> two_seeds = {"dense-proxy-lm",    "act-experts-lm",    "total-experts-lm",
-                                           "granularity-lm",    "group-balanced-lm", "width-lm",
+                                           "granularity-lm",    "group-balanced-lm", "width-lm", "shared-experts-lm",
                                            "expert-width-lm",   "batch-lm",          "dense-proxy-flow",
                                            "act-experts-flow",  "total-experts-flow"};
   std::set<std::string> names;
