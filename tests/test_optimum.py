@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import types
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments", "figures"))
@@ -140,29 +141,24 @@ class WdTable(unittest.TestCase):
 
 class CardMix(unittest.TestCase):
     """transfer_table.py names the kinds of card a results file's points ran on, and the curves that mix them."""
-    def results(self, d, devices):
-        from sweep_index import Summary
+    def results(self, devices):
         pts = []
         for i, (seed, lr) in enumerate((s, lr) for s in (1, 2) for lr in (2 ** -9, 2 ** -8, 2 ** -7)):
             pts.append({"index": i, "name": f"p{i}", "status": "diverged" if i == 5 else "completed",
                         "coords": {"seed": seed, "hp.lr": lr}, "final_val_loss": 3.0, "device": devices[i]})
-        path = os.path.join(d, "r.json")
-        with open(path, "w") as f:
-            json.dump({"format": "mue-sweep-results/1", "name": "r", "axes": ["seed", "hp.lr"], "spec": {},
-                       "points": pts}, f)
-        return Summary(path)
+        return types.SimpleNamespace(axes=["seed", "hp.lr"], points=pts)  # what sweep_index.Summary gives
 
     def test_cards(self):
-        from transfer_table import card_mix, cards_line
-        with tempfile.TemporaryDirectory() as d:
-            one = self.results(d, ["H100"] * 6)
-            self.assertEqual(card_mix(one, "hp.lr"), ({"H100": 5}, 0, 2))
-            self.assertEqual(cards_line(*card_mix(one, "hp.lr")), "")
-            # seed 1 on one card; seed 2's first point on another (its diverged last point does not count)
-            two = self.results(d, ["H100", "H100", "H100", "H200", "H100", "H200"])
-            self.assertEqual(card_mix(two, "hp.lr"), ({"H100": 4, "H200": 1}, 1, 2))
-            self.assertTrue(cards_line(*card_mix(two, "hp.lr")).startswith(
-                "Points by card: H100 4, H200 1; 1 of 2 curves mix cards"))
+        from cards import card_mix, cards_line
+        one = self.results(["H100"] * 6)
+        self.assertEqual(card_mix(one, "hp.lr"), ({"H100": 5}, 0, 2))
+        self.assertEqual(cards_line(*card_mix(one, "hp.lr")), "")
+        # seed 1 on one card; seed 2's first point on another (its diverged last point does not count)
+        two = self.results(["H100", "H100", "H100", "H200", "H100", "H200"])
+        self.assertEqual(card_mix(two, "hp.lr"), ({"H100": 4, "H200": 1}, 1, 2))
+        self.assertTrue(cards_line(*card_mix(two, "hp.lr")).startswith(
+            "Points by card: H100 4, H200 1; 1 of 2 curves mix cards"))
+        self.assertEqual(card_mix(types.SimpleNamespace(axes=["hp.lr"], points=None), "hp.lr"), ({}, 0, 0))
 
 
 class Verdict(unittest.TestCase):

@@ -28,6 +28,7 @@ import numpy as np
 
 from optimum import fit_optimum, interpolate_log2
 from proxy_rules import proxy_rule
+from cards import card_mix, cards_line
 from regrid import DONE
 from sweep_index import Summary, fmt
 
@@ -147,31 +148,6 @@ def proxy_optima(runs):
         if fits:
             out[rule] = 2.0 ** float(np.mean(fits))
     return out
-
-
-def card_mix(sw, lr_key):
-    """(completed points per kind of card, curves that mix kinds, curves) of a results file's points; ({}, 0, 0)
-    for a sweep index, whose rows do not name the card. Runs on different kinds of card differ in their last bits
-    (experiments/results/REPRODUCTION.md), so a curve whose points ran on several carries that difference too."""
-    if not sw.points:
-        return {}, 0, 0
-    per_card, curves = {}, {}
-    keys = [k for k in sw.axes if k != lr_key]
-    for p in sw.points:
-        if p.get("status") != "completed" or not p.get("device"):
-            continue
-        per_card[p["device"]] = per_card.get(p["device"], 0) + 1
-        curves.setdefault(tuple(str(p["coords"].get(k)) for k in keys), set()).add(p["device"])
-    return per_card, sum(len(c) > 1 for c in curves.values()), len(curves)
-
-
-def cards_line(per_card, mixed, n):
-    """One line where the points ran on more than one kind of card, else ''."""
-    if len(per_card) < 2:
-        return ""
-    cards = ", ".join(f"{c} {k}" for c, k in sorted(per_card.items()))
-    return (f"Points by card: {cards}; {mixed} of {n} curves mix cards (runs on different kinds of card differ "
-            f"in their last bits: REPRODUCTION.md).")
 
 
 def markdown(name, conf_keys, rows, rules, proxy_lr, twins=None):
