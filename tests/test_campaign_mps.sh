@@ -126,6 +126,37 @@ DEADLINE_S=120 BUILD_DIR="$tmp/build" OUT="$tmp/out5" RESULTS_DIR="$tmp/res5" \
 grep -q -- "--estimates $tmp/res5/wd-lm.json --only $(seq -s, 50 59)\$" "$tmp/sweep-args" ||
   { echo "FAILED: the sweep of a partial results file did not get --estimates and --only 50-59"; cat "$tmp/sweep-args"; fail=1; }
 [ $fail = 0 ] || exit 1
+# Earlier points on another kind of card (a fake nvidia-smi names this one): the log says so and the sweep runs;
+# with SAME_CARD=1 the spec is not run; on the same kind nothing is said.
+mkdir -p "$tmp/res6" "$tmp/bin6"
+python3 - "$tmp/res5/wd-lm.json" "$tmp/res6/wd-lm.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for p in r["points"]: p["device"] = "NVIDIA H100 80GB HBM3"
+json.dump(r, open(sys.argv[2], "w"))
+PY
+cat > "$tmp/bin6/nvidia-smi" <<'FAKE'
+#!/usr/bin/env bash
+case "$*" in -L) echo "GPU 0: ${FAKE_CARD} (UUID: GPU-0)" ;; *--query-gpu=name*) echo "${FAKE_CARD}" ;; esac
+FAKE
+chmod +x "$tmp/bin6/nvidia-smi"
+card_run() {  # OUT-SUFFIX CARD [SAME_CARD]
+  rm -f "$tmp/sweep-args"
+  env -u CUDA_VISIBLE_DEVICES PATH="$tmp/bin6:$PATH" FAKE_CARD="$2" SAME_CARD="${3:-}" DEADLINE_S=120 \
+    BUILD_DIR="$tmp/build" OUT="$tmp/out-$1" RESULTS_DIR="$tmp/res6" bash "$repo/scripts/campaign.sh" wd-lm \
+    > "$tmp/campaign-$1.out" 2>&1 || { cat "$tmp/campaign-$1.out"; exit 1; }
+}
+card_run h200 "NVIDIA H200"
+grep -q "^== wd-lm: its earlier points ran on NVIDIA H100 80GB HBM3, this call's card is NVIDIA H200 " "$tmp/out-h200/campaign.log" ||
+  { echo "FAILED: another card's results are not named in campaign.log"; cat "$tmp/out-h200/campaign.log"; fail=1; }
+grep -q -- "--only $(seq -s, 50 59)\$" "$tmp/sweep-args" || { echo "FAILED: the spec did not run on another card"; fail=1; }
+card_run same "NVIDIA H200" 1
+grep -q "^== wd-lm: not run (SAME_CARD=1)" "$tmp/out-same/campaign.log" && [ ! -s "$tmp/sweep-args" ] ||
+  { echo "FAILED: SAME_CARD=1 ran a spec whose points ran on another card"; cat "$tmp/out-same/campaign.log"; fail=1; }
+card_run h100 "NVIDIA H100 80GB HBM3" 1
+! grep -q "earlier points ran on" "$tmp/out-h100/campaign.log" && [ -s "$tmp/sweep-args" ] ||
+  { echo "FAILED: the same card's results were flagged or not run"; cat "$tmp/out-h100/campaign.log"; fail=1; }
+[ $fail = 0 ] || exit 1
 # Sweeps overlap: the next spec's sweep starts once the one before has started its last point, not when it ends.
 cat > "$tmp/build/mue" <<FAKE
 #!/usr/bin/env bash
@@ -153,4 +184,5 @@ DEADLINE_S=120 BUILD_DIR="$tmp/build" OUT="$tmp/out7" RESULTS_DIR="$tmp/results"
 [ $fail = 0 ] || exit 1
 echo "campaign.sh MPS=1: the sweep saw the pipe directory; the daemon stopped; a refused sweep is logged; 4 GPUs used;"
 echo "earlier results: a finished spec is skipped, another spec's results refused, a grown grid runs its new points,"
-echo "a partial one its missing points with --estimates; sweeps overlap at their ends and share --slots"
+echo "a partial one its missing points with --estimates (another card's named; SAME_CARD=1 leaves it); sweeps overlap"
+echo "at their ends and share --slots"

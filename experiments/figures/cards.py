@@ -29,3 +29,26 @@ def cards_line(per_card, mixed, n):
     cards = ", ".join(f"{c} {k}" for c, k in sorted(per_card.items()))
     return (f"Points by card: {cards}; {mixed} of {n} curves mix cards (runs on different kinds of card differ "
             f"in their last bits: REPRODUCTION.md).")
+
+
+def devices(path):
+    """The kinds of card a results file's completed points ran on, in order of first appearance."""
+    import json
+    with open(path) as f:
+        b = json.load(f)
+    seen = []
+    for p in b.get("points", []) if isinstance(b, dict) else []:
+        if p.get("status") == "completed" and p.get("device") and p["device"] not in seen:
+            seen.append(p["device"])
+    return seen
+
+
+if __name__ == "__main__":
+    # cards.py --devices RESULTS.json: one line per kind of card (scripts/campaign.sh compares them with its own)
+    import sys
+    if len(sys.argv) != 3 or sys.argv[1] != "--devices":
+        raise SystemExit("usage: cards.py --devices RESULTS.json")
+    try:
+        print("\n".join(devices(sys.argv[2])))
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"{sys.argv[2]}: not a readable results file ({e})")
