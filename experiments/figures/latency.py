@@ -2,8 +2,8 @@
 """The paper's Fig 7 type: MoE step latency against activated experts at fixed total experts, beside the dense
 model of the same active width, from scripts/latency.sh's table (model, a, active_hidden, ms_per_step, tok_per_s).
 
-Two panels with a shared x (activated experts a, log2): ms per step, and the MoE's cost relative to its dense
-twin (MoE ms / dense ms). usage: latency.py TABLE.tsv [--out PNG]
+Three panels with a shared x (activated experts a, log2): ms per step, tokens per second, and the MoE's cost
+relative to its dense twin (MoE ms / dense ms). usage: latency.py TABLE.tsv [--out PNG]
 """
 import argparse
 import csv
@@ -40,15 +40,17 @@ def main():
     rows, title = read_table(a.table)
     if "moe" not in rows:
         raise SystemExit(f"{a.table}: no MoE rows")
-    fig, (ax, rx) = plt.subplots(1, 2, figsize=(8.4, 3.4), sharex=True)
+    fig, (ax, tx, rx) = plt.subplots(1, 3, figsize=(12, 3.4), sharex=True)
     style = {"moe": ("o-", "C0", "MoE (N fixed, a activated)"), "dense": ("s--", "C1", "dense, hidden = a x expert width")}
     for model, pts in rows.items():
         fmt, colour, label = style.get(model, ("x:", "C2", model))
         ax.plot([p[0] for p in pts], [p[2] for p in pts], fmt, color=colour, label=label, ms=4)
+        tx.plot([p[0] for p in pts], [p[3] / 1e6 for p in pts], fmt, color=colour, label=label, ms=4)
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("activated experts a")
-    ax.set_ylabel("ms / training step")
-    ax.grid(alpha=0.3)
+    for axis, ylabel in ((ax, "ms / training step"), (tx, "training tokens / s (millions)")):
+        axis.set_xlabel("activated experts a")
+        axis.set_ylabel(ylabel)
+        axis.grid(alpha=0.3)
     ax.legend(fontsize=7)
     if "dense" in rows:
         dense = {p[0]: p[2] for p in rows["dense"]}
@@ -56,7 +58,7 @@ def main():
         rx.plot([r[0] for r in ratio], [r[1] for r in ratio], "o-", color="C0", ms=4)
         rx.axhline(1.0, color="k", lw=0.8, ls=":")
     rx.set_xlabel("activated experts a")
-    rx.set_ylabel("MoE ms / dense ms (same active width)")
+    rx.set_ylabel("MoE ms / dense ms")
     rx.grid(alpha=0.3)
     name = os.path.splitext(os.path.basename(a.table))[0]
     fig.suptitle(f"{name}: step latency vs activated experts" + (f"\n{title}" if title else ""), fontsize=9)
