@@ -26,8 +26,8 @@
 # MPS=1: the sweeps run under CUDA MPS (scripts/mps.sh), so that the processes' kernels share the GPU at once.
 # Several GPUs (a multi-GPU machine, CUDA_VISIBLE_DEVICES unset: all of them; or those it lists): the sweep spreads
 # its points over them, PARALLEL on each (slot k of the shared pool runs on GPU k mod their number).
-# SAME_CARD=1: a spec whose results file's points ran on another kind of GPU than this call's is not run (without
-# it, it runs and the log says so: the same run ends with different bits on an H100 and an H200).
+# SAME_CARD=1: a spec whose results file's points ran on another kind of GPU than this call's, or on several kinds,
+# is not run (without it, it runs and the log says so: the same run ends with different bits on an H100 and an H200).
 # MUE_SOURCE_COMMIT=HASH: the commit to record (the build's git_commit and this log) where the tree's .git is
 # stale, as on a machine that receives a copy of the working tree.
 # Output under $OUT (default ./campaign-out): NAME.json, NAME-runs.tgz, campaign.log (one line a finished point).
@@ -47,8 +47,13 @@ if [ -z "${CUDA_VISIBLE_DEVICES:-}" ] && command -v nvidia-smi >/dev/null; then
   [ "$n" -gt 1 ] && export CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((n - 1)))
 fi
 IFS=, read -ra gpus <<< "${CUDA_VISIBLE_DEVICES:-0}"
-card=""  # the kind of GPU (the first one's name, as each run records it)
-command -v nvidia-smi > /dev/null && card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2> /dev/null | head -1)
+# The kinds of GPU this call's points run on (each run records its device's name; one line per kind): none where
+# nvidia-smi is missing or fails, and then no spec's earlier cards are compared.
+cards=""
+if command -v nvidia-smi > /dev/null; then
+  cards=$(nvidia-smi --query-gpu=name --format=csv,noheader ${CUDA_VISIBLE_DEVICES:+-i "$CUDA_VISIBLE_DEVICES"} \
+            2> /dev/null | sort -u) || cards=""
+fi
 [ ${#gpus[@]} -gt 1 ] && echo "gpus: ${#gpus[@]} (CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES)" | tee -a "$log"
 
 build=${BUILD_DIR:-build-gpu}
@@ -100,13 +105,16 @@ for arg in "$@"; do
       echo "== $name: not run: $(tail -1 "$OUT/missing.err")" | tee -a "$log"; continue
     fi
     if [ -z "$only" ]; then echo "== $name: every point finished in $results/$name.json" | tee -a "$log"; continue; fi
-    # A run's bits depend on the kind of card (REPRODUCTION.md): say where the spec's earlier points ran on another
-    # kind, and with SAME_CARD=1 leave such a spec to a call on that card.
-    if [ -n "$card" ] && seen=$(python3 experiments/figures/cards.py --devices "$results/$name.json" 2> /dev/null) &&
-       [ -n "$seen" ] && ! grep -qxF "$card" <<< "$seen"; then
-      echo "== $name: its earlier points ran on $(paste -sd '|' <<< "$seen" | sed 's/|/, /g'), this call's card is" \
-           "$card (a run's bits differ by card; transfer_table.py lists curves that mix cards)" | tee -a "$log"
-      if [ -n "${SAME_CARD:-}" ]; then echo "== $name: not run (SAME_CARD=1)" | tee -a "$log"; continue; fi
+    # A run's bits depend on the kind of card (REPRODUCTION.md): say where the spec's points would mix kinds (its
+    # earlier points on another kind than this call's, or on several), and with SAME_CARD=1 leave such a spec.
+    if [ -n "$cards" ]; then
+      if ! seen=$(python3 experiments/figures/cards.py --devices "$results/$name.json" 2>&1); then
+        echo "== $name: its earlier points' cards not checked: $(tail -1 <<< "$seen")" | tee -a "$log"
+      elif [ -n "$seen" ] && [ "$(sort -u <<< "$seen")" != "$cards" ]; then
+        echo "== $name: its earlier points ran on ${seen//$'\n'/, }, this call's card is ${cards//$'\n'/, }" \
+             "(a run's bits differ by card; transfer_table.py counts the rows that mix cards)" | tee -a "$log"
+        if [ -n "${SAME_CARD:-}" ]; then echo "== $name: not run (SAME_CARD=1)" | tee -a "$log"; continue; fi
+      fi
     fi
   fi
   if [ ${#gpus[@]} -gt 1 ]; then  # PARALLEL (or the spec's) on each GPU

@@ -137,6 +137,8 @@ json.dump(r, open(sys.argv[2], "w"))
 PY
 cat > "$tmp/bin6/nvidia-smi" <<'FAKE'
 #!/usr/bin/env bash
+# FAKE_CARD=fail: as nvidia-smi without a driver (its message on stdout, exit status 9)
+[ "$FAKE_CARD" = fail ] && { echo "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."; exit 9; }
 case "$*" in -L) echo "GPU 0: ${FAKE_CARD} (UUID: GPU-0)" ;; *--query-gpu=name*) echo "${FAKE_CARD}" ;; esac
 FAKE
 chmod +x "$tmp/bin6/nvidia-smi"
@@ -156,6 +158,19 @@ grep -q "^== wd-lm: not run (SAME_CARD=1)" "$tmp/out-same/campaign.log" && [ ! -
 card_run h100 "NVIDIA H100 80GB HBM3" 1
 ! grep -q "earlier points ran on" "$tmp/out-h100/campaign.log" && [ -s "$tmp/sweep-args" ] ||
   { echo "FAILED: the same card's results were flagged or not run"; cat "$tmp/out-h100/campaign.log"; fail=1; }
+card_run fail fail 1  # no card known: nothing compared, the spec runs
+! grep -q "earlier points" "$tmp/out-fail/campaign.log" && [ -s "$tmp/sweep-args" ] ||
+  { echo "FAILED: a failing nvidia-smi was taken for a card"; cat "$tmp/out-fail/campaign.log"; fail=1; }
+python3 - "$tmp/res6/wd-lm.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+r["points"][0]["device"] = "NVIDIA H200"
+json.dump(r, open(sys.argv[1], "w"))
+PY
+card_run mixed "NVIDIA H100 80GB HBM3" 1  # earlier points on two kinds, this card one of them: flagged all the same
+grep -q "^== wd-lm: its earlier points ran on NVIDIA H200, NVIDIA H100 80GB HBM3, this call's card is NVIDIA H100" \
+  "$tmp/out-mixed/campaign.log" && [ ! -s "$tmp/sweep-args" ] ||
+  { echo "FAILED: results already mixing cards were not flagged"; cat "$tmp/out-mixed/campaign.log"; fail=1; }
 [ $fail = 0 ] || exit 1
 # Sweeps overlap: the next spec's sweep starts once the one before has started its last point, not when it ends.
 cat > "$tmp/build/mue" <<FAKE

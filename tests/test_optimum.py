@@ -140,25 +140,37 @@ class WdTable(unittest.TestCase):
 
 
 class CardMix(unittest.TestCase):
-    """transfer_table.py names the kinds of card a results file's points ran on, and the curves that mix them."""
+    """cards.py: the kinds of card a results file's points ran on, the table rows (configurations) that mix them,
+    and the list scripts/campaign.sh compares with its own card."""
     def results(self, devices):
         pts = []
-        for i, (seed, lr) in enumerate((s, lr) for s in (1, 2) for lr in (2 ** -9, 2 ** -8, 2 ** -7)):
-            pts.append({"index": i, "name": f"p{i}", "status": "diverged" if i == 5 else "completed",
-                        "coords": {"seed": seed, "hp.lr": lr}, "final_val_loss": 3.0, "device": devices[i]})
-        return types.SimpleNamespace(axes=["seed", "hp.lr"], points=pts)  # what sweep_index.Summary gives
+        for i, (shape, seed, lr) in enumerate((a, s, lr) for a in ("8e2a", "8e8a") for s in (1, 2)
+                                              for lr in (2 ** -9, 2 ** -8, 2 ** -7)):
+            pts.append({"index": i, "name": f"p{i}", "status": "diverged" if i == 11 else "completed",
+                        "coords": {"ffn.shape": shape, "seed": seed, "hp.lr": lr}, "device": devices[i]})
+        return types.SimpleNamespace(axes=["ffn.shape", "seed", "hp.lr"], points=pts)  # as sweep_index.Summary
 
     def test_cards(self):
-        from cards import card_mix, cards_line
-        one = self.results(["H100"] * 6)
-        self.assertEqual(card_mix(one, "hp.lr"), ({"H100": 5}, 0, 2))
+        from cards import card_mix, cards_line, devices
+        one = self.results(["H100"] * 12)
+        self.assertEqual(card_mix(one, "hp.lr"), ({"H100": 11}, 0, 2))
         self.assertEqual(cards_line(*card_mix(one, "hp.lr")), "")
-        # seed 1 on one card; seed 2's first point on another (its diverged last point does not count)
-        two = self.results(["H100", "H100", "H100", "H200", "H100", "H200"])
-        self.assertEqual(card_mix(two, "hp.lr"), ({"H100": 4, "H200": 1}, 1, 2))
+        # 8e2a: seed 2 on another card (seeds are averaged in a row: the row mixes); 8e8a: the H200 point is the
+        # diverged last one, which does not count
+        two = self.results(["H100"] * 3 + ["H200"] * 3 + ["H100"] * 5 + ["H200"])
+        self.assertEqual(card_mix(two, "hp.lr"), ({"H100": 8, "H200": 3}, 1, 2))
         self.assertTrue(cards_line(*card_mix(two, "hp.lr")).startswith(
-            "Points by card: H100 4, H200 1; 1 of 2 curves mix cards"))
+            "Points by card: H100 8, H200 3; 1 of 2 configurations mix cards"))
         self.assertEqual(card_mix(types.SimpleNamespace(axes=["hp.lr"], points=None), "hp.lr"), ({}, 0, 0))
+        with tempfile.TemporaryDirectory() as d:  # the list campaign.sh reads: first appearance first
+            path = os.path.join(d, "r.json")
+            with open(path, "w") as f:
+                json.dump({"points": two.points}, f)
+            self.assertEqual(devices(path), ["H100", "H200"])
+            with open(path, "w") as f:
+                json.dump({"points": {"not": "a list"}}, f)
+            with self.assertRaises(ValueError):
+                devices(path)
 
 
 class Verdict(unittest.TestCase):

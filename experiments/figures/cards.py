@@ -7,19 +7,23 @@ card_mix(sw, lr_key) takes anything with `points` (a results file's list, or Non
 """
 
 
+def completed_devices(points):
+    """(point, device) for each completed point that names its device."""
+    for p in points or []:
+        if isinstance(p, dict) and p.get("status") == "completed" and p.get("device"):
+            yield p, p["device"]
+
+
 def card_mix(sw, lr_key):
-    """(completed points per kind of card, curves that mix kinds, curves) of a results file's points; ({}, 0, 0)
-    for a sweep index, whose rows do not name the card."""
-    if not sw.points:
-        return {}, 0, 0
-    per_card, curves = {}, {}
-    keys = [k for k in sw.axes if k != lr_key]
-    for p in sw.points:
-        if p.get("status") != "completed" or not p.get("device"):
-            continue
-        per_card[p["device"]] = per_card.get(p["device"], 0) + 1
-        curves.setdefault(tuple(str(p["coords"].get(k)) for k in keys), set()).add(p["device"])
-    return per_card, sum(len(c) > 1 for c in curves.values()), len(curves)
+    """(completed points per kind of card, configurations that mix kinds, configurations) of a results file's
+    points, a configuration being a table row: every axis but the LR and the seed, which the tables average over;
+    ({}, 0, 0) for a sweep index, whose rows do not name the card."""
+    per_card, confs = {}, {}
+    keys = [k for k in sw.axes if k not in (lr_key, "seed")]
+    for p, device in completed_devices(sw.points):
+        per_card[device] = per_card.get(device, 0) + 1
+        confs.setdefault(tuple(str(p.get("coords", {}).get(k)) for k in keys), set()).add(device)
+    return per_card, sum(len(c) > 1 for c in confs.values()), len(confs)
 
 
 def cards_line(per_card, mixed, n):
@@ -27,8 +31,8 @@ def cards_line(per_card, mixed, n):
     if len(per_card) < 2:
         return ""
     cards = ", ".join(f"{c} {k}" for c, k in sorted(per_card.items()))
-    return (f"Points by card: {cards}; {mixed} of {n} curves mix cards (runs on different kinds of card differ "
-            f"in their last bits: REPRODUCTION.md).")
+    return (f"Points by card: {cards}; {mixed} of {n} configurations mix cards (runs on different kinds of card "
+            f"differ in their last bits: REPRODUCTION.md).")
 
 
 def devices(path):
@@ -36,11 +40,10 @@ def devices(path):
     import json
     with open(path) as f:
         b = json.load(f)
-    seen = []
-    for p in b.get("points", []) if isinstance(b, dict) else []:
-        if p.get("status") == "completed" and p.get("device") and p["device"] not in seen:
-            seen.append(p["device"])
-    return seen
+    points = b.get("points") if isinstance(b, dict) else b
+    if points is not None and not isinstance(points, list):
+        raise ValueError("'points' is not a list")
+    return list(dict.fromkeys(d for _, d in completed_devices(points)))
 
 
 if __name__ == "__main__":
