@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
 """experiments/figures/optimum.py: the fitted optimum every figure and table uses (run by ctest)."""
+import contextlib
+import io
 import json
 import math
 import os
@@ -171,6 +173,47 @@ class CardMix(unittest.TestCase):
                 json.dump({"points": {"not": "a list"}}, f)
             with self.assertRaises(ValueError):
                 devices(path)
+
+
+class Outputs(unittest.TestCase):
+    """outputs.py: a script writes only files of its own kind, never over another sweep's results, and bad input
+    ends in one line and exit status 2."""
+    def test_paths(self):
+        from outputs import output_path, results_output
+        with tempfile.TemporaryDirectory() as d:
+            md, res = os.path.join(d, "t.md"), os.path.join(d, "s.json")
+            self.assertEqual(output_path(md, ".md"), md)
+            for path, suffix, words in ((res, ".md", "must be a Markdown table"), (d + "/x.md/", ".md", "must be"),
+                                        (os.path.join(d, "no", "t.md"), ".md", "no folder"),
+                                        (os.path.join(d, "t.png"), ".md", "ending in .md")):
+                with self.assertRaises(SystemExit) as e:
+                    output_path(path, suffix)
+                self.assertIn(words, str(e.exception))
+            os.mkdir(os.path.join(d, "f.png"))
+            with self.assertRaises(SystemExit) as e:
+                output_path(os.path.join(d, "f.png"), ".png")
+            self.assertIn("is a folder", str(e.exception))
+            self.assertEqual(results_output(res, "s"), res)  # nothing there yet
+            with open(res, "w") as f:
+                json.dump({"format": "mue-sweep-results/1", "name": "s", "points": []}, f)
+            self.assertEqual(results_output(res, "s"), res)  # the same sweep's: written again
+            for name, text in (("other", None), ("s", "{not json"), ("s", '{"name": "s"}')):
+                if text is not None:
+                    with open(res, "w") as f:
+                        f.write(text)
+                with self.assertRaises(SystemExit) as e:
+                    results_output(res, name)
+                self.assertIn(f"is not sweep {name}'s results file; not overwritten", str(e.exception))
+
+    def test_run(self):
+        from outputs import run
+        def bad():
+            raise KeyError("name")
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            self.assertEqual(run(bad), 2)
+        self.assertEqual(err.getvalue().count("\n"), 1)
+        self.assertIn("error: KeyError: 'name'", err.getvalue())
+        self.assertEqual(run(lambda: 0), 0)
 
 
 class Verdict(unittest.TestCase):

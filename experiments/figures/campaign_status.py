@@ -14,6 +14,7 @@ import os
 import sys
 
 import regrid
+from outputs import run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -69,4 +70,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

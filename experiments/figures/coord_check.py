@@ -9,6 +9,7 @@ usage: coord_check.py FILE.h5 [--out FIG.png]
 """
 import argparse
 import json
+import sys
 
 import h5py
 import matplotlib
@@ -16,6 +17,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+
+from outputs import run
 
 
 def main():
@@ -57,4 +60,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))

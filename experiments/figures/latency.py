@@ -8,7 +8,9 @@ relative to its dense twin (MoE ms / dense ms). usage: latency.py TABLE.tsv [--o
 import argparse
 import csv
 import os
+import sys
 
+from outputs import run
 from sweep_index import pyplot, save_figure
 
 plt = pyplot()
@@ -67,4 +69,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))

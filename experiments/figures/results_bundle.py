@@ -21,8 +21,10 @@ import argparse
 import json
 import math
 import os
+import sys
 
 import regrid
+from outputs import results_output, run
 
 # h5py and numpy are imported where an index or run file is read, so that --missing and --merge's matching need
 # only Python (scripts/campaign.sh asks --missing on any machine).
@@ -171,7 +173,7 @@ def main():
     if a.merge:
         with open(a.merge) as f:
             taken = merge(b, json.load(f))
-    out = a.out or os.path.join(os.path.dirname(a.index), b["name"] + ".json")
+    out = results_output(a.out or os.path.join(os.path.dirname(a.index), b["name"] + ".json"), b["name"])
     tmp = out + ".tmp"
     with open(tmp, "w") as f:
         json.dump(b, f, separators=(",", ":"))
@@ -183,4 +185,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))

@@ -13,6 +13,8 @@ from collections import OrderedDict
 import h5py
 import numpy as np
 
+from outputs import output_path
+
 METRICS = ["final_val_loss", "best_val_loss", "final_train_loss"]
 
 
@@ -68,8 +70,8 @@ class Summary:
             if not str(b.get("format", "")).startswith("mue-sweep-results/"):
                 raise KeyError("format")
             self.name, self.axes, self.spec, self.points = b["name"], b["axes"], b["spec"], b["points"]
-        except (OSError, ValueError, KeyError) as e:
-            raise SystemExit(f"{path}: not a sweep results file ({e})")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # e.g. a JSON list, or a config
+            raise SystemExit(f"{path}: not a sweep results file ({type(e).__name__}: {e})")
 
         def value(p, k):
             v = p["coords"][k] if k in self.axes else p.get(k)
@@ -132,7 +134,7 @@ def mark_edges(ax, x, y, sides, colour, ms, offset):
 
 def save_figure(fig, path):
     """Writes fig as a 150-dpi PNG, closes it and says where it went."""
-    fig.savefig(path, dpi=150)
+    fig.savefig(output_path(path, ".png"), dpi=150)
     pyplot().close(fig)
     print("wrote", path)
 

@@ -14,11 +14,13 @@ usage: sweep_lr.py SWEEP [--proxy PROXY] [--out PREFIX] [--lr-key hp.lr] [--x-ke
 Needs numpy and matplotlib (h5py for index files).
 """
 import math
+import sys
 
 import warnings
 
 import numpy as np
 
+from outputs import run
 from sweep_index import Summary, figure_arguments, fmt, mark_edges, output_prefix, pyplot, save_figure
 from transfer_table import edge_sides, optima, proxy_optima, proxy_table, proxy_twins
 
@@ -144,4 +146,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))

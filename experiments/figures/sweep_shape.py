@@ -15,9 +15,11 @@ markdown table (curves x shapes). Needs h5py, numpy and matplotlib.
 """
 
 import math
+import sys
 
 import numpy as np
 
+from outputs import output_path, run
 from shapes import moe_axes
 from sweep_index import Summary, figure_arguments, fmt, label, output_prefix, pyplot, save_figure
 
@@ -40,7 +42,7 @@ def write_table(path, sw, metric, x_key, x_values, curves):
         cells = [f"{ys[v]:.4f}" if ys.get(v) is not None else "-" for v in x_values]
         lines.append("| " + " | ".join([name] + cells) + " |")
     lines += ["", f"Axis {x_key}; '-': not completed (diverged, failed or missing). Source: {sw.path}."]
-    with open(path, "w") as f:
+    with open(output_path(path, ".md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("wrote", path)
 
@@ -107,4 +109,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))

@@ -7,8 +7,10 @@ usage: sweep_table.py INDEX.h5 [--lr-key hp.lr] [--x-key ffn.shape|none] [--grou
 """
 import argparse
 import math
+import sys
 
 from optimum import fit_optimum
+from outputs import run
 from sweep_index import Summary, fmt
 
 
@@ -65,4 +67,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))

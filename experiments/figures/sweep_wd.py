@@ -11,10 +11,12 @@ writes PREFIX-wd.png (PREFIX defaults to the index path without .h5 or .json); -
 every curve and its spread across shapes (wd_table.py). Needs h5py, numpy and matplotlib.
 """
 import math
+import sys
 
 import numpy as np
 
 from optimum import fit_optimum
+from outputs import output_path, run
 from sweep_index import Summary, figure_arguments, fmt, label, output_prefix, pyplot, save_figure
 from wd_table import wd_optima, wd_summary, wd_table
 
@@ -112,11 +114,11 @@ def write_table(path, sw, metric, wd_key, lr_key, group_key, col_keys, ok):
              "through the best grid point and its two neighbours (optimum.py); the bold LR is the one with the lower "
              "loss for that shape.", "", *wd_table(optima, steps, metric.replace("_", " ")), "",
              *wd_summary(optima), "", f"Source: {sw.path}."]
-    with open(path, "w") as f:
+    with open(output_path(path, ".md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(wd_summary(optima)))
     print("wrote", path)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))

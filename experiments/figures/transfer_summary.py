@@ -15,10 +15,12 @@ writes PREFIX.png; *-flow results read --proxy-flow, the others --proxy-lm. Need
 import argparse
 import math
 import os
+import sys
 from collections import OrderedDict
 
 import numpy as np
 
+from outputs import output_path, run
 from regrid import DONE
 from sweep_index import Summary, fmt, mark_edges, pyplot, save_figure
 from transfer_table import edge_sides, optima, proxy_optima, proxy_table
@@ -118,10 +120,10 @@ def main():
                 word, why = transfer_verdict(pts, rule in whole)
                 lines.append(f"| {rule} | {'; '.join(cells)} | **{word}** ({why}) |")
             lines.append("")
-        with open(a.md, "w") as f:
+        with open(output_path(a.md, ".md"), "w") as f:
             f.write("\n".join(lines))
         print("wrote", a.md)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))

@@ -22,13 +22,15 @@ proxy's fitted optimum in octaves (the transfer error of the rule for that confi
 """
 import argparse
 import math
+import sys
 from collections import OrderedDict
 
 import numpy as np
 
-from optimum import fit_optimum, interpolate_log2
-from proxy_rules import proxy_rule
 from cards import card_mix, cards_line
+from optimum import fit_optimum, interpolate_log2
+from outputs import output_path, run
+from proxy_rules import proxy_rule
 from regrid import DONE
 from sweep_index import Summary, fmt
 
@@ -263,9 +265,9 @@ def main():
         print(head)
         print("\n".join(l for l in text.splitlines() if l.startswith("- ")) if a.brief else text)
     if a.md:
-        with open(a.md, "w") as f:
+        with open(output_path(a.md, ".md"), "w") as f:
             f.write(f"{head}\n\n{text}\n")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))
