@@ -95,7 +95,7 @@ spec = json.load(open(f"{repo}/experiments/sweeps/wd-lm.json"))
 pts = [{"index": i, "name": f"wd-lm-{i:04d}", "status": "completed", "config": {"train": {"seed": 1, "data_seed": 1}},
         "coords": dict(zip(spec["axes"], vals))}
        for i, vals in enumerate(__import__("itertools").product(*spec["axes"].values()))]
-json.dump({"name": "wd-lm", "spec": spec, "points": pts}, open(f"{out}/wd-lm.json", "w"))
+json.dump({"format": "mue-sweep-results/1", "name": "wd-lm", "spec": spec, "points": pts}, open(f"{out}/wd-lm.json", "w"))
 grown = dict(spec, axes={"seed": [1, 2], **spec["axes"]})
 json.dump(grown, open(f"{out}/grown-spec.json", "w"))
 other = dict(spec, overrides=spec["overrides"] + ["model.n_layers=2"])
@@ -158,6 +158,14 @@ grep -q "^== wd-lm: not run (SAME_CARD=1)" "$tmp/out-same/campaign.log" && [ ! -
 card_run h100 "NVIDIA H100 80GB HBM3" 1
 ! grep -q "earlier points ran on" "$tmp/out-h100/campaign.log" && [ -s "$tmp/sweep-args" ] ||
   { echo "FAILED: the same card's results were flagged or not run"; cat "$tmp/out-h100/campaign.log"; fail=1; }
+python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); del r["format"]; json.dump(r, open(sys.argv[2], "w"))' \
+  "$tmp/res6/wd-lm.json" "$tmp/res6/noformat.json"
+mv "$tmp/res6/wd-lm.json" "$tmp/res6/wd-lm.keep" && mv "$tmp/res6/noformat.json" "$tmp/res6/wd-lm.json"
+card_run unread "NVIDIA H200" 1  # a results file cards.py cannot read: said so, and the spec runs
+grep -q "^== wd-lm: its earlier points' cards not checked: .*not a readable sweep results file" \
+  "$tmp/out-unread/campaign.log" && [ -s "$tmp/sweep-args" ] ||
+  { echo "FAILED: an unreadable results file's cards were not reported unchecked"; cat "$tmp/out-unread/campaign.log"; fail=1; }
+mv "$tmp/res6/wd-lm.keep" "$tmp/res6/wd-lm.json"
 card_run fail fail 1  # no card known: nothing compared, the spec runs
 ! grep -q "earlier points" "$tmp/out-fail/campaign.log" && [ -s "$tmp/sweep-args" ] ||
   { echo "FAILED: a failing nvidia-smi was taken for a card"; cat "$tmp/out-fail/campaign.log"; fail=1; }

@@ -167,12 +167,14 @@ class CardMix(unittest.TestCase):
         with tempfile.TemporaryDirectory() as d:  # the list campaign.sh reads: first appearance first
             path = os.path.join(d, "r.json")
             with open(path, "w") as f:
-                json.dump({"points": two.points}, f)
+                json.dump({"format": "mue-sweep-results/1", "points": two.points}, f)
             self.assertEqual(devices(path), ["H100", "H200"])
-            with open(path, "w") as f:
-                json.dump({"points": {"not": "a list"}}, f)
-            with self.assertRaises(ValueError):
-                devices(path)
+            for bad in ({"format": "mue-sweep-results/1", "points": {"not": "a list"}}, two.points,
+                        {"model": {"d_model": 64}}):
+                with open(path, "w") as f:
+                    json.dump(bad, f)
+                with self.assertRaises(ValueError):
+                    devices(path)
 
 
 class Outputs(unittest.TestCase):

@@ -40,10 +40,10 @@ def devices(path):
     import json
     with open(path) as f:
         b = json.load(f)
-    points = b.get("points") if isinstance(b, dict) else b
-    if points is not None and not isinstance(points, list):
-        raise ValueError("'points' is not a list")
-    return list(dict.fromkeys(d for _, d in completed_devices(points)))
+    if not isinstance(b, dict) or not str(b.get("format", "")).startswith("mue-sweep-results/") \
+            or not isinstance(b.get("points"), list):
+        raise ValueError("no results_bundle.py format field, or no list of points")
+    return list(dict.fromkeys(d for _, d in completed_devices(b["points"])))
 
 
 if __name__ == "__main__":
@@ -54,4 +54,4 @@ if __name__ == "__main__":
     try:
         print("\n".join(devices(sys.argv[2])))
     except (OSError, ValueError) as e:
-        raise SystemExit(f"{sys.argv[2]}: not a readable results file ({e})")
+        raise SystemExit(f"{sys.argv[2]}: not a readable sweep results file ({e})")
