@@ -119,7 +119,9 @@ std::vector<double> parse_list(const std::string& s, const char* what) {
     std::string item = s.substr(p, q == std::string::npos ? std::string::npos : q - p);
     char* end = nullptr;
     double x = std::strtod(item.c_str(), &end);
-    MUE_CHECK(!item.empty() && end && *end == 0, "bad number '", item, "' in ", what);
+    // decimal numbers only: strtod would also take "nan", "inf" and hexadecimal "0x10"
+    MUE_CHECK(!item.empty() && end && *end == 0 && item.find_first_not_of("0123456789+-.eE") == std::string::npos,
+              "bad number '", item, "' in ", what);
     v.push_back(x);
     if (q == std::string::npos) break;
     p = q + 1;
@@ -190,7 +192,10 @@ int cmd_sweep(int argc, char** argv) {
     if (!a.config.empty()) j["base"] = a.config;
     if (!a.overrides.empty()) j["overrides"] = a.overrides;
     nlohmann::ordered_json lrs = nlohmann::ordered_json::array();
-    for (double lr : parse_list(a.get("--lr", ""), "--lr")) lrs.push_back(lr);
+    for (double lr : parse_list(a.get("--lr", ""), "--lr")) {
+      MUE_CHECK(std::isfinite(lr) && lr > 0, "--lr: a learning rate must be a positive number, got ", lr);
+      lrs.push_back(lr);
+    }
     j["axes"] = {{"hp.lr", lrs}};
     spec = parse_sweep_spec(j, "");
   } else {

@@ -80,7 +80,7 @@ const KeyDoc kDocs[] = {
     {"train.eval_every", "steps between validation evaluations (and at the end)"},
     {"train.eval_batches", "validation batches per evaluation (fixed windows)"},
     {"train.device", "auto | cpu | cuda"},
-    {"train.diverge_factor", "mark diverged when loss > factor x initial loss after warmup (0: off; NaN/inf always)"},
+    {"train.diverge_factor", "mark diverged when loss > factor x initial loss after warmup (0: off, else above 1; NaN/inf always)"},
     {"train.cuda_graph", "on CUDA: record the training step once as a CUDA graph and replay it (false: op by op)"},
     {"train.zero", "data parallel: 0 = every rank keeps the whole optimizer state; 1 = ZeRO-1, each rank keeps and "
                    "updates its share of the Adam moments"},
@@ -126,7 +126,13 @@ json default_config() {
 
 RunConfig resolve_config(const std::string& file, const std::vector<std::string>& overrides) {
   json cfg = default_config();
-  if (!file.empty()) merge_checked(cfg, load_json_file(file));
+  if (!file.empty()) {
+    const json user = load_json_file(file);
+    // A sweep spec where a run config belongs: say so, rather than "unknown config key 'axes'".
+    MUE_CHECK(!(user.is_object() && user.contains("axes")), "'", file,
+              "' is a sweep spec (it has 'axes'), not a run config: run it with `mue sweep ", file, "`");
+    merge_checked(cfg, user);
+  }
   apply_overrides(cfg, overrides);
   return parse_config(cfg);
 }
@@ -262,6 +268,13 @@ RunConfig parse_config(const json& j) {
   if (!r.at("n_layers").is_null()) c.reference.n_layers = get_int(j, "reference", "n_layers");
   if (!r.at("n_heads").is_null()) c.reference.n_heads = get_int(j, "reference", "n_heads");
   if (!r.at("ffn_hidden").is_null()) c.reference.ffn_hidden = get_int(j, "reference", "ffn_hidden");
+  // The reference's own words for what it sets (validate() would name model.*, which may be fine)
+  const ModelConfig& rm = c.reference;
+  MUE_CHECK(rm.d_model > 0 && rm.n_layers > 0 && rm.n_heads > 0 && rm.ffn_hidden > 0,
+            "reference sizes must be positive (reference.d_model, n_layers, n_heads, ffn_hidden: ", rm.d_model, ", ",
+            rm.n_layers, ", ", rm.n_heads, ", ", rm.ffn_hidden, ")");
+  MUE_CHECK(rm.d_model % rm.n_heads == 0, "reference.d_model (", rm.d_model, ") is not divisible by reference.n_heads (",
+            rm.n_heads, ")");
   c.reference.validate();
   c.rule = get_top_string(j, "rule");
   c.hp.lr = get<double>(j, "hp", "lr");
@@ -289,6 +302,9 @@ RunConfig parse_config(const json& j) {
   t.eval_batches = get_int(j, "train", "eval_batches");
   t.device = get<std::string>(j, "train", "device");
   t.diverge_factor = get<double>(j, "train", "diverge_factor");
+  // A run diverges when its loss exceeds factor x its first loss: a factor at or below 1 would flag healthy runs.
+  MUE_CHECK(t.diverge_factor == 0 || (std::isfinite(t.diverge_factor) && t.diverge_factor > 1),
+            "train.diverge_factor must be 0 (off) or a factor above 1, got ", t.diverge_factor);
   t.cuda_graph = get<bool>(j, "train", "cuda_graph");
   t.zero = get_int(j, "train", "zero");
   t.bucket_mb = get<double>(j, "train", "bucket_mb");

@@ -186,6 +186,8 @@ TEST_CASE("the mue program: bad input gives one line and a non-zero exit", "[cli
   std::ofstream(cfg_dup_inner) << R"({"model": {"d_model": 64, "n_layers": 1, "d_model": 32}, "train": {"d_model": 1}})";
   std::string spec_dup = d / "spec-dup.json";
   std::ofstream(spec_dup) << R"({"name": "s", "axes": {"hp.lr": [0.1]}, "axes": {"hp.lr": [0.2]}})";
+  std::string spec_ok = d / "spec-ok.json";
+  std::ofstream(spec_ok) << R"({"name": "s", "axes": {"hp.lr": [0.1]}})";
   std::string spec_bad = d / "spec-bad.json";
   std::ofstream(spec_bad) << R"({"name": "s",, })";
 
@@ -236,7 +238,7 @@ TEST_CASE("the mue program: bad input gives one line and a non-zero exit", "[cli
       {"train " + base + " train.batch=500", "fewer than one evaluation batch"},
       {"sample /nonexistent.h5", "run file '/nonexistent.h5' does not exist"},
       {"sample /nonexistent.h5 --steps -5", "option --steps must be an integer in [1, "},
-      {"sample /nonexistent.h5 --guidance nan", "option --guidance must be a number"},
+      {"sample /nonexistent.h5 --guidance nan", "bad number 'nan' in --guidance"},
       {"sample /nonexistent.h5 --device bogus", "option --device must be auto, cpu or cuda"},
       {"sample /nonexistent.h5 --seed 2 --seed 3", "option --seed given twice"},
       {"tokenize --val-fraction 1", "option --val-fraction must be"},
@@ -249,6 +251,17 @@ TEST_CASE("the mue program: bad input gives one line and a non-zero exit", "[cli
       {"train " + base + " ffn.type=moe ffn.shape=8e2a ffn.experts=4", "ffn.shape 8e2a and ffn.experts 4 disagree"},
       {"train " + base + " task=flow image.time_freq=3", "image.time_freq must be positive and even, got 3"},
       {"train " + base + " image.guidance=-1", "image.guidance must be in [0, 1e6]"},
+      {"transfer " + base + " reference.d_model=96 reference.n_heads=5",
+       "reference.d_model (96) is not divisible by reference.n_heads (5)"},
+      {"train " + base + " reference.d_model=0", "reference sizes must be positive"},
+      {"train " + base + " train.diverge_factor=0.5", "train.diverge_factor must be 0 (off) or a factor above 1"},
+      {"train " + base + " train.diverge_factor=-1", "train.diverge_factor must be 0 (off) or a factor above 1"},
+      {"sweep " + base + " --lr nan", "bad number 'nan' in --lr"},
+      {"sweep " + base + " --lr 0x10", "bad number '0x10' in --lr"},
+      {"sweep " + base + " --lr 1e999", "--lr: a learning rate must be a positive number"},
+      {"sweep " + base + " --lr 0.01,-0.1", "--lr: a learning rate must be a positive number"},
+      {"bench " + spec_ok + " --device cpu", "is a sweep spec (it has 'axes'), not a run config"},
+      {"sweep " + spec_ok + " --lr 0.1", "is a sweep spec (it has 'axes'), not a run config"},
   };
   expect_one_line_errors(cases);
   CHECK(fs::last_write_time(kept) == before);
