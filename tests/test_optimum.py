@@ -363,6 +363,15 @@ class Regrid(unittest.TestCase):
             with open(os.path.join(results, "t.json"), "w") as f:
                 f.write("{not json")
             self.assertIn("unreadable", campaign_status.status(os.path.join(specs, "t.json"), results)[5])
+            # a mistyped folder is an error, never an empty (or unstarted) campaign
+            os.makedirs(os.path.join(d, "empty"))
+            for args, words in ((["--specs", os.path.join(d, "nope")], "no such folder"),
+                                (["--specs", os.path.join(d, "empty")], "no sweep specs"),
+                                (["--specs", specs, "--results", os.path.join(d, "nope")], "no such folder")):
+                r = subprocess.run([sys.executable, os.path.join(REPO, "experiments", "figures", "campaign_status.py"),
+                                    *args], capture_output=True, text=True)
+                self.assertNotEqual(r.returncode, 0)
+                self.assertIn(words, r.stderr)
 
     def test_grid_is_mue_sweeps(self):
         """Every committed spec's grid in regrid.py's order is the one `mue sweep --dry-run` lists (ctest passes

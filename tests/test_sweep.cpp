@@ -167,6 +167,8 @@ TEST_CASE("sweep: bad specs are one-line errors before anything runs", "[sweep]"
   CHECK(err(R"({"name": "x", "expected_h100_minutes": -1})").find("non-negative number") != std::string::npos);
   CHECK(err(R"({"name": "x", "expected_h100_minutes": "5"})").find("non-negative number") != std::string::npos);
   CHECK(err(R"({"name": "x", "comment": 3})").find("'comment' must be a string") != std::string::npos);
+  CHECK(err(R"({"name": "x", "parallel": 100000})").find("'parallel' must be an integer in [1, 4096]") != std::string::npos);
+  CHECK(err(R"({"name": "x", "parallel": 0})").find("'parallel' must be an integer in [1, 4096]") != std::string::npos);
   CHECK(err(R"({"name": "x", "axes": {"rule": [null]}})").find("sweep point 0") != std::string::npos);
   CHECK(err(R"({"name": "x", "axes": {"seed": [1, 2], "train.seed": [3]}})").find("sweep axes 'seed' and 'train.seed' conflict") != std::string::npos);
   // The data file is opened before any point runs.

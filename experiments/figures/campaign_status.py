@@ -49,7 +49,13 @@ def main():
     ap.add_argument("--results", default=os.path.join(HERE, "..", "results"))
     ap.add_argument("--md", action="store_true", help="a Markdown table instead of aligned text")
     a = ap.parse_args()
-    rows = [status(os.path.join(a.specs, f), a.results) for f in sorted(os.listdir(a.specs)) if f.endswith(".json")]
+    for folder, what in ((a.specs, "--specs"), (a.results, "--results")):  # a typo must not read as a finished campaign
+        if not os.path.isdir(folder):
+            raise SystemExit(f"{what} {folder}: no such folder")
+    specs = sorted(f for f in os.listdir(a.specs) if f.endswith(".json"))
+    if not specs:
+        raise SystemExit(f"--specs {a.specs}: no sweep specs (*.json) there")
+    rows = [status(os.path.join(a.specs, f), a.results) for f in specs]
     head = ("spec", "points", "finished", "left", "H100 min left", "note")
     cells = [(n, str(t), "-" if d is None else str(d), "-" if l is None else str(l),
               "-" if e is None else f"{e:.1f}", note) for n, t, d, l, e, note in rows]
