@@ -92,6 +92,10 @@ TokenFile TokenFile::open(const std::string& path) {
     ::close(fd);
     fail("token file ", path, ": cannot stat: ", std::strerror(e));
   }
+  if (S_ISDIR(st.st_mode)) {  // open() takes a folder; mmap would then fail with "No such device"
+    ::close(fd);
+    fail("token file ", path, " is a directory, not a token file (mue tokenize writes one)");
+  }
   const auto size = uint64_t(st.st_size);
   if (size < kTokenFileHeaderBytes) {
     ::close(fd);

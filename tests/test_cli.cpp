@@ -254,6 +254,7 @@ TEST_CASE("the mue program: bad input gives one line and a non-zero exit", "[cli
       {"transfer " + base + " reference.d_model=96 reference.n_heads=5",
        "reference.d_model (96) is not divisible by reference.n_heads (5)"},
       {"train " + base + " reference.d_model=0", "reference sizes must be positive"},
+      {"train " + base + " data.tokens=" + d.path.string(), " is a directory, not a token file"},
       {"train " + base + " train.diverge_factor=0.5", "train.diverge_factor must be 0 (off) or a factor above 1"},
       {"train " + base + " train.diverge_factor=-1", "train.diverge_factor must be 0 (off) or a factor above 1"},
       {"sweep " + base + " --lr nan", "bad number 'nan' in --lr"},

@@ -44,6 +44,8 @@ class Summary:
     def __init__(self, path):
         self.path = path
         self.points = None
+        if os.path.isdir(path):
+            raise SystemExit(f"{path}: is a folder; give a sweep index (out_dir/NAME-index.h5) or a results file")
         if not os.path.isfile(path):
             raise SystemExit(f"{path}: no such file (a sweep writes out_dir/NAME-index.h5)")
         if path.endswith(".json"):
