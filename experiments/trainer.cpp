@@ -607,6 +607,7 @@ RunInputs check_run(const RunConfig& c, const std::string& path, bool lead, int 
   if (lead)
     MUE_CHECK(!file_in_use(path), "'", path, "' is in use by another process (a run still writing it); not touching it");
   if (lead && std::filesystem::exists(path)) {
+    MUE_CHECK(!std::filesystem::is_directory(path), "'", path, "' is a directory where the run file goes; not touching it");
     // A process killed while creating its file leaves it empty or truncated; it holds no completed run.
     std::string unreadable;
     if (std::filesystem::file_size(path) == 0) {

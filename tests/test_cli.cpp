@@ -169,6 +169,7 @@ TEST_CASE("the mue program: bad input gives one line and a non-zero exit", "[cli
   // A good run first, so the overwrite case has something to protect.
   REQUIRE(run_mue("train name=keep " + base).rc == 0);
   const std::string kept = d / "keep.h5";
+  fs::create_directories(d / "folder-run.h5");  // a folder where a run file would go
   auto before = fs::last_write_time(kept);
   // A truncated token file.
   std::string trunc = d / "trunc.tok";
@@ -255,6 +256,7 @@ TEST_CASE("the mue program: bad input gives one line and a non-zero exit", "[cli
        "reference.d_model (96) is not divisible by reference.n_heads (5)"},
       {"train " + base + " reference.d_model=0", "reference sizes must be positive"},
       {"train " + base + " data.tokens=" + d.path.string(), " is a directory, not a token file"},
+      {"train " + base + " name=folder-run", "is a directory where the run file goes; not touching it"},
       {"train " + base + " train.diverge_factor=0.5", "train.diverge_factor must be 0 (off) or a factor above 1"},
       {"train " + base + " train.diverge_factor=-1", "train.diverge_factor must be 0 (off) or a factor above 1"},
       {"sweep " + base + " --lr nan", "bad number 'nan' in --lr"},
