@@ -309,7 +309,12 @@ int cmd_transfer(int argc, char** argv) {
                       "transfer takes at most two config files (REF.json TARGET.json); more given");
   std::vector<std::string> ov = ref_file.empty() ? std::vector<std::string>{} : reference_overrides(ref_file);
   ov.insert(ov.end(), a.overrides.begin(), a.overrides.end());
-  if (a.has("--rule")) ov.push_back("rule=" + a.get("--rule", ""));
+  if (a.has("--rule")) {
+    for (const auto& o : a.overrides)  // two rules named: which one the table shows must not be a guess
+      MUE_CHECK(o.rfind("rule=", 0) != 0, "transfer: the rule given twice (--rule ", a.get("--rule", ""), " and ", o,
+                "); give one");
+    ov.push_back("rule=" + a.get("--rule", ""));
+  }
   RunConfig c = resolve_config(a.config, ov);
   ParamTable t = make_param_table(c.rule, c.model, c.reference, c.hp);
   if (a.has("--json")) {

@@ -249,6 +249,7 @@ TEST_CASE("the mue program: bad input gives one line and a non-zero exit", "[cli
       {"coord-check " + base + " task=flow --widths 32,64", "coord-check runs language models (task lm)"},
       {"show /nonexistent-a.h5 /nonexistent-b.h5", "show takes one PATH; more than one given"},
       {"transfer a.json b.json c.json", "transfer takes at most two config files (REF.json TARGET.json)"},
+      {"transfer rule=sp --rule mup", "transfer: the rule given twice (--rule mup and rule=sp); give one"},
       {"train " + base + " ffn.type=moe ffn.shape=8e2a ffn.experts=4", "ffn.shape 8e2a and ffn.experts 4 disagree"},
       {"train " + base + " task=flow image.time_freq=3", "image.time_freq must be positive and even, got 3"},
       {"train " + base + " image.guidance=-1", "image.guidance must be in [0, 1e6]"},
