@@ -268,7 +268,7 @@ RunConfig parse_config(const json& j) {
   if (!r.at("n_layers").is_null()) c.reference.n_layers = get_int(j, "reference", "n_layers");
   if (!r.at("n_heads").is_null()) c.reference.n_heads = get_int(j, "reference", "n_heads");
   if (!r.at("ffn_hidden").is_null()) c.reference.ffn_hidden = get_int(j, "reference", "ffn_hidden");
-  // The reference's own words for what it sets (validate() would name model.*, which may be fine)
+  // Named as the user set them: validate() below would call them model.*
   const ModelConfig& rm = c.reference;
   MUE_CHECK(rm.d_model > 0 && rm.n_layers > 0 && rm.n_heads > 0 && rm.ffn_hidden > 0,
             "reference sizes must be positive (reference.d_model, n_layers, n_heads, ffn_hidden: ", rm.d_model, ", ",
