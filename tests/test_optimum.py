@@ -216,6 +216,14 @@ class Outputs(unittest.TestCase):
         self.assertEqual(err.getvalue().count("\n"), 1)
         self.assertIn("error: KeyError: 'name'", err.getvalue())
         self.assertEqual(run(lambda: 0), 0)
+        from outputs import ArgumentParser
+        ap = ArgumentParser(prog="t.py")
+        ap.add_argument("sweep")
+        with contextlib.redirect_stderr(io.StringIO()) as err, self.assertRaises(SystemExit) as e:
+            ap.parse_args([])
+        self.assertEqual(e.exception.code, 2)
+        self.assertEqual(err.getvalue(), "t.py: error: the following arguments are required: sweep "
+                                         "(--help shows the usage)\n")
 
 
 class Verdict(unittest.TestCase):

@@ -14,7 +14,7 @@ import os
 import sys
 
 import regrid
-from outputs import run
+from outputs import ArgumentParser, run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -44,7 +44,7 @@ def status(spec_path, results_dir):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--specs", default=os.path.join(HERE, "..", "sweeps"))
     ap.add_argument("--results", default=os.path.join(HERE, "..", "results"))
     ap.add_argument("--md", action="store_true", help="a Markdown table instead of aligned text")

@@ -10,7 +10,7 @@ import csv
 import os
 import sys
 
-from outputs import run
+from outputs import ArgumentParser, run
 from sweep_index import pyplot, save_figure
 
 plt = pyplot()
@@ -35,7 +35,7 @@ def read_table(path):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("table")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()

@@ -1,11 +1,19 @@
 """Where the figure and table scripts write, and how they fail. They never write over a file that is not theirs
 (a table over a results file, a results file over another sweep's), and bad input ends in one line and a non-zero
 exit, not a traceback. Plain Python (no numpy)."""
+import argparse
 import json
 import os
 import sys
 
 KINDS = {".md": "a Markdown table", ".png": "a PNG figure", ".json": "a results file"}
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors are one line (the usage itself is what --help prints)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (--help shows the usage)\n")
 
 
 def output_path(path, suffix):

@@ -24,7 +24,7 @@ import os
 import sys
 
 import regrid
-from outputs import results_output, run
+from outputs import ArgumentParser, results_output, run
 
 # h5py and numpy are imported where an index or run file is read, so that --missing and --merge's matching need
 # only Python (scripts/campaign.sh asks --missing on any machine).
@@ -154,7 +154,7 @@ def missing(path, spec_path=None):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("index", nargs="?", help="sweep index file, out_dir/NAME-index.h5")
     ap.add_argument("--out", default=None, help="output file (default: NAME.json next to the index)")
     ap.add_argument("--max-rows", type=int, default=60, help="training-curve rows kept per point (0: all)")

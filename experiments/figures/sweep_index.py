@@ -13,7 +13,7 @@ from collections import OrderedDict
 import h5py
 import numpy as np
 
-from outputs import output_path
+from outputs import ArgumentParser, output_path
 
 METRICS = ["final_val_loss", "best_val_loss", "final_train_loss"]
 
@@ -143,7 +143,7 @@ def save_figure(fig, path):
 
 def figure_arguments(doc):
     """The arguments every figure script takes: INDEX.h5, --out PREFIX, --metric."""
-    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("index", help="sweep index file (out_dir/NAME-index.h5) or results file (NAME.json)")
     ap.add_argument("--out", default=None, help="output prefix (default: the index path without .h5)")
     ap.add_argument("--metric", default="final_val_loss", choices=METRICS)

@@ -5,17 +5,16 @@ With a seed axis each cell is the first seed's point; transfer_table.py averages
 
 usage: sweep_table.py INDEX.h5 [--lr-key hp.lr] [--x-key ffn.shape|none] [--group-key rule]
 """
-import argparse
 import math
 import sys
 
 from optimum import fit_optimum
-from outputs import run
+from outputs import ArgumentParser, run
 from sweep_index import Summary, fmt
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = ArgumentParser()
     ap.add_argument("index")
     ap.add_argument("--lr-key", default="hp.lr")
     ap.add_argument("--x-key", default="ffn.shape")

@@ -20,7 +20,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from outputs import output_path, run
+from outputs import ArgumentParser, output_path, run
 from regrid import DONE
 from sweep_index import Summary, fmt, mark_edges, pyplot, save_figure
 from transfer_table import edge_sides, optima, proxy_optima, proxy_table
@@ -49,7 +49,7 @@ def shifts(path, proxy_path, lr_key="hp.lr", metric="final_val_loss"):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", nargs="+")
     ap.add_argument("--proxy-lm", required=True)
     ap.add_argument("--proxy-flow", default=None)

@@ -29,7 +29,7 @@ import numpy as np
 
 from cards import card_mix, cards_line
 from optimum import fit_optimum, interpolate_log2
-from outputs import output_path, run
+from outputs import ArgumentParser, output_path, run
 from proxy_rules import proxy_rule
 from regrid import DONE
 from sweep_index import Summary, fmt
@@ -237,7 +237,7 @@ def curves_markdown(conf_keys, rows, proxy_name="dense proxy"):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sweep")
     ap.add_argument("--proxy", default=None)
     ap.add_argument("--lr-key", default="hp.lr")
