@@ -268,14 +268,7 @@ RunConfig parse_config(const json& j) {
   if (!r.at("n_layers").is_null()) c.reference.n_layers = get_int(j, "reference", "n_layers");
   if (!r.at("n_heads").is_null()) c.reference.n_heads = get_int(j, "reference", "n_heads");
   if (!r.at("ffn_hidden").is_null()) c.reference.ffn_hidden = get_int(j, "reference", "ffn_hidden");
-  // Named as the user set them: validate() below would call them model.*
-  const ModelConfig& rm = c.reference;
-  MUE_CHECK(rm.d_model > 0 && rm.n_layers > 0 && rm.n_heads > 0 && rm.ffn_hidden > 0,
-            "reference sizes must be positive (reference.d_model, n_layers, n_heads, ffn_hidden: ", rm.d_model, ", ",
-            rm.n_layers, ", ", rm.n_heads, ", ", rm.ffn_hidden, ")");
-  MUE_CHECK(rm.d_model % rm.n_heads == 0, "reference.d_model (", rm.d_model, ") is not divisible by reference.n_heads (",
-            rm.n_heads, ")");
-  c.reference.validate();
+  c.reference.validate("reference");
   c.rule = get_top_string(j, "rule");
   c.hp.lr = get<double>(j, "hp", "lr");
   c.hp.wd = get<double>(j, "hp", "wd");

@@ -60,18 +60,20 @@ struct ModelConfig {
   FfnConfig ffn;
   ImageConfig image;
   int head_dim() const { return d_model / n_heads; }
-  void validate() const {
+  // `name`: the config section the sizes came from, for the messages ("reference" for the dense proxy's).
+  void validate(const char* name = "model") const {
     MUE_CHECK(task == "lm" || task == "flow", "unknown task '", task, "' (known: lm, flow)");
     if (task == "flow") image.validate(d_model, seq_len);
-    MUE_CHECK(vocab > 0, "model.vocab must be positive, got ", vocab);
-    MUE_CHECK(vocab_pad >= vocab, "model.vocab_pad (", vocab_pad, ") must be >= model.vocab (", vocab, ")");
-    MUE_CHECK(d_model > 0 && n_layers > 0 && n_heads > 0 && ffn_hidden > 0 && seq_len > 0,
-              "model sizes must be positive");
+    MUE_CHECK(vocab > 0, name, ".vocab must be positive, got ", vocab);
+    MUE_CHECK(vocab_pad >= vocab, name, ".vocab_pad (", vocab_pad, ") must be >= ", name, ".vocab (", vocab, ")");
+    MUE_CHECK(d_model > 0 && n_layers > 0 && n_heads > 0 && ffn_hidden > 0 && seq_len > 0, name,
+              " sizes must be positive");
     ffn.validate();
-    MUE_CHECK(d_model % n_heads == 0, "model.d_model (", d_model, ") is not divisible by model.n_heads (", n_heads, ")");
+    MUE_CHECK(d_model % n_heads == 0, name, ".d_model (", d_model, ") is not divisible by ", name, ".n_heads (", n_heads,
+              ")");
     MUE_CHECK(head_dim() % 2 == 0, "head dimension d_model/n_heads = ", head_dim(), " must be even for RoPE");
-    MUE_CHECK(rope_theta > 0, "model.rope_theta must be positive, got ", rope_theta);
-    MUE_CHECK(norm_eps > 0 && std::isfinite(norm_eps), "model.norm_eps must be positive, got ", norm_eps);
+    MUE_CHECK(rope_theta > 0, name, ".rope_theta must be positive, got ", rope_theta);
+    MUE_CHECK(norm_eps > 0 && std::isfinite(norm_eps), name, ".norm_eps must be positive, got ", norm_eps);
   }
 };
 

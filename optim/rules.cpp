@@ -303,7 +303,7 @@ std::vector<std::string> rule_names() {
 ParamTable make_param_table(const std::string& rule, const ModelConfig& target, const ModelConfig& reference,
                             const Hyper& hp) {
   target.validate();
-  reference.validate();
+  reference.validate("reference");
   auto it = rules().find(rule);
   if (it == rules().end()) {
     std::string known;

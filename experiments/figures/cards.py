@@ -5,6 +5,9 @@ say where a results file mixes them. Plain Python (no numpy): the tests run with
 card_mix(sw, lr_key) takes anything with `points` (a results file's list, or None for a sweep index) and `axes`
 (sweep_index.Summary).
 """
+import json
+
+from outputs import is_results
 
 
 def completed_devices(points):
@@ -37,11 +40,9 @@ def cards_line(per_card, mixed, n):
 
 def devices(path):
     """The kinds of card a results file's completed points ran on, in order of first appearance."""
-    import json
     with open(path) as f:
         b = json.load(f)
-    if not isinstance(b, dict) or not str(b.get("format", "")).startswith("mue-sweep-results/") \
-            or not isinstance(b.get("points"), list):
+    if not is_results(b) or not isinstance(b.get("points"), list):
         raise ValueError("no results_bundle.py format field, or no list of points")
     return list(dict.fromkeys(d for _, d in completed_devices(b["points"])))
 

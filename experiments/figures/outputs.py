@@ -29,6 +29,11 @@ def output_path(path, suffix):
     return path
 
 
+def is_results(b):
+    """Whether parsed JSON `b` is a sweep results file (results_bundle.py's format)."""
+    return isinstance(b, dict) and str(b.get("format", "")).startswith("mue-sweep-results/")
+
+
 def results_output(path, name):
     """output_path for sweep `name`'s results file: a file already there must be that sweep's results file."""
     output_path(path, ".json")
@@ -36,8 +41,7 @@ def results_output(path, name):
         try:
             with open(path) as f:
                 b = json.load(f)
-            ours = isinstance(b, dict) and str(b.get("format", "")).startswith("mue-sweep-results/") \
-                and b.get("name") == name
+            ours = is_results(b) and b.get("name") == name
         except (OSError, ValueError):
             ours = False
         if not ours:

@@ -13,7 +13,7 @@ from collections import OrderedDict
 import h5py
 import numpy as np
 
-from outputs import ArgumentParser, output_path
+from outputs import ArgumentParser, is_results, output_path
 
 METRICS = ["final_val_loss", "best_val_loss", "final_train_loss"]
 
@@ -69,7 +69,7 @@ class Summary:
         try:
             with open(path) as f:
                 b = json.load(f)
-            if not str(b.get("format", "")).startswith("mue-sweep-results/"):
+            if not is_results(b):
                 raise KeyError("format")
             self.name, self.axes, self.spec, self.points = b["name"], b["axes"], b["spec"], b["points"]
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # e.g. a JSON list, or a config
