@@ -89,13 +89,16 @@ KernelVariants parse_kernel_variants(const std::string& spec, const std::string&
       MUE_CHECK(value == "fit" || (parse_int(value, n) && (n == 4 || n == 8 || n == 16 || n == 32)), source,
                 ": gate_lanes must be 4, 8, 16, 32 or fit, got \"", value, "\"");
       v.gate_lanes = value == "fit" ? 0 : n;
+    } else if (key == "fused_head") {
+      MUE_CHECK(value == "0" || value == "1", source, ": fused_head must be 0 or 1, got \"", value, "\"");
+      v.fused_head = value == "1";
     } else if (key == "eager_zero_grad") {
       MUE_CHECK(value == "0" || value == "1", source, ": eager_zero_grad must be 0 or 1, got \"", value, "\"");
       v.eager_zero_grad = value == "1";
     } else {
       fail(source, ": unknown kernel variant \"", key,
            "\" (known: flash_sm90, flash_sm90_tiles, expert_tile, expert_grid, gather_rows, gate_lanes, "
-           "eager_zero_grad)");
+           "fused_head, eager_zero_grad)");
     }
   }
   return v;

@@ -25,6 +25,7 @@
 #include "nn/ops/crossentropy.h"
 #include "nn/ops/embedding.h"
 #include "nn/ops/gated_residual.h"
+#include "nn/ops/linear_crossentropy.h"
 #include "nn/ops/loss_mean.h"
 #include "nn/ops/matmul.h"
 #include "nn/ops/modulate.h"
@@ -45,6 +46,7 @@
   X(attention_forward) X(attention_backward)                                                     \
   X(matmul_forward) X(matmul_backward) X(swiglu_forward) X(swiglu_backward)                      \
   X(crossentropy_forward) X(crossentropy_backward) X(crossentropy_forward_backward) X(loss_mean) \
+  X(linear_crossentropy_backward)                                                                \
   X(silu_forward) X(silu_backward) X(modulate_forward) X(modulate_backward) X(add_rows)          \
   X(gated_residual_forward) X(gated_residual_backward) X(mse_mean) X(mse_backward)
 

@@ -34,24 +34,7 @@ constexpr int kTile = 64;         // queries and keys per tile
 constexpr int kWarps = 4;         // 16 rows per warp
 constexpr int kThreads = kWarps * 32;
 
-template <int HD>
-struct Tiles {
-  static constexpr int ld = HD + 8;  // padded row: 8 consecutive rows start on 8 different 16-byte bank groups
-};
-
-// Rows [t0, t0 + 64) of `src` into a padded smem tile with cp.async, rows beyond T zero-filled (completes at
-// cp_async_wait). Each thread copies the same column of rows r, r + pass, ...: the index arithmetic is a few
-// integer ops per 16 bytes.
-template <int HD>
-__device__ void load_tile_async(bf* dst, HeadRows src, int t0, int T) {
-  constexpr int vec = HD / 8, pass = kThreads / vec;  // 16-byte vectors per row; rows per pass of the block
-  const int r = threadIdx.x / vec, c = (threadIdx.x % vec) * 8;
-  #pragma unroll
-  for (int i = 0; i < kTile / pass; ++i) {
-    const int t = t0 + r + i * pass;
-    cp_async16(dst + (r + i * pass) * Tiles<HD>::ld + c, src.head + size_t(min(t, T - 1)) * src.stride + c, t < T);
-  }
-}
+static_assert(kTile == kStreamRows && kThreads == kStreamThreads, "the shared tile helpers' sizes");
 // The block's own tile, loaded before anything is streamed (waits for its copies).
 template <int HD>
 __device__ void load_tile(bf* dst, HeadRows src, int t0, int T) {
@@ -107,27 +90,6 @@ __device__ void warp_abt(ScoreTile& c, const bf* a, const bf* b) {
     uint32_t af[4];
     ldsm_x4(af, a + (l & 15) * Tiles<HD>::ld + k * 16 + (l >> 4) * 8);
     abt_kstep<HD>(c, af, b, k);
-  }
-}
-
-// acc (16 x HD, HD / 8 accumulators) += P M with P [16 x 64] given as a score tile (rounded to bf16 here; the
-// accumulator layout of two adjacent column tiles is the A-operand layout of one 16-wide k step) and M a padded
-// 64 x HD smem tile, read transposed by ldmatrix.
-template <int HD>
-__device__ void warp_pm(float (&acc)[HD / 8][4], const ScoreTile& p, const bf* m) {
-  constexpr int ld = Tiles<HD>::ld;
-  const int l = threadIdx.x & 31;
-  #pragma unroll
-  for (int k = 0; k < kTile / 16; ++k) {
-    const uint32_t af[4] = {pack_bf16(p[2 * k][0], p[2 * k][1]), pack_bf16(p[2 * k][2], p[2 * k][3]),
-                            pack_bf16(p[2 * k + 1][0], p[2 * k + 1][1]), pack_bf16(p[2 * k + 1][2], p[2 * k + 1][3])};
-    #pragma unroll
-    for (int n = 0; n < HD / 16; ++n) {  // M columns 16n..16n+15: b0, b1 of column tile 2n, then of 2n + 1
-      uint32_t bfr[4];
-      ldsm_x4_trans(bfr, m + (16 * k + (l & 7) + ((l >> 3) & 1) * 8) * ld + 16 * n + (l >> 4) * 8);
-      mma_bf16(acc[2 * n], af, bfr[0], bfr[1]);
-      mma_bf16(acc[2 * n + 1], af, bfr[2], bfr[3]);
-    }
   }
 }
 

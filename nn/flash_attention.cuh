@@ -31,6 +31,55 @@ __device__ inline HeadRows head_rows(const bf* x, int b, int T, int H, int h, in
   return {x + size_t(b) * T * D + size_t(h) * hd, D};
 }
 
+// The mma.sync kernels' streamed tiles (nn/flash_attention.cu, nn/linear_crossentropy.cu): 64 rows, copied by a
+// block of 128 threads into shared memory with rows HD + 8 bf16 apart (8 consecutive rows start on 8 different
+// 16-byte bank groups, so ldmatrix runs without conflicts).
+constexpr int kStreamRows = 64, kStreamThreads = 128;
+template <int HD>
+struct Tiles {
+  static constexpr int ld = HD + 8;
+};
+
+// Rows [t0, t0 + 64) of `src` (HD columns each) into a padded smem tile with cp.async, rows beyond T zero-filled
+// (completes at cp_async_wait). Each thread copies the same column of rows r, r + pass, ...: the index arithmetic
+// is a few integer ops per 16 bytes.
+template <int HD>
+__device__ void load_tile_async(bf* dst, HeadRows src, int t0, int T) {
+  constexpr int vec = HD / 8, pass = kStreamThreads / vec;  // 16-byte vectors per row; rows per pass of the block
+  const int r = threadIdx.x / vec, c = (threadIdx.x % vec) * 8;
+  #pragma unroll
+  for (int i = 0; i < kStreamRows / pass; ++i) {
+    const int t = t0 + r + i * pass;
+    cp_async16(dst + (r + i * pass) * Tiles<HD>::ld + c, src.head + size_t(min(t, T - 1)) * src.stride + c, t < T);
+  }
+}
+
+// acc (16 x HD, HD / 8 accumulators) += A_k M_k for one 16-wide k step: af a warp's 16 x 16 A operand, M a padded
+// smem tile of HD columns (rows 16 k .. 16 k + 15 of it), read transposed by ldmatrix.
+template <int HD>
+__device__ void pm_kstep(float (&acc)[HD / 8][4], const uint32_t (&af)[4], const bf* m, int k) {
+  constexpr int ld = Tiles<HD>::ld;
+  const int l = threadIdx.x & 31;
+  #pragma unroll
+  for (int n = 0; n < HD / 16; ++n) {  // M columns 16n..16n+15: b0, b1 of column tile 2n, then of 2n + 1
+    uint32_t bfr[4];
+    ldsm_x4_trans(bfr, m + (16 * k + (l & 7) + ((l >> 3) & 1) * 8) * ld + 16 * n + (l >> 4) * 8);
+    mma_bf16(acc[2 * n], af, bfr[0], bfr[1]);
+    mma_bf16(acc[2 * n + 1], af, bfr[2], bfr[3]);
+  }
+}
+// acc += P M with P [16 x 8 NB] given in the accumulator layout (rounded to bf16 here; the accumulator layout of
+// two adjacent column tiles is the A-operand layout of one 16-wide k step) and M a padded 8 NB x HD smem tile.
+template <int HD, int NB>
+__device__ void warp_pm(float (&acc)[HD / 8][4], const float (&p)[NB][4], const bf* m) {
+  #pragma unroll
+  for (int k = 0; k < NB / 2; ++k) {
+    const uint32_t af[4] = {pack_bf16(p[2 * k][0], p[2 * k][1]), pack_bf16(p[2 * k][2], p[2 * k][3]),
+                            pack_bf16(p[2 * k + 1][0], p[2 * k + 1][1]), pack_bf16(p[2 * k + 1][2], p[2 * k + 1][3])};
+    pm_kstep<HD>(acc, af, m, k);
+  }
+}
+
 // Row (e / 2: 0 for g, 1 for g + 8) and column of accumulator element [n][e] within a 16 x 64 tile.
 __device__ inline int frag_row(int e) { return ((threadIdx.x & 31) >> 2) + 8 * (e >> 1); }
 __device__ inline int frag_col(int n, int e) { return 8 * n + 2 * (threadIdx.x & 3) + (e & 1); }

@@ -138,8 +138,9 @@ class LM : public ParamStore<Backend> {
   }
 
   // The head and the loss over chunks of head_rows_ rows, so that the logits never exist for all rows at once:
-  // logits = lnf W^T and the per-row losses; with grad also, in the same pass, dlogits (in place) and through
-  // the head dx_ (its rows of the chunk) and head.grad. The loss's gradient scale is 1/N, known in advance.
+  // logits = lnf W^T and the per-row losses; with grad also, in the same pass, through the head dx_ (its rows of
+  // the chunk) and head.grad (linear_crossentropy_backward: on CUDA without dlogits in memory where the shape
+  // allows). The loss's gradient scale is 1/N, known in advance.
   void head_loss(bool grad) {
     const int N = B_ * T_, D = cfg_.d_model, Vp = cfg_.vocab_pad;
     Param& head = *head_;
@@ -151,9 +152,8 @@ class LM : public ParamStore<Backend> {
         be_.crossentropy_forward(logits_, tgt_ + r0, losses_ + r0, rows, cfg_.vocab, Vp);
         continue;
       }
-      be_.crossentropy_forward_backward(logits_, tgt_ + r0, losses_ + r0, logits_, rows, cfg_.vocab, Vp, 1.0 / N);
-      be_.matmul_backward(logits_, x, head.weight, dx_ + size_t(r0) * D, head.grad, rows, D, Vp, head.alpha,
-                          head.accumulate());
+      be_.linear_crossentropy_backward(logits_, tgt_ + r0, x, head.weight, losses_ + r0, dx_ + size_t(r0) * D,
+                                       head.grad, rows, D, cfg_.vocab, Vp, head.alpha, 1.0 / N, head.accumulate());
     }
     head_grad_done_ = grad;
   }

@@ -21,6 +21,7 @@
 #include "nn/ops/attention.h"
 #include "nn/ops/crossentropy.h"
 #include "nn/ops/embedding.h"
+#include "nn/ops/linear_crossentropy.h"
 #include "nn/ops/matmul.h"
 #include "nn/ops/matmul_algos.h"
 #include "nn/ops/qk_norm.h"
@@ -650,6 +651,77 @@ TEST_CASE("CUDA crossentropy forward and backward (padded vocabulary)", "[cuda]"
     CHECK(pad_nonzero(fused) == 0);
     cuda::crossentropy_forward_backward(ctx, fl.h(), dt.i(), floss.f(), fl.h(), N, Vv, Vp, float(dl_scale));
     CHECK(rel_err(get_bf16(ctx, fl, n), fused) == 0.0);
+  }
+}
+
+TEST_CASE("CUDA linear cross-entropy backward: losses, dx and dW from the logits, fused and not", "[cuda]") {
+  if (!cuda::gpu_available()) {
+    WARN("no GPU: skipped");
+    return;
+  }
+  cuda::Context ctx;
+  struct Case {
+    int N, D, V, Vp;
+    bool fused;  // the fused kernels take this shape (else the cross-entropy kernel and cuBLAS)
+  };
+  // Rows not a multiple of 64; GPT-2's vocabulary (one 64-row tile: hundreds of vocabulary splits); D = 256 (two
+  // column groups); a vocabulary of 2 tiles with its padding in the second; D = 32 and Vp = 777 (the fallback).
+  for (Case c : {Case{300, 64, 1000, 1024, true}, Case{64, 128, 50257, 50304, true}, Case{200, 256, 3000, 3008, true},
+                 Case{37, 128, 70, 128, true}, Case{45, 32, 100, 128, false}, Case{20, 64, 777, 777, false}}) {
+    INFO("N = " << c.N << ", D = " << c.D << ", V = " << c.V << ", Vp = " << c.Vp);
+    const size_t nx = size_t(c.N) * c.D, nw = size_t(c.Vp) * c.D, nl = size_t(c.N) * c.Vp;
+    const double alpha = 0.7, dloss = 0.37;
+    V x = randn_bf16(nx), w = randn_bf16(nw, 0.2);
+    Dev dxin = put_bf16(x), dwt = put_bf16(w), dlog = poisoned(nl * sizeof(bf16));
+    cuda::matmul_forward(ctx, dxin.h(), dwt.h(), dlog.h(), c.N, c.D, c.Vp, float(alpha));
+    V logits = get_bf16(ctx, dlog, nl);
+    for (int r = 0; r < c.N; ++r)  // large values in the padding: any use of them would wreck the result
+      for (int j = c.V; j < c.Vp; ++j) logits[size_t(r) * c.Vp + j] = 50.0;
+    I tgt = rand_index(c.N, c.V);
+    tgt[0] = c.V - 1, tgt[c.N - 1] = 0;
+    V ref_logits = logits, loss(c.N), gx(nx), gw0 = randn_f32(nw), gw = gw0;
+    cpu::linear_crossentropy_backward(ref_logits.data(), tgt.data(), x.data(), w.data(), loss.data(), gx.data(),
+                                      gw.data(), c.N, c.D, c.V, c.Vp, alpha, dloss);
+    V gw_new(nw, std::nan(""));
+    ref_logits = logits;
+    cpu::linear_crossentropy_backward(ref_logits.data(), tgt.data(), x.data(), w.data(), loss.data(), gx.data(),
+                                      gw_new.data(), c.N, c.D, c.V, c.Vp, alpha, dloss, false);
+    Dev dt = put_i32(tgt);
+    for (const char* variant : {"fused_head=1", "fused_head=0"}) {
+      const ScopedKernelVariants scope(variant);
+      const bool fused = c.fused && std::string(variant) == "fused_head=1";
+      INFO(variant << (fused ? ": fused kernels" : ": cross-entropy kernel and cuBLAS"));
+      CHECK(cuda::linear_crossentropy_fused(c.D, c.Vp) == fused);
+      poison_scratch(ctx, 8, 1 << 20);
+      Dev l1 = put_bf16(logits), dls = poisoned(c.N * sizeof(float)), dgx = poisoned(nx * sizeof(bf16)),
+          dgw = put_f32(gw0);
+      cuda::linear_crossentropy_backward(ctx, l1.h(), dt.i(), dxin.h(), dwt.h(), dls.f(), dgx.h(), dgw.f(), c.N, c.D,
+                                         c.V, c.Vp, float(alpha), float(dloss));
+      expect_close(get_f32(ctx, dls, c.N), loss, 1e-5, "losses");
+      expect_close(get_bf16(ctx, dgx, nx), gx, kTolBf16, "dx");
+      expect_close(minus(get_f32(ctx, dgw, nw), gw0), minus(gw, gw0), kTolBf16, "dW increment");
+      // accumulate = false (a step's first write of the head's gradient): dW is the increment, over a poisoned dW.
+      Dev l2 = put_bf16(logits), dgw2 = poisoned(nw * sizeof(float));
+      cuda::linear_crossentropy_backward(ctx, l2.h(), dt.i(), dxin.h(), dwt.h(), dls.f(), dgx.h(), dgw2.f(), c.N,
+                                         c.D, c.V, c.Vp, float(alpha), float(dloss), false);
+      expect_close(get_f32(ctx, dgw2, nw), gw_new, kTolBf16, "dW overwritten");
+      expect_close(get_bf16(ctx, dgx, nx), gx, kTolBf16, "dx again");
+      const V gwp = get_f32(ctx, dgw2, nw);
+      size_t pad_nonzero = 0;  // the padding rows' gradient (no logit of theirs counts) is exactly 0
+      for (size_t i = size_t(c.V) * c.D; i < nw; ++i) pad_nonzero += gwp[i] != 0.0;
+      CHECK(pad_nonzero == 0);
+      // A target outside the vocabulary: that row's loss and dx are NaN, as the cross-entropy kernels make them.
+      I bad = tgt;
+      bad[1] = c.V;
+      Dev l3 = put_bf16(logits), dbad = put_i32(bad), dgw3 = poisoned(nw * sizeof(float));
+      cuda::linear_crossentropy_backward(ctx, l3.h(), dbad.i(), dxin.h(), dwt.h(), dls.f(), dgx.h(), dgw3.f(), c.N,
+                                         c.D, c.V, c.Vp, float(alpha), float(dloss), false);
+      const V bl = get_f32(ctx, dls, c.N), bx = get_bf16(ctx, dgx, nx);
+      CHECK(std::isnan(bl[1]));
+      CHECK(std::isfinite(bl[0]));
+      CHECK(count_nonfinite(part(bx, nx, size_t(c.D), size_t(c.D))) == size_t(c.D));  // row 1
+      CHECK(count_nonfinite(part(bx, nx, 0, size_t(c.D))) == 0);  // row 0
+    }
   }
 }
 

@@ -1,0 +1,261 @@
+// The LM head's loss and backward from its logits L [R, Vp] (= alpha x W^T, bf16, from the forward GEMM) without
+// dlogits in memory: dlogits = dloss (softmax - onehot) are formed from L as the kernels read it, so the logits
+// cross HBM twice (read by each pass) instead of four times (read and dlogits written by the cross-entropy,
+// dlogits read by both backward GEMMs). mma.sync m16n8k16, bf16 in, fp32 accumulate; no atomics.
+//
+// 1. lce_dx_partial_kernel, per 64 rows x one vocabulary split x DC columns of D (4 warps x 16 rows): for each
+//    64-column tile, the logits tile as scores, online max and sum of exp per row (nn/flash_attention.cuh's
+//    OnlineSoftmax, base 2), o += P W_tile (P unnormalized, rounded to bf16). Writes o and (m, l) per split.
+//    That is flash attention's forward with the scores read instead of computed (Q K^T = L, V = W).
+//    Traffic: L once; W once per 64-row tile (from L2). FLOPs 2 R Vp D.
+// 2. lce_combine_kernel, a warp per row: merges the splits in order: lse, loss = lse - L[target] and
+//    dx = alpha dloss (sum_v softmax_v W_v - W_target) (the one-hot part exact, from W itself).
+// 3. lce_dw_kernel, per 64 vocabulary rows x DC columns: over all rows in 64-row tiles, G^T = dloss (exp(L - lse)
+//    - onehot)^T (bf16, the values the cross-entropy kernel would have stored) times x: dW (+)= alpha G^T x.
+//    Traffic: L once; x once per vocabulary tile (from L2). FLOPs 2 R Vp D.
+// Columns V..Vp-1 (padding) count as -inf in the softmax and get no gradient. A target outside [0, V) gives a NaN
+// loss, a NaN dx row and NaN in dW, as the cross-entropy kernels' NaN dlogits row would.
+#include <algorithm>
+
+#include "core/kernel_variants.h"
+#include "nn/flash_attention.cuh"
+#include "nn/ops/crossentropy.h"
+#include "nn/ops/linear_crossentropy.h"
+#include "nn/ops/matmul.h"
+
+namespace mue::cuda {
+
+using namespace detail;
+using namespace flash;
+
+namespace {
+constexpr int kTile = kStreamRows;  // rows and vocabulary columns per tile
+constexpr int kThreads = kStreamThreads;
+using ScoreTile = float[kTile / 8][4];
+// Widest D that takes the kernels by default (kernel variant fused_head=1: every D they take; bench/RESULTS.md).
+constexpr int kFusedHeadMaxDefaultD = 256;
+
+template <int DC>
+struct DxSmem {  // two stages of (logits tile [64 x 64], W tile [64 x DC]), padded rows
+  static constexpr size_t ltile = size_t(kTile) * Tiles<kTile>::ld, wtile = size_t(kTile) * Tiles<DC>::ld;
+  static constexpr size_t bytes = 2 * (ltile + wtile) * sizeof(bf);
+};
+
+// A warp's 16 rows of a padded 64 x 64 logits tile (from row 16 w) as scores in the accumulator layout.
+__device__ inline void load_scores(ScoreTile& s, const bf* tile, int w) {
+  const int l = threadIdx.x & 31;
+  #pragma unroll
+  for (int k = 0; k < kTile / 16; ++k) {
+    uint32_t a[4];  // A fragment of k step k: a[0] row g, a[1] row g + 8, a[2], a[3] the same 8 columns on
+    ldsm_x4(a, tile + (16 * w + (l & 15)) * Tiles<kTile>::ld + 16 * k + (l >> 4) * 8);
+    #pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&a[j]));
+      float* c = s[2 * k + (j >> 1)] + 2 * (j & 1);
+      c[0] = f.x, c[1] = f.y;
+    }
+  }
+}
+
+template <int DC>
+__global__ void __launch_bounds__(kThreads) lce_dx_partial_kernel(const bf* logits, const bf* w, float* o_part,
+                                                                  float2* ml_part, int R, int D, int V, int Vp,
+                                                                  int split_cols) {
+  extern __shared__ __align__(16) char smem_raw[];
+  bf* lt = reinterpret_cast<bf*>(smem_raw);
+  bf* wt = lt + 2 * DxSmem<DC>::ltile;
+  const int c0 = blockIdx.x * DC, r0 = blockIdx.y * kTile, split = blockIdx.z, wp = threadIdx.x >> 5;
+  const int v_begin = split * split_cols, v_end = min(Vp, v_begin + split_cols);
+  const int row0 = r0 + 16 * wp;
+  OnlineSoftmax<DC> sm;
+  const auto load = [&](int st, int v0) {
+    load_tile_async<kTile>(lt + st * DxSmem<DC>::ltile, HeadRows{logits + v0, size_t(Vp)}, r0, R);
+    load_tile_async<DC>(wt + st * DxSmem<DC>::wtile, HeadRows{w + c0, size_t(D)}, v0, Vp);
+  };
+  stream_tiles<kTile>(v_begin, v_end, load, [&](int v0, int st) {
+    ScoreTile s;
+    load_scores(s, lt + st * DxSmem<DC>::ltile, wp);
+    sm.tile(s, row0, v0, V, false, kLog2e);  // columns >= V masked
+    warp_pm<DC>(sm.o, s, wt + st * DxSmem<DC>::wtile);
+  });
+  // This split's state of rows row0 + g, + 8: (m, l) once (from the first column group), o at its columns.
+  const int q = threadIdx.x & 3;
+  #pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = row0 + frag_row(2 * i);
+    const float l = quad_sum(sm.l[i]);
+    if (r >= R) continue;
+    if (blockIdx.x == 0 && q == 0) ml_part[size_t(split) * R + r] = make_float2(sm.m[i], l);
+    float* o = o_part + (size_t(split) * R + r) * D + c0;
+    #pragma unroll
+    for (int n = 0; n < DC / 8; ++n)
+      *reinterpret_cast<float2*>(o + frag_col(n, 0)) = make_float2(sm.o[n][2 * i], sm.o[n][2 * i + 1]);
+  }
+}
+
+// A warp per row r: M = max of the splits' m, l = sum l_k 2^(m_k - M) (in split order), lse; losses[r] and
+// lse_out[r] (NaN for a bad target), dx[r] = scale (sum_k o_k 2^(m_k - M) / l - W[target]).
+__global__ void lce_combine_kernel(const float* o_part, const float2* ml_part, const bf* logits, const int32_t* targets,
+                                   const bf* w, float* losses, float* lse_out, bf* dx, int R, int D, int V, int Vp,
+                                   int splits, float scale) {
+  const int r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
+  if (r >= R) return;
+  float M = -INFINITY;
+  for (int k = 0; k < splits; ++k) M = fmaxf(M, ml_part[size_t(k) * R + r].x);
+  float L = 0.f;
+  for (int k = 0; k < splits; ++k) {
+    const float2 ml = ml_part[size_t(k) * R + r];
+    if (ml.x != -INFINITY) L += ml.y * exp2f(ml.x - M);
+  }
+  const int tg = targets[r];
+  const bool ok = tg >= 0 && tg < V;
+  const float lse = ok ? (M + log2f(L)) / kLog2e : NAN, inv = 1.f / L;
+  if (lane == 0) {
+    losses[r] = ok ? lse - __bfloat162float(logits[size_t(r) * Vp + tg]) : NAN;
+    lse_out[r] = lse;
+  }
+  for (int c = 2 * lane; c < D; c += 64) {
+    float a0 = 0.f, a1 = 0.f;
+    for (int k = 0; k < splits; ++k) {
+      const float2 ml = ml_part[size_t(k) * R + r];
+      if (ml.x == -INFINITY) continue;
+      const float f = exp2f(ml.x - M);
+      const float2 o = *reinterpret_cast<const float2*>(o_part + (size_t(k) * R + r) * D + c);
+      a0 += f * o.x, a1 += f * o.y;
+    }
+    float2 wt = make_float2(NAN, NAN);
+    if (ok) wt = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(w + size_t(tg) * D + c));
+    *reinterpret_cast<__nv_bfloat162*>(dx + size_t(r) * D + c) =
+        __floats2bfloat162_rn(scale * (a0 * inv - wt.x), scale * (a1 * inv - wt.y));
+  }
+}
+
+template <int DC>
+struct DwSmem {  // two stages of (logits tile [64 rows x 64 columns], x tile [64 x DC], the rows' lse, targets)
+  static constexpr size_t ltile = size_t(kTile) * Tiles<kTile>::ld, xtile = size_t(kTile) * Tiles<DC>::ld;
+  static constexpr size_t stage = (ltile + xtile) * sizeof(bf) + kTile * (sizeof(float) + sizeof(int32_t));
+  static constexpr size_t bytes = 2 * stage;
+  static_assert(stage % 16 == 0);
+};
+
+// dloss (softmax - onehot) of one logit: the cross-entropy kernel's formula (nn/crossentropy.cu), 0 for padding.
+__device__ inline float dlogit(float x, float lse, int v, int V, int tg, float dloss) {
+  return v < V ? dloss * (__expf(x - lse) - (v == tg ? 1.f : 0.f)) : 0.f;
+}
+
+template <int DC>
+__global__ void __launch_bounds__(kThreads) lce_dw_kernel(const bf* logits, const int32_t* targets, const float* lse,
+                                                          const bf* x, float* dw, int R, int D, int V, int Vp,
+                                                          float dloss, float alpha, bool accumulate) {
+  extern __shared__ __align__(16) char smem_raw[];
+  const int c0 = blockIdx.x * DC, v0 = blockIdx.y * kTile, wp = threadIdx.x >> 5, l = threadIdx.x & 31;
+  const auto ltile = [&](int st) { return reinterpret_cast<bf*>(smem_raw + st * DwSmem<DC>::stage); };
+  const auto xtile = [&](int st) { return ltile(st) + DwSmem<DC>::ltile; };
+  const auto lse_s = [&](int st) { return reinterpret_cast<float*>(xtile(st) + DwSmem<DC>::xtile); };
+  const auto tgt_s = [&](int st) { return reinterpret_cast<int32_t*>(lse_s(st) + kTile); };
+  const auto load = [&](int st, int t0) {
+    load_tile_async<kTile>(ltile(st), HeadRows{logits + v0, size_t(Vp)}, t0, R);
+    load_tile_async<DC>(xtile(st), HeadRows{x + c0, size_t(D)}, t0, R);
+    if (threadIdx.x < kTile) {  // rows past R: lse 0 and target 0 meet zero-filled logits and x rows (no effect)
+      const int t = t0 + threadIdx.x, tc = min(t, R - 1);
+      cp_async4(lse_s(st) + threadIdx.x, lse + tc, t < R);
+      cp_async4(tgt_s(st) + threadIdx.x, targets + tc, t < R);
+    }
+  };
+  float acc[DC / 8][4] = {};
+  const int g = l >> 2, q = l & 3, vw = v0 + 16 * wp;  // this warp's 16 vocabulary rows of dW
+  stream_tiles<kTile>(0, R, load, [&](int, int st) {
+    const bf* lt = ltile(st);
+    const float* ls = lse_s(st);
+    const int32_t* ts = tgt_s(st);
+    #pragma unroll
+    for (int k = 0; k < kTile / 16; ++k) {
+      // A = G^T [16 vocabulary x 16 rows]: the logits tile read transposed; a[j] holds vocabulary row
+      // g + 8 (j & 1), logit rows 16 k + 2 q + 8 (j >> 1) and + 1.
+      uint32_t a[4];
+      ldsm_x4_trans(a, lt + (16 * k + (l & 7) + (l >> 4) * 8) * Tiles<kTile>::ld + 16 * wp + ((l >> 3) & 1) * 8);
+      #pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int v = vw + g + 8 * (j & 1), t = 16 * k + 2 * q + 8 * (j >> 1);
+        const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&a[j]));
+        a[j] = pack_bf16(dlogit(f.x, ls[t], v, V, ts[t], dloss), dlogit(f.y, ls[t + 1], v, V, ts[t + 1], dloss));
+      }
+      pm_kstep<DC>(acc, a, xtile(st), k);
+    }
+  });
+  #pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    float* out = dw + size_t(vw + g + 8 * i) * D + c0;
+    #pragma unroll
+    for (int n = 0; n < DC / 8; ++n) {
+      float2* p = reinterpret_cast<float2*>(out + frag_col(n, 0));
+      float2 v = make_float2(alpha * acc[n][2 * i], alpha * acc[n][2 * i + 1]);
+      if (accumulate) {
+        const float2 old = *p;
+        v.x += old.x, v.y += old.y;
+      }
+      *p = v;
+    }
+  }
+}
+
+template <int DC>
+void launch(Context& ctx, const bf* logits, const int32_t* targets, const bf* x, const bf* w, float* losses, bf* dx,
+            float* dw, int R, int D, int V, int Vp, float alpha, float dloss, bool accumulate) {
+  const int groups = D / DC, row_tiles = (R + kTile - 1) / kTile, col_tiles = Vp / kTile;
+  // Vocabulary splits: as many blocks as fit at once (four per SM), each split whole tiles: a second, partial
+  // wave of blocks would take as long as the first.
+  const int want = std::max(1, 4 * sm_count() / (groups * row_tiles));
+  const int split_tiles = (col_tiles + std::min(want, col_tiles) - 1) / std::min(want, col_tiles);
+  const int splits = (col_tiles + split_tiles - 1) / split_tiles;
+  char* scratch = static_cast<char*>(
+      ctx.scratch(5, sizeof(float) * (size_t(splits) * R * D + 2 * size_t(splits) * R + R)));
+  float* o_part = reinterpret_cast<float*>(scratch);
+  float2* ml_part = reinterpret_cast<float2*>(o_part + size_t(splits) * R * D);
+  float* lse = reinterpret_cast<float*>(ml_part + size_t(splits) * R);
+
+  allow_smem(reinterpret_cast<const void*>(lce_dx_partial_kernel<DC>), DxSmem<DC>::bytes, "lce_dx_partial_kernel");
+  lce_dx_partial_kernel<DC><<<dim3(groups, row_tiles, splits), kThreads, DxSmem<DC>::bytes, ctx.stream>>>(
+      logits, w, o_part, ml_part, R, D, V, Vp, split_tiles * kTile);
+  check_launch("lce_dx_partial_kernel");
+  constexpr int kRowsPerBlock = 8;
+  lce_combine_kernel<<<(R + kRowsPerBlock - 1) / kRowsPerBlock, 32 * kRowsPerBlock, 0, ctx.stream>>>(
+      o_part, ml_part, logits, targets, w, losses, lse, dx, R, D, V, Vp, splits, alpha * dloss);
+  check_launch("lce_combine_kernel");
+  if (!dw) return;
+  allow_smem(reinterpret_cast<const void*>(lce_dw_kernel<DC>), DwSmem<DC>::bytes, "lce_dw_kernel");
+  lce_dw_kernel<DC><<<dim3(groups, col_tiles), kThreads, DwSmem<DC>::bytes, ctx.stream>>>(
+      logits, targets, lse, x, dw, R, D, V, Vp, dloss, alpha, accumulate);
+  check_launch("lce_dw_kernel");
+}
+}  // namespace
+
+bool linear_crossentropy_fused(int D, int Vp) {
+  const int v = kernel_variants().fused_head;
+  if (v == 0) return false;
+  const bool fits = D > 0 && D % 64 == 0 && (D <= 128 || D % 128 == 0) && Vp > 0 && Vp % kTile == 0;
+  return fits && (v == 1 || D <= kFusedHeadMaxDefaultD);
+}
+
+void linear_crossentropy_backward(Context& ctx, bf16* logits, const int32_t* targets, const bf16* x, const bf16* w,
+                                  float* losses, bf16* dx, float* dw, int N, int D, int V, int Vp, float alpha,
+                                  float dloss, bool accumulate) {
+  if (N <= 0) {
+    if (dw && !accumulate) memset_zero(ctx, dw, sizeof(float) * size_t(Vp) * D);
+    return;
+  }
+  MUE_CHECK(V > 0 && V <= Vp, "linear_crossentropy_backward: need 0 < V <= Vp, got V = ", V, ", Vp = ", Vp);
+  MUE_CHECK(dx, "linear_crossentropy_backward: dx is required");
+  if (!linear_crossentropy_fused(D, Vp) || !aligned16(logits, x, w, dx, dw)) {
+    crossentropy_forward_backward(ctx, logits, targets, losses, logits, N, V, Vp, dloss);
+    return matmul_backward(ctx, logits, x, w, dx, dw, N, D, Vp, alpha, accumulate);
+  }
+  // Column groups of D itself up to 128, else of 128 (the groups' blocks read the same logits tiles at about the
+  // same time, mostly from L2).
+  if (D == 64)
+    launch<64>(ctx, B(logits), targets, B(x), B(w), losses, B(dx), dw, N, D, V, Vp, alpha, dloss, accumulate);
+  else
+    launch<128>(ctx, B(logits), targets, B(x), B(w), losses, B(dx), dw, N, D, V, Vp, alpha, dloss, accumulate);
+}
+
+}  // namespace mue::cuda
