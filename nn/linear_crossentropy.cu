@@ -46,7 +46,7 @@ __device__ inline void load_scores(ScoreTile& s, const bf* tile, int w) {
   const int l = threadIdx.x & 31;
   #pragma unroll
   for (int k = 0; k < kTile / 16; ++k) {
-    uint32_t a[4];  // A fragment of k step k: a[0] row g, a[1] row g + 8, a[2], a[3] the same 8 columns on
+    uint32_t a[4];  // A fragment of k step k: a[0] row g, a[1] row g + 8, a[2], a[3] the same rows 8 columns on
     ldsm_x4(a, tile + (16 * w + (l & 15)) * Tiles<kTile>::ld + 16 * k + (l >> 4) * 8);
     #pragma unroll
     for (int j = 0; j < 4; ++j) {
@@ -203,9 +203,16 @@ template <int DC>
 void launch(Context& ctx, const bf* logits, const int32_t* targets, const bf* x, const bf* w, float* losses, bf* dx,
             float* dw, int R, int D, int V, int Vp, float alpha, float dloss, bool accumulate) {
   const int groups = D / DC, row_tiles = (R + kTile - 1) / kTile, col_tiles = Vp / kTile;
-  // Vocabulary splits: as many blocks as fit at once (four per SM), each split whole tiles: a second, partial
-  // wave of blocks would take as long as the first.
-  const int want = std::max(1, 4 * sm_count() / (groups * row_tiles));
+  allow_smem(reinterpret_cast<const void*>(lce_dx_partial_kernel<DC>), DxSmem<DC>::bytes, "lce_dx_partial_kernel");
+  // Vocabulary splits: as many blocks as fit at once, each split whole tiles (a second, partial wave of blocks
+  // would take as long as the first).
+  static const int per_sm = [] {
+    int n = 0;
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, lce_dx_partial_kernel<DC>, kThreads, DxSmem<DC>::bytes),
+          "cudaOccupancyMaxActiveBlocksPerMultiprocessor(lce_dx_partial_kernel)");
+    return std::max(1, n);
+  }();
+  const int want = std::max(1, per_sm * sm_count() / (groups * row_tiles));
   const int split_tiles = (col_tiles + std::min(want, col_tiles) - 1) / std::min(want, col_tiles);
   const int splits = (col_tiles + split_tiles - 1) / split_tiles;
   char* scratch = static_cast<char*>(
@@ -214,7 +221,6 @@ void launch(Context& ctx, const bf* logits, const int32_t* targets, const bf* x,
   float2* ml_part = reinterpret_cast<float2*>(o_part + size_t(splits) * R * D);
   float* lse = reinterpret_cast<float*>(ml_part + size_t(splits) * R);
 
-  allow_smem(reinterpret_cast<const void*>(lce_dx_partial_kernel<DC>), DxSmem<DC>::bytes, "lce_dx_partial_kernel");
   lce_dx_partial_kernel<DC><<<dim3(groups, row_tiles, splits), kThreads, DxSmem<DC>::bytes, ctx.stream>>>(
       logits, w, o_part, ml_part, R, D, V, Vp, split_tiles * kTile);
   check_launch("lce_dx_partial_kernel");

@@ -665,9 +665,13 @@ TEST_CASE("CUDA linear cross-entropy backward: losses, dx and dW from the logits
     bool fused;  // the fused kernels take this shape (else the cross-entropy kernel and cuBLAS)
   };
   // Rows not a multiple of 64; GPT-2's vocabulary (one 64-row tile: hundreds of vocabulary splits); D = 256 (two
-  // column groups); a vocabulary of 2 tiles with its padding in the second; D = 32 and Vp = 777 (the fallback).
+  // column groups); a vocabulary of 2 tiles with its padding in the second, and one whose second tile (a split of
+  // its own) is all padding; no padding; rows enough for one split; D = 768 (six column groups; fused only under
+  // fused_head=1); D = 32 and Vp = 777 (the fallback).
   for (Case c : {Case{300, 64, 1000, 1024, true}, Case{64, 128, 50257, 50304, true}, Case{200, 256, 3000, 3008, true},
-                 Case{37, 128, 70, 128, true}, Case{45, 32, 100, 128, false}, Case{20, 64, 777, 777, false}}) {
+                 Case{37, 128, 70, 128, true}, Case{37, 128, 60, 128, true}, Case{100, 64, 512, 512, true},
+                 Case{34000, 64, 100, 128, true}, Case{70, 768, 500, 512, true}, Case{45, 32, 100, 128, false},
+                 Case{20, 64, 777, 777, false}}) {
     INFO("N = " << c.N << ", D = " << c.D << ", V = " << c.V << ", Vp = " << c.Vp);
     const size_t nx = size_t(c.N) * c.D, nw = size_t(c.Vp) * c.D, nl = size_t(c.N) * c.Vp;
     const double alpha = 0.7, dloss = 0.37;
@@ -686,27 +690,51 @@ TEST_CASE("CUDA linear cross-entropy backward: losses, dx and dW from the logits
     ref_logits = logits;
     cpu::linear_crossentropy_backward(ref_logits.data(), tgt.data(), x.data(), w.data(), loss.data(), gx.data(),
                                       gw_new.data(), c.N, c.D, c.V, c.Vp, alpha, dloss, false);
+    // The one-hot parts of dx and dW (alpha dloss (-W[target]), alpha dloss (-onehot^T x)): they dominate both
+    // norms, so each result's softmax part is also compared alone.
+    V onehot_dx(nx), onehot_dw(nw);
+    for (int r = 0; r < c.N; ++r)
+      for (int d = 0; d < c.D; ++d) {
+        onehot_dx[size_t(r) * c.D + d] = -alpha * dloss * w[size_t(tgt[r]) * c.D + d];
+        onehot_dw[size_t(tgt[r]) * c.D + d] -= alpha * dloss * x[size_t(r) * c.D + d];
+      }
+    const auto softmax_part = [](const V& g, const V& onehot) { return minus(g, onehot); };
+    const size_t scratch_bytes = sizeof(float) * (size_t(c.N) * c.D * 8 + 3 * size_t(c.N)) + (16 << 20);
     Dev dt = put_i32(tgt);
     for (const char* variant : {"fused_head=1", "fused_head=0"}) {
       const ScopedKernelVariants scope(variant);
       const bool fused = c.fused && std::string(variant) == "fused_head=1";
       INFO(variant << (fused ? ": fused kernels" : ": cross-entropy kernel and cuBLAS"));
       CHECK(cuda::linear_crossentropy_fused(c.D, c.Vp) == fused);
-      poison_scratch(ctx, 8, 1 << 20);
+      // Scratch poisoned before every call (the vocabulary splits' partial sums live there; at least 8 splits' worth).
+      poison_scratch(ctx, 8, scratch_bytes);
       Dev l1 = put_bf16(logits), dls = poisoned(c.N * sizeof(float)), dgx = poisoned(nx * sizeof(bf16)),
           dgw = put_f32(gw0);
       cuda::linear_crossentropy_backward(ctx, l1.h(), dt.i(), dxin.h(), dwt.h(), dls.f(), dgx.h(), dgw.f(), c.N, c.D,
                                          c.V, c.Vp, float(alpha), float(dloss));
       expect_close(get_f32(ctx, dls, c.N), loss, 1e-5, "losses");
-      expect_close(get_bf16(ctx, dgx, nx), gx, kTolBf16, "dx");
-      expect_close(minus(get_f32(ctx, dgw, nw), gw0), minus(gw, gw0), kTolBf16, "dW increment");
-      // accumulate = false (a step's first write of the head's gradient): dW is the increment, over a poisoned dW.
-      Dev l2 = put_bf16(logits), dgw2 = poisoned(nw * sizeof(float));
-      cuda::linear_crossentropy_backward(ctx, l2.h(), dt.i(), dxin.h(), dwt.h(), dls.f(), dgx.h(), dgw2.f(), c.N,
-                                         c.D, c.V, c.Vp, float(alpha), float(dloss), false);
-      expect_close(get_f32(ctx, dgw2, nw), gw_new, kTolBf16, "dW overwritten");
-      expect_close(get_bf16(ctx, dgx, nx), gx, kTolBf16, "dx again");
-      const V gwp = get_f32(ctx, dgw2, nw);
+      const V got_dx = get_bf16(ctx, dgx, nx), got_inc = minus(get_f32(ctx, dgw, nw), gw0);
+      expect_close(got_dx, gx, kTolBf16, "dx");
+      expect_close(softmax_part(got_dx, onehot_dx), softmax_part(gx, onehot_dx), kTolBf16, "dx, softmax part");
+      expect_close(got_inc, minus(gw, gw0), kTolBf16, "dW increment");
+      expect_close(softmax_part(got_inc, onehot_dw), softmax_part(minus(gw, gw0), onehot_dw), kTolBf16,
+                   "dW increment, softmax part");
+      // accumulate = false (a step's first write of the head's gradient): dW is the increment, over a poisoned dW;
+      // and the same call again gives the same bits.
+      V first_dw;
+      for (int rep = 0; rep < 2; ++rep) {
+        poison_scratch(ctx, 8, scratch_bytes);
+        Dev l2 = put_bf16(logits), dgx2 = poisoned(nx * sizeof(bf16)), dgw2 = poisoned(nw * sizeof(float));
+        cuda::linear_crossentropy_backward(ctx, l2.h(), dt.i(), dxin.h(), dwt.h(), dls.f(), dgx2.h(), dgw2.f(), c.N,
+                                           c.D, c.V, c.Vp, float(alpha), float(dloss), false);
+        const V gwp = get_f32(ctx, dgw2, nw), gxp = get_bf16(ctx, dgx2, nx);
+        expect_close(gwp, gw_new, kTolBf16, "dW overwritten");
+        expect_close(gxp, gx, kTolBf16, "dx again");
+        CHECK(rel_err(gxp, got_dx) == 0.0);
+        if (rep == 0) first_dw = gwp;
+        else CHECK(rel_err(gwp, first_dw) == 0.0);
+      }
+      const V& gwp = first_dw;
       size_t pad_nonzero = 0;  // the padding rows' gradient (no logit of theirs counts) is exactly 0
       for (size_t i = size_t(c.V) * c.D; i < nw; ++i) pad_nonzero += gwp[i] != 0.0;
       CHECK(pad_nonzero == 0);
@@ -716,7 +744,9 @@ TEST_CASE("CUDA linear cross-entropy backward: losses, dx and dW from the logits
       Dev l3 = put_bf16(logits), dbad = put_i32(bad), dgw3 = poisoned(nw * sizeof(float));
       cuda::linear_crossentropy_backward(ctx, l3.h(), dbad.i(), dxin.h(), dwt.h(), dls.f(), dgx.h(), dgw3.f(), c.N,
                                          c.D, c.V, c.Vp, float(alpha), float(dloss), false);
-      const V bl = get_f32(ctx, dls, c.N), bx = get_bf16(ctx, dgx, nx);
+      const V bl = get_f32(ctx, dls, c.N), bx = get_bf16(ctx, dgx, nx), bw = get_f32(ctx, dgw3, nw);
+      CHECK(count_nonfinite(part(bw, nw, 0, size_t(c.V) * c.D)) == size_t(c.V) * c.D);  // every vocabulary row NaN
+      CHECK(count_nonfinite(part(bw, nw, size_t(c.V) * c.D, nw - size_t(c.V) * c.D)) == 0);  // padding rows 0
       CHECK(std::isnan(bl[1]));
       CHECK(std::isfinite(bl[0]));
       CHECK(count_nonfinite(part(bx, nx, size_t(c.D), size_t(c.D))) == size_t(c.D));  // row 1
