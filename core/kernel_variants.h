@@ -15,9 +15,10 @@
 //                           tiles). Default one per SM.
 //   gather_rows=1|2|4|8     rows per block of the MoE permutation (moe/dispatch.cu). Default by the row width.
 //   gate_lanes=4|8|16|32|fit  lanes per assignment in the gate's SwiGLU (moe/gate_swiglu.cu). Default fit (by h).
-//   fused_head=0|1          the LM head's loss and backward from its logits (nn/linear_crossentropy.cu): 0: the
-//                           cross-entropy kernel writes dlogits and cuBLAS takes the two backward GEMMs; 1: the
-//                           fused kernels wherever they take the shape. Default: fused up to d = 256.
+//   fused_head=0|1          the LM head's loss and backward from its logits: 0: the cross-entropy kernel writes
+//                           dlogits and cuBLAS takes the two backward GEMMs; 1: the fused kernels
+//                           (nn/linear_crossentropy.cu) wherever they take the shape. Default 0 (not yet run on
+//                           a GPU).
 //   eager_zero_grad=0|1     1: a backward starts from a cleared gradient arena and every write adds (the older
 //                           way; nn/param_store.h), instead of lazily zeroed gradients. Read when a model is built.
 //
@@ -39,7 +40,7 @@ struct KernelVariants {
   int expert_grid = 0;                                // 0: one block per SM
   int gather_rows = 0;                                // 0: by the row width
   int gate_lanes = 0;                                 // 0: fit (by h)
-  int fused_head = -1;                                // -1: the kernel's default (by d)
+  int fused_head = -1;                                // -1: the default (0)
   bool eager_zero_grad = false;
 };
 

@@ -4,6 +4,7 @@
 #ifdef MUE_HAVE_CUDA
 #include <cstring>
 
+#include "core/kernel_variants.h"
 #include "nn/lm.h"
 #include "optim/adamw.h"
 #include "optim/rules.h"
@@ -41,10 +42,13 @@ TEST_CASE("CUDA LM: one training step matches the CPU reference (sp, mup, QK-nor
     WARN("no GPU: skipped");
     return;
   }
-  // complete-mue: a reference of half the depth gives branch multiplier 1/2 and the FFN's c = d/H on top.
+  // complete-mue: a reference of half the depth gives branch multiplier 1/2 and the FFN's c = d/H on top. Each
+  // with the head's backward by the cross-entropy kernel and cuBLAS, and by the fused kernels (d = 64 takes them).
+  for (const char* head : {"fused_head=0", "fused_head=1"})
   for (auto [rule, qk_norm] : {std::pair{"sp", false}, std::pair{"mup", false}, std::pair{"mup", true},
                                std::pair{"complete-mue", false}}) {
-    INFO("rule " << rule << ", qk_norm " << qk_norm);
+    INFO("rule " << rule << ", qk_norm " << qk_norm << ", " << head);
+    const ScopedKernelVariants scope(head);
     ModelConfig c = small_config();
     c.qk_norm = qk_norm;
     ModelConfig ref = c;
@@ -100,9 +104,11 @@ TEST_CASE("CUDA LM: 200-step loss curve tracks the CPU run", "[cuda][lm]") {
     return;
   }
   // CUDA through the host-synchronous step, and through the device step the trainer uses (loss, grad norm and
-  // clip scale never leave the device; read here every step to compare).
-  for (bool device_step : {false, true}) {
-    INFO("device step " << device_step);
+  // clip scale never leave the device; read here every step to compare); that once more with the fused head.
+  for (auto [device_step, head] : {std::pair{false, "fused_head=0"}, std::pair{true, "fused_head=0"},
+                                   std::pair{true, "fused_head=1"}}) {
+    INFO("device step " << device_step << ", " << head);
+    const ScopedKernelVariants scope(head);
     ModelConfig c = small_config();
     Hyper hp;
     hp.lr = 3e-3;
