@@ -3,7 +3,8 @@
 # short real training run. Logs go to $OUT (or ./gpu-out).
 # Env: PRESETS (bench), PROFILE (presets to profile per op), TILE_SWEEP (presets to profile under every expert
 # GEMM tile configuration, the kernel variant expert_tile of core/kernel_variants.h; TILE_LIST: which ones, "t" for
-# both kernels or "r,w", default all), TESTS (a Catch2 filter, default
+# both kernels or "r,w", default all), VARIANTS (kernel-variant specs separated by '|', e.g. "fused_head=0|fused_head=1":
+# each of VARIANT_PRESETS profiled under each, in one call), TESTS (a Catch2 filter, default
 # all), NO_SWEEP, FLOW_STEPS, SANITIZE (1: compute-sanitizer memcheck and synccheck on the [cuda] tests, racecheck on
 # the attention, expert-GEMM and router tests; logs in $OUT/sanitize-*.log).
 set -uo pipefail
@@ -52,6 +53,18 @@ for p in ${TILE_SWEEP:-}; do
     echo "tile $t: $(grep -E "expert_matmul_(forward|backward)" "$f" | awk '{printf "%s %s  ", $1, $3}')$(tail -1 "$f" | awk '{print $(NF-5) " ms/step"}')"
   done
 done
+if [ -n "${VARIANTS:-}" ]; then
+  IFS='|' read -ra specs <<< "$VARIANTS"
+  for p in ${VARIANT_PRESETS:-experiments/configs/proxy-d128.json small-dense gpt2s-dense}; do
+    echo "== kernel variants, $p (ms/step; the five slowest ops)"
+    for v in "${specs[@]}"; do
+      f="$OUT/variant-$(basename "$p" .json)-$(echo "$v" | tr -c 'A-Za-z0-9_=\n' '-').txt"
+      MUE_KERNEL_VARIANTS="$v" timeout 120 ./build-gpu/mue bench "$p" --steps 20 --profile > "$f" 2>&1
+      echo "$v: $(tail -1 "$f")"
+      sed -n '/^per-op device time/,+6p' "$f" | tail -5 | sed 's/^/    /'
+    done
+  done
+fi
 if [ -f data-cache/linux-doc.tok ] && [ -z "${NO_SWEEP:-}" ]; then
   echo "== default sweep on the GPU"
   timeout 240 ./build-gpu/mue sweep --lr 0.003,0.01,0.03 name=gpu-quick out.dir="$OUT/runs" 2>&1 | tail -6
