@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """experiments/figures/optimum.py: the fitted optimum every figure and table uses (run by ctest)."""
 import contextlib
+import importlib.util
 import io
 import json
 import math
@@ -224,6 +225,24 @@ class Outputs(unittest.TestCase):
         self.assertEqual(e.exception.code, 2)
         self.assertEqual(err.getvalue(), "t.py: error: the following arguments are required: sweep "
                                          "(--help shows the usage)\n")
+
+
+@unittest.skipUnless(importlib.util.find_spec("h5py") and importlib.util.find_spec("numpy"),
+                     "sweep_index.py needs numpy and h5py (scripts/setup.sh --python)")
+class EmptySweep(unittest.TestCase):
+    """A results file that lists no points is refused with one line (a sweep's results list every grid point),
+    not read as an empty table."""
+    def test_no_points(self):
+        from sweep_index import Summary
+        with tempfile.TemporaryDirectory() as d:
+            res = os.path.join(d, "s.json")
+            with open(res, "w") as f:
+                json.dump({"format": "mue-sweep-results/1", "name": "s", "axes": ["hp.lr"], "spec": {},
+                           "points": []}, f)
+            with self.assertRaises(SystemExit) as e:
+                Summary(res)
+            self.assertEqual(str(e.exception), f"{res}: lists no points (a sweep's index or results file lists "
+                                               "every point of its grid)")
 
 
 class Verdict(unittest.TestCase):

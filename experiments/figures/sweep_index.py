@@ -53,6 +53,8 @@ class Summary:
         else:
             self._read_index(path)
         self.status = self.columns["status"]
+        if not self.status:  # a sweep's index and results always list every point of its grid
+            raise SystemExit(f"{path}: lists no points (a sweep's index or results file lists every point of its grid)")
 
     def _read_index(self, path):
         try:
