@@ -58,7 +58,7 @@ if [ -n "${VARIANTS:-}" ]; then
   for p in ${VARIANT_PRESETS:-experiments/configs/proxy-d128.json small-dense gpt2s-dense}; do
     echo "== kernel variants, $p (ms/step; the five slowest ops)"
     for v in "${specs[@]}"; do
-      f="$OUT/variant-$(basename "$p" .json)-$(echo "$v" | tr -c 'A-Za-z0-9_=\n' '-').txt"
+      f="$OUT/variant-$(basename "$p" .json)-$(echo "$v" | tr -c 'A-Za-z0-9_\n' '-').txt"
       MUE_KERNEL_VARIANTS="$v" timeout 120 ./build-gpu/mue bench "$p" --steps 20 --profile > "$f" 2>&1
       echo "$v: $(tail -1 "$f")"
       sed -n '/^per-op device time/,+6p' "$f" | tail -5 | sed 's/^/    /'

@@ -691,7 +691,10 @@ TEST_CASE("CUDA linear cross-entropy backward: losses, dx and dW from the logits
     cpu::linear_crossentropy_backward(ref_logits.data(), tgt.data(), x.data(), w.data(), loss.data(), gx.data(),
                                       gw_new.data(), c.N, c.D, c.V, c.Vp, alpha, dloss, false);
     // The one-hot parts of dx and dW (alpha dloss (-W[target]), alpha dloss (-onehot^T x)): they dominate both
-    // norms, so each result's softmax part is also compared alone.
+    // norms at large V, so each result's softmax part is also compared alone. Its tolerance allows for the one-hot
+    // part's own rounding: bf16 dlogits hold dloss (p - 1) at the target to 2^-9 relative (the unfused path and
+    // the dW pass), and the bf16 dx another 2^-9 of it: up to about 2^-8 of the one-hot part's norm lands in the
+    // softmax part. Compared where that leaves a tolerance of at most 0.1 (all but GPT-2's vocabulary here).
     V onehot_dx(nx), onehot_dw(nw);
     for (int r = 0; r < c.N; ++r)
       for (int d = 0; d < c.D; ++d) {
@@ -699,6 +702,13 @@ TEST_CASE("CUDA linear cross-entropy backward: losses, dx and dW from the logits
         onehot_dw[size_t(tgt[r]) * c.D + d] -= alpha * dloss * x[size_t(r) * c.D + d];
       }
     const auto softmax_part = [](const V& g, const V& onehot) { return minus(g, onehot); };
+    const auto norm = [](const V& v) {
+      double s2 = 0;
+      for (double e : v) s2 += e * e;
+      return std::sqrt(s2);
+    };
+    const double tol_dx_soft = kTolBf16 + std::ldexp(norm(onehot_dx), -8) / norm(softmax_part(gx, onehot_dx));
+    const double tol_dw_soft = kTolBf16 + std::ldexp(norm(onehot_dw), -8) / norm(softmax_part(minus(gw, gw0), onehot_dw));
     const size_t scratch_bytes = sizeof(float) * (size_t(c.N) * c.D * 8 + 3 * size_t(c.N)) + (16 << 20);
     Dev dt = put_i32(tgt);
     for (const char* variant : {"fused_head=1", "fused_head=0"}) {
@@ -715,10 +725,12 @@ TEST_CASE("CUDA linear cross-entropy backward: losses, dx and dW from the logits
       expect_close(get_f32(ctx, dls, c.N), loss, 1e-5, "losses");
       const V got_dx = get_bf16(ctx, dgx, nx), got_inc = minus(get_f32(ctx, dgw, nw), gw0);
       expect_close(got_dx, gx, kTolBf16, "dx");
-      expect_close(softmax_part(got_dx, onehot_dx), softmax_part(gx, onehot_dx), kTolBf16, "dx, softmax part");
+      if (tol_dx_soft <= 0.1)
+        expect_close(softmax_part(got_dx, onehot_dx), softmax_part(gx, onehot_dx), tol_dx_soft, "dx, softmax part");
       expect_close(got_inc, minus(gw, gw0), kTolBf16, "dW increment");
-      expect_close(softmax_part(got_inc, onehot_dw), softmax_part(minus(gw, gw0), onehot_dw), kTolBf16,
-                   "dW increment, softmax part");
+      if (tol_dw_soft <= 0.1)
+        expect_close(softmax_part(got_inc, onehot_dw), softmax_part(minus(gw, gw0), onehot_dw), tol_dw_soft,
+                     "dW increment, softmax part");
       // accumulate = false (a step's first write of the head's gradient): dW is the increment, over a poisoned dW;
       // and the same call again gives the same bits.
       V first_dw;
