@@ -206,7 +206,7 @@ int cmd_sweep(int argc, char** argv) {
   SweepOptions o;
   o.dry_run = a.has("--dry-run");
   if (a.has("--parallel")) {
-    o.parallel = int(flag_number(a, "--parallel", 1, 1, 4096));
+    o.parallel = int(flag_number(a, "--parallel", 1, 1, kMaxParallel));
   }
   if (a.has("--only")) o.only = parse_index_list(a.get("--only", ""));
   if (a.has("--deadline")) o.deadline_s = flag_number(a, "--deadline", 0, 1e-3, 1e9, false);

@@ -117,8 +117,9 @@ SweepSpec parse_sweep_spec(const ojson& j, const std::string& spec_dir) {
     MUE_CHECK((k != "train.seed" && k != "train.data_seed") || !j.at("axes").contains("seed"),
               "sweep axes 'seed' and '", k, "' conflict: 'seed' sets train.seed and train.data_seed");
   if (j.contains("parallel")) {
-    MUE_CHECK(j["parallel"].is_number_integer() && j["parallel"].get<int64_t>() >= 1 && j["parallel"].get<int64_t>() <= 4096,
-              "sweep 'parallel' must be an integer in [1, 4096] (as --parallel)");
+    MUE_CHECK(j["parallel"].is_number_integer() && j["parallel"].get<int64_t>() >= 1 &&
+                  j["parallel"].get<int64_t>() <= kMaxParallel,
+              "sweep 'parallel' must be an integer in [1, ", kMaxParallel, "] (as --parallel)");
     s.parallel = j["parallel"].get<int>();
   }
   if (j.contains("out_dir")) {

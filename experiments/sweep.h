@@ -29,6 +29,9 @@
 
 namespace mue {
 
+// The most runs a sweep starts at once, for a spec's `parallel` and for --parallel alike.
+constexpr int kMaxParallel = 4096;
+
 struct SweepSpec {
   std::string name, base, out_dir;  // base: resolved path ("" when none)
   std::vector<std::string> overrides;
