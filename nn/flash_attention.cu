@@ -45,17 +45,6 @@ __device__ void load_tile(bf* dst, HeadRows src, int t0, int T) {
 
 // A 16 x 64 tile of scores: 8 accumulators of 8 columns each.
 using ScoreTile = float[kTile / 8][4];
-// A warp's 16 x HD left operand as mma A fragments (one per 16-wide k step).
-template <int HD>
-using AFrags = uint32_t[HD / 16][4];
-
-template <int HD>
-__device__ void load_a(AFrags<HD>& af, const bf* a) {
-  const int l = threadIdx.x & 31;
-  #pragma unroll
-  for (int k = 0; k < HD / 16; ++k) ldsm_x4(af[k], a + (l & 15) * Tiles<HD>::ld + k * 16 + (l >> 4) * 8);
-}
-
 // c += A_k B_k^T for one 16-wide k step: A_k a fragment, B a padded 64 x HD smem tile.
 template <int HD>
 __device__ void abt_kstep(ScoreTile& c, const uint32_t (&af)[4], const bf* b, int k) {

@@ -54,6 +54,17 @@ __device__ void load_tile_async(bf* dst, HeadRows src, int t0, int T) {
   }
 }
 
+// A warp's 16 x HD left operand as mma A fragments (one per 16-wide k step), and their load from the 16 rows of a
+// padded smem tile starting at `a`.
+template <int HD>
+using AFrags = uint32_t[HD / 16][4];
+template <int HD>
+__device__ void load_a(AFrags<HD>& af, const bf* a) {
+  const int l = threadIdx.x & 31;
+  #pragma unroll
+  for (int k = 0; k < HD / 16; ++k) ldsm_x4(af[k], a + (l & 15) * Tiles<HD>::ld + k * 16 + (l >> 4) * 8);
+}
+
 // acc (16 x HD, HD / 8 accumulators) += A_k M_k for one 16-wide k step: af a warp's 16 x 16 A operand, M a padded
 // smem tile of HD columns (rows 16 k .. 16 k + 15 of it), read transposed by ldmatrix.
 template <int HD>

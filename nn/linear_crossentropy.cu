@@ -41,14 +41,13 @@ struct DxSmem {  // two stages of (logits tile [64 x 64], W tile [64 x DC]), pad
 
 // A warp's 16 rows of a padded 64 x 64 logits tile (from row 16 w) as scores in the accumulator layout.
 __device__ inline void load_scores(ScoreTile& s, const bf* tile, int w) {
-  const int l = threadIdx.x & 31;
+  AFrags<kTile> af;  // k step k: af[k][0] row g, [1] row g + 8, [2], [3] the same rows 8 columns on
+  load_a<kTile>(af, tile + 16 * w * Tiles<kTile>::ld);
   #pragma unroll
   for (int k = 0; k < kTile / 16; ++k) {
-    uint32_t a[4];  // A fragment of k step k: a[0] row g, a[1] row g + 8, a[2], a[3] the same rows 8 columns on
-    ldsm_x4(a, tile + (16 * w + (l & 15)) * Tiles<kTile>::ld + 16 * k + (l >> 4) * 8);
     #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&a[j]));
+      const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&af[k][j]));
       float* c = s[2 * k + (j >> 1)] + 2 * (j & 1);
       c[0] = f.x, c[1] = f.y;
     }
