@@ -40,15 +40,16 @@ struct Tiles {
   static constexpr int ld = HD + 8;
 };
 
-// Rows [t0, t0 + 64) of `src` (HD columns each) into a padded smem tile with cp.async, rows beyond T zero-filled
-// (completes at cp_async_wait). Each thread copies the same column of rows r, r + pass, ...: the index arithmetic
-// is a few integer ops per 16 bytes.
-template <int HD>
+// Rows [t0, t0 + ROWS) of `src` (HD columns each) into a padded smem tile with cp.async by a block of THREADS,
+// rows beyond T zero-filled (completes at cp_async_wait). Each thread copies the same column of rows r, r + pass,
+// ...: the index arithmetic is a few integer ops per 16 bytes.
+template <int HD, int ROWS = kStreamRows, int THREADS = kStreamThreads>
 __device__ void load_tile_async(bf* dst, HeadRows src, int t0, int T) {
-  constexpr int vec = HD / 8, pass = kStreamThreads / vec;  // 16-byte vectors per row; rows per pass of the block
+  constexpr int vec = HD / 8, pass = THREADS / vec;  // 16-byte vectors per row; rows per pass of the block
+  static_assert(THREADS % vec == 0 && ROWS % pass == 0);
   const int r = threadIdx.x / vec, c = (threadIdx.x % vec) * 8;
   #pragma unroll
-  for (int i = 0; i < kStreamRows / pass; ++i) {
+  for (int i = 0; i < ROWS / pass; ++i) {
     const int t = t0 + r + i * pass;
     cp_async16(dst + (r + i * pass) * Tiles<HD>::ld + c, src.head + size_t(min(t, T - 1)) * src.stride + c, t < T);
   }

@@ -3,16 +3,19 @@
 // cross HBM twice (read by each pass) instead of four times (read and dlogits written by the cross-entropy,
 // dlogits read by both backward GEMMs). mma.sync m16n8k16, bf16 in, fp32 accumulate; no atomics.
 //
-// 1. lce_dx_partial_kernel, per 64 rows x one vocabulary split x DC columns of D (4 warps x 16 rows): for each
+// 1. lce_dx_partial_kernel, per 16 W rows x one vocabulary split x DC columns of D (W warps x 16 rows): for each
 //    64-column tile, the logits tile as scores, online max and sum of exp per row (nn/flash_attention.cuh's
 //    OnlineSoftmax, base 2), o += P W_tile (P unnormalized, rounded to bf16). Writes o and (m, l) per split.
 //    That is flash attention's forward with the scores read instead of computed (Q K^T = L, V = W).
-//    Traffic: L once; W once per 64-row tile (from L2). FLOPs 2 R Vp D.
+//    Traffic: L once; W once per block of rows (from L2). FLOPs 2 R Vp D.
 // 2. lce_combine_kernel, a warp per row: merges the splits in order: lse, loss = lse - L[target] and
 //    dx = alpha dloss (sum_v softmax_v W_v - W_target) (the one-hot part exact, from W itself).
-// 3. lce_dw_kernel, per 64 vocabulary rows x DC columns: over all rows in 64-row tiles, G^T = dloss (exp(L - lse)
+// 3. lce_dw_kernel, per 16 W vocabulary rows x DC columns: over all rows in 64-row tiles, G^T = dloss (exp(L - lse)
 //    - onehot)^T (bf16, the values the cross-entropy kernel would have stored) times x: dW (+)= alpha G^T x.
-//    Traffic: L once; x once per vocabulary tile (from L2). FLOPs 2 R Vp D.
+//    Traffic: L once; x once per block of vocabulary rows (from L2). FLOPs 2 R Vp D.
+// Shapes (kernel variant fused_head): 1: blocks of W = 4 warps, tiles double-buffered (as flash attention's);
+// 2: W = 8 warps (half the L2 reads of W and x) and three stages (two tiles in flight while one is computed: the
+// logits come from HBM, not L2, and one tile in flight per block leaves the passes waiting on memory).
 // Columns V..Vp-1 (padding) count as -inf in the softmax and get no gradient. A target outside [0, V) gives a NaN
 // loss, a NaN dx row and NaN in dW, as the cross-entropy kernels' NaN dlogits row would.
 #include <algorithm>
@@ -30,13 +33,39 @@ using namespace flash;
 
 namespace {
 constexpr int kTile = kStreamRows;  // rows and vocabulary columns per tile
-constexpr int kThreads = kStreamThreads;
 using ScoreTile = float[kTile / 8][4];
 
-template <int DC>
-struct DxSmem {  // two stages of (logits tile [64 x 64], W tile [64 x DC]), padded rows
-  static constexpr size_t ltile = size_t(kTile) * Tiles<kTile>::ld, wtile = size_t(kTile) * Tiles<DC>::ld;
-  static constexpr size_t bytes = 2 * (ltile + wtile) * sizeof(bf);
+// Streams the tiles starting at first, first + kTile, ... < end through S stages: tiles i + 1 .. i + S - 1 load
+// (cp.async) while tile i is computed. load(stage, start) issues one tile's copies, body(start, stage) computes.
+// S = 2 is flash attention's stream_tiles; for S > 2 one barrier a tile: the stage a load overwrites was computed
+// on in the previous iteration, before this one's barrier.
+template <int S, class Load, class Body>
+__device__ void stream_stages(int first, int end, Load load, Body body) {
+  if constexpr (S == 2) {
+    stream_tiles<kTile>(first, end, load, body);
+  } else {
+    const int n = (end - first + kTile - 1) / kTile;
+    #pragma unroll
+    for (int j = 0; j < S - 1; ++j) {
+      if (j < n) load(j, first + j * kTile);
+      cp_async_commit();  // empty groups too: the wait below counts groups
+    }
+    for (int i = 0; i < n; ++i) {
+      cp_async_wait<S - 2>();  // tile i has landed (groups committed: S - 1 + i)
+      __syncthreads();
+      if (i + S - 1 < n) load((i + S - 1) % S, first + (i + S - 1) * kTile);
+      cp_async_commit();
+      body(first + i * kTile, i % S);
+    }
+    cp_async_wait<0>();
+  }
+}
+
+template <int DC, int W, int S>
+struct DxSmem {  // S stages of (logits tile [16 W x 64], W tile [64 x DC]), padded rows
+  static constexpr int rows = 16 * W;
+  static constexpr size_t ltile = size_t(rows) * Tiles<kTile>::ld, wtile = size_t(kTile) * Tiles<DC>::ld;
+  static constexpr size_t bytes = S * (ltile + wtile) * sizeof(bf);
 };
 
 // A warp's 16 rows of a padded 64 x 64 logits tile (from row 16 w) as scores in the accumulator layout.
@@ -54,26 +83,29 @@ __device__ inline void load_scores(ScoreTile& s, const bf* tile, int w) {
   }
 }
 
-template <int DC>
-__global__ void __launch_bounds__(kThreads) lce_dx_partial_kernel(const bf* logits, const bf* w, float* o_part,
-                                                                  float2* ml_part, int R, int D, int V, int Vp,
-                                                                  int split_cols) {
+// Launch bounds: 8 warps at two blocks an SM (128 registers); 4 warps as flash attention's (no minimum, which
+// gives 128 and 96 registers at DC = 128 where a minimum of 4 blocks spilled).
+template <int DC, int W, int S>
+__global__ void __launch_bounds__(32 * W, W == 4 ? 0 : 2)
+    lce_dx_partial_kernel(const bf* logits, const bf* w, float* o_part, float2* ml_part, int R, int D, int V, int Vp,
+                          int split_cols) {
+  using Smem = DxSmem<DC, W, S>;
   extern __shared__ __align__(16) char smem_raw[];
   bf* lt = reinterpret_cast<bf*>(smem_raw);
-  bf* wt = lt + 2 * DxSmem<DC>::ltile;
-  const int c0 = blockIdx.x * DC, r0 = blockIdx.y * kTile, split = blockIdx.z, wp = threadIdx.x >> 5;
+  bf* wt = lt + S * Smem::ltile;
+  const int c0 = blockIdx.x * DC, r0 = blockIdx.y * Smem::rows, split = blockIdx.z, wp = threadIdx.x >> 5;
   const int v_begin = split * split_cols, v_end = min(Vp, v_begin + split_cols);
   const int row0 = r0 + 16 * wp;
   OnlineSoftmax<DC> sm;
   const auto load = [&](int st, int v0) {
-    load_tile_async<kTile>(lt + st * DxSmem<DC>::ltile, HeadRows{logits + v0, size_t(Vp)}, r0, R);
-    load_tile_async<DC>(wt + st * DxSmem<DC>::wtile, HeadRows{w + c0, size_t(D)}, v0, Vp);
+    load_tile_async<kTile, Smem::rows, 32 * W>(lt + st * Smem::ltile, HeadRows{logits + v0, size_t(Vp)}, r0, R);
+    load_tile_async<DC, kTile, 32 * W>(wt + st * Smem::wtile, HeadRows{w + c0, size_t(D)}, v0, Vp);
   };
-  stream_tiles<kTile>(v_begin, v_end, load, [&](int v0, int st) {
+  stream_stages<S>(v_begin, v_end, load, [&](int v0, int st) {
     ScoreTile s;
-    load_scores(s, lt + st * DxSmem<DC>::ltile, wp);
+    load_scores(s, lt + st * Smem::ltile, wp);
     sm.tile(s, row0, v0, V, false, kLog2e);  // columns >= V masked
-    warp_pm<DC>(sm.o, s, wt + st * DxSmem<DC>::wtile);
+    warp_pm<DC>(sm.o, s, wt + st * Smem::wtile);
   });
   // This split's state of rows row0 + g, + 8: (m, l) once (from the first column group), o at its columns.
   const int q = threadIdx.x & 3;
@@ -127,11 +159,12 @@ __global__ void lce_combine_kernel(const float* o_part, const float2* ml_part, c
   }
 }
 
-template <int DC>
-struct DwSmem {  // two stages of (logits tile [64 rows x 64 columns], x tile [64 x DC], the rows' lse, targets)
-  static constexpr size_t ltile = size_t(kTile) * Tiles<kTile>::ld, xtile = size_t(kTile) * Tiles<DC>::ld;
+template <int DC, int W, int S>
+struct DwSmem {  // S stages of (logits tile [64 rows x 16 W columns], x tile [64 x DC], the rows' lse, targets)
+  static constexpr int cols = 16 * W;
+  static constexpr size_t ltile = size_t(kTile) * Tiles<cols>::ld, xtile = size_t(kTile) * Tiles<DC>::ld;
   static constexpr size_t stage = (ltile + xtile) * sizeof(bf) + kTile * (sizeof(float) + sizeof(int32_t));
-  static constexpr size_t bytes = 2 * stage;
+  static constexpr size_t bytes = S * stage;
   static_assert(stage % 16 == 0);
 };
 
@@ -140,19 +173,20 @@ __device__ inline float dlogit(float x, float lse, int v, int V, int tg, float d
   return v < V ? dloss * (__expf(x - lse) - (v == tg ? 1.f : 0.f)) : 0.f;
 }
 
-template <int DC>
-__global__ void __launch_bounds__(kThreads) lce_dw_kernel(const bf* logits, const int32_t* targets, const float* lse,
-                                                          const bf* x, float* dw, int R, int D, int V, int Vp,
-                                                          float dloss, float alpha, bool accumulate) {
+template <int DC, int W, int S>
+__global__ void __launch_bounds__(32 * W, W == 4 ? 0 : 2)
+    lce_dw_kernel(const bf* logits, const int32_t* targets, const float* lse, const bf* x, float* dw, int R, int D,
+                  int V, int Vp, float dloss, float alpha, bool accumulate) {
+  using Smem = DwSmem<DC, W, S>;
   extern __shared__ __align__(16) char smem_raw[];
-  const int c0 = blockIdx.x * DC, v0 = blockIdx.y * kTile, wp = threadIdx.x >> 5, l = threadIdx.x & 31;
-  const auto ltile = [&](int st) { return reinterpret_cast<bf*>(smem_raw + st * DwSmem<DC>::stage); };
-  const auto xtile = [&](int st) { return ltile(st) + DwSmem<DC>::ltile; };
-  const auto lse_s = [&](int st) { return reinterpret_cast<float*>(xtile(st) + DwSmem<DC>::xtile); };
+  const int c0 = blockIdx.x * DC, v0 = blockIdx.y * Smem::cols, wp = threadIdx.x >> 5, l = threadIdx.x & 31;
+  const auto ltile = [&](int st) { return reinterpret_cast<bf*>(smem_raw + st * Smem::stage); };
+  const auto xtile = [&](int st) { return ltile(st) + Smem::ltile; };
+  const auto lse_s = [&](int st) { return reinterpret_cast<float*>(xtile(st) + Smem::xtile); };
   const auto tgt_s = [&](int st) { return reinterpret_cast<int32_t*>(lse_s(st) + kTile); };
   const auto load = [&](int st, int t0) {
-    load_tile_async<kTile>(ltile(st), HeadRows{logits + v0, size_t(Vp)}, t0, R);
-    load_tile_async<DC>(xtile(st), HeadRows{x + c0, size_t(D)}, t0, R);
+    load_tile_async<Smem::cols, kTile, 32 * W>(ltile(st), HeadRows{logits + v0, size_t(Vp)}, t0, R);
+    load_tile_async<DC, kTile, 32 * W>(xtile(st), HeadRows{x + c0, size_t(D)}, t0, R);
     if (threadIdx.x < kTile) {  // rows past R: lse 0 and target 0 meet zero-filled logits and x rows (no effect)
       const int t = t0 + threadIdx.x, tc = min(t, R - 1);
       cp_async4(lse_s(st) + threadIdx.x, lse + tc, t < R);
@@ -161,7 +195,7 @@ __global__ void __launch_bounds__(kThreads) lce_dw_kernel(const bf* logits, cons
   };
   float acc[DC / 8][4] = {};
   const int g = l >> 2, q = l & 3, vw = v0 + 16 * wp;  // this warp's 16 vocabulary rows of dW
-  stream_tiles<kTile>(0, R, load, [&](int, int st) {
+  stream_stages<S>(0, R, load, [&](int, int st) {
     const bf* lt = ltile(st);
     const float* ls = lse_s(st);
     const int32_t* ts = tgt_s(st);
@@ -170,7 +204,7 @@ __global__ void __launch_bounds__(kThreads) lce_dw_kernel(const bf* logits, cons
       // A = G^T [16 vocabulary x 16 rows]: the logits tile read transposed; a[j] holds vocabulary row
       // g + 8 (j & 1), logit rows 16 k + 2 q + 8 (j >> 1) and + 1.
       uint32_t a[4];
-      ldsm_x4_trans(a, lt + (16 * k + (l & 7) + (l >> 4) * 8) * Tiles<kTile>::ld + 16 * wp + ((l >> 3) & 1) * 8);
+      ldsm_x4_trans(a, lt + (16 * k + (l & 7) + (l >> 4) * 8) * Tiles<Smem::cols>::ld + 16 * wp + ((l >> 3) & 1) * 8);
       #pragma unroll
       for (int j = 0; j < 4; ++j) {
         const int v = vw + g + 8 * (j & 1), t = 16 * k + 2 * q + 8 * (j >> 1);
@@ -196,16 +230,20 @@ __global__ void __launch_bounds__(kThreads) lce_dw_kernel(const bf* logits, cons
   }
 }
 
-template <int DC>
+template <int DC, int W, int S>
 void launch(Context& ctx, const bf* logits, const int32_t* targets, const bf* x, const bf* w, float* losses, bf* dx,
             float* dw, int R, int D, int V, int Vp, float alpha, float dloss, bool accumulate) {
-  const int groups = D / DC, row_tiles = (R + kTile - 1) / kTile, col_tiles = Vp / kTile;
-  allow_smem(reinterpret_cast<const void*>(lce_dx_partial_kernel<DC>), DxSmem<DC>::bytes, "lce_dx_partial_kernel");
+  using DxS = DxSmem<DC, W, S>;
+  using DwS = DwSmem<DC, W, S>;
+  const auto dx_kernel = lce_dx_partial_kernel<DC, W, S>;
+  const auto dw_kernel = lce_dw_kernel<DC, W, S>;
+  const int groups = D / DC, row_tiles = (R + DxS::rows - 1) / DxS::rows, col_tiles = Vp / kTile;
+  allow_smem(reinterpret_cast<const void*>(dx_kernel), DxS::bytes, "lce_dx_partial_kernel");
   // Vocabulary splits: as many blocks as fit at once, each split whole tiles (a second, partial wave of blocks
   // would take as long as the first).
-  static const int per_sm = [] {
+  static const int per_sm = [&] {
     int n = 0;
-    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, lce_dx_partial_kernel<DC>, kThreads, DxSmem<DC>::bytes),
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, dx_kernel, 32 * W, DxS::bytes),
           "cudaOccupancyMaxActiveBlocksPerMultiprocessor(lce_dx_partial_kernel)");
     return std::max(1, n);
   }();
@@ -218,25 +256,36 @@ void launch(Context& ctx, const bf* logits, const int32_t* targets, const bf* x,
   float2* ml_part = reinterpret_cast<float2*>(o_part + size_t(splits) * R * D);
   float* lse = reinterpret_cast<float*>(ml_part + size_t(splits) * R);
 
-  lce_dx_partial_kernel<DC><<<dim3(groups, row_tiles, splits), kThreads, DxSmem<DC>::bytes, ctx.stream>>>(
-      logits, w, o_part, ml_part, R, D, V, Vp, split_tiles * kTile);
+  dx_kernel<<<dim3(groups, row_tiles, splits), 32 * W, DxS::bytes, ctx.stream>>>(logits, w, o_part, ml_part, R, D, V,
+                                                                                 Vp, split_tiles * kTile);
   check_launch("lce_dx_partial_kernel");
   constexpr int kRowsPerBlock = 8;
   lce_combine_kernel<<<(R + kRowsPerBlock - 1) / kRowsPerBlock, 32 * kRowsPerBlock, 0, ctx.stream>>>(
       o_part, ml_part, logits, targets, w, losses, lse, dx, R, D, V, Vp, splits, alpha * dloss);
   check_launch("lce_combine_kernel");
   if (!dw) return;
-  allow_smem(reinterpret_cast<const void*>(lce_dw_kernel<DC>), DwSmem<DC>::bytes, "lce_dw_kernel");
-  lce_dw_kernel<DC><<<dim3(groups, col_tiles), kThreads, DwSmem<DC>::bytes, ctx.stream>>>(
-      logits, targets, lse, x, dw, R, D, V, Vp, dloss, alpha, accumulate);
+  allow_smem(reinterpret_cast<const void*>(dw_kernel), DwS::bytes, "lce_dw_kernel");
+  dw_kernel<<<dim3(groups, Vp / DwS::cols), 32 * W, DwS::bytes, ctx.stream>>>(logits, targets, lse, x, dw, R, D, V,
+                                                                              Vp, dloss, alpha, accumulate);
   check_launch("lce_dw_kernel");
+}
+
+template <int DC>
+void launch_variant(int variant, Context& ctx, const bf* logits, const int32_t* targets, const bf* x, const bf* w,
+                    float* losses, bf* dx, float* dw, int R, int D, int V, int Vp, float alpha, float dloss,
+                    bool accumulate) {
+  if (variant == 2 && Vp % DwSmem<DC, 8, 3>::cols == 0)  // dW's blocks of 128 vocabulary rows tile Vp
+    launch<DC, 8, 3>(ctx, logits, targets, x, w, losses, dx, dw, R, D, V, Vp, alpha, dloss, accumulate);
+  else
+    launch<DC, 4, 2>(ctx, logits, targets, x, w, losses, dx, dw, R, D, V, Vp, alpha, dloss, accumulate);
 }
 }  // namespace
 
 bool linear_crossentropy_fused(int D, int Vp) {
   const int v = kernel_variants().fused_head;
-  // Off by default: the kernels have not yet been tested or timed on a GPU (bench/RESULTS.md).
-  if (v != 1) return false;
+  // Off by default: on an H100 both shapes took longer than the unfused path at d = 128, 256 and 768
+  // (bench/RESULTS.md, 2026-12-07).
+  if (v != 1 && v != 2) return false;
   return D > 0 && D % 64 == 0 && (D <= 128 || D % 128 == 0) && Vp > 0 && Vp % kTile == 0;
 }
 
@@ -255,10 +304,13 @@ void linear_crossentropy_backward(Context& ctx, bf16* logits, const int32_t* tar
   }
   // Column groups of D itself up to 128, else of 128 (the groups' blocks read the same logits tiles at about the
   // same time, mostly from L2).
+  const int v = kernel_variants().fused_head;
   if (D == 64)
-    launch<64>(ctx, B(logits), targets, B(x), B(w), losses, B(dx), dw, N, D, V, Vp, alpha, dloss, accumulate);
+    launch_variant<64>(v, ctx, B(logits), targets, B(x), B(w), losses, B(dx), dw, N, D, V, Vp, alpha, dloss,
+                       accumulate);
   else
-    launch<128>(ctx, B(logits), targets, B(x), B(w), losses, B(dx), dw, N, D, V, Vp, alpha, dloss, accumulate);
+    launch_variant<128>(v, ctx, B(logits), targets, B(x), B(w), losses, B(dx), dw, N, D, V, Vp, alpha, dloss,
+                        accumulate);
 }
 
 }  // namespace mue::cuda
