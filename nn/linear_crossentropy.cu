@@ -21,7 +21,7 @@
 #include <algorithm>
 
 #include "core/kernel_variants.h"
-#include "nn/flash_attention.cuh"
+#include "nn/flash_attention_sm90.cuh"
 #include "nn/ops/crossentropy.h"
 #include "nn/ops/linear_crossentropy.h"
 #include "nn/ops/matmul.h"
@@ -58,6 +58,25 @@ __device__ void stream_stages(int first, int end, Load load, Body body) {
       body(first + i * kTile, i % S);
     }
     cp_async_wait<0>();
+  }
+}
+
+// A split's state of a warp's rows row0 + g, + 8 (rows < R): (m, l) once (from the first column group), o at its
+// columns c0 .. c0 + DC.
+template <int DC>
+__device__ void store_split(const OnlineSoftmax<DC>& sm, int row0, int c0, int split, float* o_part, float2* ml_part,
+                            int R, int D) {
+  const int q = threadIdx.x & 3;
+  #pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = row0 + frag_row(2 * i);
+    const float l = quad_sum(sm.l[i]);
+    if (r >= R) continue;
+    if (blockIdx.x == 0 && q == 0) ml_part[size_t(split) * R + r] = make_float2(sm.m[i], l);
+    float* o = o_part + (size_t(split) * R + r) * D + c0;
+    #pragma unroll
+    for (int n = 0; n < DC / 8; ++n)
+      *reinterpret_cast<float2*>(o + frag_col(n, 0)) = make_float2(sm.o[n][2 * i], sm.o[n][2 * i + 1]);
   }
 }
 
@@ -107,19 +126,7 @@ __global__ void __launch_bounds__(32 * W, W == 4 ? 0 : 2)
     sm.tile(s, row0, v0, V, false, kLog2e);  // columns >= V masked
     warp_pm<DC>(sm.o, s, wt + st * Smem::wtile);
   });
-  // This split's state of rows row0 + g, + 8: (m, l) once (from the first column group), o at its columns.
-  const int q = threadIdx.x & 3;
-  #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int r = row0 + frag_row(2 * i);
-    const float l = quad_sum(sm.l[i]);
-    if (r >= R) continue;
-    if (blockIdx.x == 0 && q == 0) ml_part[size_t(split) * R + r] = make_float2(sm.m[i], l);
-    float* o = o_part + (size_t(split) * R + r) * D + c0;
-    #pragma unroll
-    for (int n = 0; n < DC / 8; ++n)
-      *reinterpret_cast<float2*>(o + frag_col(n, 0)) = make_float2(sm.o[n][2 * i], sm.o[n][2 * i + 1]);
-  }
+  store_split(sm, row0, c0, split, o_part, ml_part, R, D);
 }
 
 // A warp per row r: M = max of the splits' m, l = sum l_k 2^(m_k - M) (in split order), lse; losses[r] and
@@ -173,47 +180,28 @@ __device__ inline float dlogit(float x, float lse, int v, int V, int tg, float d
   return v < V ? dloss * (__expf(x - lse) - (v == tg ? 1.f : 0.f)) : 0.f;
 }
 
-template <int DC, int W, int S>
-__global__ void __launch_bounds__(32 * W, W == 4 ? 0 : 2)
-    lce_dw_kernel(const bf* logits, const int32_t* targets, const float* lse, const bf* x, float* dw, int R, int D,
-                  int V, int Vp, float dloss, float alpha, bool accumulate) {
-  using Smem = DwSmem<DC, W, S>;
-  extern __shared__ __align__(16) char smem_raw[];
-  const int c0 = blockIdx.x * DC, v0 = blockIdx.y * Smem::cols, wp = threadIdx.x >> 5, l = threadIdx.x & 31;
-  const auto ltile = [&](int st) { return reinterpret_cast<bf*>(smem_raw + st * Smem::stage); };
-  const auto xtile = [&](int st) { return ltile(st) + Smem::ltile; };
-  const auto lse_s = [&](int st) { return reinterpret_cast<float*>(xtile(st) + Smem::xtile); };
-  const auto tgt_s = [&](int st) { return reinterpret_cast<int32_t*>(lse_s(st) + kTile); };
-  const auto load = [&](int st, int t0) {
-    load_tile_async<Smem::cols, kTile, 32 * W>(ltile(st), HeadRows{logits + v0, size_t(Vp)}, t0, R);
-    load_tile_async<DC, kTile, 32 * W>(xtile(st), HeadRows{x + c0, size_t(D)}, t0, R);
-    if (threadIdx.x < kTile) {  // rows past R: lse 0 and target 0 meet zero-filled logits and x rows (no effect)
-      const int t = t0 + threadIdx.x, tc = min(t, R - 1);
-      cp_async4(lse_s(st) + threadIdx.x, lse + tc, t < R);
-      cp_async4(tgt_s(st) + threadIdx.x, targets + tc, t < R);
-    }
-  };
-  float acc[DC / 8][4] = {};
-  const int g = l >> 2, q = l & 3, vw = v0 + 16 * wp;  // this warp's 16 vocabulary rows of dW
-  stream_stages<S>(0, R, load, [&](int, int st) {
-    const bf* lt = ltile(st);
-    const float* ls = lse_s(st);
-    const int32_t* ts = tgt_s(st);
-    #pragma unroll
-    for (int k = 0; k < kTile / 16; ++k) {
-      // A = G^T [16 vocabulary x 16 rows]: the logits tile read transposed; a[j] holds vocabulary row
-      // g + 8 (j & 1), logit rows 16 k + 2 q + 8 (j >> 1) and + 1.
-      uint32_t a[4];
-      ldsm_x4_trans(a, lt + (16 * k + (l & 7) + (l >> 4) * 8) * Tiles<Smem::cols>::ld + 16 * wp + ((l >> 3) & 1) * 8);
-      #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int v = vw + g + 8 * (j & 1), t = 16 * k + 2 * q + 8 * (j >> 1);
-        const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&a[j]));
-        a[j] = pack_bf16(dlogit(f.x, ls[t], v, V, ts[t], dloss), dlogit(f.y, ls[t + 1], v, V, ts[t + 1], dloss));
-      }
-      pm_kstep<DC>(acc, a, xtile(st), k);
-    }
-  });
+// A = G^T [16 vocabulary x 16 rows], k step k of a warp's vocabulary rows vw .. vw + 15 (columns vw - v0 of the
+// padded logits tile lt, COLS wide; ls, ts its rows' lse and targets): the tile read transposed, each logit
+// turned into dloss (softmax - onehot) and rounded to bf16; a[j] holds vocabulary row g + 8 (j & 1), logit rows
+// 16 k + 2 q + 8 (j >> 1) and + 1 (mma.sync's A layout, which wgmma's register A repeats per warp).
+template <int COLS>
+__device__ inline void gt_frag(uint32_t (&a)[4], const bf* lt, const float* ls, const int32_t* ts, int k, int vw,
+                               int V, float dloss) {
+  const int l = threadIdx.x & 31, g = l >> 2, q = l & 3, wp = threadIdx.x >> 5;
+  ldsm_x4_trans(a, lt + (16 * k + (l & 7) + (l >> 4) * 8) * Tiles<COLS>::ld + 16 * wp +
+                       ((l >> 3) & 1) * 8);
+  #pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const int v = vw + g + 8 * (j & 1), t = 16 * k + 2 * q + 8 * (j >> 1);
+    const float2 f = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&a[j]));
+    a[j] = pack_bf16(dlogit(f.x, ls[t], v, V, ts[t], dloss), dlogit(f.y, ls[t + 1], v, V, ts[t + 1], dloss));
+  }
+}
+
+// dW rows vw + g, + 8 at columns c0 .. c0 + DC: alpha acc, added to what is there with `accumulate`.
+template <int DC>
+__device__ void store_dw(const float (&acc)[DC / 8][4], float* dw, int vw, int c0, int D, float alpha, bool accumulate) {
+  const int g = (threadIdx.x & 31) >> 2;
   #pragma unroll
   for (int i = 0; i < 2; ++i) {
     float* out = dw + size_t(vw + g + 8 * i) * D + c0;
@@ -231,53 +219,217 @@ __global__ void __launch_bounds__(32 * W, W == 4 ? 0 : 2)
 }
 
 template <int DC, int W, int S>
-void launch(Context& ctx, const bf* logits, const int32_t* targets, const bf* x, const bf* w, float* losses, bf* dx,
-            float* dw, int R, int D, int V, int Vp, float alpha, float dloss, bool accumulate) {
-  using DxS = DxSmem<DC, W, S>;
-  using DwS = DwSmem<DC, W, S>;
-  const auto dx_kernel = lce_dx_partial_kernel<DC, W, S>;
-  const auto dw_kernel = lce_dw_kernel<DC, W, S>;
-  const int groups = D / DC, row_tiles = (R + DxS::rows - 1) / DxS::rows, col_tiles = Vp / kTile;
-  allow_smem(reinterpret_cast<const void*>(dx_kernel), DxS::bytes, "lce_dx_partial_kernel");
-  // Vocabulary splits: as many blocks as fit at once, each split whole tiles (a second, partial wave of blocks
-  // would take as long as the first).
-  static const int per_sm = [&] {
-    int n = 0;
-    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, dx_kernel, 32 * W, DxS::bytes),
-          "cudaOccupancyMaxActiveBlocksPerMultiprocessor(lce_dx_partial_kernel)");
-    return std::max(1, n);
-  }();
-  const int want = std::max(1, per_sm * sm_count() / (groups * row_tiles));
-  const int split_tiles = (col_tiles + std::min(want, col_tiles) - 1) / std::min(want, col_tiles);
-  const int splits = (col_tiles + split_tiles - 1) / split_tiles;
-  char* scratch = static_cast<char*>(
-      ctx.scratch(5, sizeof(float) * (size_t(splits) * R * D + 2 * size_t(splits) * R + R)));
-  float* o_part = reinterpret_cast<float*>(scratch);
-  float2* ml_part = reinterpret_cast<float2*>(o_part + size_t(splits) * R * D);
-  float* lse = reinterpret_cast<float*>(ml_part + size_t(splits) * R);
+__global__ void __launch_bounds__(32 * W, W == 4 ? 0 : 2)
+    lce_dw_kernel(const bf* logits, const int32_t* targets, const float* lse, const bf* x, float* dw, int R, int D,
+                  int V, int Vp, float dloss, float alpha, bool accumulate) {
+  using Smem = DwSmem<DC, W, S>;
+  extern __shared__ __align__(16) char smem_raw[];
+  const int c0 = blockIdx.x * DC, v0 = blockIdx.y * Smem::cols, wp = threadIdx.x >> 5;
+  const auto ltile = [&](int st) { return reinterpret_cast<bf*>(smem_raw + st * Smem::stage); };
+  const auto xtile = [&](int st) { return ltile(st) + Smem::ltile; };
+  const auto lse_s = [&](int st) { return reinterpret_cast<float*>(xtile(st) + Smem::xtile); };
+  const auto tgt_s = [&](int st) { return reinterpret_cast<int32_t*>(lse_s(st) + kTile); };
+  const auto load = [&](int st, int t0) {
+    load_tile_async<Smem::cols, kTile, 32 * W>(ltile(st), HeadRows{logits + v0, size_t(Vp)}, t0, R);
+    load_tile_async<DC, kTile, 32 * W>(xtile(st), HeadRows{x + c0, size_t(D)}, t0, R);
+    if (threadIdx.x < kTile) {  // rows past R: lse 0 and target 0 meet zero-filled logits and x rows (no effect)
+      const int t = t0 + threadIdx.x, tc = min(t, R - 1);
+      cp_async4(lse_s(st) + threadIdx.x, lse + tc, t < R);
+      cp_async4(tgt_s(st) + threadIdx.x, targets + tc, t < R);
+    }
+  };
+  float acc[DC / 8][4] = {};
+  const int vw = v0 + 16 * wp;  // this warp's 16 vocabulary rows of dW
+  stream_stages<S>(0, R, load, [&](int, int st) {
+    const bf* lt = ltile(st);
+    const float* ls = lse_s(st);
+    const int32_t* ts = tgt_s(st);
+    #pragma unroll
+    for (int k = 0; k < kTile / 16; ++k) {
+      uint32_t a[4];
+      gt_frag<Smem::cols>(a, lt, ls, ts, k, vw, V, dloss);
+      pm_kstep<DC>(acc, a, xtile(st), k);
+    }
+  });
+  store_dw<DC>(acc, dw, vw, c0, D, alpha, accumulate);
+}
 
-  dx_kernel<<<dim3(groups, row_tiles, splits), 32 * W, DxS::bytes, ctx.stream>>>(logits, w, o_part, ml_part, R, D, V,
-                                                                                 Vp, split_tiles * kTile);
-  check_launch("lce_dx_partial_kernel");
-  constexpr int kRowsPerBlock = 8;
-  lce_combine_kernel<<<(R + kRowsPerBlock - 1) / kRowsPerBlock, 32 * kRowsPerBlock, 0, ctx.stream>>>(
-      o_part, ml_part, logits, targets, w, losses, lse, dx, R, D, V, Vp, splits, alpha * dloss);
-  check_launch("lce_combine_kernel");
-  if (!dw) return;
-  allow_smem(reinterpret_cast<const void*>(dw_kernel), DwS::bytes, "lce_dw_kernel");
-  dw_kernel<<<dim3(groups, Vp / DwS::cols), 32 * W, DwS::bytes, ctx.stream>>>(logits, targets, lse, x, dw, R, D, V,
-                                                                              Vp, dloss, alpha, accumulate);
-  check_launch("lce_dw_kernel");
+// Hopper (fused_head=3): the same two passes with wgmma (nn/flash_attention_sm90.cuh), blocks of two warpgroups.
+// The dx pass is flash attention's Hopper forward with the scores read: each warp's 16 rows of a padded 128 x 64
+// logits tile into the accumulator layout (load_scores), the online softmax, then o += P W by wgmma with P from
+// registers and a swizzled 64 x DC W tile. The dW pass forms G^T fragments as lce_dw_kernel does, 128 head rows
+// a block, and multiplies them by a swizzled 64 x DC x tile by wgmma. Both double-buffered by cp.async.
+namespace hopper {
+using namespace flash90;
+
+template <int DC>
+struct DxSmem {  // two stages of (W tile, swizzled [64 x DC]; logits tile [128 x 64], padded rows)
+  using Wt = SwTile<kTile, DC>;
+  static constexpr size_t ltile = size_t(kOwn) * Tiles<kTile>::ld * sizeof(bf);
+  static constexpr size_t stage = Wt::bytes + ltile, bytes = 2 * stage + 1024;
+  static_assert(Wt::bytes % 1024 == 0 && stage % 1024 == 0);  // the swizzled tiles' alignment
+};
+
+template <int DC>
+__global__ void __launch_bounds__(kThreads, 2)
+    lce_dx_partial_kernel(const bf* logits, const bf* w, float* o_part, float2* ml_part, int R, int D, int V, int Vp,
+                          int split_cols) {
+  using Smem = DxSmem<DC>;
+  extern __shared__ __align__(16) char smem_raw[];
+  char* base = aligned_smem(smem_raw);
+  const auto wt = [&](int st) { return base + st * Smem::stage; };
+  const auto lt = [&](int st) { return reinterpret_cast<bf*>(wt(st) + Smem::Wt::bytes); };
+  const int c0 = blockIdx.x * DC, r0 = blockIdx.y * kOwn, split = blockIdx.z, wp = threadIdx.x >> 5;
+  const int v_begin = split * split_cols, v_end = min(Vp, v_begin + split_cols);
+  const int row0 = r0 + 16 * wp;  // warpgroup g's warp w: rows 64 g + 16 w
+  OnlineSoftmax<DC> sm;
+  const auto load = [&](int st, int v0) {
+    load_tile_async<kTile, kOwn, kThreads>(lt(st), HeadRows{logits + v0, size_t(Vp)}, r0, R);
+    Smem::Wt::load(wt(st), HeadRows{w + c0, size_t(D)}, v0, Vp);
+  };
+  stream_tiles<kTile, true>(v_begin, v_end, load, [&](int v0, int st) {
+    ScoreTile s;
+    load_scores(s, lt(st), wp);
+    sm.tile(s, row0, v0, V, false, kLog2e);  // columns >= V masked
+    accumulate_pm<kTile, DC>(sm.o, s, wt(st));
+  });
+  store_split(sm, row0, c0, split, o_part, ml_part, R, D);
 }
 
 template <int DC>
-void launch_variant(int variant, Context& ctx, const bf* logits, const int32_t* targets, const bf* x, const bf* w,
-                    float* losses, bf* dx, float* dw, int R, int D, int V, int Vp, float alpha, float dloss,
-                    bool accumulate) {
-  if (variant == 2 && Vp % DwSmem<DC, 8, 3>::cols == 0)  // dW's blocks of 128 vocabulary rows tile Vp
-    launch<DC, 8, 3>(ctx, logits, targets, x, w, losses, dx, dw, R, D, V, Vp, alpha, dloss, accumulate);
-  else
-    launch<DC, 4, 2>(ctx, logits, targets, x, w, losses, dx, dw, R, D, V, Vp, alpha, dloss, accumulate);
+struct DwSmem {  // two stages of (x tile, swizzled [64 x DC]; logits tile [64 x 128], padded rows; lse, targets)
+  using Xt = SwTile<kTile, DC>;
+  static constexpr size_t ltile = size_t(kTile) * Tiles<kOwn>::ld * sizeof(bf);
+  static constexpr size_t stage = (Xt::bytes + ltile + kTile * (sizeof(float) + sizeof(int32_t)) + 1023) / 1024 * 1024;
+  static constexpr size_t bytes = 2 * stage + 1024;
+};
+
+template <int DC>
+__global__ void __launch_bounds__(kThreads, 2)
+    lce_dw_kernel(const bf* logits, const int32_t* targets, const float* lse, const bf* x, float* dw, int R, int D,
+                  int V, int Vp, float dloss, float alpha, bool accumulate) {
+  using Smem = DwSmem<DC>;
+  extern __shared__ __align__(16) char smem_raw[];
+  char* base = aligned_smem(smem_raw);
+  const auto xt = [&](int st) { return base + st * Smem::stage; };
+  const auto lt = [&](int st) { return reinterpret_cast<bf*>(xt(st) + Smem::Xt::bytes); };
+  const auto lse_s = [&](int st) { return reinterpret_cast<float*>(xt(st) + Smem::Xt::bytes + Smem::ltile); };
+  const auto tgt_s = [&](int st) { return reinterpret_cast<int32_t*>(lse_s(st) + kTile); };
+  const int c0 = blockIdx.x * DC, v0 = blockIdx.y * kOwn, wp = threadIdx.x >> 5;
+  const auto load = [&](int st, int t0) {
+    load_tile_async<kOwn, kTile, kThreads>(lt(st), HeadRows{logits + v0, size_t(Vp)}, t0, R);
+    Smem::Xt::load(xt(st), HeadRows{x + c0, size_t(D)}, t0, R);
+    if (threadIdx.x < kTile) {  // rows past R: lse 0 and target 0 meet zero-filled logits and x rows (no effect)
+      const int t = t0 + threadIdx.x, tc = min(t, R - 1);
+      cp_async4(lse_s(st) + threadIdx.x, lse + tc, t < R);
+      cp_async4(tgt_s(st) + threadIdx.x, targets + tc, t < R);
+    }
+  };
+  float acc[DC / 8][4] = {};
+  const int vw = v0 + 16 * wp;  // this warp's 16 vocabulary rows of dW
+  stream_tiles<kTile, true>(0, R, load, [&](int, int st) {
+    uint32_t a[kTile / 16][4];
+    #pragma unroll
+    for (int k = 0; k < kTile / 16; ++k) gt_frag<kOwn>(a[k], lt(st), lse_s(st), tgt_s(st), k, vw, V, dloss);
+    fence_u32(a);
+    fence_registers(flat(acc));
+    wgmma_fence();
+    issue_pm<kTile, DC>(acc, a, xt(st));
+    wgmma_commit();
+    wait_all();
+    fence_registers(flat(acc));
+    fence_u32(a);
+  });
+  store_dw<DC>(acc, dw, vw, c0, D, alpha, accumulate);
+}
+}  // namespace hopper
+
+// Blocks of `kernel` that fit on an SM at once (asked of the runtime).
+template <class Kernel>
+int blocks_per_sm(Kernel kernel, int threads, size_t smem, const char* name) {
+  allow_smem(reinterpret_cast<const void*>(kernel), smem, name);
+  int n = 0;
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, smem), name);
+  return std::max(1, n);
+}
+
+// The dx pass's vocabulary splits and their scratch (slot 5): as many blocks as fit at once (per_sm an SM,
+// `blocks` a split), each split whole 64-column tiles (a second, partial wave would take as long as the first).
+struct Splits {
+  int count, cols;
+  float* o_part;
+  float2* ml_part;
+  float* lse;
+};
+Splits plan_splits(Context& ctx, int per_sm, int blocks, int R, int D, int Vp) {
+  const int col_tiles = Vp / kTile, want = std::min(std::max(1, per_sm * sm_count() / blocks), col_tiles);
+  const int split_tiles = (col_tiles + want - 1) / want;
+  Splits sp{(col_tiles + split_tiles - 1) / split_tiles, split_tiles * kTile, nullptr, nullptr, nullptr};
+  char* scratch = static_cast<char*>(
+      ctx.scratch(5, sizeof(float) * (size_t(sp.count) * R * D + 2 * size_t(sp.count) * R + R)));
+  sp.o_part = reinterpret_cast<float*>(scratch);
+  sp.ml_part = reinterpret_cast<float2*>(sp.o_part + size_t(sp.count) * R * D);
+  sp.lse = reinterpret_cast<float*>(sp.ml_part + size_t(sp.count) * R);
+  return sp;
+}
+
+// The dx pass (kernel variant `variant`) and the merge of its splits: losses, dx and the lse the dW pass reads.
+template <int DC>
+const float* dx_pass(int variant, Context& ctx, const bf* logits, const int32_t* targets, const bf* w, float* losses,
+                     bf* dx, int R, int D, int V, int Vp, float alpha, float dloss) {
+  const auto run = [&](auto kernel, int threads, int rows, size_t smem, int per_sm) {
+    const int groups = D / DC, row_tiles = (R + rows - 1) / rows;
+    const Splits sp = plan_splits(ctx, per_sm, groups * row_tiles, R, D, Vp);
+    allow_smem(reinterpret_cast<const void*>(kernel), smem, "lce_dx_partial_kernel");
+    kernel<<<dim3(groups, row_tiles, sp.count), threads, smem, ctx.stream>>>(logits, w, sp.o_part, sp.ml_part, R, D,
+                                                                             V, Vp, sp.cols);
+    check_launch("lce_dx_partial_kernel");
+    constexpr int kRowsPerBlock = 8;
+    lce_combine_kernel<<<(R + kRowsPerBlock - 1) / kRowsPerBlock, 32 * kRowsPerBlock, 0, ctx.stream>>>(
+        sp.o_part, sp.ml_part, logits, targets, w, losses, sp.lse, dx, R, D, V, Vp, sp.count, alpha * dloss);
+    check_launch("lce_combine_kernel");
+    return sp.lse;
+  };
+  const auto mma = [&](auto kernel, auto smem) {  // smem: DxSmem<DC, W, S> of the kernel
+    using Smem = decltype(smem);
+    static const int per_sm = blocks_per_sm(kernel, 2 * Smem::rows, Smem::bytes, "lce_dx_partial_kernel");
+    return run(kernel, 2 * Smem::rows, Smem::rows, Smem::bytes, per_sm);
+  };
+  if (variant == 3) {
+    const auto kernel = hopper::lce_dx_partial_kernel<DC>;
+    constexpr size_t smem = hopper::DxSmem<DC>::bytes;
+    static const int per_sm = blocks_per_sm(kernel, flash90::kThreads, smem, "lce_dx_partial_kernel (hopper)");
+    return run(kernel, flash90::kThreads, flash90::kOwn, smem, per_sm);
+  }
+  if (variant == 2) return mma(lce_dx_partial_kernel<DC, 8, 3>, DxSmem<DC, 8, 3>{});
+  return mma(lce_dx_partial_kernel<DC, 4, 2>, DxSmem<DC, 4, 2>{});
+}
+
+// The dW pass (kernel variant `variant`; the 128-row blocks of 2 and 3 where they tile Vp).
+template <int DC>
+void dw_pass(int variant, Context& ctx, const bf* logits, const int32_t* targets, const float* lse, const bf* x,
+             float* dw, int R, int D, int V, int Vp, float alpha, float dloss, bool accumulate) {
+  const auto run = [&](auto kernel, int threads, int cols, size_t smem, const char* name) {
+    allow_smem(reinterpret_cast<const void*>(kernel), smem, name);
+    kernel<<<dim3(D / DC, Vp / cols), threads, smem, ctx.stream>>>(logits, targets, lse, x, dw, R, D, V, Vp, dloss,
+                                                                   alpha, accumulate);
+    check_launch(name);
+  };
+  const bool wide = Vp % 128 == 0;
+  if (variant == 3 && wide)
+    return run(hopper::lce_dw_kernel<DC>, flash90::kThreads, flash90::kOwn, hopper::DwSmem<DC>::bytes,
+               "lce_dw_kernel (hopper)");
+  if (variant == 2 && wide)
+    return run(lce_dw_kernel<DC, 8, 3>, 256, DwSmem<DC, 8, 3>::cols, DwSmem<DC, 8, 3>::bytes, "lce_dw_kernel");
+  run(lce_dw_kernel<DC, 4, 2>, 128, DwSmem<DC, 4, 2>::cols, DwSmem<DC, 4, 2>::bytes, "lce_dw_kernel");
+}
+
+template <int DC>
+void launch(int variant, Context& ctx, const bf* logits, const int32_t* targets, const bf* x, const bf* w,
+            float* losses, bf* dx, float* dw, int R, int D, int V, int Vp, float alpha, float dloss,
+            bool accumulate) {
+  const float* lse = dx_pass<DC>(variant, ctx, logits, targets, w, losses, dx, R, D, V, Vp, alpha, dloss);
+  if (dw) dw_pass<DC>(variant, ctx, logits, targets, lse, x, dw, R, D, V, Vp, alpha, dloss, accumulate);
 }
 }  // namespace
 
@@ -285,7 +437,7 @@ bool linear_crossentropy_fused(int D, int Vp) {
   const int v = kernel_variants().fused_head;
   // Off by default: on an H100 both shapes took longer than the unfused path at d = 128, 256 and 768
   // (bench/RESULTS.md, 2026-12-07).
-  if (v != 1 && v != 2) return false;
+  if (v < 1 || v > 3) return false;
   return D > 0 && D % 64 == 0 && (D <= 128 || D % 128 == 0) && Vp > 0 && Vp % kTile == 0;
 }
 
@@ -306,11 +458,9 @@ void linear_crossentropy_backward(Context& ctx, bf16* logits, const int32_t* tar
   // same time, mostly from L2).
   const int v = kernel_variants().fused_head;
   if (D == 64)
-    launch_variant<64>(v, ctx, B(logits), targets, B(x), B(w), losses, B(dx), dw, N, D, V, Vp, alpha, dloss,
-                       accumulate);
+    launch<64>(v, ctx, B(logits), targets, B(x), B(w), losses, B(dx), dw, N, D, V, Vp, alpha, dloss, accumulate);
   else
-    launch_variant<128>(v, ctx, B(logits), targets, B(x), B(w), losses, B(dx), dw, N, D, V, Vp, alpha, dloss,
-                        accumulate);
+    launch<128>(v, ctx, B(logits), targets, B(x), B(w), losses, B(dx), dw, N, D, V, Vp, alpha, dloss, accumulate);
 }
 
 }  // namespace mue::cuda
