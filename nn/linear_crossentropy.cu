@@ -433,13 +433,18 @@ void launch(int variant, Context& ctx, const bf* logits, const int32_t* targets,
 }
 }  // namespace
 
-bool linear_crossentropy_fused(int D, int Vp) {
+namespace {
+// The fused kernels' variant for this shape: fused_head if set, else 3 (Hopper) at d = 128, the one shape where
+// it was measured faster than the unfused path (H100, 2026-12-07: d = 128 faster, 256 and 768 slower), else 0.
+int fused_variant(int D, int Vp) {
   const int v = kernel_variants().fused_head;
-  // Off by default: on an H100 both shapes took longer than the unfused path at d = 128, 256 and 768
-  // (bench/RESULTS.md, 2026-12-07).
-  if (v < 1 || v > 3) return false;
-  return D > 0 && D % 64 == 0 && (D <= 128 || D % 128 == 0) && Vp > 0 && Vp % kTile == 0;
+  const bool fits = D > 0 && D % 64 == 0 && (D <= 128 || D % 128 == 0) && Vp > 0 && Vp % kTile == 0;
+  if (!fits) return 0;
+  return v >= 0 ? v : (D == 128 ? 3 : 0);
 }
+}  // namespace
+
+bool linear_crossentropy_fused(int D, int Vp) { return fused_variant(D, Vp) != 0; }
 
 void linear_crossentropy_backward(Context& ctx, bf16* logits, const int32_t* targets, const bf16* x, const bf16* w,
                                   float* losses, bf16* dx, float* dw, int N, int D, int V, int Vp, float alpha,
@@ -456,7 +461,7 @@ void linear_crossentropy_backward(Context& ctx, bf16* logits, const int32_t* tar
   }
   // Column groups of D itself up to 128, else of 128 (the groups' blocks read the same logits tiles at about the
   // same time, mostly from L2).
-  const int v = kernel_variants().fused_head;
+  const int v = fused_variant(D, Vp);
   if (D == 64)
     launch<64>(v, ctx, B(logits), targets, B(x), B(w), losses, B(dx), dw, N, D, V, Vp, alpha, dloss, accumulate);
   else
