@@ -390,6 +390,9 @@ RunResult train_with(const RunConfig& c, Backend& be, Task& task, const ParamTab
 #endif
   const char* wait_policy = std::getenv("OMP_WAIT_POLICY");  // how idle CPU threads waited ("": the default)
   log.set_attr("omp_wait_policy", std::string(wait_policy ? wait_policy : ""));
+  // The kernel variants it ran under ("": the defaults, which the commit fixes): some change the GPU's bits.
+  const char* variants = std::getenv("MUE_KERNEL_VARIANTS");
+  log.set_attr("kernel_variants", std::string(variants ? variants : ""));
   log.set_attr("world_size", double(comm.size()));  // data-parallel ranks (processes) that trained it
   log.set_attr("zero", double(c.train.zero));
   log.set_attr("optimizer_state_bytes", max_state_bytes);  // Adam moments per rank (the largest share with ZeRO-1)

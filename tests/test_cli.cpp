@@ -111,14 +111,18 @@ TEST_CASE("train: a tiny run writes a complete, readable HDF5 log and learns", "
   }
 }
 
-TEST_CASE("train: the run file says how idle CPU threads waited (OMP_WAIT_POLICY)", "[cli]") {
+TEST_CASE("train: the run file says how idle CPU threads waited (OMP_WAIT_POLICY) and its kernel variants", "[cli]") {
   TempDir d("cli");
   std::string tok = mue::test::make_toy_tokens(d);
   const std::string args = tiny_args(d, tok) + " train.steps=2 train.eval_every=2 > /dev/null 2>&1";
-  CHECK(std::system(("env -u OMP_WAIT_POLICY " + std::string(MUE_BINARY) + " train name=unset " + args).c_str()) == 0);
+  CHECK(std::system(("env -u OMP_WAIT_POLICY -u MUE_KERNEL_VARIANTS " + std::string(MUE_BINARY) + " train name=unset " +
+                     args).c_str()) == 0);
   CHECK(read_string_attr(d / "unset.h5", "omp_wait_policy").value() == "");
-  CHECK(std::system(("env OMP_WAIT_POLICY=passive " + std::string(MUE_BINARY) + " train name=passive " + args).c_str()) == 0);
+  CHECK(read_string_attr(d / "unset.h5", "kernel_variants").value() == "");
+  CHECK(std::system(("env OMP_WAIT_POLICY=passive MUE_KERNEL_VARIANTS=fused_head=0 " + std::string(MUE_BINARY) +
+                     " train name=passive " + args).c_str()) == 0);
   CHECK(read_string_attr(d / "passive.h5", "omp_wait_policy").value() == "passive");
+  CHECK(read_string_attr(d / "passive.h5", "kernel_variants").value() == "fused_head=0");
 }
 
 TEST_CASE("train with an MoE FFN logs router statistics", "[cli][moe]") {
