@@ -1,7 +1,8 @@
 // The LM head's loss and backward from its logits L [R, Vp] (= alpha x W^T, bf16, from the forward GEMM) without
 // dlogits in memory: dlogits = dloss (softmax - onehot) are formed from L as the kernels read it, so the logits
 // cross HBM twice (read by each pass) instead of four times (read and dlogits written by the cross-entropy,
-// dlogits read by both backward GEMMs). mma.sync m16n8k16, bf16 in, fp32 accumulate; no atomics.
+// dlogits read by both backward GEMMs). bf16 in, fp32 accumulate (mma.sync m16n8k16, or wgmma on Hopper); no
+// atomics.
 //
 // 1. lce_dx_partial_kernel, per 16 W rows x one vocabulary split x DC columns of D (W warps x 16 rows): for each
 //    64-column tile, the logits tile as scores, online max and sum of exp per row (nn/flash_attention.cuh's
@@ -15,7 +16,9 @@
 //    Traffic: L once; x once per block of vocabulary rows (from L2). FLOPs 2 R Vp D.
 // Shapes (kernel variant fused_head): 1: blocks of W = 4 warps, tiles double-buffered (as flash attention's);
 // 2: W = 8 warps (half the L2 reads of W and x) and three stages (two tiles in flight while one is computed: the
-// logits come from HBM, not L2, and one tile in flight per block leaves the passes waiting on memory).
+// logits come from HBM, not L2, and one tile in flight per block leaves the passes waiting on memory; measured, it
+// gained 3-10%); 3: wgmma on Hopper (namespace hopper below), the default at D = 128 where Vp tiles by 128
+// (fused_variant; bench/RESULTS.md has what each measured).
 // Columns V..Vp-1 (padding) count as -inf in the softmax and get no gradient. A target outside [0, V) gives a NaN
 // loss, a NaN dx row and NaN in dW, as the cross-entropy kernels' NaN dlogits row would.
 #include <algorithm>
@@ -344,13 +347,17 @@ __global__ void __launch_bounds__(kThreads, 2)
 }
 }  // namespace hopper
 
-// Blocks of `kernel` that fit on an SM at once (asked of the runtime).
-template <class Kernel>
-int blocks_per_sm(Kernel kernel, int threads, size_t smem, const char* name) {
-  allow_smem(reinterpret_cast<const void*>(kernel), smem, name);
-  int n = 0;
-  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, smem), name);
-  return std::max(1, n);
+// Blocks of dx-pass kernel `Kernel` that fit on an SM at once (asked of the runtime once per kernel).
+template <auto Kernel>
+int occupancy(int threads, size_t smem) {
+  static const int n = [&] {
+    allow_smem(reinterpret_cast<const void*>(Kernel), smem, "lce_dx_partial_kernel");
+    int blocks = 0;
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, Kernel, threads, smem),
+          "cudaOccupancyMaxActiveBlocksPerMultiprocessor(lce_dx_partial_kernel)");
+    return std::max(1, blocks);
+  }();
+  return n;
 }
 
 // The dx pass's vocabulary splits and their scratch (slot 5): as many blocks as fit at once (per_sm an SM,
@@ -390,19 +397,18 @@ const float* dx_pass(int variant, Context& ctx, const bf* logits, const int32_t*
     check_launch("lce_combine_kernel");
     return sp.lse;
   };
-  const auto mma = [&](auto kernel, auto smem) {  // smem: DxSmem<DC, W, S> of the kernel
-    using Smem = decltype(smem);
-    static const int per_sm = blocks_per_sm(kernel, 2 * Smem::rows, Smem::bytes, "lce_dx_partial_kernel");
-    return run(kernel, 2 * Smem::rows, Smem::rows, Smem::bytes, per_sm);
-  };
   if (variant == 3) {
-    const auto kernel = hopper::lce_dx_partial_kernel<DC>;
+    constexpr auto kernel = hopper::lce_dx_partial_kernel<DC>;
     constexpr size_t smem = hopper::DxSmem<DC>::bytes;
-    static const int per_sm = blocks_per_sm(kernel, flash90::kThreads, smem, "lce_dx_partial_kernel (hopper)");
-    return run(kernel, flash90::kThreads, flash90::kOwn, smem, per_sm);
+    return run(kernel, flash90::kThreads, flash90::kOwn, smem, occupancy<kernel>(flash90::kThreads, smem));
   }
-  if (variant == 2) return mma(lce_dx_partial_kernel<DC, 8, 3>, DxSmem<DC, 8, 3>{});
-  return mma(lce_dx_partial_kernel<DC, 4, 2>, DxSmem<DC, 4, 2>{});
+  const auto mma = [&]<int W, int S>() {
+    using Smem = DxSmem<DC, W, S>;
+    constexpr auto kernel = lce_dx_partial_kernel<DC, W, S>;
+    return run(kernel, 32 * W, Smem::rows, Smem::bytes, occupancy<kernel>(32 * W, Smem::bytes));
+  };
+  if (variant == 2) return mma.template operator()<8, 3>();
+  return mma.template operator()<4, 2>();
 }
 
 // The dW pass (kernel variant `variant`; the 128-row blocks of 2 and 3 where they tile Vp).
@@ -434,13 +440,14 @@ void launch(int variant, Context& ctx, const bf* logits, const int32_t* targets,
 }  // namespace
 
 namespace {
-// The fused kernels' variant for this shape: fused_head if set, else 3 (Hopper) at d = 128, the one shape where
-// it was measured faster than the unfused path (H100, 2026-12-07: d = 128 faster, 256 and 768 slower), else 0.
+// The fused kernels' variant for this shape: fused_head if set, else 3 (Hopper) at d = 128 with Vp a multiple of
+// 128 (the shape where it was measured faster than the unfused path, H100, 2026-12-07: d = 128 faster, 256 and 768
+// slower; with another Vp its dW pass would be variant 1's, slower), else 0.
 int fused_variant(int D, int Vp) {
   const int v = kernel_variants().fused_head;
   const bool fits = D > 0 && D % 64 == 0 && (D <= 128 || D % 128 == 0) && Vp > 0 && Vp % kTile == 0;
   if (!fits) return 0;
-  return v >= 0 ? v : (D == 128 ? 3 : 0);
+  return v >= 0 ? v : (D == 128 && Vp % 128 == 0 ? 3 : 0);
 }
 }  // namespace
 

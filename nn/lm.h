@@ -139,8 +139,8 @@ class LM : public ParamStore<Backend> {
 
   // The head and the loss over chunks of head_rows_ rows, so that the logits never exist for all rows at once:
   // logits = lnf W^T and the per-row losses; with grad also, in the same pass, through the head dx_ (its rows of
-  // the chunk) and head.grad (linear_crossentropy_backward; on CUDA under the kernel variant fused_head=1 without
-  // dlogits in memory). The loss's gradient scale is 1/N, known in advance.
+  // the chunk) and head.grad (linear_crossentropy_backward; on CUDA at d = 128, or under the kernel variant
+  // fused_head, without dlogits in memory). The loss's gradient scale is 1/N, known in advance.
   void head_loss(bool grad) {
     const int N = B_ * T_, D = cfg_.d_model, Vp = cfg_.vocab_pad;
     Param& head = *head_;

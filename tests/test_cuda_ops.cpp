@@ -654,6 +654,32 @@ TEST_CASE("CUDA crossentropy forward and backward (padded vocabulary)", "[cuda]"
   }
 }
 
+TEST_CASE("CUDA linear cross-entropy: the fused kernels by default only at d = 128, with whole 128-column tiles",
+          "[cuda]") {
+  // Which path a shape takes is decided on the host (no GPU needed): by default the Hopper kernels where they were
+  // measured faster (bench/RESULTS.md), the variant's choice otherwise.
+  {
+    const ScopedKernelVariants scope("");
+    CHECK(cuda::linear_crossentropy_fused(128, 50304));
+    CHECK(!cuda::linear_crossentropy_fused(128, 50240));  // 785 tiles of 64: dW would take the slower mma.sync pass
+    CHECK(!cuda::linear_crossentropy_fused(64, 50304));
+    CHECK(!cuda::linear_crossentropy_fused(256, 50304));
+    CHECK(!cuda::linear_crossentropy_fused(768, 50304));
+  }
+  {
+    const ScopedKernelVariants scope("fused_head=0");
+    CHECK(!cuda::linear_crossentropy_fused(128, 50304));
+  }
+  for (const char* on : {"fused_head=1", "fused_head=2", "fused_head=3"}) {
+    const ScopedKernelVariants scope(on);
+    CHECK(cuda::linear_crossentropy_fused(64, 50240));
+    CHECK(cuda::linear_crossentropy_fused(768, 50304));
+    CHECK(!cuda::linear_crossentropy_fused(32, 50304));   // d not a multiple of 64
+    CHECK(!cuda::linear_crossentropy_fused(192, 50304));  // over 128 and not a multiple of 128
+    CHECK(!cuda::linear_crossentropy_fused(128, 777));    // not whole 64-column tiles
+  }
+}
+
 TEST_CASE("CUDA linear cross-entropy backward: losses, dx and dW from the logits, fused and not", "[cuda]") {
   if (!cuda::gpu_available()) {
     WARN("no GPU: skipped");
