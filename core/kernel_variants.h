@@ -15,10 +15,11 @@
 //                           tiles). Default one per SM.
 //   gather_rows=1|2|4|8     rows per block of the MoE permutation (moe/dispatch.cu). Default by the row width.
 //   gate_lanes=4|8|16|32|fit  lanes per assignment in the gate's SwiGLU (moe/gate_swiglu.cu). Default fit (by h).
-//   fused_head=0|1|2|3      the LM head's loss and backward from its logits: 0: the cross-entropy kernel writes
-//                           dlogits and cuBLAS takes the two backward GEMMs; 1-3: the fused kernels
+//   fused_head=0|1|2|3|4    the LM head's loss and backward from its logits: 0: the cross-entropy kernel writes
+//                           dlogits and cuBLAS takes the two backward GEMMs; 1-4: the fused kernels
 //                           (nn/linear_crossentropy.cu; mma.sync in 1: blocks of 4 warps, two stages, 2: 8 warps,
-//                           three; 3: wgmma, Hopper) wherever they take the shape. Default 3 at d = 128 with Vp
+//                           three; 3: wgmma, Hopper; 4: 3 with dW's rows split to fill whole waves, not yet run on
+//                           a GPU) wherever they take the shape. Default 3 at d = 128 with Vp
 //                           a multiple of 128, else 0 (measured on an H100: 3 faster at d = 128, slower at 256
 //                           and 768; 1 and 2 slower).
 //   eager_zero_grad=0|1     1: a backward starts from a cleared gradient arena and every write adds (the older

@@ -18,10 +18,12 @@
 // 2: W = 8 warps (half the L2 reads of W and x) and three stages (two tiles in flight while one is computed: the
 // logits come from HBM, not L2, and one tile in flight per block leaves the passes waiting on memory; measured, it
 // gained 3-10%); 3: wgmma on Hopper (namespace hopper below), the default at D = 128 where Vp tiles by 128
-// (fused_variant; bench/RESULTS.md has what each measured).
+// (fused_variant; bench/RESULTS.md has what each measured); 4: 3 with the dW pass's rows split to fill whole
+// waves (dw_row_splits) and the splits' partial dW summed in order.
 // Columns V..Vp-1 (padding) count as -inf in the softmax and get no gradient. A target outside [0, V) gives a NaN
 // loss, a NaN dx row and NaN in dW, as the cross-entropy kernels' NaN dlogits row would.
 #include <algorithm>
+#include <cmath>
 
 #include "core/kernel_variants.h"
 #include "nn/flash_attention_sm90.cuh"
@@ -307,10 +309,12 @@ struct DwSmem {  // two stages of (x tile, swizzled [64 x DC]; logits tile [64 x
   static constexpr size_t bytes = 2 * stage + 1024;
 };
 
+// Block z of the grid's third dimension takes rows [z split_rows, (z + 1) split_rows) and writes (or adds to) the
+// [Vp x D] matrix at dw + z Vp D (variant 4's row splits, summed by lce_dw_sum_kernel; one split: dW itself).
 template <int DC>
 __global__ void __launch_bounds__(kThreads, 2)
     lce_dw_kernel(const bf* logits, const int32_t* targets, const float* lse, const bf* x, float* dw, int R, int D,
-                  int V, int Vp, float dloss, float alpha, bool accumulate) {
+                  int V, int Vp, float dloss, float alpha, bool accumulate, int split_rows) {
   using Smem = DwSmem<DC>;
   extern __shared__ __align__(16) char smem_raw[];
   char* base = aligned_smem(smem_raw);
@@ -330,7 +334,8 @@ __global__ void __launch_bounds__(kThreads, 2)
   };
   float acc[DC / 8][4] = {};
   const int vw = v0 + 16 * wp;  // this warp's 16 vocabulary rows of dW
-  stream_tiles<kTile, true>(0, R, load, [&](int, int st) {
+  const int t_begin = blockIdx.z * split_rows, t_end = min(R, t_begin + split_rows);
+  stream_tiles<kTile, true>(t_begin, t_end, load, [&](int, int st) {
     uint32_t a[kTile / 16][4];
     #pragma unroll
     for (int k = 0; k < kTile / 16; ++k) gt_frag<kOwn>(a[k], lt(st), lse_s(st), tgt_s(st), k, vw, V, dloss);
@@ -343,18 +348,31 @@ __global__ void __launch_bounds__(kThreads, 2)
     fence_registers(flat(acc));
     fence_u32(a);
   });
-  store_dw<DC>(acc, dw, vw, c0, D, alpha, accumulate);
+  store_dw<DC>(acc, dw + size_t(blockIdx.z) * Vp * D, vw, c0, D, alpha, accumulate);
 }
 }  // namespace hopper
 
-// Blocks of dx-pass kernel `Kernel` that fit on an SM at once (asked of the runtime once per kernel).
+// dW = (accumulate ? dW : 0) + the row splits' partial dW in split order; n4 = Vp D / 4. Traffic: (splits + 1 or 2)
+// x 4 Vp D bytes.
+__global__ void lce_dw_sum_kernel(const float4* part, float4* dw, size_t n4, int splits, bool accumulate) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n4; i += size_t(gridDim.x) * blockDim.x) {
+    float4 s = accumulate ? dw[i] : make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int z = 0; z < splits; ++z) {
+      const float4 p = part[size_t(z) * n4 + i];
+      s.x += p.x, s.y += p.y, s.z += p.z, s.w += p.w;
+    }
+    dw[i] = s;
+  }
+}
+
+// Blocks of kernel `Kernel` that fit on an SM at once (asked of the runtime once per kernel).
 template <auto Kernel>
 int occupancy(int threads, size_t smem) {
   static const int n = [&] {
-    allow_smem(reinterpret_cast<const void*>(Kernel), smem, "lce_dx_partial_kernel");
+    allow_smem(reinterpret_cast<const void*>(Kernel), smem, "linear cross-entropy kernel");
     int blocks = 0;
     check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, Kernel, threads, smem),
-          "cudaOccupancyMaxActiveBlocksPerMultiprocessor(lce_dx_partial_kernel)");
+          "cudaOccupancyMaxActiveBlocksPerMultiprocessor(linear cross-entropy kernel)");
     return std::max(1, blocks);
   }();
   return n;
@@ -362,31 +380,35 @@ int occupancy(int threads, size_t smem) {
 
 // The dx pass's vocabulary splits and their scratch (slot 5): as many blocks as fit at once (per_sm an SM,
 // `blocks` a split), each split whole 64-column tiles (a second, partial wave would take as long as the first).
+// The slot starts with `dw_floats` for the dW pass's row splits (dw_part).
 struct Splits {
   int count, cols;
+  float* dw_part;
   float* o_part;
   float2* ml_part;
   float* lse;
 };
-Splits plan_splits(Context& ctx, int per_sm, int blocks, int R, int D, int Vp) {
+Splits plan_splits(Context& ctx, int per_sm, int blocks, int R, int D, int Vp, size_t dw_floats) {
   const int col_tiles = Vp / kTile, want = std::min(std::max(1, per_sm * sm_count() / blocks), col_tiles);
   const int split_tiles = (col_tiles + want - 1) / want;
-  Splits sp{(col_tiles + split_tiles - 1) / split_tiles, split_tiles * kTile, nullptr, nullptr, nullptr};
+  Splits sp{(col_tiles + split_tiles - 1) / split_tiles, split_tiles * kTile, nullptr, nullptr, nullptr, nullptr};
   char* scratch = static_cast<char*>(
-      ctx.scratch(5, sizeof(float) * (size_t(sp.count) * R * D + 2 * size_t(sp.count) * R + R)));
-  sp.o_part = reinterpret_cast<float*>(scratch);
+      ctx.scratch(5, sizeof(float) * (dw_floats + size_t(sp.count) * R * D + 2 * size_t(sp.count) * R + R)));
+  sp.dw_part = reinterpret_cast<float*>(scratch);
+  sp.o_part = sp.dw_part + dw_floats;  // dw_floats: a multiple of 4 (16-byte rows follow)
   sp.ml_part = reinterpret_cast<float2*>(sp.o_part + size_t(sp.count) * R * D);
   sp.lse = reinterpret_cast<float*>(sp.ml_part + size_t(sp.count) * R);
   return sp;
 }
 
-// The dx pass (kernel variant `variant`) and the merge of its splits: losses, dx and the lse the dW pass reads.
+// The dx pass (kernel variant `variant`) and the merge of its splits: losses, dx and the lse the dW pass reads
+// (with the scratch that holds it, and dw_floats for the dW pass).
 template <int DC>
-const float* dx_pass(int variant, Context& ctx, const bf* logits, const int32_t* targets, const bf* w, float* losses,
-                     bf* dx, int R, int D, int V, int Vp, float alpha, float dloss) {
+Splits dx_pass(int variant, Context& ctx, const bf* logits, const int32_t* targets, const bf* w, float* losses, bf* dx,
+               int R, int D, int V, int Vp, float alpha, float dloss, size_t dw_floats) {
   const auto run = [&](auto kernel, int threads, int rows, size_t smem, int per_sm) {
     const int groups = D / DC, row_tiles = (R + rows - 1) / rows;
-    const Splits sp = plan_splits(ctx, per_sm, groups * row_tiles, R, D, Vp);
+    const Splits sp = plan_splits(ctx, per_sm, groups * row_tiles, R, D, Vp, dw_floats);
     allow_smem(reinterpret_cast<const void*>(kernel), smem, "lce_dx_partial_kernel");
     kernel<<<dim3(groups, row_tiles, sp.count), threads, smem, ctx.stream>>>(logits, w, sp.o_part, sp.ml_part, R, D,
                                                                              V, Vp, sp.cols);
@@ -395,9 +417,9 @@ const float* dx_pass(int variant, Context& ctx, const bf* logits, const int32_t*
     lce_combine_kernel<<<(R + kRowsPerBlock - 1) / kRowsPerBlock, 32 * kRowsPerBlock, 0, ctx.stream>>>(
         sp.o_part, sp.ml_part, logits, targets, w, losses, sp.lse, dx, R, D, V, Vp, sp.count, alpha * dloss);
     check_launch("lce_combine_kernel");
-    return sp.lse;
+    return sp;
   };
-  if (variant == 3) {
+  if (variant >= 3) {
     constexpr auto kernel = hopper::lce_dx_partial_kernel<DC>;
     constexpr size_t smem = hopper::DxSmem<DC>::bytes;
     return run(kernel, flash90::kThreads, flash90::kOwn, smem, occupancy<kernel>(flash90::kThreads, smem));
@@ -411,10 +433,26 @@ const float* dx_pass(int variant, Context& ctx, const bf* logits, const int32_t*
   return mma.template operator()<4, 2>();
 }
 
-// The dW pass (kernel variant `variant`; the 128-row blocks of 2 and 3 where they tile Vp).
+// Row splits of the Hopper dW pass under variant 4: the fewest (1-4, at least a 64-row tile each) that leave its
+// last wave of `blocks` at most a tenth empty (`slots` blocks a wave), else the emptiest-last-wave's fewest.
+int dw_row_splits(int blocks, int slots, int R) {
+  const int most = std::clamp((R + kTile - 1) / kTile, 1, 4);
+  int best = 1;
+  double best_idle = 1e30;
+  for (int r = 1; r <= most; ++r) {
+    const double waves = double(blocks) * r / slots, idle = std::ceil(waves) / waves - 1;
+    if (idle <= 0.1) return r;
+    if (idle < best_idle) best = r, best_idle = idle;
+  }
+  return best;
+}
+
+// The dW pass (kernel variant `variant`; the 128-row blocks of 2-4 where they tile Vp; under 4 the Hopper pass's
+// rows in `row_splits` parts, each into dw_part, then summed into dW in order).
 template <int DC>
 void dw_pass(int variant, Context& ctx, const bf* logits, const int32_t* targets, const float* lse, const bf* x,
-             float* dw, int R, int D, int V, int Vp, float alpha, float dloss, bool accumulate) {
+             float* dw, float* dw_part, int row_splits, int R, int D, int V, int Vp, float alpha, float dloss,
+             bool accumulate) {
   const auto run = [&](auto kernel, int threads, int cols, size_t smem, const char* name) {
     allow_smem(reinterpret_cast<const void*>(kernel), smem, name);
     kernel<<<dim3(D / DC, Vp / cols), threads, smem, ctx.stream>>>(logits, targets, lse, x, dw, R, D, V, Vp, dloss,
@@ -422,9 +460,22 @@ void dw_pass(int variant, Context& ctx, const bf* logits, const int32_t* targets
     check_launch(name);
   };
   const bool wide = Vp % 128 == 0;
-  if (variant == 3 && wide)
-    return run(hopper::lce_dw_kernel<DC>, flash90::kThreads, flash90::kOwn, hopper::DwSmem<DC>::bytes,
-               "lce_dw_kernel (hopper)");
+  if (variant >= 3 && wide) {
+    const auto kernel = hopper::lce_dw_kernel<DC>;
+    constexpr size_t smem = hopper::DwSmem<DC>::bytes;
+    allow_smem(reinterpret_cast<const void*>(kernel), smem, "lce_dw_kernel (hopper)");
+    const int tiles = (R + kTile - 1) / kTile, split_rows = (tiles + row_splits - 1) / row_splits * kTile;
+    const bool split = row_splits > 1;
+    kernel<<<dim3(D / DC, Vp / flash90::kOwn, row_splits), flash90::kThreads, smem, ctx.stream>>>(
+        logits, targets, lse, x, split ? dw_part : dw, R, D, V, Vp, dloss, alpha, split ? false : accumulate,
+        split_rows);
+    check_launch("lce_dw_kernel (hopper)");
+    if (!split) return;
+    const size_t n4 = size_t(Vp) * D / 4;
+    lce_dw_sum_kernel<<<unsigned(std::min<size_t>((n4 + 255) / 256, 4 * size_t(sm_count()))), 256, 0, ctx.stream>>>(
+        reinterpret_cast<const float4*>(dw_part), reinterpret_cast<float4*>(dw), n4, row_splits, accumulate);
+    return check_launch("lce_dw_sum_kernel");
+  }
   if (variant == 2 && wide)
     return run(lce_dw_kernel<DC, 8, 3>, 256, DwSmem<DC, 8, 3>::cols, DwSmem<DC, 8, 3>::bytes, "lce_dw_kernel");
   run(lce_dw_kernel<DC, 4, 2>, 128, DwSmem<DC, 4, 2>::cols, DwSmem<DC, 4, 2>::bytes, "lce_dw_kernel");
@@ -434,8 +485,17 @@ template <int DC>
 void launch(int variant, Context& ctx, const bf* logits, const int32_t* targets, const bf* x, const bf* w,
             float* losses, bf* dx, float* dw, int R, int D, int V, int Vp, float alpha, float dloss,
             bool accumulate) {
-  const float* lse = dx_pass<DC>(variant, ctx, logits, targets, w, losses, dx, R, D, V, Vp, alpha, dloss);
-  if (dw) dw_pass<DC>(variant, ctx, logits, targets, lse, x, dw, R, D, V, Vp, alpha, dloss, accumulate);
+  int row_splits = 1;
+  if (variant == 4 && dw && Vp % 128 == 0) {
+    constexpr auto kernel = hopper::lce_dw_kernel<DC>;
+    const int slots = occupancy<kernel>(flash90::kThreads, hopper::DwSmem<DC>::bytes) * sm_count();
+    row_splits = dw_row_splits((D / DC) * (Vp / flash90::kOwn), slots, R);
+  }
+  const size_t dw_floats = row_splits > 1 ? size_t(row_splits) * Vp * D : 0;
+  const Splits sp = dx_pass<DC>(variant, ctx, logits, targets, w, losses, dx, R, D, V, Vp, alpha, dloss, dw_floats);
+  if (dw)
+    dw_pass<DC>(variant, ctx, logits, targets, sp.lse, x, dw, sp.dw_part, row_splits, R, D, V, Vp, alpha, dloss,
+                accumulate);
 }
 }  // namespace
 

@@ -670,7 +670,7 @@ TEST_CASE("CUDA linear cross-entropy: the fused kernels by default only at d = 1
     const ScopedKernelVariants scope("fused_head=0");
     CHECK(!cuda::linear_crossentropy_fused(128, 50304));
   }
-  for (const char* on : {"fused_head=1", "fused_head=2", "fused_head=3"}) {
+  for (const char* on : {"fused_head=1", "fused_head=2", "fused_head=3", "fused_head=4"}) {
     const ScopedKernelVariants scope(on);
     CHECK(cuda::linear_crossentropy_fused(64, 50240));
     CHECK(cuda::linear_crossentropy_fused(768, 50304));
@@ -693,8 +693,9 @@ TEST_CASE("CUDA linear cross-entropy backward: losses, dx and dW from the logits
   // Rows not a multiple of 64; GPT-2's vocabulary (one 64-row tile: hundreds of vocabulary splits); D = 256 (two
   // column groups); a vocabulary of 2 tiles with its padding in the second, and one whose second tile (a split of
   // its own) is all padding; no padding; rows enough for one split; D = 768 (six column groups; fused only under
-  // fused_head=1-3); D = 32 and Vp = 777 (the fallback). Under fused_head=2 and 3, Vp = 3008 (not a multiple of
-  // 128) takes the dW kernel of fused_head=1.
+  // fused_head=1-4); D = 32 and Vp = 777 (the fallback). Under fused_head=2-4, Vp = 3008 (not a multiple of
+  // 128) takes the dW kernel of fused_head=1. Under 4 the dW pass's rows split where its blocks leave a wave
+  // emptier (here 300 rows x 1024 and 34000 x 128: four splits; GPT-2's 64 rows: one tile, no split).
   for (Case c : {Case{300, 64, 1000, 1024, true}, Case{64, 128, 50257, 50304, true}, Case{200, 256, 3000, 3008, true},
                  Case{37, 128, 70, 128, true}, Case{37, 128, 60, 128, true}, Case{100, 64, 512, 512, true},
                  Case{34000, 64, 100, 128, true}, Case{70, 768, 500, 512, true}, Case{45, 32, 100, 128, false},
@@ -738,7 +739,7 @@ TEST_CASE("CUDA linear cross-entropy backward: losses, dx and dW from the logits
     const double tol_dw_soft = kTolBf16 + std::ldexp(norm(onehot_dw), -8) / norm(softmax_part(minus(gw, gw0), onehot_dw));
     const size_t scratch_bytes = sizeof(float) * (size_t(c.N) * c.D * 8 + 3 * size_t(c.N)) + (16 << 20);
     Dev dt = put_i32(tgt);
-    for (const char* variant : {"fused_head=1", "fused_head=2", "fused_head=3", "fused_head=0"}) {
+    for (const char* variant : {"fused_head=1", "fused_head=2", "fused_head=3", "fused_head=4", "fused_head=0"}) {
       const ScopedKernelVariants scope(variant);
       const bool fused = c.fused && std::string(variant) != "fused_head=0";
       INFO(variant << (fused ? ": fused kernels" : ": cross-entropy kernel and cuBLAS"));
