@@ -695,7 +695,8 @@ TEST_CASE("CUDA linear cross-entropy backward: losses, dx and dW from the logits
   // its own) is all padding; no padding; rows enough for one split; D = 768 (six column groups; fused only under
   // fused_head=1-4); D = 32 and Vp = 777 (the fallback). Under fused_head=2-4, Vp = 3008 (not a multiple of
   // 128) takes the dW kernel of fused_head=1. Under 4 the dW pass's rows split where its blocks leave a wave
-  // emptier (here 300 rows x 1024 and 34000 x 128: four splits; GPT-2's 64 rows: one tile, no split).
+  // emptier (on an H100's 264 slots: 34000 rows x 128 in four, 300 x 1024 in three of two tiles, 100 x 512 and
+  // 70 x 768 in two; GPT-2's 64 rows and 37 rows: one tile, no split).
   for (Case c : {Case{300, 64, 1000, 1024, true}, Case{64, 128, 50257, 50304, true}, Case{200, 256, 3000, 3008, true},
                  Case{37, 128, 70, 128, true}, Case{37, 128, 60, 128, true}, Case{100, 64, 512, 512, true},
                  Case{34000, 64, 100, 128, true}, Case{70, 768, 500, 512, true}, Case{45, 32, 100, 128, false},

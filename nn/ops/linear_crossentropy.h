@@ -33,7 +33,7 @@ namespace mue::cuda {
 // As the CPU reference; dx is required. The logits are scratch: their contents afterwards are unspecified (the
 // unfused path writes dlogits into them). Shapes the fused kernels take (D a multiple of 64, at most 128 or a
 // multiple of 128; Vp a multiple of 64; 16-byte aligned rows) run without dlogits in memory, by default at D = 128
-// and with the kernel variant fused_head=1-3 at all of them: losses and dx by one pass over the logits (online
+// and with the kernel variant fused_head=1-4 at all of them: losses and dx by one pass over the logits (online
 // softmax, partial sums per vocabulary split, combined in a fixed order), dW by a second. Otherwise
 // crossentropy_forward_backward and cuBLAS.
 void linear_crossentropy_backward(Context& ctx, bf16* logits, const int32_t* targets, const bf16* x, const bf16* w,
