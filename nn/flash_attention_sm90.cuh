@@ -109,12 +109,11 @@ __device__ void issue_pm(float (&acc)[HD / 8][4], const uint32_t (&a)[K / 16][4]
     else wgmma_m64n128k16_rs<1>(flat(acc), a[k], SwTile<K, HD>::nmajor(m, k), 1);
   }
 }
-// acc += P M, returning when the products are done (P's registers and the tile are free again).
+// acc += A M, A as fragments (a warpgroup's 64 x K), returning when the products are done (A's registers and the
+// tile are free again).
 template <int K, int HD, bool kPP = false>
-__device__ void accumulate_pm(float (&acc)[HD / 8][4], const float (&p)[K / 8][4], const char* m,
-                              PingPong<kPP> pp = {0}) {
-  uint32_t a[K / 16][4];
-  to_frags<K>(a, p);
+__device__ void accumulate_frags(float (&acc)[HD / 8][4], uint32_t (&a)[K / 16][4], const char* m,
+                                 PingPong<kPP> pp = {0}) {
   fence_u32(a);
   fence_registers(flat(acc));
   pp.turn();
@@ -125,6 +124,14 @@ __device__ void accumulate_pm(float (&acc)[HD / 8][4], const float (&p)[K / 8][4
   wait_all();
   fence_registers(flat(acc));
   fence_u32(a);
+}
+// acc += P M, P a score tile in registers (rounded to bf16 fragments).
+template <int K, int HD, bool kPP = false>
+__device__ void accumulate_pm(float (&acc)[HD / 8][4], const float (&p)[K / 8][4], const char* m,
+                              PingPong<kPP> pp = {0}) {
+  uint32_t a[K / 16][4];
+  to_frags<K>(a, p);
+  accumulate_frags<K, HD>(acc, a, m, pp);
 }
 
 // Shared memory rounded up to the 1024-byte alignment of the swizzled tiles.

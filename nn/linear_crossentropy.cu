@@ -203,6 +203,16 @@ __device__ inline void gt_frag(uint32_t (&a)[4], const bf* lt, const float* ls, 
   }
 }
 
+// The lse and targets of rows [t0, t0 + 64) into smem with cp.async (the block's first 64 threads). Rows past R:
+// lse 0 and target 0, which meet zero-filled logits and x rows (no effect).
+__device__ inline void load_row_stats(float* lse_dst, int32_t* tgt_dst, const float* lse, const int32_t* targets,
+                                      int t0, int R) {
+  if (threadIdx.x >= kTile) return;
+  const int t = t0 + threadIdx.x, tc = min(t, R - 1);
+  cp_async4(lse_dst + threadIdx.x, lse + tc, t < R);
+  cp_async4(tgt_dst + threadIdx.x, targets + tc, t < R);
+}
+
 // dW rows vw + g, + 8 at columns c0 .. c0 + DC: alpha acc, added to what is there with `accumulate`.
 template <int DC>
 __device__ void store_dw(const float (&acc)[DC / 8][4], float* dw, int vw, int c0, int D, float alpha, bool accumulate) {
@@ -237,11 +247,7 @@ __global__ void __launch_bounds__(32 * W, W == 4 ? 0 : 2)
   const auto load = [&](int st, int t0) {
     load_tile_async<Smem::cols, kTile, 32 * W>(ltile(st), HeadRows{logits + v0, size_t(Vp)}, t0, R);
     load_tile_async<DC, kTile, 32 * W>(xtile(st), HeadRows{x + c0, size_t(D)}, t0, R);
-    if (threadIdx.x < kTile) {  // rows past R: lse 0 and target 0 meet zero-filled logits and x rows (no effect)
-      const int t = t0 + threadIdx.x, tc = min(t, R - 1);
-      cp_async4(lse_s(st) + threadIdx.x, lse + tc, t < R);
-      cp_async4(tgt_s(st) + threadIdx.x, targets + tc, t < R);
-    }
+    load_row_stats(lse_s(st), tgt_s(st), lse, targets, t0, R);
   };
   float acc[DC / 8][4] = {};
   const int vw = v0 + 16 * wp;  // this warp's 16 vocabulary rows of dW
@@ -326,11 +332,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   const auto load = [&](int st, int t0) {
     load_tile_async<kOwn, kTile, kThreads>(lt(st), HeadRows{logits + v0, size_t(Vp)}, t0, R);
     Smem::Xt::load(xt(st), HeadRows{x + c0, size_t(D)}, t0, R);
-    if (threadIdx.x < kTile) {  // rows past R: lse 0 and target 0 meet zero-filled logits and x rows (no effect)
-      const int t = t0 + threadIdx.x, tc = min(t, R - 1);
-      cp_async4(lse_s(st) + threadIdx.x, lse + tc, t < R);
-      cp_async4(tgt_s(st) + threadIdx.x, targets + tc, t < R);
-    }
+    load_row_stats(lse_s(st), tgt_s(st), lse, targets, t0, R);
   };
   float acc[DC / 8][4] = {};
   const int vw = v0 + 16 * wp;  // this warp's 16 vocabulary rows of dW
@@ -339,14 +341,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     uint32_t a[kTile / 16][4];
     #pragma unroll
     for (int k = 0; k < kTile / 16; ++k) gt_frag<kOwn>(a[k], lt(st), lse_s(st), tgt_s(st), k, vw, V, dloss);
-    fence_u32(a);
-    fence_registers(flat(acc));
-    wgmma_fence();
-    issue_pm<kTile, DC>(acc, a, xt(st));
-    wgmma_commit();
-    wait_all();
-    fence_registers(flat(acc));
-    fence_u32(a);
+    accumulate_frags<kTile, DC>(acc, a, xt(st));
   });
   store_dw<DC>(acc, dw + size_t(blockIdx.z) * Vp * D, vw, c0, D, alpha, accumulate);
 }
