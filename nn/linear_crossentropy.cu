@@ -16,10 +16,10 @@
 //    Traffic: L once; x once per block of vocabulary rows (from L2). FLOPs 2 R Vp D.
 // Shapes (kernel variant fused_head): 1: blocks of W = 4 warps, tiles double-buffered (as flash attention's);
 // 2: W = 8 warps (half the L2 reads of W and x) and three stages (two tiles in flight while one is computed: the
-// logits come from HBM, not L2, and one tile in flight per block leaves the passes waiting on memory; measured, it
-// gained 3-10%); 3: wgmma on Hopper (namespace hopper below), the default at D = 128 where Vp tiles by 128
-// (fused_variant; bench/RESULTS.md has what each measured); 4: 3 with the dW pass's rows split to fill whole
-// waves (dw_row_splits) and the splits' partial dW summed in order.
+// logits come from HBM, not L2, and one tile in flight per block leaves the passes waiting on memory); 3: wgmma
+// on Hopper (namespace hopper below), the default at D = 128 where Vp tiles by 128 (fused_variant); 4: 3 with the
+// dW pass's rows split to fill whole waves (dw_row_splits) and the splits' partial dW summed in order.
+// bench/RESULTS.md has what each measured.
 // Columns V..Vp-1 (padding) count as -inf in the softmax and get no gradient. A target outside [0, V) gives a NaN
 // loss, a NaN dx row and NaN in dW, as the cross-entropy kernels' NaN dlogits row would.
 #include <algorithm>
@@ -498,8 +498,8 @@ void launch(int variant, Context& ctx, const bf* logits, const int32_t* targets,
 
 namespace {
 // The fused kernels' variant for this shape: fused_head if set, else 3 (Hopper) at d = 128 with Vp a multiple of
-// 128 (the shape where it was measured faster than the unfused path, H100, 2026-12-07: d = 128 faster, 256 and 768
-// slower; with another Vp its dW pass would be variant 1's, slower), else 0.
+// 128, the one shape where it beat the unfused path (bench/RESULTS.md; at d = 256 and 768 it lost, and with
+// another Vp its dW pass would be variant 1's, slower), else 0.
 int fused_variant(int D, int Vp) {
   const int v = kernel_variants().fused_head;
   const bool fits = D > 0 && D % 64 == 0 && (D <= 128 || D % 128 == 0) && Vp > 0 && Vp % kTile == 0;
