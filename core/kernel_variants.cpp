@@ -90,8 +90,8 @@ KernelVariants parse_kernel_variants(const std::string& spec, const std::string&
                 ": gate_lanes must be 4, 8, 16, 32 or fit, got \"", value, "\"");
       v.gate_lanes = value == "fit" ? 0 : n;
     } else if (key == "fused_head") {
-      MUE_CHECK(value.size() == 1 && value[0] >= '0' && value[0] <= '4', source,
-                ": fused_head must be 0, 1, 2, 3 or 4, got \"", value, "\"");
+      MUE_CHECK(value.size() == 1 && value[0] >= '0' && value[0] <= '5', source,
+                ": fused_head must be 0, 1, 2, 3, 4 or 5, got \"", value, "\"");
       v.fused_head = value[0] - '0';
     } else if (key == "eager_zero_grad") {
       MUE_CHECK(value == "0" || value == "1", source, ": eager_zero_grad must be 0 or 1, got \"", value, "\"");

@@ -15,11 +15,11 @@
 //                           tiles). Default one per SM.
 //   gather_rows=1|2|4|8     rows per block of the MoE permutation (moe/dispatch.cu). Default by the row width.
 //   gate_lanes=4|8|16|32|fit  lanes per assignment in the gate's SwiGLU (moe/gate_swiglu.cu). Default fit (by h).
-//   fused_head=0|1|2|3|4    the LM head's loss and backward from its logits: 0: the cross-entropy kernel writes
-//                           dlogits and cuBLAS takes the two backward GEMMs; 1-4: the fused kernels
+//   fused_head=0|1|2|3|4|5  the LM head's loss and backward from its logits: 0: the cross-entropy kernel writes
+//                           dlogits and cuBLAS takes the two backward GEMMs; 1-5: the fused kernels
 //                           (nn/linear_crossentropy.cu; mma.sync in 1: blocks of 4 warps, two stages, 2: 8 warps,
-//                           three; 3: wgmma, Hopper; 4: 3 with dW's rows split to fill whole waves, not yet run on
-//                           a GPU) wherever they take the shape. Default 3 at d = 128 with Vp a multiple of
+//                           three; 3: wgmma, Hopper; 4: 3 with dW's rows split to fill whole waves; 5: 4 with dW's
+//                           products issued k step by k step) wherever they take the shape. Default 3 at d = 128 with Vp a multiple of
 //                           128, else 0: where 3 beat the unfused path (bench/RESULTS.md).
 //   eager_zero_grad=0|1     1: a backward starts from a cleared gradient arena and every write adds (the older
 //                           way; nn/param_store.h), instead of lazily zeroed gradients. Read when a model is built.

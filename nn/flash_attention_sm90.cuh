@@ -100,14 +100,17 @@ __device__ void to_frags(uint32_t (&a)[K / 16][4], const float (&p)[K / 8][4]) {
     a[k][2] = pack_bf16(p[2 * k + 1][0], p[2 * k + 1][1]), a[k][3] = pack_bf16(p[2 * k + 1][2], p[2 * k + 1][3]);
   }
 }
-// Issues acc[64 x HD] += P M, P as fragments, M a streamed K x HD tile (between wgmma_fence and the commit).
+// Issues k16 step k of acc[64 x HD] += P M: a = P's fragment of that step, M a streamed K x HD tile.
+template <int K, int HD>
+__device__ void issue_pm_step(float (&acc)[HD / 8][4], const uint32_t (&a)[4], const char* m, int k) {
+  if constexpr (HD == 64) wgmma_m64n64k16_rs<1>(flat(acc), a, SwTile<K, HD>::nmajor(m, k), 1);
+  else wgmma_m64n128k16_rs<1>(flat(acc), a, SwTile<K, HD>::nmajor(m, k), 1);
+}
+// Issues acc[64 x HD] += P M, P as fragments (between wgmma_fence and the commit).
 template <int K, int HD>
 __device__ void issue_pm(float (&acc)[HD / 8][4], const uint32_t (&a)[K / 16][4], const char* m) {
   #pragma unroll
-  for (int k = 0; k < K / 16; ++k) {
-    if constexpr (HD == 64) wgmma_m64n64k16_rs<1>(flat(acc), a[k], SwTile<K, HD>::nmajor(m, k), 1);
-    else wgmma_m64n128k16_rs<1>(flat(acc), a[k], SwTile<K, HD>::nmajor(m, k), 1);
-  }
+  for (int k = 0; k < K / 16; ++k) issue_pm_step<K, HD>(acc, a[k], m, k);
 }
 // acc += A M, A as fragments (a warpgroup's 64 x K), returning when the products are done (A's registers and the
 // tile are free again).

@@ -18,7 +18,8 @@
 // 2: W = 8 warps (half the L2 reads of W and x) and three stages (two tiles in flight while one is computed: the
 // logits come from HBM, not L2, and one tile in flight per block leaves the passes waiting on memory); 3: wgmma
 // on Hopper (namespace hopper below), the default at D = 128 where Vp tiles by 128 (fused_variant); 4: 3 with the
-// dW pass's rows split to fill whole waves (dw_row_splits) and the splits' partial dW summed in order.
+// dW pass's rows split to fill whole waves (dw_row_splits) and the splits' partial dW summed in order; 5: 4 with
+// the dW pass's products issued k step by k step, overlapping the next fragments' exponentials.
 // bench/RESULTS.md has what each measured.
 // Columns V..Vp-1 (padding) count as -inf in the softmax and get no gradient. A target outside [0, V) gives a NaN
 // loss, a NaN dx row and NaN in dW, as the cross-entropy kernels' NaN dlogits row would.
@@ -316,8 +317,11 @@ struct DwSmem {  // two stages of (x tile, swizzled [64 x DC]; logits tile [64 x
 };
 
 // Block z of the grid's third dimension takes rows [z split_rows, (z + 1) split_rows) and writes (or adds to) the
-// [Vp x D] matrix at dw + z Vp D (variant 4's row splits, summed by lce_dw_sum_kernel; one split: dW itself).
-template <int DC>
+// [Vp x D] matrix at dw + z Vp D (the row splits of variants 4 and 5, summed by lce_dw_sum_kernel; one split: dW
+// itself).
+// kOverlap (variant 5): each k16 step's product is issued as soon as its fragment is formed, so that the next
+// fragments' exponentials run while the tensor cores work (without it, all four first, then the products).
+template <int DC, bool kOverlap>
 __global__ void __launch_bounds__(kThreads, 2)
     lce_dw_kernel(const bf* logits, const int32_t* targets, const float* lse, const bf* x, float* dw, int R, int D,
                   int V, int Vp, float dloss, float alpha, bool accumulate, int split_rows) {
@@ -339,9 +343,24 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int t_begin = blockIdx.z * split_rows, t_end = min(R, t_begin + split_rows);
   stream_tiles<kTile, true>(t_begin, t_end, load, [&](int, int st) {
     uint32_t a[kTile / 16][4];
-    #pragma unroll
-    for (int k = 0; k < kTile / 16; ++k) gt_frag<kOwn>(a[k], lt(st), lse_s(st), tgt_s(st), k, vw, V, dloss);
-    accumulate_frags<kTile, DC>(acc, a, xt(st));
+    if constexpr (kOverlap) {
+      fence_registers(flat(acc));
+      #pragma unroll
+      for (int k = 0; k < kTile / 16; ++k) {
+        gt_frag<kOwn>(a[k], lt(st), lse_s(st), tgt_s(st), k, vw, V, dloss);
+        fence_u32(a);
+        wgmma_fence();
+        issue_pm_step<kTile, DC>(acc, a[k], xt(st), k);
+        wgmma_commit();
+      }
+      wait_all();  // a's registers and the stage are free again
+      fence_registers(flat(acc));
+      fence_u32(a);
+    } else {
+      #pragma unroll
+      for (int k = 0; k < kTile / 16; ++k) gt_frag<kOwn>(a[k], lt(st), lse_s(st), tgt_s(st), k, vw, V, dloss);
+      accumulate_frags<kTile, DC>(acc, a, xt(st));
+    }
   });
   store_dw<DC>(acc, dw + size_t(blockIdx.z) * Vp * D, vw, c0, D, alpha, accumulate);
 }
@@ -428,8 +447,8 @@ Splits dx_pass(int variant, Context& ctx, const bf* logits, const int32_t* targe
   return mma.template operator()<4, 2>();
 }
 
-// Row splits of the Hopper dW pass under variant 4: the fewest (1-4) that leave its last wave of `blocks` at most a
-// tenth empty (`slots` blocks a wave), else the emptiest-last-wave's fewest; then as many as its whole 64-row tiles
+// Row splits of the Hopper dW pass under variants 4 and 5: the fewest (1-4) that leave its last wave of `blocks` at
+// most a tenth empty (`slots` blocks a wave), else the emptiest-last-wave's fewest; then as many as its whole 64-row tiles
 // per split need (no empty split). The partial sums' extra traffic is not weighed against the tail it saves.
 int dw_row_splits(int blocks, int slots, int R) {
   const int tiles = (R + kTile - 1) / kTile, most = std::clamp(tiles, 1, 4);
@@ -444,7 +463,7 @@ int dw_row_splits(int blocks, int slots, int R) {
   return (tiles + per_split - 1) / per_split;
 }
 
-// The dW pass (kernel variant `variant`; the 128-row blocks of 2-4 where they tile Vp; under 4 the Hopper pass's
+// The dW pass (kernel variant `variant`; the 128-row blocks of 2-5 where they tile Vp; under 4 and 5 the Hopper pass's
 // rows in `row_splits` parts, each into dw_part, then summed into dW in order).
 template <int DC>
 void dw_pass(int variant, Context& ctx, const bf* logits, const int32_t* targets, const float* lse, const bf* x,
@@ -458,7 +477,7 @@ void dw_pass(int variant, Context& ctx, const bf* logits, const int32_t* targets
   };
   const bool wide = Vp % 128 == 0;
   if (variant >= 3 && wide) {
-    const auto kernel = hopper::lce_dw_kernel<DC>;
+    const auto kernel = variant == 5 ? hopper::lce_dw_kernel<DC, true> : hopper::lce_dw_kernel<DC, false>;
     constexpr size_t smem = hopper::DwSmem<DC>::bytes;
     allow_smem(reinterpret_cast<const void*>(kernel), smem, "lce_dw_kernel (hopper)");
     const int tiles = (R + kTile - 1) / kTile, split_rows = (tiles + row_splits - 1) / row_splits * kTile;
@@ -483,8 +502,8 @@ void launch(int variant, Context& ctx, const bf* logits, const int32_t* targets,
             float* losses, bf* dx, float* dw, int R, int D, int V, int Vp, float alpha, float dloss,
             bool accumulate) {
   int row_splits = 1;
-  if (variant == 4 && dw && Vp % 128 == 0) {
-    constexpr auto kernel = hopper::lce_dw_kernel<DC>;
+  if (variant >= 4 && dw && Vp % 128 == 0) {
+    constexpr auto kernel = hopper::lce_dw_kernel<DC, false>;  // the same shared memory and registers as <DC, true>
     const int slots = occupancy<kernel>(flash90::kThreads, hopper::DwSmem<DC>::bytes) * sm_count();
     row_splits = dw_row_splits((D / DC) * (Vp / flash90::kOwn), slots, R);
   }

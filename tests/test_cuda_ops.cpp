@@ -670,7 +670,7 @@ TEST_CASE("CUDA linear cross-entropy: the fused kernels by default only at d = 1
     const ScopedKernelVariants scope("fused_head=0");
     CHECK(!cuda::linear_crossentropy_fused(128, 50304));
   }
-  for (const char* on : {"fused_head=1", "fused_head=2", "fused_head=3", "fused_head=4"}) {
+  for (const char* on : {"fused_head=1", "fused_head=2", "fused_head=3", "fused_head=4", "fused_head=5"}) {
     const ScopedKernelVariants scope(on);
     CHECK(cuda::linear_crossentropy_fused(64, 50240));
     CHECK(cuda::linear_crossentropy_fused(768, 50304));
@@ -693,8 +693,8 @@ TEST_CASE("CUDA linear cross-entropy backward: losses, dx and dW from the logits
   // Rows not a multiple of 64; GPT-2's vocabulary (one 64-row tile: hundreds of vocabulary splits); D = 256 (two
   // column groups); a vocabulary of 2 tiles with its padding in the second, and one whose second tile (a split of
   // its own) is all padding; no padding; rows enough for one split; D = 768 (six column groups; fused only under
-  // fused_head=1-4); D = 32 and Vp = 777 (the fallback). Under fused_head=2-4, Vp = 3008 (not a multiple of
-  // 128) takes the dW kernel of fused_head=1. Under 4 the dW pass's rows split where its blocks leave a wave
+  // fused_head=1-5); D = 32 and Vp = 777 (the fallback). Under fused_head=2-5, Vp = 3008 (not a multiple of
+  // 128) takes the dW kernel of fused_head=1. Under 4 and 5 the dW pass's rows split where its blocks leave a wave
   // emptier (on an H100's 264 slots: 34000 rows x 128 in four, 300 x 1024 in three of two tiles, 100 x 512 and
   // 70 x 768 in two; GPT-2's 64 rows and 37 rows: one tile, no split).
   for (Case c : {Case{300, 64, 1000, 1024, true}, Case{64, 128, 50257, 50304, true}, Case{200, 256, 3000, 3008, true},
@@ -740,7 +740,9 @@ TEST_CASE("CUDA linear cross-entropy backward: losses, dx and dW from the logits
     const double tol_dw_soft = kTolBf16 + std::ldexp(norm(onehot_dw), -8) / norm(softmax_part(minus(gw, gw0), onehot_dw));
     const size_t scratch_bytes = sizeof(float) * (size_t(c.N) * c.D * 8 + 3 * size_t(c.N)) + (16 << 20);
     Dev dt = put_i32(tgt);
-    for (const char* variant : {"fused_head=1", "fused_head=2", "fused_head=3", "fused_head=4", "fused_head=0"}) {
+    V dw_of_4;  // fused_head=5 computes the same products in the same order as 4: the same bits
+    for (const char* variant :
+         {"fused_head=1", "fused_head=2", "fused_head=3", "fused_head=4", "fused_head=5", "fused_head=0"}) {
       const ScopedKernelVariants scope(variant);
       const bool fused = c.fused && std::string(variant) != "fused_head=0";
       INFO(variant << (fused ? ": fused kernels" : ": cross-entropy kernel and cuBLAS"));
@@ -776,6 +778,8 @@ TEST_CASE("CUDA linear cross-entropy backward: losses, dx and dW from the logits
         else CHECK(rel_err(gwp, first_dw) == 0.0);
       }
       const V& gwp = first_dw;
+      if (std::string(variant) == "fused_head=4") dw_of_4 = gwp;
+      if (std::string(variant) == "fused_head=5") CHECK(rel_err(gwp, dw_of_4) == 0.0);
       size_t pad_nonzero = 0;  // the padding rows' gradient (no logit of theirs counts) is exactly 0
       for (size_t i = size_t(c.V) * c.D; i < nw; ++i) pad_nonzero += gwp[i] != 0.0;
       CHECK(pad_nonzero == 0);

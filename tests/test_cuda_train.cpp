@@ -44,7 +44,8 @@ TEST_CASE("CUDA LM: one training step matches the CPU reference (sp, mup, QK-nor
   }
   // complete-mue: a reference of half the depth gives branch multiplier 1/2 and the FFN's c = d/H on top. Each
   // with the head's backward by the cross-entropy kernel and cuBLAS, and by the fused kernels (d = 64 takes them).
-  for (const char* head : {"fused_head=0", "fused_head=1", "fused_head=2", "fused_head=3", "fused_head=4"})
+  for (const char* head :
+       {"fused_head=0", "fused_head=1", "fused_head=2", "fused_head=3", "fused_head=4", "fused_head=5"})
   for (auto [rule, qk_norm] : {std::pair{"sp", false}, std::pair{"mup", false}, std::pair{"mup", true},
                                std::pair{"complete-mue", false}}) {
     INFO("rule " << rule << ", qk_norm " << qk_norm << ", " << head);
@@ -109,7 +110,8 @@ TEST_CASE("CUDA LM: 200-step loss curve tracks the CPU run", "[cuda][lm]") {
   // clip scale never leave the device; read here every step to compare); that once more with the fused head.
   for (auto [device_step, head] : {std::pair{false, "fused_head=0"}, std::pair{true, "fused_head=0"},
                                    std::pair{true, "fused_head=1"}, std::pair{true, "fused_head=2"},
-                                   std::pair{true, "fused_head=3"}, std::pair{true, "fused_head=4"}}) {
+                                   std::pair{true, "fused_head=3"}, std::pair{true, "fused_head=4"},
+                                   std::pair{true, "fused_head=5"}}) {
     INFO("device step " << device_step << ", " << head);
     const ScopedKernelVariants scope(head);
     ModelConfig c = small_config();

@@ -46,6 +46,7 @@ TEST_CASE("kernel variants: every key, separated by spaces or ';'", "[variants]"
   CHECK(parse_kernel_variants("fused_head=2").fused_head == 2);
   CHECK(parse_kernel_variants("fused_head=3").fused_head == 3);
   CHECK(parse_kernel_variants("fused_head=4").fused_head == 4);
+  CHECK(parse_kernel_variants("fused_head=5").fused_head == 5);
   CHECK(v.eager_zero_grad);
   CHECK(!parse_kernel_variants("eager_zero_grad=0").eager_zero_grad);
   CHECK(parse_kernel_variants("flash_sm90=1").flash_sm90);
@@ -69,8 +70,8 @@ TEST_CASE("kernel variants: a bad item is a one-line error naming it", "[variant
   for (const char* bad : {"2", "yes", ""}) fails_with(std::string("flash_sm90=") + bad, "flash_sm90 must be 0 or 1");
   for (const char* bad : {"0", "3", "16", "x"}) fails_with(std::string("gather_rows=") + bad, "gather_rows must be");
   for (const char* bad : {"2", "64", "warp"}) fails_with(std::string("gate_lanes=") + bad, "gate_lanes must be");
-  for (const char* bad : {"yes", "-1", "", "5", "12"})
-    fails_with(std::string("fused_head=") + bad, "fused_head must be 0, 1, 2, 3 or 4");
+  for (const char* bad : {"yes", "-1", "", "6", "12"})
+    fails_with(std::string("fused_head=") + bad, "fused_head must be 0, 1, 2, 3, 4 or 5");
   for (const char* bad : {"yes", "2"}) fails_with(std::string("eager_zero_grad=") + bad, "eager_zero_grad must be 0 or 1");
   fails_with("expert_tiles=1,1", "unknown kernel variant \"expert_tiles\"");
   fails_with("gather_rows", "\"gather_rows\" is not key=value");
