@@ -19,8 +19,9 @@
 //                           dlogits and cuBLAS takes the two backward GEMMs; 1-5: the fused kernels
 //                           (nn/linear_crossentropy.cu; mma.sync in 1: blocks of 4 warps, two stages, 2: 8 warps,
 //                           three; 3: wgmma, Hopper; 4: 3 with dW's rows split to fill whole waves; 5: 4 with dW's
-//                           products issued k step by k step) wherever they take the shape. Default 3 at d = 128 with Vp a multiple of
-//                           128, else 0: where 3 beat the unfused path (bench/RESULTS.md).
+//                           products issued k step by k step) wherever they take the shape. Default 3 at d = 128
+//                           with Vp a multiple of 128, else 0: where 3 beat the unfused path; 4 and 5 gained 1-2%
+//                           of the head's backward, nothing of the step (bench/RESULTS.md).
 //   eager_zero_grad=0|1     1: a backward starts from a cleared gradient arena and every write adds (the older
 //                           way; nn/param_store.h), instead of lazily zeroed gradients. Read when a model is built.
 //

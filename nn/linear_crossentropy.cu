@@ -448,8 +448,9 @@ Splits dx_pass(int variant, Context& ctx, const bf* logits, const int32_t* targe
 }
 
 // Row splits of the Hopper dW pass under variants 4 and 5: the fewest (1-4) that leave its last wave of `blocks` at
-// most a tenth empty (`slots` blocks a wave), else the emptiest-last-wave's fewest; then as many as its whole 64-row tiles
-// per split need (no empty split). The partial sums' extra traffic is not weighed against the tail it saves.
+// most a tenth empty (`slots` blocks a wave), else the emptiest-last-wave's fewest; then as many as its whole
+// 64-row tiles per split need (no empty split). The partial sums' extra traffic is not weighed against the tail
+// it saves.
 int dw_row_splits(int blocks, int slots, int R) {
   const int tiles = (R + kTile - 1) / kTile, most = std::clamp(tiles, 1, 4);
   int best = 1;
