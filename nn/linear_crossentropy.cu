@@ -504,7 +504,9 @@ void launch(int variant, Context& ctx, const bf* logits, const int32_t* targets,
             bool accumulate) {
   int row_splits = 1;
   if (variant >= 4 && dw && Vp % 128 == 0) {
-    constexpr auto kernel = hopper::lce_dw_kernel<DC, false>;  // the same shared memory and registers as <DC, true>
+    // Stands for <DC, true> too: the same shared memory, no more registers (ptxas: both 128 at DC = 128; at DC =
+    // 64 false 128 and true 92: by registers two 256-thread blocks an SM either way, not three).
+    constexpr auto kernel = hopper::lce_dw_kernel<DC, false>;
     const int slots = occupancy<kernel>(flash90::kThreads, hopper::DwSmem<DC>::bytes) * sm_count();
     row_splits = dw_row_splits((D / DC) * (Vp / flash90::kOwn), slots, R);
   }
